@@ -1,0 +1,126 @@
+"""The ClientApp each clinic runs: local training and evaluation on the clinic's own DICOM.
+
+Flower starts a fresh process for every message, so nothing survives in memory between
+rounds; the preprocessed images come from the clinic's on-disk cache instead. Replies
+carry weights and aggregate numbers only. Any failure is answered with a reason that
+names the kind of problem, never a path, a tag value or a traceback: those stay in the
+clinic's own log.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
+
+from radfed.data import ClinicData, DataError, load_clinic
+from radfed.models import apply_freeze, create_model
+from radfed.spec import ExperimentSpec
+from radfed.training import evaluate, pick_device, train_local
+
+log = logging.getLogger("radfed.clinic")
+app = ClientApp()
+
+
+def _guarded(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
+    """Turn any exception into a PHI-free error reply; the details go to the local log."""
+
+    @functools.wraps(handler)
+    def wrapper(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except DataError as err:
+            log.error("clinic data problem: %s", err)
+            reason = "clinic data problem; run `client-node check-data` at the clinic"
+        except Exception:  # noqa: BLE001 - every failure must become a clean reply
+            log.exception("ClientApp failed")
+            reason = "ClientApp failed at the clinic; see the clinic's client-node log"
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason),
+                       reply_to=msg)
+
+    return wrapper
+
+
+def _setup(context: Context) -> None:
+    threads = int(context.node_config.get("threads", 0) or 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def _data(spec: ExperimentSpec, context: Context) -> ClinicData:
+    cfg = context.node_config
+    manifest = str(cfg.get("manifest", "") or "")
+    cache = str(cfg.get("cache-dir", "") or "")
+    return load_clinic(
+        Path(str(cfg["data-path"])), spec.labels, spec.image_size,
+        manifest=Path(manifest) if manifest else None, val_fraction=spec.val_fraction,
+        seed=spec.seed, cache_dir=Path(cache) if cache else None,
+        workers=int(cfg.get("workers", 1) or 1),
+    )
+
+
+def _model(spec: ExperimentSpec, msg: Message) -> torch.nn.Module:
+    model = create_model(spec.backbone, len(spec.labels), "random")
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    apply_freeze(model, spec.freeze, spec.unfreeze_top)
+    return model
+
+
+def _reply(msg: Message, context: Context, metrics: dict[str, float],
+           arrays: ArrayRecord | None = None) -> Message:
+    content = RecordDict({
+        "metrics": MetricRecord(metrics),
+        "clinic": ConfigRecord({"name": str(context.node_config.get("clinic-name", "")),
+                                "device": pick_device().type}),
+    })
+    if arrays is not None:
+        content["arrays"] = arrays
+    return Message(content=content, reply_to=msg)
+
+
+@app.train()
+@_guarded
+def train(msg: Message, context: Context) -> Message:
+    """Fine-tune the global model on this clinic's training patients."""
+    _setup(context)
+    config = msg.content["config"]
+    spec = ExperimentSpec.from_json(str(config["spec"]))
+    server_round = int(config.get("server-round", 1))
+    data = _data(spec, context)
+    model = _model(spec, msg)
+    torch.manual_seed(spec.seed * 1000 + server_round)
+    loss = train_local(
+        model, data.train.images, data.train.labels, epochs=spec.local_epochs,
+        batch_size=spec.batch_size, learning_rate=spec.learning_rate,
+        seed=spec.seed * 1000 + server_round,
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+    )
+    arrays = ArrayRecord(model.state_dict())
+    return _reply(msg, context, {"train_loss": loss, "num-examples": len(data.train.labels)},
+                  arrays)
+
+
+@app.evaluate()
+@_guarded
+def evaluate_global(msg: Message, context: Context) -> Message:
+    """Evaluate the global model on this clinic's held-out patients."""
+    _setup(context)
+    spec = ExperimentSpec.from_json(str(msg.content["config"]["spec"]))
+    data = _data(spec, context)
+    model = _model(spec, msg)
+    result = evaluate(model, data.val.images, data.val.labels)
+    return _reply(msg, context, {
+        "val_loss": result.loss, "val_accuracy": result.accuracy,
+        "val_auroc": result.auroc, "num-examples": result.num_examples,
+    })
+
+
+if os.environ.get("RADFED_CLINIC_LOG_LEVEL"):
+    logging.basicConfig(level=os.environ["RADFED_CLINIC_LOG_LEVEL"])

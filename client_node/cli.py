@@ -1,0 +1,112 @@
+"""`client-node`: what a clinic's IT admin runs. Data stays here; only weights leave.
+
+Examples:
+
+    client-node demo-data ./clinic-a
+    client-node check-data ./clinic-a
+    client-node start --superlink coordinator.example.org:9092 --data /pacs/export \\
+        --name clinic-a --root-certificates ca.crt
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from client_node.node import NodeError, NodeOptions, check, run_supernode
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
+                  rich_markup_mode="markdown")
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def start(
+    superlink: Annotated[str, typer.Option(help="SuperLink address HOST:PORT.")],
+    data: Annotated[Path, typer.Option(help="Folder with this clinic's DICOM files and labels.csv.")],
+    name: Annotated[str, typer.Option(help="This clinic's name as the coordinator will see it.")],
+    labels: Annotated[Optional[Path], typer.Option(help="Label manifest CSV (default DATA/labels.csv).")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Where preprocessed images are cached.")] = None,
+    insecure: Annotated[bool, typer.Option(help="Plaintext connection (loopback demos only).")] = False,
+    root_certificates: Annotated[Optional[Path], typer.Option(help="CA certificate of a TLS SuperLink.")] = None,
+    local_port: Annotated[int, typer.Option(help="Port of the node's local ClientApp API (0: any free).")] = 0,
+    threads: Annotated[int, typer.Option(help="CPU threads for training (0: all cores).")] = 0,
+    workers: Annotated[int, typer.Option(help="Processes decoding DICOM in parallel.")] = 1,
+    home: Annotated[Optional[Path], typer.Option(help="Folder for node state (default ~/.radfed/nodes).")] = None,
+) -> None:
+    """Join a federation: start this clinic's Flower SuperNode on its own data.
+
+    Example: `client-node start --superlink 127.0.0.1:9092 --insecure --data ./clinic-a --name clinic-a`
+    """
+    opts = NodeOptions(superlink, data, name, labels, cache_dir, insecure, root_certificates,
+                       local_port, threads, workers, home)
+    try:
+        check(opts)
+    except NodeError as e:
+        _fail(str(e))
+    err.print(f"clinic [bold]{name}[/] joining {superlink} with data {data}", highlight=False)
+    raise typer.Exit(run_supernode(opts))
+
+
+@app.command("demo-data")
+def demo_data(
+    directory: Annotated[Path, typer.Argument(help="Folder to write the clinic's files into.")],
+    patients: Annotated[int, typer.Option(help="Number of fake patients.")] = 60,
+    prevalence: Annotated[float, typer.Option(help="Fraction of patients with the finding.")] = 0.5,
+    clinic_index: Annotated[int, typer.Option(help="Which clinic style to imitate (sizes, bits, MONOCHROME1...).")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Write generated chest-radiograph DICOM files and labels.csv (fake patients only).
+
+    Example: `client-node demo-data ./clinic-a --patients 60 --prevalence 0.3`
+    """
+    from radfed.demo_data import write_clinic
+
+    summary = write_clinic(directory, clinic_index=clinic_index, n_patients=patients,
+                           prevalence=prevalence, seed=seed)
+    err.print(f"wrote demo clinic to {directory}: {json.dumps(summary, default=str)}", highlight=False)
+
+
+@app.command("check-data")
+def check_data(
+    directory: Annotated[Path, typer.Argument(help="The clinic's DICOM folder.")],
+    labels: Annotated[Optional[Path], typer.Option(help="Label manifest CSV (default DIR/labels.csv).")] = None,
+    task_labels: Annotated[str, typer.Option(help="Comma-separated class names of the task.")] = "normal,opacity",
+    image_size: Annotated[int, typer.Option(help="Model input size.")] = 224,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the data card as JSON.")] = False,
+) -> None:
+    """Print this clinic's data card (counts only) and every rejected file with its reason.
+
+    Example: `client-node check-data ./clinic-a --labels ./clinic-a/labels.csv`
+    """
+    from radfed.data import DataError, load_clinic
+
+    try:
+        data = load_clinic(directory, task_labels.split(","), image_size, manifest=labels)
+    except DataError as e:
+        _fail(str(e))
+    card = {"summary": data.summary(), "rejected": [list(r) for r in data.rejected]}
+    if as_json:
+        print(json.dumps(card, indent=2, default=str))
+        return
+    err.print_json(json.dumps(card["summary"], default=str))
+    for where, reason in data.rejected:
+        err.print(f"rejected {where}: {reason}", highlight=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""radfed dashboard: the experiment leaderboard and, per run, its curves, clinics and checkpoints.
+
+Started by `dashboard` (dashboard/cli.py) as
+`streamlit run app.py -- --db URL`; without `--db` it reads DATABASE_URL or the
+default ~/.radfed/radfed.db.  It only reads the store, which holds clinic names,
+node ids and numbers -- no patient data is ever shown.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from radfed.store import Store, StoreError, default_database_url
+
+EMPTY_MESSAGE = "No experiments yet: run `coordinator demo` to train a first federated model."
+LEADERBOARD_COLUMNS = ["Rank", "Experiment", "Backbone", "Weights", "Strategy",
+                       "Rounds", "Final AUROC", "Status"]
+CLINIC_COLUMNS = {"clinic": "Clinic", "server_round": "Round", "phase": "Phase", "loss": "Loss",
+                  "accuracy": "Accuracy", "auroc": "AUROC", "num_examples": "Examples",
+                  "device": "Device"}
+
+
+def database_url(argv: Sequence[str]) -> str:
+    """`--db URL` / `--db=URL` from the script args, else DATABASE_URL or the default.
+
+    Parsed by hand because argparse would exit the Streamlit script on any
+    argument it does not know.
+    """
+    for i, arg in enumerate(argv):
+        if arg == "--db" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--db="):
+            return arg.split("=", 1)[1]
+    return default_database_url()
+
+
+@st.cache_resource(show_spinner=False)
+def open_store(url: str) -> Store:
+    """One Store (connection pool) per URL for the whole Streamlit server."""
+    return Store(url)
+
+
+def rounds_done(entry: dict[str, Any]) -> int:
+    """Training rounds recorded (round 0 is only the initial evaluation)."""
+    return sum(1 for r in entry["rounds"] if r["server_round"] > 0)
+
+
+def leaderboard_frame(board: list[dict[str, Any]]) -> pd.DataFrame:
+    """The leaderboard as shown: one row per run, already ranked by the store."""
+    rows = [[e["rank"], e["experiment"], e["backbone"], e["weights"], e["strategy"],
+             rounds_done(e), e["final_auroc"], e["status"]] for e in board]
+    return pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
+
+
+def run_label(entry: dict[str, Any]) -> str:
+    """Selectbox label: rank, experiment and Flower run id make each run unique."""
+    auroc = "n/a" if entry["final_auroc"] is None else f"{entry['final_auroc']:.3f}"
+    rank = f"#{entry['rank']}" if entry["status"] != "running" else "live"
+    return f"{rank} {entry['experiment']} (run {entry['flwr_run_id']}, AUROC {auroc})"
+
+
+def show_leaderboard(board: list[dict[str, Any]]) -> None:
+    """Ranked table of finished runs."""
+    st.subheader("Leaderboard: ranked by final federated AUROC")
+    st.dataframe(
+        leaderboard_frame(board), hide_index=True, width="stretch",
+        column_config={"Final AUROC": st.column_config.NumberColumn(format="%.4f")},
+    )
+
+
+def show_curves(entry: dict[str, Any]) -> None:
+    """Validation AUROC and losses per round."""
+    rounds = pd.DataFrame(entry["rounds"])
+    if rounds.empty:
+        st.info("No rounds recorded for this run yet.")
+        return
+    rounds = rounds.set_index("server_round").sort_index()
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Validation AUROC per round**")
+        st.line_chart(rounds[["val_auroc"]].rename(columns={"val_auroc": "val AUROC"}))
+    with right:
+        st.markdown("**Loss per round**")
+        st.line_chart(rounds[["train_loss", "val_loss"]])
+
+
+def show_clinics(entry: dict[str, Any]) -> None:
+    """What each clinic reported per round (numbers only)."""
+    st.markdown("**Per-clinic results**")
+    if not entry["clinics"]:
+        st.info("No per-clinic results recorded for this run.")
+        return
+    frame = pd.DataFrame(entry["clinics"])[list(CLINIC_COLUMNS)].rename(columns=CLINIC_COLUMNS)
+    st.dataframe(frame, hide_index=True, width="stretch")
+
+
+def best_and_last(checkpoints: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """The best (highest metric) and last checkpoint, once each if they coincide."""
+    if not checkpoints:
+        return []
+    last = max(checkpoints, key=lambda c: (c["server_round"], c["id"]))
+    scored = [c for c in checkpoints if c["metric_value"] is not None]
+    best = max(scored, key=lambda c: c["metric_value"]) if scored else None
+    if best is None or best["id"] == last["id"]:
+        return [("best and last" if best else "last", last)]
+    return [("best", best), ("last", last)]
+
+
+def file_reader(path: Path) -> Callable[[], bytes]:
+    """Deferred read, so large checkpoints are only loaded when downloaded."""
+    return path.read_bytes
+
+
+def show_checkpoints(entry: dict[str, Any]) -> None:
+    """Checkpoint table plus download buttons for files still on disk."""
+    st.markdown("**Checkpoints**")
+    checkpoints = entry["checkpoints"]
+    if not checkpoints:
+        st.info("No checkpoints recorded for this run.")
+        return
+    frame = pd.DataFrame(checkpoints)[["server_round", "metric_name", "metric_value", "sha256", "path"]]
+    st.dataframe(frame.rename(columns={"server_round": "Round", "metric_name": "Metric",
+                                       "metric_value": "Value", "sha256": "SHA-256", "path": "Path"}),
+                 hide_index=True, width="stretch")
+    for kind, checkpoint in best_and_last(checkpoints):
+        path = Path(checkpoint["path"])
+        label = f"Download {kind} checkpoint (round {checkpoint['server_round']})"
+        if path.is_file():
+            st.download_button(label, data=file_reader(path), file_name=path.name,
+                               mime="application/octet-stream", key=f"dl-{checkpoint['id']}")
+        else:
+            st.caption(f"{label}: file not on this machine ({path})")
+
+
+def show_run(entry: dict[str, Any]) -> None:
+    """Details of one run."""
+    st.subheader(f"{entry['experiment']}: run {entry['flwr_run_id']} ({entry['status']})")
+    st.caption(f"{entry['backbone']} · weights {entry['weights']} · {entry['strategy']} · "
+               f"{rounds_done(entry)}/{entry['rounds_planned']} rounds · "
+               f"started {entry['started_at']} · finished {entry['finished_at'] or '-'}")
+    if entry["error"]:
+        st.error(f"Run failed: {entry['error']}")
+    show_curves(entry)
+    show_clinics(entry)
+    show_checkpoints(entry)
+
+
+def main(argv: Sequence[str]) -> None:
+    """Render the page from whatever the store holds right now."""
+    st.set_page_config(page_title="radfed", layout="wide")
+    st.title("radfed: federated fine-tuning")
+    url = database_url(argv)
+    try:
+        store = open_store(url)
+        entries = store.leaderboard(include_running=True)
+    except StoreError as exc:
+        st.error(str(exc))
+        return
+    st.caption(f"Database: {store.safe_url}")
+    st.button("Refresh")
+    finished = [e for e in entries if e["status"] != "running"]
+    running = [e for e in entries if e["status"] == "running"]
+    if not entries:
+        st.info(EMPTY_MESSAGE)
+        return
+    if finished:
+        show_leaderboard(finished)
+    else:
+        st.info("No finished experiments yet; runs in progress are listed below.")
+    if running:
+        st.markdown(f"**In progress:** {len(running)} run(s)")
+    by_id = {e["run_id"]: e for e in finished + running}
+    # Options are run ids, not entries, so the selection survives new rounds arriving.
+    selected = st.selectbox("Run", list(by_id), format_func=lambda i: run_label(by_id[i]), key="run")
+    if selected is not None:
+        show_run(by_id[selected])
+
+
+main(sys.argv[1:])

@@ -1,0 +1,114 @@
+"""`dashboard` console script: checks the database, then serves dashboard/app.py with Streamlit.
+
+Streamlit runs as a child process (`python -m streamlit run ...`); Ctrl-C and
+SIGTERM are forwarded to it and we wait for it, so stopping `dashboard` never
+leaves a Streamlit server behind.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import FrameType
+
+import typer
+
+from radfed.store import Store, StoreError, default_database_url
+
+APP_PATH = Path(__file__).resolve().with_name("app.py")
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STOP_GRACE_S = 10.0
+
+app = typer.Typer(
+    add_completion=False,
+    help="Serve the radfed dashboard: leaderboard, learning curves, clinics, checkpoints.",
+)
+
+
+def streamlit_command(db_url: str, host: str, port: int) -> list[str]:
+    """The child command line; headless so it never prompts or opens a browser."""
+    return [
+        sys.executable, "-m", "streamlit", "run", str(APP_PATH),
+        "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+        "--server.address", host,
+        "--server.port", str(port),
+        "--", "--db", db_url,
+    ]
+
+
+def check_database(db_url: str) -> None:
+    """Fail before Streamlit starts: a bad URL is far clearer here than in a browser."""
+    Store(db_url).close()
+
+
+def serve(command: list[str]) -> int:
+    """Run Streamlit in the foreground, forwarding stop signals; returns its exit code."""
+    pending: list[int] = []  # a signal that arrives before the child exists
+    children: list[subprocess.Popen[bytes]] = []
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        if not children:
+            pending.append(signum)
+        elif children[0].poll() is None:
+            children[0].send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+    try:
+        children.append(subprocess.Popen(command))
+        if pending:
+            children[0].send_signal(pending[0])
+        return children[0].wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if children:
+            stop(children[0])
+
+
+def stop(child: subprocess.Popen[bytes]) -> None:
+    """Make sure the child is gone: SIGTERM, then SIGKILL after a grace period."""
+    if child.poll() is not None:
+        return
+    child.terminate()
+    try:
+        child.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+@app.command(
+    epilog="Example: dashboard --db sqlite:////home/me/.radfed/radfed.db --port 8501  "
+    "(then open http://127.0.0.1:8501)",
+)
+def run(
+    db: str = typer.Option(
+        None, "--db", metavar="URL", show_default=False,
+        help="Database URL (sqlite:///... or postgresql://...). Default: $DATABASE_URL, "
+        "else $RADFED_HOME/radfed.db (~/.radfed).",
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8501, "--port", min=1, max=65535, help="Port to listen on."),
+) -> None:
+    """Serve the dashboard until Ctrl-C."""
+    db_url = db or default_database_url()
+    try:
+        check_database(db_url)
+    except StoreError as exc:
+        typer.echo(f"dashboard: {exc}", err=True)
+        raise typer.Exit(1) from None
+    code = serve(streamlit_command(db_url, host, port))
+    # Streamlit exits 0 on SIGTERM/Ctrl-C; a negative code means it was killed.
+    raise typer.Exit(code if code >= 0 else 128 - code)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""Entry point Flower loads on the coordinator: the ServerApp installed with radfed."""
+
+from server.app import app
+
+__all__ = ["app"]

@@ -1,0 +1,112 @@
+"""Child processes that must never outlive the command that started them.
+
+Flower's SuperLink and SuperNode each start `flower-superexec` in a session of its own,
+so a process-group kill misses it; we collect every descendant from /proc before
+signalling, and stop them too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+
+def descendants(pid: int) -> list[int]:
+    """All live descendants of `pid` (Linux /proc; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def stop_tree(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM a process and all its descendants; SIGKILL what is left after `timeout`."""
+    pids = descendants(proc.pid) + [proc.pid]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proc.poll()
+        if not any(_alive(pid) for pid in pids):
+            break
+        time.sleep(0.1)
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """An unused TCP port on `host` (for SuperLink and SuperNode local APIs)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def reachable(address: str, timeout: float = 3.0) -> str | None:
+    """None if a TCP connection to HOST:PORT opens, else the reason it did not."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return f"'{address}' is not HOST:PORT"
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return None
+    except OSError as err:
+        return err.strerror or type(err).__name__
+
+
+def run_foreground(cmd: list[str], env: dict[str, str]) -> int:
+    """Run `cmd` until it exits; Ctrl-C or SIGTERM stop it and all its descendants."""
+    import signal
+    import sys
+
+    proc = subprocess.Popen(cmd, env=env)
+
+    def _forward(signum: int, _frame: object) -> None:
+        stop_tree(proc)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _forward)
+    signal.signal(signal.SIGINT, _forward)
+    try:
+        return proc.wait()
+    finally:
+        if proc.poll() is None:
+            stop_tree(proc)

@@ -1,0 +1,167 @@
+"""The experiment spec: one TOML file that says what a federated run trains, and how.
+
+The coordinator writes it, `coordinator run` validates it before anything starts, and the
+ServerApp and every ClientApp receive it as JSON, so all sides read the same values.
+A bad value is refused with one line naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+BACKBONES = ("resnet50", "resnet18")
+FREEZE_POLICIES = ("none", "all", "top-k")
+STRATEGIES = ("fedavg", "fedprox", "fedadam")
+
+
+class SpecError(ValueError):
+    """A spec value that cannot be used; the message is one line naming the key."""
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """What one federated experiment trains; field docs double as the TOML reference."""
+
+    name: str
+    labels: tuple[str, ...] = ("normal", "opacity")
+    backbone: str = "resnet50"
+    weights: str = "random"
+    image_size: int = 224
+    rounds: int = 3
+    local_epochs: int = 1
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    freeze: str = "none"
+    unfreeze_top: int = 10
+    strategy: str = "fedavg"
+    proximal_mu: float = 0.01
+    min_clinics: int = 2
+    clinic_timeout: float = 120.0
+    round_timeout: float = 3600.0
+    val_fraction: float = 0.25
+    seed: int = 0
+
+    def to_json(self) -> str:
+        """Serialise for Flower's run config and message configs."""
+        data = asdict(self)
+        data["labels"] = list(self.labels)
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ExperimentSpec":
+        """Inverse of `to_json`, validating again (the message may come from anywhere)."""
+        return from_mapping(json.loads(text), source="spec", check_files=False)
+
+
+_RANGES: dict[str, tuple[float, float]] = {
+    "image_size": (16, 1024),
+    "rounds": (1, 10_000),
+    "local_epochs": (1, 1000),
+    "batch_size": (1, 4096),
+    "learning_rate": (1e-8, 10.0),
+    "unfreeze_top": (1, 1000),
+    "proximal_mu": (0.0, 100.0),
+    "min_clinics": (1, 10_000),
+    "clinic_timeout": (1.0, 86_400.0),
+    "round_timeout": (1.0, 604_800.0),
+    "val_fraction": (0.05, 0.9),
+    "seed": (0, 2**31 - 1),
+}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "backbone": BACKBONES,
+    "freeze": FREEZE_POLICIES,
+    "strategy": STRATEGIES,
+}
+
+
+def load_spec(path: Path) -> ExperimentSpec:
+    """Read and validate an experiment TOML file (`[experiment]` table or top level)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such file; pass the path of an experiment TOML file")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise SpecError(f"{path}: not valid TOML ({err}); fix the syntax") from None
+    data = data.get("experiment", data)
+    return from_mapping(data, source=str(path))
+
+
+def from_mapping(
+    data: dict[str, Any], source: str = "spec", check_files: bool = True
+) -> ExperimentSpec:
+    """Build a spec from a dict, refusing unknown keys and out-of-range values.
+
+    `check_files` is off where the spec arrives by message: a clinic never has the
+    coordinator's weight file, and does not need it (weights travel as arrays).
+    """
+    known = {f.name: f for f in fields(ExperimentSpec)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        allowed = ", ".join(known)
+        raise SpecError(f"{source}: unknown key '{unknown[0]}'; allowed keys: {allowed}")
+    if "name" not in data:
+        raise SpecError(f"{source}: key 'name' is missing; add name = \"my-experiment\"")
+    values = {key: _check(source, key, value, known[key]) for key, value in data.items()}
+    spec = ExperimentSpec(**values)
+    if check_files:
+        _check_files(source, spec)
+    return spec
+
+
+def _check(source: str, key: str, value: Any, fld: Any) -> Any:
+    """Validate one key's type and range; returns the normalised value."""
+    default = fld.default
+    if key == "labels":
+        if not isinstance(value, (list, tuple)) or len(value) < 2 or not all(
+            isinstance(v, str) and v for v in value
+        ) or len(set(value)) != len(value):
+            raise SpecError(
+                f"{source}: key 'labels' = {value!r}; give a list of 2 or more distinct names,"
+                ' e.g. labels = ["normal", "opacity"]'
+            )
+        return tuple(value)
+    if key in _CHOICES:
+        if value not in _CHOICES[key]:
+            raise SpecError(
+                f"{source}: key '{key}' = {value!r} is not allowed; allowed: {', '.join(_CHOICES[key])}"
+            )
+        return value
+    if key in ("name", "weights"):
+        if not isinstance(value, str) or not value.strip():
+            raise SpecError(f"{source}: key '{key}' must be a non-empty string")
+        return value
+    return _check_number(source, key, value, default)
+
+
+def _check_number(source: str, key: str, value: Any, default: Any) -> Any:
+    """Numbers: ints stay ints, floats accept ints; both within their documented range."""
+    want_int = isinstance(default, int)
+    ok = isinstance(value, int) if want_int else isinstance(value, (int, float))
+    lo, hi = _RANGES[key]
+    if isinstance(value, bool) or not ok or not lo <= value <= hi:
+        kind = "an integer" if want_int else "a number"
+        raise SpecError(f"{source}: key '{key}' = {value!r}; allowed: {kind} from {lo:g} to {hi:g}")
+    return int(value) if want_int else float(value)
+
+
+def _check_files(source: str, spec: ExperimentSpec) -> None:
+    """Paths named by the spec must exist where it is loaded (the coordinator)."""
+    if spec.weights != "random":
+        if not Path(spec.weights).expanduser().is_file():
+            raise SpecError(
+                f"{source}: key 'weights' = {spec.weights!r}: no such file; "
+                "allowed: 'random' or the path of a local weight file"
+            )
+
+
+def spec_to_toml(spec: ExperimentSpec) -> str:
+    """Write a spec as TOML (used by the demo and sweeps to leave an editable file behind)."""
+    lines = ["[experiment]"]
+    for key, value in json.loads(spec.to_json()).items():
+        lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"

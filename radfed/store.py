@@ -1,0 +1,542 @@
+"""SQL record of radfed experiments: runs, rounds, per-clinic results and checkpoints.
+
+The ServerApp writes here while the coordinator CLI and the dashboard read, often
+from other processes, so every write is its own short transaction and SQLite runs
+in WAL mode with a busy timeout.  PostgreSQL (psycopg 3 driver) is supported for
+shared deployments.
+
+Privacy: only clinic names, Flower node ids and numbers are stored -- never
+patient data, file names of studies, or anything derived from a single patient.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import UniqueConstraint, event, func, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    InterfaceError,
+    NoSuchModuleError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.pool import StaticPool
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+__all__ = [
+    "Checkpoint",
+    "ClinicRoundResult",
+    "Experiment",
+    "RoundResult",
+    "Run",
+    "Store",
+    "StoreError",
+    "default_database_url",
+]
+
+RUN_STATUSES = ("running", "completed", "failed")
+FINISHED_STATUSES = ("completed", "failed")
+PHASES = ("train", "evaluate")
+ROUND_FLOAT_FIELDS = ("train_loss", "val_loss", "val_accuracy", "val_auroc")
+ROUND_INT_FIELDS = ("num_clinics", "num_examples")
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+PG_CONNECT_TIMEOUT_S = 10
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used; the message is one line naming the URL and the fix."""
+
+
+def _utcnow() -> datetime:
+    """Aware UTC timestamp; SQLModel stores it as UTC on SQLite and PostgreSQL alike."""
+    return datetime.now(timezone.utc)
+
+
+def default_database_url() -> str:
+    """`DATABASE_URL` if set, else an absolute SQLite URL under `$RADFED_HOME` (~/.radfed).
+
+    Absolute, so that the ServerApp, the CLIs and the dashboard -- started from
+    different working directories -- all open the same file.
+    """
+    url = os.environ.get("DATABASE_URL", "").strip()
+    if url:
+        return url
+    home = Path(os.environ.get("RADFED_HOME") or "~/.radfed").expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'radfed.db'}"
+
+
+# --------------------------------------------------------------------------- tables
+
+
+class Experiment(SQLModel, table=True):
+    """One experiment spec (backbone, weights, strategy...) that may be run many times."""
+
+    __tablename__ = "experiments"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True)
+    spec_json: str
+    backbone: str
+    weights: str  # "random" or the weight file's name
+    strategy: str
+    created_at: datetime = Field(default_factory=_utcnow)
+
+
+class Run(SQLModel, table=True):
+    """One Flower run of an experiment; Flower run ids are uint64, hence TEXT."""
+
+    __tablename__ = "runs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    experiment_id: int = Field(foreign_key="experiments.id", index=True)
+    flwr_run_id: str = Field(index=True)
+    status: str = "running"
+    started_at: datetime = Field(default_factory=_utcnow)
+    finished_at: datetime | None = None
+    error: str | None = None
+    final_auroc: float | None = None
+    rounds_planned: int = 0
+
+
+class RoundResult(SQLModel, table=True):
+    """Aggregated (federated) metrics of one server round; one row per (run, round)."""
+
+    __tablename__ = "round_results"
+    __table_args__ = (UniqueConstraint("run_id", "server_round", name="uq_round_run_round"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="runs.id", index=True)
+    server_round: int
+    train_loss: float | None = None
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    val_auroc: float | None = None
+    num_clinics: int | None = None
+    num_examples: int | None = None
+    created_at: datetime = Field(default_factory=_utcnow)
+
+
+class ClinicRoundResult(SQLModel, table=True):
+    """What one clinic reported in one round (numbers only, no patient data)."""
+
+    __tablename__ = "clinic_round_results"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="runs.id", index=True)
+    server_round: int
+    clinic: str
+    node_id: str  # Flower node ids are uint64: TEXT keeps ids above 2**63 intact
+    phase: str  # "train" | "evaluate"
+    loss: float | None = None
+    accuracy: float | None = None
+    auroc: float | None = None
+    num_examples: int = 0
+    device: str | None = None
+    created_at: datetime = Field(default_factory=_utcnow)
+
+
+class Checkpoint(SQLModel, table=True):
+    """A saved global model; the metric is filled in once that round is evaluated."""
+
+    __tablename__ = "checkpoints"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="runs.id", index=True)
+    server_round: int
+    path: str
+    sha256: str
+    metric_name: str
+    metric_value: float | None = None
+    created_at: datetime = Field(default_factory=_utcnow)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _safe_url(url: str) -> str:
+    """The URL with its password masked, for messages that end up in logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # unparsable: mask anything that looks like user:password@
+        return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def _normalise_url(url: str) -> str:
+    """Route plain `postgresql://` / `postgres://` URLs to the psycopg 3 driver."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def _first_line(exc: BaseException) -> str:
+    """Drivers write multi-line errors; the StoreError message must stay one line."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(orig).splitlines() if line.strip()]
+    return lines[0] if lines else type(orig).__name__
+
+
+def _float(value: Any) -> float | None:
+    """Plain float or None: numpy scalars and NaN (single-class AUROC) are normalised."""
+    if value is None:
+        return None
+    result = float(value)
+    return None if math.isnan(result) or math.isinf(result) else result
+
+
+def _int(value: Any) -> int | None:
+    """Plain int or None, so numpy ints reach the driver as Python ints."""
+    return None if value is None else int(value)
+
+
+def _iso(value: datetime | None) -> str | None:
+    """ISO-8601 UTC string for JSON output."""
+    if value is None:
+        return None
+    aware = value if value.utcoffset() is not None else value.replace(tzinfo=timezone.utc)
+    return aware.astimezone(timezone.utc).isoformat()
+
+
+def _row_dict(row: SQLModel, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A JSON-serialisable dict of a table row (datetimes as ISO strings)."""
+    columns = [c.name for c in row.__table__.columns if c.name not in drop]  # type: ignore[attr-defined]
+    values = {name: getattr(row, name) for name in columns}
+    return {k: _iso(v) if isinstance(v, datetime) else v for k, v in values.items()}
+
+
+def _sort_key(entry: dict[str, Any]) -> tuple[bool, float, int]:
+    """Final AUROC descending, runs without one last, older run first on ties."""
+    auroc = entry["final_auroc"]
+    return (auroc is None, -(auroc or 0.0), entry["run_id"])
+
+
+# --------------------------------------------------------------------------- store
+
+
+class Store:
+    """Reads and writes the radfed record; safe to open from several processes at once."""
+
+    def __init__(self, url: str | None = None) -> None:
+        """Open (and create the tables of) the database at `url`, or the default one.
+
+        Raises StoreError with one line naming the URL and the fix when the URL is
+        bad or the database cannot be reached, so CLIs can print it and exit.
+        """
+        self.url = _normalise_url(url or default_database_url())
+        self.safe_url = _safe_url(self.url)
+        self.engine = self._create_engine()
+        try:
+            SQLModel.metadata.create_all(self.engine)
+        except SQLAlchemyError as exc:
+            self.engine.dispose()
+            raise StoreError(self._unreachable_message(exc)) from exc
+
+    # -- connection ------------------------------------------------------------
+
+    def _create_engine(self) -> Engine:
+        """Build the engine for SQLite or PostgreSQL; other databases are refused."""
+        try:
+            parsed = make_url(self.url)
+        except ArgumentError as exc:
+            raise StoreError(
+                f"invalid database URL {self.safe_url!r}: {_first_line(exc)}. Fix: use e.g. "
+                "sqlite:////abs/path/radfed.db or postgresql+psycopg://user:pass@host:5432/db"
+            ) from exc
+        backend = parsed.get_backend_name()
+        if backend not in ("sqlite", "postgresql"):
+            raise StoreError(
+                f"unsupported database URL {self.safe_url!r}: radfed supports SQLite and "
+                "PostgreSQL. Fix: use sqlite:////abs/path/radfed.db or "
+                "postgresql+psycopg://user:pass@host:5432/db"
+            )
+        try:
+            if backend == "sqlite":
+                return self._sqlite_engine(parsed.database)
+            return self._postgres_engine(parsed.query)
+        except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+            raise StoreError(
+                f"cannot use database URL {self.safe_url!r}: {_first_line(exc)}. Fix: use "
+                "sqlite:///... or postgresql+psycopg://... (psycopg 3 is the installed driver)"
+            ) from exc
+
+    def _sqlite_engine(self, database: str | None) -> Engine:
+        """SQLite in WAL mode with a busy timeout: one process writes while others read."""
+        in_memory = not database or database == ":memory:"
+        engine = create_engine(
+            self.url,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            poolclass=StaticPool if in_memory else None,
+        )
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+
+    def _postgres_engine(self, query: Any) -> Engine:
+        """PostgreSQL via psycopg 3; pre-ping because the dashboard outlives server restarts."""
+        connect_args = {} if "connect_timeout" in query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+        return create_engine(self.url, pool_pre_ping=True, connect_args=connect_args)
+
+    def _unreachable_message(self, exc: BaseException) -> str:
+        """One line: what failed, on which URL, and how to fix it."""
+        if self.engine.dialect.name == "sqlite":
+            fix = "check that the folder exists and is writable, or pass another --db / DATABASE_URL"
+        else:
+            fix = ("check that PostgreSQL is running at that host and port, the database "
+                   "exists and the user may log in, or pass another --db / DATABASE_URL")
+        return f"cannot open database {self.safe_url!r}: {_first_line(exc)}. Fix: {fix}"
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        """A short session; a lost or locked database surfaces as a one-line StoreError.
+
+        Integrity errors (unknown run id...) are programming errors and propagate as is.
+        """
+        try:
+            with Session(self.engine, expire_on_commit=False) as session:
+                yield session
+        except (OperationalError, InterfaceError) as exc:
+            raise StoreError(self._unreachable_message(exc)) from exc
+
+    def close(self) -> None:
+        """Release all pooled connections."""
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.safe_url!r})"
+
+    # -- writes ------------------------------------------------------------------
+
+    def _add(self, row: SQLModel) -> int:
+        """Insert one row in its own transaction and return its id."""
+        with self._session() as session:
+            session.add(row)
+            session.commit()
+            return row.id  # type: ignore[attr-defined,no-any-return]
+
+    def create_experiment(
+        self, name: str, spec_json: str, backbone: str, weights: str, strategy: str
+    ) -> int:
+        """Record an experiment spec; returns its id for `start_run`."""
+        return self._add(Experiment(
+            name=name, spec_json=spec_json, backbone=backbone,
+            weights=str(weights), strategy=strategy,
+        ))
+
+    def start_run(self, experiment_id: int, flwr_run_id: int | str, rounds_planned: int) -> int:
+        """Record a run as "running"; returns the run id the other writes take."""
+        return self._add(Run(
+            experiment_id=experiment_id, flwr_run_id=str(flwr_run_id),
+            rounds_planned=int(rounds_planned),
+        ))
+
+    def finish_run(
+        self,
+        run_id: int,
+        status: str,
+        final_auroc: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Mark a run "completed" or "failed" with its final federated AUROC / error."""
+        if status not in FINISHED_STATUSES:
+            raise ValueError(f"status must be one of {FINISHED_STATUSES}, not {status!r}")
+        stmt = (
+            update(Run).where(Run.id == run_id)  # type: ignore[arg-type]
+            .values(status=status, final_auroc=_float(final_auroc), error=error,
+                    finished_at=_utcnow())
+        )
+        self._execute_update(stmt, f"no run with id {run_id}")
+
+    def _execute_update(self, stmt: Any, missing: str | None = None) -> int:
+        """Run one UPDATE in its own transaction; optionally fail if it matched nothing."""
+        with self._session() as session:
+            count = session.execute(stmt).rowcount
+            session.commit()
+        if missing and count == 0:
+            raise KeyError(missing)
+        return int(count)
+
+    def record_round(self, run_id: int, server_round: int, **metrics: Any) -> None:
+        """Insert or update the aggregated metrics of a round.
+
+        Accepts train_loss, val_loss, val_accuracy, val_auroc, num_clinics and
+        num_examples.  Only the given, non-None metrics overwrite an existing
+        row, so the fit and the evaluate step of one round can each record their
+        half without erasing the other's.  Unknown names raise ValueError (typos).
+        """
+        unknown = set(metrics) - set(ROUND_FLOAT_FIELDS) - set(ROUND_INT_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown round metrics: {sorted(unknown)}")
+        values = {k: _float(v) if k in ROUND_FLOAT_FIELDS else _int(v) for k, v in metrics.items()}
+        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        stmt = insert(RoundResult).values(
+            run_id=run_id, server_round=int(server_round), created_at=_utcnow(), **values
+        )
+        known = {k: v for k, v in values.items() if v is not None}
+        if known:
+            stmt = stmt.on_conflict_do_update(index_elements=["run_id", "server_round"], set_=known)
+        else:
+            stmt = stmt.on_conflict_do_nothing(index_elements=["run_id", "server_round"])
+        with self._session() as session:
+            session.execute(stmt)
+            session.commit()
+
+    def record_clinic_result(
+        self,
+        run_id: int,
+        server_round: int,
+        clinic: str,
+        node_id: int | str,
+        phase: str,
+        loss: float | None,
+        num_examples: int,
+        accuracy: float | None = None,
+        auroc: float | None = None,
+        device: str | None = None,
+    ) -> int:
+        """Record what one clinic reported for one round's "train" or "evaluate" phase."""
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, not {phase!r}")
+        return self._add(ClinicRoundResult(
+            run_id=run_id, server_round=int(server_round), clinic=str(clinic),
+            node_id=str(node_id), phase=phase, loss=_float(loss),
+            accuracy=_float(accuracy), auroc=_float(auroc),
+            num_examples=int(num_examples), device=device,
+        ))
+
+    def record_checkpoint(
+        self,
+        run_id: int,
+        server_round: int,
+        path: str | os.PathLike[str],
+        sha256: str,
+        metric_name: str,
+        metric_value: float | None = None,
+    ) -> int:
+        """Record a saved global model; the metric may follow via `set_checkpoint_metric`."""
+        return self._add(Checkpoint(
+            run_id=run_id, server_round=int(server_round), path=str(path),
+            sha256=sha256, metric_name=metric_name, metric_value=_float(metric_value),
+        ))
+
+    def set_checkpoint_metric(self, run_id: int, server_round: int, metric_value: float | None) -> int:
+        """Fill in the metric of the round's checkpoint(s) once evaluated.
+
+        Returns how many checkpoints were updated (0 when that round saved none,
+        which is normal when checkpoints are kept only every few rounds).
+        """
+        stmt = (
+            update(Checkpoint)
+            .where(Checkpoint.run_id == run_id, Checkpoint.server_round == int(server_round))  # type: ignore[arg-type]
+            .values(metric_value=_float(metric_value))
+        )
+        return self._execute_update(stmt)
+
+    # -- reads -------------------------------------------------------------------
+
+    def run_status(self, flwr_run_id: int | str) -> dict[str, Any] | None:
+        """Progress of the (latest) run with this Flower run id, or None if unknown.
+
+        `rounds_recorded` counts recorded rounds numbered 1 and up (round 0 is the
+        initial evaluation, not a training round).
+        """
+        with self._session() as session:
+            run = session.exec(
+                select(Run).where(Run.flwr_run_id == str(flwr_run_id)).order_by(Run.id.desc())  # type: ignore[union-attr]
+            ).first()
+            if run is None:
+                return None
+            rounds = session.exec(
+                select(func.count()).select_from(RoundResult)
+                .where(RoundResult.run_id == run.id, RoundResult.server_round > 0)
+            ).one()
+        return {
+            "run_id": run.id, "flwr_run_id": run.flwr_run_id,
+            "experiment_id": run.experiment_id, "status": run.status,
+            "rounds_recorded": int(rounds), "rounds_planned": run.rounds_planned,
+            "error": run.error, "final_auroc": run.final_auroc,
+            "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
+        }
+
+    def leaderboard(self, include_running: bool = False) -> list[dict[str, Any]]:
+        """Finished runs ranked by final federated AUROC (descending, None last).
+
+        Each entry is JSON-serialisable and carries its rounds, per-clinic results
+        and checkpoints so the dashboard needs a single call.  `include_running`
+        adds runs still in progress (ranked the same way) for live views.
+        """
+        statuses = RUN_STATUSES if include_running else FINISHED_STATUSES
+        with self._session() as session:
+            pairs = session.exec(
+                select(Run, Experiment)
+                .join(Experiment, Run.experiment_id == Experiment.id)  # type: ignore[arg-type]
+                .where(Run.status.in_(statuses))  # type: ignore[attr-defined]
+            ).all()
+            run_ids = [run.id for run, _ in pairs]
+            children = self._children(session, run_ids)
+        entries = [self._entry(run, exp, children) for run, exp in pairs]
+        entries.sort(key=_sort_key)
+        for rank, entry in enumerate(entries, start=1):
+            entry["rank"] = rank
+        return entries
+
+    @staticmethod
+    def _children(session: Session, run_ids: list[Any]) -> dict[str, dict[int, list[dict[str, Any]]]]:
+        """Rounds, clinic results and checkpoints of the given runs, grouped by run id."""
+        tables = {
+            "rounds": (RoundResult, (RoundResult.server_round,)),
+            "clinics": (ClinicRoundResult, (ClinicRoundResult.server_round, ClinicRoundResult.phase,
+                                            ClinicRoundResult.clinic, ClinicRoundResult.id)),
+            "checkpoints": (Checkpoint, (Checkpoint.server_round, Checkpoint.id)),
+        }
+        grouped: dict[str, dict[int, list[dict[str, Any]]]] = {}
+        for key, (table, order) in tables.items():
+            grouped[key] = defaultdict(list)
+            if not run_ids:
+                continue
+            rows = session.exec(
+                select(table).where(table.run_id.in_(run_ids)).order_by(*order)  # type: ignore[attr-defined]
+            ).all()
+            for row in rows:
+                grouped[key][row.run_id].append(_row_dict(row, drop=("run_id",)))
+        return grouped
+
+    @staticmethod
+    def _entry(run: Run, exp: Experiment, children: dict[str, dict[int, list[dict[str, Any]]]]) -> dict[str, Any]:
+        """One leaderboard entry (rank is filled in after sorting)."""
+        return {
+            "rank": None, "run_id": run.id, "flwr_run_id": run.flwr_run_id,
+            "experiment_id": exp.id, "experiment": exp.name, "backbone": exp.backbone,
+            "weights": exp.weights, "strategy": exp.strategy, "spec_json": exp.spec_json,
+            "status": run.status, "final_auroc": run.final_auroc, "error": run.error,
+            "rounds_planned": run.rounds_planned,
+            "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
+            "rounds": children["rounds"][run.id],  # type: ignore[index]
+            "clinics": children["clinics"][run.id],  # type: ignore[index]
+            "checkpoints": children["checkpoints"][run.id],  # type: ignore[index]
+        }

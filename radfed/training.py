@@ -1,0 +1,152 @@
+"""Local training and evaluation at a clinic: plain PyTorch loops, GPU when present.
+
+CUDA gets automatic mixed precision and channels_last; the CPU path runs in float32.
+Metrics are computed with scikit-learn and are aggregates only: no per-image output
+leaves these functions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+from radfed.models import Classifier, set_train_mode
+
+
+def pick_device() -> torch.device:
+    """The clinic's GPU when it has one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class EvalResult:
+    """Aggregate validation metrics for one clinic."""
+
+    loss: float
+    accuracy: float
+    auroc: float
+    num_examples: int
+
+
+def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+             shuffle: bool, generator: torch.Generator | None = None):
+    order = torch.randperm(len(labels), generator=generator) if shuffle else torch.arange(len(labels))
+    for start in range(0, len(labels), batch_size):
+        idx = order[start:start + batch_size]
+        yield images[idx], labels[idx]
+
+
+def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Light, label-preserving augmentation: random horizontal flip per image."""
+    flip = torch.rand(x.shape[0], generator=generator) < 0.5
+    x = x.clone()
+    x[flip] = x[flip].flip(-1)
+    return x
+
+
+def train_local(
+    model: Classifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    proximal_mu: float = 0.0,
+    device: torch.device | None = None,
+) -> float:
+    """Train in place with Adam; returns the mean training loss of the last epoch.
+
+    With `proximal_mu > 0` the FedProx term mu/2 * ||w - w_global||^2 is added, where
+    w_global are the weights the model had on entry (the round's global model).
+    """
+    device = device or pick_device()
+    model = _prepare(model, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else []
+    optim = torch.optim.Adam(params, lr=learning_rate)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    loss_fn = nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(seed)
+    set_train_mode(model)
+    last = math.nan
+    for _ in range(epochs):
+        total, count = 0.0, 0
+        for x, y in _batches(images, labels, batch_size, shuffle=True, generator=gen):
+            if len(y) < 2:  # BatchNorm cannot train on a single image
+                continue
+            x = _augment(x, gen).to(device, non_blocking=True)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = y.to(device)
+            with torch.autocast(device.type, enabled=device.type == "cuda"):
+                loss = loss_fn(model(x), y)
+            if anchor:
+                loss = loss + proximal_mu / 2 * sum(
+                    (p - a).pow(2).sum() for p, a in zip(params, anchor)
+                )
+            optim.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optim)
+            scaler.update()
+            total += loss.item() * len(y)
+            count += len(y)
+        last = total / max(count, 1)
+    model.to("cpu")
+    return last
+
+
+@torch.no_grad()
+def predict(model: Classifier, images: torch.Tensor, batch_size: int = 64,
+            device: torch.device | None = None) -> torch.Tensor:
+    """Class probabilities for `images` (N x C), computed in eval mode."""
+    device = device or pick_device()
+    model = _prepare(model, device).eval()
+    out = []
+    for x, _ in _batches(images, torch.zeros(len(images)), batch_size, shuffle=False):
+        x = x.to(device)
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            out.append(torch.softmax(model(x).float(), dim=1).cpu())
+    model.to("cpu")
+    return torch.cat(out) if out else torch.zeros(0, 2)
+
+
+def evaluate(model: Classifier, images: torch.Tensor, labels: torch.Tensor,
+             batch_size: int = 64, device: torch.device | None = None) -> EvalResult:
+    """Loss, accuracy and AUROC on a clinic's validation split."""
+    probs = predict(model, images, batch_size, device)
+    return metrics_from_probs(probs, labels)
+
+
+def metrics_from_probs(probs: torch.Tensor, labels: torch.Tensor) -> EvalResult:
+    """Aggregate metrics; AUROC is NaN when the split holds a single class."""
+    n = len(labels)
+    if n == 0:
+        return EvalResult(math.nan, math.nan, math.nan, 0)
+    loss = float(nn.functional.nll_loss(torch.log(probs.clamp_min(1e-7)), labels))
+    accuracy = float((probs.argmax(1) == labels).float().mean())
+    return EvalResult(loss, accuracy, auroc(probs.numpy(), labels.numpy()), n)
+
+
+def auroc(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Binary AUROC on the positive class, or macro one-vs-rest for more classes."""
+    present = np.unique(labels)
+    if len(present) < 2:
+        return math.nan
+    if probs.shape[1] == 2:
+        return float(roc_auc_score(labels, probs[:, 1]))
+    return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro",
+                               labels=list(range(probs.shape[1]))))

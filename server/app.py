@@ -1,0 +1,72 @@
+"""The ServerApp: one federated experiment, from spec to recorded run.
+
+Flower starts it (via the SuperLink) for each `coordinator run`; it reads the spec, the
+database URL and the checkpoint folder from the run config, waits for enough clinics,
+runs the strategy and records everything on the way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from radfed.models import create_model
+from radfed.spec import ExperimentSpec
+from radfed.store import Store
+from server.recorder import RunRecorder
+from strategies import build_strategy
+
+log = logging.getLogger("radfed.server")
+app = ServerApp()
+
+
+class NotEnoughClinics(RuntimeError):
+    """Fewer clinics connected than the experiment's `min_clinics` within its timeout."""
+
+
+def wait_for_clinics(grid: Grid, minimum: int, timeout: float) -> int:
+    """Block until `minimum` SuperNodes are connected; refuse after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while (count := len(list(grid.get_node_ids()))) < minimum:
+        if time.monotonic() > deadline:
+            raise NotEnoughClinics(
+                f"only {count} of {minimum} clinics connected within {timeout:g} s; "
+                "start more `client-node start` processes or lower min_clinics"
+            )
+        time.sleep(1)
+    return count
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run one experiment; the run row ends 'completed' or 'failed' with a reason."""
+    cfg = context.run_config
+    spec = ExperimentSpec.from_json(str(cfg["spec"]))
+    store = Store(str(cfg["database-url"]) or None)
+    weights_name = "random" if spec.weights == "random" else Path(spec.weights).name
+    exp_id = store.create_experiment(spec.name, spec.to_json(), spec.backbone,
+                                     weights_name, spec.strategy)
+    run_id = store.start_run(exp_id, str(context.run_id), spec.rounds)
+    try:
+        wait_for_clinics(grid, spec.min_clinics, spec.clinic_timeout)
+        model = create_model(spec.backbone, len(spec.labels), spec.weights)
+        ckpt_dir = Path(str(cfg["checkpoint-dir"])) / f"run-{run_id}"
+        recorder = RunRecorder(store, run_id, spec, ckpt_dir)
+        strategy = build_strategy(spec, recorder)
+        config = ConfigRecord({"spec": spec.to_json()})
+        strategy.start(grid, ArrayRecord(model.state_dict()), num_rounds=spec.rounds,
+                       timeout=spec.round_timeout, train_config=config,
+                       evaluate_config=ConfigRecord({"spec": spec.to_json()}),
+                       evaluate_fn=recorder.checkpoint)
+        final = recorder.val_auroc.get(spec.rounds)
+        store.finish_run(run_id, "completed", final_auroc=final)
+        log.info("run %s completed: final federated AUROC %s", run_id, final)
+    except BaseException as err:
+        store.finish_run(run_id, "failed", error=f"{type(err).__name__}: {err}".splitlines()[0])
+        raise
+    finally:
+        store.close()

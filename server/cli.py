@@ -1,0 +1,159 @@
+"""`coordinator`: run the SuperLink, launch experiments, read the leaderboard.
+
+Examples:
+
+    coordinator demo --clinics 3 --rounds 3
+    coordinator superlink --insecure --host 127.0.0.1 --port 9092
+    coordinator run experiment.toml --superlink 127.0.0.1:9092 --insecure
+    coordinator leaderboard --json
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from radfed.flower_env import radfed_home
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
+                  rich_markup_mode="markdown")
+out = Console()
+err = Console(stderr=True)
+
+DbOption = Annotated[Optional[str], typer.Option(
+    "--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")]
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _store(db: str | None):
+    from radfed.store import Store, StoreError
+
+    try:
+        return Store(db)
+    except StoreError as e:
+        _fail(str(e))
+
+
+@app.command()
+def superlink(
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for other machines).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="The SuperLink's single port (Fleet, Control, Runtime).")] = 9092,
+    insecure: Annotated[bool, typer.Option(help="Plaintext; only allowed on a loopback address.")] = False,
+    certs: Annotated[Optional[Path], typer.Option(help="Folder with ca.crt, server.pem, server.key.")] = None,
+    database: Annotated[Optional[Path], typer.Option(help="SuperLink state file (default: in memory).")] = None,
+    flwr_home: Annotated[Optional[Path], typer.Option(help="Flower's home for this SuperLink.")] = None,
+) -> None:
+    """Run the Flower SuperLink clinics connect to (foreground; Ctrl-C stops it).
+
+    Example: `coordinator superlink --insecure --host 127.0.0.1 --port 9092`
+    """
+    from server.superlink import SuperLinkError, SuperLinkOptions, run_superlink, superlink_command
+
+    opts = SuperLinkOptions(host, port, insecure, certs, database,
+                            flwr_home or radfed_home() / "superlink")
+    try:
+        superlink_command(opts)
+    except SuperLinkError as e:
+        _fail(str(e))
+    if insecure:
+        err.print(f"[yellow]warning:[/] SuperLink on {host}:{port} WITHOUT TLS (loopback demo only)")
+    raise typer.Exit(run_superlink(opts))
+
+
+@app.command()
+def run(
+    experiment: Annotated[Path, typer.Argument(help="Experiment TOML file.")],
+    superlink: Annotated[str, typer.Option(help="SuperLink address HOST:PORT.")] = "127.0.0.1:9092",
+    db: DbOption = None,
+    checkpoints: Annotated[Optional[Path], typer.Option(help="Checkpoint folder (default ~/.radfed/checkpoints).")] = None,
+    insecure: Annotated[bool, typer.Option(help="Plaintext connection to a loopback SuperLink.")] = False,
+    root_certificates: Annotated[Optional[Path], typer.Option(help="CA certificate of the SuperLink.")] = None,
+) -> None:
+    """Launch a federated experiment and show its rounds until it finishes.
+
+    Example: `coordinator run experiment.toml --superlink 127.0.0.1:9092 --insecure`
+    """
+    from radfed.spec import SpecError, load_spec
+    from server.launch import Connection, LaunchError, follow, stop, submit
+
+    try:
+        spec = load_spec(experiment)
+    except SpecError as e:
+        _fail(str(e), 2)
+    if not insecure and not root_certificates:
+        _fail("pass --root-certificates CA.crt for a TLS SuperLink, or --insecure for a loopback one", 2)
+    store = _store(db)
+    conn = Connection(superlink, radfed_home() / "flwr-cli", insecure, root_certificates)
+    ckpt = checkpoints or radfed_home() / "checkpoints"
+    try:
+        run_id = submit(conn, spec, store.url, ckpt)
+    except LaunchError as e:
+        _fail(str(e))
+    err.print(f"submitted run {run_id} ({spec.name}) to {superlink}", highlight=False)
+    try:
+        status = follow(conn, store, run_id, spec.rounds)
+    except KeyboardInterrupt:
+        stop(conn, run_id)
+        _fail(f"interrupted; asked the SuperLink to stop run {run_id}", 130)
+    _report(status, run_id)
+
+
+def _report(status: dict, run_id: str) -> None:
+    if status.get("status") != "completed":
+        _fail(f"run {run_id} failed: {status.get('error') or 'unknown reason'}")
+    auroc = status.get("final_auroc")
+    shown = f"{auroc:.3f}" if isinstance(auroc, float) else "n/a"
+    err.print(f"run {run_id} completed: final federated AUROC {shown}", highlight=False)
+
+
+@app.command()
+def leaderboard(
+    db: DbOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON with per-round and per-clinic results.")] = False,
+) -> None:
+    """Experiments ranked by final federated AUROC.
+
+    Example: `coordinator leaderboard --db sqlite:////tmp/radfed.db --json`
+    """
+    from server.leaderboard import leaderboard_json, leaderboard_table
+
+    store = _store(db)
+    if as_json:
+        print(leaderboard_json(store))
+    else:
+        out.print(leaderboard_table(store))
+
+
+@app.command()
+def demo(
+    clinics: Annotated[int, typer.Option(min=1, max=8, help="Number of simulated clinics.")] = 3,
+    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 3,
+    workdir: Annotated[Path, typer.Option(help="Folder for data, database, checkpoints, logs.")] = Path("radfed-demo"),
+    patients: Annotated[int, typer.Option(min=8, help="Fake patients per clinic.")] = 60,
+    image_size: Annotated[int, typer.Option(help="Model input size.")] = 64,
+    backbone: Annotated[str, typer.Option(help="Backbone architecture.")] = "resnet50",
+) -> None:
+    """The whole federation on this machine: generated DICOM, SuperLink, clinics, one run.
+
+    Example: `coordinator demo --clinics 3 --rounds 3 --workdir ./radfed-demo`
+    """
+    from server.demo import DemoOptions, run_demo
+
+    code = run_demo(DemoOptions(clinics, rounds, workdir, patients, image_size, backbone), err)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

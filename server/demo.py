@@ -1,0 +1,118 @@
+"""`coordinator demo`: a whole federation on one machine, as real processes on 127.0.0.1.
+
+Writes generated DICOM for each clinic (unless already there), starts `coordinator
+superlink` and one `client-node start` per clinic, runs one experiment through
+`flwr run`, prints the leaderboard, and stops every process it started, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from radfed.processes import free_port, reachable, stop_tree
+from radfed.spec import ExperimentSpec, spec_to_toml
+
+
+@dataclass
+class DemoOptions:
+    clinics: int = 3
+    rounds: int = 3
+    workdir: Path = Path("radfed-demo")
+    patients: int = 60
+    image_size: int = 64
+    backbone: str = "resnet50"
+
+
+def demo_spec(opts: DemoOptions) -> ExperimentSpec:
+    """The experiment the demo runs: random-init backbone, full fine-tune, FedAvg."""
+    return ExperimentSpec(
+        name=f"demo-{opts.backbone}-{opts.clinics}clinics", backbone=opts.backbone,
+        image_size=opts.image_size, rounds=opts.rounds, local_epochs=2, batch_size=16,
+        learning_rate=1e-3, freeze="none", strategy="fedavg", min_clinics=opts.clinics,
+        clinic_timeout=180.0, seed=0,
+    )
+
+
+def _script(name: str) -> list[str]:
+    """A radfed console script of this environment, or `python -m` as a fallback."""
+    path = Path(sys.executable).parent / name
+    module = {"coordinator": "server.cli", "client-node": "client_node.cli"}[name]
+    return [str(path)] if path.exists() else [sys.executable, "-m", module]
+
+
+def _spawn(cmd: list[str], log: Path) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as fh:
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def _wait_reachable(address: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while reachable(address, timeout=1.0):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"SuperLink did not start on {address}; see {log}")
+        time.sleep(0.3)
+
+
+def run_demo(opts: DemoOptions, console: Console) -> int:
+    """Run the demo; returns the exit code (0 only if the run completed)."""
+    from radfed.demo_data import write_federation
+    from radfed.store import Store
+    from server.launch import Connection, LaunchError, follow, submit
+    from server.leaderboard import leaderboard_table
+
+    work = opts.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with console.status("writing generated DICOM clinics (skipped where present)"):
+        folders = write_federation(work / "data", opts.clinics, n_patients=opts.patients)
+    db_url = f"sqlite:///{work / 'radfed.db'}"
+    store = Store(db_url)
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    threads = max(1, (os.cpu_count() or 1) // opts.clinics)
+    procs: list[subprocess.Popen] = []
+    try:
+        console.print(f"[yellow]warning:[/] the demo SuperLink runs without TLS on {address} (loopback only)")
+        link_log = work / "logs" / "superlink.log"
+        procs.append(_spawn(_script("coordinator") + [
+            "superlink", "--insecure", "--host", "127.0.0.1", "--port", str(port),
+            "--flwr-home", str(work / "flwr" / "superlink")], link_log))
+        _wait_reachable(address, procs[0], link_log)
+        for i, folder in enumerate(folders, start=1):
+            procs.append(_spawn(_script("client-node") + [
+                "start", "--superlink", address, "--insecure", "--data", str(folder),
+                "--name", f"clinic-{i}", "--threads", str(threads),
+                "--home", str(work / "nodes")], work / "logs" / f"clinic-{i}.log"))
+        spec = demo_spec(opts)
+        (work / "experiment.toml").write_text(spec_to_toml(spec))
+        conn = Connection(address, work / "flwr" / "cli", insecure=True)
+        run_id = submit(conn, spec, db_url, work / "checkpoints")
+        console.print(f"run {run_id}: {opts.clinics} clinics x {opts.rounds} rounds, {spec.backbone} "
+                      f"at {spec.image_size}px (logs in {work / 'logs'})")
+        status = follow(conn, store, run_id, spec.rounds)
+    except (LaunchError, RuntimeError) as e:
+        console.print(f"[bold red]error:[/] {e}")
+        return 1
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: stopping every demo process[/]")
+        return 130
+    finally:
+        for proc in reversed(procs):
+            stop_tree(proc)
+    console.print(leaderboard_table(store))
+    console.print(f"database: {db_url}\ncheckpoints: {work / 'checkpoints'}\n"
+                  f"leaderboard JSON: coordinator leaderboard --db {db_url} --json\n"
+                  f"dashboard: dashboard --db {db_url}\n"
+                  f"demo took {time.monotonic() - started:.0f} s")
+    if status.get("status") != "completed":
+        console.print(f"[bold red]error:[/] run {run_id} failed: {status.get('error')}")
+        return 1
+    return 0

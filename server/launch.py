@@ -1,0 +1,134 @@
+"""Submitting an experiment to a SuperLink and following it to the end.
+
+`flwr run` (Flower's own CLI) packs radfed's thin app bundle and submits it; radfed
+writes the connection it needs into its own FLWR_HOME, then follows the run through
+the database the ServerApp writes (rounds as a progress bar) and through `flwr ls`
+(for a ServerApp that died before it could write anything).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from radfed.flower_env import flower_bin, flower_env
+from radfed.processes import reachable
+from radfed.spec import ExperimentSpec
+from radfed.store import Store
+
+CONNECTION = "radfed"
+FAB_DIR = Path(__file__).resolve().parent.parent / "radfed" / "fab"
+
+
+class LaunchError(RuntimeError):
+    """A run that could not be submitted or did not finish; one line for the user."""
+
+
+@dataclass
+class Connection:
+    """How the coordinator's CLI reaches the SuperLink's Control API."""
+
+    address: str
+    flwr_home: Path
+    insecure: bool = False
+    root_certificates: Path | None = None
+
+    def write(self) -> None:
+        """Write FLWR_HOME/config.toml so `flwr` commands find the `radfed` connection."""
+        lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]",
+                 f'address = "{self.address}"', f"insecure = {str(self.insecure).lower()}"]
+        if self.root_certificates:
+            lines.append(f'root-certificates = "{Path(self.root_certificates).resolve()}"')
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        (self.flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
+
+    def flwr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """Run a `flwr` subcommand against this connection."""
+        self.write()
+        return subprocess.run([flower_bin("flwr"), *args], capture_output=True, text=True,
+                              env=flower_env(self.flwr_home), timeout=timeout)
+
+
+def _toml_string(value: str) -> str:
+    return json.dumps(value)  # JSON string escapes are valid TOML basic-string escapes
+
+
+def submit(conn: Connection, spec: ExperimentSpec, database_url: str, checkpoint_dir: Path) -> str:
+    """Submit the experiment; returns Flower's run id."""
+    why = reachable(conn.address)
+    if why:
+        raise LaunchError(f"SuperLink {conn.address} is not reachable ({why}); "
+                          "start it with `coordinator superlink` or fix --superlink")
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as fh:
+        fh.write(f"spec = {_toml_string(spec.to_json())}\n"
+                 f"database-url = {_toml_string(database_url)}\n"
+                 f"checkpoint-dir = {_toml_string(str(Path(checkpoint_dir).resolve()))}\n")
+        overrides = fh.name
+    try:
+        proc = conn.flwr("run", str(FAB_DIR), CONNECTION, "--run-config", overrides,
+                         "--format", "json")
+    finally:
+        Path(overrides).unlink(missing_ok=True)
+    try:
+        reply = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError):
+        reply = {}
+    if not reply.get("success") or not reply.get("run-id"):
+        detail = reply.get("error-message") or (proc.stderr or proc.stdout).strip()[-300:]
+        raise LaunchError(f"SuperLink {conn.address} refused the run: {' '.join(detail.split())}")
+    return str(reply["run-id"])
+
+
+def flower_status(conn: Connection, run_id: str) -> str:
+    """Flower's own view of a run ("running", "finished:failed", ...), or "" if unknown."""
+    try:
+        proc = conn.flwr("ls", CONNECTION, "--run-id", run_id, "--format", "json", timeout=60)
+        runs = json.loads(proc.stdout.strip().splitlines()[-1]).get("runs", [])
+    except (subprocess.TimeoutExpired, json.JSONDecodeError, IndexError):
+        return ""
+    return str(runs[0].get("status", "")) if runs else ""
+
+
+def stop(conn: Connection, run_id: str) -> None:
+    """Ask the SuperLink to stop a run (Ctrl-C in `coordinator run`)."""
+    conn.flwr("stop", run_id, CONNECTION, timeout=60)
+
+
+def follow(conn: Connection, store: Store, run_id: str, rounds: int,
+           poll: float = 1.0, flower_every: float = 15.0) -> dict:
+    """Show round progress until the run ends; returns the store's final status dict."""
+    columns = (TextColumn("[bold]run {task.fields[run]}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("rounds  {task.fields[note]}"), TimeElapsedColumn())
+    last_flower = time.monotonic()
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task("rounds", total=rounds, run=run_id, note="waiting for clinics")
+        while True:
+            status = store.run_status(run_id) or {}
+            done = int(status.get("rounds_recorded", 0) or 0)
+            note = _note(status)
+            bar.update(task, completed=min(done, rounds), note=note)
+            if status.get("status") in ("completed", "failed"):
+                return status
+            if time.monotonic() - last_flower > flower_every:
+                last_flower = time.monotonic()
+                flwr_state = flower_status(conn, run_id)
+                if flwr_state.startswith("finished"):
+                    time.sleep(2)  # the ServerApp may still be writing its last row
+                    status = store.run_status(run_id) or {}
+                    if status.get("status") in ("completed", "failed"):
+                        return status
+                    return {"status": "failed", "error": f"Flower reports {flwr_state}; "
+                            f"see `flwr log {run_id}` on the coordinator"}
+            time.sleep(poll)
+
+
+def _note(status: dict) -> str:
+    if not status:
+        return "waiting for the ServerApp"
+    return "running" if status.get("rounds_recorded") else "waiting for clinics"

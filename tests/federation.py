@@ -1,0 +1,72 @@
+"""Real processes for end-to-end tests: `coordinator superlink` and `client-node start`.
+
+Started through radfed's own CLIs, on 127.0.0.1 with free ports, and always stopped
+(with every descendant) by the fixtures that use them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from radfed.processes import free_port, reachable, stop_tree
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(module: str, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a radfed CLI (`server.cli`, `client_node.cli`, ...) to completion."""
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env or os.environ.copy(), timeout=timeout)
+
+
+def spawn(module: str, *args: str, log: Path) -> subprocess.Popen:
+    """Start a radfed CLI in the background, output to `log`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as fh:
+        return subprocess.Popen([sys.executable, "-m", module, *args], stdout=fh,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
+
+
+class Federation:
+    """A SuperLink and clinics on loopback; `close()` stops them all."""
+
+    def __init__(self, work: Path):
+        self.work = work
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.procs: list[subprocess.Popen] = []
+
+    def start_superlink(self) -> None:
+        log = self.work / "logs" / "superlink.log"
+        proc = spawn("server.cli", "superlink", "--insecure", "--host", "127.0.0.1",
+                     "--port", str(self.port), "--flwr-home", str(self.work / "flwr-link"), log=log)
+        self.procs.append(proc)
+        deadline = time.monotonic() + 60
+        while reachable(self.address, timeout=1.0):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "SuperLink did not open its port"
+            time.sleep(0.3)
+
+    def start_clinic(self, name: str, data: Path) -> subprocess.Popen:
+        proc = spawn("client_node.cli", "start", "--superlink", self.address, "--insecure",
+                     "--data", str(data), "--name", name, "--threads", "1",
+                     "--home", str(self.work / "nodes"), log=self.work / "logs" / f"{name}.log")
+        self.procs.append(proc)
+        return proc
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-3000:]
+                         for p in sorted((self.work / "logs").glob("*.log")))
+
+    def all_pids(self) -> list[int]:
+        from radfed.processes import descendants
+
+        return [pid for p in self.procs for pid in [p.pid, *descendants(p.pid)]]
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            stop_tree(proc)

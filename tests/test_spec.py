@@ -1,0 +1,47 @@
+"""The experiment spec: what a coordinator writes, and what is refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from radfed.spec import ExperimentSpec, SpecError, from_mapping, load_spec, spec_to_toml
+
+
+def test_toml_round_trip(tmp_path):
+    spec = ExperimentSpec(name="a", rounds=5, learning_rate=1e-4, freeze="top-k", labels=("x", "y", "z"))
+    path = tmp_path / "exp.toml"
+    path.write_text(spec_to_toml(spec))
+    assert load_spec(path) == spec
+    assert ExperimentSpec.from_json(spec.to_json()) == spec
+
+
+def test_experiment_table_or_top_level(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text('name = "top"\nrounds = 2\n')
+    assert load_spec(path).rounds == 2
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"name": "x", "backbone": "vgg"}, "'backbone'"),
+    ({"name": "x", "freeze": "some"}, "'freeze'"),
+    ({"name": "x", "batch_size": 1.5}, "'batch_size'"),
+    ({"name": "x", "learning_rate": True}, "'learning_rate'"),
+    ({"name": "x", "labels": ["only"]}, "'labels'"),
+    ({"rounds": 1}, "'name'"),
+])
+def test_refusals_name_the_key(data, key):
+    with pytest.raises(SpecError) as info:
+        from_mapping(data)
+    assert key in str(info.value) and "\n" not in str(info.value)
+
+
+def test_clinic_side_does_not_need_the_weight_file():
+    text = ExperimentSpec(name="a").to_json().replace('"random"', '"/coordinator/only.pt"')
+    assert ExperimentSpec.from_json(text).weights == "/coordinator/only.pt"
+
+
+def test_not_toml(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text("name = \n")
+    with pytest.raises(SpecError, match="not valid TOML"):
+        load_spec(path)
