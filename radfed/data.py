@@ -28,7 +28,8 @@ import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field, replace
 from itertools import repeat
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -67,7 +68,6 @@ REJECTION_HELP: dict[str, str] = {
     "unknown-sop-instance-uid": "copy the file with that SOPInstanceUID into the data folder or fix the UID",
     "duplicate-sop-instance-uid": "remove the second copy of the image",
     "no-patient-id": "export with a PatientID (pseudonymised is fine): the split needs it",
-    "decode-error": "re-export the file; report it if this keeps happening",
     **dicom.REASONS,
 }
 
@@ -172,7 +172,10 @@ class _Row:
 
 @dataclass(frozen=True)
 class _Image:
-    """One image that passed the header checks; ``patient`` never leaves this module."""
+    """One file's header facts; ``patient`` never leaves this module.
+
+    ``problem`` is the reason code when the header shows it cannot be used as an image.
+    """
 
     relpath: str
     label: int
@@ -180,6 +183,7 @@ class _Image:
     uid: str
     modality: str
     manufacturer: str
+    problem: str = ""
 
 
 def _folder_error(data_dir: Path, problem: str) -> DataError:
@@ -233,13 +237,22 @@ def _parse_manifest(
         where = f"{manifest.name} line {line}"
         key = _clean_key(kind, _cell(cells, key_col))
         label = label_index.get(_cell(cells, label_col).strip().lower())
-        reason = "empty-key" if not key else "unknown-label" if label is None else "duplicate-row" if key in seen else ""
+        reason = _row_problem(key, label, seen)
         if reason:
             rejected.append((where, reason))
             continue
         seen.add(key)
         rows.append(_Row(where, key, label))
     return kind, rows, rejected
+
+
+def _row_problem(key: str, label: int | None, seen: set[str]) -> str:
+    """Reason code for a row that cannot be used as it stands, '' when it can."""
+    if not key:
+        return "empty-key"
+    if label is None:
+        return "unknown-label"
+    return "duplicate-row" if key in seen else ""
 
 
 def _cell(cells: list[str], index: int) -> str:
@@ -261,13 +274,13 @@ def _clean_key(kind: str, value: str) -> str:
 # ----------------------------------------------------------------------------- headers
 
 
-def _read_facts(path: Path, relpath: str, check_image: bool) -> _Image | str:
-    """Header facts of one file (label unset), or the rejection reason. Never decodes pixels."""
+def _read_facts(path: Path, relpath: str) -> _Image | str:
+    """Header facts of one file (label unset), or the reason it is not readable DICOM.
+
+    Never decodes pixels: that is what makes a warm-cache load cheap.
+    """
     try:
         ds = dicom.read_header(path)
-        if check_image:
-            with dicom.pydicom_quiet():
-                dicom.check_image_header(ds)
     except DicomError as exc:
         return exc.reason
     with dicom.pydicom_quiet():  # validation warnings would quote the PatientID
@@ -275,7 +288,12 @@ def _read_facts(path: Path, relpath: str, check_image: bool) -> _Image | str:
         patient = str(ds.get("PatientID", "") or "").strip()
         modality = str(ds.get("Modality", "") or "").strip()[:16] or "unknown"
         manufacturer = str(ds.get("Manufacturer", "") or "").strip()[:64] or "unknown"
-    return _Image(relpath, -1, patient, uid, modality, manufacturer)
+        try:
+            dicom.check_image_header(ds)
+            problem = ""
+        except DicomError as exc:
+            problem = exc.reason
+    return _Image(relpath, -1, patient, uid, modality, manufacturer, problem)
 
 
 def _walk_files(data_dir: Path, skip: set[Path]) -> list[Path]:
@@ -288,26 +306,24 @@ def _walk_files(data_dir: Path, skip: set[Path]) -> list[Path]:
     return [p for p in found if p.resolve() not in skip and p.is_file()]
 
 
-def _scan_by_uid(
-    data_dir: Path, skip: set[Path]
-) -> tuple[dict[str, tuple[str, _Image]], list[tuple[str, str]]]:
-    """Map SOPInstanceUID -> (relpath, facts) for a sop_instance_uid manifest.
+def _scan_by_uid(data_dir: Path, skip: set[Path]) -> tuple[dict[str, _Image], list[tuple[str, str]]]:
+    """Map SOPInstanceUID -> header facts for a sop_instance_uid manifest.
 
     Non-DICOM and empty files are skipped silently (PACS exports carry viewers,
     READMEs); damaged DICOM files and duplicate UIDs are rejected.
     """
-    by_uid: dict[str, tuple[str, _Image]] = {}
+    by_uid: dict[str, _Image] = {}
     rejected: list[tuple[str, str]] = []
     for path in _walk_files(data_dir, skip):
         relpath = path.relative_to(data_dir).as_posix()
-        facts = _read_facts(path, relpath, check_image=False)
+        facts = _read_facts(path, relpath)
         if isinstance(facts, str):
             if facts not in ("not-dicom", "empty-file"):
                 rejected.append((relpath, facts))
         elif facts.uid in by_uid:
             rejected.append((relpath, "duplicate-sop-instance-uid"))
         elif facts.uid:
-            by_uid[facts.uid] = (relpath, facts)
+            by_uid[facts.uid] = facts
     return by_uid, rejected
 
 
@@ -316,7 +332,7 @@ def _resolve_rows(
 ) -> tuple[list[_Image], list[tuple[str, str]]]:
     """Turn manifest rows into checked images; everything that fails becomes a rejection."""
     rejected: list[tuple[str, str]] = []
-    by_uid: dict[str, tuple[str, _Image]] = {}
+    by_uid: dict[str, _Image] = {}
     if kind == "sop_instance_uid":
         by_uid, rejected = _scan_by_uid(data_dir, skip)
     images: list[_Image] = []
@@ -333,63 +349,55 @@ def _resolve_rows(
     return sorted(images, key=lambda im: im.relpath), rejected
 
 
-def _resolve_row(
-    kind: str, row: _Row, data_dir: Path, by_uid: dict[str, tuple[str, _Image]]
-) -> tuple[str, _Image | str]:
-    """(where to report, image or reason) for one row."""
+def _resolve_row(kind: str, row: _Row, data_dir: Path, by_uid: dict[str, _Image]) -> tuple[str, _Image | str]:
+    """(where to report, labelled image or reason) for one row."""
     if kind == "sop_instance_uid":
         if row.key not in by_uid:
             return row.where, "unknown-sop-instance-uid"
-        relpath, facts = by_uid[row.key]
-        outcome = _read_facts(data_dir / relpath, relpath, check_image=True)
+        facts: _Image | str = by_uid[row.key]
     else:
-        relpath = row.key
-        pure = PurePosixPath(relpath)
+        pure = PurePosixPath(row.key)
         if pure.is_absolute() or ".." in pure.parts:
-            return f"{row.where}: {relpath}", "outside-data-folder"
-        if not (data_dir / relpath).is_file():
-            return f"{row.where}: {relpath}", "missing-file"
-        outcome = _read_facts(data_dir / relpath, relpath, check_image=True)
-    if isinstance(outcome, str):
-        return relpath, outcome
-    if not outcome.patient:
-        return relpath, "no-patient-id"
-    return relpath, _Image(relpath, row.label, outcome.patient, outcome.uid, outcome.modality, outcome.manufacturer)
+            return f"{row.where}: {row.key}", "outside-data-folder"
+        if not (data_dir / row.key).is_file():
+            return f"{row.where}: {row.key}", "missing-file"
+        facts = _read_facts(data_dir / row.key, row.key)
+    if isinstance(facts, str):
+        return row.key, facts
+    if facts.problem or not facts.patient:
+        return facts.relpath, facts.problem or "no-patient-id"
+    return facts.relpath, replace(facts, label=row.label)
 
 
 # ----------------------------------------------------------------------------- pixels and cache
 
 
-def _preprocess(path: str, size: int) -> tuple[np.ndarray | None, str]:
-    """Decode and resize one file (runs in worker processes too): (float16 image, '') or (None, reason)."""
-    try:
-        image = dicom.resize_pad(dicom.read_pixels(Path(path)), size)
-    except DicomError as exc:
-        return None, exc.reason
-    except Exception:  # a bug or an exotic file must not stop the clinic from loading
-        log.exception("unexpected error while preprocessing one image")
-        return None, "decode-error"
-    return image.astype(np.float16), ""
-
-
-def _worker_init() -> None:
-    """One torch thread per worker process: the pool is the parallelism."""
-    torch.set_num_threads(1)
-
-
 def _decode_all(paths: list[Path], size: int, workers: int) -> tuple[np.ndarray, list[str]]:
     """(N x S x S float16 images, reasons with '' for success), in a process pool when workers > 1."""
-    if workers > 1 and len(paths) > 1:
-        context = multiprocessing.get_context("spawn")  # fork after torch threads can deadlock
-        chunk = max(1, len(paths) // (workers * 4))
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
-            results = list(pool.map(_preprocess, map(str, paths), repeat(size), chunksize=chunk))
-    else:
-        results = [_preprocess(str(p), size) for p in paths]
+    results = _decode_in_pool(paths, size, workers) if workers > 1 and len(paths) > 1 else None
+    if results is None:
+        results = [dicom.preprocess_file(p, size) for p in paths]
     blank = np.zeros((size, size), dtype=np.float16)
-    images = np.stack([img if img is not None else blank for img, _ in results]) if results else (
-        np.zeros((0, size, size), dtype=np.float16))
-    return images, [reason for _, reason in results]
+    images = [img if img is not None else blank for img, _ in results]
+    stacked = np.stack(images) if images else np.zeros((0, size, size), dtype=np.float16)
+    return stacked, [reason for _, reason in results]
+
+
+def _decode_in_pool(paths: list[Path], size: int, workers: int) -> list[tuple[np.ndarray | None, str]] | None:
+    """Decode in spawned processes (fork with torch or gRPC threads alive can deadlock).
+
+    Returns None when the pool breaks, e.g. a script without an
+    ``if __name__ == "__main__":`` guard, so the caller decodes serially instead.
+    """
+    context = multiprocessing.get_context("spawn")
+    workers = min(workers, len(paths))
+    chunk = max(1, len(paths) // (workers * 4))
+    try:
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            return list(pool.map(dicom.preprocess_file, map(str, paths), repeat(size), chunksize=chunk))
+    except BrokenProcessPool:
+        log.warning("decode worker processes failed to start; decoding in this process instead")
+        return None
 
 
 def _cache_key(data_dir: Path, images: list[_Image], size: int) -> str:
@@ -525,9 +533,13 @@ def load_clinic(
     """Load a clinic folder: manifest -> checked headers -> (cached) pixels -> patient split.
 
     Bad rows and files are rejected, never fatal; DataError only when the folder,
-    the manifest or the whole result is unusable.
+    the manifest or the whole result is unusable.  ``workers > 1`` decodes in
+    spawned processes, so a calling script needs the usual
+    ``if __name__ == "__main__":`` guard (without it, decoding falls back to serial).
     """
     _check_labels(labels)
+    if image_size < 1:
+        raise ValueError(f"image_size must be positive, got {image_size}")
     data_dir = Path(data_dir)
     _check_folder(data_dir)
     manifest = Path(manifest) if manifest is not None else data_dir / MANIFEST_NAME

@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
@@ -40,14 +38,17 @@ __all__ = [
     "check_image_header",
     "decode_dataset",
     "header_summary",
+    "preprocess_file",
     "pydicom_quiet",
     "read_header",
     "read_pixels",
     "resize_pad",
 ]
 
+log = logging.getLogger(__name__)
+
 # Bump whenever the output of read_pixels/resize_pad changes, so caches miss.
-PREPROCESS_VERSION = "radfed-dicom-1"
+PREPROCESS_VERSION = "radfed-dicom-2"
 
 # Working-memory ceiling for one file, estimated from the header before decoding.
 MAX_DECODE_BYTES = 1 << 30
@@ -63,6 +64,7 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)  # ITU-R BT.601 weight
 # reason code -> the fix; messages put the specific problem in front of it.
 REASONS: dict[str, str] = {
     "empty-file": "copy or re-export the file again",
+    "unreadable": "check that the file exists and is readable by this user",
     "not-dicom": "remove it from the manifest or the data folder",
     "corrupt": "re-export the file from the PACS",
     "truncated": "copy or re-export the file again",
@@ -71,6 +73,7 @@ REASONS: dict[str, str] = {
     "unsupported-syntax": "export it uncompressed or install the pylibjpeg plugins",
     "unsupported-photometric": "export it as greyscale or remove it from the manifest",
     "too-large": "export a smaller image or raise the memory limit",
+    "decode-error": "re-export the file; report it if this keeps happening",
 }
 
 
@@ -167,21 +170,23 @@ def read_header(path: Path) -> Dataset:
     """Read a file's dataset with the pixel data left on disk, or raise DicomError.
 
     Files without the 128-byte preamble are retried with ``force=True`` but only
-    kept if they look like images, since force accepts almost any bytes.
+    kept if they parse as a real dataset, since force accepts almost any bytes.
     """
     path = Path(path)
     try:
         size = path.stat().st_size
-    except OSError:
-        raise _fail("not-dicom", "the file cannot be opened") from None
+    except OSError as exc:
+        raise _fail("unreadable", f"the file cannot be opened ({type(exc).__name__})") from None
     if size == 0:
         raise _fail("empty-file", "the file is empty (0 bytes)")
     try:
         ds = _dcmread_strict(path, force=False)
     except InvalidDicomError:
         ds = _read_without_meta(path)
-    except (EOFError, OSError):
+    except EOFError:
         raise _fail("truncated", "the file ends inside its header") from None
+    except OSError as exc:
+        raise _fail("unreadable", f"the file cannot be read ({type(exc).__name__})") from None
     except Exception as exc:  # pydicom raises many types (and our warnings) for bad bytes
         raise _fail("corrupt", f"the header cannot be parsed ({type(exc).__name__})") from None
     if len(ds) == 0:
@@ -228,7 +233,8 @@ def check_image_header(ds: Dataset, max_bytes: int = MAX_DECODE_BYTES) -> None:
     elif samples == 1 and photometric in _MONOCHROME:
         pass
     else:
-        raise _fail("unsupported-photometric", f"photometric interpretation {photometric[:16]!r} with {samples} samples")
+        problem = f"photometric interpretation {photometric[:16]!r} with {samples} samples"
+        raise _fail("unsupported-photometric", problem)
     _check_memory(ds, rows, cols, samples, max_bytes)
     _check_decoder(ds)
 
@@ -297,7 +303,7 @@ def decode_dataset(ds: Dataset) -> np.ndarray:
         photometric = str(view.get("PhotometricInterpretation", "")).strip().upper()
     if photometric == "MONOCHROME1":
         image = 1.0 - image
-    return image.astype(np.float32)
+    return np.nan_to_num(image, nan=0.0).astype(np.float32)
 
 
 def _colour_to_grey(arr: np.ndarray, ds: Dataset) -> np.ndarray:
@@ -397,20 +403,50 @@ def resize_pad(image: np.ndarray, size: int) -> np.ndarray:
     height, width = image.shape
     scale = size / max(height, width)
     new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-    resized = _resize(image.astype(np.float32, copy=False), new_h, new_w)
+    image = image.astype(np.float32, copy=False)
+    rows, row_weights = _resample_taps(height, new_h)
+    cols, col_weights = _resample_taps(width, new_w)
+    resized = np.einsum("ok,okw->ow", row_weights, image[rows])
+    resized = np.einsum("ok,hok->ho", col_weights, resized[:, cols])
     out = np.zeros((size, size), dtype=np.float32)
     top, left = (size - new_h) // 2, (size - new_w) // 2
-    out[top : top + new_h, left : left + new_w] = resized
+    out[top : top + new_h, left : left + new_w] = np.clip(resized, 0.0, 1.0)
     return out
 
 
-def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Antialiased bilinear resize through torch; a no-op when the size already fits."""
-    if image.shape == (height, width):
-        return image.copy()
-    tensor = torch.from_numpy(np.ascontiguousarray(image))[None, None]
-    out = F.interpolate(tensor, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
-    return out[0, 0].clamp_(0.0, 1.0).numpy()
+def _resample_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Input indices and weights (both n_out x taps) of an antialiased linear resize along one axis.
+
+    A triangle filter widened by the downscale factor, as PIL and torch's
+    ``interpolate(antialias=True)`` use, so every input pixel contributes.
+    Explicit taps instead of a dense matrix product: multithreaded BLAS is
+    slow on such small products, and plain numpy keeps torch out of the
+    decode worker processes, which then start in about a second.
+    """
+    scale = n_in / n_out
+    radius = max(scale, 1.0)
+    centres = (np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5
+    first = np.floor(centres - radius).astype(np.int64) + 1
+    index = first[:, None] + np.arange(int(np.ceil(2 * radius)) + 1)[None, :]
+    weights = np.maximum(0.0, 1.0 - np.abs(index - centres[:, None]) / radius)
+    weights[(index < 0) | (index >= n_in)] = 0.0
+    weights /= weights.sum(axis=1, keepdims=True)
+    return np.clip(index, 0, n_in - 1), weights.astype(np.float32)
+
+
+def preprocess_file(path: str | Path, size: int) -> tuple[np.ndarray | None, str]:
+    """read_pixels + resize_pad as float16, or (None, reason code).
+
+    The unit of work of a loader's process pool; it lives here because this
+    module does not import torch, so spawned workers start in about a second.
+    """
+    try:
+        return resize_pad(read_pixels(Path(path)), size).astype(np.float16), ""
+    except DicomError as exc:
+        return None, exc.reason
+    except Exception as exc:  # one exotic file must not stop a clinic from loading
+        log.error("unexpected %s while preprocessing an image; rejected as decode-error", type(exc).__name__)
+        return None, "decode-error"
 
 
 _SUMMARY_KEYWORDS = ("Modality", "Manufacturer", "Rows", "Columns", "PhotometricInterpretation", "BitsStored")

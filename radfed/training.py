@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from radfed.models import Classifier, set_train_mode
@@ -143,6 +142,8 @@ def metrics_from_probs(probs: torch.Tensor, labels: torch.Tensor) -> EvalResult:
 
 def auroc(probs: np.ndarray, labels: np.ndarray) -> float:
     """Binary AUROC on the positive class, or macro one-vs-rest for more classes."""
+    from sklearn.metrics import roc_auc_score  # 2 s to import: only where it is used
+
     present = np.unique(labels)
     if len(present) < 2:
         return math.nan

@@ -75,23 +75,29 @@ def submit(conn: Connection, spec: ExperimentSpec, database_url: str, checkpoint
                          "--format", "json")
     finally:
         Path(overrides).unlink(missing_ok=True)
-    try:
-        reply = json.loads(proc.stdout.strip().splitlines()[-1])
-    except (json.JSONDecodeError, IndexError):
-        reply = {}
+    reply = _json_reply(proc.stdout)
     if not reply.get("success") or not reply.get("run-id"):
         detail = reply.get("error-message") or (proc.stderr or proc.stdout).strip()[-300:]
         raise LaunchError(f"SuperLink {conn.address} refused the run: {' '.join(detail.split())}")
     return str(reply["run-id"])
 
 
+def _json_reply(stdout: str) -> dict:
+    """The JSON object `flwr ... --format json` prints (pretty-printed, maybe after notices)."""
+    start = stdout.find("{")
+    try:
+        return json.loads(stdout[start:]) if start >= 0 else {}
+    except json.JSONDecodeError:
+        return {}
+
+
 def flower_status(conn: Connection, run_id: str) -> str:
     """Flower's own view of a run ("running", "finished:failed", ...), or "" if unknown."""
     try:
         proc = conn.flwr("ls", CONNECTION, "--run-id", run_id, "--format", "json", timeout=60)
-        runs = json.loads(proc.stdout.strip().splitlines()[-1]).get("runs", [])
-    except (subprocess.TimeoutExpired, json.JSONDecodeError, IndexError):
+    except subprocess.TimeoutExpired:
         return ""
+    runs = _json_reply(proc.stdout).get("runs", [])
     return str(runs[0].get("status", "")) if runs else ""
 
 
