@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +28,16 @@ from radfed.training import evaluate, pick_device, train_local
 
 log = logging.getLogger("radfed.clinic")
 app = ClientApp()
+
+
+def _process_age() -> float:
+    """Seconds since this ClientApp process started (Linux), for the timing log line."""
+    try:
+        uptime = float(open("/proc/uptime").read().split()[0])
+        ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        return uptime - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
 
 
 def _guarded(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
@@ -88,23 +99,36 @@ def _reply(msg: Message, context: Context, metrics: dict[str, float],
 @app.train()
 @_guarded
 def train(msg: Message, context: Context) -> Message:
-    """Fine-tune the global model on this clinic's training patients."""
+    """Evaluate the received global model on held-out patients, then fine-tune it."""
     _setup(context)
     config = msg.content["config"]
     spec = ExperimentSpec.from_json(str(config["spec"]))
     server_round = int(config.get("server-round", 1))
+    t0 = time.monotonic()
     data = _data(spec, context)
     model = _model(spec, msg)
-    torch.manual_seed(spec.seed * 1000 + server_round)
+    metrics: dict[str, float] = {}
+    if bool(config.get("evaluate-received", False)):
+        metrics = _val_metrics(model, data, count_key="val_examples")
+    t1 = time.monotonic()
+    seed = spec.seed * 1000 + server_round
+    torch.manual_seed(seed)
     loss = train_local(
         model, data.train.images, data.train.labels, epochs=spec.local_epochs,
-        batch_size=spec.batch_size, learning_rate=spec.learning_rate,
-        seed=spec.seed * 1000 + server_round,
+        batch_size=spec.batch_size, learning_rate=spec.learning_rate, seed=seed,
         proximal_mu=float(config.get("proximal-mu", 0.0)),
     )
-    arrays = ArrayRecord(model.state_dict())
-    return _reply(msg, context, {"train_loss": loss, "num-examples": len(data.train.labels)},
-                  arrays)
+    log.info("round %d train: %d images; process %.1fs, data+model+eval %.1fs, training %.1fs",
+             server_round, len(data.train.labels), _process_age() - (time.monotonic() - t0),
+             t1 - t0, time.monotonic() - t1)
+    metrics.update({"train_loss": loss, "num-examples": len(data.train.labels)})
+    return _reply(msg, context, metrics, ArrayRecord(model.state_dict()))
+
+
+def _val_metrics(model: torch.nn.Module, data: ClinicData, count_key: str) -> dict[str, float]:
+    result = evaluate(model, data.val.images, data.val.labels)
+    return {"val_loss": result.loss, "val_accuracy": result.accuracy,
+            "val_auroc": result.auroc, count_key: result.num_examples}
 
 
 @app.evaluate()
@@ -114,13 +138,11 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     _setup(context)
     spec = ExperimentSpec.from_json(str(msg.content["config"]["spec"]))
     data = _data(spec, context)
-    model = _model(spec, msg)
-    result = evaluate(model, data.val.images, data.val.labels)
-    return _reply(msg, context, {
-        "val_loss": result.loss, "val_accuracy": result.accuracy,
-        "val_auroc": result.auroc, "num-examples": result.num_examples,
-    })
+    return _reply(msg, context, _val_metrics(_model(spec, msg), data, count_key="num-examples"))
 
 
-if os.environ.get("RADFED_CLINIC_LOG_LEVEL"):
-    logging.basicConfig(level=os.environ["RADFED_CLINIC_LOG_LEVEL"])
+if not log.handlers:  # the clinic's own log (the SuperNode's output); never sent anywhere
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter("%(asctime)s radfed %(levelname)s: %(message)s"))
+    log.addHandler(_handler)
+    log.setLevel(os.environ.get("RADFED_CLINIC_LOG_LEVEL", "INFO"))

@@ -49,7 +49,7 @@ __all__ = [
 RUN_STATUSES = ("running", "completed", "failed")
 FINISHED_STATUSES = ("completed", "failed")
 PHASES = ("train", "evaluate")
-ROUND_FLOAT_FIELDS = ("train_loss", "val_loss", "val_accuracy", "val_auroc")
+ROUND_FLOAT_FIELDS = ("train_loss", "val_loss", "val_accuracy", "val_auroc", "duration_s")
 ROUND_INT_FIELDS = ("num_clinics", "num_examples")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 PG_CONNECT_TIMEOUT_S = 10
@@ -126,6 +126,7 @@ class RoundResult(SQLModel, table=True):
     val_auroc: float | None = None
     num_clinics: int | None = None
     num_examples: int | None = None
+    duration_s: float | None = None
     created_at: datetime = Field(default_factory=_utcnow)
 
 
@@ -384,7 +385,7 @@ class Store:
     def record_round(self, run_id: int, server_round: int, **metrics: Any) -> None:
         """Insert or update the aggregated metrics of a round.
 
-        Accepts train_loss, val_loss, val_accuracy, val_auroc, num_clinics and
+        Accepts train_loss, val_loss, val_accuracy, val_auroc, duration_s, num_clinics and
         num_examples.  Only the given, non-None metrics overwrite an existing
         row, so the fit and the evaluate step of one round can each record their
         half without erasing the other's.  Unknown names raise ValueError (typos).

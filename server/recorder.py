@@ -2,6 +2,11 @@
 
 One `RunRecorder` per run, living in the ServerApp process. Each write is its own
 transaction, so a failure in round 3 never loses rounds 1 and 2.
+
+Evaluation results arrive two ways (see strategies.recording): inside round r + 1's
+train replies for the model of round r, and from the evaluate replies after the final
+round. Both land in the same rows: an "evaluate" row per clinic and the round's
+example-weighted validation metrics.
 """
 
 from __future__ import annotations
@@ -20,10 +25,7 @@ from radfed.store import Store
 from strategies.utils import ClinicReply
 
 log = logging.getLogger("radfed.server")
-
-_ROUND_KEYS = {"train": {"train_loss": "train_loss"},
-               "evaluate": {"val_loss": "val_loss", "val_accuracy": "val_accuracy",
-                            "val_auroc": "val_auroc"}}
+VAL_KEYS = ("val_loss", "val_accuracy", "val_auroc")
 
 
 def _finite(value: float | None) -> float | None:
@@ -39,6 +41,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def weighted_validation(replies: list[ClinicReply], count_key: str) -> dict[str, float | None]:
+    """Validation metrics averaged over clinics, weighted by validation examples."""
+    out: dict[str, float | None] = {}
+    for key in VAL_KEYS:
+        pairs = [(r.metrics[key], r.metrics.get(count_key, 0)) for r in replies
+                 if _finite(r.metrics.get(key)) is not None and r.metrics.get(count_key, 0) > 0]
+        total = sum(w for _, w in pairs)
+        out[key] = sum(v * w for v, w in pairs) / total if total else None
+    return out
+
+
 class RunRecorder:
     """Store writer for one run; implements strategies.recording.RoundRecorder."""
 
@@ -47,36 +60,54 @@ class RunRecorder:
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.val_auroc: dict[int, float | None] = {}
-        self._round_start = time.monotonic()
+        self._round_started = time.monotonic()
 
     def clinic_replies(self, server_round: int, phase: str, replies: list[ClinicReply]) -> None:
         for reply in replies:
             if reply.error:
                 log.warning("round %d %s: %s failed: %s", server_round, phase, reply.clinic, reply.error)
                 continue
-            m = reply.metrics
-            prefix = "train" if phase == "train" else "val"
-            self.store.record_clinic_result(
-                self.run_id, server_round, reply.clinic, reply.node_id, phase,
-                loss=_finite(m.get(f"{prefix}_loss")), num_examples=reply.num_examples,
-                accuracy=_finite(m.get("val_accuracy")), auroc=_finite(m.get("val_auroc")),
-                device=reply.device,
-            )
+            if phase == "train":
+                self._clinic_row(server_round, "train", reply, reply.num_examples)
+                if "val_examples" in reply.metrics:
+                    self._clinic_row(server_round - 1, "evaluate", reply,
+                                     int(reply.metrics["val_examples"]))
+            else:
+                self._clinic_row(server_round, "evaluate", reply, reply.num_examples)
+
+    def _clinic_row(self, server_round: int, phase: str, reply: ClinicReply, examples: int) -> None:
+        m = reply.metrics
+        evaluate = phase == "evaluate"
+        self.store.record_clinic_result(
+            self.run_id, server_round, reply.clinic, reply.node_id, phase,
+            loss=_finite(m.get("val_loss" if evaluate else "train_loss")), num_examples=examples,
+            accuracy=_finite(m.get("val_accuracy")) if evaluate else None,
+            auroc=_finite(m.get("val_auroc")) if evaluate else None, device=reply.device,
+        )
 
     def round_metrics(self, server_round: int, phase: str, metrics: MetricRecord | None,
                       replies: list[ClinicReply]) -> None:
-        if metrics is None:
-            return
-        values = {col: _finite(float(metrics[key])) for key, col in _ROUND_KEYS[phase].items()
-                  if key in metrics}
         ok = [r for r in replies if not r.error]
-        if phase == "evaluate":
-            self.val_auroc[server_round] = values.get("val_auroc")
-            values.update(num_clinics=len(ok), num_examples=sum(r.num_examples for r in ok))
-        self.store.record_round(self.run_id, server_round, **values)
+        if phase == "train":
+            if metrics is not None and "train_loss" in metrics:
+                self.store.record_round(self.run_id, server_round,
+                                        train_loss=_finite(float(metrics["train_loss"])))
+            received = [r for r in ok if "val_examples" in r.metrics]
+            if received:
+                self._validation(server_round - 1, received, "val_examples")
+        elif ok:
+            self._validation(server_round, ok, "num-examples")
+
+    def _validation(self, server_round: int, replies: list[ClinicReply], count_key: str) -> None:
+        values = weighted_validation(replies, count_key)
+        self.val_auroc[server_round] = values["val_auroc"]
+        self.store.record_round(
+            self.run_id, server_round, **values, num_clinics=len(replies),
+            num_examples=int(sum(r.metrics.get(count_key, 0) for r in replies)))
+        self.store.set_checkpoint_metric(self.run_id, server_round, values["val_auroc"])
 
     def checkpoint(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Flower's evaluate_fn: runs after each round's evaluation; round 0 is skipped."""
+        """Flower's evaluate_fn: runs at the end of every round; round 0 is skipped."""
         if server_round == 0:
             return None
         path = self.checkpoint_dir / f"round-{server_round:03d}.pt"
@@ -85,5 +116,8 @@ class RunRecorder:
         metric = self.val_auroc.get(server_round)
         self.store.record_checkpoint(self.run_id, server_round, str(path), sha256_file(path),
                                      "val_auroc", metric)
-        log.info("round %d checkpoint %s (val_auroc=%s)", server_round, path, metric)
+        duration = time.monotonic() - self._round_started
+        self.store.record_round(self.run_id, server_round, duration_s=duration)
+        self._round_started = time.monotonic()
+        log.info("round %d checkpoint %s (val_auroc=%s, %.1f s)", server_round, path, metric, duration)
         return None

@@ -48,6 +48,7 @@ def build_strategy(spec: ExperimentSpec, recorder: RoundRecorder) -> Strategy:
         common["proximal_mu"] = spec.proximal_mu
     strategy = STRATEGIES[spec.strategy](**common)
     strategy.recorder = recorder
+    strategy.final_round = spec.rounds
     return strategy
 
 

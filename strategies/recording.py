@@ -3,6 +3,12 @@
 Flower's strategies aggregate; radfed also needs to know who contributed what, each
 round, in the database. The mixin wraps `aggregate_train` / `aggregate_evaluate`, hands
 each parsed reply to a recorder (the server's store writer) and then defers to Flower.
+
+Evaluate on receive: a clinic evaluates the global model it receives with each train
+message before training on it, so the model of round r is evaluated during round r + 1,
+and a separate evaluate broadcast (one more full model to every clinic) is only needed
+after the last round. Same model, same held-out patients, same numbers; one model
+transfer per round instead of two.
 """
 
 from __future__ import annotations
@@ -10,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
 
 from strategies.utils import ClinicReply, parse_reply
 
@@ -29,9 +36,24 @@ class NoClinicResult(RuntimeError):
 
 
 class RecordingMixin:
-    """Put before a Flower strategy class: `class X(RecordingMixin, FedAvg)`."""
+    """Put before a Flower strategy class: `class X(RecordingMixin, FedAvg)`.
+
+    `final_round` is the last round number: the only one with an evaluate broadcast.
+    """
 
     recorder: RoundRecorder
+    final_round: int = 1
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        config["evaluate-received"] = server_round > 1
+        return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        if server_round != self.final_round:
+            return []
+        return super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -48,6 +70,8 @@ class RecordingMixin:
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         replies = list(replies)
+        if server_round != self.final_round:
+            return None  # this round's model is evaluated on receipt, in the next round
         parsed = self._record(server_round, "evaluate", replies)
         metrics = super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
         self.recorder.round_metrics(server_round, "evaluate", metrics, parsed)
