@@ -64,20 +64,14 @@ def write_node_config(opts: NodeOptions) -> Path:
 
 def check(opts: NodeOptions) -> None:
     """Refuse to start with one line when the data or the SuperLink is not usable."""
-    if not opts.data.exists():
-        raise NodeError(f"data folder {opts.data} does not exist; pass --data with the clinic's "
-                        "DICOM folder (or make demo data: client-node demo-data DIR)")
-    if not opts.data.is_dir():
-        raise NodeError(f"{opts.data} is not a folder; --data takes the folder holding the DICOM files")
-    manifest = opts.manifest or opts.data / "labels.csv"
-    if not manifest.is_file():
-        raise NodeError(f"label manifest {manifest} not found; put labels.csv (file,label) in the "
-                        "data folder or pass --labels CSV")
-    if manifest.stat().st_size == 0 or len(manifest.read_text(errors="replace").split()) < 2:
-        raise NodeError(f"label manifest {manifest} is empty; add a header (file,label or "
-                        "sop_instance_uid,label) and one row per image")
+    from radfed.data import DataError, check_manifest
+
     if not opts.name.replace("-", "").replace("_", "").isalnum():
         raise NodeError(f"clinic name '{opts.name}' must be letters, digits, '-' or '_'")
+    try:
+        check_manifest(opts.data, opts.manifest)
+    except DataError as err:
+        raise NodeError(str(err)) from None
     why = reachable(opts.superlink)
     if why:
         raise NodeError(f"SuperLink {opts.superlink} is not reachable ({why}); check the address "

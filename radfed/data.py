@@ -563,3 +563,26 @@ def load_clinic(
         modalities=dict(Counter(im.modality for im in images)),
         manufacturers=dict(Counter(im.manufacturer for im in images)),
     )
+
+
+def check_manifest(data_dir: Path, manifest: Path | None = None) -> list[tuple[str, str]]:
+    """Pre-flight for a node: folder, manifest and referenced files are usable.
+
+    Reads the manifest and DICOM headers only (no pixel decoding), accepting every
+    label the manifest uses, so it runs before any task is known. Returns the
+    rejections; raises DataError when no row names a usable image.
+    """
+    data_dir = Path(data_dir)
+    _check_folder(data_dir)
+    manifest = Path(manifest) if manifest is not None else data_dir / MANIFEST_NAME
+    records = _read_manifest_lines(manifest, data_dir)
+    if not records:
+        raise _folder_error(data_dir, f'{manifest.name} is empty; add rows "file,label" (see client-node demo-data)')
+    _, _, label_col = _header_columns(records[0][1], manifest, data_dir)
+    labels = sorted({_cell(cells, label_col).strip().lower() for _, cells in records[1:]} - {""})
+    kind, rows, rejected = _parse_manifest(manifest, data_dir, labels or ["-"])
+    images, more = _resolve_rows(kind, rows, data_dir, {manifest.resolve()})
+    rejected += more
+    if not images:
+        raise _no_usable_image(data_dir, manifest, len(rows) + len(rejected) - len(more), rejected)
+    return rejected
