@@ -21,6 +21,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
+from radfed.batchnorm import batchnorm_state_keys
 from radfed.data import ClinicData, DataError, load_clinic
 from radfed.models import apply_freeze, create_model
 from radfed.spec import ExperimentSpec
@@ -77,11 +78,41 @@ def _data(spec: ExperimentSpec, context: Context) -> ClinicData:
     )
 
 
-def _model(spec: ExperimentSpec, msg: Message) -> torch.nn.Module:
+def _model(spec: ExperimentSpec, msg: Message, context: Context) -> torch.nn.Module:
+    """The received global model; under FedBN with this clinic's own BatchNorm state."""
     model = create_model(spec.backbone, len(spec.labels), "random")
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    if bool(msg.content["config"].get("local-bn", False)):
+        path = _bn_path(context)
+        if path.is_file():
+            model.load_state_dict(torch.load(path, weights_only=True), strict=False)
     apply_freeze(model, spec.freeze, spec.unfreeze_top)
     return model
+
+
+def _bn_path(context: Context) -> Path:
+    """Where FedBN keeps this clinic's BatchNorm tensors between rounds of a run."""
+    state_dir = Path(str(context.node_config.get("state-dir", "") or ".radfed-state"))
+    return state_dir / "fedbn" / f"run-{context.run_id}.pt"
+
+
+def _save_local_bn(model: torch.nn.Module, context: Context) -> None:
+    state = model.state_dict()
+    path = _bn_path(context)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: state[k] for k in batchnorm_state_keys(model)}, path)
+
+
+def _outgoing(model: torch.nn.Module, context: Context) -> ArrayRecord:
+    """The weights sent back; a test-only node option can corrupt them (guard tests)."""
+    state = model.state_dict()
+    fault = str(context.node_config.get("fault", "") or "")
+    if fault:
+        log.warning("test fault '%s' applied to this clinic's update", fault)
+        for key, value in state.items():
+            if value.is_floating_point():
+                state[key] = value.fill_(float("nan")) if fault == "nan" else value * 100.0
+    return ArrayRecord(state)
 
 
 def _reply(msg: Message, context: Context, metrics: dict[str, float],
@@ -106,7 +137,7 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(config.get("server-round", 1))
     t0 = time.monotonic()
     data = _data(spec, context)
-    model = _model(spec, msg)
+    model = _model(spec, msg, context)
     metrics: dict[str, float] = {}
     if bool(config.get("evaluate-received", False)):
         metrics = _val_metrics(model, data, count_key="val_examples")
@@ -121,8 +152,10 @@ def train(msg: Message, context: Context) -> Message:
     log.info("round %d train: %d images; process %.1fs, data+model+eval %.1fs, training %.1fs",
              server_round, len(data.train.labels), _process_age() - (time.monotonic() - t0),
              t1 - t0, time.monotonic() - t1)
+    if bool(config.get("local-bn", False)):
+        _save_local_bn(model, context)
     metrics.update({"train_loss": loss, "num-examples": len(data.train.labels)})
-    return _reply(msg, context, metrics, ArrayRecord(model.state_dict()))
+    return _reply(msg, context, metrics, _outgoing(model, context))
 
 
 def _val_metrics(model: torch.nn.Module, data: ClinicData, count_key: str) -> dict[str, float]:
@@ -138,7 +171,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     _setup(context)
     spec = ExperimentSpec.from_json(str(msg.content["config"]["spec"]))
     data = _data(spec, context)
-    return _reply(msg, context, _val_metrics(_model(spec, msg), data, count_key="num-examples"))
+    return _reply(msg, context, _val_metrics(_model(spec, msg, context), data, count_key="num-examples"))
 
 
 if not log.handlers:  # the clinic's own log (the SuperNode's output); never sent anywhere

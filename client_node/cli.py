@@ -42,13 +42,14 @@ def start(
     threads: Annotated[int, typer.Option(help="CPU threads for training (0: all cores).")] = 0,
     workers: Annotated[int, typer.Option(help="Processes decoding DICOM in parallel.")] = 1,
     home: Annotated[Optional[Path], typer.Option(help="Folder for node state (default ~/.radfed/nodes).")] = None,
+    fault: Annotated[str, typer.Option(hidden=True, help="TEST ONLY: corrupt updates ('nan' or 'scale').")] = "",
 ) -> None:
     """Join a federation: start this clinic's Flower SuperNode on its own data.
 
     Example: `client-node start --superlink 127.0.0.1:9092 --insecure --data ./clinic-a --name clinic-a`
     """
     opts = NodeOptions(superlink, data, name, labels, cache_dir, insecure, root_certificates,
-                       local_port, threads, workers, home)
+                       local_port, threads, workers, home, fault)
     try:
         check(opts)
     except NodeError as e:
@@ -83,24 +84,67 @@ def check_data(
     task_labels: Annotated[str, typer.Option(help="Comma-separated class names of the task.")] = "normal,opacity",
     image_size: Annotated[int, typer.Option(help="Model input size.")] = 224,
     as_json: Annotated[bool, typer.Option("--json", help="Print the data card as JSON.")] = False,
+    window: Annotated[Optional[str], typer.Option(help="CT window: lung, mediastinum, brain, bone, abdomen or CENTER/WIDTH.")] = None,
+    frame_policy: Annotated[str, typer.Option(help="Multi-frame files: middle or all.")] = "middle",
+    label_source: Annotated[str, typer.Option(help="manifest, folders (DIR/<label>/...) or tag.")] = "manifest",
+    label_tag: Annotated[Optional[str], typer.Option(help="DICOM keyword holding the label (label-source tag).")] = None,
+    label_map: Annotated[Optional[list[str]], typer.Option(help="VALUE=LABEL for label-source tag; repeatable.")] = None,
+    filter_: Annotated[Optional[list[str]], typer.Option("--filter", help="KEYWORD=V1,V2 (Modality, BodyPartExamined, SeriesDescription); repeatable.")] = None,
+    workers: Annotated[int, typer.Option(help="Processes decoding DICOM in parallel.")] = 1,
 ) -> None:
-    """Print this clinic's data card (counts only) and every rejected file with its reason.
+    """Print this clinic's data card (counts only) and every rejected file with its reason and fix.
+
+    The card stays on this screen: it lists relative file paths of rejected files.
+    Exits non-zero only when no usable image is left.
 
     Example: `client-node check-data ./clinic-a --labels ./clinic-a/labels.csv`
     """
-    from radfed.data import DataError, load_clinic
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from radfed.data import REJECTION_HELP, DataError, DataOptions, format_card, load_clinic
+
+    def pairs(items: Optional[list[str]], option: str) -> dict[str, str]:
+        out = {}
+        for item in items or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                _fail(f"{option} expects KEY=VALUE, got {item!r}", 2)
+            out[key.strip()] = value.strip()
+        return out
 
     try:
-        data = load_clinic(directory, task_labels.split(","), image_size, manifest=labels)
+        window_opt: object = window
+        if window and "/" in window:
+            window_opt = tuple(float(v) for v in window.split("/", 1))
+        options = DataOptions(
+            window=window_opt, frame_policy=frame_policy, label_source=label_source, label_tag=label_tag,
+            label_map=pairs(label_map, "--label-map") or None,
+            filters={k: [v.strip() for v in vals.split(",") if v.strip()] for k, vals in pairs(filter_, "--filter").items()},
+        )
+    except ValueError as e:
+        _fail(str(e), 2)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=err, transient=True, disable=as_json)
+    tasks: dict[str, object] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task("reading headers" if stage == "headers" else "decoding pixels", total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    try:
+        with bar:
+            data = load_clinic(directory, task_labels.split(","), image_size, manifest=labels,
+                               options=options, workers=workers, progress=progress)
     except DataError as e:
+        for where, reason in e.rejected:
+            err.print(f"rejected {where}: {reason}; {REJECTION_HELP.get(reason, '')}", highlight=False, soft_wrap=True)
         _fail(str(e))
-    card = {"summary": data.summary(), "rejected": [list(r) for r in data.rejected]}
+    card = data.card()
     if as_json:
         print(json.dumps(card, indent=2, default=str))
         return
-    err.print_json(json.dumps(card["summary"], default=str))
-    for where, reason in data.rejected:
-        err.print(f"rejected {where}: {reason}", highlight=False)
+    err.print(format_card(card), highlight=False, soft_wrap=True, markup=False)
 
 
 def main() -> None:

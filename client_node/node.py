@@ -34,6 +34,7 @@ class NodeOptions:
     threads: int = 0
     workers: int = 1
     home: Path | None = None
+    fault: str = ""
 
     @property
     def node_home(self) -> Path:
@@ -50,6 +51,8 @@ def node_config(opts: NodeOptions) -> dict[str, str | int]:
         "cache-dir": str(Path(cache).resolve()),
         "threads": int(opts.threads),
         "workers": int(opts.workers),
+        "state-dir": str((opts.node_home / "state").resolve()),
+        "fault": opts.fault,
     }
 
 

@@ -12,9 +12,24 @@ patient never sit on both sides and validation scores are honest.  PatientIDs
 are read here and nowhere else; they never leave this module, never reach a
 summary, a cache file or a log line.
 
+Labels come from a CSV manifest (default), from class folders
+(``DATA/normal/*.dcm``, used automatically when there is no manifest and such
+folders exist), or from a DICOM tag mapped to labels.  Filters on Modality,
+BodyPartExamined and SeriesDescription keep only the images a task is about;
+filtered files are counted, not rejected.  All of it sits in one frozen
+:class:`DataOptions`.
+
 Decoding is the slow part, so preprocessed images can be cached under a key
-built from every used file's path, size and mtime: an unchanged folder loads
-without decoding a single pixel.
+built from every used file's path, size and mtime plus the pixel-relevant
+options: an unchanged folder loads without decoding a single pixel.
+
+Privacy rule: :class:`DataError` texts and log lines never contain values of
+identifying tags (PatientName, PatientID, BirthDate, AccessionNumber,
+InstitutionName...) nor any path below the data folder, since a file or folder
+name can carry a patient's name.  They name the folder the operator passed,
+manifest line numbers and reason codes.  Relative paths appear only in
+``ClinicData.rejected`` / ``DataError.rejected``, which the local data card
+(``client-node check-data``) prints on the clinic's own screen.
 """
 
 from __future__ import annotations
@@ -26,7 +41,7 @@ import logging
 import multiprocessing
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
@@ -44,10 +59,16 @@ __all__ = [
     "CACHE_VERSION",
     "ClinicData",
     "DataError",
+    "DataOptions",
+    "FILTER_KEYWORDS",
+    "LABEL_SOURCES",
     "KEY_COLUMNS",
     "MANIFEST_NAME",
     "REJECTION_HELP",
     "Split",
+    "Progress",
+    "check_manifest",
+    "format_card",
     "load_clinic",
     "patient_split",
 ]
@@ -56,7 +77,14 @@ log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "labels.csv"
 KEY_COLUMNS = ("file", "sop_instance_uid")
-CACHE_VERSION = "radfed-data-1"
+CACHE_VERSION = "radfed-data-2"
+
+LABEL_SOURCES = ("manifest", "folders", "tag")
+FILTER_KEYWORDS = ("Modality", "BodyPartExamined", "SeriesDescription")
+_FILTERED = "filtered"  # not a rejection: the file is simply not part of this task
+
+# progress(stage, done, total); stage is "headers" or "pixels".
+Progress = Callable[[str, int, int], None]
 
 # Rejection codes raised here (DICOM codes come from radfed.dicom.REASONS) -> the fix.
 REJECTION_HELP: dict[str, str] = {
@@ -68,12 +96,79 @@ REJECTION_HELP: dict[str, str] = {
     "unknown-sop-instance-uid": "copy the file with that SOPInstanceUID into the data folder or fix the UID",
     "duplicate-sop-instance-uid": "remove the second copy of the image",
     "no-patient-id": "export with a PatientID (pseudonymised is fine): the split needs it",
+    "no-label": "add the image's tag value to label_map, or filter such images out",
     **dicom.REASONS,
 }
 
 
 class DataError(Exception):
-    """The data folder as a whole is unusable; the message says which folder, why and the fix."""
+    """The data folder as a whole is unusable; the message says which folder, why and the fix.
+
+    ``rejected`` carries the local rejection list (relative paths) for the data
+    card; it is never part of the message, which may end up in logs.
+    """
+
+    def __init__(self, message: str, rejected: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(message)
+        self.rejected = list(rejected)
+
+
+def _one_of(name: str, allowed: Iterable[str], got: object) -> ValueError:
+    """ValueError in one line: the option, the allowed values, the value given."""
+    return ValueError(f"{name} must be one of {', '.join(allowed)}; got {got!r}")
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """How a task wants a clinic's DICOM turned into samples and labels.
+
+    window: a CT preset name (dicom.WINDOW_PRESETS), an explicit (center, width)
+        or None for the file's own VOI LUT / window.
+    frame_policy: "middle" (one sample per file) or "all" (every frame a sample,
+        same patient).
+    label_source: "manifest" (CSV), "folders" (DATA/<label>/...) or "tag".
+    label_tag / label_map: for "tag", the DICOM keyword whose value gives the
+        label, and value -> label (case-insensitive); without a map the value
+        itself must be a label name.
+    filters: keyword (FILTER_KEYWORDS) -> accepted values (case-insensitive).
+    Invalid values raise ValueError naming the option and the allowed values.
+    """
+
+    window: str | tuple[float, float] | None = None
+    frame_policy: str = "middle"
+    label_source: str = "manifest"
+    label_tag: str | None = None
+    label_map: dict[str, str] | None = None
+    filters: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        dicom.resolve_window(self.window)
+        if self.frame_policy not in dicom.FRAME_POLICIES:
+            raise _one_of("frame_policy", dicom.FRAME_POLICIES, self.frame_policy)
+        if self.label_source not in LABEL_SOURCES:
+            raise _one_of("label_source", LABEL_SOURCES, self.label_source)
+        if self.label_source == "tag" and not (isinstance(self.label_tag, str) and self.label_tag.strip()):
+            raise ValueError(f"label_tag must name a DICOM keyword (e.g. 'SeriesDescription') when "
+                             f"label_source is 'tag'; got {self.label_tag!r}")
+        if self.label_map is not None and not isinstance(self.label_map, dict):
+            raise ValueError(f"label_map must be a dict of tag value -> label or None; got {type(self.label_map).__name__}")
+        if not isinstance(self.filters, dict):
+            raise ValueError(f"filters must be a dict of keyword -> list of values; got {type(self.filters).__name__}")
+        for keyword, values in self.filters.items():
+            if keyword not in FILTER_KEYWORDS:
+                raise _one_of("filters keys", FILTER_KEYWORDS, keyword)
+            if isinstance(values, str) or not all(isinstance(v, str) for v in values):
+                raise ValueError(f"filters[{keyword!r}] must be a list of strings; got {values!r}")
+
+    def pixel_token(self) -> list[Any]:
+        """What changes the preprocessed pixels: part of the cache key."""
+        return [dicom.resolve_window(self.window), self.frame_policy]
+
+    def token(self) -> str:
+        """Every option as canonical JSON (for the cache key)."""
+        label_map = sorted((self.label_map or {}).items())
+        filters = sorted((k, sorted(v)) for k, v in self.filters.items())
+        return json.dumps([self.pixel_token(), self.label_source, self.label_tag, label_map, filters])
 
 
 @dataclass
@@ -107,9 +202,13 @@ class ClinicData:
     rejected: list[tuple[str, str]]
     modalities: dict[str, int] = field(default_factory=dict)
     manufacturers: dict[str, int] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+    transfer_syntaxes: dict[str, int] = field(default_factory=dict)
+    filtered: int = 0
 
     def summary(self) -> dict[str, Any]:
-        """Counts only: images and patients per label per split, rejections by reason, equipment."""
+        """Counts only: images and patients per label per split, rejections by reason,
+        files filtered out by the task, equipment, image sizes and transfer syntaxes."""
         return {
             "labels": list(self.labels),
             "train": _split_counts(self.train, self.labels),
@@ -118,7 +217,43 @@ class ClinicData:
             "rejected_total": len(self.rejected),
             "modalities": dict(self.modalities),
             "manufacturers": dict(self.manufacturers),
+            "sizes": dict(self.sizes),
+            "transfer_syntaxes": dict(self.transfer_syntaxes),
+            "filtered": self.filtered,
         }
+
+
+    def card(self) -> dict[str, Any]:
+        """The local data card: summary() plus every rejection with its fix.
+
+        Rejections carry relative paths, so the card is for the clinic's own
+        screen (client-node check-data), never for logs or the coordinator.
+        """
+        rejected = [{"where": where, "reason": reason, "fix": REJECTION_HELP.get(reason, "")}
+                    for where, reason in self.rejected]
+        return {"summary": self.summary(), "rejected": rejected}
+
+
+def format_card(card: dict[str, Any]) -> str:
+    """A data card (ClinicData.card()) as plain text lines for a terminal."""
+    summary = card["summary"]
+    lines = ["data card"]
+    for split in ("train", "val"):
+        counts = summary[split]
+        per_label = ", ".join(
+            f"{label}: {counts['images'].get(label, 0)} images / {counts.get('patients', {}).get(label, 0)} patients"
+            for label in summary["labels"]
+        )
+        lines.append(f"  {split}: {counts['total_images']} images, {counts['total_patients']} patients ({per_label})")
+    for key in ("modalities", "manufacturers", "sizes", "transfer_syntaxes"):
+        shown = ", ".join(f"{name} {count}" for name, count in sorted(summary[key].items(), key=lambda kv: -kv[1]))
+        lines.append(f"  {key.replace('_', ' ')}: {shown or '-'}")
+    lines.append(f"  filtered out by the task: {summary['filtered']}")
+    lines.append(f"  rejected: {summary['rejected_total']}"
+                 + (f" ({', '.join(f'{r} {n}' for r, n in summary['rejected'].items())})" if summary["rejected"] else ""))
+    for item in card["rejected"]:
+        lines.append(f"  rejected {item['where']}: {item['reason']}; {item['fix']}")
+    return "\n".join(lines)
 
 
 def _split_counts(split: Split, labels: Sequence[str]) -> dict[str, Any]:
@@ -184,11 +319,16 @@ class _Image:
     modality: str
     manufacturer: str
     problem: str = ""
+    body_part: str = ""
+    series: str = ""
+    size: str = ""
+    syntax: str = ""
+    label_value: str = ""
 
 
-def _folder_error(data_dir: Path, problem: str) -> DataError:
+def _folder_error(data_dir: Path, problem: str, rejected: Sequence[tuple[str, str]] = ()) -> DataError:
     """DataError in the house style: 'data folder X: problem; fix'."""
-    return DataError(f"data folder {data_dir}: {problem}")
+    return DataError(f"data folder {data_dir}: {problem}", rejected)
 
 
 def _read_manifest_lines(manifest: Path, data_dir: Path) -> list[tuple[int, list[str]]]:
@@ -274,7 +414,17 @@ def _clean_key(kind: str, value: str) -> str:
 # ----------------------------------------------------------------------------- headers
 
 
-def _read_facts(path: Path, relpath: str) -> _Image | str:
+def _text(ds: Any, keyword: str, limit: int = 64) -> str:
+    """A header value as stripped text ('' when absent); multi-valued joined with '\\'."""
+    value = ds.get(keyword, "") if keyword else ""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = "\\".join(str(v) for v in value)
+    return str(value).strip()[:limit]
+
+
+def _read_facts(path: Path, relpath: str, label_tag: str | None = None) -> _Image | str:
     """Header facts of one file (label unset), or the reason it is not readable DICOM.
 
     Never decodes pixels: that is what makes a warm-cache load cheap.
@@ -293,7 +443,34 @@ def _read_facts(path: Path, relpath: str) -> _Image | str:
             problem = ""
         except DicomError as exc:
             problem = exc.reason
-    return _Image(relpath, -1, patient, uid, modality, manufacturer, problem)
+        body_part, series = _text(ds, "BodyPartExamined"), _text(ds, "SeriesDescription")
+        size = f"{_text(ds, 'Rows')}x{_text(ds, 'Columns')}"
+        tsyntax = ds.file_meta.get("TransferSyntaxUID")
+        syntax = (tsyntax.name or str(tsyntax)) if tsyntax else "unknown"
+        try:
+            label_value = _text(ds, label_tag or "")
+        except Exception:  # a label tag pydicom cannot parse: no label
+            label_value = ""
+    return _Image(relpath, -1, patient, uid, modality, manufacturer, problem,
+                  body_part, series, size, syntax, label_value)
+
+
+def _passes(facts: _Image, filters: dict[str, list[str]]) -> bool:
+    """True when the image matches every filter (case-insensitive; any listed value)."""
+    values = {"Modality": facts.modality, "BodyPartExamined": facts.body_part, "SeriesDescription": facts.series}
+    for keyword, allowed in filters.items():
+        if values[keyword].strip().lower() not in {a.strip().lower() for a in allowed}:
+            return False
+    return True
+
+
+def _accept(facts: _Image, label: int, filters: dict[str, list[str]]) -> _Image | str:
+    """The labelled image, or _FILTERED, or the reason it cannot be used (problem, no PatientID)."""
+    if not _passes(facts, filters):
+        return _FILTERED
+    if facts.problem or not facts.patient:
+        return facts.problem or "no-patient-id"
+    return replace(facts, label=label)
 
 
 def _walk_files(data_dir: Path, skip: set[Path]) -> list[Path]:
@@ -328,17 +505,21 @@ def _scan_by_uid(data_dir: Path, skip: set[Path]) -> tuple[dict[str, _Image], li
 
 
 def _resolve_rows(
-    kind: str, rows: list[_Row], data_dir: Path, skip: set[Path]
+    kind: str, rows: list[_Row], data_dir: Path, skip: set[Path],
+    filters: dict[str, list[str]] | None = None, progress: Progress | None = None,
 ) -> tuple[list[_Image], list[tuple[str, str]]]:
-    """Turn manifest rows into checked images; everything that fails becomes a rejection."""
+    """Turn manifest rows into checked images; everything that fails becomes a rejection
+    (files filtered out by the task become ``(where, "filtered")`` for the caller to count)."""
     rejected: list[tuple[str, str]] = []
     by_uid: dict[str, _Image] = {}
     if kind == "sop_instance_uid":
         by_uid, rejected = _scan_by_uid(data_dir, skip)
     images: list[_Image] = []
     seen_uids: set[str] = set()
-    for row in rows:
-        where, outcome = _resolve_row(kind, row, data_dir, by_uid)
+    for done, row in enumerate(rows, 1):
+        where, outcome = _resolve_row(kind, row, data_dir, by_uid, filters or {})
+        if progress is not None:
+            progress("headers", done, len(rows))
         if isinstance(outcome, str):
             rejected.append((where, outcome))
         elif outcome.uid and outcome.uid in seen_uids:
@@ -349,7 +530,9 @@ def _resolve_rows(
     return sorted(images, key=lambda im: im.relpath), rejected
 
 
-def _resolve_row(kind: str, row: _Row, data_dir: Path, by_uid: dict[str, _Image]) -> tuple[str, _Image | str]:
+def _resolve_row(
+    kind: str, row: _Row, data_dir: Path, by_uid: dict[str, _Image], filters: dict[str, list[str]]
+) -> tuple[str, _Image | str]:
     """(where to report, labelled image or reason) for one row."""
     if kind == "sop_instance_uid":
         if row.key not in by_uid:
@@ -364,26 +547,88 @@ def _resolve_row(kind: str, row: _Row, data_dir: Path, by_uid: dict[str, _Image]
         facts = _read_facts(data_dir / row.key, row.key)
     if isinstance(facts, str):
         return row.key, facts
-    if facts.problem or not facts.patient:
-        return facts.relpath, facts.problem or "no-patient-id"
-    return facts.relpath, replace(facts, label=row.label)
+    return facts.relpath, _accept(facts, row.label, filters)
+
+
+def _class_folders(data_dir: Path, labels: Sequence[str]) -> dict[int, Path]:
+    """label index -> its folder directly under data_dir (names match case-insensitively)."""
+    try:
+        subdirs = {d.name.strip().lower(): d for d in data_dir.iterdir() if d.is_dir() and not d.name.startswith(".")}
+    except OSError:
+        return {}
+    return {i: subdirs[name.strip().lower()] for i, name in enumerate(labels) if name.strip().lower() in subdirs}
+
+
+def _scan_labelled(
+    data_dir: Path, candidates: list[tuple[Path, int | None]], options: DataOptions,
+    labels: Sequence[str], progress: Progress | None,
+) -> tuple[list[_Image], list[tuple[str, str]]]:
+    """Header facts for (file, label or None = from the tag) pairs, with the same
+    rejections as a manifest: problems, no PatientID, duplicate UIDs; filtered files flagged.
+
+    In tag mode non-DICOM files are skipped silently (PACS exports carry viewers, READMEs).
+    """
+    label_index = {name.strip().lower(): i for i, name in enumerate(labels)}
+    label_map = {str(k).strip().lower(): str(v).strip().lower() for k, v in (options.label_map or {}).items()}
+    images: list[_Image] = []
+    rejected: list[tuple[str, str]] = []
+    seen_uids: set[str] = set()
+    for done, (path, label) in enumerate(candidates, 1):
+        if progress is not None:
+            progress("headers", done, len(candidates))
+        relpath = path.relative_to(data_dir).as_posix()
+        facts = _read_facts(path, relpath, options.label_tag)
+        if isinstance(facts, str):
+            if not (label is None and facts == "not-dicom"):
+                rejected.append((relpath, facts))
+            continue
+        if label is None:
+            value = facts.label_value.strip().lower()
+            label = label_index.get(label_map.get(value, value) if label_map else value)
+        outcome = _accept(facts, -1 if label is None else label, options.filters)
+        if outcome != _FILTERED and label is None and not isinstance(outcome, str):
+            outcome = "no-label"
+        if isinstance(outcome, str):
+            rejected.append((relpath, outcome))
+        elif outcome.uid and outcome.uid in seen_uids:
+            rejected.append((relpath, "duplicate-sop-instance-uid"))
+        else:
+            seen_uids.add(outcome.uid)
+            images.append(outcome)
+    return sorted(images, key=lambda im: im.relpath), rejected
 
 
 # ----------------------------------------------------------------------------- pixels and cache
 
 
-def _decode_all(paths: list[Path], size: int, workers: int) -> tuple[np.ndarray, list[str]]:
-    """(N x S x S float16 images, reasons with '' for success), in a process pool when workers > 1."""
-    results = _decode_in_pool(paths, size, workers) if workers > 1 and len(paths) > 1 else None
+def _decode_all(
+    paths: list[Path], size: int, workers: int, pixel_token: list[Any], progress: Progress | None = None
+) -> tuple[np.ndarray, list[str], list[int]]:
+    """(M x S x S float16 samples, reason per file ('' = success), samples per file).
+
+    Runs in a process pool when workers > 1.  A failed file contributes no sample.
+    """
+    window, frame_policy = pixel_token
+    window = tuple(window) if window is not None else None
+    results = None
+    if workers > 1 and len(paths) > 1:
+        results = _decode_in_pool(paths, size, workers, window, frame_policy, progress)
     if results is None:
-        results = [dicom.preprocess_file(p, size) for p in paths]
-    blank = np.zeros((size, size), dtype=np.float16)
-    images = [img if img is not None else blank for img, _ in results]
-    stacked = np.stack(images) if images else np.zeros((0, size, size), dtype=np.float16)
-    return stacked, [reason for _, reason in results]
+        results = []
+        for done, path in enumerate(paths, 1):
+            results.append(dicom.preprocess_file(path, size, window, frame_policy))
+            if progress is not None:
+                progress("pixels", done, len(paths))
+    stacks = [img for img, _ in results if img is not None]
+    stacked = np.concatenate(stacks) if stacks else np.zeros((0, size, size), dtype=np.float16)
+    counts = [0 if img is None else int(img.shape[0]) for img, _ in results]
+    return stacked, [reason for _, reason in results], counts
 
 
-def _decode_in_pool(paths: list[Path], size: int, workers: int) -> list[tuple[np.ndarray | None, str]] | None:
+def _decode_in_pool(
+    paths: list[Path], size: int, workers: int, window: tuple[float, float] | None, frame_policy: str,
+    progress: Progress | None,
+) -> list[tuple[np.ndarray | None, str]] | None:
     """Decode in spawned processes (fork with torch or gRPC threads alive can deadlock).
 
     Returns None when the pool breaks, e.g. a script without an
@@ -391,22 +636,30 @@ def _decode_in_pool(paths: list[Path], size: int, workers: int) -> list[tuple[np
     """
     context = multiprocessing.get_context("spawn")
     workers = min(workers, len(paths))
-    chunk = max(1, len(paths) // (workers * 4))
+    chunk = max(1, min(16, len(paths) // (workers * 8)))
+    results: list[tuple[np.ndarray | None, str]] = []
     try:
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            return list(pool.map(dicom.preprocess_file, map(str, paths), repeat(size), chunksize=chunk))
+            mapped = pool.map(dicom.preprocess_file, map(str, paths), repeat(size), repeat(window),
+                              repeat(frame_policy), chunksize=chunk)
+            for done, result in enumerate(mapped, 1):
+                results.append(result)
+                if progress is not None:
+                    progress("pixels", done, len(paths))
+        return results
     except BrokenProcessPool:
         log.warning("decode worker processes failed to start; decoding in this process instead")
         return None
 
 
-def _cache_key(data_dir: Path, images: list[_Image], size: int) -> str:
-    """sha256 over every used file's relative path, size and mtime_ns, the image size and code versions."""
+def _cache_key(data_dir: Path, images: list[_Image], size: int, options_token: str = "") -> str:
+    """sha256 over every used file's relative path, size and mtime_ns, the image size,
+    the options (window, frame policy, labels...) and code versions."""
     stats = []
     for image in images:
         st = (data_dir / image.relpath).stat()
         stats.append([image.relpath, st.st_size, st.st_mtime_ns])
-    payload = json.dumps([CACHE_VERSION, dicom.PREPROCESS_VERSION, size, stats], separators=(",", ":"))
+    payload = json.dumps([CACHE_VERSION, dicom.PREPROCESS_VERSION, size, options_token, stats], separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -416,27 +669,29 @@ def _cache_path(cache_dir: Path, data_dir: Path, size: int, key: str) -> Path:
     return cache_dir / f"{folder_tag}-s{size}-{key[:32]}.npz"
 
 
-def _cache_load(path: Path, count: int, size: int) -> tuple[np.ndarray, list[str]] | None:
-    """Cached (images, reasons) or None on a miss or an unreadable/mismatched cache file."""
+def _cache_load(path: Path, count: int, size: int) -> tuple[np.ndarray, list[str], list[int]] | None:
+    """Cached (samples, reasons, samples per file) or None on a miss or an unreadable/mismatched file."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as npz:
             images, reasons = npz["images"], [str(r) for r in npz["reasons"]]
+            counts = [int(c) for c in npz["counts"]]
     except Exception:
         log.warning("ignoring unreadable cache file %s", path.name)
         return None
-    if images.shape != (count, size, size) or len(reasons) != count:
+    if len(reasons) != count or len(counts) != count or images.shape != (sum(counts), size, size):
         return None
-    return images, reasons
+    return images, reasons, counts
 
 
-def _cache_store(path: Path, images: np.ndarray, reasons: list[str]) -> None:
+def _cache_store(path: Path, images: np.ndarray, reasons: list[str], counts: list[int]) -> None:
     """Write atomically, then drop older entries of the same folder and size."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("wb") as handle:
-        np.savez(handle, images=images.astype(np.float16), reasons=np.array(reasons, dtype=str))
+        np.savez(handle, images=images.astype(np.float16), reasons=np.array(reasons, dtype=str),
+                 counts=np.array(counts, dtype=np.int64))
     os.replace(tmp, path)
     prefix = path.name.rsplit("-", 1)[0] + "-"
     for stale in path.parent.glob(f"{prefix}*.npz"):
@@ -445,20 +700,25 @@ def _cache_store(path: Path, images: np.ndarray, reasons: list[str]) -> None:
 
 
 def _pixels(
-    data_dir: Path, images: list[_Image], size: int, cache_dir: Path | None, workers: int
-) -> tuple[np.ndarray, list[str]]:
-    """Preprocessed pixels for images, from the cache when nothing changed."""
+    data_dir: Path, images: list[_Image], size: int, cache_dir: Path | None, workers: int,
+    options: DataOptions, progress: Progress | None = None,
+) -> tuple[np.ndarray, list[str], list[int]]:
+    """Preprocessed samples for images (and reasons, samples per file), from the cache when nothing changed."""
     cache_file = None
     if cache_dir is not None:
-        cache_file = _cache_path(cache_dir, data_dir, size, _cache_key(data_dir, images, size))
+        key = _cache_key(data_dir, images, size, options.token())
+        cache_file = _cache_path(cache_dir, data_dir, size, key)
         cached = _cache_load(cache_file, len(images), size)
         if cached is not None:
             log.info("loaded %d preprocessed images from cache", len(images))
+            if progress is not None:
+                progress("pixels", len(images), len(images))
             return cached
-    pixels, reasons = _decode_all([data_dir / im.relpath for im in images], size, workers)
+    paths = [data_dir / im.relpath for im in images]
+    pixels, reasons, counts = _decode_all(paths, size, workers, options.pixel_token(), progress)
     if cache_file is not None:
-        _cache_store(cache_file, pixels, reasons)
-    return pixels, reasons
+        _cache_store(cache_file, pixels, reasons, counts)
+    return pixels, reasons, counts
 
 
 # ----------------------------------------------------------------------------- assembly
@@ -488,19 +748,38 @@ def _split_images(images: list[_Image], val_fraction: float, seed: int) -> tuple
     return train, val
 
 
-def _no_usable_image(data_dir: Path, manifest: Path, n_rows: int, rejected: list[tuple[str, str]]) -> DataError:
-    """Explain why nothing is left, e.g. 'all 12 rows name files that do not exist; first: line 2 x.dcm'."""
+def _public_where(where: str, manifest_name: str) -> str:
+    """'labels.csv line N' for a manifest row, else 'a file': paths below the data
+    folder can carry a patient's name, so they stay out of exception text."""
+    prefix = f"{manifest_name} line "
+    if where.startswith(prefix):
+        return where.split(":", 1)[0]
+    return "a file (run client-node check-data for the list)"
+
+
+def _no_usable_image(
+    data_dir: Path, source: str, n_items: int, rejected: list[tuple[str, str]], filtered: int = 0
+) -> DataError:
+    """Explain why nothing is left, e.g. 'all 12 rows name files that do not exist; first: labels.csv line 2'.
+
+    ``source`` is the manifest's file name or a description of the folder scan.
+    """
     reasons = Counter(reason for _, reason in rejected)
     if not rejected:
-        return _folder_error(data_dir, f"no usable image among {n_rows} rows of {manifest.name}; check the manifest")
+        extra = f" ({filtered} filtered out by the task's filters)" if filtered else ""
+        return _folder_error(data_dir, f"no usable image among {n_items} entries of {source}{extra}; "
+                             "check the manifest, labels and filters", rejected)
     first_where, first_reason = rejected[0]
-    if len(reasons) == 1 and first_reason == "missing-file" and len(rejected) == n_rows:
-        return _folder_error(data_dir, f"all {n_rows} rows of {manifest.name} name files that do not exist; "
-                             f"first: {first_where}; {REJECTION_HELP['missing-file']}")
+    shown = _public_where(first_where, source)
+    if len(reasons) == 1 and first_reason == "missing-file" and len(rejected) == n_items:
+        return _folder_error(data_dir, f"all {n_items} rows of {source} name files that do not exist; "
+                             f"first: {shown}; {REJECTION_HELP['missing-file']}", rejected)
     detail = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
+    if filtered:
+        detail += f"; {filtered} filtered out"
     fix = REJECTION_HELP.get(first_reason, "see the rejection list")
     return _folder_error(data_dir, f"no usable image: {len(rejected)} rejected ({detail}); "
-                         f"first: {first_where} ({first_reason}); {fix}")
+                         f"first: {shown} ({first_reason}); {fix}", rejected)
 
 
 def _check_folder(data_dir: Path) -> None:
@@ -529,40 +808,80 @@ def load_clinic(
     seed: int = 0,
     cache_dir: Path | None = None,
     workers: int = 1,
+    options: DataOptions | None = None,
+    progress: Progress | None = None,
 ) -> ClinicData:
-    """Load a clinic folder: manifest -> checked headers -> (cached) pixels -> patient split.
+    """Load a clinic folder: labels -> checked headers -> filters -> (cached) pixels -> patient split.
 
-    Bad rows and files are rejected, never fatal; DataError only when the folder,
-    the manifest or the whole result is unusable.  ``workers > 1`` decodes in
+    Labels come from ``options.label_source``; with the default "manifest",
+    no ``manifest`` argument, no DATA/labels.csv and class folders present
+    (DATA/normal, DATA/opacity), the class folders are used.  Bad rows and
+    files are rejected, never fatal; DataError only when the folder, the
+    manifest or the whole result is unusable.  ``workers > 1`` decodes in
     spawned processes, so a calling script needs the usual
-    ``if __name__ == "__main__":`` guard (without it, decoding falls back to serial).
+    ``if __name__ == "__main__":`` guard (without it, decoding falls back to
+    serial).  ``progress(stage, done, total)`` is called as headers are read
+    and as pixels are decoded.
     """
     _check_labels(labels)
     if image_size < 1:
         raise ValueError(f"image_size must be positive, got {image_size}")
+    options = options if options is not None else DataOptions()
+    if not isinstance(options, DataOptions):
+        raise ValueError(f"options must be a DataOptions or None; got {type(options).__name__}")
     data_dir = Path(data_dir)
     _check_folder(data_dir)
-    manifest = Path(manifest) if manifest is not None else data_dir / MANIFEST_NAME
-    kind, rows, rejected = _parse_manifest(manifest, data_dir, labels)
-    n_rows = len(rows) + len(rejected)
-    skip = {manifest.resolve()} | ({Path(cache_dir).resolve()} if cache_dir is not None else set())
-    images, more = _resolve_rows(kind, rows, data_dir, skip)
-    rejected += more
-    pixels, reasons = _pixels(data_dir, images, image_size, Path(cache_dir) if cache_dir else None, workers)
+    source, images, rejected, n_items = _labelled_images(data_dir, labels, manifest, cache_dir, options, progress)
+    filtered = sum(1 for _, reason in rejected if reason == _FILTERED)
+    rejected = [r for r in rejected if r[1] != _FILTERED]
+    pixels, reasons, counts = _pixels(data_dir, images, image_size, Path(cache_dir) if cache_dir else None,
+                                      workers, options, progress)
     rejected += [(im.relpath, r) for im, r in zip(images, reasons) if r]
-    keep = [i for i, r in enumerate(reasons) if not r]
-    pixels, images = pixels[keep], [images[i] for i in keep]
-    if not images:
-        raise _no_usable_image(data_dir, manifest, n_rows, rejected)
-    train, val = _split_images(images, val_fraction, seed)
+    kept = [im for im, r in zip(images, reasons) if not r]
+    samples = [im for im, n in zip(images, counts) for _ in range(n)]
+    if not samples:
+        raise _no_usable_image(data_dir, source, n_items, rejected, filtered)
+    train, val = _split_images(samples, val_fraction, seed)
     return ClinicData(
-        train=_build_split(pixels, images, train),
-        val=_build_split(pixels, images, val),
+        train=_build_split(pixels, samples, train),
+        val=_build_split(pixels, samples, val),
         labels=list(labels),
         rejected=rejected,
-        modalities=dict(Counter(im.modality for im in images)),
-        manufacturers=dict(Counter(im.manufacturer for im in images)),
+        modalities=dict(Counter(im.modality for im in kept)),
+        manufacturers=dict(Counter(im.manufacturer for im in kept)),
+        sizes=dict(Counter(im.size for im in kept)),
+        transfer_syntaxes=dict(Counter(im.syntax for im in kept)),
+        filtered=filtered,
     )
+
+
+def _labelled_images(
+    data_dir: Path, labels: Sequence[str], manifest: Path | None, cache_dir: Path | None,
+    options: DataOptions, progress: Progress | None,
+) -> tuple[str, list[_Image], list[tuple[str, str]], int]:
+    """(source name, labelled images, rejections incl. 'filtered', number of rows/files considered)."""
+    skip = {Path(cache_dir).resolve()} if cache_dir is not None else set()
+    source = options.label_source
+    default_manifest = data_dir / MANIFEST_NAME
+    if source == "manifest" and manifest is None and not default_manifest.exists() and _class_folders(data_dir, labels):
+        source = "folders"
+    if source == "folders":
+        folders = _class_folders(data_dir, labels)
+        if not folders:
+            names = ", ".join(f"{data_dir.name}/{name}" for name in labels)
+            raise _folder_error(data_dir, f"no class folders found; put each label's images in its own folder ({names})")
+        candidates = [(path, i) for i, folder in sorted(folders.items()) for path in _walk_files(folder, skip)]
+        images, rejected = _scan_labelled(data_dir, candidates, options, labels, progress)
+        return "the class folders", images, rejected, len(candidates)
+    if source == "tag":
+        candidates = [(path, None) for path in _walk_files(data_dir, skip)]
+        images, rejected = _scan_labelled(data_dir, candidates, options, labels, progress)
+        return f"the files' {options.label_tag} tags", images, rejected, len(candidates)
+    manifest = Path(manifest) if manifest is not None else default_manifest
+    kind, rows, rejected = _parse_manifest(manifest, data_dir, labels)
+    n_rows = len(rows) + len(rejected)
+    images, more = _resolve_rows(kind, rows, data_dir, skip | {manifest.resolve()}, options.filters, progress)
+    return manifest.name, images, rejected + more, n_rows
 
 
 def check_manifest(data_dir: Path, manifest: Path | None = None) -> list[tuple[str, str]]:
@@ -584,5 +903,5 @@ def check_manifest(data_dir: Path, manifest: Path | None = None) -> list[tuple[s
     images, more = _resolve_rows(kind, rows, data_dir, {manifest.resolve()})
     rejected += more
     if not images:
-        raise _no_usable_image(data_dir, manifest, len(rows) + len(rejected) - len(more), rejected)
+        raise _no_usable_image(data_dir, manifest.name, len(rows) + len(rejected) - len(more), rejected)
     return rejected

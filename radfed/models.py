@@ -3,23 +3,53 @@
 Every model takes single-channel images in [0, 1] (what `radfed.data` yields) and does its
 own input conversion (grey to 3 channels, the weight source's normalisation), so training
 code and checkpoints never depend on how a backbone was pretrained.
+
+Architectures: resnet50, densenet121, inception_v3 (torchvision, no auxiliary head),
+inception_resnet_v2 (timm), and resnet18 (a small baseline for tests).
+
+Conventions ("normalisation") are a property of the weight source, not of the file, so a
+client that rebuilds a model with ``weights="random"`` and then loads the global
+state_dict must be given the same convention (see `radfed.weights.weights_normalisation`):
+
+- ``"radimagenet"``: inputs scaled to [-1, 1] (mean = std = 0.5 per channel on [0, 1]
+  input): RadImageNet PyTorch checkpoints (their example: ``(x - 127.5) / 127.5``) and
+  random init (radfed's historical default).
+- ``"imagenet"``: ImageNet mean/std, for torchvision/timm ImageNet state_dicts.
+- ``"keras"``: RadImageNet Keras ``*_notop.h5`` weights. Their scripts apply caffe-style
+  ``preprocess_input`` (RGB->BGR, subtract the ImageNet BGR means in 0..255) and then
+  ``rescale=1/255``, i.e. ``x01 - mean_bgr / 255`` with std 1; for grey images copied to
+  3 channels the BGR order only decides which mean goes to which channel. This convention
+  also selects the Keras-compatible layout: ResNet50 stride 2 on the first 1x1 conv of a
+  downsampling block, BatchNorm epsilon 1.001e-5 (ResNet50/DenseNet121), and Inception
+  average pooling that excludes padding. Without it, converted weights compute something
+  else.
 """
 
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision import models as tvm
 
 # ImageNet statistics, used by torchvision/timm ImageNet weights.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-HEAD_PREFIXES = ("fc.", "classifier.", "AuxLogits.", "head.")
+# caffe-style BGR means (0..255) of keras.applications.imagenet_utils, then /255.
+KERAS_CAFFE_MEAN = (103.939 / 255, 116.779 / 255, 123.68 / 255)
+NORMALISATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "radimagenet": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "keras": (KERAS_CAFFE_MEAN, (1.0, 1.0, 1.0)),
+}
+HEAD_PREFIXES = ("fc.", "classifier.", "AuxLogits.", "head.", "classif.")
 STRIP_PREFIXES = ("module.", "backbone.", "model.", "encoder.")
+FREEZE_POLICIES = ("none", "all", "top-k")
 
 
 class WeightsError(ValueError):
@@ -35,29 +65,72 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
     head_skipped: list[str] = field(default_factory=list)
+    source_format: str = ""
+    normalisation: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.matched) and not self.missing and not self.mismatched
 
     def summary(self) -> str:
-        return (
+        text = (
             f"matched {len(self.matched)}, missing {len(self.missing)}, "
             f"unexpected {len(self.unexpected)}, shape-mismatched {len(self.mismatched)}, "
             f"head keys skipped {len(self.head_skipped)}"
         )
+        if self.missing:
+            text += f"; first missing: {', '.join(self.missing[:3])}"
+        if self.mismatched:
+            text += f"; first mismatched: {', '.join(self.mismatched[:3])}"
+        return text
+
+    def as_dict(self) -> dict:
+        return {
+            "format": self.source_format, "normalisation": self.normalisation,
+            "complete": self.complete,
+            "counts": {k: len(getattr(self, k)) for k in
+                       ("matched", "missing", "unexpected", "mismatched", "head_skipped")},
+            "missing": self.missing, "unexpected": self.unexpected,
+            "mismatched": self.mismatched, "head_skipped": self.head_skipped,
+        }
 
 
 class Classifier(nn.Module):
-    """A backbone with its input conversion; `net` keeps torchvision's key names."""
+    """A backbone with its input conversion; `net` keeps torchvision's/timm's key names."""
 
-    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
+    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...],
+                 *, arch: str = "", head_name: str = "fc", normalisation: str = "radimagenet"):
         super().__init__()
         self.net = net
+        self.arch = arch
+        self.head_name = head_name
+        self.normalisation = normalisation
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def head(self) -> nn.Module:
+        return getattr(self.net, self.head_name)
+
+    def _prep(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        return self.net((x - self.mean) / self.std)
+        return (x - self.mean) / self.std
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self._prep(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled penultimate features (what the head sees), in the current mode."""
+        head = self.head
+        setattr(self.net, self.head_name, nn.Identity())
+        try:
+            return self.net(self._prep(x))
+        finally:
+            setattr(self.net, self.head_name, head)
+
+
+# ---------------------------------------------------------------- architectures
 
 def _resnet(builder: Callable[..., nn.Module]) -> Callable[[int], nn.Module]:
     def make(num_classes: int) -> nn.Module:
@@ -68,9 +141,39 @@ def _resnet(builder: Callable[..., nn.Module]) -> Callable[[int], nn.Module]:
     return make
 
 
-_REGISTRY: dict[str, Callable[[int], nn.Module]] = {
-    "resnet50": _resnet(tvm.resnet50),
-    "resnet18": _resnet(tvm.resnet18),
+def _densenet121(num_classes: int) -> nn.Module:
+    net = tvm.densenet121(weights=None)
+    net.classifier = nn.Linear(net.classifier.in_features, num_classes)
+    return net
+
+
+def _inception_v3(num_classes: int) -> nn.Module:
+    net = tvm.inception_v3(weights=None, aux_logits=False, init_weights=False,
+                           transform_input=False)
+    net.fc = nn.Linear(net.fc.in_features, num_classes)
+    return net
+
+
+def _inception_resnet_v2(num_classes: int) -> nn.Module:
+    import timm  # imports in ~2 s: only where it is used
+
+    return timm.create_model("inception_resnet_v2", pretrained=False, num_classes=num_classes)
+
+
+@dataclass(frozen=True)
+class ArchInfo:
+    build: Callable[[int], nn.Module]
+    head: str
+    input_size: int
+    family: str  # "resnet", "densenet", "inception", "inception_resnet"
+
+
+_REGISTRY: dict[str, ArchInfo] = {
+    "resnet50": ArchInfo(_resnet(tvm.resnet50), "fc", 224, "resnet"),
+    "resnet18": ArchInfo(_resnet(tvm.resnet18), "fc", 224, "resnet"),
+    "densenet121": ArchInfo(_densenet121, "classifier", 224, "densenet"),
+    "inception_v3": ArchInfo(_inception_v3, "fc", 299, "inception"),
+    "inception_resnet_v2": ArchInfo(_inception_resnet_v2, "classif", 299, "inception_resnet"),
 }
 
 
@@ -79,96 +182,170 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_model(arch: str, num_classes: int, weights: str | Path = "random") -> Classifier:
-    """Build `arch` with a fresh `num_classes` head; `weights` is "random" or a local file.
-
-    Random and RadImageNet-PyTorch sources take inputs scaled to [-1, 1]; that is also
-    what radfed uses for random init so both are comparable.
-    """
+def arch_info(arch: str) -> ArchInfo:
     if arch not in _REGISTRY:
         raise WeightsError(f"unknown backbone '{arch}'; allowed: {', '.join(list_models())}")
-    net = _REGISTRY[arch](num_classes)
-    mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-    if str(weights) != "random":
-        report = load_backbone_weights(net, Path(weights))
-        if report.missing or report.mismatched:
-            raise WeightsError(f"{weights}: does not fit {arch}: {report.summary()}")
-    return Classifier(net, mean, std)
+    return _REGISTRY[arch]
+
+
+def default_input_size(arch: str) -> int:
+    """The input side the architecture was designed for: 299 for the Inception family."""
+    return arch_info(arch).input_size
+
+
+# --------------------------------------------------------- Keras-compatible layout
+
+def _avg_pool_excl_pad(x: torch.Tensor) -> torch.Tensor:
+    return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+
+
+def _patched_forward(module: nn.Module) -> Callable:
+    """`_forward` of torchvision's InceptionA/C/E with Keras' padding-free averaging."""
+    fwd = type(module)._forward
+    globs = dict(fwd.__globals__)
+    shim = types.SimpleNamespace(**{n: getattr(F, n) for n in dir(F) if not n.startswith("__")})
+    shim.avg_pool2d = lambda x, kernel_size, stride, padding: _avg_pool_excl_pad(x)
+    globs["F"] = shim
+    new = types.FunctionType(fwd.__code__, globs, fwd.__name__, fwd.__defaults__,
+                             fwd.__closure__)
+    return types.MethodType(new, module)
+
+
+def _keras_layout(net: nn.Module, family: str) -> None:
+    """Make `net` compute what the Keras application of the same family computes."""
+    if family == "resnet":
+        for layer in (net.layer2, net.layer3, net.layer4):
+            block = layer[0]
+            if isinstance(block, tvm.resnet.Bottleneck):
+                block.conv1.stride, block.conv2.stride = (2, 2), (1, 1)
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eps = 1.001e-5
+    elif family == "densenet":
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eps = 1.001e-5
+    elif family == "inception":
+        for m in net.modules():
+            if isinstance(m, (tvm.inception.InceptionA, tvm.inception.InceptionC,
+                              tvm.inception.InceptionE)):
+                m._forward = _patched_forward(m)
+            if isinstance(m, nn.BatchNorm2d):
+                m.eps = 1e-3
+    # timm's inception_resnet_v2 already follows Keras (eps 1e-3, pooling without padding).
+
+
+# ---------------------------------------------------------------------- factory
+
+def create_model(arch: str, num_classes: int, weights: str | Path = "random", *,
+                 normalisation: str | None = None, allow_partial: bool = False) -> Classifier:
+    """Build `arch` with a fresh `num_classes` head; `weights` is "random" or a local file.
+
+    The file may be a RadImageNet PyTorch checkpoint, a RadImageNet Keras ``*_notop.h5``
+    file, or a torchvision/timm state_dict; the format is detected from the file.
+    `normalisation` defaults to the weight source's convention ("radimagenet", i.e.
+    [-1, 1], for random init). Raises `WeightsError` with the load report if the file
+    does not provide the whole backbone, unless `allow_partial`.
+    """
+    info = arch_info(arch)
+    if normalisation is not None and normalisation not in NORMALISATIONS:
+        raise WeightsError(f"unknown normalisation '{normalisation}'; allowed: "
+                           f"{', '.join(NORMALISATIONS)}")
+    if num_classes < 1:
+        raise WeightsError(f"num_classes must be at least 1, got {num_classes}")
+    if str(weights) == "random":
+        norm = normalisation or "radimagenet"
+        net = info.build(num_classes)
+        if norm == "keras":
+            _keras_layout(net, info.family)
+    else:
+        from radfed.weights import load_weights  # noqa: PLC0415 - avoids an import cycle
+
+        net, report = load_weights(arch, num_classes, Path(weights),
+                                   allow_partial=allow_partial)
+        norm = normalisation or report.normalisation
+    mean, std = NORMALISATIONS[norm]
+    return Classifier(net, mean, std, arch=arch, head_name=info.head, normalisation=norm)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Load a checkpoint's tensors, unwrapping common containers; never executes code."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-        raise WeightsError(f"{path}: cannot read weights ({type(err).__name__}); "
-                           "give a PyTorch state_dict file (.pt/.pth)") from None
-    for key in ("state_dict", "model", "model_state"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{path}: not a state_dict of tensors")
-    return obj
+    """Load a PyTorch checkpoint's tensors (see `radfed.weights.read_state_dict`)."""
+    from radfed.weights import read_state_dict as _read  # noqa: PLC0415
+
+    return _read(Path(path))
 
 
-def _normalise_keys(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, torch.Tensor]:
-    """Strip wrapper prefixes and map `nn.Sequential` child indices to child names."""
-    for prefix in STRIP_PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    names = [name for name, _ in net.named_children()]
-    out = {}
-    for key, value in state.items():
-        head, _, rest = key.partition(".")
-        if head.isdigit() and int(head) < len(names):
-            key = f"{names[int(head)]}.{rest}"
-        out[key] = value
-    return out
+def load_backbone_weights(net: nn.Module, path: Path, *, allow_partial: bool = False,
+                          arch: str | None = None) -> LoadReport:
+    """Load every backbone tensor from a PyTorch file into `net`, leaving the head fresh.
+
+    Nothing is written into `net` unless the whole backbone matched (or `allow_partial`).
+    """
+    from radfed.weights import load_torch_into  # noqa: PLC0415
+
+    return load_torch_into(net, read_state_dict(path), allow_partial=allow_partial, arch=arch)
 
 
-def load_backbone_weights(net: nn.Module, path: Path) -> LoadReport:
-    """Load every backbone tensor from `path` into `net`, leaving the head fresh."""
-    source = _normalise_keys(read_state_dict(path), net)
-    target = net.state_dict()
-    report = LoadReport()
-    for key, value in source.items():
-        if key.startswith(HEAD_PREFIXES):
-            report.head_skipped.append(key)
-        elif key not in target:
-            report.unexpected.append(key)
-        elif target[key].shape != value.shape:
-            report.mismatched.append(key)
-        else:
-            report.matched.append(key)
-    report.missing = [
-        k for k in target if k not in source and not k.startswith(HEAD_PREFIXES)
-    ]
-    if not report.missing and not report.mismatched:
-        net.load_state_dict({k: source[k] for k in report.matched}, strict=False)
-    return report
+# --------------------------------------------------------------- freeze policies
+
+def _leaves(model: Classifier) -> list[nn.Module]:
+    return [m for m in model.net.modules() if list(m.parameters(recurse=False))]
 
 
 def apply_freeze(model: Classifier, policy: str, unfreeze_top: int = 10) -> None:
     """Set which parameters train: "none" (all), "all" (head only) or "top-k".
 
-    A "layer" for top-k is a parameterised leaf module (conv, BN, linear) in forward
-    order, counted from the output; the head always trains. Frozen BatchNorm layers are
-    put in eval mode by `set_train_mode`, so their running statistics stay put.
+    A "layer" for top-k is a module that owns parameters directly (a Conv2d, a BatchNorm
+    or a Linear, each counted once; timm's BatchNormAct2d counts as its BatchNorm) in registration order, which is forward order for these backbones,
+    counted from the output with the head excluded: "top-k" trains the new head plus the
+    k backbone leaf modules just below it (k = `unfreeze_top`, 10 by default). The paper's
+    Keras "top 10 layers" also count weightless layers (activations, pooling), so its
+    counts are not comparable one-to-one. Frozen BatchNorm layers are put in eval mode by
+    `set_train_mode`, so their running statistics stay put.
     """
-    leaves = [m for m in model.net.modules() if not list(m.children()) and list(m.parameters())]
-    head = leaves[-1]
-    trainable = {id(m) for m in leaves} if policy == "none" else {id(head)}
-    if policy == "top-k":
-        trainable |= {id(m) for m in leaves[-(unfreeze_top + 1):]}
-    for module in leaves:
-        for p in module.parameters():
+    if policy not in FREEZE_POLICIES:
+        raise ValueError(f"unknown freeze policy '{policy}'; allowed: {', '.join(FREEZE_POLICIES)}")
+    if unfreeze_top < 0:
+        raise ValueError(f"unfreeze_top must be >= 0, got {unfreeze_top}")
+    head = model.head
+    head_ids = {id(m) for m in head.modules()}
+    body = [m for m in _leaves(model) if id(m) not in head_ids]
+    if policy == "none":
+        trainable = {id(m) for m in body}
+    elif policy == "all":
+        trainable = set()
+    else:
+        trainable = {id(m) for m in body[len(body) - unfreeze_top:]} if unfreeze_top else set()
+    trainable |= head_ids
+    for module in model.net.modules():
+        for p in module.parameters(recurse=False):
             p.requires_grad = id(module) in trainable
+
+
+def _bn_trains(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters(recurse=False))
 
 
 def set_train_mode(model: Classifier) -> None:
     """Training mode, except BatchNorm layers whose parameters are frozen."""
     model.train()
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            if not any(p.requires_grad for p in module.parameters()):
-                module.eval()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not _bn_trains(module):
+            module.eval()
+
+
+def trainable_state_keys(model: Classifier) -> list[str]:
+    """state_dict keys whose tensors can change in training under the current policy.
+
+    Trainable parameters plus the running statistics of BatchNorm layers that
+    `set_train_mode` leaves in train mode (those with trainable parameters); everything
+    else stays equal to the global model in a round.
+    """
+    keys = [f"{name}" for name, p in model.named_parameters() if p.requires_grad]
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and _bn_trains(module):
+            for buf, value in module.named_buffers(recurse=False):
+                if value is not None:
+                    keys.append(f"{name}.{buf}")
+    order = {k: i for i, k in enumerate(model.state_dict())}
+    return sorted(set(keys), key=lambda k: order.get(k, len(order)))

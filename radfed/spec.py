@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 BACKBONES = ("resnet50", "resnet18")
 FREEZE_POLICIES = ("none", "all", "top-k")
-STRATEGIES = ("fedavg", "fedprox", "fedadam")
 
 
 class SpecError(ValueError):
@@ -38,8 +37,9 @@ class ExperimentSpec:
     freeze: str = "none"
     unfreeze_top: int = 10
     strategy: str = "fedavg"
-    proximal_mu: float = 0.01
+    strategy_params: dict[str, Any] = field(default_factory=dict, hash=False)
     min_clinics: int = 2
+    min_accept: int = 0
     clinic_timeout: float = 120.0
     round_timeout: float = 3600.0
     val_fraction: float = 0.25
@@ -49,6 +49,7 @@ class ExperimentSpec:
         """Serialise for Flower's run config and message configs."""
         data = asdict(self)
         data["labels"] = list(self.labels)
+        data["strategy_params"] = dict(self.strategy_params)
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -64,8 +65,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "batch_size": (1, 4096),
     "learning_rate": (1e-8, 10.0),
     "unfreeze_top": (1, 1000),
-    "proximal_mu": (0.0, 100.0),
     "min_clinics": (1, 10_000),
+    "min_accept": (0, 10_000),
     "clinic_timeout": (1.0, 86_400.0),
     "round_timeout": (1.0, 604_800.0),
     "val_fraction": (0.05, 0.9),
@@ -74,7 +75,6 @@ _RANGES: dict[str, tuple[float, float]] = {
 _CHOICES: dict[str, tuple[str, ...]] = {
     "backbone": BACKBONES,
     "freeze": FREEZE_POLICIES,
-    "strategy": STRATEGIES,
 }
 
 
@@ -131,7 +131,14 @@ def _check(source: str, key: str, value: Any, fld: Any) -> Any:
                 f"{source}: key '{key}' = {value!r} is not allowed; allowed: {', '.join(_CHOICES[key])}"
             )
         return value
-    if key in ("name", "weights"):
+    if key == "strategy_params":
+        if not isinstance(value, dict) or not all(
+            isinstance(v, (int, float, str, bool)) for v in value.values()
+        ):
+            raise SpecError(f"{source}: key 'strategy_params' must be a table of numbers, "
+                            "e.g. strategy_params = { eta = 0.01 }; see `coordinator strategies`")
+        return dict(value)
+    if key in ("name", "weights", "strategy"):
         if not isinstance(value, str) or not value.strip():
             raise SpecError(f"{source}: key '{key}' must be a non-empty string")
         return value
@@ -163,5 +170,9 @@ def spec_to_toml(spec: ExperimentSpec) -> str:
     """Write a spec as TOML (used by the demo and sweeps to leave an editable file behind)."""
     lines = ["[experiment]"]
     for key, value in json.loads(spec.to_json()).items():
-        lines.append(f"{key} = {json.dumps(value)}")
+        if isinstance(value, dict):
+            inner = ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items())
+            lines.append(f"{key} = {{ {inner} }}" if inner else f"{key} = {{}}")
+        else:
+            lines.append(f"{key} = {json.dumps(value)}")
     return "\n".join(lines) + "\n"

@@ -48,7 +48,7 @@ __all__ = [
 
 RUN_STATUSES = ("running", "completed", "failed")
 FINISHED_STATUSES = ("completed", "failed")
-PHASES = ("train", "evaluate")
+PHASES = ("train", "evaluate", "excluded", "late")
 ROUND_FLOAT_FIELDS = ("train_loss", "val_loss", "val_accuracy", "val_auroc", "duration_s")
 ROUND_INT_FIELDS = ("num_clinics", "num_examples")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -146,6 +146,7 @@ class ClinicRoundResult(SQLModel, table=True):
     auroc: float | None = None
     num_examples: int = 0
     device: str | None = None
+    note: str | None = None  # why an update was excluded, or that a clinic replied late
     created_at: datetime = Field(default_factory=_utcnow)
 
 
@@ -419,15 +420,20 @@ class Store:
         accuracy: float | None = None,
         auroc: float | None = None,
         device: str | None = None,
+        note: str | None = None,
     ) -> int:
-        """Record what one clinic reported for one round's "train" or "evaluate" phase."""
+        """Record what one clinic reported for one round's phase.
+
+        "excluded" rows mark an update the server's guards refused, "late" rows a
+        clinic that did not reply before the round timeout; `note` says why.
+        """
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, not {phase!r}")
         return self._add(ClinicRoundResult(
             run_id=run_id, server_round=int(server_round), clinic=str(clinic),
             node_id=str(node_id), phase=phase, loss=_float(loss),
             accuracy=_float(accuracy), auroc=_float(auroc),
-            num_examples=int(num_examples), device=device,
+            num_examples=int(num_examples), device=device, note=note,
         ))
 
     def record_checkpoint(

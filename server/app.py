@@ -14,6 +14,7 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from radfed.batchnorm import batchnorm_state_keys
 from radfed.models import create_model
 from radfed.spec import ExperimentSpec
 from radfed.store import Store
@@ -56,7 +57,7 @@ def main(grid: Grid, context: Context) -> None:
         model = create_model(spec.backbone, len(spec.labels), spec.weights)
         ckpt_dir = Path(str(cfg["checkpoint-dir"])) / f"run-{run_id}"
         recorder = RunRecorder(store, run_id, spec, ckpt_dir)
-        strategy = build_strategy(spec, recorder)
+        strategy = build_strategy(spec, recorder, bn_keys=batchnorm_state_keys(model))
         config = ConfigRecord({"spec": spec.to_json()})
         strategy.start(grid, ArrayRecord(model.state_dict()), num_rounds=spec.rounds,
                        timeout=spec.round_timeout, train_config=config,

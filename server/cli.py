@@ -83,10 +83,15 @@ def run(
     from radfed.spec import SpecError, load_spec
     from server.launch import Connection, LaunchError, follow, stop, submit
 
+    from strategies import StrategyError, check_strategy
+
     try:
         spec = load_spec(experiment)
+        check_strategy(spec.strategy, spec.strategy_params)
     except SpecError as e:
         _fail(str(e), 2)
+    except StrategyError as e:
+        _fail(f"{experiment}: {e}", 2)
     if not insecure and not root_certificates:
         _fail("pass --root-certificates CA.crt for a TLS SuperLink, or --insecure for a loopback one", 2)
     store = _store(db)
@@ -129,6 +134,33 @@ def leaderboard(
         print(leaderboard_json(store))
     else:
         out.print(leaderboard_table(store))
+
+
+@app.command("strategies")
+def list_strategies(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable list.")] = False,
+) -> None:
+    """Every aggregation strategy an experiment can name, with parameters and defaults.
+
+    Example: `coordinator strategies --json`
+    """
+    import json
+
+    from rich.table import Table
+
+    from strategies import describe
+
+    rows = describe()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="strategies (spec: strategy = NAME, strategy_params = { ... })")
+    for col in ("name", "Flower class", "what it does", "parameters (default)"):
+        table.add_column(col)
+    for row in rows:
+        params = ", ".join(f"{k}={v['default']}" for k, v in row["params"].items())
+        table.add_row(row["name"], row["flower_class"], row["summary"], params)
+    out.print(table)
 
 
 @app.command()

@@ -75,6 +75,20 @@ class RunRecorder:
             else:
                 self._clinic_row(server_round, "evaluate", reply, reply.num_examples)
 
+    def excluded(self, server_round: int, reply: ClinicReply, reason: str) -> None:
+        """An update the guards refused: recorded with the reason, never aggregated."""
+        log.warning("round %d: excluded %s: %s", server_round, reply.clinic, reason)
+        self.store.record_clinic_result(self.run_id, server_round, reply.clinic, reply.node_id,
+                                        "excluded", loss=None, num_examples=reply.num_examples,
+                                        device=reply.device, note=reason)
+
+    def late(self, server_round: int, node_id: str) -> None:
+        """A clinic that did not reply before the round timeout (its result, if any, is dropped)."""
+        log.warning("round %d: node %s did not reply before the round timeout", server_round, node_id)
+        self.store.record_clinic_result(self.run_id, server_round, f"node-{node_id}", node_id,
+                                        "late", loss=None, num_examples=0,
+                                        note="no reply before the round timeout; not aggregated")
+
     def _clinic_row(self, server_round: int, phase: str, reply: ClinicReply, examples: int) -> None:
         m = reply.metrics
         evaluate = phase == "evaluate"

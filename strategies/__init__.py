@@ -1,55 +1,40 @@
 """Aggregation strategies a coordinator can name in an experiment spec.
 
-Each entry is one of Flower's own strategy classes with radfed's recording layer on
-top; `build_strategy` turns a spec into a ready strategy.
+`build_strategy` turns a spec into one of Flower's strategies with radfed's recording
+(strategies/recording.py) and update guards (strategies/guards.py) on top; the names,
+parameters and defaults live in strategies/registry.py.
 """
 
 from __future__ import annotations
 
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
+from flwr.serverapp.strategy import Strategy
 
 from radfed.spec import ExperimentSpec
-from strategies.recording import NoClinicResult, RecordingMixin, RoundRecorder
+from strategies.recording import NoClinicResult, RoundRecorder
+from strategies.registry import REGISTRY, StrategyError, check_strategy, describe, strategy_class
 from strategies.utils import NUM_EXAMPLES, finite_weighted_mean
 
 
-class RecordingFedAvg(RecordingMixin, FedAvg):
-    """FedAvg (example-weighted mean of clinic models), recorded."""
-
-
-class RecordingFedProx(RecordingMixin, FedProx):
-    """FedProx: FedAvg whose clinics add mu/2·||w − w_global||² (mu: `proximal_mu`)."""
-
-
-class RecordingFedAdam(RecordingMixin, FedAdam):
-    """FedAdam: the server applies Adam to the averaged clinic update."""
-
-
-STRATEGIES: dict[str, type[Strategy]] = {
-    "fedavg": RecordingFedAvg,
-    "fedprox": RecordingFedProx,
-    "fedadam": RecordingFedAdam,
-}
-
-
-def build_strategy(spec: ExperimentSpec, recorder: RoundRecorder) -> Strategy:
+def build_strategy(spec: ExperimentSpec, recorder: RoundRecorder,
+                   bn_keys: list[str] | None = None) -> Strategy:
     """The spec's strategy, waiting for `min_clinics` and recording to `recorder`."""
+    params = check_strategy(spec.strategy, spec.strategy_params)
+    norm_factor = float(params.pop("norm_factor"))
     common = dict(
-        fraction_train=1.0,
-        fraction_evaluate=1.0,
-        min_train_nodes=spec.min_clinics,
-        min_evaluate_nodes=spec.min_clinics,
-        min_available_nodes=spec.min_clinics,
-        weighted_by_key=NUM_EXAMPLES,
-        train_metrics_aggr_fn=finite_weighted_mean,
+        fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=spec.min_clinics,
+        min_evaluate_nodes=spec.min_clinics, min_available_nodes=spec.min_clinics,
+        weighted_by_key=NUM_EXAMPLES, train_metrics_aggr_fn=finite_weighted_mean,
         evaluate_metrics_aggr_fn=finite_weighted_mean,
     )
-    if spec.strategy == "fedprox":
-        common["proximal_mu"] = spec.proximal_mu
-    strategy = STRATEGIES[spec.strategy](**common)
+    if spec.strategy == "fedbn":
+        params["bn_keys"] = list(bn_keys or [])
+    strategy = strategy_class(spec.strategy)(**common, **params)
     strategy.recorder = recorder
     strategy.final_round = spec.rounds
+    strategy.norm_factor = norm_factor
+    strategy.min_accept = spec.min_accept or spec.min_clinics
     return strategy
 
 
-__all__ = ["STRATEGIES", "NoClinicResult", "build_strategy"]
+__all__ = ["REGISTRY", "NoClinicResult", "StrategyError", "build_strategy", "check_strategy",
+           "describe"]

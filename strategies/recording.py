@@ -46,7 +46,7 @@ class RecordingMixin:
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        config["evaluate-received"] = server_round > 1
+        config["evaluate-received"] = True  # round 1: the initial model, recorded as round 0
         return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

@@ -67,3 +67,56 @@ def finite_weighted_mean(contents: list[RecordDict], weighted_by_key: str) -> Me
 def valid_replies(replies: Iterable[Message]) -> list[Message]:
     """Replies that carry content rather than an error."""
     return [m for m in replies if not m.has_error()]
+
+
+def first_arrays(msg: Message):
+    """The one ArrayRecord a train reply carries (None if it carries none)."""
+    records = list(msg.content.array_records.values()) if not msg.has_error() else []
+    return records[0] if records else None
+
+
+def update_problem(arrays, reference) -> tuple[str, float]:
+    """('' or why the update is unusable, L2 norm of update minus reference).
+
+    Checks key set, shapes, dtypes and finiteness; integer buffers (BatchNorm step
+    counters) are compared for shape only.
+    """
+    import numpy as np
+
+    if arrays is None:
+        return "reply carries no weights", 0.0
+    if set(arrays.keys()) != set(reference.keys()):
+        return "weights have different keys than the global model", 0.0
+    total = 0.0
+    for key in reference.keys():
+        new, old = arrays[key], reference[key]
+        if tuple(new.shape) != tuple(old.shape):
+            return f"shape of {key} is {tuple(new.shape)}, expected {tuple(old.shape)}", 0.0
+        if new.dtype != old.dtype and not _both_numeric(new.dtype, old.dtype):
+            return f"dtype of {key} is {new.dtype}, expected {old.dtype}", 0.0
+        values = new.numpy()
+        if not np.issubdtype(values.dtype, np.floating):
+            continue
+        if not np.isfinite(values).all():
+            return f"non-finite values in {key}", 0.0
+        total += float(np.square(values.astype(np.float64) - old.numpy()).sum())
+    return "", math.sqrt(total)
+
+
+def _both_numeric(a: str, b: str) -> bool:
+    """Flower's aggregation turns int buffers into float64: accept numeric↔numeric."""
+    return all(any(t in str(d) for t in ("float", "int")) for d in (a, b))
+
+
+def norm_outliers(norms: dict[str, float], factor: float) -> dict[str, str]:
+    """Clinics whose update norm exceeds `factor` × the median of the others' (needs ≥ 3)."""
+    import statistics
+
+    out = {}
+    if len(norms) < 3:
+        return out
+    for node, norm in norms.items():
+        median = statistics.median(v for k, v in norms.items() if k != node)
+        if median > 0 and norm > factor * median:
+            out[node] = f"update norm {norm:.3g} is over {factor:g}x the median of the others ({median:.3g})"
+    return out

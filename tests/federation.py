@@ -51,10 +51,12 @@ class Federation:
             assert time.monotonic() < deadline, "SuperLink did not open its port"
             time.sleep(0.3)
 
-    def start_clinic(self, name: str, data: Path) -> subprocess.Popen:
+    def start_clinic(self, name: str, data: Path, fault: str = "") -> subprocess.Popen:
+        extra = ["--fault", fault] if fault else []
         proc = spawn("client_node.cli", "start", "--superlink", self.address, "--insecure",
                      "--data", str(data), "--name", name, "--threads", "1",
-                     "--home", str(self.work / "nodes"), log=self.work / "logs" / f"{name}.log")
+                     "--home", str(self.work / "nodes"), *extra,
+                     log=self.work / "logs" / f"{name}.log")
         self.procs.append(proc)
         return proc
 

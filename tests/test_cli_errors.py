@@ -28,7 +28,7 @@ def _start(*args: str):
 
 def test_missing_data_folder(tmp_path, dead_link):
     proc = _start("--superlink", dead_link, "--data", str(tmp_path / "nope"))
-    _one_line_error(proc, "nope", "does not exist", "--data")
+    _one_line_error(proc, "nope", "does not exist", "pass the folder")
 
 
 def test_empty_manifest(tmp_path, dead_link):
@@ -79,7 +79,7 @@ def test_insecure_superlink_refused_off_loopback():
 
 
 def test_every_command_has_help_with_an_example():
-    for module, commands in {"server.cli": ["superlink", "run", "leaderboard", "demo"],
+    for module, commands in {"server.cli": ["superlink", "run", "leaderboard", "demo", "strategies"],
                              "client_node.cli": ["start", "demo-data", "check-data"]}.items():
         for command in commands:
             proc = cli(module, command, "--help", timeout=60)

@@ -165,8 +165,10 @@ def test_unusable_manifest(tmp_path: Path, content: str, message: str) -> None:
 
 def test_all_rows_name_missing_files(tmp_path: Path) -> None:
     write_manifest(tmp_path, ["file", "label"], [("studies/x.dcm", "normal"), ("studies/y.dcm", "opacity")])
-    with pytest.raises(DataError, match=r"all 2 rows of labels.csv name files that do not exist; first: labels.csv line 2: studies/x.dcm"):
+    with pytest.raises(DataError, match=r"all 2 rows of labels.csv name files that do not exist; first: labels.csv line 2;") as info:
         load_clinic(tmp_path, LABELS, SIZE)
+    assert "studies" not in str(info.value)  # paths below the folder stay out of exception text
+    assert info.value.rejected[0] == ("labels.csv line 2: studies/x.dcm", "missing-file")  # ... but reach the card
 
 
 def test_nothing_usable_names_reasons(tmp_path: Path) -> None:
@@ -313,15 +315,15 @@ def test_sixty_patient_clinic_usually_has_both_labels_in_validation() -> None:
 
 
 def counting_read_pixels(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """Replace dicom.read_pixels with a wrapper recording each decoded path."""
+    """Replace dicom.read_frames with a wrapper recording each decoded path."""
     calls: list[Path] = []
-    original = dicom.read_pixels
+    original = dicom.read_frames
 
     def wrapper(path: Path, *args: object, **kwargs: object) -> np.ndarray:
         calls.append(Path(path))
         return original(path, *args, **kwargs)
 
-    monkeypatch.setattr(dicom, "read_pixels", wrapper)
+    monkeypatch.setattr(dicom, "read_frames", wrapper)
     return calls
 
 
@@ -333,7 +335,7 @@ def test_cache_hit_decodes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     def refuse(path: Path, *args: object, **kwargs: object) -> np.ndarray:
         raise AssertionError("decoded a DICOM file despite a warm cache")
 
-    monkeypatch.setattr(dicom, "read_pixels", refuse)
+    monkeypatch.setattr(dicom, "read_frames", refuse)
     second = load_clinic(clinic_dir, LABELS, SIZE, cache_dir=cache)
     torch.testing.assert_close(second.train.images, first.train.images, rtol=0, atol=0)
     torch.testing.assert_close(second.val.labels, first.val.labels)

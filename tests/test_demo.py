@@ -37,7 +37,7 @@ def test_small_demo_completes_and_leaves_nothing_running(tmp_path):
     assert "leaderboard" in proc.stdout and str(work / "radfed.db") in proc.stdout
     db = sqlite3.connect(work / "radfed.db")
     assert db.execute("select status from runs").fetchall() == [("completed",)]
-    assert db.execute("select count(*) from clinic_round_results where phase='evaluate'").fetchone() == (4,)
+    assert db.execute("select count(*) from clinic_round_results where phase='evaluate'").fetchone() == (6,)
     assert db.execute("select count(*) from checkpoints").fetchone() == (2,)
     assert sorted(p.name for p in (work / "data").iterdir()) == ["clinic-1", "clinic-2"]
     board = json.loads(cli("server.cli", "leaderboard", "--db", f"sqlite:///{work / 'radfed.db'}",

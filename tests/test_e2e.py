@@ -42,11 +42,11 @@ def test_two_clinics_two_rounds(tmp_path, federation):
     board = json.loads(cli("server.cli", "leaderboard", "--db", db, "--json").stdout)
     assert len(board) == 1 and board[0]["status"] == "completed"
     entry = board[0]
-    assert [r["server_round"] for r in entry["rounds"]] == [1, 2]
+    assert [r["server_round"] for r in entry["rounds"]] == [0, 1, 2]  # 0: the initial model
     evaluated = [c for c in entry["clinics"] if c["phase"] == "evaluate"]
     trained = [c for c in entry["clinics"] if c["phase"] == "train"]
     assert sorted({c["clinic"] for c in evaluated}) == ["clinic-1", "clinic-2"]
-    assert len(evaluated) == 4 and len(trained) == 4
+    assert len(evaluated) == 6 and len(trained) == 4
     assert all(c["num_examples"] > 0 and c["device"] == "cpu" for c in evaluated)
     assert all(0.0 <= c["accuracy"] <= 1.0 for c in evaluated)
     assert entry["final_auroc"] is None or 0.0 <= entry["final_auroc"] <= 1.0

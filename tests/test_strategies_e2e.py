@@ -1,0 +1,99 @@
+"""Strategy families on real SuperNodes (tiny model): they complete and learn, FedBN keeps
+BatchNorm at the clinics, and faulty updates are excluded or bounded.
+
+One federation serves every run of this module, to keep the suite's time down.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from radfed.demo_data import write_clinic
+from radfed.spec import ExperimentSpec, spec_to_toml
+from radfed.store import Store
+from tests.federation import Federation, cli
+
+HONEST = 3
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory):
+    work = tmp_path_factory.mktemp("strategies")
+    federation = Federation(work)
+    federation.start_superlink()
+    for i, prevalence in enumerate((0.3, 0.5, 0.7), start=1):
+        write_clinic(work / f"data-{i}", clinic_index=i, n_patients=24, prevalence=prevalence, seed=i)
+        federation.start_clinic(f"clinic-{i}", work / f"data-{i}")
+    try:
+        yield federation
+    finally:
+        federation.close()
+
+
+def _run(fed: Federation, name: str, **spec) -> dict:
+    base = dict(name=name, backbone="resnet18", image_size=32, rounds=2, local_epochs=2,
+                batch_size=8, learning_rate=1e-3, min_clinics=HONEST, clinic_timeout=120.0, seed=3)
+    base.update(spec)
+    path = fed.work / f"{name}.toml"
+    path.write_text(spec_to_toml(ExperimentSpec(**base)))
+    db = f"sqlite:///{fed.work / 'radfed.db'}"
+    proc = cli("server.cli", "run", str(path), "--superlink", fed.address, "--insecure", "--db", db,
+               "--checkpoints", str(fed.work / "ckpt"))
+    assert proc.returncode == 0, proc.stderr + fed.logs()
+    return {e["experiment"]: e for e in Store(db).leaderboard()}[name]
+
+
+def _auroc(entry: dict, server_round: int) -> float:
+    return next(r["val_auroc"] for r in entry["rounds"] if r["server_round"] == server_round)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("strategy, params", [
+    ("fedavg", {}), ("fedadam", {"eta": 0.001, "eta_l": 0.001}), ("fedbn", {}),
+])
+def test_strategy_family_completes_and_improves(fed, strategy, params):
+    entry = _run(fed, f"family-{strategy}", strategy=strategy, strategy_params=params)
+    assert entry["status"] == "completed"
+    assert {r["server_round"] for r in entry["rounds"]} == {0, 1, 2}
+    assert entry["final_auroc"] > _auroc(entry, 0) + 0.05, entry["rounds"]
+    if strategy == "fedbn":
+        _assert_bn_stays_local(fed, entry)
+
+
+def _assert_bn_stays_local(fed: Federation, entry: dict) -> None:
+    from radfed.batchnorm import batchnorm_state_keys
+    from radfed.models import create_model
+
+    states = [torch.load(p, weights_only=True)
+              for p in sorted((fed.work / "nodes").glob(f"*/state/fedbn/run-*.pt"))
+              if str(entry["flwr_run_id"]) in p.name]
+    assert len(states) == HONEST
+    key = next(k for k in batchnorm_state_keys(create_model("resnet18", 2)) if k.endswith("running_mean"))
+    assert not torch.allclose(states[0][key], states[1][key])
+    final = torch.load(entry["checkpoints"][-1]["path"], weights_only=True)["state_dict"]
+    initial = create_model("resnet18", 2).state_dict()
+    assert torch.equal(final[key], initial[key])  # the server never averaged BatchNorm
+    assert not torch.equal(final["net.fc.weight"], initial["net.fc.weight"])
+
+
+@pytest.mark.timeout(400)
+def test_faulty_clinics_are_excluded_or_bounded(fed):
+    clean = _run(fed, "reference-fedavg", strategy="fedavg")
+    for name, fault in (("faulty-nan", "nan"), ("faulty-x100", "scale")):
+        write_clinic(fed.work / f"data-{name}", clinic_index=0, n_patients=12, prevalence=0.5, seed=9)
+        fed.start_clinic(name, fed.work / f"data-{name}", fault=fault)
+    time.sleep(1)
+    faulty = _run(fed, "robust-fedmedian", strategy="fedmedian", min_clinics=HONEST + 2,
+                  min_accept=HONEST, strategy_params={"norm_factor": 1e9})
+    excluded = [c for c in faulty["clinics"] if c["phase"] == "excluded"]
+    assert {c["clinic"] for c in excluded} == {"faulty-nan"}
+    assert all("non-finite" in c["note"] for c in excluded)
+    margin = 0.2  # stated margin: final AUROC within 0.2 of the run without faulty clinics
+    assert faulty["final_auroc"] >= clean["final_auroc"] - margin, (faulty["final_auroc"], clean["final_auroc"])
+    guarded = _run(fed, "guarded-fedavg", strategy="fedavg", min_clinics=HONEST + 2, min_accept=HONEST)
+    reasons = {c["clinic"]: c["note"] for c in guarded["clinics"] if c["phase"] == "excluded"}
+    assert set(reasons) == {"faulty-nan", "faulty-x100"} and "median" in reasons["faulty-x100"]
+    assert guarded["final_auroc"] >= clean["final_auroc"] - margin
