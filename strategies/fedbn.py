@@ -20,8 +20,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from strategies.fast_mean import FastMeanMixin
 
-class FedBN(FedAvg):
+
+class FedBN(FastMeanMixin, FedAvg):
     """FedAvg over non-BatchNorm tensors; the global BatchNorm entries never change."""
 
     def __init__(self, *, bn_keys: list[str], **kwargs) -> None:

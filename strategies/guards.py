@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from strategies.recording import NoClinicResult
-from strategies.utils import first_arrays, norm_outliers, parse_reply, update_problem
+from strategies.utils import first_arrays, norm_outliers, parse_reply, screen_updates
 
 
 class GuardMixin:
@@ -56,13 +56,7 @@ class GuardMixin:
         return super().aggregate_train(server_round, kept)  # type: ignore[misc]
 
     def _screen(self, replies: list[Message]) -> dict[str, str]:
-        reasons, norms = {}, {}
-        for msg in replies:
-            node = str(msg.metadata.src_node_id)
-            problem, norm = update_problem(first_arrays(msg), self._global)
-            if problem:
-                reasons[node] = problem
-            else:
-                norms[node] = norm
+        updates = {str(m.metadata.src_node_id): first_arrays(m) for m in replies}
+        reasons, norms = screen_updates(updates, self._global)
         reasons.update(norm_outliers(norms, self.norm_factor))
         return reasons

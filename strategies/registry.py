@@ -14,6 +14,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from strategies.fast_mean import FastMeanMixin
 from strategies.fedbn import FedBN
 from strategies.guards import GuardMixin
 from strategies.recording import RecordingMixin
@@ -74,10 +75,14 @@ def check_strategy(name: str, params: dict[str, Any]) -> dict[str, Any]:
     return {k: params.get(k, d) for k, (d, _) in allowed.items()}
 
 
+WEIGHTED_MEAN = (FedAvg, FedProx)  # aggregation = weighted mean: radfed's primitive applies
+
+
 def strategy_class(name: str) -> type[Strategy]:
-    """The Flower class with radfed's recording and guards mixed in."""
+    """The Flower class with radfed's recording and guards (and fast mean) mixed in."""
     base = REGISTRY[name].cls
-    return type(f"Radfed{base.__name__}", (RecordingMixin, GuardMixin, base), {})
+    mixins = (RecordingMixin, GuardMixin) + ((FastMeanMixin,) if base in WEIGHTED_MEAN else ())
+    return type(f"Radfed{base.__name__}", (*mixins, base), {})
 
 
 def describe() -> list[dict[str, Any]]:

@@ -75,37 +75,80 @@ def first_arrays(msg: Message):
     return records[0] if records else None
 
 
-def update_problem(arrays, reference) -> tuple[str, float]:
-    """('' or why the update is unusable, L2 norm of update minus reference).
+def screen_updates(updates: dict, reference) -> tuple[dict[str, str], dict[str, float]]:
+    """(why each unusable update is refused, L2 norm of each usable update's change).
 
-    Checks key set, shapes, dtypes and finiteness; integer buffers (BatchNorm step
-    counters) are compared for shape only.
+    `updates` maps a node id to its reply's ArrayRecord (or None); `reference` is the
+    round's global ArrayRecord. Checks key set, shapes, dtypes and finiteness. Works one
+    tensor at a time across all clinics, so only one tensor per clinic is decoded at
+    once (bench/aggregate.py: peak memory). Integer buffers (BatchNorm step counters)
+    are checked for shape only.
     """
     import numpy as np
 
-    if arrays is None:
-        return "reply carries no weights", 0.0
-    if set(arrays.keys()) != set(reference.keys()):
-        return "weights have different keys than the global model", 0.0
-    total = 0.0
+    problems: dict[str, str] = {}
+    squares = {node: 0.0 for node in updates}
+    keys = set(reference.keys())
+    for node, arrays in updates.items():
+        if arrays is None:
+            problems[node] = "reply carries no weights"
+        elif set(arrays.keys()) != keys:
+            problems[node] = "weights have different keys than the global model"
     for key in reference.keys():
-        new, old = arrays[key], reference[key]
-        if tuple(new.shape) != tuple(old.shape):
-            return f"shape of {key} is {tuple(new.shape)}, expected {tuple(old.shape)}", 0.0
-        if new.dtype != old.dtype and not _both_numeric(new.dtype, old.dtype):
-            return f"dtype of {key} is {new.dtype}, expected {old.dtype}", 0.0
-        values = new.numpy()
-        if not np.issubdtype(values.dtype, np.floating):
-            continue
-        if not np.isfinite(values).all():
-            return f"non-finite values in {key}", 0.0
-        total += float(np.square(values.astype(np.float64) - old.numpy()).sum())
-    return "", math.sqrt(total)
+        old = reference[key].numpy()
+        for node, arrays in updates.items():
+            if node in problems:
+                continue
+            problems.update({node: p} if (p := _tensor_problem(key, arrays[key], old)) else {})
+            if node in problems or old.dtype.kind != "f":
+                continue
+            diff = (arrays[key].numpy() - old).ravel()
+            square = float(np.dot(diff, diff))  # NaN or inf anywhere makes this non-finite
+            if not math.isfinite(square):
+                problems[node] = f"non-finite values in {key}"
+            squares[node] += square
+    return problems, {n: math.sqrt(v) for n, v in squares.items() if n not in problems}
+
+
+def _tensor_problem(key: str, new, old) -> str:
+    if tuple(new.shape) != tuple(old.shape):
+        return f"shape of {key} is {tuple(new.shape)}, expected {tuple(old.shape)}"
+    if str(new.dtype) != str(old.dtype) and not _both_numeric(new.dtype, str(old.dtype)):
+        return f"dtype of {key} is {new.dtype}, expected {old.dtype}"
+    return ""
 
 
 def _both_numeric(a: str, b: str) -> bool:
     """Flower's aggregation turns int buffers into float64: accept numeric↔numeric."""
     return all(any(t in str(d) for t in ("float", "int")) for d in (a, b))
+
+
+def weighted_mean(contents: list[RecordDict], weighted_by_key: str):
+    """Example-weighted mean of the replies' ArrayRecords, one tensor at a time.
+
+    Same result as Flower's `aggregate_arrayrecords`, but each output tensor is
+    accumulated in place and serialised before the next is touched, so peak memory
+    stays near the updates themselves plus one model (bench/aggregate.py).
+    """
+    import numpy as np
+    from flwr.app import Array, ArrayRecord
+
+    records = [next(iter(c.array_records.values())) for c in contents]
+    weights = [float(next(iter(c.metric_records.values()))[weighted_by_key]) for c in contents]
+    total = sum(weights)
+    out = {}
+    for key in records[0].keys():
+        acc = None
+        for record, weight in zip(records, weights):
+            values = record[key].numpy()
+            values = values if values.dtype.kind == "f" else values.astype(np.float64)
+            values *= weight / total
+            if acc is None:
+                acc = values
+            else:
+                acc += values
+        out[key] = Array(acc)
+    return ArrayRecord(out)
 
 
 def norm_outliers(norms: dict[str, float], factor: float) -> dict[str, str]:

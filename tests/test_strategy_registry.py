@@ -9,7 +9,7 @@ import pytest
 from flwr.app import Array, ArrayRecord
 
 from strategies import REGISTRY, StrategyError, build_strategy, check_strategy
-from strategies.utils import norm_outliers, update_problem
+from strategies.utils import norm_outliers, screen_updates, weighted_mean
 from radfed.spec import ExperimentSpec
 from tests.federation import cli
 
@@ -44,13 +44,19 @@ def test_defaults_are_filled_in():
 
 
 def test_update_checks():
-    ok, norm = update_problem(_record(w=np.ones((2, 2), np.float32), steps=np.array(4)), GLOBAL)
-    assert ok == "" and norm == pytest.approx(2.0)
     nan = np.ones((2, 2), np.float32)
     nan[0, 0] = np.nan
-    assert "non-finite" in update_problem(_record(w=nan, steps=np.array(4)), GLOBAL)[0]
-    assert "shape" in update_problem(_record(w=np.ones(4, np.float32), steps=np.array(4)), GLOBAL)[0]
-    assert "keys" in update_problem(_record(w=np.ones((2, 2), np.float32)), GLOBAL)[0]
+    updates = {
+        "ok": _record(w=np.ones((2, 2), np.float32), steps=np.array(4)),
+        "nan": _record(w=nan, steps=np.array(4)),
+        "shape": _record(w=np.ones(4, np.float32), steps=np.array(4)),
+        "keys": _record(w=np.ones((2, 2), np.float32)),
+        "none": None,
+    }
+    problems, norms = screen_updates(updates, GLOBAL)
+    assert norms == {"ok": pytest.approx(2.0)}
+    assert "non-finite" in problems["nan"] and "shape" in problems["shape"]
+    assert "keys" in problems["keys"] and "no weights" in problems["none"]
 
 
 def test_norm_outliers_need_three_clinics():
@@ -63,3 +69,17 @@ def test_coordinator_strategies_json_lists_every_strategy():
     rows = json.loads(cli("server.cli", "strategies", "--json", timeout=60).stdout)
     assert [r["name"] for r in rows] == list(REGISTRY)
     assert rows[[r["name"] for r in rows].index("fedprox")]["params"]["proximal_mu"]["default"] == 0.01
+
+
+def test_weighted_mean_matches_flowers_aggregation():
+    from flwr.app import MetricRecord, RecordDict
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+    rng = np.random.default_rng(0)
+    contents = [RecordDict({"arrays": _record(w=rng.standard_normal((3, 4)).astype(np.float32),
+                                              steps=np.array(i, dtype=np.int64)),
+                            "metrics": MetricRecord({"num-examples": 10 * (i + 1)})})
+                for i in range(3)]
+    ours, flowers = weighted_mean(contents, "num-examples"), aggregate_arrayrecords(contents, "num-examples")
+    for key in ("w", "steps"):
+        np.testing.assert_allclose(ours[key].numpy(), flowers[key].numpy(), rtol=1e-6)
