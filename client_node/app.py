@@ -24,7 +24,7 @@ from flwr.common.constant import ErrorCode
 from radfed.batchnorm import batchnorm_state_keys
 from radfed.data import ClinicData, DataError, load_clinic
 from radfed.models import apply_freeze, create_model
-from radfed.spec import ExperimentSpec
+from radfed.spec import ExperimentSpec, data_options
 from radfed.training import evaluate, pick_device, train_local
 
 log = logging.getLogger("radfed.clinic")
@@ -74,7 +74,7 @@ def _data(spec: ExperimentSpec, context: Context) -> ClinicData:
         Path(str(cfg["data-path"])), spec.labels, spec.image_size,
         manifest=Path(manifest) if manifest else None, val_fraction=spec.val_fraction,
         seed=spec.seed, cache_dir=Path(cache) if cache else None,
-        workers=int(cfg.get("workers", 1) or 1),
+        workers=int(cfg.get("workers", 1) or 1), options=data_options(spec.data),
     )
 
 

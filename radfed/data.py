@@ -45,12 +45,12 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
-from itertools import repeat
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import torch
+from pydicom.datadict import dictionary_has_tag, tag_for_keyword
 
 from radfed import dicom
 from radfed.dicom import DicomError
@@ -113,6 +113,12 @@ class DataError(Exception):
         self.rejected = list(rejected)
 
 
+def _is_dicom_keyword(keyword: str) -> bool:
+    """True when keyword names a tag of the DICOM data dictionary (typos fail early)."""
+    tag = tag_for_keyword(keyword.strip()) if isinstance(keyword, str) else None
+    return tag is not None and dictionary_has_tag(tag)
+
+
 def _one_of(name: str, allowed: Iterable[str], got: object) -> ValueError:
     """ValueError in one line: the option, the allowed values, the value given."""
     return ValueError(f"{name} must be one of {', '.join(allowed)}; got {got!r}")
@@ -150,6 +156,9 @@ class DataOptions:
         if self.label_source == "tag" and not (isinstance(self.label_tag, str) and self.label_tag.strip()):
             raise ValueError(f"label_tag must name a DICOM keyword (e.g. 'SeriesDescription') when "
                              f"label_source is 'tag'; got {self.label_tag!r}")
+        if self.label_tag is not None and not _is_dicom_keyword(self.label_tag):
+            raise ValueError(f"label_tag must be a DICOM keyword such as 'SeriesDescription' or "
+                             f"'BodyPartExamined'; got {self.label_tag!r}")
         if self.label_map is not None and not isinstance(self.label_map, dict):
             raise ValueError(f"label_map must be a dict of tag value -> label or None; got {type(self.label_map).__name__}")
         if not isinstance(self.filters, dict):
@@ -193,7 +202,10 @@ class ClinicData:
     """A clinic's usable data plus what was rejected and why.
 
     ``rejected`` is local-only detail: (relative path or "labels.csv line N", reason code).
-    ``summary()`` is what may leave the clinic: counts only.
+    ``summary()`` is what may leave the clinic: counts only.  ``sizes`` ("ROWSxCOLUMNS")
+    and ``transfer_syntaxes`` (syntax names) count the used files; ``filtered`` counts
+    files the task's filters left out (not rejections).  With frame_policy "all" a
+    file contributes one sample per frame, so splits can hold more images than files.
     """
 
     train: Split
@@ -610,10 +622,9 @@ def _decode_all(
     """
     window, frame_policy = pixel_token
     window = tuple(window) if window is not None else None
-    results = None
     if workers > 1 and len(paths) > 1:
         results = _decode_in_pool(paths, size, workers, window, frame_policy, progress)
-    if results is None:
+    else:
         results = []
         for done, path in enumerate(paths, 1):
             results.append(dicom.preprocess_file(path, size, window, frame_policy))
@@ -625,31 +636,80 @@ def _decode_all(
     return stacked, [reason for _, reason in results], counts
 
 
+class _Never:
+    """A stand-in future that never completes (helpers given up on)."""
+
+    def done(self) -> bool:
+        return False
+
+
+_NEVER = _Never()
+
+
 def _decode_in_pool(
     paths: list[Path], size: int, workers: int, window: tuple[float, float] | None, frame_policy: str,
     progress: Progress | None,
-) -> list[tuple[np.ndarray | None, str]] | None:
-    """Decode in spawned processes (fork with torch or gRPC threads alive can deadlock).
+) -> list[tuple[np.ndarray | None, str]]:
+    """Decode with ``workers`` processes in all: this one plus workers - 1 spawned helpers.
 
-    Returns None when the pool breaks, e.g. a script without an
-    ``if __name__ == "__main__":`` guard, so the caller decodes serially instead.
+    Spawned, because fork with torch or gRPC threads alive can deadlock.  This
+    process decodes too, from the first second, so the helpers' start-up (a
+    second or more: they import pydicom and the plugins) is not dead time and
+    small folders never wait for it.  Chunks are handed out dynamically, so a
+    slow JPEG 2000 study does not leave a process idle.  If the helpers cannot
+    start (e.g. a script without an ``if __name__ == "__main__":`` guard),
+    their chunks are decoded here instead.
     """
+    chunk = max(1, min(4, len(paths) // (workers * 8)))
+    chunks = [list(range(i, min(i + chunk, len(paths)))) for i in range(0, len(paths), chunk)]
+    results: list[tuple[np.ndarray | None, str] | None] = [None] * len(paths)
+    done = 0
+
+    def finish(indices: list[int], outcome: list[tuple[np.ndarray | None, str]]) -> None:
+        nonlocal done
+        for i, result in zip(indices, outcome):
+            results[i] = result
+        done += len(indices)
+        if progress is not None:
+            progress("pixels", done, len(paths))
+
+    def run_here(indices: list[int]) -> None:
+        finish(indices, dicom.preprocess_files([str(paths[i]) for i in indices], size, window, frame_policy))
+
     context = multiprocessing.get_context("spawn")
-    workers = min(workers, len(paths))
-    chunk = max(1, min(16, len(paths) // (workers * 8)))
-    results: list[tuple[np.ndarray | None, str]] = []
+    pool = ProcessPoolExecutor(workers - 1, mp_context=context)
+    # Chunks go to the helpers only once they answer: work queued for a helper that
+    # is still importing would leave this process waiting at the end.
+    ready_check = pool.submit(os.getpid)
+    pending: dict[Any, list[int]] = {}
+    queue = list(reversed(chunks))
+    helpers_ok = False
     try:
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            mapped = pool.map(dicom.preprocess_file, map(str, paths), repeat(size), repeat(window),
-                              repeat(frame_policy), chunksize=chunk)
-            for done, result in enumerate(mapped, 1):
-                results.append(result)
-                if progress is not None:
-                    progress("pixels", done, len(paths))
-        return results
-    except BrokenProcessPool:
-        log.warning("decode worker processes failed to start; decoding in this process instead")
-        return None
+        while queue or pending:
+            if not helpers_ok and ready_check.done():
+                helpers_ok = ready_check.exception() is None
+                if not helpers_ok:
+                    log.warning("decode worker processes failed to start; decoding in this process instead")
+                    ready_check = _NEVER
+            while helpers_ok and queue and len(pending) < 2 * (workers - 1):
+                indices = queue.pop()
+                future = pool.submit(dicom.preprocess_files, [str(paths[i]) for i in indices], size, window,
+                                     frame_policy)
+                pending[future] = indices
+            if queue:
+                run_here(queue.pop())
+            ready = [f for f in pending if f.done()] if queue else list(pending)
+            for future in ready:
+                indices = pending.pop(future)
+                try:
+                    finish(indices, future.result())
+                except BrokenProcessPool:
+                    helpers_ok = False
+                    ready_check = _NEVER
+                    run_here(indices)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return [r if r is not None else (None, "decode-error") for r in results]
 
 
 def _cache_key(data_dir: Path, images: list[_Image], size: int, options_token: str = "") -> str:
@@ -818,9 +878,10 @@ def load_clinic(
     (DATA/normal, DATA/opacity), the class folders are used.  Bad rows and
     files are rejected, never fatal; DataError only when the folder, the
     manifest or the whole result is unusable.  ``workers > 1`` decodes in
-    spawned processes, so a calling script needs the usual
-    ``if __name__ == "__main__":`` guard (without it, decoding falls back to
-    serial).  ``progress(stage, done, total)`` is called as headers are read
+    this process plus ``workers - 1`` spawned ones, so a calling script needs
+    the usual ``if __name__ == "__main__":`` guard (without it, this process
+    decodes alone).  ``options`` (window, frame policy, label source, filters)
+    is part of the cache key.  ``progress(stage, done, total)`` is called as headers are read
     and as pixels are decoded.
     """
     _check_labels(labels)

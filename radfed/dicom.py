@@ -8,9 +8,14 @@ These functions do that with pydicom's own LUT code and turn every failure into
 a :class:`DicomError` with a short ``reason`` code, so a loader can reject the
 file, count it and carry on.
 
-Privacy: messages name the problem and a fix, never a tag value.  pydicom's own
-exception and warning texts can quote element values (names, IDs), so they are
-never copied into our messages.
+A task can ask for a CT window (a WINDOW_PRESETS name or an explicit
+(center, width)) instead of the file's own, and for every frame of a
+multi-frame file ("all") instead of the middle one.
+
+Privacy: messages name the problem and a fix, never a tag value nor a file
+path (a path can hold a patient's name).  pydicom's own exception and warning
+texts can quote element values (names, IDs), so they are never copied into
+our messages, and pydicom's log records are dropped while we read.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ __all__ = [
     "decode_frames",
     "header_summary",
     "preprocess_file",
+    "preprocess_files",
     "pydicom_quiet",
     "read_frames",
     "read_header",
@@ -418,7 +424,7 @@ def _lut_domain(arr: np.ndarray) -> tuple[int, np.ndarray] | None:
     low, high = int(arr.min()), int(arr.max())
     if high - low >= _MAX_LUT:
         return None
-    return low, np.arange(low, high + 1, dtype=arr.dtype if low >= 0 or arr.dtype.kind == "i" else np.int64)
+    return low, np.arange(low, high + 1, dtype=arr.dtype)
 
 
 def _present_range(arr: np.ndarray, low: int, mapped: np.ndarray) -> tuple[float, float]:
@@ -608,6 +614,13 @@ def preprocess_file(
     except Exception as exc:  # one exotic file must not stop a clinic from loading
         log.error("unexpected %s while preprocessing an image; rejected as decode-error", type(exc).__name__)
         return None, "decode-error"
+
+
+def preprocess_files(
+    paths: list[str], size: int, window: Window = None, frame_policy: str = "middle"
+) -> list[tuple[np.ndarray | None, str]]:
+    """preprocess_file over a chunk of paths: one pool task per chunk keeps IPC overhead small."""
+    return [preprocess_file(path, size, window, frame_policy) for path in paths]
 
 
 _SUMMARY_KEYWORDS = ("Modality", "Manufacturer", "Rows", "Columns", "PhotometricInterpretation", "BitsStored")

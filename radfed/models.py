@@ -263,6 +263,12 @@ def create_model(arch: str, num_classes: int, weights: str | Path = "random", *,
 
         net, report = load_weights(arch, num_classes, Path(weights),
                                    allow_partial=allow_partial)
+        if normalisation is not None and (normalisation == "keras") != (
+                report.normalisation == "keras"):
+            raise WeightsError(
+                f"{Path(weights).name}: normalisation '{normalisation}' does not fit a "
+                f"{report.source_format} file: the 'keras' convention also sets the network "
+                "layout, so it goes with Keras h5 weights only")
         norm = normalisation or report.normalisation
     mean, std = NORMALISATIONS[norm]
     return Classifier(net, mean, std, arch=arch, head_name=info.head, normalisation=norm)
@@ -315,7 +321,7 @@ def apply_freeze(model: Classifier, policy: str, unfreeze_top: int = 10) -> None
     elif policy == "all":
         trainable = set()
     else:
-        trainable = {id(m) for m in body[len(body) - unfreeze_top:]} if unfreeze_top else set()
+        trainable = {id(m) for m in body[max(0, len(body) - unfreeze_top):]}
     trainable |= head_ids
     for module in model.net.modules():
         for p in module.parameters(recurse=False):

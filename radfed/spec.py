@@ -44,12 +44,14 @@ class ExperimentSpec:
     round_timeout: float = 3600.0
     val_fraction: float = 0.25
     seed: int = 0
+    data: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def to_json(self) -> str:
         """Serialise for Flower's run config and message configs."""
         data = asdict(self)
         data["labels"] = list(self.labels)
         data["strategy_params"] = dict(self.strategy_params)
+        data["data"] = dict(self.data)
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -138,11 +140,36 @@ def _check(source: str, key: str, value: Any, fld: Any) -> Any:
             raise SpecError(f"{source}: key 'strategy_params' must be a table of numbers, "
                             "e.g. strategy_params = { eta = 0.01 }; see `coordinator strategies`")
         return dict(value)
+    if key == "data":
+        return _check_data_options(source, value)
     if key in ("name", "weights", "strategy"):
         if not isinstance(value, str) or not value.strip():
             raise SpecError(f"{source}: key '{key}' must be a non-empty string")
         return value
     return _check_number(source, key, value, default)
+
+
+def _check_data_options(source: str, value: Any) -> dict[str, Any]:
+    """The `[experiment.data]` table: how clinics turn DICOM into samples (DataOptions)."""
+    from radfed.data import DataOptions  # imports torch: only when a spec has the table
+
+    if not isinstance(value, dict):
+        raise SpecError(f"{source}: key 'data' must be a table, e.g. data = {{ window = \"lung\" }}")
+    try:
+        data_options(value)
+    except (TypeError, ValueError) as err:
+        raise SpecError(f"{source}: key 'data': {str(err).splitlines()[0]}") from None
+    return dict(value)
+
+
+def data_options(table: dict[str, Any]):
+    """A spec's `data` table as radfed.data.DataOptions (lists from TOML become tuples)."""
+    from radfed.data import DataOptions
+
+    values = dict(table)
+    if isinstance(values.get("window"), list):
+        values["window"] = tuple(values["window"])
+    return DataOptions(**values)
 
 
 def _check_number(source: str, key: str, value: Any, default: Any) -> Any:
@@ -166,13 +193,20 @@ def _check_files(source: str, spec: ExperimentSpec) -> None:
             )
 
 
+def _toml_value(value: Any) -> str:
+    """A JSON-like value as TOML (inline tables and arrays; None is left out)."""
+    if isinstance(value, dict):
+        items = ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()
+                          if v is not None)
+        return f"{{ {items} }}" if items else "{}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value)
+
+
 def spec_to_toml(spec: ExperimentSpec) -> str:
     """Write a spec as TOML (used by the demo and sweeps to leave an editable file behind)."""
     lines = ["[experiment]"]
     for key, value in json.loads(spec.to_json()).items():
-        if isinstance(value, dict):
-            inner = ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items())
-            lines.append(f"{key} = {{ {inner} }}" if inner else f"{key} = {{}}")
-        else:
-            lines.append(f"{key} = {json.dumps(value)}")
+        lines.append(f"{key} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"

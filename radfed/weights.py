@@ -9,7 +9,8 @@ Formats, detected from the file itself:
   the children) are tried and the better one is kept. Convention "radimagenet" ([-1, 1]).
 - ``torch``: plain torchvision/timm state_dicts (ImageNet weights). Convention "imagenet".
 - ``keras-h5``: RadImageNet Keras ``*_notop.h5`` files (weights-only or full-model saves of
-  tf.keras 2 / Keras 3 legacy h5), converted with h5py + numpy into the Keras-compatible
+  tf.keras 2 / Keras 3 legacy h5; Keras 3 ``.weights.h5`` is refused: it drops layer
+  names), converted with h5py + numpy into the Keras-compatible
   layout of the torch model (see `radfed.models`). Convention "keras".
 
 Every load goes into a fresh model, which is only returned when the whole backbone matched
@@ -81,7 +82,12 @@ def weights_normalisation(path: str | Path) -> str:
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a checkpoint's tensors, unwrapping common containers; never executes code."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # memory-mapped: listing keys of a 200 MB file costs no read
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
         raise WeightsError(f"{path}: cannot read weights ({type(err).__name__}: "
                            f"{str(err).splitlines()[0][:120] if str(err) else ''}); "
@@ -204,8 +210,10 @@ def read_keras_h5(path: Path) -> dict[str, dict[str, np.ndarray]]:
         with h5py.File(path, "r") as f:
             root = f["model_weights"] if "model_weights" in f else f
             if "layers" in root and "layer_names" not in root.attrs:
-                raise WeightsError(f"{path}: Keras 3 '.weights.h5' layout is not supported; "
-                                   "save with tf.keras 2 / legacy h5 (model.save('x.h5'))")
+                # Keras 3 names these groups by class and graph order, not by layer name.
+                raise WeightsError(f"{path}: Keras 3 '.weights.h5' layout is not supported "
+                                   "(it drops layer names); save with tf.keras 2 "
+                                   "`save_weights('x.h5')` or legacy `model.save('x.h5')`")
             layers: dict[str, dict[str, np.ndarray]] = {}
             for name in _attr_list(root, "layer_names") or list(root.keys()):
                 group = root[name]

@@ -41,6 +41,7 @@ def folder_clinic(root: Path, n_patients: int = 4) -> None:
     ({"frame_policy": "first"}, "frame_policy must be one of middle, all"),
     ({"label_source": "csv"}, "label_source must be one of manifest, folders, tag"),
     ({"label_source": "tag"}, "label_tag must name a DICOM keyword"),
+    ({"label_source": "tag", "label_tag": "SeriesDescriptoin"}, "label_tag must be a DICOM keyword"),
     ({"filters": {"PatientName": ["x"]}}, "filters keys must be one of Modality, BodyPartExamined, SeriesDescription"),
     ({"filters": {"Modality": "CT"}}, "filters['Modality'] must be a list of strings"),
     ({"label_map": ["a"]}, "label_map must be a dict"),
@@ -195,3 +196,46 @@ def test_check_data_fails_only_when_nothing_is_usable(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "rejected labels.csv line 2: x.dcm: missing-file" in result.output
     bad = run_check_data(str(tmp_path), "--window", "liver")
     assert bad.exit_code == 2 and "window must be one of" in bad.output
+
+
+def test_check_data_tag_labels_filters_and_frames_options(tmp_path: Path) -> None:
+    for p, series in enumerate(["PA", "PA OPACITY", "PA", "PA OPACITY", "LATERAL"]):
+        path = tmp_path / f"s{p}.dcm"
+        write_image(path, f"PID-{p}", 100 + 40 * p)
+        retag(path, SeriesDescription=series)
+    result = run_check_data(str(tmp_path), "--image-size", "16", "--json", "--label-source", "tag",
+                            "--label-tag", "SeriesDescription", "--label-map", "pa=normal",
+                            "--label-map", "PA OPACITY=opacity", "--filter", "SeriesDescription=PA,pa opacity",
+                            "--frame-policy", "all", "--window", "40/400")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)["summary"]
+    assert summary["filtered"] == 1 and summary["rejected_total"] == 0
+    assert summary["train"]["total_images"] + summary["val"]["total_images"] == 4
+    bad = run_check_data(str(tmp_path), "--label-map", "novalue")
+    assert bad.exit_code == 2 and "--label-map expects KEY=VALUE" in bad.output
+
+
+def test_pool_that_cannot_start_falls_back_to_this_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    from radfed import data
+
+    class BrokenPool:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def submit(self, *args: object, **kwargs: object) -> Future:
+            future: Future = Future()
+            future.set_exception(BrokenProcessPool("no __main__ guard"))
+            return future
+
+        def shutdown(self, *args: object, **kwargs: object) -> None:
+            pass
+
+    make_clinic(tmp_path, n_patients=4, images=2)
+    serial = load_clinic(tmp_path, LABELS, SIZE)
+    monkeypatch.setattr(data, "ProcessPoolExecutor", BrokenPool)
+    pooled = load_clinic(tmp_path, LABELS, SIZE, workers=2)
+    torch.testing.assert_close(pooled.train.images, serial.train.images)
+    assert pooled.rejected == []

@@ -205,3 +205,37 @@ def test_colour_multiframe_all_frames(tmp_path: Path) -> None:
     ds.PixelData = rgb.tobytes()
     frames = read_frames(save(ds, tmp_path / "us.dcm"), frame_policy="all")
     np.testing.assert_allclose([float(f.mean()) for f in frames], [60 / 255, 120 / 255, 180 / 255], atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- lookup-table fast path
+
+
+@pytest.mark.parametrize("tags", [
+    {},  # min-max
+    {"WindowCenter": 300, "WindowWidth": 500},
+    {"RescaleSlope": 0.5, "RescaleIntercept": -100, "PhotometricInterpretation": "MONOCHROME1"},
+    {"RescaleSlope": 2, "RescaleIntercept": -1024, "WindowCenter": 40, "WindowWidth": 400, "VOILUTFunction": "SIGMOID"},
+])
+def test_lookup_table_path_equals_per_pixel_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tags: dict) -> None:
+    from radfed import dicom
+
+    pixels = np.random.default_rng(4).integers(0, 1200, size=(50, 40))
+    path = save(make_dataset(pixels, bits_stored=12, **tags), tmp_path / "lut.dcm")
+    fast = read_pixels(path)
+    monkeypatch.setattr(dicom, "_MAX_LUT", 0)  # every frame takes the per-pixel path
+    np.testing.assert_allclose(fast, read_pixels(path), atol=1e-6)
+
+
+def test_non_monotonic_modality_lut_sequence_min_max(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from radfed import dicom
+
+    ds = make_dataset(np.array([[0, 1, 2, 3]]), bits_stored=8)
+    item = Dataset()
+    item.LUTDescriptor, item.ModalityLUTType = [4, 0, 16], "US"
+    item["LUTData"] = pydicom.DataElement(0x00283006, "OW", np.array([10, 50, 20, 30], dtype=np.uint16).tobytes())
+    ds.ModalityLUTSequence = [item]
+    path = save(ds, tmp_path / "mlut.dcm")
+    fast = read_pixels(path)
+    np.testing.assert_allclose(fast[0], [0.0, 1.0, 0.25, 0.5], atol=1e-6)
+    monkeypatch.setattr(dicom, "_MAX_LUT", 0)
+    np.testing.assert_allclose(read_pixels(path), fast, atol=1e-6)

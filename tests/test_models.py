@@ -67,6 +67,10 @@ def test_freeze_policies_resnet18() -> None:
     apply_freeze(model, "top-k", 1)  # only layer4.1.bn2 below the head
     assert _trainable(model) == {"net.fc.weight", "net.fc.bias",
                                  "net.layer4.1.bn2.weight", "net.layer4.1.bn2.bias"}
+    apply_freeze(model, "top-k", 0)
+    assert _trainable(model) == {"net.fc.weight", "net.fc.bias"}
+    apply_freeze(model, "top-k", 1000)  # more than there are: everything trains
+    assert _trainable(model) == names
     with pytest.raises(ValueError, match="unknown freeze policy"):
         apply_freeze(model, "half")
 

@@ -45,3 +45,15 @@ def test_not_toml(tmp_path):
     path.write_text("name = \n")
     with pytest.raises(SpecError, match="not valid TOML"):
         load_spec(path)
+
+
+def test_data_options_table_round_trips_and_is_checked(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text('[experiment]\nname = "ct"\n[experiment.data]\nwindow = "lung"\n'
+                    'filters = { Modality = ["CT"] }\n')
+    spec = load_spec(path)
+    assert spec.data == {"window": "lung", "filters": {"Modality": ["CT"]}}
+    path.write_text(spec_to_toml(spec))
+    assert load_spec(path) == spec
+    with pytest.raises(SpecError, match="'data'.*frame_policy"):
+        from_mapping({"name": "x", "data": {"frame_policy": "some"}})
