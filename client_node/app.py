@@ -80,9 +80,11 @@ def _data(spec: ExperimentSpec, context: Context) -> ClinicData:
 
 def _model(spec: ExperimentSpec, msg: Message, context: Context) -> torch.nn.Module:
     """The received global model; under FedBN with this clinic's own BatchNorm state."""
-    model = create_model(spec.backbone, len(spec.labels), "random")
+    config = msg.content["config"]
+    model = create_model(spec.backbone, len(spec.labels), "random",
+                         normalisation=str(config.get("normalisation", "radimagenet")))
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    if bool(msg.content["config"].get("local-bn", False)):
+    if bool(config.get("local-bn", False)):
         path = _bn_path(context)
         if path.is_file():
             model.load_state_dict(torch.load(path, weights_only=True), strict=False)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-BACKBONES = ("resnet50", "resnet18")
+BACKBONES = ("resnet50", "densenet121", "inception_v3", "inception_resnet_v2", "resnet18")
 FREEZE_POLICIES = ("none", "all", "top-k")
 
 

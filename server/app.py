@@ -58,11 +58,12 @@ def main(grid: Grid, context: Context) -> None:
         ckpt_dir = Path(str(cfg["checkpoint-dir"])) / f"run-{run_id}"
         recorder = RunRecorder(store, run_id, spec, ckpt_dir)
         strategy = build_strategy(spec, recorder, bn_keys=batchnorm_state_keys(model))
-        config = ConfigRecord({"spec": spec.to_json()})
+        # Clinics rebuild the same network: the input convention of the weight source
+        # (and, for Keras weights, its layout) is not in the state_dict, so it travels here.
+        shared = {"spec": spec.to_json(), "normalisation": model.normalisation}
         strategy.start(grid, ArrayRecord(model.state_dict()), num_rounds=spec.rounds,
-                       timeout=spec.round_timeout, train_config=config,
-                       evaluate_config=ConfigRecord({"spec": spec.to_json()}),
-                       evaluate_fn=recorder.checkpoint)
+                       timeout=spec.round_timeout, train_config=ConfigRecord(dict(shared)),
+                       evaluate_config=ConfigRecord(dict(shared)), evaluate_fn=recorder.checkpoint)
         final = recorder.val_auroc.get(spec.rounds)
         store.finish_run(run_id, "completed", final_auroc=final)
         log.info("run %s completed: final federated AUROC %s", run_id, final)

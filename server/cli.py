@@ -20,6 +20,12 @@ from radfed.flower_env import radfed_home
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
                   rich_markup_mode="markdown")
+
+
+def _mount_subcommands() -> None:
+    from server.weights_cli import weights_app
+
+    app.add_typer(weights_app, name="weights", help="Inspect weight files before an experiment uses them.")
 out = Console()
 err = Console(stderr=True)
 
@@ -185,6 +191,9 @@ def demo(
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+_mount_subcommands()
 
 
 if __name__ == "__main__":

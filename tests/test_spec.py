@@ -57,3 +57,10 @@ def test_data_options_table_round_trips_and_is_checked(tmp_path):
     assert load_spec(path) == spec
     with pytest.raises(SpecError, match="'data'.*frame_policy"):
         from_mapping({"name": "x", "data": {"frame_policy": "some"}})
+
+
+def test_spec_backbones_are_the_model_registry():
+    from radfed.models import list_models
+    from radfed.spec import BACKBONES
+
+    assert sorted(BACKBONES) == list_models()
