@@ -532,14 +532,20 @@ def _resolve_rows(
         where, outcome = _resolve_row(kind, row, data_dir, by_uid, filters or {})
         if progress is not None:
             progress("headers", done, len(rows))
-        if isinstance(outcome, str):
-            rejected.append((where, outcome))
-        elif outcome.uid and outcome.uid in seen_uids:
-            rejected.append((where, "duplicate-sop-instance-uid"))
-        else:
-            seen_uids.add(outcome.uid)
-            images.append(outcome)
+        _collect(where, outcome, images, rejected, seen_uids)
     return sorted(images, key=lambda im: im.relpath), rejected
+
+
+def _collect(where: str, outcome: "_Image | str", images: list["_Image"],
+             rejected: list[tuple[str, str]], seen_uids: set[str]) -> None:
+    """Keep an accepted image, or record why not (its reason, or a repeated SOPInstanceUID)."""
+    if isinstance(outcome, str):
+        rejected.append((where, outcome))
+    elif outcome.uid and outcome.uid in seen_uids:
+        rejected.append((where, "duplicate-sop-instance-uid"))
+    else:
+        seen_uids.add(outcome.uid)
+        images.append(outcome)
 
 
 def _resolve_row(
@@ -600,13 +606,7 @@ def _scan_labelled(
         outcome = _accept(facts, -1 if label is None else label, options.filters)
         if outcome != _FILTERED and label is None and not isinstance(outcome, str):
             outcome = "no-label"
-        if isinstance(outcome, str):
-            rejected.append((relpath, outcome))
-        elif outcome.uid and outcome.uid in seen_uids:
-            rejected.append((relpath, "duplicate-sop-instance-uid"))
-        else:
-            seen_uids.add(outcome.uid)
-            images.append(outcome)
+        _collect(relpath, outcome, images, rejected, seen_uids)
     return sorted(images, key=lambda im: im.relpath), rejected
 
 

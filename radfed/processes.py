@@ -45,28 +45,34 @@ def _alive(pid: int) -> bool:
 
 def stop_tree(proc: subprocess.Popen, timeout: float = 10.0) -> None:
     """SIGTERM a process and all its descendants; SIGKILL what is left after `timeout`."""
-    pids = descendants(proc.pid) + [proc.pid]
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    stop_all([proc], timeout)
+
+
+def stop_all(procs: list[subprocess.Popen], timeout: float = 10.0) -> None:
+    """Stop several process trees at once: one grace period for all, not one each."""
+    pids = [pid for proc in procs for pid in descendants(proc.pid) + [proc.pid]]
+    _signal(pids, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        proc.poll()
+        for proc in procs:
+            proc.poll()
         if not any(_alive(pid) for pid in pids):
             break
         time.sleep(0.1)
+    _signal([pid for pid in pids if _alive(pid)], signal.SIGKILL)
+    for proc in procs:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _signal(pids: list[int], signum: int) -> None:
     for pid in pids:
-        if _alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:

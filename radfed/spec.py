@@ -151,8 +151,6 @@ def _check(source: str, key: str, value: Any, fld: Any) -> Any:
 
 def _check_data_options(source: str, value: Any) -> dict[str, Any]:
     """The `[experiment.data]` table: how clinics turn DICOM into samples (DataOptions)."""
-    from radfed.data import DataOptions  # imports torch: only when a spec has the table
-
     if not isinstance(value, dict):
         raise SpecError(f"{source}: key 'data' must be a table, e.g. data = {{ window = \"lung\" }}")
     try:
@@ -164,7 +162,7 @@ def _check_data_options(source: str, value: Any) -> dict[str, Any]:
 
 def data_options(table: dict[str, Any]):
     """A spec's `data` table as radfed.data.DataOptions (lists from TOML become tuples)."""
-    from radfed.data import DataOptions
+    from radfed.data import DataOptions  # imports torch: only where options are used
 
     values = dict(table)
     if isinstance(values.get("window"), list):

@@ -184,7 +184,7 @@ def demo(
     """
     from server.demo import DemoOptions, run_demo
 
-    code = run_demo(DemoOptions(clinics, rounds, workdir, patients, image_size, backbone), err)
+    code = run_demo(DemoOptions(clinics, rounds, workdir, patients, image_size, backbone), out)
     raise typer.Exit(code)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from radfed.processes import free_port, reachable, stop_tree
+from radfed.processes import free_port, reachable, stop_all
 from radfed.spec import ExperimentSpec, spec_to_toml
 
 
@@ -105,8 +105,7 @@ def run_demo(opts: DemoOptions, console: Console) -> int:
         console.print("[yellow]interrupted: stopping every demo process[/]")
         return 130
     finally:
-        for proc in reversed(procs):
-            stop_tree(proc)
+        stop_all(procs)
     console.print(leaderboard_table(store))
     console.print(f"database: {db_url}\ncheckpoints: {work / 'checkpoints'}\n"
                   f"leaderboard JSON: coordinator leaderboard --db {db_url} --json\n"

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from radfed.processes import free_port, reachable, stop_tree
+from radfed.processes import free_port, reachable, stop_all
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,5 +70,4 @@ class Federation:
         return [pid for p in self.procs for pid in [p.pid, *descendants(p.pid)]]
 
     def close(self) -> None:
-        for proc in reversed(self.procs):
-            stop_tree(proc)
+        stop_all(self.procs)

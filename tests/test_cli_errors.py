@@ -40,7 +40,7 @@ def test_empty_manifest(tmp_path, dead_link):
 def test_manifest_naming_missing_files(tmp_path, dead_link):
     (tmp_path / "labels.csv").write_text("file,label\nmissing-1.dcm,normal\nmissing-2.dcm,opacity\n")
     proc = _start("--superlink", dead_link, "--data", str(tmp_path))
-    _one_line_error(proc, "missing-1.dcm", "line 2")
+    _one_line_error(proc, "do not exist", "labels.csv line 2")
 
 
 def test_unreachable_superlink_for_a_clinic(tmp_path, dead_link):
