@@ -11,6 +11,7 @@ import logging
 import time
 from pathlib import Path
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -54,6 +55,7 @@ def main(grid: Grid, context: Context) -> None:
     run_id = store.start_run(exp_id, str(context.run_id), spec.rounds)
     try:
         wait_for_clinics(grid, spec.min_clinics, spec.clinic_timeout)
+        torch.manual_seed(spec.seed)  # the initial head (and random backbones) from the spec's seed
         model = create_model(spec.backbone, len(spec.labels), spec.weights)
         ckpt_dir = Path(str(cfg["checkpoint-dir"])) / f"run-{run_id}"
         recorder = RunRecorder(store, run_id, spec, ckpt_dir)

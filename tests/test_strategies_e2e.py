@@ -24,7 +24,7 @@ def fed(tmp_path_factory):
     federation = Federation(work)
     federation.start_superlink()
     for i, prevalence in enumerate((0.35, 0.65), start=1):
-        write_clinic(work / f"data-{i}", clinic_index=i, n_patients=24, prevalence=prevalence, seed=i)
+        write_clinic(work / f"data-{i}", clinic_index=i, n_patients=32, prevalence=prevalence, seed=i)
         federation.start_clinic(f"clinic-{i}", work / f"data-{i}")
     try:
         yield federation
@@ -33,8 +33,9 @@ def fed(tmp_path_factory):
 
 
 def _run(fed: Federation, name: str, **spec) -> dict:
-    base = dict(name=name, backbone="resnet18", image_size=32, rounds=2, local_epochs=2,
-                batch_size=8, learning_rate=1e-3, min_clinics=HONEST, clinic_timeout=120.0, seed=3)
+    base = dict(name=name, backbone="resnet18", image_size=64, rounds=2, local_epochs=2,
+                batch_size=8, learning_rate=1e-3, min_clinics=HONEST, clinic_timeout=120.0,
+                val_fraction=0.35, seed=3)
     base.update(spec)
     path = fed.work / f"{name}.toml"
     path.write_text(spec_to_toml(ExperimentSpec(**base)))
