@@ -50,7 +50,7 @@ def _auroc(entry: dict, server_round: int) -> float:
     return next(r["val_auroc"] for r in entry["rounds"] if r["server_round"] == server_round)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(450)
 @pytest.mark.parametrize("strategy, params", [
     ("fedadam", {"eta": 0.01}), ("fedbn", {}),
 ])
@@ -79,7 +79,7 @@ def _assert_bn_stays_local(fed: Federation, entry: dict) -> None:
     assert not torch.equal(final["net.fc.weight"], initial["net.fc.weight"])
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(600)
 def test_faulty_clinics_are_excluded_or_bounded(fed):
     """FedAvg family reference run, then FedMedian with a NaN clinic and a x100 clinic."""
     clean = _run(fed, "reference-fedavg", strategy="fedavg")
