@@ -110,7 +110,7 @@ def run_demo(opts: DemoOptions, console: Console) -> int:
     console.print(f"database: {db_url}\ncheckpoints: {work / 'checkpoints'}\n"
                   f"leaderboard JSON: coordinator leaderboard --db {db_url} --json\n"
                   f"dashboard: dashboard --db {db_url}\n"
-                  f"demo took {time.monotonic() - started:.0f} s")
+                  f"demo took {time.monotonic() - started:.0f} s", soft_wrap=True, highlight=False)
     if status.get("status") != "completed":
         console.print(f"[bold red]error:[/] run {run_id} failed: {status.get('error')}")
         return 1

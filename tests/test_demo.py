@@ -37,7 +37,7 @@ def test_small_demo_two_clinics_end_to_end(tmp_path):
     proc = cli("server.cli", "demo", "--clinics", "2", "--rounds", "2", "--patients", "12",
                "--image-size", "32", "--backbone", "resnet18", "--workdir", str(work), timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "leaderboard" in proc.stdout and str(work / "radfed.db") in proc.stdout
+    assert f"database: sqlite:///{work / 'radfed.db'}" in proc.stdout
     assert sorted(p.name for p in (work / "data").iterdir()) == ["clinic-1", "clinic-2"]
     assert _radfed_processes() - before == set()
 

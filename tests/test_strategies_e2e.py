@@ -33,7 +33,7 @@ def fed(tmp_path_factory):
 
 
 def _run(fed: Federation, name: str, **spec) -> dict:
-    base = dict(name=name, backbone="resnet18", image_size=64, rounds=2, local_epochs=2,
+    base = dict(name=name, backbone="resnet18", image_size=64, rounds=1, local_epochs=2,
                 batch_size=8, learning_rate=1e-3, min_clinics=HONEST, clinic_timeout=120.0,
                 val_fraction=0.35, seed=3)
     base.update(spec)
@@ -57,7 +57,7 @@ def _auroc(entry: dict, server_round: int) -> float:
 def test_strategy_family_completes_and_improves(fed, strategy, params):
     entry = _run(fed, f"family-{strategy}", strategy=strategy, strategy_params=params)
     assert entry["status"] == "completed"
-    assert {r["server_round"] for r in entry["rounds"]} == {0, 1, 2}
+    assert {r["server_round"] for r in entry["rounds"]} == {0, 1}
     assert entry["final_auroc"] > _auroc(entry, 0) + 0.05, entry["rounds"]
     if strategy == "fedbn":
         _assert_bn_stays_local(fed, entry)
