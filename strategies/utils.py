@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from flwr.app import Message, MetricRecord, RecordDict
@@ -62,11 +61,6 @@ def finite_weighted_mean(contents: list[RecordDict], weighted_by_key: str) -> Me
         r.get(weighted_by_key, 0) for c in contents for r in c.metric_records.values()
     ))
     return out
-
-
-def valid_replies(replies: Iterable[Message]) -> list[Message]:
-    """Replies that carry content rather than an error."""
-    return [m for m in replies if not m.has_error()]
 
 
 def first_arrays(msg: Message):
