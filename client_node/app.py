@@ -21,6 +21,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
+from client_node.outbox import outbox_mod
 from radfed.batchnorm import batchnorm_state_keys
 from radfed.data import ClinicData, DataError, load_clinic
 from radfed.models import apply_freeze, create_model
@@ -28,7 +29,7 @@ from radfed.spec import ExperimentSpec, data_options
 from radfed.training import evaluate, pick_device, train_local
 
 log = logging.getLogger("radfed.clinic")
-app = ClientApp()
+app = ClientApp(mods=[outbox_mod])
 
 
 def _process_age() -> float:

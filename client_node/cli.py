@@ -4,8 +4,8 @@ Examples:
 
     client-node demo-data ./clinic-a
     client-node check-data ./clinic-a
-    client-node start --superlink coordinator.example.org:9092 --data /pacs/export \\
-        --name clinic-a --root-certificates ca.crt
+    client-node enroll clinic-a.radfed
+    client-node start --data /pacs/export
 """
 
 from __future__ import annotations
@@ -31,13 +31,14 @@ def _fail(message: str, code: int = 1) -> None:
 
 @app.command()
 def start(
-    superlink: Annotated[str, typer.Option(help="SuperLink address HOST:PORT.")],
     data: Annotated[Path, typer.Option(help="Folder with this clinic's DICOM files and labels.csv.")],
-    name: Annotated[str, typer.Option(help="This clinic's name as the coordinator will see it.")],
+    bundle: Annotated[Optional[Path], typer.Option(help="Enrolment bundle from the coordinator (installs it).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Which enrolled clinic to run (default: the only one).")] = None,
+    superlink: Annotated[Optional[str], typer.Option(help="SuperLink HOST:PORT (default: from the bundle).")] = None,
     labels: Annotated[Optional[Path], typer.Option(help="Label manifest CSV (default DATA/labels.csv).")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Where preprocessed images are cached.")] = None,
-    insecure: Annotated[bool, typer.Option(help="Plaintext connection (loopback demos only).")] = False,
-    root_certificates: Annotated[Optional[Path], typer.Option(help="CA certificate of a TLS SuperLink.")] = None,
+    insecure: Annotated[bool, typer.Option(help="Plaintext, no node key (loopback demo SuperLinks only).")] = False,
+    approve_app: Annotated[Optional[list[str]], typer.Option(help="Also run app bundles with this SHA-256; repeatable.")] = None,
     local_port: Annotated[int, typer.Option(help="Port of the node's local ClientApp API (0: any free).")] = 0,
     threads: Annotated[int, typer.Option(help="CPU threads for training (0: all cores).")] = 0,
     workers: Annotated[int, typer.Option(help="Processes decoding DICOM in parallel.")] = 1,
@@ -46,16 +47,43 @@ def start(
 ) -> None:
     """Join a federation: start this clinic's Flower SuperNode on its own data.
 
-    Example: `client-node start --superlink 127.0.0.1:9092 --insecure --data ./clinic-a --name clinic-a`
+    Connects over TLS with the clinic's enrolled node key; checks first that the
+    SuperLink is reachable and its certificate chains to the bundle's CA. Only the
+    radfed app bundle of this installation runs here (plus any --approve-app hash).
+    What leaves the clinic is logged to NODE_HOME/outbox.jsonl.
+
+    Example: `client-node start --bundle clinic-a.radfed --data /pacs/export`
     """
-    opts = NodeOptions(superlink, data, name, labels, cache_dir, insecure, root_certificates,
-                       local_port, threads, workers, home, fault)
+    opts = NodeOptions(superlink, data, name, labels, cache_dir, insecure, bundle,
+                       local_port, threads, workers, home, fault, list(approve_app or []))
     try:
-        check(opts)
+        opts = check(opts)
     except NodeError as e:
         _fail(str(e))
-    err.print(f"clinic [bold]{name}[/] joining {superlink} with data {data}", highlight=False)
-    raise typer.Exit(run_supernode(opts))
+    err.print(f"clinic [bold]{opts.name}[/] joining {opts.superlink} with data {data}"
+              f"{' (PLAINTEXT)' if insecure else ''}", highlight=False)
+    code = run_supernode(opts, report=lambda line: err.print(f"[bold red]error:[/] {line}",
+                                                             highlight=False, soft_wrap=True))
+    raise typer.Exit(code)
+
+
+@app.command()
+def enroll(
+    bundle: Annotated[Path, typer.Argument(help="The enrolment bundle (.radfed) from the coordinator.")],
+    home: Annotated[Optional[Path], typer.Option(help="Folder for node state (default ~/.radfed/nodes).")] = None,
+) -> None:
+    """Verify an enrolment bundle and install it (CA, node key 0600) for `client-node start`.
+
+    Example: `client-node enroll clinic-a.radfed` then `client-node start --data /pacs/export`
+    """
+    from client_node.node import enroll as install
+
+    try:
+        clinic, folder = install(bundle, home)
+    except NodeError as e:
+        _fail(str(e))
+    err.print(f"enrolled as clinic [bold]{clinic}[/] ({folder}); the bundle file can now be deleted",
+              highlight=False, soft_wrap=True)
 
 
 @app.command("demo-data")

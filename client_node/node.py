@@ -1,14 +1,17 @@
 """Starting a clinic's Flower SuperNode: checks first, then a supervised child process.
 
-`client-node start` is a parent that validates the clinic's data and the SuperLink's
-address (one clear line when either is wrong), writes the node config Flower passes to
-every ClientApp, starts `flower-supernode` and forwards Ctrl-C / SIGTERM to it.
+`client-node start` is a parent that validates the clinic's enrolment, data and the
+SuperLink (one clear line when any is wrong: unreachable, wrong CA, expired certificate,
+clock skew, plaintext against TLS), writes the node config Flower passes to every
+ClientApp, starts `flower-supernode` with the clinic's node key, forwards Ctrl-C /
+SIGTERM, and turns Flower's refusal codes into one line (unknown or revoked key).
+Every ClientApp process it allows runs behind the app gate (client_node/app_guard.py).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from radfed.flower_env import flower_bin, flower_env, radfed_home
@@ -19,39 +22,102 @@ class NodeError(RuntimeError):
     """Something a clinic's IT admin must fix before the node can start; one line."""
 
 
+ENROLMENT = "enrolment"
+# Flower's refusals, as the SuperNode prints them, and what they mean for a clinic.
+REFUSALS = {
+    "[code: 2004]": "the SuperLink refused this clinic's node key (not enrolled there, or revoked); "
+                    "ask the coordinator (`coordinator clinic list`) for a current bundle",
+    "[code: 2001]": "the SuperLink requires an enrolled clinic key; start with --bundle FILE "
+                    "from the coordinator (`coordinator clinic add NAME`)",
+    "Exit Code: 305": "the SuperNode could not establish its connection to the SuperLink; "
+                      "see the lines above",
+}
+
+
 @dataclass
 class NodeOptions:
     """Everything `client-node start` needs; see its --help for each field."""
 
-    superlink: str
+    superlink: str | None
     data: Path
-    name: str
+    name: str | None
     manifest: Path | None = None
     cache_dir: Path | None = None
     insecure: bool = False
-    root_certificates: Path | None = None
+    bundle: Path | None = None
     local_port: int = 0
     threads: int = 0
     workers: int = 1
     home: Path | None = None
     fault: str = ""
+    approve_apps: list[str] = field(default_factory=list)
+
+    @property
+    def nodes_home(self) -> Path:
+        return self.home or radfed_home() / "nodes"
 
     @property
     def node_home(self) -> Path:
-        return (self.home or radfed_home() / "nodes") / self.name
+        return self.nodes_home / str(self.name)
+
+    @property
+    def enrolment(self) -> Path:
+        return self.node_home / ENROLMENT
+
+
+def enroll(bundle_path: Path, home: Path | None = None) -> tuple[str, Path]:
+    """Verify a bundle and install it under the node's home; returns (clinic, folder)."""
+    from radfed.enrolment import BundleError, install_bundle, read_bundle
+
+    try:
+        bundle = read_bundle(bundle_path)
+    except BundleError as e:
+        raise NodeError(str(e)) from None
+    folder = (home or radfed_home() / "nodes") / bundle.clinic / ENROLMENT
+    install_bundle(bundle, folder)
+    return bundle.clinic, folder
+
+
+def _enrolled_clinics(nodes_home: Path) -> list[str]:
+    return sorted(p.parent.parent.name for p in nodes_home.glob(f"*/{ENROLMENT}/enrolment.json"))
+
+
+def resolve(opts: NodeOptions) -> NodeOptions:
+    """Fill name and SuperLink from the bundle or the installed enrolment (TLS runs)."""
+    if opts.insecure:
+        if not opts.superlink or not opts.name:
+            raise NodeError("--insecure needs --superlink HOST:PORT and --name NAME")
+        return opts
+    if opts.bundle:
+        opts.name, _ = enroll(opts.bundle, opts.nodes_home)
+    if not opts.name:
+        enrolled = _enrolled_clinics(opts.nodes_home)
+        if len(enrolled) != 1:
+            raise NodeError(
+                "no enrolment found: pass --bundle FILE from the coordinator (or run `client-node "
+                "enroll FILE` once)" if not enrolled else
+                f"several clinics are enrolled here ({', '.join(enrolled)}); pass --name")
+        opts.name = enrolled[0]
+    info = opts.enrolment / "enrolment.json"
+    if not info.is_file():
+        raise NodeError(f"clinic '{opts.name}' is not enrolled on this machine; pass --bundle FILE "
+                        "(or run `client-node enroll FILE`)")
+    opts.superlink = opts.superlink or json.loads(info.read_text())["superlink"]
+    return opts
 
 
 def node_config(opts: NodeOptions) -> dict[str, str | int]:
     """The key/values every ClientApp of this node sees as `context.node_config`."""
     cache = opts.cache_dir or opts.node_home / "cache"
     return {
-        "clinic-name": opts.name,
+        "clinic-name": str(opts.name),
         "data-path": str(opts.data.resolve()),
         "manifest": str(opts.manifest.resolve()) if opts.manifest else "",
         "cache-dir": str(Path(cache).resolve()),
         "threads": int(opts.threads),
         "workers": int(opts.workers),
         "state-dir": str((opts.node_home / "state").resolve()),
+        "outbox-log": str((opts.node_home / "outbox.jsonl").resolve()),
         "fault": opts.fault,
     }
 
@@ -65,38 +131,68 @@ def write_node_config(opts: NodeOptions) -> Path:
     return path
 
 
-def check(opts: NodeOptions) -> None:
-    """Refuse to start with one line when the data or the SuperLink is not usable."""
+def check(opts: NodeOptions) -> NodeOptions:
+    """Refuse to start with one line when enrolment, data or the SuperLink is not usable."""
     from radfed.data import DataError, check_manifest
+    from radfed.enrolment import check_tls, speaks_tls
 
-    if not opts.name.replace("-", "").replace("_", "").isalnum():
+    opts = resolve(opts)
+    if not str(opts.name).replace("-", "").replace("_", "").isalnum():
         raise NodeError(f"clinic name '{opts.name}' must be letters, digits, '-' or '_'")
     try:
         check_manifest(opts.data, opts.manifest)
     except DataError as err:
         raise NodeError(str(err)) from None
-    why = reachable(opts.superlink)
+    why = reachable(str(opts.superlink))
     if why:
         raise NodeError(f"SuperLink {opts.superlink} is not reachable ({why}); check the address "
                         "and that `coordinator superlink` is running there")
-    if not opts.insecure and not opts.root_certificates:
-        raise NodeError("a TLS SuperLink needs its CA certificate: pass --root-certificates CA.crt "
-                        "(or --insecure for a loopback demo SuperLink)")
+    if opts.insecure:
+        if speaks_tls(str(opts.superlink)):
+            raise NodeError(f"SuperLink {opts.superlink} requires TLS: a plaintext (--insecure) node "
+                            "cannot join; start with your enrolment bundle (--bundle FILE) instead")
+        return opts
+    problem = check_tls(str(opts.superlink), (opts.enrolment / "ca.crt").read_text())
+    if problem:
+        raise NodeError(problem)
+    return opts
 
 
 def supernode_command(opts: NodeOptions) -> list[str]:
     """The `flower-supernode` command line for this clinic."""
-    cmd = [flower_bin("flower-supernode"), "--superlink", opts.superlink,
+    cmd = [flower_bin("flower-supernode"), "--superlink", str(opts.superlink),
            "--node-config", str(write_node_config(opts)),
            "--port", str(opts.local_port or free_port())]
     if opts.insecure:
-        cmd.append("--insecure")
-    else:
-        cmd += ["--root-certificates", str(Path(opts.root_certificates).resolve())]
-    return cmd
+        return cmd + ["--insecure"]
+    return cmd + ["--root-certificates", str((opts.enrolment / "ca.crt").resolve()),
+                  "--auth-supernode-private-key", str((opts.enrolment / "node.key").resolve())]
 
 
+def explain(line: str) -> str | None:
+    """One line for a clinic's admin when Flower prints a known refusal, else None."""
+    return next((meaning for marker, meaning in REFUSALS.items() if marker in line), None)
 
-def run_supernode(opts: NodeOptions) -> int:
-    """Start the SuperNode in the foreground; Ctrl-C or SIGTERM stop it and its children."""
-    return run_foreground(supernode_command(opts), flower_env(opts.node_home / "flwr"))
+
+def run_supernode(opts: NodeOptions, report=print) -> int:
+    """Start the SuperNode in the foreground; Ctrl-C or SIGTERM stop it and its children.
+
+    Every ClientApp it starts passes the app gate first (only approved bundles run).
+    """
+    from client_node.app_guard import APPROVED_ENV, approved_hashes, write_shim
+
+    shim_dir = write_shim(opts.node_home / "bin").parent
+    env = flower_env(opts.node_home / "flwr")
+    env["PATH"] = f"{shim_dir}:{env['PATH']}"
+    env[APPROVED_ENV] = ",".join(sorted(approved_hashes(opts.approve_apps)))
+    seen: list[str] = []
+
+    def on_line(line: str) -> None:
+        meaning = explain(line)
+        if meaning and meaning not in seen:
+            seen.append(meaning)
+
+    code = run_foreground(supernode_command(opts), env, on_line=on_line)
+    if code and seen:
+        report(seen[0])
+    return code

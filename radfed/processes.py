@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -98,21 +99,48 @@ def reachable(address: str, timeout: float = 3.0) -> str | None:
         return err.strerror or type(err).__name__
 
 
-def run_foreground(cmd: list[str], env: dict[str, str]) -> int:
-    """Run `cmd` until it exits; Ctrl-C or SIGTERM stop it and all its descendants."""
+def run_foreground(cmd: list[str], env: dict[str, str],
+                   on_line: Callable[[str], None] | None = None,
+                   tick: Callable[[], None] | None = None, every: float = 5.0) -> int:
+    """Run `cmd` until it exits; Ctrl-C or SIGTERM stop it and all its descendants.
+
+    With `on_line`, the child's output is passed through line by line and shown to
+    `on_line` too (to explain known failures in one line); `tick` runs every `every`
+    seconds while the child lives (a supervisor's periodic work).
+    """
     import signal
     import sys
+    import threading
 
-    proc = subprocess.Popen(cmd, env=env)
+    pipe = subprocess.PIPE if on_line else None
+    proc = subprocess.Popen(cmd, env=env, stdout=pipe, stderr=subprocess.STDOUT if on_line else None,
+                            text=bool(on_line), errors="replace" if on_line else None)
 
     def _forward(signum: int, _frame: object) -> None:
         stop_tree(proc)
         sys.exit(128 + signum)
 
+    def _pump() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            on_line(line)  # type: ignore[misc]
+
     signal.signal(signal.SIGTERM, _forward)
     signal.signal(signal.SIGINT, _forward)
+    reader = threading.Thread(target=_pump, daemon=True) if on_line else None
+    if reader:
+        reader.start()
     try:
-        return proc.wait()
+        while True:
+            try:
+                code = proc.wait(timeout=every if tick else None)
+                break
+            except subprocess.TimeoutExpired:
+                tick()  # type: ignore[misc]
+        if reader:
+            reader.join(timeout=5)
+        return code
     finally:
         if proc.poll() is None:
             stop_tree(proc)

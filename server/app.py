@@ -15,6 +15,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from radfed.audit import Registry
 from radfed.batchnorm import batchnorm_state_keys
 from radfed.models import create_model
 from radfed.spec import ExperimentSpec
@@ -58,7 +59,7 @@ def main(grid: Grid, context: Context) -> None:
         torch.manual_seed(spec.seed)  # the initial head (and random backbones) from the spec's seed
         model = create_model(spec.backbone, len(spec.labels), spec.weights)
         ckpt_dir = Path(str(cfg["checkpoint-dir"])) / f"run-{run_id}"
-        recorder = RunRecorder(store, run_id, spec, ckpt_dir)
+        recorder = RunRecorder(store, run_id, spec, ckpt_dir, Registry(store), str(context.run_id))
         strategy = build_strategy(spec, recorder, bn_keys=batchnorm_state_keys(model))
         # Clinics rebuild the same network: the input convention of the weight source
         # (and, for Keras weights, its layout) is not in the state_dict, so it travels here.

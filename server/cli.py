@@ -3,8 +3,10 @@
 Examples:
 
     coordinator demo --clinics 3 --rounds 3
-    coordinator superlink --insecure --host 127.0.0.1 --port 9092
-    coordinator run experiment.toml --superlink 127.0.0.1:9092 --insecure
+    coordinator certs init --hosts coordinator.example.org
+    coordinator clinic add clinic-a --superlink coordinator.example.org:9092
+    coordinator superlink --host 0.0.0.0 --port 9092
+    coordinator run experiment.toml --superlink coordinator.example.org:9092
     coordinator leaderboard --json
 """
 
@@ -23,9 +25,11 @@ app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
 
 
 def _mount_subcommands() -> None:
+    from server import security_cli
     from server.weights_cli import weights_app
 
     app.add_typer(weights_app, name="weights", help="Inspect weight files before an experiment uses them.")
+    security_cli.mount(app)
 out = Console()
 err = Console(stderr=True)
 
@@ -51,19 +55,24 @@ def _store(db: str | None):
 def superlink(
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for other machines).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="The SuperLink's single port (Fleet, Control, Runtime).")] = 9092,
-    insecure: Annotated[bool, typer.Option(help="Plaintext; only allowed on a loopback address.")] = False,
-    certs: Annotated[Optional[Path], typer.Option(help="Folder with ca.crt, server.pem, server.key.")] = None,
+    insecure: Annotated[bool, typer.Option(help="Plaintext, no node authentication; loopback only.")] = False,
+    certs: Annotated[Optional[Path], typer.Option(help="Folder from `coordinator certs init` (default ~/.radfed/pki).")] = None,
     database: Annotated[Optional[Path], typer.Option(help="SuperLink state file (default: in memory).")] = None,
     flwr_home: Annotated[Optional[Path], typer.Option(help="Flower's home for this SuperLink.")] = None,
+    db: DbOption = None,
 ) -> None:
     """Run the Flower SuperLink clinics connect to (foreground; Ctrl-C stops it).
 
-    Example: `coordinator superlink --insecure --host 127.0.0.1 --port 9092`
+    TLS and SuperNode authentication by default: only clinics enrolled with
+    `coordinator clinic add` can join; their keys are (re)registered at start and
+    revocations apply within seconds.
+
+    Example: `coordinator superlink --host 0.0.0.0 --port 9092`
     """
     from server.superlink import SuperLinkError, SuperLinkOptions, run_superlink, superlink_command
 
     opts = SuperLinkOptions(host, port, insecure, certs, database,
-                            flwr_home or radfed_home() / "superlink")
+                            flwr_home or radfed_home() / "superlink", db)
     try:
         superlink_command(opts)
     except SuperLinkError as e:
@@ -80,11 +89,11 @@ def run(
     db: DbOption = None,
     checkpoints: Annotated[Optional[Path], typer.Option(help="Checkpoint folder (default ~/.radfed/checkpoints).")] = None,
     insecure: Annotated[bool, typer.Option(help="Plaintext connection to a loopback SuperLink.")] = False,
-    root_certificates: Annotated[Optional[Path], typer.Option(help="CA certificate of the SuperLink.")] = None,
+    root_certificates: Annotated[Optional[Path], typer.Option(help="CA certificate of the SuperLink (default ~/.radfed/pki/ca.crt).")] = None,
 ) -> None:
     """Launch a federated experiment and show its rounds until it finishes.
 
-    Example: `coordinator run experiment.toml --superlink 127.0.0.1:9092 --insecure`
+    Example: `coordinator run experiment.toml --superlink 127.0.0.1:9092`
     """
     from radfed.spec import SpecError, load_spec
     from server.launch import Connection, LaunchError, follow, stop, submit
@@ -99,7 +108,12 @@ def run(
     except StrategyError as e:
         _fail(f"{experiment}: {e}", 2)
     if not insecure and not root_certificates:
-        _fail("pass --root-certificates CA.crt for a TLS SuperLink, or --insecure for a loopback one", 2)
+        from server.superlink import default_certs
+
+        root_certificates = default_certs() / "ca.crt"
+        if not root_certificates.is_file():
+            _fail("pass --root-certificates CA.crt for a TLS SuperLink (none in ~/.radfed/pki), "
+                  "or --insecure for a loopback one", 2)
     store = _store(db)
     conn = Connection(superlink, radfed_home() / "flwr-cli", insecure, root_certificates)
     ckpt = checkpoints or radfed_home() / "checkpoints"

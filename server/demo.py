@@ -61,10 +61,51 @@ def _wait_reachable(address: str, proc: subprocess.Popen, log: Path, timeout: fl
         time.sleep(0.3)
 
 
+def enrol_demo_clinics(work: Path, names: list[str], address: str, store) -> tuple:
+    """A CA for the demo (made once per work folder) and one enrolment bundle per clinic."""
+    from radfed.audit import Registry
+    from radfed.pki import CertPaths, init_certs
+    from server.clinics import add_clinic
+
+    certs = CertPaths(work / "pki")
+    if not certs.complete():
+        init_certs(certs.folder, force=True)
+    registry = Registry(store)
+    bundles = []
+    for name in names:
+        bundle = work / "bundles" / f"{name}.radfed"
+        if registry.clinic(name) is None or not bundle.is_file():
+            if registry.clinic(name) is not None:
+                raise RuntimeError(f"clinic {name} is enrolled in {store.safe_url} but its bundle "
+                                   f"{bundle} is gone; use a fresh --workdir")
+            bundle.parent.mkdir(parents=True, exist_ok=True)
+            add_clinic(registry, name, address, certs, bundle)
+        bundles.append(bundle)
+    return certs, bundles
+
+
+def wait_registered(address: str, ca_cert: Path, count: int, flwr_home: Path, timeout: float = 60) -> None:
+    """Block until the SuperLink's supervisor has registered `count` clinic keys."""
+    from server.control import ControlClient, ControlError
+
+    control = ControlClient(address, ca_cert, flwr_home=flwr_home)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if len(control.nodes()) >= count:
+                return
+        except ControlError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the SuperLink did not register {count} clinic keys within {timeout:g} s")
+        time.sleep(0.5)
+
+
 def run_demo(opts: DemoOptions, console: Console) -> int:
     """Run the demo; returns the exit code (0 only if the run completed)."""
     from radfed.demo_data import write_federation
     from radfed.store import Store
+    from server.clinics import EnrolmentError
     from server.launch import Connection, LaunchError, follow, submit
     from server.leaderboard import leaderboard_table
 
@@ -80,25 +121,28 @@ def run_demo(opts: DemoOptions, console: Console) -> int:
     threads = max(1, (os.cpu_count() or 1) // opts.clinics)
     procs: list[subprocess.Popen] = []
     try:
-        console.print(f"[yellow]warning:[/] the demo SuperLink runs without TLS on {address} (loopback only)")
+        names = [f"clinic-{i}" for i in range(1, len(folders) + 1)]
+        certs, bundles = enrol_demo_clinics(work, names, address, store)
+        console.print(f"TLS and node authentication on {address}: a fresh CA in {certs.folder}, "
+                      f"{len(bundles)} enrolled clinics")
         link_log = work / "logs" / "superlink.log"
         procs.append(_spawn(_script("coordinator") + [
-            "superlink", "--insecure", "--host", "127.0.0.1", "--port", str(port),
-            "--flwr-home", str(work / "flwr" / "superlink")], link_log))
+            "superlink", "--host", "127.0.0.1", "--port", str(port), "--certs", str(certs.folder),
+            "--db", db_url, "--flwr-home", str(work / "flwr" / "superlink")], link_log))
         _wait_reachable(address, procs[0], link_log)
-        for i, folder in enumerate(folders, start=1):
+        wait_registered(address, certs.ca_cert, len(names), work / "flwr" / "control")
+        for name, folder, bundle in zip(names, folders, bundles):
             procs.append(_spawn(_script("client-node") + [
-                "start", "--superlink", address, "--insecure", "--data", str(folder),
-                "--name", f"clinic-{i}", "--threads", str(threads),
-                "--home", str(work / "nodes")], work / "logs" / f"clinic-{i}.log"))
+                "start", "--bundle", str(bundle), "--superlink", address, "--data", str(folder), "--threads", str(threads),
+                "--home", str(work / "nodes")], work / "logs" / f"{name}.log"))
         spec = demo_spec(opts)
         (work / "experiment.toml").write_text(spec_to_toml(spec))
-        conn = Connection(address, work / "flwr" / "cli", insecure=True)
+        conn = Connection(address, work / "flwr" / "cli", root_certificates=certs.ca_cert)
         run_id = submit(conn, spec, db_url, work / "checkpoints")
         console.print(f"run {run_id}: {opts.clinics} clinics x {opts.rounds} rounds, {spec.backbone} "
                       f"at {spec.image_size}px (logs in {work / 'logs'})")
         status = follow(conn, store, run_id, spec.rounds)
-    except (LaunchError, RuntimeError) as e:
+    except (LaunchError, RuntimeError, EnrolmentError) as e:
         console.print(f"[bold red]error:[/] {e}")
         return 1
     except KeyboardInterrupt:

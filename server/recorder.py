@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, MetricRecord
 
+from radfed.audit import Registry
 from radfed.spec import ExperimentSpec
 from radfed.store import Store
 from strategies.utils import ClinicReply
@@ -55,8 +56,12 @@ def weighted_validation(replies: list[ClinicReply], count_key: str) -> dict[str,
 class RunRecorder:
     """Store writer for one run; implements strategies.recording.RoundRecorder."""
 
-    def __init__(self, store: Store, run_id: int, spec: ExperimentSpec, checkpoint_dir: Path):
+    def __init__(self, store: Store, run_id: int, spec: ExperimentSpec, checkpoint_dir: Path,
+                 audit: Registry | None = None, flwr_run_id: str = ""):
         self.store, self.run_id, self.spec = store, run_id, spec
+        self.audit, self.flwr_run_id = audit, flwr_run_id
+        self._excluded: set[str] = set()
+        self._pending: list[tuple[str, int, str | None, str]] = []
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.val_auroc: dict[int, float | None] = {}
@@ -69,6 +74,7 @@ class RunRecorder:
                 continue
             if phase == "train":
                 self._clinic_row(server_round, "train", reply, reply.num_examples)
+                self._audit("contributed", server_round, reply.clinic, reply.node_id, pending=True)
                 if "val_examples" in reply.metrics:
                     self._clinic_row(server_round - 1, "evaluate", reply,
                                      int(reply.metrics["val_examples"]))
@@ -78,6 +84,8 @@ class RunRecorder:
     def excluded(self, server_round: int, reply: ClinicReply, reason: str) -> None:
         """An update the guards refused: recorded with the reason, never aggregated."""
         log.warning("round %d: excluded %s: %s", server_round, reply.clinic, reason)
+        self._excluded.add(str(reply.node_id))
+        self._audit("excluded", server_round, reply.clinic, reply.node_id, detail=reason)
         self.store.record_clinic_result(self.run_id, server_round, reply.clinic, reply.node_id,
                                         "excluded", loss=None, num_examples=reply.num_examples,
                                         device=reply.device, note=reason)
@@ -85,9 +93,27 @@ class RunRecorder:
     def late(self, server_round: int, node_id: str) -> None:
         """A clinic that did not reply before the round timeout (its result, if any, is dropped)."""
         log.warning("round %d: node %s did not reply before the round timeout", server_round, node_id)
+        self._audit("late", server_round, None, node_id, detail="no reply before the round timeout")
         self.store.record_clinic_result(self.run_id, server_round, f"node-{node_id}", node_id,
                                         "late", loss=None, num_examples=0,
                                         note="no reply before the round timeout; not aggregated")
+
+    def _audit(self, kind: str, server_round: int, clinic: str | None, node_id: str,
+               detail: str | None = None, pending: bool = False) -> None:
+        """Audit trail rows; contributions wait until the guards have screened the round."""
+        if self.audit is None:
+            return
+        if pending:
+            self._pending.append((kind, server_round, clinic, node_id))
+            return
+        self.audit.event(kind, clinic=clinic, node_id=node_id, flwr_run_id=self.flwr_run_id,
+                         server_round=server_round, detail=detail)
+
+    def _flush_contributions(self) -> None:
+        for kind, server_round, clinic, node_id in self._pending:
+            if str(node_id) not in self._excluded:
+                self._audit(kind, server_round, clinic, node_id)
+        self._pending, self._excluded = [], set()
 
     def _clinic_row(self, server_round: int, phase: str, reply: ClinicReply, examples: int) -> None:
         m = reply.metrics
@@ -103,6 +129,7 @@ class RunRecorder:
                       replies: list[ClinicReply]) -> None:
         ok = [r for r in replies if not r.error]
         if phase == "train":
+            self._flush_contributions()
             if metrics is not None and "train_loss" in metrics:
                 self.store.record_round(self.run_id, server_round,
                                         train_loss=_finite(float(metrics["train_loss"])))
