@@ -23,7 +23,8 @@ class NodeError(RuntimeError):
 
 
 ENROLMENT = "enrolment"
-# Flower's refusals, as the SuperNode prints them, and what they mean for a clinic.
+# Flower's refusals, as the SuperNode prints them, and what they mean for a clinic
+# (most specific first).
 REFUSALS = {
     "[code: 2004]": "the SuperLink refused this clinic's node key (not enrolled there, or revoked); "
                     "ask the coordinator (`coordinator clinic list`) for a current bundle",
@@ -193,6 +194,6 @@ def run_supernode(opts: NodeOptions, report=print) -> int:
             seen.append(meaning)
 
     code = run_foreground(supernode_command(opts), env, on_line=on_line)
-    if code and seen:
-        report(seen[0])
+    if code and seen:  # the most specific refusal (REFUSALS is ordered) wins
+        report(min(seen, key=list(REFUSALS.values()).index))
     return code

@@ -138,16 +138,20 @@ def check_tls(address: str, ca_pem: str, timeout: float = 5.0,
     ctx = ssl.create_default_context(cadata=ca_pem)
     ctx.set_alpn_protocols(["h2", "http/1.1"])
     try:
-        with socket.create_connection((host, port), timeout=timeout) as raw:
-            with ctx.wrap_socket(raw, server_hostname=host):
-                return None
-    except ssl.SSLCertVerificationError as e:
-        return _explain(e, _peer_cert(host, port, timeout), ca_pem, now)
-    except ssl.SSLError as e:
-        return (f"TLS handshake with {address} failed ({e.reason or e}); the SuperLink may be "
-                "running without TLS (--insecure) or something else answers on that port")
+        raw = socket.create_connection((host, port), timeout=timeout)
     except OSError as e:
         return f"{address} is unreachable ({e.strerror or e}); check the address, the network and the firewall"
+    try:
+        with ctx.wrap_socket(raw, server_hostname=host):
+            return None
+    except ssl.SSLCertVerificationError as e:
+        return _explain(e, _peer_cert(host, port, timeout), ca_pem, now)
+    except (ssl.SSLError, OSError) as e:
+        reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
+        return (f"TLS handshake with {address} failed ({reason}); the SuperLink may be running "
+                "without TLS (--insecure) or something else answers on that port")
+    finally:
+        raw.close()
 
 
 def _explain(err: ssl.SSLCertVerificationError, cert: x509.Certificate | None, ca_pem: str,

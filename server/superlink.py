@@ -105,7 +105,7 @@ def _supervisor(opts: SuperLinkOptions):
     return tick
 
 
-def run_superlink(opts: SuperLinkOptions, every: float = 3.0) -> int:
+def run_superlink(opts: SuperLinkOptions, every: float = 2.0) -> int:
     """Run the SuperLink in the foreground until Ctrl-C / SIGTERM."""
     cmd = superlink_command(opts)
     tick = None if opts.insecure else _supervisor(opts)

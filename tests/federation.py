@@ -32,17 +32,31 @@ def spawn(module: str, *args: str, log: Path) -> subprocess.Popen:
 
 
 class Federation:
-    """A SuperLink and clinics on loopback; `close()` stops them all."""
+    """A SuperLink and clinics on loopback; `close()` stops them all.
 
-    def __init__(self, work: Path):
+    `secure=True`: TLS with a fresh CA and SuperNode authentication, clinics enrolled
+    with `coordinator clinic add` (as in production); otherwise plaintext (faster to set up).
+    """
+
+    def __init__(self, work: Path, secure: bool = False):
         self.work = work
+        self.secure = secure
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.procs: list[subprocess.Popen] = []
+        self.db = f"sqlite:///{work / 'radfed.db'}"
+        self.certs = work / "pki"
 
     def start_superlink(self) -> None:
         log = self.work / "logs" / "superlink.log"
-        proc = spawn("server.cli", "superlink", "--insecure", "--host", "127.0.0.1",
+        if self.secure:
+            from radfed.pki import init_certs
+
+            init_certs(self.certs, force=True)
+            mode = ["--certs", str(self.certs), "--db", self.db]
+        else:
+            mode = ["--insecure"]
+        proc = spawn("server.cli", "superlink", *mode, "--host", "127.0.0.1",
                      "--port", str(self.port), "--flwr-home", str(self.work / "flwr-link"), log=log)
         self.procs.append(proc)
         deadline = time.monotonic() + 60
@@ -51,11 +65,36 @@ class Federation:
             assert time.monotonic() < deadline, "SuperLink did not open its port"
             time.sleep(0.3)
 
-    def start_clinic(self, name: str, data: Path, fault: str = "") -> subprocess.Popen:
-        extra = ["--fault", fault] if fault else []
-        proc = spawn("client_node.cli", "start", "--superlink", self.address, "--insecure",
-                     "--data", str(data), "--name", name, "--threads", "1",
-                     "--home", str(self.work / "nodes"), *extra,
+    def enrol(self, name: str) -> Path:
+        """`coordinator clinic add NAME`: the clinic's bundle (key registered by the supervisor)."""
+        bundle = self.work / "bundles" / f"{name}.radfed"
+        bundle.parent.mkdir(parents=True, exist_ok=True)
+        proc = cli("server.cli", "clinic", "add", name, "--superlink", self.address, "--out", str(bundle),
+                   "--certs", str(self.certs), "--db", self.db, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return bundle
+
+    def node_status(self) -> dict[int, str]:
+        """The SuperLink's view of every registered node key (Control API)."""
+        from server.control import ControlClient
+
+        return ControlClient(self.address, self.certs / "ca.crt", flwr_home=self.work / "control").nodes()
+
+    def wait_for(self, condition, what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}\n{self.logs()}"
+            time.sleep(0.5)
+
+    def start_clinic(self, name: str, data: Path, fault: str = "", bundle: Path | None = None,
+                     *extra: str) -> subprocess.Popen:
+        options = ["--fault", fault] if fault else []
+        if self.secure:
+            target = ["--bundle", str(bundle or self.work / "bundles" / f"{name}.radfed")]
+        else:
+            target = ["--superlink", self.address, "--insecure", "--name", name]
+        proc = spawn("client_node.cli", "start", *target, "--data", str(data), "--threads", "1",
+                     "--home", str(self.work / "nodes"), *options, *extra,
                      log=self.work / "logs" / f"{name}.log")
         self.procs.append(proc)
         return proc

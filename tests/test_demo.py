@@ -63,6 +63,37 @@ def test_small_demo_two_clinics_end_to_end(tmp_path):
     assert "net.fc.weight" in changed and len(changed) > 10  # the global model changed
     assert all(torch.isfinite(v).all() for v in states[1].values() if v.is_floating_point())
 
+    # The default path is the secure one: a fresh CA, enrolled clinics, node keys.
+    assert (work / "pki" / "ca.crt").is_file() and (work / "pki" / "ca.key").stat().st_mode & 0o077 == 0
+    audit = json.loads(cli("server.cli", "audit", "--db", db, "--json").stdout)
+    kinds = {(e["kind"], e["clinic"]) for e in audit}
+    for clinic in ("clinic-1", "clinic-2"):
+        assert {("enrolled", clinic), ("registered", clinic), ("connected", clinic),
+                ("contributed", clinic)} <= kinds
+    _assert_no_phi_left_the_clinics(work)
+
+
+def _assert_no_phi_left_the_clinics(work):
+    """Everything a clinic sent (its outbox log of every metric and config record), the
+    database and every log: none holds a PHI value written into the generated DICOM."""
+    import sqlite3
+
+    from radfed.demo_data import phi_values
+
+    phi = set().union(*(phi_values(d) for d in (work / "data").iterdir()))
+    assert len(phi) > 20
+    outboxes = sorted((work / "nodes").glob("*/outbox.jsonl"))
+    assert len(outboxes) == 2
+    sent = [json.loads(line) for box in outboxes for line in box.read_text().splitlines()]
+    assert {m["type"] for m in sent} == {"train", "evaluate"}
+    assert all(m["metrics"] and m["configs"] for m in sent)
+    with sqlite3.connect(work / "radfed.db") as con:
+        dump = "\n".join(con.iterdump())
+    texts = {"outbox": "\n".join(box.read_text() for box in outboxes), "database": dump}
+    texts.update({str(p): p.read_text(errors="replace") for p in (work / "logs").glob("*.log")})
+    leaks = {name: sorted(v for v in phi if v in text) for name, text in texts.items()}
+    assert not any(leaks.values()), leaks
+
 
 def test_federation_close_stops_every_process(federation, tmp_path):
     from radfed.demo_data import write_clinic
