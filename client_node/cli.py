@@ -40,6 +40,7 @@ def start(
     insecure: Annotated[bool, typer.Option(help="Plaintext, no node key (loopback demo SuperLinks only).")] = False,
     approve_app: Annotated[Optional[list[str]], typer.Option(help="Also run app bundles with this SHA-256; repeatable.")] = None,
     local_port: Annotated[int, typer.Option(help="Port of the node's local ClientApp API (0: any free).")] = 0,
+    isolation: Annotated[str, typer.Option(help="worker: one warm ClientApp process (fast); subprocess: Flower's process per message.")] = "worker",
     threads: Annotated[int, typer.Option(help="CPU threads for training (0: all cores).")] = 0,
     workers: Annotated[int, typer.Option(help="Processes decoding DICOM in parallel.")] = 1,
     home: Annotated[Optional[Path], typer.Option(help="Folder for node state (default ~/.radfed/nodes).")] = None,
@@ -55,7 +56,9 @@ def start(
     Example: `client-node start --bundle clinic-a.radfed --data /pacs/export`
     """
     opts = NodeOptions(superlink, data, name, labels, cache_dir, insecure, bundle,
-                       local_port, threads, workers, home, fault, list(approve_app or []))
+                       local_port, threads, workers, home, fault, list(approve_app or []), isolation)
+    if isolation not in ("worker", "subprocess"):
+        _fail(f"--isolation must be worker or subprocess, not {isolation!r}", 2)
     try:
         opts = check(opts)
     except NodeError as e:

@@ -11,11 +11,13 @@ Every ClientApp process it allows runs behind the app gate (client_node/app_guar
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from radfed.flower_env import flower_bin, flower_env, radfed_home
-from radfed.processes import free_port, reachable, run_foreground
+from radfed.processes import free_port, reachable, run_foreground, stop_tree
 
 
 class NodeError(RuntimeError):
@@ -52,6 +54,7 @@ class NodeOptions:
     home: Path | None = None
     fault: str = ""
     approve_apps: list[str] = field(default_factory=list)
+    isolation: str = "worker"  # "worker": one warm ClientApp process; "subprocess": Flower's
 
     @property
     def nodes_home(self) -> Path:
@@ -161,13 +164,33 @@ def check(opts: NodeOptions) -> NodeOptions:
 
 def supernode_command(opts: NodeOptions) -> list[str]:
     """The `flower-supernode` command line for this clinic."""
+    opts.local_port = opts.local_port or free_port()
     cmd = [flower_bin("flower-supernode"), "--superlink", str(opts.superlink),
-           "--node-config", str(write_node_config(opts)),
-           "--port", str(opts.local_port or free_port())]
+           "--node-config", str(write_node_config(opts)), "--port", str(opts.local_port)]
+    if opts.isolation == "worker":
+        cmd += ["--isolation", "process"]  # client_node/worker.py serves the ClientApp tasks
     if opts.insecure:
         return cmd + ["--insecure"]
     return cmd + ["--root-certificates", str((opts.enrolment / "ca.crt").resolve()),
                   "--auth-supernode-private-key", str((opts.enrolment / "node.key").resolve())]
+
+
+class _Worker:
+    """The warm ClientApp worker beside the SuperNode, restarted if it dies."""
+
+    def __init__(self, port: int, env: dict[str, str]):
+        self.cmd = [sys.executable, "-m", "client_node.worker", "--runtime-api", f"127.0.0.1:{port}"]
+        self.env = env
+        self.proc = subprocess.Popen(self.cmd, env=env)
+
+    def check(self) -> None:
+        if self.proc.poll() is not None:
+            print(f"radfed: ClientApp worker exited ({self.proc.returncode}); restarting it",
+                  file=sys.stderr, flush=True)
+            self.proc = subprocess.Popen(self.cmd, env=self.env)
+
+    def stop(self) -> None:
+        stop_tree(self.proc)
 
 
 def explain(line: str) -> str | None:
@@ -193,7 +216,13 @@ def run_supernode(opts: NodeOptions, report=print) -> int:
         if meaning and meaning not in seen:
             seen.append(meaning)
 
-    code = run_foreground(supernode_command(opts), env, on_line=on_line)
+    cmd = supernode_command(opts)
+    worker = _Worker(opts.local_port, env) if opts.isolation == "worker" else None
+    try:
+        code = run_foreground(cmd, env, on_line=on_line, tick=worker.check if worker else None)
+    finally:
+        if worker:
+            worker.stop()
     if code and seen:  # the most specific refusal (REFUSALS is ordered) wins
         report(min(seen, key=list(REFUSALS.values()).index))
     return code

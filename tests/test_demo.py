@@ -21,7 +21,8 @@ def _radfed_processes() -> set[int]:
         except OSError:
             continue
         if any(name in text for name in ("flower-superlink", "flower-supernode", "flower-superexec",
-                                         "flwr-clientapp", "flwr-serverapp", "client-node start")):
+                                         "flwr-clientapp", "flwr-serverapp", "client-node start",
+                                         "client_node.worker")):
             if int(cmdline.parent.name) != os.getpid():
                 found.add(int(cmdline.parent.name))
     return found

@@ -1,0 +1,122 @@
+"""A warm ClientApp worker: one long-lived process serving every message of this clinic.
+
+By default Flower starts a new `flwr-clientapp` process for each message, which imports
+torch and torchvision and rebuilds the model every time: 10-15 s per message on a
+2-core machine, far more than a round's training on a small task. With the SuperNode in
+`--isolation process` mode this worker takes its place: it asks the SuperNode's local
+Runtime API for tasks (as Flower's SuperExec does) and runs each one in-process with the
+same steps as flwr/supernode/runtime/run_clientapp.py, so imports, the installed app and
+warm caches survive between messages.
+
+It relies on Flower 1.42's internal runtime API (pinned in pyproject.toml). Each app
+bundle passes the clinic's app gate before it is installed. `client-node start` restarts
+the worker if it dies; `--isolation subprocess` falls back to Flower's own executor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+
+log = logging.getLogger("radfed.worker")
+POLL_S = 0.2
+
+
+def _client(address: str, interceptors: list):
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+
+    return RuntimeHttpClient.from_server_address(
+        server_address=address, insecure=True, root_certificates=None,
+        interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker())
+
+
+def serve_task(address: str, token: str, approved: set[str]) -> str:
+    """Run one ClientApp task end to end; returns its final sub-status."""
+    from flwr.app import Message
+    from flwr.app.error import Error
+    from flwr.cli.install import install_from_fab
+    from flwr.clientapp.client_app import LoadClientAppError
+    from flwr.clientapp.utils import get_load_client_app_fn
+    from flwr.common.constant import ErrorCode, SubStatus
+    from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+    from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+    from flwr.supernode.runtime.run_clientapp import push_message, push_task_output, pull_task_input
+
+    from client_node.app_guard import check_fab
+
+    client = _client(address, [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+                               RuntimeTokenHttpInterceptor(token)])
+    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+    heartbeat.start()
+    message = context = reply = None
+    status, details = SubStatus.FAILED, "ClientApp task failed"
+    try:
+        message, context, run, fab = pull_task_input(client)
+        check_fab(fab.content, approved)
+        install_from_fab(fab.content, skip_prompt=True)
+        load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
+        reply = load(run.fab_id, run.fab_version, fab.hash_str)(message=message, context=context)
+        status, details = SubStatus.COMPLETED, ""
+    except Exception as ex:  # noqa: BLE001 - every failure becomes an error reply, as in Flower
+        log.exception("ClientApp task failed")
+        code = ErrorCode.LOAD_CLIENT_APP_EXCEPTION if isinstance(ex, LoadClientAppError) \
+            else ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+        details = f"{type(ex).__name__}: {ex}".splitlines()[0][:300]
+        if message is not None:
+            reply = Message(Error(code=code, reason=details), reply_to=message)
+    finally:
+        try:
+            if reply is not None and context is not None:
+                push_message(client, reply, context)
+        finally:
+            push_task_output(client, context, status, details)
+            heartbeat.stop()
+            client.close()
+    return status
+
+
+def run_worker(address: str, approved: set[str], poll: float = POLL_S) -> None:
+    """Acquire ClientApp tasks from the SuperNode's Runtime API forever."""
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+
+    import client_node.app  # noqa: F401 - warm: torch, torchvision, the model code
+
+    acquirer = _client(address, [RuntimeVersionHttpInterceptor(component_name="SuperExec")])
+    log.info("warm ClientApp worker ready on %s", address)
+    while True:
+        res = acquirer.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
+        if res.HasField("task") and res.token:
+            started = time.monotonic()
+            status = serve_task(address, res.token, approved)
+            log.info("task %s %s in %.1f s", res.task.task_id, status, time.monotonic() - started)
+        else:
+            time.sleep(poll)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="radfed's warm ClientApp worker (started by client-node start)")
+    parser.add_argument("--runtime-api", required=True, help="The SuperNode's Runtime API, 127.0.0.1:PORT")
+    args = parser.parse_args()
+    from client_node.app_guard import APPROVED_ENV
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s radfed %(levelname)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    approved = {h for h in os.environ.get(APPROVED_ENV, "").split(",") if h}
+    try:
+        run_worker(args.runtime_api, approved)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
