@@ -90,10 +90,14 @@ def run(
     checkpoints: Annotated[Optional[Path], typer.Option(help="Checkpoint folder (default ~/.radfed/checkpoints).")] = None,
     insecure: Annotated[bool, typer.Option(help="Plaintext connection to a loopback SuperLink.")] = False,
     root_certificates: Annotated[Optional[Path], typer.Option(help="CA certificate of the SuperLink (default ~/.radfed/pki/ca.crt).")] = None,
+    holdout: Annotated[Optional[str], typer.Option(
+        help="Leave-one-clinic-out: train without this clinic (its --name), then evaluate the final model there.")] = None,
 ) -> None:
     """Launch a federated experiment and show its rounds until it finishes.
 
     Example: `coordinator run experiment.toml --superlink 127.0.0.1:9092`
+
+    Leave one clinic out: `coordinator run experiment.toml --holdout clinic-3`
     """
     from radfed.spec import SpecError, load_spec
     from server.launch import Connection, LaunchError, follow, stop, submit
@@ -118,7 +122,7 @@ def run(
     conn = Connection(superlink, radfed_home() / "flwr-cli", insecure, root_certificates)
     ckpt = checkpoints or radfed_home() / "checkpoints"
     try:
-        run_id = submit(conn, spec, store.url, ckpt)
+        run_id = submit(conn, spec, store.url, ckpt, holdout=(holdout or "").strip())
     except LaunchError as e:
         _fail(str(e))
     err.print(f"submitted run {run_id} ({spec.name}) to {superlink}", highlight=False)
