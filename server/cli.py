@@ -8,6 +8,7 @@ Examples:
     coordinator superlink --host 0.0.0.0 --port 9092
     coordinator run experiment.toml --superlink coordinator.example.org:9092
     coordinator leaderboard --json
+    coordinator baseline experiment.toml --data clinic-1 --data clinic-2   (generated/consented data only)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def _mount_subcommands() -> None:
 
     app.add_typer(weights_app, name="weights", help="Inspect weight files before an experiment uses them.")
     security_cli.mount(app)
+    app.command("baseline")(__import__("server.baseline_cli", fromlist=["baseline"]).baseline)
 out = Console()
 err = Console(stderr=True)
 
