@@ -162,16 +162,15 @@ def train(msg: Message, context: Context) -> Message:
     return _reply(msg, context, metrics, _outgoing(model, context))
 
 
-def _val_metrics(model: torch.nn.Module, data: ClinicData, spec: ExperimentSpec, count_key: str,
-                 threshold: float | None = None) -> dict[str, float | list[float]]:
+def _val_metrics(model: torch.nn.Module, data: ClinicData, spec: ExperimentSpec,
+                 count_key: str) -> dict[str, float | list[float]]:
     """Validation figures: loss, accuracy, AUROC with its 95 % CI over patients, sensitivity
-    and specificity at the threshold (Youden's on this split unless given), ECE, and the
-    per-bin counts that make pooled figures at the server. Aggregates only."""
+    and specificity at Youden's threshold on this split, ECE, and the per-bin counts that
+    make pooled figures at the server. Aggregates only."""
     probs = predict(model, data.val.images)
     result = metrics_from_probs(probs, data.val.labels)
     patients = data.val.patients.numpy() if data.val.patients is not None else None
-    report = quality_report(probs.numpy(), data.val.labels.numpy(), patients,
-                            threshold=threshold, seed=spec.seed)
+    report = quality_report(probs.numpy(), data.val.labels.numpy(), patients, seed=spec.seed)
     metrics: dict[str, float | list[float]] = {
         "val_loss": result.loss, "val_accuracy": result.accuracy, "val_auroc": result.auroc,
         count_key: result.num_examples, "val_auroc_low": report.auroc_low,
@@ -205,11 +204,7 @@ def _adapt_batchnorm(model: torch.nn.Module, images: torch.Tensor, batch_size: i
 @app.evaluate()
 @_guarded
 def evaluate_global(msg: Message, context: Context) -> Message:
-    """Evaluate the global model on this clinic's held-out patients.
-
-    A "threshold" in the config (the federation's pooled validation threshold, sent to a
-    held-out clinic) replaces this clinic's own choice for sensitivity and specificity.
-    """
+    """Evaluate the global model on this clinic's held-out patients."""
     _setup(context)
     config = msg.content["config"]
     spec = ExperimentSpec.from_json(str(config["spec"]))
@@ -217,9 +212,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     model = _model(spec, msg, context)
     if bool(config.get("local-bn", False)) and not _bn_path(context).is_file():
         _adapt_batchnorm(model, data.train.images)
-    threshold = float(config["threshold"]) if "threshold" in config else None
-    return _reply(msg, context, _val_metrics(model, data, spec, count_key="num-examples",
-                                             threshold=threshold))
+    return _reply(msg, context, _val_metrics(model, data, spec, count_key="num-examples"))
 
 
 @app.query()

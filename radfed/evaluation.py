@@ -29,7 +29,8 @@ CI_LEVEL = 0.95
 ECE_BINS = 10
 # Score-histogram edges for pooled figures: fine in logit space, so that a confident
 # model (scores near 0 or 1) still spreads over many bins.
-HIST_EDGES = np.concatenate(([0.0], 1.0 / (1.0 + np.exp(-np.linspace(-9.0, 9.0, 181))), [1.0]))
+# 1000 bins of 0.02 in logit (0.005 in probability near 0.5), outer bins open-ended.
+HIST_EDGES = np.concatenate(([0.0], 1.0 / (1.0 + np.exp(-np.linspace(-10.0, 10.0, 999))), [1.0]))
 
 
 def finding_scores(probs: np.ndarray) -> np.ndarray:
@@ -247,3 +248,17 @@ def pooled_quality(summaries: list[dict[str, list[float]]]) -> dict[str, float |
     out.update(sensitivity=float(sens[best]), specificity=float(spec[best]),
                threshold=float(HIST_EDGES[best]))
     return out
+
+
+def operating_point(summary: dict[str, list[float]], threshold: float) -> tuple[float, float]:
+    """(sensitivity, specificity) of one clinic's histograms at a threshold chosen elsewhere.
+
+    Exact for a threshold that is a histogram edge (as `pooled_quality` chooses): a finding
+    is called at score >= threshold, i.e. in that edge's bin and above.
+    """
+    neg = np.asarray(summary["hist_neg"], dtype=np.float64)
+    pos = np.asarray(summary["hist_pos"], dtype=np.float64)
+    k = min(int(np.searchsorted(HIST_EDGES, threshold - 1e-12)), len(pos))
+    sens = float(pos[k:].sum() / pos.sum()) if pos.sum() else math.nan
+    spec = float(neg[:k].sum() / neg.sum()) if neg.sum() else math.nan
+    return sens, spec

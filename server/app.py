@@ -77,10 +77,7 @@ def main(grid: Grid, context: Context) -> None:
         if holdout:
             config = ConfigRecord({**shared, "server-round": spec.rounds,
                                    "local-bn": isinstance(strategy, FedBN)})
-            threshold = recorder.pooled.get(spec.rounds, {}).get("threshold")
-            if threshold is not None:  # the federation's operating point, chosen on its validation data
-                config["threshold"] = float(threshold)
-            reply = evaluate_holdout(grid, holdout_node, result.arrays, config, spec.round_timeout)
+            reply = evaluate_holdout(train_grid, holdout_node, result.arrays, config, spec.round_timeout)
             recorder.holdout(spec.rounds, reply)
         final = recorder.val_auroc.get(spec.rounds)
         store.finish_run(run_id, "completed", final_auroc=final)

@@ -3,8 +3,12 @@
 A Flower node id says nothing about which clinic it is, so the ServerApp asks every
 node once (a "query" message; the ClientApp answers with its clinic name only). The
 strategy then sees a Grid without the held-out node, so no Flower strategy needs to
-know about hold-outs, and after the last round the held-out clinic gets one evaluate
-message with the final global model and the federation's pooled validation threshold.
+know about hold-outs. The held-out clinic evaluates the final global model: its
+evaluate message rides along with the strategy's evaluate broadcast after the last
+round (the only one radfed's strategies send), so it costs no extra round trip; if a
+strategy sent none, the ServerApp sends it one afterwards. Its sensitivity and
+specificity are then taken at the federation's pooled validation threshold, from
+its score histogram (server.recorder).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class ExcludingGrid(Grid):
 
     def __init__(self, grid: Grid, excluded: set[int]) -> None:
         self._grid, self._excluded = grid, set(excluded)
+        self.held_out_replies: list[Message] = []  # the latest evaluate replies of excluded nodes
 
     def set_run(self, run: Run) -> None:
         self._grid.set_run(run)
@@ -51,7 +56,16 @@ class ExcludingGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
-        return self._grid.send_and_receive(messages, timeout=timeout)
+        """Evaluate broadcasts also go to the excluded nodes; their replies are kept aside."""
+        messages = list(messages)
+        riders = []
+        if messages and all(m.metadata.message_type == "evaluate" for m in messages):
+            riders = [Message(content=messages[0].content, message_type="evaluate", dst_node_id=node)
+                      for node in sorted(self._excluded)]
+        replies = list(self._grid.send_and_receive(messages + riders, timeout=timeout))
+        if riders:
+            self.held_out_replies = [r for r in replies if r.metadata.src_node_id in self._excluded]
+        return [r for r in replies if r.metadata.src_node_id not in self._excluded]
 
 
 def ask_names(grid: Grid, node_ids: Iterable[int], timeout: float) -> dict[int, str]:
@@ -74,13 +88,13 @@ def find_holdout(grid: Grid, name: str, min_clinics: int, timeout: float) -> int
     while True:
         nodes = list(grid.get_node_ids())
         unknown = [n for n in nodes if n not in names]
-        if unknown:
-            names.update(ask_names(grid, unknown, timeout=max(10.0, deadline - time.monotonic())))
+        if unknown:  # a ClientApp process per answer: allow a busy clinic a minute
+            names.update(ask_names(grid, unknown, timeout=max(60.0, deadline - time.monotonic())))
         found = [n for n in nodes if names.get(n) == name]
         if found and len(nodes) - 1 >= min_clinics:
             return found[0]
         if time.monotonic() > deadline:
-            seen = ", ".join(sorted(set(names.values()))) or "none"
+            seen = ", ".join(sorted(set(names.values()))) or "none answered"
             problem = (f"holdout clinic {name!r} is not connected (connected clinics: {seen})" if not found
                        else f"only {len(nodes) - 1} clinics besides holdout {name!r} connected, "
                             f"min_clinics is {min_clinics}")
@@ -90,7 +104,13 @@ def find_holdout(grid: Grid, name: str, min_clinics: int, timeout: float) -> int
 
 def evaluate_holdout(grid: Grid, node_id: int, arrays: ArrayRecord, config: ConfigRecord,
                      timeout: float) -> ClinicReply:
-    """Send the final model to the held-out clinic and return its (parsed) evaluation."""
+    """The held-out clinic's evaluation of the final model: the reply that rode along with
+    the final evaluate broadcast, or one sent now."""
+    if isinstance(grid, ExcludingGrid):
+        ridden = [m for m in grid.held_out_replies if m.metadata.src_node_id == node_id]
+        if ridden:
+            return parse_reply(ridden[0])
+        grid = grid._grid
     message = Message(content=RecordDict({"arrays": arrays, "config": config}),
                       message_type="evaluate", dst_node_id=node_id)
     replies = [parse_reply(m) for m in grid.send_and_receive([message], timeout=timeout)]

@@ -23,7 +23,7 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord
 
 from radfed.audit import Registry
-from radfed.evaluation import SUMMARY_KEYS, pooled_quality
+from radfed.evaluation import SUMMARY_KEYS, operating_point, pooled_quality
 from radfed.spec import ExperimentSpec
 from radfed.store import Store
 from strategies.utils import ClinicReply
@@ -144,18 +144,26 @@ class RunRecorder:
         )
 
     def holdout(self, server_round: int, reply: ClinicReply) -> None:
-        """The final model evaluated at the clinic kept out of training."""
+        """The final model evaluated at the clinic kept out of training; its sensitivity and
+        specificity at the federation's pooled threshold (from its score histogram)."""
         if reply.error:
             log.warning("holdout evaluation at %s failed: %s", reply.clinic, reply.error)
             self.store.record_clinic_result(self.run_id, server_round, reply.clinic, reply.node_id,
                                             "holdout", loss=None, num_examples=0, note=reply.error)
             return
         m = reply.metrics
+        quality = clinic_quality(reply) or {}
+        threshold = self.pooled.get(server_round, {}).get("threshold")
+        if threshold is not None:  # the federation's operating point, not the clinic's own
+            summary = {k: reply.lists.get(f"val_{k}", []) for k in SUMMARY_KEYS}
+            if summary["hist_pos"]:
+                sens, spec = operating_point(summary, threshold)
+                quality.update(threshold=threshold, sensitivity=_finite(sens), specificity=_finite(spec))
         self.store.record_clinic_result(
             self.run_id, server_round, reply.clinic, reply.node_id, "holdout",
             loss=_finite(m.get("val_loss")), num_examples=reply.num_examples,
             accuracy=_finite(m.get("val_accuracy")), auroc=_finite(m.get("val_auroc")),
-            device=reply.device, quality=clinic_quality(reply),
+            device=reply.device, quality=quality or None,
         )
 
     def round_metrics(self, server_round: int, phase: str, metrics: MetricRecord | None,

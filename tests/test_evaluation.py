@@ -95,3 +95,7 @@ def test_pooled_figures_from_clinic_summaries_match_the_pooled_data():
     sens, spec = ev.sensitivity_specificity(probs[:, 1], labels == 1, pooled["threshold"])
     assert (pooled["sensitivity"], pooled["specificity"]) == pytest.approx((sens, spec))
     assert pooled["sensitivity"] + pooled["specificity"] >= exact.sensitivity + exact.specificity - 0.03
+    # a clinic's operating point at the pooled threshold, from its histograms alone
+    first = ev.score_summary(*clinics[0])
+    want = ev.sensitivity_specificity(clinics[0][0][:, 1], clinics[0][1] == 1, pooled["threshold"])
+    assert ev.operating_point(first, pooled["threshold"]) == pytest.approx(want)
