@@ -24,9 +24,10 @@ from flwr.common.constant import ErrorCode
 from client_node.outbox import outbox_mod
 from radfed.batchnorm import batchnorm_state_keys
 from radfed.data import ClinicData, DataError, load_clinic
+from radfed.evaluation import quality_report, score_summary
 from radfed.models import apply_freeze, create_model
 from radfed.spec import ExperimentSpec, data_options
-from radfed.training import evaluate, pick_device, train_local
+from radfed.training import metrics_from_probs, pick_device, predict, train_local
 
 log = logging.getLogger("radfed.clinic")
 app = ClientApp(mods=[outbox_mod])
@@ -118,7 +119,7 @@ def _outgoing(model: torch.nn.Module, context: Context) -> ArrayRecord:
     return ArrayRecord(state)
 
 
-def _reply(msg: Message, context: Context, metrics: dict[str, float],
+def _reply(msg: Message, context: Context, metrics: dict[str, float | list[float]],
            arrays: ArrayRecord | None = None) -> Message:
     content = RecordDict({
         "metrics": MetricRecord(metrics),
@@ -143,7 +144,7 @@ def train(msg: Message, context: Context) -> Message:
     model = _model(spec, msg, context)
     metrics: dict[str, float] = {}
     if bool(config.get("evaluate-received", False)):
-        metrics = _val_metrics(model, data, count_key="val_examples")
+        metrics = _val_metrics(model, data, spec, count_key="val_examples")
     t1 = time.monotonic()
     seed = spec.seed * 1000 + server_round
     torch.manual_seed(seed)
@@ -161,10 +162,43 @@ def train(msg: Message, context: Context) -> Message:
     return _reply(msg, context, metrics, _outgoing(model, context))
 
 
-def _val_metrics(model: torch.nn.Module, data: ClinicData, count_key: str) -> dict[str, float]:
-    result = evaluate(model, data.val.images, data.val.labels)
-    return {"val_loss": result.loss, "val_accuracy": result.accuracy,
-            "val_auroc": result.auroc, count_key: result.num_examples}
+def _val_metrics(model: torch.nn.Module, data: ClinicData, spec: ExperimentSpec,
+                 count_key: str) -> dict[str, float | list[float]]:
+    """Validation figures: loss, accuracy, AUROC with its 95 % CI over patients, sensitivity
+    and specificity at Youden's threshold on this split, ECE, and the per-bin counts that
+    make pooled figures at the server. Aggregates only."""
+    probs = predict(model, data.val.images)
+    result = metrics_from_probs(probs, data.val.labels)
+    patients = data.val.patients.numpy() if data.val.patients is not None else None
+    report = quality_report(probs.numpy(), data.val.labels.numpy(), patients, seed=spec.seed)
+    metrics: dict[str, float | list[float]] = {
+        "val_loss": result.loss, "val_accuracy": result.accuracy, "val_auroc": result.auroc,
+        count_key: result.num_examples, "val_auroc_low": report.auroc_low,
+        "val_auroc_high": report.auroc_high, "val_sensitivity": report.sensitivity,
+        "val_specificity": report.specificity, "val_threshold": report.threshold,
+        "val_ece": report.ece, "val_patients": report.patients,
+    }
+    metrics.update({f"val_{k}": v for k, v in score_summary(probs.numpy(), data.val.labels.numpy()).items()})
+    return metrics
+
+
+@torch.no_grad()
+def _adapt_batchnorm(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 64) -> None:
+    """BatchNorm statistics from this clinic's own images (no labels used).
+
+    Under FedBN the global model carries no usable BatchNorm statistics; a clinic that
+    never trained in the run (a held-out clinic) measures its own on its training split.
+    """
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative average over all batches
+    model.train()
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        if len(batch) > 1:
+            model(batch)
+    model.eval()
 
 
 @app.evaluate()
@@ -172,9 +206,20 @@ def _val_metrics(model: torch.nn.Module, data: ClinicData, count_key: str) -> di
 def evaluate_global(msg: Message, context: Context) -> Message:
     """Evaluate the global model on this clinic's held-out patients."""
     _setup(context)
-    spec = ExperimentSpec.from_json(str(msg.content["config"]["spec"]))
+    config = msg.content["config"]
+    spec = ExperimentSpec.from_json(str(config["spec"]))
     data = _data(spec, context)
-    return _reply(msg, context, _val_metrics(_model(spec, msg, context), data, count_key="num-examples"))
+    model = _model(spec, msg, context)
+    if bool(config.get("local-bn", False)) and not _bn_path(context).is_file():
+        _adapt_batchnorm(model, data.train.images)
+    return _reply(msg, context, _val_metrics(model, data, spec, count_key="num-examples"))
+
+
+@app.query()
+@_guarded
+def identify(msg: Message, context: Context) -> Message:
+    """Say which clinic this node is (its name only), so the coordinator can hold one out."""
+    return _reply(msg, context, {})
 
 
 if not log.handlers:  # the clinic's own log (the SuperNode's output); never sent anywhere

@@ -20,7 +20,10 @@ from radfed.store import Store, StoreError, default_database_url
 
 EMPTY_MESSAGE = "No experiments yet: run `coordinator demo` to train a first federated model."
 LEADERBOARD_COLUMNS = ["Rank", "Experiment", "Backbone", "Weights", "Strategy",
-                       "Rounds", "Final AUROC", "Status"]
+                       "Rounds", "Final AUROC", "Pooled AUROC", "Fed ÷ central", "Held-out clinic",
+                       "Status"]
+QUALITY_COLUMNS = ["Clinic", "Role", "AUROC", "95% CI low", "95% CI high", "Sensitivity",
+                   "Specificity", "Threshold", "ECE", "Images", "Patients"]
 CLINIC_COLUMNS = {"clinic": "Clinic", "server_round": "Round", "phase": "Phase", "loss": "Loss",
                   "accuracy": "Accuracy", "auroc": "AUROC", "num_examples": "Examples",
                   "device": "Device"}
@@ -54,7 +57,8 @@ def rounds_done(entry: dict[str, Any]) -> int:
 def leaderboard_frame(board: list[dict[str, Any]]) -> pd.DataFrame:
     """The leaderboard as shown: one row per run, already ranked by the store."""
     rows = [[e["rank"], e["experiment"], e["backbone"], e["weights"], e["strategy"],
-             rounds_done(e), e["final_auroc"], e["status"]] for e in board]
+             rounds_done(e), e["final_auroc"], (e.get("pooled") or {}).get("auroc"),
+             e.get("vs_central"), e.get("holdout") or "", e["status"]] for e in board]
     return pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
 
 
@@ -70,7 +74,8 @@ def show_leaderboard(board: list[dict[str, Any]]) -> None:
     st.subheader("Leaderboard: ranked by final federated AUROC")
     st.dataframe(
         leaderboard_frame(board), hide_index=True, width="stretch",
-        column_config={"Final AUROC": st.column_config.NumberColumn(format="%.4f")},
+        column_config={name: st.column_config.NumberColumn(format="%.4f")
+                       for name in ("Final AUROC", "Pooled AUROC", "Fed ÷ central")},
     )
 
 
@@ -98,6 +103,47 @@ def show_clinics(entry: dict[str, Any]) -> None:
         return
     frame = pd.DataFrame(entry["clinics"])[list(CLINIC_COLUMNS)].rename(columns=CLINIC_COLUMNS)
     st.dataframe(frame, hide_index=True, width="stretch")
+
+
+def quality_frame(entry: dict[str, Any]) -> pd.DataFrame:
+    """Final model per clinic (in federation, held out) and pooled, then the centralised
+    baseline's pooled and per-clinic figures, side by side."""
+    last = max((c["server_round"] for c in entry["clinics"] if c["phase"] == "evaluate"), default=None)
+    rows = []
+    for c in entry["clinics"]:
+        if (c["phase"] == "evaluate" and c["server_round"] == last) or c["phase"] == "holdout":
+            q = c.get("quality") or {}
+            role = "held out" if c["phase"] == "holdout" else "federated"
+            rows.append([c["clinic"], role, c["auroc"], q.get("auroc_low"), q.get("auroc_high"),
+                         q.get("sensitivity"), q.get("specificity"), q.get("threshold"), q.get("ece"),
+                         c["num_examples"], q.get("patients")])
+    pooled = entry.get("pooled") or {}
+    if pooled:
+        rows.append(["all (pooled)", "federated", pooled.get("auroc"), None, None,
+                     pooled.get("sensitivity"), pooled.get("specificity"), pooled.get("threshold"),
+                     pooled.get("ece"), pooled.get("images"), None])
+    base = entry.get("baseline") or {}
+    for clinic, q in sorted((base.get("clinics") or {}).items()):
+        rows.append([clinic, "centralised", q.get("auroc"), q.get("auroc_low"), q.get("auroc_high"),
+                     q.get("sensitivity"), q.get("specificity"), q.get("threshold"), q.get("ece"),
+                     q.get("images"), q.get("patients")])
+    if base:
+        rows.append(["all (pooled)", "centralised", base.get("auroc"), base.get("auroc_low"),
+                     base.get("auroc_high"), base.get("sensitivity"), base.get("specificity"),
+                     base.get("threshold"), base.get("ece"), base.get("num_examples"), base.get("num_patients")])
+    return pd.DataFrame(rows, columns=QUALITY_COLUMNS)
+
+
+def show_quality(entry: dict[str, Any]) -> None:
+    """AUROC with 95 % CI over patients, operating point and calibration, vs centralised."""
+    frame = quality_frame(entry)
+    if frame.empty:
+        return
+    st.markdown("**Learning quality: final model per clinic and pooled, against the centralised baseline**")
+    st.dataframe(frame, hide_index=True, width="stretch")
+    st.caption("CI: 95 % bootstrap over patients. Thresholds: Youden's J on each clinic's "
+               "validation data; a held-out clinic uses the federation's pooled threshold. "
+               "Pooled federated figures come from the clinics' score histograms (no CI).")
 
 
 def best_and_last(checkpoints: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
@@ -148,6 +194,7 @@ def show_run(entry: dict[str, Any]) -> None:
         st.error(f"Run failed: {entry['error']}")
     show_curves(entry)
     show_clinics(entry)
+    show_quality(entry)
     show_checkpoints(entry)
 
 

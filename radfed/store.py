@@ -11,6 +11,7 @@ patient data, file names of studies, or anything derived from a single patient.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -21,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import UniqueConstraint, event, func, update
+from sqlalchemy import JSON, Column, UniqueConstraint, event, func, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
@@ -36,6 +37,7 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 __all__ = [
+    "Baseline",
     "Checkpoint",
     "ClinicRoundResult",
     "Experiment",
@@ -48,7 +50,7 @@ __all__ = [
 
 RUN_STATUSES = ("running", "completed", "failed")
 FINISHED_STATUSES = ("completed", "failed")
-PHASES = ("train", "evaluate", "excluded", "late")
+PHASES = ("train", "evaluate", "excluded", "late", "holdout")
 ROUND_FLOAT_FIELDS = ("train_loss", "val_loss", "val_accuracy", "val_auroc", "duration_s")
 ROUND_INT_FIELDS = ("num_clinics", "num_examples")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -109,6 +111,7 @@ class Run(SQLModel, table=True):
     error: str | None = None
     final_auroc: float | None = None
     rounds_planned: int = 0
+    holdout: str | None = None  # leave-one-clinic-out: the clinic kept out of training
 
 
 class RoundResult(SQLModel, table=True):
@@ -127,6 +130,8 @@ class RoundResult(SQLModel, table=True):
     num_clinics: int | None = None
     num_examples: int | None = None
     duration_s: float | None = None
+    # pooled over clinics from their score histograms (radfed.evaluation.pooled_quality)
+    pooled: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     created_at: datetime = Field(default_factory=_utcnow)
 
 
@@ -147,6 +152,8 @@ class ClinicRoundResult(SQLModel, table=True):
     num_examples: int = 0
     device: str | None = None
     note: str | None = None  # why an update was excluded, or that a clinic replied late
+    # evaluate/holdout rows: AUROC CI over patients, sensitivity, specificity, threshold, ECE
+    quality: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     created_at: datetime = Field(default_factory=_utcnow)
 
 
@@ -165,7 +172,47 @@ class Checkpoint(SQLModel, table=True):
     created_at: datetime = Field(default_factory=_utcnow)
 
 
+class Baseline(SQLModel, table=True):
+    """A centralised baseline of an experiment: the same model, policy, budget and seed
+    trained on the union of the clinics' training splits (`coordinator baseline`).
+
+    The pooled figures are columns; `clinics` holds each clinic's validation figures.
+    """
+
+    __tablename__ = "baselines"
+
+    id: int | None = Field(default=None, primary_key=True)
+    experiment_id: int = Field(foreign_key="experiments.id", index=True)
+    holdout: str | None = None
+    auroc: float | None = None
+    auroc_low: float | None = None
+    auroc_high: float | None = None
+    sensitivity: float | None = None
+    specificity: float | None = None
+    threshold: float | None = None
+    ece: float | None = None
+    num_examples: int = 0
+    num_patients: int = 0
+    clinics: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    duration_s: float | None = None
+    created_at: datetime = Field(default_factory=_utcnow)
+
+
 # --------------------------------------------------------------------------- helpers
+
+
+def _json_ready(value: Any) -> Any:
+    """Numbers for a JSON column: NaN and infinities become null (PostgreSQL refuses them)."""
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) or hasattr(value, "item"):
+        number = value.item() if hasattr(value, "item") else value
+        return None if isinstance(number, float) and not math.isfinite(number) else number
+    return value
 
 
 def _safe_url(url: str) -> str:
@@ -217,6 +264,38 @@ def _row_dict(row: SQLModel, drop: tuple[str, ...] = ()) -> dict[str, Any]:
     columns = [c.name for c in row.__table__.columns if c.name not in drop]  # type: ignore[attr-defined]
     values = {name: getattr(row, name) for name in columns}
     return {k: _iso(v) if isinstance(v, datetime) else v for k, v in values.items()}
+
+
+# What makes a centralised baseline comparable to a run: the same task, model, policy,
+# budget, split and seed (the strategy and the deployment settings may differ).
+BUDGET_KEYS = ("name", "labels", "backbone", "weights", "image_size", "rounds", "local_epochs",
+               "batch_size", "learning_rate", "freeze", "unfreeze_top", "val_fraction", "seed", "data")
+
+
+def budget_key(spec_json: str) -> str:
+    """The part of a spec a centralised baseline must share with a federated run."""
+    try:
+        spec = json.loads(spec_json)
+    except (TypeError, ValueError):
+        return str(spec_json)
+    if not isinstance(spec, dict):
+        return str(spec_json)
+    return json.dumps({k: spec.get(k) for k in BUDGET_KEYS}, sort_keys=True)
+
+
+def _attach_baselines(entries: list[dict[str, Any]], baselines: list[dict[str, Any]]) -> None:
+    """Give each run its final pooled figures, the newest comparable baseline (same budget,
+    same held-out clinic) and the ratio federated ÷ centralised pooled AUROC."""
+    newest: dict[tuple[str, str | None], dict[str, Any]] = {}
+    for base in baselines:  # newest first
+        newest.setdefault((budget_key(base["spec_json"]), base["holdout"]), base)
+    for entry in entries:
+        final = [r for r in entry["rounds"] if r.get("pooled")]
+        entry["pooled"] = final[-1]["pooled"] if final else None
+        base = newest.get((budget_key(entry["spec_json"]), entry["holdout"]))
+        entry["baseline"] = {k: v for k, v in base.items() if k != "spec_json"} if base else None
+        fed = (entry["pooled"] or {}).get("auroc")
+        entry["vs_central"] = fed / base["auroc"] if fed is not None and base and base["auroc"] else None
 
 
 def _sort_key(entry: dict[str, Any]) -> tuple[bool, float, int]:
@@ -350,11 +429,12 @@ class Store:
             weights=str(weights), strategy=strategy,
         ))
 
-    def start_run(self, experiment_id: int, flwr_run_id: int | str, rounds_planned: int) -> int:
+    def start_run(self, experiment_id: int, flwr_run_id: int | str, rounds_planned: int,
+                  holdout: str | None = None) -> int:
         """Record a run as "running"; returns the run id the other writes take."""
         return self._add(Run(
             experiment_id=experiment_id, flwr_run_id=str(flwr_run_id),
-            rounds_planned=int(rounds_planned),
+            rounds_planned=int(rounds_planned), holdout=holdout or None,
         ))
 
     def finish_run(
@@ -386,15 +466,17 @@ class Store:
     def record_round(self, run_id: int, server_round: int, **metrics: Any) -> None:
         """Insert or update the aggregated metrics of a round.
 
-        Accepts train_loss, val_loss, val_accuracy, val_auroc, duration_s, num_clinics and
-        num_examples.  Only the given, non-None metrics overwrite an existing
-        row, so the fit and the evaluate step of one round can each record their
-        half without erasing the other's.  Unknown names raise ValueError (typos).
+        Accepts train_loss, val_loss, val_accuracy, val_auroc, duration_s, num_clinics,
+        num_examples and `pooled` (a dict of pooled quality figures).  Only the given,
+        non-None metrics overwrite an existing row, so the fit and the evaluate step of
+        one round can each record their half without erasing the other's.  Unknown
+        names raise ValueError (typos).
         """
-        unknown = set(metrics) - set(ROUND_FLOAT_FIELDS) - set(ROUND_INT_FIELDS)
+        unknown = set(metrics) - set(ROUND_FLOAT_FIELDS) - set(ROUND_INT_FIELDS) - {"pooled"}
         if unknown:
             raise ValueError(f"unknown round metrics: {sorted(unknown)}")
-        values = {k: _float(v) if k in ROUND_FLOAT_FIELDS else _int(v) for k, v in metrics.items()}
+        values = {k: _json_ready(v) if k == "pooled" else _float(v) if k in ROUND_FLOAT_FIELDS
+                  else _int(v) for k, v in metrics.items()}
         insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
         stmt = insert(RoundResult).values(
             run_id=run_id, server_round=int(server_round), created_at=_utcnow(), **values
@@ -421,11 +503,14 @@ class Store:
         auroc: float | None = None,
         device: str | None = None,
         note: str | None = None,
+        quality: dict[str, Any] | None = None,
     ) -> int:
         """Record what one clinic reported for one round's phase.
 
         "excluded" rows mark an update the server's guards refused, "late" rows a
         clinic that did not reply before the round timeout; `note` says why.
+        "holdout" rows are the final model evaluated at a clinic kept out of training.
+        `quality` holds the clinic's AUROC CI, sensitivity, specificity, threshold, ECE.
         """
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, not {phase!r}")
@@ -434,7 +519,32 @@ class Store:
             node_id=str(node_id), phase=phase, loss=_float(loss),
             accuracy=_float(accuracy), auroc=_float(auroc),
             num_examples=int(num_examples), device=device, note=note,
+            quality=_json_ready(quality) if quality else None,
         ))
+
+    def record_baseline(self, experiment_id: int, pooled: dict[str, Any], clinics: dict[str, Any],
+                        holdout: str | None = None, duration_s: float | None = None) -> int:
+        """Record a centralised baseline: pooled figures (radfed.evaluation.QualityReport
+        keys) and each clinic's, for the leaderboard's federated ÷ centralised ratio."""
+        return self._add(Baseline(
+            experiment_id=experiment_id, holdout=holdout or None,
+            auroc=_float(pooled.get("auroc")), auroc_low=_float(pooled.get("auroc_low")),
+            auroc_high=_float(pooled.get("auroc_high")), sensitivity=_float(pooled.get("sensitivity")),
+            specificity=_float(pooled.get("specificity")), threshold=_float(pooled.get("threshold")),
+            ece=_float(pooled.get("ece")), num_examples=int(pooled.get("images") or 0),
+            num_patients=int(pooled.get("patients") or 0), clinics=_json_ready(clinics),
+            duration_s=_float(duration_s),
+        ))
+
+    def baselines(self) -> list[dict[str, Any]]:
+        """Every baseline with its experiment's name, newest first."""
+        with self._session() as session:
+            pairs = session.exec(
+                select(Baseline, Experiment)
+                .join(Experiment, Baseline.experiment_id == Experiment.id)  # type: ignore[arg-type]
+                .order_by(Baseline.id.desc())  # type: ignore[union-attr]
+            ).all()
+        return [{**_row_dict(b), "experiment": e.name, "spec_json": e.spec_json} for b, e in pairs]
 
     def record_checkpoint(
         self,
@@ -507,6 +617,7 @@ class Store:
             run_ids = [run.id for run, _ in pairs]
             children = self._children(session, run_ids)
         entries = [self._entry(run, exp, children) for run, exp in pairs]
+        _attach_baselines(entries, self.baselines() if entries else [])
         entries.sort(key=_sort_key)
         for rank, entry in enumerate(entries, start=1):
             entry["rank"] = rank
@@ -541,7 +652,7 @@ class Store:
             "experiment_id": exp.id, "experiment": exp.name, "backbone": exp.backbone,
             "weights": exp.weights, "strategy": exp.strategy, "spec_json": exp.spec_json,
             "status": run.status, "final_auroc": run.final_auroc, "error": run.error,
-            "rounds_planned": run.rounds_planned,
+            "rounds_planned": run.rounds_planned, "holdout": run.holdout,
             "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
             "rounds": children["rounds"][run.id],  # type: ignore[index]
             "clinics": children["clinics"][run.id],  # type: ignore[index]

@@ -20,8 +20,10 @@ from radfed.batchnorm import batchnorm_state_keys
 from radfed.models import create_model
 from radfed.spec import ExperimentSpec
 from radfed.store import Store
+from server.holdout import ExcludingGrid, evaluate_holdout, find_holdout
 from server.recorder import RunRecorder
 from strategies import build_strategy
+from strategies.fedbn import FedBN
 
 log = logging.getLogger("radfed.server")
 app = ServerApp()
@@ -53,9 +55,14 @@ def main(grid: Grid, context: Context) -> None:
     weights_name = "random" if spec.weights == "random" else Path(spec.weights).name
     exp_id = store.create_experiment(spec.name, spec.to_json(), spec.backbone,
                                      weights_name, spec.strategy)
-    run_id = store.start_run(exp_id, str(context.run_id), spec.rounds)
+    holdout = str(cfg.get("holdout", "") or "")
+    run_id = store.start_run(exp_id, str(context.run_id), spec.rounds, holdout=holdout)
     try:
-        wait_for_clinics(grid, spec.min_clinics, spec.clinic_timeout)
+        train_grid: Grid = grid
+        if holdout:  # leave-one-clinic-out: the strategy never sees that node
+            holdout_node = find_holdout(grid, holdout, spec.min_clinics, spec.clinic_timeout)
+            train_grid = ExcludingGrid(grid, {holdout_node})
+        wait_for_clinics(train_grid, spec.min_clinics, spec.clinic_timeout)
         torch.manual_seed(spec.seed)  # the initial head (and random backbones) from the spec's seed
         model = create_model(spec.backbone, len(spec.labels), spec.weights)
         ckpt_dir = Path(str(cfg["checkpoint-dir"])) / f"run-{run_id}"
@@ -64,9 +71,14 @@ def main(grid: Grid, context: Context) -> None:
         # Clinics rebuild the same network: the input convention of the weight source
         # (and, for Keras weights, its layout) is not in the state_dict, so it travels here.
         shared = {"spec": spec.to_json(), "normalisation": model.normalisation}
-        strategy.start(grid, ArrayRecord(model.state_dict()), num_rounds=spec.rounds,
-                       timeout=spec.round_timeout, train_config=ConfigRecord(dict(shared)),
-                       evaluate_config=ConfigRecord(dict(shared)), evaluate_fn=recorder.checkpoint)
+        result = strategy.start(train_grid, ArrayRecord(model.state_dict()), num_rounds=spec.rounds,
+                                timeout=spec.round_timeout, train_config=ConfigRecord(dict(shared)),
+                                evaluate_config=ConfigRecord(dict(shared)), evaluate_fn=recorder.checkpoint)
+        if holdout:
+            config = ConfigRecord({**shared, "server-round": spec.rounds,
+                                   "local-bn": isinstance(strategy, FedBN)})
+            reply = evaluate_holdout(train_grid, holdout_node, result.arrays, config, spec.round_timeout)
+            recorder.holdout(spec.rounds, reply)
         final = recorder.val_auroc.get(spec.rounds)
         store.finish_run(run_id, "completed", final_auroc=final)
         log.info("run %s completed: final federated AUROC %s", run_id, final)

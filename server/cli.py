@@ -8,6 +8,7 @@ Examples:
     coordinator superlink --host 0.0.0.0 --port 9092
     coordinator run experiment.toml --superlink coordinator.example.org:9092
     coordinator leaderboard --json
+    coordinator baseline experiment.toml --data clinic-1 --data clinic-2   (generated/consented data only)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def _mount_subcommands() -> None:
 
     app.add_typer(weights_app, name="weights", help="Inspect weight files before an experiment uses them.")
     security_cli.mount(app)
+    app.command("baseline")(__import__("server.baseline_cli", fromlist=["baseline"]).baseline)
 out = Console()
 err = Console(stderr=True)
 
@@ -90,10 +92,14 @@ def run(
     checkpoints: Annotated[Optional[Path], typer.Option(help="Checkpoint folder (default ~/.radfed/checkpoints).")] = None,
     insecure: Annotated[bool, typer.Option(help="Plaintext connection to a loopback SuperLink.")] = False,
     root_certificates: Annotated[Optional[Path], typer.Option(help="CA certificate of the SuperLink (default ~/.radfed/pki/ca.crt).")] = None,
+    holdout: Annotated[Optional[str], typer.Option(
+        help="Leave-one-clinic-out: train without this clinic (its --name), then evaluate the final model there.")] = None,
 ) -> None:
     """Launch a federated experiment and show its rounds until it finishes.
 
     Example: `coordinator run experiment.toml --superlink 127.0.0.1:9092`
+
+    Leave one clinic out: `coordinator run experiment.toml --holdout clinic-3`
     """
     from radfed.spec import SpecError, load_spec
     from server.launch import Connection, LaunchError, follow, stop, submit
@@ -118,7 +124,7 @@ def run(
     conn = Connection(superlink, radfed_home() / "flwr-cli", insecure, root_certificates)
     ckpt = checkpoints or radfed_home() / "checkpoints"
     try:
-        run_id = submit(conn, spec, store.url, ckpt)
+        run_id = submit(conn, spec, store.url, ckpt, holdout=(holdout or "").strip())
     except LaunchError as e:
         _fail(str(e))
     err.print(f"submitted run {run_id} ({spec.name}) to {superlink}", highlight=False)

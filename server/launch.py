@@ -59,8 +59,10 @@ def _toml_string(value: str) -> str:
     return json.dumps(value)  # JSON string escapes are valid TOML basic-string escapes
 
 
-def submit(conn: Connection, spec: ExperimentSpec, database_url: str, checkpoint_dir: Path) -> str:
-    """Submit the experiment; returns Flower's run id."""
+def submit(conn: Connection, spec: ExperimentSpec, database_url: str, checkpoint_dir: Path,
+           holdout: str = "") -> str:
+    """Submit the experiment; returns Flower's run id. `holdout` names a clinic kept out
+    of training and evaluated on the final model (leave-one-clinic-out)."""
     why = reachable(conn.address)
     if why:
         raise LaunchError(f"SuperLink {conn.address} is not reachable ({why}); "
@@ -68,7 +70,8 @@ def submit(conn: Connection, spec: ExperimentSpec, database_url: str, checkpoint
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as fh:
         fh.write(f"spec = {_toml_string(spec.to_json())}\n"
                  f"database-url = {_toml_string(database_url)}\n"
-                 f"checkpoint-dir = {_toml_string(str(Path(checkpoint_dir).resolve()))}\n")
+                 f"checkpoint-dir = {_toml_string(str(Path(checkpoint_dir).resolve()))}\n"
+                 f"holdout = {_toml_string(holdout)}\n")
         overrides = fh.name
     try:
         proc = conn.flwr("run", str(FAB_DIR), CONNECTION, "--run-config", overrides,

@@ -1,8 +1,15 @@
-"""The leaderboard as people and scripts read it: a rich table, or JSON."""
+"""The leaderboard as people and scripts read it: a rich table, or JSON.
+
+Beside the final federated AUROC (example-weighted over the clinics) it shows the
+pooled AUROC (from the clinics' score histograms), federated ÷ centralised (against
+the newest comparable `coordinator baseline`), and for leave-one-clinic-out runs the
+held-out clinic's AUROC with its 95 % CI over patients.
+"""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from rich.table import Table
 
@@ -14,16 +21,45 @@ def leaderboard_json(store: Store) -> str:
     return json.dumps(store.leaderboard(), indent=2, default=str)
 
 
+def _num(value: float | None, fmt: str = ".3f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def holdout_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The held-out clinic's result row(s) of a run (none for ordinary runs)."""
+    return [c for c in entry.get("clinics", []) if c["phase"] == "holdout"]
+
+
+def with_ci(auroc: float | None, quality: dict[str, Any] | None) -> str:
+    """'0.912 [0.85–0.96]' (CI over patients) or just the AUROC."""
+    q = quality or {}
+    if auroc is None:
+        return "-"
+    if q.get("auroc_low") is None or q.get("auroc_high") is None:
+        return f"{auroc:.3f}"
+    return f"{auroc:.3f} [{q['auroc_low']:.2f}–{q['auroc_high']:.2f}]"
+
+
+def holdout_text(entry: dict[str, Any]) -> str:
+    """'clinic-3 0.871 [0.80–0.93]' for a leave-one-clinic-out run, else '-'."""
+    rows = holdout_rows(entry)
+    if not rows:
+        return entry.get("holdout") or "-"
+    row = rows[-1]
+    return f"{row['clinic']} {with_ci(row['auroc'], row.get('quality'))}"
+
+
 def leaderboard_table(store: Store) -> Table:
     """One row per run, best final federated AUROC first."""
-    table = Table(title="radfed leaderboard (final federated AUROC)")
+    table = Table(title="radfed leaderboard (final federated AUROC; pooled; ÷ centralised baseline)")
+    right = ("#", "rounds", "clinics", "AUROC", "pooled", "÷ central")
     for col in ("#", "experiment", "backbone", "weights", "strategy", "rounds", "clinics",
-                "AUROC", "status"):
-        table.add_column(col, justify="right" if col in ("#", "rounds", "clinics", "AUROC") else "left")
+                "AUROC", "pooled", "÷ central", "held-out clinic", "status"):
+        table.add_column(col, justify="right" if col in right else "left")
     for rank, row in enumerate(store.leaderboard(), start=1):
-        auroc = row.get("final_auroc")
-        clinics = {c["clinic"] for c in row.get("clinics", [])}
+        clinics = {c["clinic"] for c in row.get("clinics", []) if c["phase"] != "holdout"}
         table.add_row(str(rank), row["experiment"], row["backbone"], row["weights"],
                       row["strategy"], str(len(row.get("rounds", []))), str(len(clinics)),
-                      f"{auroc:.3f}" if auroc is not None else "-", row["status"])
+                      _num(row.get("final_auroc")), _num((row.get("pooled") or {}).get("auroc")),
+                      _num(row.get("vs_central")), holdout_text(row), row["status"])
     return table

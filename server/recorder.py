@@ -6,7 +6,9 @@ transaction, so a failure in round 3 never loses rounds 1 and 2.
 Evaluation results arrive two ways (see strategies.recording): inside round r + 1's
 train replies for the model of round r, and from the evaluate replies after the final
 round. Both land in the same rows: an "evaluate" row per clinic and the round's
-example-weighted validation metrics.
+example-weighted validation metrics. Each clinic's quality figures (AUROC CI over its
+patients, sensitivity, specificity, threshold, ECE) go with its row; the round's pooled
+figures are computed from the clinics' per-bin counts (radfed.evaluation.pooled_quality).
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord
 
 from radfed.audit import Registry
+from radfed.evaluation import SUMMARY_KEYS, operating_point, pooled_quality
 from radfed.spec import ExperimentSpec
 from radfed.store import Store
 from strategies.utils import ClinicReply
 
 log = logging.getLogger("radfed.server")
 VAL_KEYS = ("val_loss", "val_accuracy", "val_auroc")
+QUALITY_KEYS = ("auroc_low", "auroc_high", "sensitivity", "specificity", "threshold", "ece", "patients")
 
 
 def _finite(value: float | None) -> float | None:
@@ -40,6 +44,18 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def clinic_quality(reply: ClinicReply) -> dict[str, float | None] | None:
+    """A clinic's quality figures from its validation metrics (None for older clinics)."""
+    found = {k: _finite(reply.metrics.get(f"val_{k}")) for k in QUALITY_KEYS
+             if f"val_{k}" in reply.metrics}
+    return found or None
+
+
+def pooled_validation(replies: list[ClinicReply]) -> dict[str, float | None]:
+    """Pooled figures over the clinics that sent their per-bin counts."""
+    return pooled_quality([{k: r.lists.get(f"val_{k}", []) for k in SUMMARY_KEYS} for r in replies])
 
 
 def weighted_validation(replies: list[ClinicReply], count_key: str) -> dict[str, float | None]:
@@ -65,6 +81,7 @@ class RunRecorder:
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.val_auroc: dict[int, float | None] = {}
+        self.pooled: dict[int, dict[str, float | None]] = {}
         self._round_started = time.monotonic()
 
     def clinic_replies(self, server_round: int, phase: str, replies: list[ClinicReply]) -> None:
@@ -123,6 +140,30 @@ class RunRecorder:
             loss=_finite(m.get("val_loss" if evaluate else "train_loss")), num_examples=examples,
             accuracy=_finite(m.get("val_accuracy")) if evaluate else None,
             auroc=_finite(m.get("val_auroc")) if evaluate else None, device=reply.device,
+            quality=clinic_quality(reply) if evaluate else None,
+        )
+
+    def holdout(self, server_round: int, reply: ClinicReply) -> None:
+        """The final model evaluated at the clinic kept out of training; its sensitivity and
+        specificity at the federation's pooled threshold (from its score histogram)."""
+        if reply.error:
+            log.warning("holdout evaluation at %s failed: %s", reply.clinic, reply.error)
+            self.store.record_clinic_result(self.run_id, server_round, reply.clinic, reply.node_id,
+                                            "holdout", loss=None, num_examples=0, note=reply.error)
+            return
+        m = reply.metrics
+        quality = clinic_quality(reply) or {}
+        threshold = self.pooled.get(server_round, {}).get("threshold")
+        if threshold is not None:  # the federation's operating point, not the clinic's own
+            summary = {k: reply.lists.get(f"val_{k}", []) for k in SUMMARY_KEYS}
+            if summary["hist_pos"]:
+                sens, spec = operating_point(summary, threshold)
+                quality.update(threshold=threshold, sensitivity=_finite(sens), specificity=_finite(spec))
+        self.store.record_clinic_result(
+            self.run_id, server_round, reply.clinic, reply.node_id, "holdout",
+            loss=_finite(m.get("val_loss")), num_examples=reply.num_examples,
+            accuracy=_finite(m.get("val_accuracy")), auroc=_finite(m.get("val_auroc")),
+            device=reply.device, quality=quality or None,
         )
 
     def round_metrics(self, server_round: int, phase: str, metrics: MetricRecord | None,
@@ -142,8 +183,10 @@ class RunRecorder:
     def _validation(self, server_round: int, replies: list[ClinicReply], count_key: str) -> None:
         values = weighted_validation(replies, count_key)
         self.val_auroc[server_round] = values["val_auroc"]
+        self.pooled[server_round] = pooled_validation(replies)
         self.store.record_round(
-            self.run_id, server_round, **values, num_clinics=len(replies),
+            self.run_id, server_round, **values, pooled=self.pooled[server_round] or None,
+            num_clinics=len(replies),
             num_examples=int(sum(r.metrics.get(count_key, 0) for r in replies)))
         self.store.set_checkpoint_metric(self.run_id, server_round, values["val_auroc"])
 

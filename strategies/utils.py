@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flwr.app import Message, MetricRecord, RecordDict
 
@@ -19,6 +19,7 @@ class ClinicReply:
     device: str | None
     metrics: dict[str, float]
     error: str | None = None
+    lists: dict[str, list[float]] = field(default_factory=dict)  # per-bin counts (pooled figures)
 
     @property
     def num_examples(self) -> int:
@@ -32,11 +33,13 @@ def parse_reply(msg: Message) -> ClinicReply:
         return ClinicReply(node_id, f"node-{node_id}", None, {}, msg.error.reason)
     content = msg.content
     metrics: dict[str, float] = {}
+    lists: dict[str, list[float]] = {}
     for record in content.metric_records.values():
         metrics.update({k: float(v) for k, v in record.items() if not isinstance(v, list)})
+        lists.update({k: [float(x) for x in v] for k, v in record.items() if isinstance(v, list)})
     info = content.config_records.get("clinic", {})
     return ClinicReply(node_id, str(info.get("name", f"node-{node_id}")),
-                       info.get("device"), metrics)
+                       info.get("device"), metrics, lists=lists)
 
 
 def finite_weighted_mean(contents: list[RecordDict], weighted_by_key: str) -> MetricRecord:

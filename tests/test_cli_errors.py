@@ -79,8 +79,21 @@ def test_insecure_superlink_refused_off_loopback():
 
 
 def test_every_command_has_help_with_an_example():
-    for module, commands in {"server.cli": ["superlink", "run", "leaderboard", "demo", "strategies"],
+    for module, commands in {"server.cli": ["superlink", "run", "leaderboard", "demo", "strategies", "baseline"],
                              "client_node.cli": ["start", "demo-data", "check-data"]}.items():
         for command in commands:
             proc = cli(module, command, "--help", timeout=60)
             assert proc.returncode == 0 and "Example" in proc.stdout, (module, command)
+
+
+def test_baseline_bad_data_and_holdout(tmp_path):
+    from radfed.spec import ExperimentSpec, spec_to_toml
+
+    spec = tmp_path / "exp.toml"
+    spec.write_text(spec_to_toml(ExperimentSpec(name="b", backbone="resnet18")))
+    proc = cli("server.cli", "baseline", str(spec), "--data", str(tmp_path / "nope"), timeout=60)
+    _one_line_error(proc, "nope", "does not exist")
+    (tmp_path / "a").mkdir()
+    proc = cli("server.cli", "baseline", str(spec), "--data", str(tmp_path / "a"), "--holdout", "zz",
+               "--db", f"sqlite:///{tmp_path / 'db.sqlite'}", timeout=60)
+    _one_line_error(proc, "holdout clinic 'zz' is not one of the --data clinics (a)")

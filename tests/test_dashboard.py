@@ -185,3 +185,26 @@ def test_cli_bad_database_exits_1_before_streamlit(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "127.0.0.1:1" in lines[0] and "Fix:" in lines[0]
     assert "Streamlit" not in result.stdout + result.stderr
+
+
+def test_quality_frame_puts_federated_held_out_and_centralised_side_by_side() -> None:
+    from dashboard.app import QUALITY_COLUMNS, quality_frame
+
+    entry = {
+        "clinics": [
+            {"clinic": "a", "server_round": 0, "phase": "evaluate", "auroc": 0.5, "num_examples": 9},
+            {"clinic": "a", "server_round": 1, "phase": "evaluate", "auroc": 0.9, "num_examples": 9,
+             "quality": {"auroc_low": 0.8, "auroc_high": 0.97, "patients": 4}},
+            {"clinic": "c", "server_round": 1, "phase": "holdout", "auroc": 0.7, "num_examples": 5,
+             "quality": {"sensitivity": 0.6}},
+        ],
+        "pooled": {"auroc": 0.88, "images": 9},
+        "baseline": {"auroc": 0.92, "auroc_low": 0.85, "auroc_high": 0.97, "num_examples": 14,
+                     "clinics": {"a": {"auroc": 0.93}, "c": {"auroc": 0.9}}},
+    }
+    frame = quality_frame(entry)
+    assert frame.columns.tolist() == QUALITY_COLUMNS
+    assert frame[["Clinic", "Role", "AUROC"]].values.tolist() == [
+        ["a", "federated", 0.9], ["c", "held out", 0.7], ["all (pooled)", "federated", 0.88],
+        ["a", "centralised", 0.93], ["c", "centralised", 0.9], ["all (pooled)", "centralised", 0.92]]
+    assert frame["95% CI low"].tolist()[0] == 0.8

@@ -324,3 +324,37 @@ def test_bad_urls_raise_one_line_store_error(url: str, expected: str) -> None:
 def test_missing_sqlite_folder_raises_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no-such-folder.*Fix:"):
         Store(f"sqlite:///{tmp_path / 'no-such-folder' / 'radfed.db'}")
+
+
+# ------------------------------------------------------------------- learning quality
+
+
+def test_quality_pooled_holdout_and_baseline_ratio(store: Store) -> None:
+    """Per-clinic quality JSON (NaN stored as null), pooled round figures, the held-out
+    clinic's row, and the federated ÷ centralised ratio against the comparable baseline."""
+    spec = json.dumps({"name": "q", "backbone": "resnet18", "rounds": 2, "strategy": "fedavg"})
+    exp = store.create_experiment("q", spec, "resnet18", "random", "fedavg")
+    run = store.start_run(exp, "11", rounds_planned=2, holdout="clinic-3")
+    store.record_clinic_result(run, 2, "clinic-1", "1", "evaluate", loss=0.3, num_examples=20,
+                               auroc=0.9, quality={"auroc_low": 0.8, "auroc_high": math.nan})
+    store.record_clinic_result(run, 2, "clinic-3", "3", "holdout", loss=0.5, num_examples=12,
+                               auroc=0.7, quality={"sensitivity": 0.6})
+    store.record_round(run, 2, val_auroc=0.9, pooled={"auroc": 0.88, "ece": 0.05})
+    store.record_round(run, 2, train_loss=0.1)  # a later partial write keeps the pooled figures
+    store.finish_run(run, "completed", final_auroc=0.9)
+    other = json.dumps({"name": "q", "backbone": "resnet18", "rounds": 3})  # another budget
+    for spec_json, auroc, holdout in ((spec, 0.9, None), (other, 0.5, "clinic-3"), (spec, 0.8, "clinic-3")):
+        base_exp = store.create_experiment("q", spec_json, "resnet18", "random", "centralized")
+        store.record_baseline(base_exp, {"auroc": auroc, "auroc_low": auroc - 0.1, "images": 50,
+                                         "patients": 20}, {"clinic-1": {"auroc": auroc}}, holdout=holdout)
+
+    [entry] = store.leaderboard()
+    assert entry["holdout"] == "clinic-3"
+    evaluate, holdout = [c for c in entry["clinics"] if c["phase"] in ("evaluate", "holdout")]
+    assert evaluate["quality"] == {"auroc_low": 0.8, "auroc_high": None}
+    assert holdout["clinic"] == "clinic-3" and holdout["quality"] == {"sensitivity": 0.6}
+    assert entry["pooled"] == {"auroc": 0.88, "ece": 0.05}
+    assert entry["baseline"]["auroc"] == 0.8 and entry["baseline"]["holdout"] == "clinic-3"
+    assert entry["baseline"]["clinics"] == {"clinic-1": {"auroc": 0.8}}
+    assert entry["vs_central"] == pytest.approx(0.88 / 0.8)
+    json.dumps(entry)

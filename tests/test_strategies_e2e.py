@@ -6,6 +6,7 @@ One federation serves every run of this module, to keep the suite's time down.
 
 from __future__ import annotations
 
+import json
 
 import pytest
 import torch
@@ -32,18 +33,25 @@ def fed(tmp_path_factory):
         federation.close()
 
 
-def _run(fed: Federation, name: str, **spec) -> dict:
+def _submit(fed: Federation, name: str, *args: str, **spec):
     base = dict(name=name, backbone="resnet18", image_size=64, rounds=1, local_epochs=2,
                 batch_size=8, learning_rate=1e-3, min_clinics=HONEST, clinic_timeout=120.0,
                 val_fraction=0.35, seed=3)
     base.update(spec)
     path = fed.work / f"{name}.toml"
     path.write_text(spec_to_toml(ExperimentSpec(**base)))
-    db = f"sqlite:///{fed.work / 'radfed.db'}"
-    proc = cli("server.cli", "run", str(path), "--superlink", fed.address, "--insecure", "--db", db,
-               "--checkpoints", str(fed.work / "ckpt"))
+    return cli("server.cli", "run", str(path), "--superlink", fed.address, "--insecure",
+               "--db", _db(fed), "--checkpoints", str(fed.work / "ckpt"), *args)
+
+
+def _db(fed: Federation) -> str:
+    return f"sqlite:///{fed.work / 'radfed.db'}"
+
+
+def _run(fed: Federation, name: str, *args: str, **spec) -> dict:
+    proc = _submit(fed, name, *args, **spec)
     assert proc.returncode == 0, proc.stderr + fed.logs()
-    return {e["experiment"]: e for e in Store(db).leaderboard()}[name]
+    return {e["experiment"]: e for e in Store(_db(fed)).leaderboard()}[name]
 
 
 def _auroc(entry: dict, server_round: int) -> float:
@@ -77,6 +85,35 @@ def _assert_bn_stays_local(fed: Federation, entry: dict) -> None:
     initial = create_model("resnet18", 2).state_dict()
     assert torch.equal(final[key], initial[key])  # the server never averaged BatchNorm
     assert not torch.equal(final["net.fc.weight"], initial["net.fc.weight"])
+
+
+@pytest.mark.timeout(450)
+def test_leave_one_clinic_out_with_quality_figures_and_centralised_baseline(fed):
+    """clinic-2 held out: it never trains, its row carries the final model's figures at the
+    federation's pooled threshold; the centralised baseline of the same budget gives the ratio."""
+    entry = _run(fed, "holdout", "--holdout", "clinic-2", strategy="fedavg", min_clinics=1, local_epochs=1)
+    assert entry["status"] == "completed" and entry["holdout"] == "clinic-2"
+    assert {c["clinic"] for c in entry["clinics"] if c["phase"] != "holdout"} == {"clinic-1"}
+    [held] = [c for c in entry["clinics"] if c["phase"] == "holdout"]
+    assert held["clinic"] == "clinic-2" and held["server_round"] == 1 and held["num_examples"] > 0
+    quality = held["quality"]
+    assert 0 <= quality["auroc_low"] <= held["auroc"] <= quality["auroc_high"] <= 1
+    assert quality["threshold"] == pytest.approx(entry["pooled"]["threshold"])  # not its own choice
+    final = [c for c in entry["clinics"] if c["phase"] == "evaluate" and c["server_round"] == 1]
+    assert final and final[0]["quality"]["patients"] > 0 and final[0]["quality"]["ece"] is not None
+    assert entry["pooled"]["auroc"] == pytest.approx(final[0]["auroc"], abs=0.01)  # one clinic
+
+    proc = cli("server.cli", "baseline", str(fed.work / "holdout.toml"), "--holdout", "clinic-2",
+               "--data", f"clinic-1={fed.work / 'data-1'}", "--data", f"clinic-2={fed.work / 'data-2'}",
+               "--db", _db(fed), "--json")
+    assert proc.returncode == 0, proc.stderr
+    central = json.loads(proc.stdout.splitlines()[-1])
+    assert set(central["clinics"]) == {"clinic-1", "clinic-2"}
+    assert central["clinics"]["clinic-2"]["threshold"] == central["pooled"]["threshold"]
+    entry = {e["experiment"]: e for e in Store(_db(fed)).leaderboard()}["holdout"]
+    assert entry["baseline"]["auroc"] == central["pooled"]["auroc"]
+    assert entry["vs_central"] == pytest.approx(entry["pooled"]["auroc"] / central["pooled"]["auroc"])
+
 
 
 @pytest.mark.timeout(600)
