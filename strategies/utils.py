@@ -19,10 +19,18 @@ class ClinicReply:
     device: str | None
     metrics: dict[str, float]
     error: str | None = None
+    bytes_up: int = 0  # model bytes in the reply
+
 
     @property
     def num_examples(self) -> int:
         return int(self.metrics.get(NUM_EXAMPLES, 0))
+
+
+def model_bytes(content: RecordDict) -> int:
+    """Bytes of every tensor a message carries (serialised array payloads, as sent)."""
+    return sum(len(array.data) for record in content.array_records.values()
+               for array in record.values())
 
 
 def parse_reply(msg: Message) -> ClinicReply:
@@ -36,7 +44,7 @@ def parse_reply(msg: Message) -> ClinicReply:
         metrics.update({k: float(v) for k, v in record.items() if not isinstance(v, list)})
     info = content.config_records.get("clinic", {})
     return ClinicReply(node_id, str(info.get("name", f"node-{node_id}")),
-                       info.get("device"), metrics)
+                       info.get("device"), metrics, bytes_up=model_bytes(content))
 
 
 def finite_weighted_mean(contents: list[RecordDict], weighted_by_key: str) -> MetricRecord:
