@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from radfed.models import default_input_size
 from radfed.spec import BACKBONES, ExperimentSpec, SpecError, from_mapping
 
 PAPER_BACKBONES = ("resnet50", "densenet121", "inception_v3", "inception_resnet_v2")
@@ -161,7 +160,10 @@ def _check_weight_file(task: Path, source: str, backbone: str, value: str | None
 
 def _scenario(task: Task, source: str, backbone: str, policy: str, lr: float) -> Scenario:
     values = dict(task.base)
-    values.setdefault("image_size", default_input_size(backbone))
+    if "image_size" not in values:  # the architecture's own (torch import: only if needed)
+        from radfed.models import default_input_size
+
+        values["image_size"] = default_input_size(backbone)
     values.update(
         name=f"{task.name}-{source}-{backbone}-{FREEZE_LABELS[policy]}-lr{lr:g}",
         backbone=backbone, weights=str(Path(w).expanduser()) if (

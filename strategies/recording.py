@@ -50,16 +50,16 @@ class RecordingMixin:
                         grid: Grid) -> Iterable[Message]:
         config["evaluate-received"] = True  # round 1: the initial model, recorded as round 0
         messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
-        return self._sent(server_round, "train", messages)
+        return self._report_sent(server_round, "train", messages)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         if server_round != self.final_round:
             return []
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))  # type: ignore[misc]
-        return self._sent(server_round, "evaluate", messages)
+        return self._report_sent(server_round, "evaluate", messages)
 
-    def _sent(self, server_round: int, phase: str, messages: list[Message]) -> list[Message]:
+    def _report_sent(self, server_round: int, phase: str, messages: list[Message]) -> list[Message]:
         """Report the model bytes going to each clinic (messages may share one payload)."""
         sizes: dict[int, int] = {}
         self.recorder.sent(server_round, phase, {
