@@ -18,7 +18,7 @@ def leaderboard_json(store: Store) -> str:
 def leaderboard_table(store: Store) -> RenderableType:
     """One row per run, best final federated AUROC first; then, when sweeps ran, mean ± sd
     AUROC per sweep, backbone and weight source (as the RadImageNet paper reports)."""
-    from server.sweep import summary
+    from radfed.results import summary
 
     board = store.leaderboard()
     groups = summary(board)
@@ -42,7 +42,7 @@ def _runs_table(board: list[dict]) -> Table:
 
 def sweep_table(rows: list[dict], title: str = "sweep results") -> Table:
     """Mean ± sd final federated AUROC per backbone and weight source."""
-    from server.sweep import mean_sd
+    from radfed.results import mean_sd
 
     table = Table(title=f"{title}: final federated AUROC, mean ± sd over scenarios")
     for col in ("sweep", "backbone", "weights", "runs", "scored", "failed", "AUROC mean ± sd", "best"):

@@ -26,16 +26,14 @@ Task file::
 
 from __future__ import annotations
 
-import math
-import statistics
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from radfed.results import PAPER_BACKBONES
 from radfed.spec import BACKBONES, ExperimentSpec, SpecError, from_mapping
 
-PAPER_BACKBONES = ("resnet50", "densenet121", "inception_v3", "inception_resnet_v2")
 # (freeze policy, learning rate), in the paper's order
 PAPER_SCENARIOS = (("none", 1e-3), ("none", 1e-4), ("all", 1e-2), ("all", 1e-3),
                    ("top-k", 1e-2), ("top-k", 1e-3))
@@ -176,48 +174,3 @@ def _scenario(task: Task, source: str, backbone: str, policy: str, lr: float) ->
     except SpecError as err:
         raise SweepError(str(err).replace("key '", "key 'experiment.", 1)) from None
     return Scenario(source, backbone, policy, lr, spec)
-
-
-# ------------------------------------------------------------------------ results
-
-def summary(entries: list[dict[str, Any]], sweep: str | None = None) -> list[dict[str, Any]]:
-    """Mean ± sd final AUROC per (sweep, backbone, weight source), as the paper reports.
-
-    `entries` are leaderboard entries (radfed.store.Store.leaderboard); only tagged
-    experiments count, grouped by their tags, never by name. sd is the sample standard
-    deviation (None with fewer than two scored runs).
-    """
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    for entry in entries:
-        if not entry.get("sweep") or (sweep and entry["sweep"] != sweep):
-            continue
-        key = (entry["sweep"], entry["backbone"], entry.get("weight_source") or "")
-        groups.setdefault(key, []).append(entry)
-    rows = []
-    for (name, backbone, source), runs in sorted(groups.items(), key=_group_order):
-        scores = [e["final_auroc"] for e in runs
-                  if e["status"] == "completed" and e["final_auroc"] is not None
-                  and math.isfinite(e["final_auroc"])]
-        rows.append({
-            "sweep": name, "backbone": backbone, "weight_source": source,
-            "runs": len(runs), "scored": len(scores),
-            "failed": sum(1 for e in runs if e["status"] == "failed"),
-            "auroc_mean": statistics.fmean(scores) if scores else None,
-            "auroc_sd": statistics.stdev(scores) if len(scores) > 1 else None,
-            "best": max(scores) if scores else None,
-        })
-    return rows
-
-
-def _group_order(item: tuple[tuple[str, str, str], Any]) -> tuple:
-    name, backbone, source = item[0]
-    rank = PAPER_BACKBONES.index(backbone) if backbone in PAPER_BACKBONES else len(PAPER_BACKBONES)
-    return (name, rank, backbone, source)
-
-
-def mean_sd(row: dict[str, Any]) -> str:
-    """"0.812 ± 0.034" (or "-" when nothing was scored)."""
-    if row["auroc_mean"] is None:
-        return "-"
-    sd = f" ± {row['auroc_sd']:.3f}" if row["auroc_sd"] is not None else ""
-    return f"{row['auroc_mean']:.3f}{sd}"

@@ -94,7 +94,7 @@ def _run_all(scenarios: list, superlink: str, db: str | None, checkpoints: Path 
     from radfed.store import Store, StoreError
     from server.launch import Connection, LaunchError, follow, stop, submit
     from server.leaderboard import sweep_table
-    from server.sweep import summary
+    from radfed.results import summary
 
     try:
         store = Store(db)

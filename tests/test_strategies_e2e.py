@@ -86,7 +86,7 @@ def test_sweep_head_only_rounds_send_only_the_head(fed):
     (the final evaluate broadcast, and every reply); features are cached at the clinics;
     checkpoints hold the whole model; bytes per round and per clinic are recorded."""
     from radfed.models import create_model
-    from server.sweep import summary
+    from radfed.results import summary
 
     seed = 3
     task = fed.work / "sweep-task.toml"

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from radfed.store import Store
-from server.sweep import PAPER_SCENARIOS, SweepError, expand, load_task, summary
+from radfed.results import summary
+from server.sweep import PAPER_SCENARIOS, SweepError, expand, load_task
 from tests.federation import cli
 
 WIDE = {**os.environ, "COLUMNS": "200"}  # rich tables unwrapped
