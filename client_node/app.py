@@ -1,8 +1,9 @@
 """The ClientApp each clinic runs: local training and evaluation on the clinic's own DICOM.
 
 Flower starts a fresh process for every message, so nothing survives in memory between
-rounds; the preprocessed images come from the clinic's on-disk cache instead. Replies
-carry weights and aggregate numbers only. Any failure is answered with a reason that
+rounds; the preprocessed images come from the clinic's on-disk cache instead. With a
+frozen backbone (freeze = "all") the backbone's features are cached too and only the head
+trains and travels (radfed/features.py). Replies carry weights and aggregate numbers only. Any failure is answered with a reason that
 names the kind of problem, never a path, a tag value or a traceback: those stay in the
 clinic's own log.
 """
