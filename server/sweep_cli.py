@@ -53,7 +53,7 @@ def sweep_command(
     db: Annotated[Optional[str], typer.Option("--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")] = None,
     checkpoints: Annotated[Optional[Path], typer.Option(help="Checkpoint folder (default ~/.radfed/checkpoints).")] = None,
     insecure: Annotated[bool, typer.Option(help="Plaintext connection to a loopback SuperLink.")] = False,
-    root_certificates: Annotated[Optional[Path], typer.Option(help="CA certificate of the SuperLink.")] = None,
+    root_certificates: Annotated[Optional[Path], typer.Option(help="CA certificate of the SuperLink (default ~/.radfed/pki/ca.crt).")] = None,
 ) -> None:
     """Run the RadImageNet paper's scenarios for a task (4 backbones x 6 = 24 per weight source).
 
@@ -62,7 +62,7 @@ def sweep_command(
     would; a failed one is recorded and the sweep goes on. The leaderboard then shows
     mean ± sd AUROC per backbone and weight source.
 
-    Example: `coordinator sweep pneumonia.toml --compare imagenet --superlink 127.0.0.1:9092 --insecure`
+    Example: `coordinator sweep pneumonia.toml --compare imagenet --superlink coordinator.example.org:9092`
     (add `--dry-run` to only print the scenario table, `--backbones resnet50 --limit 2` for a subset)
     """
     from server.sweep import SweepError, expand, load_task
@@ -81,8 +81,13 @@ def sweep_command(
     out.print(scenario_table([s.row() for s in scenarios]))
     if dry_run:
         return
-    if not insecure and not root_certificates:
-        _fail("pass --root-certificates CA.crt for a TLS SuperLink, or --insecure for a loopback one", 2)
+    if not insecure and not root_certificates:  # as `coordinator run`: the coordinator's own CA
+        from server.superlink import default_certs
+
+        root_certificates = default_certs() / "ca.crt"
+        if not root_certificates.is_file():
+            _fail("pass --root-certificates CA.crt for a TLS SuperLink (none in ~/.radfed/pki), "
+                  "or --insecure for a loopback one", 2)
     raise typer.Exit(_run_all(scenarios, superlink, db, checkpoints, insecure, root_certificates))
 
 
