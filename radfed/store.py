@@ -315,15 +315,19 @@ class Store:
         """
         from sqlalchemy import inspect, text
 
-        inspector = inspect(self.engine)
-        with self.engine.begin() as conn:
-            for table in SQLModel.metadata.sorted_tables:
-                present = {c["name"] for c in inspector.get_columns(table.name)}
-                for column in table.columns:
-                    if column.name in present or not column.nullable:
-                        continue
-                    kind = column.type.compile(dialect=self.engine.dialect)
-                    conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+        for table in SQLModel.metadata.sorted_tables:
+            present = {c["name"] for c in inspect(self.engine).get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present or not column.nullable:
+                    continue
+                kind = column.type.compile(dialect=self.engine.dialect)
+                try:
+                    with self.engine.begin() as conn:
+                        conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+                except SQLAlchemyError:  # another process added it first
+                    columns = {c["name"] for c in inspect(self.engine).get_columns(table.name)}
+                    if column.name not in columns:
+                        raise
 
     def _unreachable_message(self, exc: BaseException) -> str:
         """One line: what failed, on which URL, and how to fix it."""
