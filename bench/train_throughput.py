@@ -6,10 +6,12 @@ figures and whether the goals were met:
 
 - radfed.training.train_local images/s >= 0.95 x a plain PyTorch loop (same model, data,
   batch size, optimiser; the plain loop has no augmentation, radfed's has its flip);
-- a head-only round on cached backbone features (features computed once per client, since
-  a frozen backbone does not change between rounds) >= 20 x faster than a head-only round
-  that runs the full forward pass, and it sends <= 1 % of the bytes (trainable tensors vs
-  the full state_dict).
+- a head-only round on cached backbone features (radfed.features.compute_features once
+  per clinic, then radfed.training.train_head, as the ClientApp does with freeze = "all")
+  >= 20 x faster than a head-only round that runs the full forward pass (train_local with
+  the backbone frozen), and it sends <= 1 % of the bytes: the serialised ArrayRecord a
+  head-only message carries vs the full model's (what strategies/head_only.py sends after
+  a clinic's first message).
 
 glibc's malloc returns large activation buffers to the OS after every pass; the script
 re-executes itself with MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ set (both loops gain).
@@ -34,8 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from radfed.models import apply_freeze, create_model, trainable_state_keys  # noqa: E402
-from radfed.training import train_local  # noqa: E402
+from flwr.app import ArrayRecord, RecordDict  # noqa: E402
+
+from radfed.features import compute_features, split_head  # noqa: E402
+from radfed.models import apply_freeze, create_model  # noqa: E402
+from radfed.training import train_head, train_local  # noqa: E402
+from strategies.utils import model_bytes  # noqa: E402
 
 
 def plain_loop(model, images, labels, batch_size, lr, seed):
@@ -52,29 +58,6 @@ def plain_loop(model, images, labels, batch_size, lr, seed):
         opt.step()
 
 
-@torch.no_grad()
-def cache_features(model, images, batch_size):
-    model.eval()
-    return torch.cat([model.features(images[i:i + batch_size])
-                      for i in range(0, len(images), batch_size)])
-
-
-def head_round(head: nn.Module, feats, labels, batch_size, lr, seed):
-    opt = torch.optim.Adam(head.parameters(), lr=lr)
-    loss_fn = nn.CrossEntropyLoss()
-    gen = torch.Generator().manual_seed(seed)
-    head.train()
-    order = torch.randperm(len(labels), generator=gen)
-    for start in range(0, len(labels), batch_size):
-        idx = order[start:start + batch_size]
-        if len(idx) < 2:
-            continue
-        loss = loss_fn(head(feats[idx]), labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-
 def best_of(fn, reps):
     times = []
     for _ in range(reps):
@@ -84,9 +67,9 @@ def best_of(fn, reps):
     return min(times)
 
 
-def nbytes(state, keys=None):
-    keys = state.keys() if keys is None else keys
-    return sum(state[k].numel() * state[k].element_size() for k in keys)
+def message_bytes(state) -> int:
+    """Bytes of the tensors a Flower message carries for this state (as recorded per round)."""
+    return model_bytes(RecordDict({"arrays": ArrayRecord({k: v for k, v in state.items()})}))
 
 
 def main() -> None:
@@ -128,13 +111,18 @@ def main() -> None:
     t_full = best_of(lambda: train_local(model, images, labels, epochs=1, batch_size=bs,
                                          learning_rate=lr, seed=1, device=cpu), args.reps)
     t0 = time.perf_counter()
-    feats = cache_features(model, images, bs)
+    feats = compute_features(model, images, images[:0], batch_size=bs, device=cpu)
     t_cache = time.perf_counter() - t0
-    head = model.head
-    head_round(head, feats, labels, bs, lr, 0)
-    t_cached = best_of(lambda: head_round(head, feats, labels, bs, lr, 1), max(args.reps, 5))
+
+    def cached_round(seed: int) -> None:
+        train_head(model.head, feats.train, feats.train_flipped, labels, epochs=1,
+                   batch_size=bs, learning_rate=lr, seed=seed, device=cpu)
+
+    cached_round(0)
+    t_cached = best_of(lambda: cached_round(1), max(args.reps, 5))
     state = model.state_dict()
-    sent, full = nbytes(state, trainable_state_keys(model)), nbytes(state)
+    head_keys, _ = split_head(model)
+    sent, full = message_bytes({k: state[k] for k in head_keys}), message_bytes(state)
     print(f"head-only round: full forward {t_full * 1e3:.0f} ms, cached {t_cached * 1e3:.2f} ms "
           f"(+ {t_cache * 1e3:.0f} ms once to cache features), bytes {sent} of {full}")
     speedup = t_full / t_cached

@@ -1,8 +1,9 @@
 """The ClientApp each clinic runs: local training and evaluation on the clinic's own DICOM.
 
 Flower starts a fresh process for every message, so nothing survives in memory between
-rounds; the preprocessed images come from the clinic's on-disk cache instead. Replies
-carry weights and aggregate numbers only. Any failure is answered with a reason that
+rounds; the preprocessed images come from the clinic's on-disk cache instead. With a
+frozen backbone (freeze = "all") the backbone's features are cached too and only the head
+trains and travels (radfed/features.py). Replies carry weights and aggregate numbers only. Any failure is answered with a reason that
 names the kind of problem, never a path, a tag value or a traceback: those stay in the
 clinic's own log.
 """
@@ -22,12 +23,20 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from client_node.outbox import outbox_mod
+from radfed import features as feat
 from radfed.batchnorm import batchnorm_state_keys
 from radfed.data import ClinicData, DataError, load_clinic
 from radfed.evaluation import quality_report, score_summary
-from radfed.models import apply_freeze, create_model
+from radfed.models import Classifier, apply_freeze, create_model
 from radfed.spec import ExperimentSpec, data_options
-from radfed.training import metrics_from_probs, pick_device, predict, train_local
+from radfed.training import (
+    metrics_from_probs,
+    pick_device,
+    predict,
+    predict_head,
+    train_head,
+    train_local,
+)
 
 log = logging.getLogger("radfed.clinic")
 app = ClientApp(mods=[outbox_mod])
@@ -53,6 +62,9 @@ def _guarded(handler: Callable[[Message, Context], Message]) -> Callable[[Messag
         except DataError as err:
             log.error("clinic data problem: %s", err)
             reason = "clinic data problem; run `client-node check-data` at the clinic"
+        except feat.BackboneMissing as err:
+            log.error("%s", err)
+            reason = "frozen backbone not cached at the clinic; restart the run"
         except Exception:  # noqa: BLE001 - every failure must become a clean reply
             log.exception("ClientApp failed")
             reason = "ClientApp failed at the clinic; see the clinic's client-node log"
@@ -94,10 +106,54 @@ def _model(spec: ExperimentSpec, msg: Message, context: Context) -> torch.nn.Mod
     return model
 
 
+def _state_dir(context: Context) -> Path:
+    return Path(str(context.node_config.get("state-dir", "") or ".radfed-state"))
+
+
 def _bn_path(context: Context) -> Path:
     """Where FedBN keeps this clinic's BatchNorm tensors between rounds of a run."""
-    state_dir = Path(str(context.node_config.get("state-dir", "") or ".radfed-state"))
-    return state_dir / "fedbn" / f"run-{context.run_id}.pt"
+    return _state_dir(context) / "fedbn" / f"run-{context.run_id}.pt"
+
+
+def _head_model(spec: ExperimentSpec, msg: Message, context: Context,
+                data: ClinicData) -> tuple[Classifier, feat.FeatureSet]:
+    """Head-only rounds (freeze "all"): the received head plus cached backbone features.
+
+    The frozen backbone comes with the first message of a run and is kept by digest
+    under the state folder; features are computed once per (backbone, data) and cached.
+    """
+    config = msg.content["config"]
+    digest = str(config["backbone-sha"])
+    norm = str(config.get("normalisation", "radimagenet"))
+    model = create_model(spec.backbone, len(spec.labels), "random", normalisation=norm)
+    head_keys, _ = feat.split_head(model)
+    received = msg.content.array_records.get("backbone")
+    if received is not None:
+        feat.keep_backbone(_state_dir(context), digest, received.to_torch_state_dict(),
+                           arch=spec.backbone, normalisation=norm)
+    cache_dir = Path(str(context.node_config.get("cache-dir", "") or _state_dir(context)))
+    data_digest = feat.tensors_digest(data.train.images, data.train.labels,
+                                      data.val.images, data.val.labels)
+    path = feat.feature_path(cache_dir, digest, data_digest, spec.image_size)
+    feats = feat.load_features(path)
+    if feats is None:
+        t0 = time.monotonic()
+        backbone = (received.to_torch_state_dict() if received is not None
+                    else feat.load_backbone(_state_dir(context), digest))
+        _load_exactly(model, backbone, [k for k in model.state_dict() if k not in head_keys])
+        feats = feat.compute_features(model, data.train.images, data.val.images)
+        feat.save_features(path, feats)
+        log.info("computed backbone features once: %d images in %.1fs",
+                 len(data.train.labels) + len(data.val.labels), time.monotonic() - t0)
+    _load_exactly(model, msg.content["arrays"].to_torch_state_dict(), head_keys)
+    return model, feats
+
+
+def _load_exactly(model: torch.nn.Module, state: dict[str, torch.Tensor], keys: list[str]) -> None:
+    """Load a partial state_dict that must hold exactly `keys`."""
+    if set(state) != set(keys):
+        raise ValueError("received weights do not hold the expected tensors")
+    model.load_state_dict(state, strict=False)
 
 
 def _save_local_bn(model: torch.nn.Module, context: Context) -> None:
@@ -107,9 +163,12 @@ def _save_local_bn(model: torch.nn.Module, context: Context) -> None:
     torch.save({k: state[k] for k in batchnorm_state_keys(model)}, path)
 
 
-def _outgoing(model: torch.nn.Module, context: Context) -> ArrayRecord:
-    """The weights sent back; a test-only node option can corrupt them (guard tests)."""
+def _outgoing(model: torch.nn.Module, context: Context, keys: list[str] | None = None) -> ArrayRecord:
+    """The weights sent back (only `keys` if given); a test-only node option can corrupt
+    them (guard tests)."""
     state = model.state_dict()
+    if keys is not None:
+        state = {k: state[k] for k in keys}
     fault = str(context.node_config.get("fault", "") or "")
     if fault:
         log.warning("test fault '%s' applied to this clinic's update", fault)
@@ -139,6 +198,8 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     spec = ExperimentSpec.from_json(str(config["spec"]))
     server_round = int(config.get("server-round", 1))
+    if bool(config.get("head-only", False)):
+        return _train_head_only(msg, context, spec, server_round)
     t0 = time.monotonic()
     data = _data(spec, context)
     model = _model(spec, msg, context)
@@ -164,10 +225,14 @@ def train(msg: Message, context: Context) -> Message:
 
 def _val_metrics(model: torch.nn.Module, data: ClinicData, spec: ExperimentSpec,
                  count_key: str) -> dict[str, float | list[float]]:
+    return _quality_metrics(predict(model, data.val.images), data, spec, count_key)
+
+
+def _quality_metrics(probs: torch.Tensor, data: ClinicData, spec: ExperimentSpec,
+                     count_key: str) -> dict[str, float | list[float]]:
     """Validation figures: loss, accuracy, AUROC with its 95 % CI over patients, sensitivity
     and specificity at Youden's threshold on this split, ECE, and the per-bin counts that
     make pooled figures at the server. Aggregates only."""
-    probs = predict(model, data.val.images)
     result = metrics_from_probs(probs, data.val.labels)
     patients = data.val.patients.numpy() if data.val.patients is not None else None
     report = quality_report(probs.numpy(), data.val.labels.numpy(), patients, seed=spec.seed)
@@ -199,6 +264,31 @@ def _adapt_batchnorm(model: torch.nn.Module, images: torch.Tensor, batch_size: i
         if len(batch) > 1:
             model(batch)
     model.eval()
+def _train_head_only(msg: Message, context: Context, spec: ExperimentSpec,
+                     server_round: int) -> Message:
+    """A train round with a frozen backbone: the head alone trains, on cached features."""
+    config = msg.content["config"]
+    t0 = time.monotonic()
+    data = _data(spec, context)
+    model, feats = _head_model(spec, msg, context, data)
+    metrics: dict[str, float] = {}
+    if bool(config.get("evaluate-received", False)):
+        metrics = _quality_metrics(predict_head(model.head, feats.val), data, spec, "val_examples")
+    t1 = time.monotonic()
+    seed = spec.seed * 1000 + server_round
+    torch.manual_seed(seed)
+    loss = train_head(model.head, feats.train, feats.train_flipped, data.train.labels,
+                      epochs=spec.local_epochs, batch_size=spec.batch_size,
+                      learning_rate=spec.learning_rate, seed=seed,
+                      proximal_mu=float(config.get("proximal-mu", 0.0)),
+                      dropout=feat.head_dropout(model))
+    log.info("round %d head-only train: %d images; data+features+eval %.1fs, training %.2fs",
+             server_round, len(data.train.labels), t1 - t0, time.monotonic() - t1)
+    metrics.update({"train_loss": loss, "num-examples": len(data.train.labels)})
+    head_keys, _ = feat.split_head(model)
+    return _reply(msg, context, metrics, _outgoing(model, context, head_keys))
+
+
 
 
 @app.evaluate()
@@ -209,6 +299,10 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     spec = ExperimentSpec.from_json(str(config["spec"]))
     data = _data(spec, context)
+    if bool(config.get("head-only", False)):
+        model, feats = _head_model(spec, msg, context, data)
+        probs = predict_head(model.head, feats.val)
+        return _reply(msg, context, _quality_metrics(probs, data, spec, "num-examples"))
     model = _model(spec, msg, context)
     if bool(config.get("local-bn", False)) and not _bn_path(context).is_file():
         _adapt_batchnorm(model, data.train.images)

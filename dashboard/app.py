@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from radfed.results import mean_sd, summary
 from radfed.store import Store, StoreError, default_database_url
 
 EMPTY_MESSAGE = "No experiments yet: run `coordinator demo` to train a first federated model."
@@ -26,7 +27,9 @@ QUALITY_COLUMNS = ["Clinic", "Role", "AUROC", "95% CI low", "95% CI high", "Sens
                    "Specificity", "Threshold", "ECE", "Images", "Patients"]
 CLINIC_COLUMNS = {"clinic": "Clinic", "server_round": "Round", "phase": "Phase", "loss": "Loss",
                   "accuracy": "Accuracy", "auroc": "AUROC", "num_examples": "Examples",
-                  "device": "Device"}
+                  "device": "Device", "bytes_down": "Bytes down", "bytes_up": "Bytes up"}
+TRAFFIC_COLUMNS = {"server_round": "Round", "duration_s": "Seconds", "bytes_down": "MB down",
+                   "bytes_up": "MB up"}
 
 
 def database_url(argv: Sequence[str]) -> str:
@@ -93,6 +96,35 @@ def show_curves(entry: dict[str, Any]) -> None:
     with right:
         st.markdown("**Loss per round**")
         st.line_chart(rounds[["train_loss", "val_loss"]])
+
+
+def traffic_frame(entry: dict[str, Any]) -> pd.DataFrame:
+    """Time and model bytes per training round (MB = 10^6 bytes, all clinics together)."""
+    rows = [r for r in entry["rounds"] if r["server_round"] > 0]
+    frame = pd.DataFrame(rows, columns=list(TRAFFIC_COLUMNS))
+    for col in ("bytes_down", "bytes_up"):
+        frame[col] = frame[col].astype(float) / 1e6
+    return frame.rename(columns=TRAFFIC_COLUMNS)
+
+
+def show_traffic(entry: dict[str, Any]) -> None:
+    """Seconds and bytes each round took (head-only rounds send the head alone)."""
+    st.markdown("**Time and model traffic per round**")
+    frame = traffic_frame(entry)
+    if frame.empty:
+        st.info("No rounds recorded for this run yet.")
+        return
+    st.dataframe(frame, hide_index=True, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                for c in ("Seconds", "MB down", "MB up")})
+
+
+def sweep_frame(board: list[dict[str, Any]]) -> pd.DataFrame:
+    """Mean ± sd final AUROC per sweep, backbone and weight source (tagged runs only)."""
+    rows = [[g["sweep"], g["backbone"], g["weight_source"], g["runs"], g["failed"], mean_sd(g)]
+            for g in summary(board)]
+    return pd.DataFrame(rows, columns=["Sweep", "Backbone", "Weights", "Runs", "Failed",
+                                       "AUROC mean ± sd"])
 
 
 def show_clinics(entry: dict[str, Any]) -> None:
@@ -195,6 +227,7 @@ def show_run(entry: dict[str, Any]) -> None:
     show_curves(entry)
     show_clinics(entry)
     show_quality(entry)
+    show_traffic(entry)
     show_checkpoints(entry)
 
 
@@ -218,6 +251,10 @@ def main(argv: Sequence[str]) -> None:
         return
     if finished:
         show_leaderboard(finished)
+        sweeps = sweep_frame(finished)
+        if not sweeps.empty:
+            st.markdown("**Sweeps: final AUROC per backbone and weight source, mean ± sd over scenarios**")
+            st.dataframe(sweeps, hide_index=True, width="stretch")
     else:
         st.info("No finished experiments yet; runs in progress are listed below.")
     if running:

@@ -45,6 +45,8 @@ class ExperimentSpec:
     val_fraction: float = 0.25
     seed: int = 0
     data: dict[str, Any] = field(default_factory=dict, hash=False)
+    sweep: str = ""  # set by `coordinator sweep`: the sweep this experiment belongs to
+    weight_source: str = ""  # set by `coordinator sweep`: e.g. "radimagenet" or "imagenet"
 
     def to_json(self) -> str:
         """Serialise for Flower's run config and message configs."""
@@ -145,6 +147,10 @@ def _check(source: str, key: str, value: Any, fld: Any) -> Any:
     if key in ("name", "weights", "strategy"):
         if not isinstance(value, str) or not value.strip():
             raise SpecError(f"{source}: key '{key}' must be a non-empty string")
+        return value
+    if key in ("sweep", "weight_source"):
+        if not isinstance(value, str):
+            raise SpecError(f"{source}: key '{key}' must be a string")
         return value
     return _check_number(source, key, value, default)
 

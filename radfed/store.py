@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, UniqueConstraint, event, func, update
+from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint, event, func, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
@@ -52,7 +52,7 @@ RUN_STATUSES = ("running", "completed", "failed")
 FINISHED_STATUSES = ("completed", "failed")
 PHASES = ("train", "evaluate", "excluded", "late", "holdout")
 ROUND_FLOAT_FIELDS = ("train_loss", "val_loss", "val_accuracy", "val_auroc", "duration_s")
-ROUND_INT_FIELDS = ("num_clinics", "num_examples")
+ROUND_INT_FIELDS = ("num_clinics", "num_examples", "bytes_down", "bytes_up")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 PG_CONNECT_TIMEOUT_S = 10
 
@@ -94,6 +94,8 @@ class Experiment(SQLModel, table=True):
     backbone: str
     weights: str  # "random" or the weight file's name
     strategy: str
+    sweep: str | None = Field(default=None, index=True)  # `coordinator sweep` name, if any
+    weight_source: str | None = None  # the sweep's weight source label ("radimagenet"...)
     created_at: datetime = Field(default_factory=_utcnow)
 
 
@@ -132,6 +134,9 @@ class RoundResult(SQLModel, table=True):
     duration_s: float | None = None
     # pooled over clinics from their score histograms (radfed.evaluation.pooled_quality)
     pooled: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # model bytes the server sent to clinics in the round, and the clinics sent back
+    bytes_down: int | None = Field(default=None, sa_type=BigInteger)
+    bytes_up: int | None = Field(default=None, sa_type=BigInteger)
     created_at: datetime = Field(default_factory=_utcnow)
 
 
@@ -154,6 +159,9 @@ class ClinicRoundResult(SQLModel, table=True):
     note: str | None = None  # why an update was excluded, or that a clinic replied late
     # evaluate/holdout rows: AUROC CI over patients, sensitivity, specificity, threshold, ECE
     quality: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # model bytes sent to this clinic for this phase, and what it sent back
+    bytes_down: int | None = Field(default=None, sa_type=BigInteger)
+    bytes_up: int | None = Field(default=None, sa_type=BigInteger)
     created_at: datetime = Field(default_factory=_utcnow)
 
 
@@ -321,6 +329,7 @@ class Store:
         self.engine = self._create_engine()
         try:
             SQLModel.metadata.create_all(self.engine)
+            self._add_missing_columns()
         except SQLAlchemyError as exc:
             self.engine.dispose()
             raise StoreError(self._unreachable_message(exc)) from exc
@@ -377,6 +386,28 @@ class Store:
         connect_args = {} if "connect_timeout" in query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
         return create_engine(self.url, pool_pre_ping=True, connect_args=connect_args)
 
+    def _add_missing_columns(self) -> None:
+        """Add nullable columns newer code defines to tables an older radfed created.
+
+        `create_all` creates missing tables only; a database from before a column was
+        added would otherwise fail on every read. Only nullable columns are added.
+        """
+        from sqlalchemy import inspect, text
+
+        for table in SQLModel.metadata.sorted_tables:
+            present = {c["name"] for c in inspect(self.engine).get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present or not column.nullable:
+                    continue
+                kind = column.type.compile(dialect=self.engine.dialect)
+                try:
+                    with self.engine.begin() as conn:
+                        conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+                except SQLAlchemyError:  # another process added it first
+                    columns = {c["name"] for c in inspect(self.engine).get_columns(table.name)}
+                    if column.name not in columns:
+                        raise
+
     def _unreachable_message(self, exc: BaseException) -> str:
         """One line: what failed, on which URL, and how to fix it."""
         if self.engine.dialect.name == "sqlite":
@@ -421,12 +452,18 @@ class Store:
             return row.id  # type: ignore[attr-defined,no-any-return]
 
     def create_experiment(
-        self, name: str, spec_json: str, backbone: str, weights: str, strategy: str
+        self, name: str, spec_json: str, backbone: str, weights: str, strategy: str,
+        sweep: str | None = None, weight_source: str | None = None,
     ) -> int:
-        """Record an experiment spec; returns its id for `start_run`."""
+        """Record an experiment spec; returns its id for `start_run`.
+
+        `sweep` and `weight_source` tag the experiments of one `coordinator sweep`, so the
+        leaderboard groups them exactly (not by parsing names).
+        """
         return self._add(Experiment(
             name=name, spec_json=spec_json, backbone=backbone,
             weights=str(weights), strategy=strategy,
+            sweep=sweep or None, weight_source=weight_source or None,
         ))
 
     def start_run(self, experiment_id: int, flwr_run_id: int | str, rounds_planned: int,
@@ -467,7 +504,7 @@ class Store:
         """Insert or update the aggregated metrics of a round.
 
         Accepts train_loss, val_loss, val_accuracy, val_auroc, duration_s, num_clinics,
-        num_examples and `pooled` (a dict of pooled quality figures).  Only the given,
+        num_examples, bytes_down, bytes_up and `pooled` (a dict of pooled quality figures).  Only the given,
         non-None metrics overwrite an existing row, so the fit and the evaluate step of
         one round can each record their half without erasing the other's.  Unknown
         names raise ValueError (typos).
@@ -504,6 +541,8 @@ class Store:
         device: str | None = None,
         note: str | None = None,
         quality: dict[str, Any] | None = None,
+        bytes_down: int | None = None,
+        bytes_up: int | None = None,
     ) -> int:
         """Record what one clinic reported for one round's phase.
 
@@ -520,6 +559,7 @@ class Store:
             accuracy=_float(accuracy), auroc=_float(auroc),
             num_examples=int(num_examples), device=device, note=note,
             quality=_json_ready(quality) if quality else None,
+            bytes_down=_int(bytes_down), bytes_up=_int(bytes_up),
         ))
 
     def record_baseline(self, experiment_id: int, pooled: dict[str, Any], clinics: dict[str, Any],
@@ -651,6 +691,7 @@ class Store:
             "rank": None, "run_id": run.id, "flwr_run_id": run.flwr_run_id,
             "experiment_id": exp.id, "experiment": exp.name, "backbone": exp.backbone,
             "weights": exp.weights, "strategy": exp.strategy, "spec_json": exp.spec_json,
+            "sweep": exp.sweep, "weight_source": exp.weight_source,
             "status": run.status, "final_auroc": run.final_auroc, "error": run.error,
             "rounds_planned": run.rounds_planned, "holdout": run.holdout,
             "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),

@@ -151,3 +151,73 @@ def auroc(probs: np.ndarray, labels: np.ndarray) -> float:
         return float(roc_auc_score(labels, probs[:, 1]))
     return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro",
                                labels=list(range(probs.shape[1]))))
+
+
+def train_head(
+    head: nn.Module,
+    features: torch.Tensor,
+    flipped: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    proximal_mu: float = 0.0,
+    dropout: float = 0.0,
+    device: torch.device | None = None,
+) -> float:
+    """`train_local` for a frozen backbone: trains only `head` on cached features.
+
+    Same optimiser, batches, seed and FedProx term as `train_local`; its random
+    horizontal flip becomes a per-image choice between the features of the image and
+    of its flip (both cached), drawn from the same generator, so the two loops see the
+    same augmentation. Returns the mean training loss of the last epoch.
+    """
+    device = device or pick_device()
+    head.to(device).train()
+    params = [p for p in head.parameters() if p.requires_grad]
+    anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else []
+    optim = torch.optim.Adam(params, lr=learning_rate)
+    loss_fn = nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(seed)
+    feats, flips, labels = features.to(device), flipped.to(device), labels.to(device)
+    last = math.nan
+    for _ in range(epochs):
+        total, count = 0.0, 0
+        order = torch.randperm(len(labels), generator=gen)
+        for start in range(0, len(labels), batch_size):
+            idx = order[start:start + batch_size]
+            if len(idx) < 2:  # as train_local: BatchNorm below would not train on one image
+                continue
+            flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device)
+            x = torch.where(flip[:, None], flips[idx.to(device)], feats[idx.to(device)])
+            if dropout > 0:
+                x = nn.functional.dropout(x, dropout, training=True)
+            y = labels[idx.to(device)]
+            loss = loss_fn(head(x), y)
+            if anchor:
+                loss = loss + proximal_mu / 2 * sum(
+                    (p - a).pow(2).sum() for p, a in zip(params, anchor)
+                )
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+        last = total / max(count, 1)
+    head.to("cpu")
+    return last
+
+
+@torch.no_grad()
+@torch.no_grad()
+def predict_head(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """Class probabilities from cached features (the backbone is frozen)."""
+    head.eval()
+    return torch.softmax(head(features.float()), dim=1) if len(features) else torch.zeros(0, 2)
+
+
+def evaluate_head(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> EvalResult:
+    """`evaluate` on cached validation features (the backbone is frozen)."""
+    return metrics_from_probs(predict_head(head, features), labels)

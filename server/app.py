@@ -17,6 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from radfed.audit import Registry
 from radfed.batchnorm import batchnorm_state_keys
+from radfed.features import split_head, state_digest
 from radfed.models import create_model
 from radfed.spec import ExperimentSpec
 from radfed.store import Store
@@ -54,7 +55,8 @@ def main(grid: Grid, context: Context) -> None:
     store = Store(str(cfg["database-url"]) or None)
     weights_name = "random" if spec.weights == "random" else Path(spec.weights).name
     exp_id = store.create_experiment(spec.name, spec.to_json(), spec.backbone,
-                                     weights_name, spec.strategy)
+                                     weights_name, spec.strategy, sweep=spec.sweep,
+                                     weight_source=spec.weight_source)
     holdout = str(cfg.get("holdout", "") or "")
     run_id = store.start_run(exp_id, str(context.run_id), spec.rounds, holdout=holdout)
     try:
@@ -66,18 +68,30 @@ def main(grid: Grid, context: Context) -> None:
         torch.manual_seed(spec.seed)  # the initial head (and random backbones) from the spec's seed
         model = create_model(spec.backbone, len(spec.labels), spec.weights)
         ckpt_dir = Path(str(cfg["checkpoint-dir"])) / f"run-{run_id}"
-        recorder = RunRecorder(store, run_id, spec, ckpt_dir, Registry(store), str(context.run_id))
-        strategy = build_strategy(spec, recorder, bn_keys=batchnorm_state_keys(model))
         # Clinics rebuild the same network: the input convention of the weight source
         # (and, for Keras weights, its layout) is not in the state_dict, so it travels here.
         shared = {"spec": spec.to_json(), "normalisation": model.normalisation}
-        result = strategy.start(train_grid, ArrayRecord(model.state_dict()), num_rounds=spec.rounds,
+        initial, frozen, backbone = model.state_dict(), None, None
+        if spec.freeze == "all":  # head-only rounds: only the head travels after round 1
+            head_keys, frozen = split_head(model)
+            shared.update({"head-only": True, "backbone-sha": state_digest(
+                frozen, arch=spec.backbone, normalisation=model.normalisation)})
+            backbone = ArrayRecord(frozen)
+            initial = {k: initial[k] for k in head_keys}
+        recorder = RunRecorder(store, run_id, spec, ckpt_dir, Registry(store), str(context.run_id),
+                               frozen=frozen, key_order=list(model.state_dict()))
+        strategy = build_strategy(spec, recorder, bn_keys=batchnorm_state_keys(model),
+                                  backbone=backbone)
+        result = strategy.start(train_grid, ArrayRecord(initial), num_rounds=spec.rounds,
                                 timeout=spec.round_timeout, train_config=ConfigRecord(dict(shared)),
                                 evaluate_config=ConfigRecord(dict(shared)), evaluate_fn=recorder.checkpoint)
-        if holdout:
-            config = ConfigRecord({**shared, "server-round": spec.rounds,
+        if holdout:  # the held-out clinic never received the backbone: send it the full model
+            final_state = {**(frozen or {}), **result.arrays.to_torch_state_dict()}
+            final_arrays = ArrayRecord({k: final_state[k] for k in model.state_dict()})
+            plain = {k: v for k, v in shared.items() if k not in ("head-only", "backbone-sha")}
+            config = ConfigRecord({**plain, "server-round": spec.rounds,
                                    "local-bn": isinstance(strategy, FedBN)})
-            reply = evaluate_holdout(train_grid, holdout_node, result.arrays, config, spec.round_timeout)
+            reply = evaluate_holdout(train_grid, holdout_node, final_arrays, config, spec.round_timeout)
             recorder.holdout(spec.rounds, reply)
         final = recorder.val_auroc.get(spec.rounds)
         store.finish_run(run_id, "completed", final_auroc=final)

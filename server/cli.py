@@ -26,12 +26,13 @@ app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
 
 
 def _mount_subcommands() -> None:
-    from server import security_cli
+    from server import security_cli, sweep_cli
     from server.weights_cli import weights_app
 
     app.add_typer(weights_app, name="weights", help="Inspect weight files before an experiment uses them.")
     security_cli.mount(app)
     app.command("baseline")(__import__("server.baseline_cli", fromlist=["baseline"]).baseline)
+    sweep_cli.mount(app)
 out = Console()
 err = Console(stderr=True)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from rich.console import Group, RenderableType
 from rich.table import Table
 
 from radfed.store import Store
@@ -49,17 +50,41 @@ def holdout_text(entry: dict[str, Any]) -> str:
     return f"{row['clinic']} {with_ci(row['auroc'], row.get('quality'))}"
 
 
-def leaderboard_table(store: Store) -> Table:
-    """One row per run, best final federated AUROC first."""
+def leaderboard_table(store: Store) -> RenderableType:
+    """One row per run, best final federated AUROC first; then, when sweeps ran, mean ± sd
+    AUROC per sweep, backbone and weight source (as the RadImageNet paper reports)."""
+    from radfed.results import summary
+
+    board = store.leaderboard()
+    groups = summary(board)
+    runs = _runs_table(board)
+    return Group(runs, sweep_table(groups, title="sweeps")) if groups else runs
+
+
+def _runs_table(board: list[dict]) -> Table:
     table = Table(title="radfed leaderboard (final federated AUROC; pooled; ÷ centralised baseline)")
     right = ("#", "rounds", "clinics", "AUROC", "pooled", "÷ central")
     for col in ("#", "experiment", "backbone", "weights", "strategy", "rounds", "clinics",
                 "AUROC", "pooled", "÷ central", "held-out clinic", "status"):
         table.add_column(col, justify="right" if col in right else "left")
-    for rank, row in enumerate(store.leaderboard(), start=1):
+    for rank, row in enumerate(board, start=1):
         clinics = {c["clinic"] for c in row.get("clinics", []) if c["phase"] != "holdout"}
         table.add_row(str(rank), row["experiment"], row["backbone"], row["weights"],
                       row["strategy"], str(len(row.get("rounds", []))), str(len(clinics)),
                       _num(row.get("final_auroc")), _num((row.get("pooled") or {}).get("auroc")),
                       _num(row.get("vs_central")), holdout_text(row), row["status"])
+    return table
+
+
+def sweep_table(rows: list[dict], title: str = "sweep results") -> Table:
+    """Mean ± sd final federated AUROC per backbone and weight source."""
+    from radfed.results import mean_sd
+
+    table = Table(title=f"{title}: final federated AUROC, mean ± sd over scenarios")
+    for col in ("sweep", "backbone", "weights", "runs", "scored", "failed", "AUROC mean ± sd", "best"):
+        table.add_column(col, justify="right" if col in ("runs", "scored", "failed", "best") else "left")
+    for row in rows:
+        table.add_row(row["sweep"], row["backbone"], row["weight_source"], str(row["runs"]),
+                      str(row["scored"]), str(row["failed"]), mean_sd(row),
+                      f"{row['best']:.3f}" if row["best"] is not None else "-")
     return table

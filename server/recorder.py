@@ -73,7 +73,10 @@ class RunRecorder:
     """Store writer for one run; implements strategies.recording.RoundRecorder."""
 
     def __init__(self, store: Store, run_id: int, spec: ExperimentSpec, checkpoint_dir: Path,
-                 audit: Registry | None = None, flwr_run_id: str = ""):
+                 audit: Registry | None = None, flwr_run_id: str = "",
+                 frozen: dict[str, torch.Tensor] | None = None, key_order: list[str] | None = None):
+        """`frozen` (head-only rounds): the backbone tensors merged into every checkpoint,
+        which then holds the full model in `key_order`."""
         self.store, self.run_id, self.spec = store, run_id, spec
         self.audit, self.flwr_run_id = audit, flwr_run_id
         self._excluded: set[str] = set()
@@ -83,20 +86,35 @@ class RunRecorder:
         self.val_auroc: dict[int, float | None] = {}
         self.pooled: dict[int, dict[str, float | None]] = {}
         self._round_started = time.monotonic()
+        self.frozen, self.key_order = frozen or {}, key_order
+        self._down: dict[tuple[int, str], dict[str, int]] = {}
+        self._traffic: dict[int, list[int]] = {}  # round -> [bytes down, bytes up]
+
+    def sent(self, server_round: int, phase: str, bytes_by_node: dict[str, int]) -> None:
+        """Model bytes going to each clinic; totals land on the round's row."""
+        self._down[(server_round, phase)] = dict(bytes_by_node)
+        self._add_traffic(server_round, down=sum(bytes_by_node.values()))
+
+    def _add_traffic(self, server_round: int, down: int = 0, up: int = 0) -> None:
+        """Counted as messages go and come; written with the round's duration at its end."""
+        totals = self._traffic.setdefault(server_round, [0, 0])
+        totals[0] += down
+        totals[1] += up
 
     def clinic_replies(self, server_round: int, phase: str, replies: list[ClinicReply]) -> None:
+        self._add_traffic(server_round, up=sum(r.bytes_up for r in replies))
         for reply in replies:
             if reply.error:
                 log.warning("round %d %s: %s failed: %s", server_round, phase, reply.clinic, reply.error)
                 continue
             if phase == "train":
-                self._clinic_row(server_round, "train", reply, reply.num_examples)
+                self._clinic_row(server_round, "train", reply, reply.num_examples, traffic=True)
                 self._audit("contributed", server_round, reply.clinic, reply.node_id, pending=True)
                 if "val_examples" in reply.metrics:
                     self._clinic_row(server_round - 1, "evaluate", reply,
                                      int(reply.metrics["val_examples"]))
             else:
-                self._clinic_row(server_round, "evaluate", reply, reply.num_examples)
+                self._clinic_row(server_round, "evaluate", reply, reply.num_examples, traffic=True)
 
     def excluded(self, server_round: int, reply: ClinicReply, reason: str) -> None:
         """An update the guards refused: recorded with the reason, never aggregated."""
@@ -132,15 +150,19 @@ class RunRecorder:
                 self._audit(kind, server_round, clinic, node_id)
         self._pending, self._excluded = [], set()
 
-    def _clinic_row(self, server_round: int, phase: str, reply: ClinicReply, examples: int) -> None:
+    def _clinic_row(self, server_round: int, phase: str, reply: ClinicReply, examples: int,
+                    traffic: bool = False) -> None:
+        """One clinic's row; `traffic`: the row of the message exchange itself (bytes)."""
         m = reply.metrics
         evaluate = phase == "evaluate"
+        down = self._down.get((server_round, phase), {}).get(reply.node_id) if traffic else None
         self.store.record_clinic_result(
             self.run_id, server_round, reply.clinic, reply.node_id, phase,
             loss=_finite(m.get("val_loss" if evaluate else "train_loss")), num_examples=examples,
             accuracy=_finite(m.get("val_accuracy")) if evaluate else None,
             auroc=_finite(m.get("val_auroc")) if evaluate else None, device=reply.device,
             quality=clinic_quality(reply) if evaluate else None,
+            bytes_down=down, bytes_up=reply.bytes_up if traffic else None,
         )
 
     def holdout(self, server_round: int, reply: ClinicReply) -> None:
@@ -195,13 +217,19 @@ class RunRecorder:
         if server_round == 0:
             return None
         path = self.checkpoint_dir / f"round-{server_round:03d}.pt"
-        torch.save({"state_dict": arrays.to_torch_state_dict(), "round": server_round,
+        state = arrays.to_torch_state_dict()
+        if self.frozen:  # head-only rounds: the checkpoint is still the whole model
+            merged = {**self.frozen, **state}
+            state = {k: merged[k] for k in (self.key_order or merged)}
+        torch.save({"state_dict": state, "round": server_round,
                     "spec": self.spec.to_json()}, path)
         metric = self.val_auroc.get(server_round)
         self.store.record_checkpoint(self.run_id, server_round, str(path), sha256_file(path),
                                      "val_auroc", metric)
         duration = time.monotonic() - self._round_started
-        self.store.record_round(self.run_id, server_round, duration_s=duration)
+        down, up = self._traffic.get(server_round, (None, None))
+        self.store.record_round(self.run_id, server_round, duration_s=duration,
+                                bytes_down=down, bytes_up=up)
         self._round_started = time.monotonic()
         log.info("round %d checkpoint %s (val_auroc=%s, %.1f s)", server_round, path, metric, duration)
         return None

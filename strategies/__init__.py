@@ -7,6 +7,7 @@ parameters and defaults live in strategies/registry.py.
 
 from __future__ import annotations
 
+from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
 from radfed.spec import ExperimentSpec
@@ -16,8 +17,12 @@ from strategies.utils import NUM_EXAMPLES, finite_weighted_mean
 
 
 def build_strategy(spec: ExperimentSpec, recorder: RoundRecorder,
-                   bn_keys: list[str] | None = None) -> Strategy:
-    """The spec's strategy, waiting for `min_clinics` and recording to `recorder`."""
+                   bn_keys: list[str] | None = None, backbone: ArrayRecord | None = None) -> Strategy:
+    """The spec's strategy, waiting for `min_clinics` and recording to `recorder`.
+
+    With `backbone` (head-only rounds) the global model the strategy holds is the head
+    alone and the backbone goes once to each clinic (strategies/head_only.py).
+    """
     params = check_strategy(spec.strategy, spec.strategy_params)
     norm_factor = float(params.pop("norm_factor"))
     common = dict(
@@ -30,6 +35,7 @@ def build_strategy(spec: ExperimentSpec, recorder: RoundRecorder,
         params["bn_keys"] = list(bn_keys or [])
     strategy = strategy_class(spec.strategy)(**common, **params)
     strategy.recorder = recorder
+    strategy.backbone = backbone
     strategy.final_round = spec.rounds
     strategy.norm_factor = norm_factor
     strategy.min_accept = spec.min_accept or spec.min_clinics

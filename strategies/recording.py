@@ -19,7 +19,7 @@ from typing import Protocol
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
-from strategies.utils import ClinicReply, parse_reply
+from strategies.utils import ClinicReply, model_bytes, parse_reply
 
 
 class RoundRecorder(Protocol):
@@ -29,6 +29,8 @@ class RoundRecorder(Protocol):
 
     def round_metrics(self, server_round: int, phase: str, metrics: MetricRecord | None,
                       replies: list[ClinicReply]) -> None: ...
+
+    def sent(self, server_round: int, phase: str, bytes_by_node: dict[str, int]) -> None: ...
 
 
 class NoClinicResult(RuntimeError):
@@ -47,13 +49,23 @@ class RecordingMixin:
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         config["evaluate-received"] = True  # round 1: the initial model, recorded as round 0
-        return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
+        messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
+        return self._report_sent(server_round, "train", messages)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         if server_round != self.final_round:
             return []
-        return super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))  # type: ignore[misc]
+        return self._report_sent(server_round, "evaluate", messages)
+
+    def _report_sent(self, server_round: int, phase: str, messages: list[Message]) -> list[Message]:
+        """Report the model bytes going to each clinic (messages may share one payload)."""
+        sizes: dict[int, int] = {}
+        self.recorder.sent(server_round, phase, {
+            str(m.metadata.dst_node_id): sizes.setdefault(id(m.content), model_bytes(m.content))
+            for m in messages})
+        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

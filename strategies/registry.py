@@ -17,6 +17,7 @@ from flwr.serverapp.strategy import (
 from strategies.fast_mean import FastMeanMixin
 from strategies.fedbn import FedBN
 from strategies.guards import GuardMixin
+from strategies.head_only import HeadOnlyMixin
 from strategies.recording import RecordingMixin
 
 
@@ -79,9 +80,10 @@ WEIGHTED_MEAN = (FedAvg, FedProx)  # aggregation = weighted mean: radfed's primi
 
 
 def strategy_class(name: str) -> type[Strategy]:
-    """The Flower class with radfed's recording and guards (and fast mean) mixed in."""
+    """The Flower class with radfed's recording, head-only transfer (off unless given a
+    backbone) and guards (and fast mean) mixed in."""
     base = REGISTRY[name].cls
-    mixins = (RecordingMixin, GuardMixin) + ((FastMeanMixin,) if base in WEIGHTED_MEAN else ())
+    mixins = (RecordingMixin, HeadOnlyMixin, GuardMixin) + ((FastMeanMixin,) if base in WEIGHTED_MEAN else ())
     return type(f"Radfed{base.__name__}", (*mixins, base), {})
 
 

@@ -20,10 +20,18 @@ class ClinicReply:
     metrics: dict[str, float]
     error: str | None = None
     lists: dict[str, list[float]] = field(default_factory=dict)  # per-bin counts (pooled figures)
+    bytes_up: int = 0  # model bytes in the reply
+
 
     @property
     def num_examples(self) -> int:
         return int(self.metrics.get(NUM_EXAMPLES, 0))
+
+
+def model_bytes(content: RecordDict) -> int:
+    """Bytes of every tensor a message carries (serialised array payloads, as sent)."""
+    return sum(len(array.data) for record in content.array_records.values()
+               for array in record.values())
 
 
 def parse_reply(msg: Message) -> ClinicReply:
@@ -39,7 +47,8 @@ def parse_reply(msg: Message) -> ClinicReply:
         lists.update({k: [float(x) for x in v] for k, v in record.items() if isinstance(v, list)})
     info = content.config_records.get("clinic", {})
     return ClinicReply(node_id, str(info.get("name", f"node-{node_id}")),
-                       info.get("device"), metrics, lists=lists)
+                       info.get("device"), metrics, lists=lists,
+                       bytes_up=model_bytes(content))
 
 
 def finite_weighted_mean(contents: list[RecordDict], weighted_by_key: str) -> MetricRecord:

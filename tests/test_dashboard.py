@@ -40,7 +40,8 @@ def _fill(db_url: str, tmp_path: Path) -> None:
             run = store.start_run(exp, f"{abs(hash(name))}", rounds_planned=2)
             for rnd in (1, 2):
                 store.record_round(run, rnd, train_loss=1 / rnd, val_loss=1.1 / rnd,
-                                   val_auroc=auroc, num_clinics=2, num_examples=64)
+                                   val_auroc=auroc, num_clinics=2, num_examples=64,
+                                   duration_s=3.0 * rnd, bytes_down=2_000_000 // rnd, bytes_up=4096)
                 store.record_clinic_result(run, rnd, "clinic-a", BIG_NODE_ID, "evaluate", 0.5, 32,
                                            accuracy=0.7, auroc=auroc, device="cuda:0")
             checkpoint = tmp_path / f"{name}-round-2.pt"
@@ -67,9 +68,24 @@ def test_leaderboard_in_auroc_order(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert at.selectbox(key="run").options[0].startswith("#1 densenet-fedprox")
     clinics = at.dataframe[1].value
     assert clinics.columns.tolist() == ["Clinic", "Round", "Phase", "Loss", "Accuracy",
-                                        "AUROC", "Examples", "Device"]
+                                        "AUROC", "Examples", "Device", "Bytes down", "Bytes up"]
     assert set(clinics["Clinic"]) == {"clinic-a"}
+    traffic = next(d.value for d in at.dataframe if "MB down" in d.value.columns)
+    assert traffic["Round"].tolist() == [1, 2] and traffic["MB down"].tolist() == [2.0, 1.0]
+    assert traffic["Seconds"].tolist() == [3.0, 6.0]
     assert len(at.download_button) == 1
+
+
+def test_sweep_groups_are_shown(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'radfed.db'}"
+    with Store(db_url) as store:
+        for i, auroc in enumerate((0.8, 0.6)):
+            exp = store.create_experiment(f"s{i}", "{}", "resnet50", "r50.pth", "fedavg",
+                                          sweep="pneu", weight_source="radimagenet")
+            store.finish_run(store.start_run(exp, str(i), rounds_planned=1), "completed", final_auroc=auroc)
+    at = _app(monkeypatch, db_url)
+    sweeps = at.dataframe[1].value
+    assert sweeps.values.tolist() == [["pneu", "resnet50", "radimagenet", 2, 0, "0.700 ± 0.141"]]
 
 
 def test_selecting_a_failed_run_shows_its_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -358,3 +358,34 @@ def test_quality_pooled_holdout_and_baseline_ratio(store: Store) -> None:
     assert entry["baseline"]["clinics"] == {"clinic-1": {"auroc": 0.8}}
     assert entry["vs_central"] == pytest.approx(0.88 / 0.8)
     json.dumps(entry)
+# ------------------------------------------------------------ traffic and sweeps
+
+
+def test_bytes_per_round_and_clinic_and_sweep_tags_reach_the_leaderboard(store: Store) -> None:
+    exp = store.create_experiment("s-radimagenet-resnet50-freeze-all-lr0.01", "{}", "resnet50",
+                                  "r50.pth", "fedavg", sweep="s", weight_source="radimagenet")
+    run = store.start_run(exp, "1", rounds_planned=1)
+    big = 3 * 2**31  # a round of a large model with many clinics passes 32 bits
+    store.record_round(run, 1, bytes_down=big, bytes_up=4096, duration_s=2.5)
+    store.record_round(run, 1, val_auroc=0.7)  # later writes keep the bytes
+    store.record_clinic_result(run, 1, "clinic-a", BIG_NODE_ID, "train", 0.4, 10,
+                               bytes_down=big // 2, bytes_up=2048)
+    store.finish_run(run, "completed", final_auroc=0.7)
+    (entry,) = store.leaderboard()
+    assert (entry["sweep"], entry["weight_source"]) == ("s", "radimagenet")
+    (round1,) = entry["rounds"]
+    assert (round1["bytes_down"], round1["bytes_up"], round1["duration_s"]) == (big, 4096, 2.5)
+    (clinic,) = entry["clinics"]
+    assert (clinic["bytes_down"], clinic["bytes_up"]) == (big // 2, 2048)
+
+
+def test_a_database_from_before_a_new_column_gets_it(store_url: str) -> None:
+    with Store(store_url) as first:
+        with first.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE round_results DROP COLUMN bytes_down"))
+    with Store(store_url) as reopened:  # adds the missing nullable column
+        exp = reopened.create_experiment("e", "{}", "resnet50", "random", "fedavg")
+        run = reopened.start_run(exp, "1", rounds_planned=1)
+        reopened.record_round(run, 1, bytes_down=123)
+        reopened.finish_run(run, "completed")
+        assert reopened.leaderboard()[0]["rounds"][0]["bytes_down"] == 123

@@ -114,6 +114,54 @@ def test_leave_one_clinic_out_with_quality_figures_and_centralised_baseline(fed)
     assert entry["baseline"]["auroc"] == central["pooled"]["auroc"]
     assert entry["vs_central"] == pytest.approx(entry["pooled"]["auroc"] / central["pooled"]["auroc"])
 
+def test_sweep_head_only_rounds_send_only_the_head(fed):
+    """A one-scenario `coordinator sweep` (freeze all): the backbone travels once per
+    clinic (with round 1's train message), every later message carries only the head
+    (the final evaluate broadcast, and every reply); features are cached at the clinics;
+    checkpoints hold the whole model; bytes per round and per clinic are recorded."""
+    from radfed.models import create_model
+    from radfed.results import summary
+
+    seed = 3
+    task = fed.work / "sweep-task.toml"
+    task.write_text(
+        '[sweep]\nname = "tiny-sweep"\n[sweep.weights.radimagenet]\nresnet18 = "random"\n'
+        "[experiment]\n" + "\n".join(f"{k} = {v}" for k, v in dict(
+            labels='["normal", "opacity"]', image_size=64, rounds=1, local_epochs=2, batch_size=8,
+            min_clinics=HONEST, clinic_timeout=120.0, val_fraction=0.35, seed=seed).items()) + "\n")
+    db = f"sqlite:///{fed.work / 'radfed.db'}"
+    proc = cli("server.cli", "sweep", str(task), "--backbones", "resnet18", "--freeze", "all",
+               "--limit", "1", "--superlink", fed.address, "--insecure", "--db", db,
+               "--checkpoints", str(fed.work / "ckpt"))
+    assert proc.returncode == 0, proc.stderr + fed.logs()
+    board = Store(db).leaderboard()
+    entry = next(e for e in board if e["sweep"] == "tiny-sweep")
+    assert entry["status"] == "completed" and entry["weight_source"] == "radimagenet"
+    assert [(g["backbone"], g["runs"], g["scored"]) for g in summary(board, "tiny-sweep")] == [
+        ("resnet18", 1, 1)]
+
+    torch.manual_seed(seed)
+    initial = create_model("resnet18", 2).state_dict()
+    full = sum(t.numel() * t.element_size() for t in initial.values())
+    head = sum(initial[k].numel() * initial[k].element_size() for k in ("net.fc.weight", "net.fc.bias"))
+    small = head + 1024  # the head plus serialisation headers
+    (round1,) = [r for r in entry["rounds"] if r["server_round"] == 1]
+    assert HONEST * full <= round1["bytes_down"] < HONEST * full * 1.01
+    assert round1["bytes_up"] < HONEST * small and round1["duration_s"] > 0
+    rows = [c for c in entry["clinics"] if c["server_round"] == 1 and c["bytes_down"] is not None]
+    assert sorted(c["phase"] for c in rows) == ["evaluate"] * HONEST + ["train"] * HONEST
+    for c in rows:  # the backbone only in the first message; replies: the head or nothing
+        assert (full <= c["bytes_down"] < full * 1.01) if c["phase"] == "train" else (
+            c["bytes_down"] < small)
+        assert (0 < c["bytes_up"] < small) if c["phase"] == "train" else c["bytes_up"] == 0
+
+    final = torch.load(entry["checkpoints"][-1]["path"], weights_only=True)["state_dict"]
+    assert list(final) == list(initial)  # the whole model, in the model's key order
+    assert torch.equal(final["net.conv1.weight"], initial["net.conv1.weight"])
+    assert not torch.equal(final["net.fc.weight"], initial["net.fc.weight"])
+    nodes = fed.work / "nodes"
+    assert len(list(nodes.glob("*/cache/features/*.pt"))) == HONEST
+    assert len(list(nodes.glob("*/state/backbones/*.pt"))) == HONEST
 
 
 @pytest.mark.timeout(600)
