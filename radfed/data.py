@@ -44,6 +44,7 @@ import json
 import logging
 import multiprocessing
 import os
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -534,12 +535,25 @@ class _Headers:
         self.stored = _headers_load(self.path) if self.path is not None else {}
         self.used: dict[str, dict[str, str] | str] = {}
         self.facts: dict[str, _Image | str] = {}
+        self.stats: dict[str, os.stat_result | None] = {}
         self.read = 0
 
+    def stat(self, relpath: str) -> os.stat_result | None:
+        """os.stat of a file below the data folder (None if missing), once per load."""
+        if relpath not in self.stats:
+            try:
+                self.stats[relpath] = (self.data_dir / relpath).stat()
+            except OSError:
+                self.stats[relpath] = None
+        return self.stats[relpath]
+
+    def is_file(self, relpath: str) -> bool:
+        st = self.stat(relpath)
+        return st is not None and stat.S_ISREG(st.st_mode)
+
     def _key(self, relpath: str) -> str | None:
-        try:
-            st = (self.data_dir / relpath).stat()
-        except OSError:
+        st = self.stat(relpath)
+        if st is None:
             return None
         payload = json.dumps([CACHE_VERSION, relpath, st.st_size, st.st_mtime_ns, self.label_tag or ""])
         return hashlib.sha256(payload.encode()).hexdigest()[:40]
@@ -681,7 +695,7 @@ def _resolve_rows(
     if kind == "sop_instance_uid":
         by_uid, rejected = _scan_by_uid(data_dir, skip, headers, progress)
     else:
-        headers.prefetch([row.key for row in rows if _inside(row.key) and (data_dir / row.key).is_file()], progress)
+        headers.prefetch([row.key for row in rows if _inside(row.key) and headers.is_file(row.key)], progress)
     images: list[_Image] = []
     seen_uids: set[str] = set()
     for row in rows:
@@ -721,7 +735,7 @@ def _resolve_row(
     else:
         if not _inside(row.key):
             return f"{row.where}: {row.key}", "outside-data-folder"
-        if not (data_dir / row.key).is_file():
+        if not headers.is_file(row.key):
             return f"{row.where}: {row.key}", "missing-file"
         facts = headers.get(row.key)
     if isinstance(facts, str):
@@ -801,13 +815,13 @@ class _Never:
 _NEVER = _Never()
 
 
-def _cache_key(data_dir: Path, images: list[_Image], size: int, options_token: str = "") -> str:
+def _cache_key(headers: _Headers, images: list[_Image], size: int, options_token: str = "") -> str:
     """sha256 over every used file's relative path, size and mtime_ns, the image size,
     the options (window, frame policy, labels...) and code versions."""
     stats = []
     for image in images:
-        st = (data_dir / image.relpath).stat()
-        stats.append([image.relpath, st.st_size, st.st_mtime_ns])
+        st = headers.stat(image.relpath)
+        stats.append([image.relpath, st.st_size if st else -1, st.st_mtime_ns if st else -1])
     payload = json.dumps([CACHE_VERSION, dicom.PREPROCESS_VERSION, size, options_token, stats], separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -847,13 +861,13 @@ def _cache_store(path: Path, images: np.ndarray, reasons: list[str], counts: lis
 
 
 def _pixels(
-    data_dir: Path, images: list[_Image], size: int, cache_dir: Path | None, workers: _Workers,
+    headers: _Headers, images: list[_Image], size: int, cache_dir: Path | None, workers: _Workers,
     options: DataOptions, progress: Progress | None = None,
 ) -> tuple[np.ndarray, list[str], list[int]]:
     """Preprocessed samples for images (and reasons, samples per file), from the cache when nothing changed."""
-    cache_file = None
+    data_dir, cache_file = headers.data_dir, None
     if cache_dir is not None:
-        key = _cache_key(data_dir, images, size, options.token())
+        key = _cache_key(headers, images, size, options.token())
         cache_file = _cache_path(cache_dir, data_dir, size, key)
         cached = _cache_load(cache_file, len(images), size)
         if cached is not None:
@@ -986,7 +1000,7 @@ def load_clinic(
         source, images, rejected, n_items = _labelled_images(data_dir, labels, manifest, cache, options,
                                                              headers, progress)
         headers.save()
-        pixels, reasons, counts = _pixels(data_dir, images, image_size, cache, pool, options, progress)
+        pixels, reasons, counts = _pixels(headers, images, image_size, cache, pool, options, progress)
     finally:
         pool.close()
     filtered = sum(1 for _, reason in rejected if reason == _FILTERED)
