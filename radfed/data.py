@@ -62,6 +62,7 @@ from radfed.dicom import DicomError
 
 __all__ = [
     "CACHE_VERSION",
+    "DATA_CARD_RECORD",
     "ClinicData",
     "DataError",
     "DataOptions",
@@ -70,6 +71,8 @@ __all__ = [
     "KEY_COLUMNS",
     "MANIFEST_NAME",
     "REJECTION_HELP",
+    "SHARED_CARD_KEYS",
+    "SIZE_BUCKETS",
     "Split",
     "Progress",
     "check_manifest",
@@ -83,6 +86,14 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "labels.csv"
 KEY_COLUMNS = ("file", "sop_instance_uid")
 CACHE_VERSION = "radfed-data-3"
+
+# Upper bound (exclusive) of the longer image side -> bucket name, for the shared data card.
+SIZE_BUCKETS = ((256, "<256 px"), (512, "256-511 px"), (1024, "512-1023 px"), (2048, "1024-2047 px"))
+# The ConfigRecord of a clinic's first train reply of a run that holds shared_card() as JSON.
+DATA_CARD_RECORD = "data-card"
+# The keys of ClinicData.shared_card(): all a coordinator keeps of a clinic's data card.
+SHARED_CARD_KEYS = ("labels", "train", "val", "rejected", "rejected_total", "modalities", "manufacturers",
+                    "sizes", "transfer_syntaxes", "filtered")
 
 LABEL_SOURCES = ("manifest", "folders", "tag")
 FILTER_KEYWORDS = ("Modality", "BodyPartExamined", "SeriesDescription")
@@ -240,6 +251,15 @@ class ClinicData:
         }
 
 
+    def shared_card(self) -> dict[str, Any]:
+        """The data card the coordinator may see, once per run: summary() with image sizes
+        bucketed by their longer side (SIZE_BUCKETS), so the dashboard can show each
+        clinic's data mix.  Counts and equipment/format names only: no path, ID or name."""
+        buckets: Counter[str] = Counter()
+        for size, count in self.sizes.items():
+            buckets[_size_bucket(size)] += count
+        return {**self.summary(), "sizes": dict(sorted(buckets.items()))}
+
     def card(self) -> dict[str, Any]:
         """The local data card: summary() plus every rejection with its fix.
 
@@ -249,6 +269,18 @@ class ClinicData:
         rejected = [{"where": where, "reason": reason, "fix": REJECTION_HELP.get(reason, "")}
                     for where, reason in self.rejected]
         return {"summary": self.summary(), "rejected": rejected}
+
+
+def _size_bucket(size: str) -> str:
+    """'ROWSxCOLUMNS' -> the SIZE_BUCKETS bucket of its longer side ('unknown' if unparsable)."""
+    try:
+        longer = max(int(v) for v in size.split("x"))
+    except ValueError:
+        return "unknown"
+    for limit, name in SIZE_BUCKETS:
+        if longer < limit:
+            return name
+    return f">={SIZE_BUCKETS[-1][0]} px"
 
 
 def format_card(card: dict[str, Any]) -> str:

@@ -6,7 +6,8 @@ transaction, so a failure in round 3 never loses rounds 1 and 2.
 Evaluation results arrive two ways (see strategies.recording): inside round r + 1's
 train replies for the model of round r, and from the evaluate replies after the final
 round. Both land in the same rows: an "evaluate" row per clinic and the round's
-example-weighted validation metrics.
+example-weighted validation metrics.  A clinic's first train reply of a run also
+carries its data card (counts only), kept in clinic_data_cards for the dashboard.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord
 
 from radfed.audit import Registry
+from radfed.data import SHARED_CARD_KEYS
 from radfed.spec import ExperimentSpec
 from radfed.store import Store
 from strategies.utils import ClinicReply
@@ -73,6 +75,8 @@ class RunRecorder:
                 log.warning("round %d %s: %s failed: %s", server_round, phase, reply.clinic, reply.error)
                 continue
             if phase == "train":
+                if reply.data_card is not None:
+                    self._data_card(reply)
                 self._clinic_row(server_round, "train", reply, reply.num_examples)
                 self._audit("contributed", server_round, reply.clinic, reply.node_id, pending=True)
                 if "val_examples" in reply.metrics:
@@ -80,6 +84,14 @@ class RunRecorder:
                                      int(reply.metrics["val_examples"]))
             else:
                 self._clinic_row(server_round, "evaluate", reply, reply.num_examples)
+
+    def _data_card(self, reply: ClinicReply) -> None:
+        """Keep a clinic's data mix for the dashboard: only the known card keys, as sent."""
+        card = {key: reply.data_card[key] for key in SHARED_CARD_KEYS if key in reply.data_card}  # type: ignore[index]
+        if not card:
+            log.warning("ignoring a data card without known keys from %s", reply.clinic)
+            return
+        self.store.record_data_card(self.run_id, reply.clinic, reply.node_id, card)
 
     def excluded(self, server_round: int, reply: ClinicReply, reason: str) -> None:
         """An update the guards refused: recorded with the reason, never aggregated."""

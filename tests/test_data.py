@@ -465,3 +465,15 @@ def test_worker_processes_return_the_same_facts_and_pixels(tmp_path: Path) -> No
     assert facts == dicom.header_facts_many(paths)
     for (image, reason), (serial, _) in zip(pixels, dicom.preprocess_files(paths, SIZE)):
         assert reason == "" and image.dtype == np.float16 and np.array_equal(image, serial)
+
+
+def test_shared_card_buckets_sizes_and_holds_counts_only(tmp_path: Path) -> None:
+    make_clinic(tmp_path, n_patients=4, images=2)
+    clinic = load_clinic(tmp_path, LABELS, SIZE)
+    card = clinic.shared_card()
+    assert tuple(card) == data.SHARED_CARD_KEYS
+    assert card["sizes"] == {"<256 px": 8} and clinic.summary()["sizes"] == {"20x12": 8}
+    assert card["train"]["total_images"] + card["val"]["total_images"] == 8
+    text = json.dumps(card)
+    for secret in ("PID-SECRET", "DOE", "JANE", "1970", "Secret Valley", "ACC-SECRET", "exports", "IM0"):
+        assert secret not in text

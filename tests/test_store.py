@@ -324,3 +324,17 @@ def test_bad_urls_raise_one_line_store_error(url: str, expected: str) -> None:
 def test_missing_sqlite_folder_raises_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no-such-folder.*Fix:"):
         Store(f"sqlite:///{tmp_path / 'no-such-folder' / 'radfed.db'}")
+
+
+def test_data_cards_are_stored_once_per_clinic_and_listed(store: Store) -> None:
+    run = _finished_run(store, "cards", 0.8)
+    card = {"labels": ["normal", "opacity"], "train": {"total_images": 10}, "modalities": {"CR": 12}}
+    store.record_data_card(run, "clinic-a", BIG_NODE_ID, {**card, "modalities": {"CR": 1}})
+    store.record_data_card(run, "clinic-a", BIG_NODE_ID, card)  # a repeat replaces, never duplicates
+    store.record_data_card(run, "clinic-b", 7, {**card, "modalities": {"DX": 3}})
+    [entry] = store.leaderboard()
+    cards = entry["data_cards"]
+    assert [c["clinic"] for c in cards] == ["clinic-a", "clinic-b"]
+    assert cards[0]["card"] == card and cards[0]["node_id"] == str(BIG_NODE_ID)
+    assert cards[1]["card"]["modalities"] == {"DX": 3}
+    json.dumps(entry)
