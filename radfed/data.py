@@ -1029,6 +1029,8 @@ def load_clinic(
     pool = _Workers(workers)
     try:
         headers = _Headers(data_dir, options.label_tag, cache, pool)
+        if not headers.stored:  # nothing cached: everything will be read, so start the helpers now
+            pool.start()
         source, images, rejected, n_items = _labelled_images(data_dir, labels, manifest, cache, options,
                                                              headers, progress)
         headers.save()
