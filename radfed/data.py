@@ -261,14 +261,15 @@ class ClinicData:
         return {**self.summary(), "sizes": dict(sorted(buckets.items()))}
 
     def card(self) -> dict[str, Any]:
-        """The local data card: summary() plus every rejection with its fix.
+        """The local data card: summary() plus every rejection with its fix, and what the
+        coordinator receives of it (shared_card()).
 
         Rejections carry relative paths, so the card is for the clinic's own
         screen (client-node check-data), never for logs or the coordinator.
         """
         rejected = [{"where": where, "reason": reason, "fix": REJECTION_HELP.get(reason, "")}
                     for where, reason in self.rejected]
-        return {"summary": self.summary(), "rejected": rejected}
+        return {"summary": self.summary(), "rejected": rejected, "shared": self.shared_card()}
 
 
 def _size_bucket(size: str) -> str:
@@ -302,6 +303,10 @@ def format_card(card: dict[str, Any]) -> str:
                  + (f" ({', '.join(f'{r} {n}' for r, n in summary['rejected'].items())})" if summary["rejected"] else ""))
     for item in card["rejected"]:
         lines.append(f"  rejected {item['where']}: {item['reason']}; {item['fix']}")
+    if "shared" in card:
+        sizes = ", ".join(f"{name} {count}" for name, count in card["shared"]["sizes"].items()) or "-"
+        lines.append(f"  sent to the coordinator once per run: the counts above (no file names), "
+                     f"sizes bucketed: {sizes}")
     return "\n".join(lines)
 
 
