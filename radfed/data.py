@@ -542,7 +542,11 @@ class _Workers:
             # that is still importing would leave this process waiting at the end.
             while self._helpers_ok and queue and len(pending) < 2 * (self.workers - 1):
                 indices = queue.pop()
-                pending[self._pool.submit(func, [items[i] for i in indices], *args)] = indices  # type: ignore[union-attr]
+                try:
+                    pending[self._pool.submit(func, [items[i] for i in indices], *args)] = indices  # type: ignore[union-attr]
+                except (BrokenProcessPool, RuntimeError):  # a helper died: finish here
+                    self._helpers_ok = False
+                    queue.append(indices)
             if queue:
                 run_here(queue.pop())
             for future in [f for f in pending if f.done()] if queue else list(pending):
