@@ -49,7 +49,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -602,22 +602,23 @@ class _Headers:
     def prefetch(self, relpaths: list[str], progress: Progress | None) -> None:
         """Know the facts of every relpath: from the cache, else read (spreading the reads over the workers)."""
         missing: list[tuple[str, str | None]] = []
-        for relpath in dict.fromkeys(relpaths):
+        unique = list(dict.fromkeys(relpaths))
+        for relpath in unique:
             if relpath in self.facts:
                 continue
             key = self._key(relpath)
             entry = self.stored.get(key) if key is not None else None
-            if entry is None:
+            if not _valid_entry(entry):
                 missing.append((relpath, key))
             else:
                 self.used[key] = entry  # type: ignore[index]
-                self.facts[relpath] = _facts_image(relpath, entry)
+                self.facts[relpath] = _facts_image(relpath, entry)  # type: ignore[arg-type]
         if len(missing) > 1:
             self.workers.start()  # changed files: their pixels will need decoding too
-        hits = len(relpaths) - len(missing)
+        hits = len(unique) - len(missing)
         report = (lambda stage, done, total: progress(stage, hits + done, hits + total)) if progress else None
         if progress is not None:
-            progress("headers", hits, len(relpaths))
+            progress("headers", hits, len(unique))
         results = self.workers.map(dicom.header_facts_many, [str(self.data_dir / r) for r, _ in missing],
                                    (self.label_tag,), "headers", report, chunk_max=32)
         for (relpath, key), facts in zip(missing, results):
@@ -643,6 +644,16 @@ class _Headers:
             entries.setdefault(key, entry)
         _atomic_write(self.path, json.dumps({"version": CACHE_VERSION, "entries": entries},
                                              separators=(",", ":")).encode())
+
+
+_FACT_FIELDS = frozenset(f.name for f in fields(_Image)) - {"relpath", "label"}
+
+
+def _valid_entry(entry: object) -> bool:
+    """A cached reason code, or header facts with exactly the fields of dicom.header_facts."""
+    if isinstance(entry, str):
+        return bool(entry)
+    return isinstance(entry, dict) and set(entry) == _FACT_FIELDS and all(isinstance(v, str) for v in entry.values())
 
 
 def _headers_cache_path(cache_dir: Path, data_dir: Path) -> Path:

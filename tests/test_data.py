@@ -477,3 +477,17 @@ def test_shared_card_buckets_sizes_and_holds_counts_only(tmp_path: Path) -> None
     text = json.dumps(card)
     for secret in ("PID-SECRET", "DOE", "JANE", "1970", "Secret Valley", "ACC-SECRET", "exports", "IM0"):
         assert secret not in text
+
+
+def test_damaged_header_cache_is_read_again(tmp_path: Path) -> None:
+    clinic_dir, cache = tmp_path / "clinic", tmp_path / "cache"
+    make_clinic(clinic_dir, n_patients=3, images=1)
+    first = load_clinic(clinic_dir, LABELS, SIZE, cache_dir=cache)
+    [headers] = cache.glob("*-headers.json")
+    stored = json.loads(headers.read_text())
+    stored["entries"] = {key: {"patient": "x"} for key in stored["entries"]}  # fields missing
+    headers.write_text(json.dumps(stored))
+    assert load_clinic(clinic_dir, LABELS, SIZE, cache_dir=cache).summary() == first.summary()
+    headers.write_text("{not json")
+    assert load_clinic(clinic_dir, LABELS, SIZE, cache_dir=cache).summary() == first.summary()
+    assert len(json.loads(headers.read_text())["entries"]) == 3  # rewritten whole
