@@ -1,9 +1,12 @@
 """The ClientApp each clinic runs: local training and evaluation on the clinic's own DICOM.
 
 Flower starts a fresh process for every message, so nothing survives in memory between
-rounds; the preprocessed images come from the clinic's on-disk cache instead. With a
-frozen backbone (freeze = "all") the backbone's features are cached too and only the head
-trains and travels (radfed/features.py). Replies carry weights and aggregate numbers only. Any failure is answered with a reason that
+rounds; header facts and preprocessed images come from the clinic's on-disk cache instead.
+With a frozen backbone (freeze = "all") the backbone's features are cached too and only the
+head trains and travels (radfed/features.py). Replies carry weights and aggregate numbers
+only; the first reply of a run also carries the clinic's data card (counts per label, split,
+modality, equipment, size bucket, transfer syntax and rejection reason:
+ClinicData.shared_card). Any failure is answered with a reason that
 names the kind of problem, never a path, a tag value or a traceback: those stay in the
 clinic's own log.
 """
@@ -11,6 +14,7 @@ clinic's own log.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import time
@@ -25,7 +29,7 @@ from flwr.common.constant import ErrorCode
 from client_node.outbox import outbox_mod
 from radfed import features as feat
 from radfed.batchnorm import batchnorm_state_keys
-from radfed.data import ClinicData, DataError, load_clinic
+from radfed.data import DATA_CARD_RECORD, ClinicData, DataError, load_clinic
 from radfed.evaluation import quality_report, score_summary
 from radfed.models import Classifier, apply_freeze, create_model
 from radfed.spec import ExperimentSpec, data_options
@@ -179,7 +183,7 @@ def _outgoing(model: torch.nn.Module, context: Context, keys: list[str] | None =
 
 
 def _reply(msg: Message, context: Context, metrics: dict[str, float | list[float]],
-           arrays: ArrayRecord | None = None) -> Message:
+           arrays: ArrayRecord | None = None, data_card: dict | None = None) -> Message:
     content = RecordDict({
         "metrics": MetricRecord(metrics),
         "clinic": ConfigRecord({"name": str(context.node_config.get("clinic-name", "")),
@@ -187,6 +191,8 @@ def _reply(msg: Message, context: Context, metrics: dict[str, float | list[float
     })
     if arrays is not None:
         content["arrays"] = arrays
+    if data_card is not None:  # a ConfigRecord: Flower aggregates MetricRecords, not this
+        content[DATA_CARD_RECORD] = ConfigRecord({"json": json.dumps(data_card, sort_keys=True)})
     return Message(content=content, reply_to=msg)
 
 
@@ -220,7 +226,9 @@ def train(msg: Message, context: Context) -> Message:
     if bool(config.get("local-bn", False)):
         _save_local_bn(model, context)
     metrics.update({"train_loss": loss, "num-examples": len(data.train.labels)})
-    return _reply(msg, context, metrics, _outgoing(model, context))
+    # The first reply of a run carries the clinic's data mix (counts only) for the dashboard.
+    card = data.shared_card() if server_round == 1 else None
+    return _reply(msg, context, metrics, _outgoing(model, context), card)
 
 
 def _val_metrics(model: torch.nn.Module, data: ClinicData, spec: ExperimentSpec,
@@ -286,7 +294,8 @@ def _train_head_only(msg: Message, context: Context, spec: ExperimentSpec,
              server_round, len(data.train.labels), t1 - t0, time.monotonic() - t1)
     metrics.update({"train_loss": loss, "num-examples": len(data.train.labels)})
     head_keys, _ = feat.split_head(model)
-    return _reply(msg, context, metrics, _outgoing(model, context, head_keys))
+    card = data.shared_card() if server_round == 1 else None
+    return _reply(msg, context, metrics, _outgoing(model, context, head_keys), card)
 
 
 

@@ -1,4 +1,5 @@
-"""radfed dashboard: the experiment leaderboard and, per run, its curves, clinics and checkpoints.
+"""radfed dashboard: the experiment leaderboard and, per run, its curves, clinics, each
+clinic's data mix and checkpoints.
 
 Started by `dashboard` (dashboard/cli.py) as
 `streamlit run app.py -- --db URL`; without `--db` it reads DATABASE_URL or the
@@ -176,6 +177,46 @@ def show_quality(entry: dict[str, Any]) -> None:
     st.caption("CI: 95 % bootstrap over patients. Thresholds: Youden's J on each clinic's "
                "validation data; a held-out clinic uses the federation's pooled threshold. "
                "Pooled federated figures come from the clinics' score histograms (no CI).")
+def _counts(mapping: dict[str, int]) -> str:
+    """{'CR': 10, 'DX': 2} -> 'CR 10, DX 2' (largest first)."""
+    return ", ".join(f"{name} {count}" for name, count in sorted(mapping.items(), key=lambda kv: -kv[1])) or "-"
+
+
+def data_mix_frame(cards: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per clinic from its data card: images per label, patients, equipment, formats, rejections."""
+    rows = []
+    for item in cards:
+        card = item["card"]
+        splits = [card.get(name, {}) for name in ("train", "val")]
+        row: dict[str, Any] = {"Clinic": item["clinic"]}
+        for label in card.get("labels", []):
+            row[f"{label} images"] = sum(s.get("images", {}).get(label, 0) for s in splits)
+            row[f"{label} patients"] = sum(s.get("patients", {}).get(label, 0) for s in splits)
+        row.update({
+            "Train images": splits[0].get("total_images", 0), "Val images": splits[1].get("total_images", 0),
+            "Patients": sum(s.get("total_patients", 0) for s in splits),
+            "Modalities": _counts(card.get("modalities", {})), "Manufacturers": _counts(card.get("manufacturers", {})),
+            "Sizes": _counts(card.get("sizes", {})), "Transfer syntaxes": _counts(card.get("transfer_syntaxes", {})),
+            "Rejected": card.get("rejected_total", 0), "Rejected by reason": _counts(card.get("rejected", {})),
+            "Filtered out": card.get("filtered", 0),
+        })
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def show_data_mix(entry: dict[str, Any]) -> None:
+    """Each clinic's data mix (counts from its data card, sent once per run)."""
+    st.markdown("**Data mix per clinic**")
+    cards = entry.get("data_cards") or []
+    if not cards:
+        st.info("No clinic has sent its data card for this run yet.")
+        return
+    frame = data_mix_frame(cards)
+    labels = [c[: -len(" images")] for c in frame.columns if c.endswith(" images") and c not in
+              ("Train images", "Val images")]
+    if labels:
+        st.bar_chart(frame.set_index("Clinic")[[f"{label} images" for label in labels]])
+    st.dataframe(frame, hide_index=True, width="stretch")
 
 
 def best_and_last(checkpoints: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
@@ -228,6 +269,7 @@ def show_run(entry: dict[str, Any]) -> None:
     show_clinics(entry)
     show_quality(entry)
     show_traffic(entry)
+    show_data_mix(entry)
     show_checkpoints(entry)
 
 

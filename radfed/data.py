@@ -9,8 +9,8 @@ a whole is unusable, with one line saying what to do.
 
 The train/validation split is by patient (never by image), so images of one
 patient never sit on both sides and validation scores are honest.  PatientIDs
-are read here and nowhere else; they never leave this module, never reach a
-summary, a cache file or a log line.
+are read by dicom.header_facts and turned into one-way keys at once: IDs never
+reach a summary, a cache file (the header cache holds the keys) or a log line.
 
 Labels come from a CSV manifest (default), from class folders
 (``DATA/normal/*.dcm``, used automatically when there is no manifest and such
@@ -21,7 +21,10 @@ filtered files are counted, not rejected.  All of it sits in one frozen
 
 Decoding is the slow part, so preprocessed images can be cached under a key
 built from every used file's path, size and mtime plus the pixel-relevant
-options: an unchanged folder loads without decoding a single pixel.
+options, and each file's header facts under its own path, size and mtime:
+an unchanged folder loads without opening a single DICOM file.  Headers and
+pixels are read in ``workers`` processes; each worker reads, decodes and
+resizes whole files, so only small float16 arrays cross processes.
 
 Privacy rule: :class:`DataError` texts and log lines never contain values of
 identifying tags (PatientName, PatientID, BirthDate, AccessionNumber,
@@ -36,15 +39,17 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import multiprocessing
 import os
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -57,6 +62,7 @@ from radfed.dicom import DicomError
 
 __all__ = [
     "CACHE_VERSION",
+    "DATA_CARD_RECORD",
     "ClinicData",
     "DataError",
     "DataOptions",
@@ -65,6 +71,8 @@ __all__ = [
     "KEY_COLUMNS",
     "MANIFEST_NAME",
     "REJECTION_HELP",
+    "SHARED_CARD_KEYS",
+    "SIZE_BUCKETS",
     "Split",
     "Progress",
     "check_manifest",
@@ -77,7 +85,15 @@ log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "labels.csv"
 KEY_COLUMNS = ("file", "sop_instance_uid")
-CACHE_VERSION = "radfed-data-2"
+CACHE_VERSION = "radfed-data-3"
+
+# Upper bound (exclusive) of the longer image side -> bucket name, for the shared data card.
+SIZE_BUCKETS = ((256, "<256 px"), (512, "256-511 px"), (1024, "512-1023 px"), (2048, "1024-2047 px"))
+# The ConfigRecord of a clinic's first train reply of a run that holds shared_card() as JSON.
+DATA_CARD_RECORD = "data-card"
+# The keys of ClinicData.shared_card(): all a coordinator keeps of a clinic's data card.
+SHARED_CARD_KEYS = ("labels", "train", "val", "rejected", "rejected_total", "modalities", "manufacturers",
+                    "sizes", "transfer_syntaxes", "filtered")
 
 LABEL_SOURCES = ("manifest", "folders", "tag")
 FILTER_KEYWORDS = ("Modality", "BodyPartExamined", "SeriesDescription")
@@ -235,15 +251,37 @@ class ClinicData:
         }
 
 
+    def shared_card(self) -> dict[str, Any]:
+        """The data card the coordinator may see, once per run: summary() with image sizes
+        bucketed by their longer side (SIZE_BUCKETS), so the dashboard can show each
+        clinic's data mix.  Counts and equipment/format names only: no path, ID or name."""
+        buckets: Counter[str] = Counter()
+        for size, count in self.sizes.items():
+            buckets[_size_bucket(size)] += count
+        return {**self.summary(), "sizes": dict(sorted(buckets.items()))}
+
     def card(self) -> dict[str, Any]:
-        """The local data card: summary() plus every rejection with its fix.
+        """The local data card: summary() plus every rejection with its fix, and what the
+        coordinator receives of it (shared_card()).
 
         Rejections carry relative paths, so the card is for the clinic's own
         screen (client-node check-data), never for logs or the coordinator.
         """
         rejected = [{"where": where, "reason": reason, "fix": REJECTION_HELP.get(reason, "")}
                     for where, reason in self.rejected]
-        return {"summary": self.summary(), "rejected": rejected}
+        return {"summary": self.summary(), "rejected": rejected, "shared": self.shared_card()}
+
+
+def _size_bucket(size: str) -> str:
+    """'ROWSxCOLUMNS' -> the SIZE_BUCKETS bucket of its longer side ('unknown' if unparsable)."""
+    try:
+        longer = max(int(v) for v in size.split("x"))
+    except ValueError:
+        return "unknown"
+    for limit, name in SIZE_BUCKETS:
+        if longer < limit:
+            return name
+    return f">={SIZE_BUCKETS[-1][0]} px"
 
 
 def format_card(card: dict[str, Any]) -> str:
@@ -265,6 +303,10 @@ def format_card(card: dict[str, Any]) -> str:
                  + (f" ({', '.join(f'{r} {n}' for r, n in summary['rejected'].items())})" if summary["rejected"] else ""))
     for item in card["rejected"]:
         lines.append(f"  rejected {item['where']}: {item['reason']}; {item['fix']}")
+    if "shared" in card:
+        sizes = ", ".join(f"{name} {count}" for name, count in card["shared"]["sizes"].items()) or "-"
+        lines.append(f"  sent to the coordinator once per run: the counts above (no file names), "
+                     f"sizes bucketed: {sizes}")
     return "\n".join(lines)
 
 
@@ -319,7 +361,8 @@ class _Row:
 
 @dataclass(frozen=True)
 class _Image:
-    """One file's header facts; ``patient`` never leaves this module.
+    """One file's header facts (dicom.header_facts); ``patient`` and ``uid`` are
+    identifier keys, not the IDs, and never leave this module.
 
     ``problem`` is the reason code when the header shows it cannot be used as an image.
     """
@@ -426,45 +469,219 @@ def _clean_key(kind: str, value: str) -> str:
 # ----------------------------------------------------------------------------- headers
 
 
-def _text(ds: Any, keyword: str, limit: int = 64) -> str:
-    """A header value as stripped text ('' when absent); multi-valued joined with '\\'."""
-    value = ds.get(keyword, "") if keyword else ""
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        value = "\\".join(str(v) for v in value)
-    return str(value).strip()[:limit]
+def _facts_image(relpath: str, facts: dict[str, str] | str) -> _Image | str:
+    """dicom.header_facts output as an unlabelled _Image, or the reason code."""
+    return facts if isinstance(facts, str) else _Image(relpath=relpath, label=-1, **facts)
 
 
-def _read_facts(path: Path, relpath: str, label_tag: str | None = None) -> _Image | str:
-    """Header facts of one file (label unset), or the reason it is not readable DICOM.
+class _Workers:
+    """This process plus ``workers - 1`` spawned helpers, shared by one load's stages.
 
-    Never decodes pixels: that is what makes a warm-cache load cheap.
+    Spawned, because fork with torch or gRPC threads alive can deadlock.  The
+    helpers start on first use; this process works too from the first second,
+    so their start-up (a second or more: they import pydicom and the plugins,
+    never torch) is not dead time and small jobs never wait for it.  Chunks are
+    handed out dynamically, so a slow JPEG 2000 study does not leave a process
+    idle.  If the helpers cannot start (e.g. a script without an
+    ``if __name__ == "__main__":`` guard), their chunks run here instead.
     """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = max(1, int(workers))
+        self._pool: ProcessPoolExecutor | None = None
+        self._ready: Any = _NEVER
+        self._helpers_ok = False
+
+    def start(self) -> None:
+        """Spawn the helpers now (no-op with one worker or when already started)."""
+        if self.workers > 1 and self._pool is None:
+            context = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(self.workers - 1, mp_context=context)
+            self._ready = self._pool.submit(os.getpid)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def _check_helpers(self) -> None:
+        if not self._helpers_ok and self._ready.done():
+            self._helpers_ok = self._ready.exception() is None
+            if not self._helpers_ok:
+                log.warning("worker processes failed to start; working in this process instead")
+            self._ready = _NEVER
+
+    def map(self, func: Callable[..., list[Any]], items: list[str], args: tuple[Any, ...], stage: str,
+            progress: Progress | None, chunk_max: int = 4) -> list[Any]:
+        """[func([item], *args)[0] for item in items], in chunks over this process and the helpers."""
+        results: list[Any] = [None] * len(items)
+        done = 0
+
+        def finish(indices: list[int], outcome: list[Any]) -> None:
+            nonlocal done
+            for i, result in zip(indices, outcome):
+                results[i] = result
+            done += len(indices)
+            if progress is not None:
+                progress(stage, done, len(items))
+
+        def run_here(indices: list[int]) -> None:
+            finish(indices, func([items[i] for i in indices], *args))
+
+        if self.workers <= 1 or len(items) <= 1:
+            for i in range(len(items)):
+                run_here([i])
+            return results
+        self.start()
+        chunk = max(1, min(chunk_max, len(items) // (self.workers * 8)))
+        queue = [list(range(i, min(i + chunk, len(items)))) for i in range(0, len(items), chunk)][::-1]
+        pending: dict[Any, list[int]] = {}
+        while queue or pending:
+            self._check_helpers()
+            # Chunks go to the helpers only once they answer: work queued for a helper
+            # that is still importing would leave this process waiting at the end.
+            while self._helpers_ok and queue and len(pending) < 2 * (self.workers - 1):
+                indices = queue.pop()
+                try:
+                    pending[self._pool.submit(func, [items[i] for i in indices], *args)] = indices  # type: ignore[union-attr]
+                except (BrokenProcessPool, RuntimeError):  # a helper died: finish here
+                    self._helpers_ok = False
+                    queue.append(indices)
+            if queue:
+                run_here(queue.pop())
+            for future in [f for f in pending if f.done()] if queue else list(pending):
+                indices = pending.pop(future)
+                try:
+                    finish(indices, future.result())
+                except BrokenProcessPool:
+                    self._helpers_ok = False
+                    run_here(indices)
+        return results
+
+
+class _Headers:
+    """Header facts of the files a load looks at, cached per file.
+
+    A file whose relative path, size and mtime (and the task's label tag) are
+    unchanged is not opened again: with a warm cache an epoch touches no DICOM
+    at all.  Misses are read in parallel.  The cache file holds identifier
+    keys (dicom.identifier_key), never PatientIDs, UIDs or paths, and its
+    entries are keyed by a hash of the path, so a path holding a patient's
+    name is not written either.
+    """
+
+    def __init__(self, data_dir: Path, label_tag: str | None, cache_dir: Path | None, workers: _Workers) -> None:
+        self.data_dir, self.label_tag, self.workers = data_dir, label_tag, workers
+        self.path = _headers_cache_path(Path(cache_dir), data_dir) if cache_dir is not None else None
+        self.stored = _headers_load(self.path) if self.path is not None else {}
+        self.used: dict[str, dict[str, str] | str] = {}
+        self.facts: dict[str, _Image | str] = {}
+        self.stats: dict[str, os.stat_result | None] = {}
+        self.read = 0
+
+    def stat(self, relpath: str) -> os.stat_result | None:
+        """os.stat of a file below the data folder (None if missing), once per load."""
+        if relpath not in self.stats:
+            try:
+                self.stats[relpath] = (self.data_dir / relpath).stat()
+            except OSError:
+                self.stats[relpath] = None
+        return self.stats[relpath]
+
+    def is_file(self, relpath: str) -> bool:
+        st = self.stat(relpath)
+        return st is not None and stat.S_ISREG(st.st_mode)
+
+    def _key(self, relpath: str) -> str | None:
+        st = self.stat(relpath)
+        if st is None:
+            return None
+        payload = json.dumps([CACHE_VERSION, relpath, st.st_size, st.st_mtime_ns, self.label_tag or ""])
+        return hashlib.sha256(payload.encode()).hexdigest()[:40]
+
+    def prefetch(self, relpaths: list[str], progress: Progress | None) -> None:
+        """Know the facts of every relpath: from the cache, else read (spreading the reads over the workers)."""
+        missing: list[tuple[str, str | None]] = []
+        unique = list(dict.fromkeys(relpaths))
+        for relpath in unique:
+            if relpath in self.facts:
+                continue
+            key = self._key(relpath)
+            entry = self.stored.get(key) if key is not None else None
+            if not _valid_entry(entry):
+                missing.append((relpath, key))
+            else:
+                self.used[key] = entry  # type: ignore[index]
+                self.facts[relpath] = _facts_image(relpath, entry)  # type: ignore[arg-type]
+        if len(missing) > 1:
+            self.workers.start()  # changed files: their pixels will need decoding too
+        hits = len(unique) - len(missing)
+        report = (lambda stage, done, total: progress(stage, hits + done, hits + total)) if progress else None
+        if progress is not None:
+            progress("headers", hits, len(unique))
+        results = self.workers.map(dicom.header_facts_many, [str(self.data_dir / r) for r, _ in missing],
+                                   (self.label_tag,), "headers", report, chunk_max=32)
+        for (relpath, key), facts in zip(missing, results):
+            self.facts[relpath] = _facts_image(relpath, facts)
+            self.read += 1
+            if key is not None and facts != "unreadable":  # unreadable may be a passing permission problem
+                self.used[key] = facts
+
+    def get(self, relpath: str) -> _Image | str:
+        """Facts of one file (read now if it was not prefetched)."""
+        if relpath not in self.facts:
+            self.prefetch([relpath], None)
+        return self.facts[relpath]
+
+    def save(self) -> None:
+        """Write the entries this load used (plus older ones, within bounds) if any were read."""
+        if self.path is None or not self.read:
+            return
+        entries = dict(self.used)
+        for key, entry in self.stored.items():
+            if len(entries) >= 2 * len(self.used) + 1000:
+                break
+            entries.setdefault(key, entry)
+        _atomic_write(self.path, json.dumps({"version": CACHE_VERSION, "entries": entries},
+                                             separators=(",", ":")).encode())
+
+
+_FACT_FIELDS = frozenset(f.name for f in fields(_Image)) - {"relpath", "label"}
+
+
+def _valid_entry(entry: object) -> bool:
+    """A cached reason code, or header facts with exactly the fields of dicom.header_facts."""
+    if isinstance(entry, str):
+        return bool(entry)
+    return isinstance(entry, dict) and set(entry) == _FACT_FIELDS and all(isinstance(v, str) for v in entry.values())
+
+
+def _headers_cache_path(cache_dir: Path, data_dir: Path) -> Path:
+    """One header cache file per data folder, next to its pixel cache entries."""
+    folder_tag = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+    return cache_dir / f"{folder_tag}-headers.json"
+
+
+def _headers_load(path: Path) -> dict[str, dict[str, str] | str]:
+    """Cached entries, or {} for a missing, unreadable or outdated file."""
+    if not path.is_file():
+        return {}
     try:
-        ds = dicom.read_header(path)
-    except DicomError as exc:
-        return exc.reason
-    with dicom.pydicom_quiet():  # validation warnings would quote the PatientID
-        uid = str(ds.get("SOPInstanceUID", "") or "").strip()
-        patient = str(ds.get("PatientID", "") or "").strip()
-        modality = str(ds.get("Modality", "") or "").strip()[:16] or "unknown"
-        manufacturer = str(ds.get("Manufacturer", "") or "").strip()[:64] or "unknown"
-        try:
-            dicom.check_image_header(ds)
-            problem = ""
-        except DicomError as exc:
-            problem = exc.reason
-        body_part, series = _text(ds, "BodyPartExamined"), _text(ds, "SeriesDescription")
-        size = f"{_text(ds, 'Rows')}x{_text(ds, 'Columns')}"
-        tsyntax = ds.file_meta.get("TransferSyntaxUID")
-        syntax = (tsyntax.name or str(tsyntax)) if tsyntax else "unknown"
-        try:
-            label_value = _text(ds, label_tag or "")
-        except Exception:  # a label tag pydicom cannot parse: no label
-            label_value = ""
-    return _Image(relpath, -1, patient, uid, modality, manufacturer, problem,
-                  body_part, series, size, syntax, label_value)
+        stored = json.loads(path.read_bytes())
+        if stored.get("version") == CACHE_VERSION and isinstance(stored.get("entries"), dict):
+            return stored["entries"]
+        return {}  # written by another version: read the headers again
+    except (OSError, ValueError, AttributeError):
+        log.warning("ignoring unreadable header cache file %s", path.name)
+        return {}
+
+
+def _atomic_write(path: Path, blob: bytes) -> None:
+    """Write via a temporary file and rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(blob)
+    os.replace(tmp, path)
 
 
 def _passes(facts: _Image, filters: dict[str, list[str]]) -> bool:
@@ -495,17 +712,20 @@ def _walk_files(data_dir: Path, skip: set[Path]) -> list[Path]:
     return [p for p in found if p.resolve() not in skip and p.is_file()]
 
 
-def _scan_by_uid(data_dir: Path, skip: set[Path]) -> tuple[dict[str, _Image], list[tuple[str, str]]]:
-    """Map SOPInstanceUID -> header facts for a sop_instance_uid manifest.
+def _scan_by_uid(
+    data_dir: Path, skip: set[Path], headers: _Headers, progress: Progress | None = None,
+) -> tuple[dict[str, _Image], list[tuple[str, str]]]:
+    """Map SOPInstanceUID key -> header facts for a sop_instance_uid manifest.
 
     Non-DICOM and empty files are skipped silently (PACS exports carry viewers,
     READMEs); damaged DICOM files and duplicate UIDs are rejected.
     """
     by_uid: dict[str, _Image] = {}
     rejected: list[tuple[str, str]] = []
-    for path in _walk_files(data_dir, skip):
-        relpath = path.relative_to(data_dir).as_posix()
-        facts = _read_facts(path, relpath)
+    relpaths = [path.relative_to(data_dir).as_posix() for path in _walk_files(data_dir, skip)]
+    headers.prefetch(relpaths, progress)
+    for relpath in relpaths:
+        facts = headers.get(relpath)
         if isinstance(facts, str):
             if facts not in ("not-dicom", "empty-file"):
                 rejected.append((relpath, facts))
@@ -517,7 +737,7 @@ def _scan_by_uid(data_dir: Path, skip: set[Path]) -> tuple[dict[str, _Image], li
 
 
 def _resolve_rows(
-    kind: str, rows: list[_Row], data_dir: Path, skip: set[Path],
+    kind: str, rows: list[_Row], data_dir: Path, skip: set[Path], headers: _Headers,
     filters: dict[str, list[str]] | None = None, progress: Progress | None = None,
 ) -> tuple[list[_Image], list[tuple[str, str]]]:
     """Turn manifest rows into checked images; everything that fails becomes a rejection
@@ -525,15 +745,21 @@ def _resolve_rows(
     rejected: list[tuple[str, str]] = []
     by_uid: dict[str, _Image] = {}
     if kind == "sop_instance_uid":
-        by_uid, rejected = _scan_by_uid(data_dir, skip)
+        by_uid, rejected = _scan_by_uid(data_dir, skip, headers, progress)
+    else:
+        headers.prefetch([row.key for row in rows if _inside(row.key) and headers.is_file(row.key)], progress)
     images: list[_Image] = []
     seen_uids: set[str] = set()
-    for done, row in enumerate(rows, 1):
-        where, outcome = _resolve_row(kind, row, data_dir, by_uid, filters or {})
-        if progress is not None:
-            progress("headers", done, len(rows))
+    for row in rows:
+        where, outcome = _resolve_row(kind, row, data_dir, by_uid, filters or {}, headers)
         _collect(where, outcome, images, rejected, seen_uids)
     return sorted(images, key=lambda im: im.relpath), rejected
+
+
+def _inside(key: str) -> bool:
+    """A manifest path that stays inside the data folder (relative, no '..')."""
+    pure = PurePosixPath(key)
+    return not pure.is_absolute() and ".." not in pure.parts
 
 
 def _collect(where: str, outcome: "_Image | str", images: list["_Image"],
@@ -549,20 +775,21 @@ def _collect(where: str, outcome: "_Image | str", images: list["_Image"],
 
 
 def _resolve_row(
-    kind: str, row: _Row, data_dir: Path, by_uid: dict[str, _Image], filters: dict[str, list[str]]
+    kind: str, row: _Row, data_dir: Path, by_uid: dict[str, _Image], filters: dict[str, list[str]],
+    headers: _Headers,
 ) -> tuple[str, _Image | str]:
     """(where to report, labelled image or reason) for one row."""
     if kind == "sop_instance_uid":
-        if row.key not in by_uid:
+        uid = dicom.identifier_key("sop-instance", row.key)
+        if uid not in by_uid:
             return row.where, "unknown-sop-instance-uid"
-        facts: _Image | str = by_uid[row.key]
+        facts: _Image | str = by_uid[uid]
     else:
-        pure = PurePosixPath(row.key)
-        if pure.is_absolute() or ".." in pure.parts:
+        if not _inside(row.key):
             return f"{row.where}: {row.key}", "outside-data-folder"
-        if not (data_dir / row.key).is_file():
+        if not headers.is_file(row.key):
             return f"{row.where}: {row.key}", "missing-file"
-        facts = _read_facts(data_dir / row.key, row.key)
+        facts = headers.get(row.key)
     if isinstance(facts, str):
         return row.key, facts
     return facts.relpath, _accept(facts, row.label, filters)
@@ -579,7 +806,7 @@ def _class_folders(data_dir: Path, labels: Sequence[str]) -> dict[int, Path]:
 
 def _scan_labelled(
     data_dir: Path, candidates: list[tuple[Path, int | None]], options: DataOptions,
-    labels: Sequence[str], progress: Progress | None,
+    labels: Sequence[str], headers: _Headers, progress: Progress | None,
 ) -> tuple[list[_Image], list[tuple[str, str]]]:
     """Header facts for (file, label or None = from the tag) pairs, with the same
     rejections as a manifest: problems, no PatientID, duplicate UIDs; filtered files flagged.
@@ -591,11 +818,10 @@ def _scan_labelled(
     images: list[_Image] = []
     rejected: list[tuple[str, str]] = []
     seen_uids: set[str] = set()
-    for done, (path, label) in enumerate(candidates, 1):
-        if progress is not None:
-            progress("headers", done, len(candidates))
-        relpath = path.relative_to(data_dir).as_posix()
-        facts = _read_facts(path, relpath, options.label_tag)
+    relpaths = [path.relative_to(data_dir).as_posix() for path, _ in candidates]
+    headers.prefetch(relpaths, progress)
+    for relpath, (_, label) in zip(relpaths, candidates):
+        facts = headers.get(relpath)
         if isinstance(facts, str):
             if not (label is None and facts == "not-dicom"):
                 rejected.append((relpath, facts))
@@ -614,22 +840,17 @@ def _scan_labelled(
 
 
 def _decode_all(
-    paths: list[Path], size: int, workers: int, pixel_token: list[Any], progress: Progress | None = None
+    paths: list[Path], size: int, workers: _Workers, pixel_token: list[Any], progress: Progress | None = None
 ) -> tuple[np.ndarray, list[str], list[int]]:
     """(M x S x S float16 samples, reason per file ('' = success), samples per file).
 
-    Runs in a process pool when workers > 1.  A failed file contributes no sample.
+    Each worker reads, decodes and resizes whole files, so only the small
+    float16 results cross between processes.  A failed file contributes no sample.
     """
     window, frame_policy = pixel_token
     window = tuple(window) if window is not None else None
-    if workers > 1 and len(paths) > 1:
-        results = _decode_in_pool(paths, size, workers, window, frame_policy, progress)
-    else:
-        results = []
-        for done, path in enumerate(paths, 1):
-            results.append(dicom.preprocess_file(path, size, window, frame_policy))
-            if progress is not None:
-                progress("pixels", done, len(paths))
+    results = workers.map(dicom.preprocess_files, [str(p) for p in paths], (size, window, frame_policy),
+                          "pixels", progress)
     stacks = [img for img, _ in results if img is not None]
     stacked = np.concatenate(stacks) if stacks else np.zeros((0, size, size), dtype=np.float16)
     counts = [0 if img is None else int(img.shape[0]) for img, _ in results]
@@ -637,7 +858,7 @@ def _decode_all(
 
 
 class _Never:
-    """A stand-in future that never completes (helpers given up on)."""
+    """A stand-in future that never completes (helpers not started or given up on)."""
 
     def done(self) -> bool:
         return False
@@ -646,79 +867,13 @@ class _Never:
 _NEVER = _Never()
 
 
-def _decode_in_pool(
-    paths: list[Path], size: int, workers: int, window: tuple[float, float] | None, frame_policy: str,
-    progress: Progress | None,
-) -> list[tuple[np.ndarray | None, str]]:
-    """Decode with ``workers`` processes in all: this one plus workers - 1 spawned helpers.
-
-    Spawned, because fork with torch or gRPC threads alive can deadlock.  This
-    process decodes too, from the first second, so the helpers' start-up (a
-    second or more: they import pydicom and the plugins) is not dead time and
-    small folders never wait for it.  Chunks are handed out dynamically, so a
-    slow JPEG 2000 study does not leave a process idle.  If the helpers cannot
-    start (e.g. a script without an ``if __name__ == "__main__":`` guard),
-    their chunks are decoded here instead.
-    """
-    chunk = max(1, min(4, len(paths) // (workers * 8)))
-    chunks = [list(range(i, min(i + chunk, len(paths)))) for i in range(0, len(paths), chunk)]
-    results: list[tuple[np.ndarray | None, str] | None] = [None] * len(paths)
-    done = 0
-
-    def finish(indices: list[int], outcome: list[tuple[np.ndarray | None, str]]) -> None:
-        nonlocal done
-        for i, result in zip(indices, outcome):
-            results[i] = result
-        done += len(indices)
-        if progress is not None:
-            progress("pixels", done, len(paths))
-
-    def run_here(indices: list[int]) -> None:
-        finish(indices, dicom.preprocess_files([str(paths[i]) for i in indices], size, window, frame_policy))
-
-    context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(workers - 1, mp_context=context)
-    # Chunks go to the helpers only once they answer: work queued for a helper that
-    # is still importing would leave this process waiting at the end.
-    ready_check = pool.submit(os.getpid)
-    pending: dict[Any, list[int]] = {}
-    queue = list(reversed(chunks))
-    helpers_ok = False
-    try:
-        while queue or pending:
-            if not helpers_ok and ready_check.done():
-                helpers_ok = ready_check.exception() is None
-                if not helpers_ok:
-                    log.warning("decode worker processes failed to start; decoding in this process instead")
-                    ready_check = _NEVER
-            while helpers_ok and queue and len(pending) < 2 * (workers - 1):
-                indices = queue.pop()
-                future = pool.submit(dicom.preprocess_files, [str(paths[i]) for i in indices], size, window,
-                                     frame_policy)
-                pending[future] = indices
-            if queue:
-                run_here(queue.pop())
-            ready = [f for f in pending if f.done()] if queue else list(pending)
-            for future in ready:
-                indices = pending.pop(future)
-                try:
-                    finish(indices, future.result())
-                except BrokenProcessPool:
-                    helpers_ok = False
-                    ready_check = _NEVER
-                    run_here(indices)
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-    return [r if r is not None else (None, "decode-error") for r in results]
-
-
-def _cache_key(data_dir: Path, images: list[_Image], size: int, options_token: str = "") -> str:
+def _cache_key(headers: _Headers, images: list[_Image], size: int, options_token: str = "") -> str:
     """sha256 over every used file's relative path, size and mtime_ns, the image size,
     the options (window, frame policy, labels...) and code versions."""
     stats = []
     for image in images:
-        st = (data_dir / image.relpath).stat()
-        stats.append([image.relpath, st.st_size, st.st_mtime_ns])
+        st = headers.stat(image.relpath)
+        stats.append([image.relpath, st.st_size if st else -1, st.st_mtime_ns if st else -1])
     payload = json.dumps([CACHE_VERSION, dicom.PREPROCESS_VERSION, size, options_token, stats], separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -747,12 +902,10 @@ def _cache_load(path: Path, count: int, size: int) -> tuple[np.ndarray, list[str
 
 def _cache_store(path: Path, images: np.ndarray, reasons: list[str], counts: list[int]) -> None:
     """Write atomically, then drop older entries of the same folder and size."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as handle:
-        np.savez(handle, images=images.astype(np.float16), reasons=np.array(reasons, dtype=str),
-                 counts=np.array(counts, dtype=np.int64))
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, images=images.astype(np.float16), reasons=np.array(reasons, dtype=str),
+             counts=np.array(counts, dtype=np.int64))
+    _atomic_write(path, buffer.getvalue())
     prefix = path.name.rsplit("-", 1)[0] + "-"
     for stale in path.parent.glob(f"{prefix}*.npz"):
         if stale != path:
@@ -760,13 +913,13 @@ def _cache_store(path: Path, images: np.ndarray, reasons: list[str], counts: lis
 
 
 def _pixels(
-    data_dir: Path, images: list[_Image], size: int, cache_dir: Path | None, workers: int,
+    headers: _Headers, images: list[_Image], size: int, cache_dir: Path | None, workers: _Workers,
     options: DataOptions, progress: Progress | None = None,
 ) -> tuple[np.ndarray, list[str], list[int]]:
     """Preprocessed samples for images (and reasons, samples per file), from the cache when nothing changed."""
-    cache_file = None
+    data_dir, cache_file = headers.data_dir, None
     if cache_dir is not None:
-        key = _cache_key(data_dir, images, size, options.token())
+        key = _cache_key(headers, images, size, options.token())
         cache_file = _cache_path(cache_dir, data_dir, size, key)
         cached = _cache_load(cache_file, len(images), size)
         if cached is not None:
@@ -892,11 +1045,20 @@ def load_clinic(
         raise ValueError(f"options must be a DataOptions or None; got {type(options).__name__}")
     data_dir = Path(data_dir)
     _check_folder(data_dir)
-    source, images, rejected, n_items = _labelled_images(data_dir, labels, manifest, cache_dir, options, progress)
+    cache = Path(cache_dir) if cache_dir is not None else None
+    pool = _Workers(workers)
+    try:
+        headers = _Headers(data_dir, options.label_tag, cache, pool)
+        if not headers.stored:  # nothing cached: everything will be read, so start the helpers now
+            pool.start()
+        source, images, rejected, n_items = _labelled_images(data_dir, labels, manifest, cache, options,
+                                                             headers, progress)
+        headers.save()
+        pixels, reasons, counts = _pixels(headers, images, image_size, cache, pool, options, progress)
+    finally:
+        pool.close()
     filtered = sum(1 for _, reason in rejected if reason == _FILTERED)
     rejected = [r for r in rejected if r[1] != _FILTERED]
-    pixels, reasons, counts = _pixels(data_dir, images, image_size, Path(cache_dir) if cache_dir else None,
-                                      workers, options, progress)
     rejected += [(im.relpath, r) for im, r in zip(images, reasons) if r]
     kept = [im for im, r in zip(images, reasons) if not r]
     samples = [im for im, n in zip(images, counts) for _ in range(n)]
@@ -918,7 +1080,7 @@ def load_clinic(
 
 def _labelled_images(
     data_dir: Path, labels: Sequence[str], manifest: Path | None, cache_dir: Path | None,
-    options: DataOptions, progress: Progress | None,
+    options: DataOptions, headers: _Headers, progress: Progress | None,
 ) -> tuple[str, list[_Image], list[tuple[str, str]], int]:
     """(source name, labelled images, rejections incl. 'filtered', number of rows/files considered)."""
     skip = {Path(cache_dir).resolve()} if cache_dir is not None else set()
@@ -932,16 +1094,17 @@ def _labelled_images(
             names = ", ".join(f"{data_dir.name}/{name}" for name in labels)
             raise _folder_error(data_dir, f"no class folders found; put each label's images in its own folder ({names})")
         candidates = [(path, i) for i, folder in sorted(folders.items()) for path in _walk_files(folder, skip)]
-        images, rejected = _scan_labelled(data_dir, candidates, options, labels, progress)
+        images, rejected = _scan_labelled(data_dir, candidates, options, labels, headers, progress)
         return "the class folders", images, rejected, len(candidates)
     if source == "tag":
         candidates = [(path, None) for path in _walk_files(data_dir, skip)]
-        images, rejected = _scan_labelled(data_dir, candidates, options, labels, progress)
+        images, rejected = _scan_labelled(data_dir, candidates, options, labels, headers, progress)
         return f"the files' {options.label_tag} tags", images, rejected, len(candidates)
     manifest = Path(manifest) if manifest is not None else default_manifest
     kind, rows, rejected = _parse_manifest(manifest, data_dir, labels)
     n_rows = len(rows) + len(rejected)
-    images, more = _resolve_rows(kind, rows, data_dir, skip | {manifest.resolve()}, options.filters, progress)
+    images, more = _resolve_rows(kind, rows, data_dir, skip | {manifest.resolve()}, headers,
+                                 options.filters, progress)
     return manifest.name, images, rejected + more, n_rows
 
 
@@ -961,7 +1124,8 @@ def check_manifest(data_dir: Path, manifest: Path | None = None) -> list[tuple[s
     _, _, label_col = _header_columns(records[0][1], manifest, data_dir)
     labels = sorted({_cell(cells, label_col).strip().lower() for _, cells in records[1:]} - {""})
     kind, rows, rejected = _parse_manifest(manifest, data_dir, labels or ["-"])
-    images, more = _resolve_rows(kind, rows, data_dir, {manifest.resolve()})
+    headers = _Headers(data_dir, None, None, _Workers(1))
+    images, more = _resolve_rows(kind, rows, data_dir, {manifest.resolve()}, headers)
     rejected += more
     if not images:
         raise _no_usable_image(data_dir, manifest.name, len(rows) + len(rejected) - len(more), rejected)

@@ -20,6 +20,7 @@ our messages, and pydicom's log records are dropped while we read.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import warnings
@@ -33,7 +34,14 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing, get_decoder, pixel_array
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+)
 
 __all__ = [
     "DicomError",
@@ -45,7 +53,10 @@ __all__ = [
     "check_image_header",
     "decode_dataset",
     "decode_frames",
+    "header_facts",
+    "header_facts_many",
     "header_summary",
+    "identifier_key",
     "preprocess_file",
     "preprocess_files",
     "pydicom_quiet",
@@ -78,6 +89,10 @@ Window = str | tuple[float, float] | None
 
 # Working-memory ceiling for one file, estimated from the header before decoding.
 MAX_DECODE_BYTES = 1 << 30
+
+# Faster installed decoders than pydicom's default pick, tried first (the default is the
+# fallback): CharLS (pyjpegls) decodes JPEG-LS about 4x faster than libjpeg, bit-exact.
+_PREFERRED_PLUGINS: dict[str, str] = {JPEGLSLossless: "pyjpegls", JPEGLSNearLossless: "pyjpegls"}
 
 # Deferring values above this size makes header reads cheap: pixel data stays on disk.
 _DEFER_SIZE = 4096
@@ -343,7 +358,7 @@ def _decode_frame(ds: Dataset, index: int | None) -> np.ndarray:
     """
     try:
         with pydicom_quiet():
-            arr = pixel_array(ds, index=index)
+            arr = _pixel_array_fast(ds, index)
     except ValueError as exc:
         if "less than expected" in str(exc):
             raise _fail("truncated", "the pixel data is shorter than the header says") from None
@@ -353,6 +368,19 @@ def _decode_frame(ds: Dataset, index: int | None) -> np.ndarray:
     except Exception as exc:
         raise _fail("corrupt", f"the pixel data cannot be decoded ({type(exc).__name__})") from None
     return arr.astype(arr.dtype.newbyteorder("="), copy=False)
+
+
+def _pixel_array_fast(ds: Dataset, index: int | None) -> np.ndarray:
+    """pixel_array with the preferred plugin for the syntax when it is installed, else
+    (or when that plugin refuses the stream) pydicom's own choice."""
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    plugin = _PREFERRED_PLUGINS.get(syntax, "") if syntax else ""
+    if plugin and plugin in get_decoder(syntax).available_plugins:
+        try:
+            return pixel_array(ds, index=index, decoding_plugin=plugin)
+        except Exception:  # noqa: BLE001 - the default plugins get their turn below
+            pass
+    return pixel_array(ds, index=index)
 
 
 def decode_dataset(ds: Dataset, window: tuple[float, float] | None = None) -> np.ndarray:
@@ -621,6 +649,70 @@ def preprocess_files(
 ) -> list[tuple[np.ndarray | None, str]]:
     """preprocess_file over a chunk of paths: one pool task per chunk keeps IPC overhead small."""
     return [preprocess_file(path, size, window, frame_policy) for path in paths]
+
+
+def identifier_key(kind: str, value: str) -> str:
+    """A stable one-way key for an identifier (PatientID, SOPInstanceUID), '' for none.
+
+    Loaders group, split and de-duplicate by these keys, so the identifiers
+    themselves never leave the reading function, nor reach a cache file.
+    """
+    value = str(value or "").strip()
+    if not value:
+        return ""
+    return hashlib.sha256(f"radfed-{kind}\x00{value}".encode()).hexdigest()[:32]
+
+
+def _text(ds: Dataset, keyword: str, limit: int = 64) -> str:
+    """A header value as stripped text ('' when absent); multi-valued joined with '\\'."""
+    value = ds.get(keyword, "") if keyword else ""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = "\\".join(str(v) for v in value)
+    return str(value).strip()[:limit]
+
+
+def header_facts(path: str | Path, label_tag: str | None = None) -> dict[str, str] | str:
+    """What a loader needs from one file's header, or the reason it is not readable DICOM.
+
+    Plain strings (JSON-ready, so loaders can cache them): ``patient`` and ``uid`` are
+    identifier_key()s, never the IDs; ``problem`` is the reason code when the header
+    shows the file cannot be an image; ``label_value`` is the ``label_tag`` value.
+    Never decodes pixels.
+    """
+    try:
+        ds = read_header(Path(path))
+    except DicomError as exc:
+        return exc.reason
+    with pydicom_quiet():  # validation warnings would quote the PatientID
+        try:
+            check_image_header(ds)
+            problem = ""
+        except DicomError as exc:
+            problem = exc.reason
+        tsyntax = ds.file_meta.get("TransferSyntaxUID")
+        try:
+            label_value = _text(ds, label_tag or "")
+        except Exception:  # a label tag pydicom cannot parse: no label
+            label_value = ""
+        return {
+            "patient": identifier_key("patient", str(ds.get("PatientID", "") or "")),
+            "uid": identifier_key("sop-instance", str(ds.get("SOPInstanceUID", "") or "")),
+            "modality": str(ds.get("Modality", "") or "").strip()[:16] or "unknown",
+            "manufacturer": str(ds.get("Manufacturer", "") or "").strip()[:64] or "unknown",
+            "problem": problem,
+            "body_part": _text(ds, "BodyPartExamined"),
+            "series": _text(ds, "SeriesDescription"),
+            "size": f"{_text(ds, 'Rows')}x{_text(ds, 'Columns')}",
+            "syntax": (tsyntax.name or str(tsyntax)) if tsyntax else "unknown",
+            "label_value": label_value,
+        }
+
+
+def header_facts_many(paths: list[str], label_tag: str | None = None) -> list[dict[str, str] | str]:
+    """header_facts over a chunk of paths (one pool task per chunk)."""
+    return [header_facts(path, label_tag) for path in paths]
 
 
 _SUMMARY_KEYWORDS = ("Modality", "Manufacturer", "Rows", "Columns", "PhotometricInterpretation", "BitsStored")

@@ -1,12 +1,14 @@
-"""SQL record of radfed experiments: runs, rounds, per-clinic results and checkpoints.
+"""SQL record of radfed experiments: runs, rounds, per-clinic results, checkpoints and
+each clinic's data card (its data mix, counts only).
 
 The ServerApp writes here while the coordinator CLI and the dashboard read, often
 from other processes, so every write is its own short transaction and SQLite runs
 in WAL mode with a busy timeout.  PostgreSQL (psycopg 3 driver) is supported for
 shared deployments.
 
-Privacy: only clinic names, Flower node ids and numbers are stored -- never
-patient data, file names of studies, or anything derived from a single patient.
+Privacy: only clinic names, Flower node ids, numbers and equipment/format names
+(modality, manufacturer, transfer syntax) are stored -- never patient data, file
+names of studies, or anything derived from a single patient.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from sqlmodel import Field, Session, SQLModel, create_engine, select
 __all__ = [
     "Baseline",
     "Checkpoint",
+    "ClinicDataCard",
     "ClinicRoundResult",
     "Experiment",
     "RoundResult",
@@ -162,6 +165,21 @@ class ClinicRoundResult(SQLModel, table=True):
     # model bytes sent to this clinic for this phase, and what it sent back
     bytes_down: int | None = Field(default=None, sa_type=BigInteger)
     bytes_up: int | None = Field(default=None, sa_type=BigInteger)
+    created_at: datetime = Field(default_factory=_utcnow)
+
+
+class ClinicDataCard(SQLModel, table=True):
+    """One clinic's data mix for a run, sent once with its first reply: counts per label,
+    split, modality, equipment, size bucket, transfer syntax and rejection reason only."""
+
+    __tablename__ = "clinic_data_cards"
+    __table_args__ = (UniqueConstraint("run_id", "clinic", name="uq_data_card_run_clinic"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="runs.id", index=True)
+    clinic: str
+    node_id: str
+    card_json: str  # JSON object of counts (radfed.data.ClinicData.shared_card)
     created_at: datetime = Field(default_factory=_utcnow)
 
 
@@ -586,6 +604,18 @@ class Store:
             ).all()
         return [{**_row_dict(b), "experiment": e.name, "spec_json": e.spec_json} for b, e in pairs]
 
+    def record_data_card(self, run_id: int, clinic: str, node_id: int | str, card: dict[str, Any]) -> None:
+        """Store a clinic's data card for a run; a second card from the same clinic replaces the first."""
+        card_json = json.dumps(card, sort_keys=True, separators=(",", ":"))
+        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        stmt = insert(ClinicDataCard).values(run_id=run_id, clinic=str(clinic), node_id=str(node_id),
+                                             card_json=card_json, created_at=_utcnow())
+        stmt = stmt.on_conflict_do_update(index_elements=["run_id", "clinic"],
+                                          set_={"node_id": str(node_id), "card_json": card_json})
+        with self._session() as session:
+            session.execute(stmt)
+            session.commit()
+
     def record_checkpoint(
         self,
         run_id: int,
@@ -665,12 +695,13 @@ class Store:
 
     @staticmethod
     def _children(session: Session, run_ids: list[Any]) -> dict[str, dict[int, list[dict[str, Any]]]]:
-        """Rounds, clinic results and checkpoints of the given runs, grouped by run id."""
+        """Rounds, clinic results, checkpoints and data cards of the given runs, grouped by run id."""
         tables = {
             "rounds": (RoundResult, (RoundResult.server_round,)),
             "clinics": (ClinicRoundResult, (ClinicRoundResult.server_round, ClinicRoundResult.phase,
                                             ClinicRoundResult.clinic, ClinicRoundResult.id)),
             "checkpoints": (Checkpoint, (Checkpoint.server_round, Checkpoint.id)),
+            "data_cards": (ClinicDataCard, (ClinicDataCard.clinic, ClinicDataCard.id)),
         }
         grouped: dict[str, dict[int, list[dict[str, Any]]]] = {}
         for key, (table, order) in tables.items():
@@ -681,7 +712,10 @@ class Store:
                 select(table).where(table.run_id.in_(run_ids)).order_by(*order)  # type: ignore[attr-defined]
             ).all()
             for row in rows:
-                grouped[key][row.run_id].append(_row_dict(row, drop=("run_id",)))
+                item = _row_dict(row, drop=("run_id",))
+                if key == "data_cards":
+                    item["card"] = json.loads(item.pop("card_json"))
+                grouped[key][row.run_id].append(item)
         return grouped
 
     @staticmethod
@@ -698,4 +732,5 @@ class Store:
             "rounds": children["rounds"][run.id],  # type: ignore[index]
             "clinics": children["clinics"][run.id],  # type: ignore[index]
             "checkpoints": children["checkpoints"][run.id],  # type: ignore[index]
+            "data_cards": children["data_cards"][run.id],  # type: ignore[index]
         }

@@ -9,6 +9,8 @@ round. Both land in the same rows: an "evaluate" row per clinic and the round's
 example-weighted validation metrics. Each clinic's quality figures (AUROC CI over its
 patients, sensitivity, specificity, threshold, ECE) go with its row; the round's pooled
 figures are computed from the clinics' per-bin counts (radfed.evaluation.pooled_quality).
+A clinic's first train reply of a run also carries its data card (counts only), kept in
+clinic_data_cards for the dashboard.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from flwr.app import ArrayRecord, MetricRecord
 
 from radfed.audit import Registry
 from radfed.evaluation import SUMMARY_KEYS, operating_point, pooled_quality
+from radfed.data import SHARED_CARD_KEYS
 from radfed.spec import ExperimentSpec
 from radfed.store import Store
 from strategies.utils import ClinicReply
@@ -108,6 +111,8 @@ class RunRecorder:
                 log.warning("round %d %s: %s failed: %s", server_round, phase, reply.clinic, reply.error)
                 continue
             if phase == "train":
+                if reply.data_card is not None:
+                    self._data_card(reply)
                 self._clinic_row(server_round, "train", reply, reply.num_examples, traffic=True)
                 self._audit("contributed", server_round, reply.clinic, reply.node_id, pending=True)
                 if "val_examples" in reply.metrics:
@@ -115,6 +120,14 @@ class RunRecorder:
                                      int(reply.metrics["val_examples"]))
             else:
                 self._clinic_row(server_round, "evaluate", reply, reply.num_examples, traffic=True)
+
+    def _data_card(self, reply: ClinicReply) -> None:
+        """Keep a clinic's data mix for the dashboard: only the known card keys, as sent."""
+        card = {key: reply.data_card[key] for key in SHARED_CARD_KEYS if key in reply.data_card}  # type: ignore[index]
+        if not card:
+            log.warning("ignoring a data card without known keys from %s", reply.clinic)
+            return
+        self.store.record_data_card(self.run_id, reply.clinic, reply.node_id, card)
 
     def excluded(self, server_round: int, reply: ClinicReply, reason: str) -> None:
         """An update the guards refused: recorded with the reason, never aggregated."""

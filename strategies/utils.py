@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
 from flwr.app import Message, MetricRecord, RecordDict
 
+from radfed.data import DATA_CARD_RECORD
+
 NUM_EXAMPLES = "num-examples"
+MAX_DATA_CARD_CHARS = 65536  # a data card is a few hundred bytes of counts
 
 
 @dataclass
@@ -22,6 +26,7 @@ class ClinicReply:
     lists: dict[str, list[float]] = field(default_factory=dict)  # per-bin counts (pooled figures)
     bytes_up: int = 0  # model bytes in the reply
 
+    data_card: dict | None = None  # counts only (ClinicData.shared_card), first reply of a run
 
     @property
     def num_examples(self) -> int:
@@ -48,7 +53,20 @@ def parse_reply(msg: Message) -> ClinicReply:
     info = content.config_records.get("clinic", {})
     return ClinicReply(node_id, str(info.get("name", f"node-{node_id}")),
                        info.get("device"), metrics, lists=lists,
-                       bytes_up=model_bytes(content))
+                       bytes_up=model_bytes(content), data_card=_data_card(content))
+
+
+def _data_card(content: RecordDict) -> dict | None:
+    """The reply's data card as a dict, or None when absent, oversized or not a JSON object."""
+    record = content.config_records.get(DATA_CARD_RECORD)
+    text = record.get("json") if record is not None else None
+    if not isinstance(text, str) or len(text) > MAX_DATA_CARD_CHARS:
+        return None
+    try:
+        card = json.loads(text)
+    except ValueError:
+        return None
+    return card if isinstance(card, dict) else None
 
 
 def finite_weighted_mean(contents: list[RecordDict], weighted_by_key: str) -> MetricRecord:

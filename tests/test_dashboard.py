@@ -19,6 +19,14 @@ from radfed.store import Store
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "dashboard" / "app.py"
 BIG_NODE_ID = 2**64 - 2
+CARD = {"labels": ["normal", "opacity"],
+        "train": {"images": {"normal": 5, "opacity": 3}, "patients": {"normal": 3, "opacity": 2},
+                  "total_images": 8, "total_patients": 5},
+        "val": {"images": {"normal": 1, "opacity": 1}, "patients": {"normal": 1, "opacity": 1},
+                "total_images": 2, "total_patients": 2},
+        "rejected": {"corrupt": 2}, "rejected_total": 2, "modalities": {"CR": 7, "DX": 3},
+        "manufacturers": {"Acme": 10}, "sizes": {"1024-2047 px": 10},
+        "transfer_syntaxes": {"JPEG-LS Lossless Image Compression": 10}, "filtered": 1}
 
 
 def _app(monkeypatch: pytest.MonkeyPatch, db_url: str) -> AppTest:
@@ -44,6 +52,7 @@ def _fill(db_url: str, tmp_path: Path) -> None:
                                    duration_s=3.0 * rnd, bytes_down=2_000_000 // rnd, bytes_up=4096)
                 store.record_clinic_result(run, rnd, "clinic-a", BIG_NODE_ID, "evaluate", 0.5, 32,
                                            accuracy=0.7, auroc=auroc, device="cuda:0")
+            store.record_data_card(run, "clinic-a", BIG_NODE_ID, CARD)
             checkpoint = tmp_path / f"{name}-round-2.pt"
             checkpoint.write_bytes(b"weights")
             store.record_checkpoint(run, 2, checkpoint, "0" * 64, "val_auroc", auroc)
@@ -73,6 +82,11 @@ def test_leaderboard_in_auroc_order(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     traffic = next(d.value for d in at.dataframe if "MB down" in d.value.columns)
     assert traffic["Round"].tolist() == [1, 2] and traffic["MB down"].tolist() == [2.0, 1.0]
     assert traffic["Seconds"].tolist() == [3.0, 6.0]
+    mix = next(d.value for d in at.dataframe if "Rejected by reason" in d.value.columns)  # the clinic's data card: its data mix
+    row = mix.iloc[0]
+    assert (row["Clinic"], row["normal images"], row["opacity images"], row["normal patients"]) == ("clinic-a", 6, 4, 4)
+    assert (row["Train images"], row["Val images"], row["Patients"], row["Rejected"]) == (8, 2, 7, 2)
+    assert row["Modalities"] == "CR 7, DX 3" and row["Rejected by reason"] == "corrupt 2"
     assert len(at.download_button) == 1
 
 

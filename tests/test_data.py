@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from radfed import data, dicom
-from radfed.data import DataError, load_clinic, patient_split
+from radfed.data import DataError, DataOptions, load_clinic, patient_split
 
 LABELS = ("normal", "opacity")
 SIZE = 16
@@ -375,3 +375,119 @@ def test_corrupt_cache_file_is_a_miss(tmp_path: Path) -> None:
         path.write_bytes(b"garbage")
     again = load_clinic(tmp_path / "clinic", LABELS, SIZE, cache_dir=tmp_path / "cache")
     torch.testing.assert_close(again.train.images, first.train.images)
+
+
+# ----------------------------------------------------------------------------- header cache
+
+
+def refuse_dicom(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every way radfed opens a DICOM file fail loudly."""
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("opened a DICOM file despite a warm cache")
+
+    for target in (dicom, pydicom, pydicom.filereader):
+        monkeypatch.setattr(target, "dcmread", refuse)
+
+
+def counting_headers(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Replace dicom.header_facts with a wrapper recording each path whose header facts are read."""
+    calls: list[Path] = []
+    original = dicom.header_facts
+
+    def wrapper(path: Path, label_tag: str | None = None) -> object:
+        calls.append(Path(path))
+        return original(path, label_tag)
+
+    monkeypatch.setattr(dicom, "header_facts", wrapper)
+    return calls
+
+
+@pytest.mark.parametrize("key", ["file", "sop_instance_uid"])
+def test_cached_epoch_opens_no_dicom_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str) -> None:
+    clinic_dir, cache = tmp_path / "clinic", tmp_path / "cache"
+    make_clinic(clinic_dir, n_patients=4, images=2, key=key)
+    (clinic_dir / "exports" / "broken.dcm").write_bytes(b"DICM" * 10)  # rejected: cached as such
+    if key == "file":
+        with (clinic_dir / "labels.csv").open("a") as handle:
+            handle.write("exports/broken.dcm,normal\n")
+    first = load_clinic(clinic_dir, LABELS, SIZE, cache_dir=cache)
+    refuse_dicom(monkeypatch)
+    second = load_clinic(clinic_dir, LABELS, SIZE, cache_dir=cache)
+    torch.testing.assert_close(second.train.images, first.train.images, rtol=0, atol=0)
+    torch.testing.assert_close(second.val.patients, first.val.patients)
+    assert second.summary() == first.summary() and second.rejected == first.rejected
+    assert sum(second.summary()[s]["total_patients"] for s in ("train", "val")) == 4
+
+
+def test_header_cache_rereads_only_changed_files_and_tag_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clinic_dir, cache = tmp_path / "clinic", tmp_path / "cache"
+    make_clinic(clinic_dir, n_patients=3, images=2)
+    before = load_clinic(clinic_dir, LABELS, SIZE, cache_dir=cache)
+    assert sum(before.summary()[s]["total_patients"] for s in ("train", "val")) == 3
+    calls = counting_headers(monkeypatch)
+    # the second image of patient 0 is re-exported under a new patient: only it is read again
+    write_image(clinic_dir / "exports/s0/IM1", "PID-SECRET-NEW", level=100)
+    after = load_clinic(clinic_dir, LABELS, SIZE, cache_dir=cache)
+    assert calls == [clinic_dir / "exports/s0/IM1"]
+    assert sum(after.summary()[s]["total_patients"] for s in ("train", "val")) == 4
+    # a task labelling by another tag needs other header facts: every file is read again
+    tagged = DataOptions(label_source="tag", label_tag="Modality", label_map={"DX": "normal"})
+    by_tag = load_clinic(clinic_dir, LABELS, SIZE, cache_dir=cache, options=tagged)
+    assert len(calls) == 1 + 7 and by_tag.summary()["rejected_total"] == 0  # 6 images + labels.csv
+    load_clinic(clinic_dir, LABELS, SIZE, cache_dir=cache, options=tagged)
+    assert len(calls) == 8  # labels.csv is remembered as not DICOM too
+
+
+def test_header_cache_holds_keys_not_identifiers(tmp_path: Path) -> None:
+    make_clinic(tmp_path / "clinic", n_patients=3, images=1, key="sop_instance_uid")
+    uids = [line.split(",")[0] for line in (tmp_path / "clinic" / "labels.csv").read_text().splitlines()[1:]]
+    load_clinic(tmp_path / "clinic", LABELS, SIZE, cache_dir=tmp_path / "cache")
+    [headers] = (tmp_path / "cache").glob("*-headers.json")
+    text = headers.read_text()
+    for secret in ["PID-SECRET", "DOE", "JANE", "1970", "Secret Valley", "ACC-SECRET", "exports", *uids]:
+        assert secret not in text
+    assert dicom.identifier_key("patient", "PID-SECRET-000") in text  # the split still groups by patient
+
+
+def test_worker_processes_return_the_same_facts_and_pixels(tmp_path: Path) -> None:
+    make_clinic(tmp_path, n_patients=3, images=2)
+    paths = [str(p) for p in sorted((tmp_path / "exports").rglob("IM*"))]
+    workers = data._Workers(2)
+    try:
+        workers.start()
+        workers._ready.result(timeout=60)  # helpers up: the map below really uses them
+        facts = workers.map(dicom.header_facts_many, paths, (None,), "headers", None)
+        pixels = workers.map(dicom.preprocess_files, paths, (SIZE, None, "middle"), "pixels", None)
+    finally:
+        workers.close()
+    assert facts == dicom.header_facts_many(paths)
+    for (image, reason), (serial, _) in zip(pixels, dicom.preprocess_files(paths, SIZE)):
+        assert reason == "" and image.dtype == np.float16 and np.array_equal(image, serial)
+
+
+def test_shared_card_buckets_sizes_and_holds_counts_only(tmp_path: Path) -> None:
+    make_clinic(tmp_path, n_patients=4, images=2)
+    clinic = load_clinic(tmp_path, LABELS, SIZE)
+    card = clinic.shared_card()
+    assert tuple(card) == data.SHARED_CARD_KEYS
+    assert card["sizes"] == {"<256 px": 8} and clinic.summary()["sizes"] == {"20x12": 8}
+    assert card["train"]["total_images"] + card["val"]["total_images"] == 8
+    text = json.dumps(card)
+    for secret in ("PID-SECRET", "DOE", "JANE", "1970", "Secret Valley", "ACC-SECRET", "exports", "IM0"):
+        assert secret not in text
+
+
+def test_damaged_header_cache_is_read_again(tmp_path: Path) -> None:
+    clinic_dir, cache = tmp_path / "clinic", tmp_path / "cache"
+    make_clinic(clinic_dir, n_patients=3, images=1)
+    first = load_clinic(clinic_dir, LABELS, SIZE, cache_dir=cache)
+    [headers] = cache.glob("*-headers.json")
+    stored = json.loads(headers.read_text())
+    stored["entries"] = {key: {"patient": "x"} for key in stored["entries"]}  # fields missing
+    headers.write_text(json.dumps(stored))
+    assert load_clinic(clinic_dir, LABELS, SIZE, cache_dir=cache).summary() == first.summary()
+    headers.write_text("{not json")
+    assert load_clinic(clinic_dir, LABELS, SIZE, cache_dir=cache).summary() == first.summary()
+    assert len(json.loads(headers.read_text())["entries"]) == 3  # rewritten whole

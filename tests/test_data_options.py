@@ -181,13 +181,14 @@ def test_check_data_prints_card_and_rejections_with_fixes(tmp_path: Path) -> Non
     result = run_check_data(str(tmp_path), "--image-size", "16", "--json")
     assert result.exit_code == 0, result.output
     card = json.loads(result.stdout)
-    assert card["summary"]["sizes"] == {"20x12": 4}
+    assert card["summary"]["sizes"] == {"20x12": 4} and card["shared"]["sizes"] == {"<256 px": 4}
     assert {(r["where"], r["reason"]) for r in card["rejected"]} == {
         ("cut.dcm", "empty-file"), ("labels.csv line 7: nope.dcm", "missing-file")}
     assert all(r["fix"] for r in card["rejected"])
     text = run_check_data(str(tmp_path), "--image-size", "16")
     assert text.exit_code == 0 and "transfer syntaxes: Explicit VR Little Endian 4" in text.output
     assert "rejected cut.dcm: empty-file; copy or re-export the file again" in text.output
+    assert "sent to the coordinator once per run" in text.output and "<256 px 4" in text.output
 
 
 def test_check_data_fails_only_when_nothing_is_usable(tmp_path: Path) -> None:

@@ -55,6 +55,8 @@ def test_small_demo_two_clinics_end_to_end(tmp_path):
     assert all(0.0 <= c["accuracy"] <= 1.0 for c in evaluated)
     assert entry["final_auroc"] is None or 0.0 <= entry["final_auroc"] <= 1.0
 
+    _check_data_cards(entry, work)
+
     ckpts = sorted(entry["checkpoints"], key=lambda c: c["server_round"])
     assert [c["server_round"] for c in ckpts] == [1, 2]
     assert all(len(c["sha256"]) == 64 for c in ckpts)
@@ -94,6 +96,27 @@ def _assert_no_phi_left_the_clinics(work):
     texts.update({str(p): p.read_text(errors="replace") for p in (work / "logs").glob("*.log")})
     leaks = {name: sorted(v for v in phi if v in text) for name, text in texts.items()}
     assert not any(leaks.values()), leaks
+
+
+def _check_data_cards(entry: dict, work) -> None:
+    """Each clinic's first reply brought its data card: the counts its own data card shows,
+    with no identifying value of the generated DICOM in it (the database as a whole is
+    scanned by _assert_no_phi_left_the_clinics)."""
+    from radfed.data import load_clinic
+    from radfed.demo_data import phi_values
+    from radfed.spec import ExperimentSpec, data_options
+
+    spec = ExperimentSpec.from_json(entry["spec_json"])
+    cards = {c["clinic"]: c["card"] for c in entry["data_cards"]}
+    assert sorted(cards) == ["clinic-1", "clinic-2"] and len(entry["data_cards"]) == 2
+    for name, card in cards.items():
+        folder = work / "data" / name
+        local = load_clinic(folder, spec.labels, spec.image_size, val_fraction=spec.val_fraction,
+                            seed=spec.seed, options=data_options(spec.data))
+        assert card == json.loads(json.dumps(local.shared_card()))
+        assert card["train"]["total_patients"] + card["val"]["total_patients"] == 12
+        secrets = phi_values(folder)
+        assert secrets and not [v for v in secrets if v in json.dumps(card)]
 
 
 def test_federation_close_stops_every_process(federation, tmp_path):

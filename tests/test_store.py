@@ -389,3 +389,15 @@ def test_a_database_from_before_a_new_column_gets_it(store_url: str) -> None:
         reopened.record_round(run, 1, bytes_down=123)
         reopened.finish_run(run, "completed")
         assert reopened.leaderboard()[0]["rounds"][0]["bytes_down"] == 123
+def test_data_cards_are_stored_once_per_clinic_and_listed(store: Store) -> None:
+    run = _finished_run(store, "cards", 0.8)
+    card = {"labels": ["normal", "opacity"], "train": {"total_images": 10}, "modalities": {"CR": 12}}
+    store.record_data_card(run, "clinic-a", BIG_NODE_ID, {**card, "modalities": {"CR": 1}})
+    store.record_data_card(run, "clinic-a", BIG_NODE_ID, card)  # a repeat replaces, never duplicates
+    store.record_data_card(run, "clinic-b", 7, {**card, "modalities": {"DX": 3}})
+    [entry] = store.leaderboard()
+    cards = entry["data_cards"]
+    assert [c["clinic"] for c in cards] == ["clinic-a", "clinic-b"]
+    assert cards[0]["card"] == card and cards[0]["node_id"] == str(BIG_NODE_ID)
+    assert cards[1]["card"]["modalities"] == {"DX": 3}
+    json.dumps(entry)
