@@ -94,6 +94,7 @@ class Experiment(SQLModel, table=True):
     backbone: str
     weights: str  # "random" or the weight file's name
     strategy: str
+    privacy: str = '{"mode": "none"}'  # JSON: differential privacy mode and parameters used
     created_at: datetime = Field(default_factory=_utcnow)
 
 
@@ -421,12 +422,17 @@ class Store:
             return row.id  # type: ignore[attr-defined,no-any-return]
 
     def create_experiment(
-        self, name: str, spec_json: str, backbone: str, weights: str, strategy: str
+        self, name: str, spec_json: str, backbone: str, weights: str, strategy: str,
+        privacy: dict[str, Any] | None = None,
     ) -> int:
-        """Record an experiment spec; returns its id for `start_run`."""
+        """Record an experiment spec; returns its id for `start_run`.
+
+        `privacy` is the resolved differential-privacy table (mode and every parameter).
+        """
         return self._add(Experiment(
             name=name, spec_json=spec_json, backbone=backbone,
             weights=str(weights), strategy=strategy,
+            privacy=json.dumps(privacy or {"mode": "none"}, sort_keys=True),
         ))
 
     def start_run(self, experiment_id: int, flwr_run_id: int | str, rounds_planned: int,
@@ -651,6 +657,7 @@ class Store:
             "rank": None, "run_id": run.id, "flwr_run_id": run.flwr_run_id,
             "experiment_id": exp.id, "experiment": exp.name, "backbone": exp.backbone,
             "weights": exp.weights, "strategy": exp.strategy, "spec_json": exp.spec_json,
+            "privacy": json.loads(exp.privacy),
             "status": run.status, "final_auroc": run.final_auroc, "error": run.error,
             "rounds_planned": run.rounds_planned, "holdout": run.holdout,
             "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),

@@ -17,12 +17,12 @@ from flwr.serverapp import Grid, ServerApp
 
 from radfed.audit import Registry
 from radfed.batchnorm import batchnorm_state_keys
-from radfed.models import create_model
+from radfed.models import apply_freeze, create_model
 from radfed.spec import ExperimentSpec
 from radfed.store import Store
 from server.holdout import ExcludingGrid, evaluate_holdout, find_holdout
 from server.recorder import RunRecorder
-from strategies import build_strategy
+from strategies import build_strategy, check_privacy
 from strategies.fedbn import FedBN
 
 log = logging.getLogger("radfed.server")
@@ -46,6 +46,12 @@ def wait_for_clinics(grid: Grid, minimum: int, timeout: float) -> int:
     return count
 
 
+def trainable_keys(model: torch.nn.Module, spec: ExperimentSpec) -> set[str]:
+    """Parameters the clinics train under the spec's freeze policy (what DP may change)."""
+    apply_freeze(model, spec.freeze, spec.unfreeze_top)
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run one experiment; the run row ends 'completed' or 'failed' with a reason."""
@@ -53,8 +59,9 @@ def main(grid: Grid, context: Context) -> None:
     spec = ExperimentSpec.from_json(str(cfg["spec"]))
     store = Store(str(cfg["database-url"]) or None)
     weights_name = "random" if spec.weights == "random" else Path(spec.weights).name
+    privacy = check_privacy(spec.privacy, spec.min_clinics)
     exp_id = store.create_experiment(spec.name, spec.to_json(), spec.backbone,
-                                     weights_name, spec.strategy)
+                                     weights_name, spec.strategy, privacy=privacy)
     holdout = str(cfg.get("holdout", "") or "")
     run_id = store.start_run(exp_id, str(context.run_id), spec.rounds, holdout=holdout)
     try:
@@ -67,7 +74,8 @@ def main(grid: Grid, context: Context) -> None:
         model = create_model(spec.backbone, len(spec.labels), spec.weights)
         ckpt_dir = Path(str(cfg["checkpoint-dir"])) / f"run-{run_id}"
         recorder = RunRecorder(store, run_id, spec, ckpt_dir, Registry(store), str(context.run_id))
-        strategy = build_strategy(spec, recorder, bn_keys=batchnorm_state_keys(model))
+        strategy = build_strategy(spec, recorder, bn_keys=batchnorm_state_keys(model),
+                                  trainable_keys=trainable_keys(model, spec))
         # Clinics rebuild the same network: the input convention of the weight source
         # (and, for Keras weights, its layout) is not in the state_dict, so it travels here.
         shared = {"spec": spec.to_json(), "normalisation": model.normalisation}

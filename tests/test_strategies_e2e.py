@@ -76,7 +76,7 @@ def _assert_bn_stays_local(fed: Federation, entry: dict) -> None:
     from radfed.models import create_model
 
     states = [torch.load(p, weights_only=True)
-              for p in sorted((fed.work / "nodes").glob("*/state/fedbn/run-*.pt"))
+              for p in sorted((fed.work / "nodes").glob("*/state/local/run-*.pt"))
               if str(entry["flwr_run_id"]) in p.name]
     assert len(states) == HONEST
     key = next(k for k in batchnorm_state_keys(create_model("resnet18", 2)) if k.endswith("running_mean"))
