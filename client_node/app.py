@@ -24,6 +24,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from client_node.legacy import legacy_format_mod, secagg_mod
 from client_node.outbox import outbox_mod
 from radfed.batchnorm import batchnorm_state_keys
 from radfed.data import ClinicData, DataError, load_clinic
@@ -171,7 +172,7 @@ def clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -
     return mod(msg, context, call_next)
 
 
-@app.train(mods=[clipping_mod])
+@app.train(mods=[clipping_mod, secagg_mod, legacy_format_mod])
 @_guarded
 def train(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on held-out patients, then fine-tune it."""
@@ -241,7 +242,7 @@ def _adapt_batchnorm(model: torch.nn.Module, images: torch.Tensor, batch_size: i
     model.eval()
 
 
-@app.evaluate()
+@app.evaluate(mods=[legacy_format_mod])
 @_guarded
 def evaluate_global(msg: Message, context: Context) -> Message:
     """Evaluate the global model on this clinic's held-out patients."""

@@ -24,6 +24,7 @@ from server.holdout import ExcludingGrid, evaluate_holdout, find_holdout
 from server.recorder import RunRecorder
 from strategies import build_strategy, check_privacy
 from strategies.fedbn import FedBN
+from strategies.secagg import SECAGG_MODE, run_secure, secure_strategy
 
 log = logging.getLogger("radfed.server")
 app = ServerApp()
@@ -59,7 +60,7 @@ def main(grid: Grid, context: Context) -> None:
     spec = ExperimentSpec.from_json(str(cfg["spec"]))
     store = Store(str(cfg["database-url"]) or None)
     weights_name = "random" if spec.weights == "random" else Path(spec.weights).name
-    privacy = check_privacy(spec.privacy, spec.min_clinics)
+    privacy = check_privacy(spec.privacy, spec.min_clinics, spec.strategy)
     exp_id = store.create_experiment(spec.name, spec.to_json(), spec.backbone,
                                      weights_name, spec.strategy, privacy=privacy)
     holdout = str(cfg.get("holdout", "") or "")
@@ -74,19 +75,30 @@ def main(grid: Grid, context: Context) -> None:
         model = create_model(spec.backbone, len(spec.labels), spec.weights)
         ckpt_dir = Path(str(cfg["checkpoint-dir"])) / f"run-{run_id}"
         recorder = RunRecorder(store, run_id, spec, ckpt_dir, Registry(store), str(context.run_id))
-        strategy = build_strategy(spec, recorder, bn_keys=batchnorm_state_keys(model),
-                                  trainable_keys=trainable_keys(model, spec))
         # Clinics rebuild the same network: the input convention of the weight source
         # (and, for Keras weights, its layout) is not in the state_dict, so it travels here.
         shared = {"spec": spec.to_json(), "normalisation": model.normalisation}
-        result = strategy.start(train_grid, ArrayRecord(model.state_dict()), num_rounds=spec.rounds,
-                                timeout=spec.round_timeout, train_config=ConfigRecord(dict(shared)),
-                                evaluate_config=ConfigRecord(dict(shared)), evaluate_fn=recorder.checkpoint)
-        if holdout:
-            config = ConfigRecord({**shared, "server-round": spec.rounds,
-                                   "local-bn": isinstance(strategy, FedBN)})
-            reply = evaluate_holdout(train_grid, holdout_node, result.arrays, config, spec.round_timeout)
-            recorder.holdout(spec.rounds, reply)
+        initial = ArrayRecord(model.state_dict())
+        if privacy["mode"] == SECAGG_MODE:
+            if holdout:
+                raise ValueError("--holdout is not available with privacy mode secagg+")
+            keys = list(initial.keys())
+            secure = secure_strategy(recorder, keys, initial, trainable_keys(model, spec),
+                                     spec.rounds, spec.min_clinics, shared)
+            run_secure(train_grid, context, secure, privacy, spec.rounds, spec.round_timeout)
+        else:
+            strategy = build_strategy(spec, recorder, bn_keys=batchnorm_state_keys(model),
+                                      trainable_keys=trainable_keys(model, spec))
+            result = strategy.start(train_grid, initial, num_rounds=spec.rounds,
+                                    timeout=spec.round_timeout, train_config=ConfigRecord(dict(shared)),
+                                    evaluate_config=ConfigRecord(dict(shared)),
+                                    evaluate_fn=recorder.checkpoint)
+            if holdout:
+                config = ConfigRecord({**shared, "server-round": spec.rounds,
+                                       "local-bn": isinstance(getattr(strategy, "strategy", strategy), FedBN)})
+                reply = evaluate_holdout(train_grid, holdout_node, result.arrays, config,
+                                         spec.round_timeout)
+                recorder.holdout(spec.rounds, reply)
         final = recorder.val_auroc.get(spec.rounds)
         store.finish_run(run_id, "completed", final_auroc=final)
         log.info("run %s completed: final federated AUROC %s", run_id, final)

@@ -109,7 +109,7 @@ def run(
     try:
         spec = load_spec(experiment)
         check_strategy(spec.strategy, spec.strategy_params)
-        check_privacy(spec.privacy, spec.min_clinics)
+        check_privacy(spec.privacy, spec.min_clinics, spec.strategy)
     except SpecError as e:
         _fail(str(e), 2)
     except StrategyError as e:

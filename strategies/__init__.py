@@ -27,8 +27,8 @@ def build_strategy(spec: ExperimentSpec, recorder: RoundRecorder,
     has a privacy mode.
     """
     params = check_strategy(spec.strategy, spec.strategy_params)
-    privacy = check_privacy(spec.privacy, spec.min_clinics)
-    private = privacy["mode"] != "none"
+    privacy = check_privacy(spec.privacy, spec.min_clinics, spec.strategy)
+    private = privacy["mode"] not in ("none", "secagg+")  # secagg+: strategies.secagg
     norm_factor = float(params.pop("norm_factor"))
     common = dict(
         fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=spec.min_clinics,

@@ -52,8 +52,14 @@ _ADAPTIVE = {**_NOISE, **_SAMPLED,
              "clipped_count_stddev": (0.0, "noise on the clipped count (0: Flower's default, "
                                            "num_sampled_clients/20)")}
 
-# mode -> (Flower wrapper, where clipping happens, what it does, parameters)
-MODES: dict[str, tuple[type[Strategy] | None, str, str, dict[str, tuple[Any, str]]]] = {
+_SECAGG = {"num_shares": (3, "clinics each clinic's secrets are shared with (3 or more)"),
+           "reconstruction_threshold": (2, "shares needed to reconstruct a dropped clinic's mask"),
+           "max_weight": (1000.0, "largest num-examples a clinic may have (quantised weight)"),
+           "clipping_range": (8.0, "weights are clipped to ±this before quantisation"),
+           "quantization_range": (4194304, "quantisation levels over the clipping range")}
+
+# mode -> (Flower wrapper or workflow, where clipping happens, what it does, parameters)
+MODES: dict[str, tuple[type[Strategy] | str | None, str, str, dict[str, tuple[Any, str]]]] = {
     "none": (None, "", "no differential privacy", {}),
     "server-fixed": (DifferentialPrivacyServerSideFixedClipping, "server",
                      "server clips each update to clipping_norm, adds noise to the mean", _FIXED),
@@ -65,10 +71,12 @@ MODES: dict[str, tuple[type[Strategy] | None, str, str, dict[str, tuple[Any, str
     "client-adaptive": (DifferentialPrivacyClientSideAdaptiveClipping, "client",
                         "clinics clip (adaptiveclipping_mod) with an adapted bound, server "
                         "adds noise", _ADAPTIVE),
+    "secagg+": ("SecAggPlusWorkflow", "", "secure aggregation: the server sees only the masked "
+                "sum of the clinics' updates (FedAvg only, 3+ clinics, no guards)", _SECAGG),
 }
 
 
-def check_privacy(table: dict[str, Any], min_clinics: int) -> dict[str, Any]:
+def check_privacy(table: dict[str, Any], min_clinics: int, strategy: str = "fedavg") -> dict[str, Any]:
     """Validate a spec's privacy table; returns it resolved (mode, every parameter).
 
     The resolved table is what the run records, so a reader sees the values used.
@@ -89,13 +97,28 @@ def check_privacy(table: dict[str, Any], min_clinics: int) -> dict[str, Any]:
             kind = "a non-negative integer" if isinstance(default, int) else "a non-negative number"
             raise StrategyError(f"privacy: {key} = {value!r}; allowed: {kind} (default {default})")
     resolved: dict[str, Any] = {"mode": mode, **{k: table.get(k, d) for k, (d, _) in allowed.items()}}
-    if cls is not None:
+    if mode == "secagg+":
+        _check_secagg(resolved, min_clinics, strategy)
+    elif cls is not None:
         resolved["num_sampled_clients"] = resolved["num_sampled_clients"] or min_clinics
         try:
             _wrap(cls, FedAvg(), resolved)
         except ValueError as err:  # Flower's own checks, e.g. a zero clipping norm
             raise StrategyError(f"privacy ({mode}): {str(err).splitlines()[0]}") from None
     return resolved
+
+
+def _check_secagg(resolved: dict[str, Any], min_clinics: int, strategy: str) -> None:
+    if strategy != "fedavg":
+        raise StrategyError(f"privacy: mode secagg+ works with strategy fedavg only, not {strategy}; "
+                            "set strategy = \"fedavg\" or pick a differential-privacy mode")
+    shares, threshold = resolved["num_shares"], resolved["reconstruction_threshold"]
+    if min_clinics < 3 or shares < 3:
+        raise StrategyError(f"privacy: mode secagg+ needs min_clinics >= 3 and num_shares >= 3 "
+                            f"(got {min_clinics} and {shares})")
+    if not 1 <= threshold <= shares or resolved["clipping_range"] <= 0 or resolved["max_weight"] <= 0:
+        raise StrategyError(f"privacy: secagg+ needs 1 <= reconstruction_threshold <= num_shares "
+                            f"(got {threshold} and {shares}) and positive clipping_range, max_weight")
 
 
 def _wrap(cls: type[Strategy], inner: Strategy, resolved: dict[str, Any]) -> Strategy:
@@ -158,6 +181,6 @@ def wrap_private(inner: Strategy, resolved: dict[str, Any], shared_keys: set[str
 
 def describe_privacy() -> list[dict[str, Any]]:
     """The modes as data (for `coordinator strategies [--json]`)."""
-    return [{"mode": mode, "flower_class": cls.__name__ if cls else None, "summary": summary,
+    return [{"mode": mode, "flower_class": getattr(cls, "__name__", cls), "summary": summary,
              "params": {k: {"default": d, "doc": doc} for k, (d, doc) in params.items()}}
             for mode, (cls, _, summary, params) in MODES.items()]

@@ -104,6 +104,9 @@ def test_wrappers_are_flowers_around_the_guarded_strategy():
     assert type(outer.strategy).__name__ == "RadfedFedAvg" and outer.num_sampled_clients == 2
     outer = _strategy("client-adaptive", noise_multiplier=0.0)
     assert isinstance(outer, DifferentialPrivacyClientSideAdaptiveClipping)
+    spec = ExperimentSpec(name="dp", strategy="fedbn", privacy={"mode": "server-fixed"})
+    fedbn = build_strategy(spec, Recorder(), bn_keys=["bn.weight"], trainable_keys={"w", "bn.weight"})
+    assert fedbn.shared_keys == {"w"}  # FedBN's BatchNorm stays at the clinics, out of DP
 
 
 def test_server_side_clipping_bounds_updates_and_leaves_buffers_and_frozen_alone():
