@@ -1,4 +1,4 @@
-"""Differential privacy: spec checks, Flower's wrappers around radfed's strategies, the clinic's mod.
+"""Privacy modes: differential privacy (Flower's wrappers, the clinic's mod) and SecAgg+ messages.
 
 Aggregation runs on real Flower messages; the only stand-in is a grid that lists node ids
 (all that `configure_train` asks of it), since a SuperLink adds nothing to what is tested.
@@ -164,3 +164,51 @@ def test_clinic_mod_clips_only_when_asked():
         assert not reply.has_error(), reply.error
         assert np.linalg.norm(reply.content["arrays"]["w"].numpy()) == pytest.approx(norm, rel=1e-5)
         assert ("norm_bit" in reply.content["metrics"]) == (config.get("dp-clipping") == "adaptive")
+
+
+def test_secure_aggregation_needs_fedavg_and_three_clinics():
+    assert check_privacy({"mode": "secagg+"}, 3)["num_shares"] == 3
+    for min_clinics, strategy, needle in ((2, "fedavg", "min_clinics >= 3"),
+                                          (3, "fedmedian", "fedavg only")):
+        with pytest.raises(StrategyError, match=needle):
+            check_privacy({"mode": "secagg+"}, min_clinics, strategy)
+    with pytest.raises(StrategyError, match="reconstruction_threshold"):
+        check_privacy({"mode": "secagg+", "reconstruction_threshold": 5}, 3)
+
+
+def test_legacy_messages_reach_the_handlers_keyed_and_return_as_fitres():
+    """SecAgg+ speaks Flower's legacy FitIns/FitRes; radfed's handlers never see it."""
+    import json
+
+    import flwr.compat.common.recorddict_compat as compat
+    from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
+
+    from client_node.legacy import KEYS_CONFIG, legacy_format_mod
+    from strategies.secagg import KEYS_CONFIG as SERVER_KEYS
+
+    assert KEYS_CONFIG == SERVER_KEYS
+    keys = list(GLOBAL)
+    fitins = FitIns(ndarrays_to_parameters([GLOBAL[k] for k in keys]),
+                    {"spec": "{}", KEYS_CONFIG: json.dumps(keys)})
+    msg = Message(compat.fitins_to_recorddict(fitins, True), dst_node_id=11,
+                  message_type=MessageType.TRAIN)
+    seen = {}
+
+    def train(msg, context):
+        seen.update(arrays=msg.content["arrays"], config=msg.content["config"])
+        update = dict(GLOBAL, w=np.ones(4, np.float32))
+        return Message(RecordDict({"arrays": _record(dict(reversed(list(update.items())))),
+                                   "metrics": MetricRecord({"num-examples": 7, "train_loss": 0.5}),
+                                   "clinic": ConfigRecord({"name": "clinic-a", "device": "cpu"})}),
+                       reply_to=msg)
+
+    context = Context(run_id=1, node_id=11, node_config={}, state=RecordDict(), run_config={})
+    reply = legacy_format_mod(msg, context, train)
+    assert list(seen["arrays"].keys()) == keys and KEYS_CONFIG not in seen["config"]
+    fitres = compat.recorddict_to_fitres(reply.content, True)
+    assert fitres.num_examples == 7 and fitres.metrics["clinic-name"] == "clinic-a"
+    returned = parameters_to_ndarrays(fitres.parameters)  # in the server's key order
+    np.testing.assert_array_equal(returned[keys.index("w")], np.ones(4, np.float32))
+    untouched = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=11,
+                        message_type=MessageType.TRAIN)
+    assert legacy_format_mod(untouched, context, lambda m, c: "called") == "called"
