@@ -72,7 +72,9 @@ def test_coordinator_strategies_json_lists_every_strategy():
     assert rows[[r["name"] for r in rows].index("fedprox")]["params"]["proximal_mu"]["default"] == 0.01
     modes = {m["mode"]: m for m in listed["privacy"]}
     assert modes["client-fixed"]["flower_class"] == "DifferentialPrivacyClientSideFixedClipping"
-    assert set(modes) == {"none", "server-fixed", "client-fixed", "server-adaptive", "client-adaptive"}
+    assert set(modes) == {"none", "server-fixed", "client-fixed", "server-adaptive", "client-adaptive",
+                          "secagg+"}
+    assert modes["secagg+"]["flower_class"] == "SecAggPlusWorkflow"
 
 
 def test_array_views_read_what_flower_wrote():
