@@ -18,12 +18,12 @@ import logging
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, MetricRecord
+from flwr.app import Array, ArrayRecord, Context, MetricRecord, RecordDict
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.serverapp import Grid
 
 from strategies.recording import NoClinicResult, RoundRecorder
-from strategies.utils import ClinicReply
+from strategies.utils import NUM_EXAMPLES, ClinicReply, finite_weighted_mean
 
 log = logging.getLogger("radfed.server")
 SECAGG_MODE = "secagg+"
@@ -46,9 +46,7 @@ def _reply(proxy: Any, res: Any) -> ClinicReply:
 
 
 def _mean(replies: list[ClinicReply]) -> MetricRecord:
-    from strategies.utils import NUM_EXAMPLES, finite_weighted_mean
-    from flwr.app import RecordDict
-
+    """Example-weighted mean of the clinics' metrics (what the other strategies record)."""
     return finite_weighted_mean([RecordDict({"m": MetricRecord(r.metrics)}) for r in replies],
                                 NUM_EXAMPLES)
 
