@@ -212,3 +212,28 @@ def test_legacy_messages_reach_the_handlers_keyed_and_return_as_fitres():
     untouched = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=11,
                         message_type=MessageType.TRAIN)
     assert legacy_format_mod(untouched, context, lambda m, c: "called") == "called"
+
+
+def test_secure_round_records_each_clinic_and_keeps_fixed_entries():
+    """What the SecAgg+ workflow hands the strategy: every FitRes carries the same sum."""
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.server.compat.grid_client_proxy import GridClientProxy
+
+    from strategies.secagg import secure_strategy
+
+    recorder, keys = Recorder(), list(GLOBAL)
+    strategy = secure_strategy(recorder, keys, _record(GLOBAL), {"w"}, rounds=1, min_clinics=3,
+                               config={"spec": "{}"})
+    summed = dict(GLOBAL, w=np.full(4, 0.5, np.float32),
+                  **{"bn.running_var": np.full(3, 1.0000001, np.float32)})  # quantisation error
+    parameters = ndarrays_to_parameters([summed[k] for k in keys])
+    results = [(GridClientProxy(node, None, 1), FitRes(Status(Code.OK, ""), parameters, 10 * node,
+                                                      {"train_loss": 0.5, "clinic-name": f"c{node}"}))
+               for node in (1, 2, 3)]
+    aggregated, metrics = strategy.aggregate_fit(1, results, [])
+    arrays = dict(zip(keys, parameters_to_ndarrays(aggregated)))
+    np.testing.assert_array_equal(arrays["w"], summed["w"])
+    assert np.array_equal(arrays["bn.running_var"], GLOBAL["bn.running_var"])
+    assert [r.clinic for r in recorder.replies] == ["c1", "c2", "c3"] and metrics["train_loss"] == 0.5
+    with pytest.raises(NoClinicResult, match="every sampled clinic"):
+        strategy.aggregate_fit(2, results[:2], [BaseException("lost")])
