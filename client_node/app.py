@@ -251,7 +251,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     spec = ExperimentSpec.from_json(str(config["spec"]))
     data = _data(spec, context)
     model = _model(spec, msg, context)
-    if bool(config.get("local-bn", False)) and not _bn_path(context).is_file():
+    if _local_keys(model, config) and not _local_path(context).is_file():  # a held-out clinic
         _adapt_batchnorm(model, data.train.images)
     return _reply(msg, context, _val_metrics(model, data, spec, count_key="num-examples"))
 

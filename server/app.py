@@ -95,7 +95,8 @@ def main(grid: Grid, context: Context) -> None:
                                     evaluate_fn=recorder.checkpoint)
             if holdout:
                 config = ConfigRecord({**shared, "server-round": spec.rounds,
-                                       "local-bn": isinstance(getattr(strategy, "strategy", strategy), FedBN)})
+                                       "local-bn": isinstance(getattr(strategy, "strategy", strategy), FedBN),
+                                       "local-stats": privacy["mode"] != "none"})
                 reply = evaluate_holdout(train_grid, holdout_node, result.arrays, config,
                                          spec.round_timeout)
                 recorder.holdout(spec.rounds, reply)
