@@ -24,8 +24,12 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
+from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from client_node.legacy import legacy_format_mod, secagg_mod
 from client_node.outbox import outbox_mod
 from radfed import features as feat
 from radfed.batchnorm import batchnorm_state_keys
@@ -97,26 +101,22 @@ def _data(spec: ExperimentSpec, context: Context) -> ClinicData:
 
 
 def _model(spec: ExperimentSpec, msg: Message, context: Context) -> torch.nn.Module:
-    """The received global model; under FedBN with this clinic's own BatchNorm state."""
+    """The received global model, with whatever this clinic keeps local restored onto it."""
     config = msg.content["config"]
     model = create_model(spec.backbone, len(spec.labels), "random",
                          normalisation=str(config.get("normalisation", "radimagenet")))
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    if bool(config.get("local-bn", False)):
-        path = _bn_path(context)
-        if path.is_file():
-            model.load_state_dict(torch.load(path, weights_only=True), strict=False)
+    keys = _local_keys(model, config)
+    path = _local_path(context)
+    if keys and path.is_file():
+        saved = torch.load(path, weights_only=True)
+        model.load_state_dict({k: v for k, v in saved.items() if k in keys}, strict=False)
     apply_freeze(model, spec.freeze, spec.unfreeze_top)
     return model
 
 
 def _state_dir(context: Context) -> Path:
     return Path(str(context.node_config.get("state-dir", "") or ".radfed-state"))
-
-
-def _bn_path(context: Context) -> Path:
-    """Where FedBN keeps this clinic's BatchNorm tensors between rounds of a run."""
-    return _state_dir(context) / "fedbn" / f"run-{context.run_id}.pt"
 
 
 def _head_model(spec: ExperimentSpec, msg: Message, context: Context,
@@ -158,18 +158,37 @@ def _load_exactly(model: torch.nn.Module, state: dict[str, torch.Tensor], keys: 
     if set(state) != set(keys):
         raise ValueError("received weights do not hold the expected tensors")
     model.load_state_dict(state, strict=False)
+def _local_keys(model: torch.nn.Module, config: ConfigRecord) -> set[str]:
+    """state_dict entries that stay at this clinic between rounds of a run.
+
+    FedBN (`local-bn`): every BatchNorm weight, bias and statistic. Differential privacy
+    (`local-stats`, strategies.privacy): every buffer (BatchNorm running statistics),
+    since only clipped, noised parameters may leave the clinic.
+    """
+    keys: set[str] = set()
+    if bool(config.get("local-bn", False)):
+        keys |= set(batchnorm_state_keys(model))
+    if bool(config.get("local-stats", False)):
+        keys |= {name for name, _ in model.named_buffers()} & set(model.state_dict())
+    return keys
 
 
-def _save_local_bn(model: torch.nn.Module, context: Context) -> None:
+def _local_path(context: Context) -> Path:
+    """Where this clinic keeps its local tensors (FedBN, DP) between rounds of a run."""
+    return _state_dir(context) / "local" / f"run-{context.run_id}.pt"
+
+
+def _save_local(model: torch.nn.Module, keys: set[str], context: Context) -> None:
     state = model.state_dict()
-    path = _bn_path(context)
+    path = _local_path(context)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: state[k] for k in batchnorm_state_keys(model)}, path)
+    torch.save({k: state[k] for k in keys}, path)
 
 
-def _outgoing(model: torch.nn.Module, context: Context, keys: list[str] | None = None) -> ArrayRecord:
-    """The weights sent back (only `keys` if given); a test-only node option can corrupt
-    them (guard tests)."""
+def _outgoing(model: torch.nn.Module, msg: Message, context: Context,
+              keys: list[str] | None = None) -> ArrayRecord:
+    """The weights sent back (only `keys` if given, e.g. the head): local entries go back as
+    received, never this clinic's own. A test-only node option can corrupt the update."""
     state = model.state_dict()
     if keys is not None:
         state = {k: state[k] for k in keys}
@@ -179,7 +198,12 @@ def _outgoing(model: torch.nn.Module, context: Context, keys: list[str] | None =
         for key, value in state.items():
             if value.is_floating_point():
                 state[key] = value.fill_(float("nan")) if fault == "nan" else value * 100.0
-    return ArrayRecord(state)
+    record = ArrayRecord(state)
+    received = msg.content["arrays"]
+    for key in _local_keys(model, msg.content["config"]):
+        if key in record.keys() and key in received.keys():
+            record[key] = received[key]
+    return record
 
 
 def _reply(msg: Message, context: Context, metrics: dict[str, float | list[float]],
@@ -196,7 +220,21 @@ def _reply(msg: Message, context: Context, metrics: dict[str, float | list[float
     return Message(content=content, reply_to=msg)
 
 
-@app.train()
+def clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's client-side clipping mod, where the run's DP wrapper asks for it.
+
+    Flower's mods answer every message without a clipping norm with an error, so they
+    are applied only when the server sends one (strategies.privacy), and only to
+    training (on evaluation they would fail every message).
+    """
+    config = msg.content.config_records.get("config", ConfigRecord())
+    if KEY_CLIPPING_NORM not in config:
+        return call_next(msg, context)
+    mod = adaptiveclipping_mod if config.get("dp-clipping") == "adaptive" else fixedclipping_mod
+    return mod(msg, context, call_next)
+
+
+@app.train(mods=[clipping_mod, secagg_mod, legacy_format_mod])
 @_guarded
 def train(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on held-out patients, then fine-tune it."""
@@ -223,12 +261,12 @@ def train(msg: Message, context: Context) -> Message:
     log.info("round %d train: %d images; process %.1fs, data+model+eval %.1fs, training %.1fs",
              server_round, len(data.train.labels), _process_age() - (time.monotonic() - t0),
              t1 - t0, time.monotonic() - t1)
-    if bool(config.get("local-bn", False)):
-        _save_local_bn(model, context)
+    if keys := _local_keys(model, config):
+        _save_local(model, keys, context)
     metrics.update({"train_loss": loss, "num-examples": len(data.train.labels)})
     # The first reply of a run carries the clinic's data mix (counts only) for the dashboard.
     card = data.shared_card() if server_round == 1 else None
-    return _reply(msg, context, metrics, _outgoing(model, context), card)
+    return _reply(msg, context, metrics, _outgoing(model, msg, context), card)
 
 
 def _val_metrics(model: torch.nn.Module, data: ClinicData, spec: ExperimentSpec,
@@ -295,12 +333,12 @@ def _train_head_only(msg: Message, context: Context, spec: ExperimentSpec,
     metrics.update({"train_loss": loss, "num-examples": len(data.train.labels)})
     head_keys, _ = feat.split_head(model)
     card = data.shared_card() if server_round == 1 else None
-    return _reply(msg, context, metrics, _outgoing(model, context, head_keys), card)
+    return _reply(msg, context, metrics, _outgoing(model, msg, context, head_keys), card)
 
 
 
 
-@app.evaluate()
+@app.evaluate(mods=[legacy_format_mod])
 @_guarded
 def evaluate_global(msg: Message, context: Context) -> Message:
     """Evaluate the global model on this clinic's held-out patients."""
@@ -313,7 +351,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
         probs = predict_head(model.head, feats.val)
         return _reply(msg, context, _quality_metrics(probs, data, spec, "num-examples"))
     model = _model(spec, msg, context)
-    if bool(config.get("local-bn", False)) and not _bn_path(context).is_file():
+    if _local_keys(model, config) and not _local_path(context).is_file():  # a held-out clinic
         _adapt_batchnorm(model, data.train.images)
     return _reply(msg, context, _val_metrics(model, data, spec, count_key="num-examples"))
 

@@ -257,10 +257,18 @@ def show_checkpoints(entry: dict[str, Any]) -> None:
             st.caption(f"{label}: file not on this machine ({path})")
 
 
+def privacy_text(privacy: dict[str, Any]) -> str:
+    """A run's differential-privacy settings in one line, e.g. 'client-fixed (noise_multiplier=1.0, ...)'."""
+    params = ", ".join(f"{k}={v}" for k, v in privacy.items() if k != "mode")
+    return privacy.get("mode", "none") + (f" ({params})" if params else "")
+
+
 def show_run(entry: dict[str, Any]) -> None:
     """Details of one run."""
     st.subheader(f"{entry['experiment']}: run {entry['flwr_run_id']} ({entry['status']})")
+    privacy = privacy_text(entry.get("privacy") or {})
     st.caption(f"{entry['backbone']} · weights {entry['weights']} · {entry['strategy']} · "
+               f"privacy {privacy} · "
                f"{rounds_done(entry)}/{entry['rounds_planned']} rounds · "
                f"started {entry['started_at']} · finished {entry['finished_at'] or '-'}")
     if entry["error"]:

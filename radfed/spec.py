@@ -47,6 +47,7 @@ class ExperimentSpec:
     data: dict[str, Any] = field(default_factory=dict, hash=False)
     sweep: str = ""  # set by `coordinator sweep`: the sweep this experiment belongs to
     weight_source: str = ""  # set by `coordinator sweep`: e.g. "radimagenet" or "imagenet"
+    privacy: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def to_json(self) -> str:
         """Serialise for Flower's run config and message configs."""
@@ -54,6 +55,7 @@ class ExperimentSpec:
         data["labels"] = list(self.labels)
         data["strategy_params"] = dict(self.strategy_params)
         data["data"] = dict(self.data)
+        data["privacy"] = dict(self.privacy)
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -144,6 +146,14 @@ def _check(source: str, key: str, value: Any, fld: Any) -> Any:
         return dict(value)
     if key == "data":
         return _check_data_options(source, value)
+    if key == "privacy":
+        if not isinstance(value, dict) or not all(
+            isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in value.values()
+        ):
+            raise SpecError(f"{source}: key 'privacy' must be a table of numbers and a mode, "
+                            'e.g. privacy = { mode = "client-fixed", noise_multiplier = 1.0 }; '
+                            "see `coordinator strategies`")
+        return dict(value)
     if key in ("name", "weights", "strategy"):
         if not isinstance(value, str) or not value.strip():
             raise SpecError(f"{source}: key '{key}' must be a non-empty string")

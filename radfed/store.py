@@ -99,6 +99,7 @@ class Experiment(SQLModel, table=True):
     strategy: str
     sweep: str | None = Field(default=None, index=True)  # `coordinator sweep` name, if any
     weight_source: str | None = None  # the sweep's weight source label ("radimagenet"...)
+    privacy: str = '{"mode": "none"}'  # JSON: differential privacy mode and parameters used
     created_at: datetime = Field(default_factory=_utcnow)
 
 
@@ -472,16 +473,19 @@ class Store:
     def create_experiment(
         self, name: str, spec_json: str, backbone: str, weights: str, strategy: str,
         sweep: str | None = None, weight_source: str | None = None,
+        privacy: dict[str, Any] | None = None,
     ) -> int:
         """Record an experiment spec; returns its id for `start_run`.
 
         `sweep` and `weight_source` tag the experiments of one `coordinator sweep`, so the
-        leaderboard groups them exactly (not by parsing names).
+        leaderboard groups them exactly (not by parsing names). `privacy` is the resolved
+        differential-privacy table (mode and every parameter).
         """
         return self._add(Experiment(
             name=name, spec_json=spec_json, backbone=backbone,
             weights=str(weights), strategy=strategy,
             sweep=sweep or None, weight_source=weight_source or None,
+            privacy=json.dumps(privacy or {"mode": "none"}, sort_keys=True),
         ))
 
     def start_run(self, experiment_id: int, flwr_run_id: int | str, rounds_planned: int,
@@ -726,6 +730,7 @@ class Store:
             "experiment_id": exp.id, "experiment": exp.name, "backbone": exp.backbone,
             "weights": exp.weights, "strategy": exp.strategy, "spec_json": exp.spec_json,
             "sweep": exp.sweep, "weight_source": exp.weight_source,
+            "privacy": json.loads(exp.privacy),
             "status": run.status, "final_auroc": run.final_auroc, "error": run.error,
             "rounds_planned": run.rounds_planned, "holdout": run.holdout,
             "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),

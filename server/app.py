@@ -18,13 +18,14 @@ from flwr.serverapp import Grid, ServerApp
 from radfed.audit import Registry
 from radfed.batchnorm import batchnorm_state_keys
 from radfed.features import split_head, state_digest
-from radfed.models import create_model
+from radfed.models import apply_freeze, create_model
 from radfed.spec import ExperimentSpec
 from radfed.store import Store
 from server.holdout import ExcludingGrid, evaluate_holdout, find_holdout
 from server.recorder import RunRecorder
-from strategies import build_strategy
+from strategies import build_strategy, check_privacy
 from strategies.fedbn import FedBN
+from strategies.secagg import SECAGG_MODE, run_secure, secure_strategy
 
 log = logging.getLogger("radfed.server")
 app = ServerApp()
@@ -47,6 +48,12 @@ def wait_for_clinics(grid: Grid, minimum: int, timeout: float) -> int:
     return count
 
 
+def trainable_keys(model: torch.nn.Module, spec: ExperimentSpec) -> set[str]:
+    """Parameters the clinics train under the spec's freeze policy (what DP may change)."""
+    apply_freeze(model, spec.freeze, spec.unfreeze_top)
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run one experiment; the run row ends 'completed' or 'failed' with a reason."""
@@ -54,9 +61,10 @@ def main(grid: Grid, context: Context) -> None:
     spec = ExperimentSpec.from_json(str(cfg["spec"]))
     store = Store(str(cfg["database-url"]) or None)
     weights_name = "random" if spec.weights == "random" else Path(spec.weights).name
+    privacy = check_privacy(spec.privacy, spec.min_clinics, spec.strategy)
     exp_id = store.create_experiment(spec.name, spec.to_json(), spec.backbone,
                                      weights_name, spec.strategy, sweep=spec.sweep,
-                                     weight_source=spec.weight_source)
+                                     weight_source=spec.weight_source, privacy=privacy)
     holdout = str(cfg.get("holdout", "") or "")
     run_id = store.start_run(exp_id, str(context.run_id), spec.rounds, holdout=holdout)
     try:
@@ -72,7 +80,8 @@ def main(grid: Grid, context: Context) -> None:
         # (and, for Keras weights, its layout) is not in the state_dict, so it travels here.
         shared = {"spec": spec.to_json(), "normalisation": model.normalisation}
         initial, frozen, backbone = model.state_dict(), None, None
-        if spec.freeze == "all":  # head-only rounds: only the head travels after round 1
+        if spec.freeze == "all" and privacy["mode"] != SECAGG_MODE:
+            # head-only rounds: only the head travels after each clinic's first message
             head_keys, frozen = split_head(model)
             shared.update({"head-only": True, "backbone-sha": state_digest(
                 frozen, arch=spec.backbone, normalisation=model.normalisation)})
@@ -80,19 +89,29 @@ def main(grid: Grid, context: Context) -> None:
             initial = {k: initial[k] for k in head_keys}
         recorder = RunRecorder(store, run_id, spec, ckpt_dir, Registry(store), str(context.run_id),
                                frozen=frozen, key_order=list(model.state_dict()))
-        strategy = build_strategy(spec, recorder, bn_keys=batchnorm_state_keys(model),
-                                  backbone=backbone)
-        result = strategy.start(train_grid, ArrayRecord(initial), num_rounds=spec.rounds,
-                                timeout=spec.round_timeout, train_config=ConfigRecord(dict(shared)),
-                                evaluate_config=ConfigRecord(dict(shared)), evaluate_fn=recorder.checkpoint)
-        if holdout:  # the held-out clinic never received the backbone: send it the full model
-            final_state = {**(frozen or {}), **result.arrays.to_torch_state_dict()}
-            final_arrays = ArrayRecord({k: final_state[k] for k in model.state_dict()})
-            plain = {k: v for k, v in shared.items() if k not in ("head-only", "backbone-sha")}
-            config = ConfigRecord({**plain, "server-round": spec.rounds,
-                                   "local-bn": isinstance(strategy, FedBN)})
-            reply = evaluate_holdout(train_grid, holdout_node, final_arrays, config, spec.round_timeout)
-            recorder.holdout(spec.rounds, reply)
+        if privacy["mode"] == SECAGG_MODE:
+            if holdout:
+                raise ValueError("--holdout is not available with privacy mode secagg+")
+            arrays = ArrayRecord(initial)
+            secure = secure_strategy(recorder, list(arrays.keys()), arrays, trainable_keys(model, spec),
+                                     spec.rounds, spec.min_clinics, shared)
+            run_secure(train_grid, context, secure, privacy, spec.rounds, spec.round_timeout)
+        else:
+            strategy = build_strategy(spec, recorder, bn_keys=batchnorm_state_keys(model),
+                                      backbone=backbone, trainable_keys=trainable_keys(model, spec))
+            result = strategy.start(train_grid, ArrayRecord(initial), num_rounds=spec.rounds,
+                                    timeout=spec.round_timeout, train_config=ConfigRecord(dict(shared)),
+                                    evaluate_config=ConfigRecord(dict(shared)),
+                                    evaluate_fn=recorder.checkpoint)
+            if holdout:  # it never received the backbone: it gets the full model
+                final_state = {**(frozen or {}), **result.arrays.to_torch_state_dict()}
+                final_arrays = ArrayRecord({k: final_state[k] for k in model.state_dict()})
+                plain = {k: v for k, v in shared.items() if k not in ("head-only", "backbone-sha")}
+                config = ConfigRecord({**plain, "server-round": spec.rounds,
+                                       "local-bn": isinstance(getattr(strategy, "strategy", strategy), FedBN),
+                                       "local-stats": privacy["mode"] != "none"})
+                reply = evaluate_holdout(train_grid, holdout_node, final_arrays, config, spec.round_timeout)
+                recorder.holdout(spec.rounds, reply)
         final = recorder.val_auroc.get(spec.rounds)
         store.finish_run(run_id, "completed", final_auroc=final)
         log.info("run %s completed: final federated AUROC %s", run_id, final)

@@ -105,11 +105,12 @@ def run(
     from radfed.spec import SpecError, load_spec
     from server.launch import Connection, LaunchError, follow, stop, submit
 
-    from strategies import StrategyError, check_strategy
+    from strategies import StrategyError, check_privacy, check_strategy
 
     try:
         spec = load_spec(experiment)
         check_strategy(spec.strategy, spec.strategy_params)
+        check_privacy(spec.privacy, spec.min_clinics, spec.strategy)
     except SpecError as e:
         _fail(str(e), 2)
     except StrategyError as e:
@@ -165,9 +166,9 @@ def leaderboard(
 
 @app.command("strategies")
 def list_strategies(
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable list.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable: {strategies, privacy}.")] = False,
 ) -> None:
-    """Every aggregation strategy an experiment can name, with parameters and defaults.
+    """Every aggregation strategy and differential-privacy mode an experiment can name.
 
     Example: `coordinator strategies --json`
     """
@@ -175,11 +176,11 @@ def list_strategies(
 
     from rich.table import Table
 
-    from strategies import describe
+    from strategies import describe, describe_privacy
 
-    rows = describe()
+    rows, modes = describe(), describe_privacy()
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"strategies": rows, "privacy": modes}, indent=2))
         return
     table = Table(title="strategies (spec: strategy = NAME, strategy_params = { ... })")
     for col in ("name", "Flower class", "what it does", "parameters (default)"):
@@ -187,6 +188,13 @@ def list_strategies(
     for row in rows:
         params = ", ".join(f"{k}={v['default']}" for k, v in row["params"].items())
         table.add_row(row["name"], row["flower_class"], row["summary"], params)
+    out.print(table)
+    table = Table(title="differential privacy (spec: [experiment.privacy] mode = MODE, ...)")
+    for col in ("mode", "Flower class", "what it does", "parameters (default)"):
+        table.add_column(col)
+    for row in modes:
+        params = ", ".join(f"{k}={v['default']}" for k, v in row["params"].items())
+        table.add_row(row["mode"], row["flower_class"] or "-", row["summary"], params)
     out.print(table)
 
 

@@ -64,13 +64,14 @@ def leaderboard_table(store: Store) -> RenderableType:
 def _runs_table(board: list[dict]) -> Table:
     table = Table(title="radfed leaderboard (final federated AUROC; pooled; ÷ centralised baseline)")
     right = ("#", "rounds", "clinics", "AUROC", "pooled", "÷ central")
-    for col in ("#", "experiment", "backbone", "weights", "strategy", "rounds", "clinics",
+    for col in ("#", "experiment", "backbone", "weights", "strategy", "privacy", "rounds", "clinics",
                 "AUROC", "pooled", "÷ central", "held-out clinic", "status"):
         table.add_column(col, justify="right" if col in right else "left")
     for rank, row in enumerate(board, start=1):
         clinics = {c["clinic"] for c in row.get("clinics", []) if c["phase"] != "holdout"}
         table.add_row(str(rank), row["experiment"], row["backbone"], row["weights"],
-                      row["strategy"], str(len(row.get("rounds", []))), str(len(clinics)),
+                      row["strategy"], row.get("privacy", {}).get("mode", "none"),
+                      str(len(row.get("rounds", []))), str(len(clinics)),
                       _num(row.get("final_auroc")), _num((row.get("pooled") or {}).get("auroc")),
                       _num(row.get("vs_central")), holdout_text(row), row["status"])
     return table

@@ -79,11 +79,16 @@ def check_strategy(name: str, params: dict[str, Any]) -> dict[str, Any]:
 WEIGHTED_MEAN = (FedAvg, FedProx)  # aggregation = weighted mean: radfed's primitive applies
 
 
-def strategy_class(name: str) -> type[Strategy]:
+def strategy_class(name: str, recording: bool = True) -> type[Strategy]:
     """The Flower class with radfed's recording, head-only transfer (off unless given a
-    backbone) and guards (and fast mean) mixed in."""
+    backbone) and guards (and fast mean) mixed in.
+
+    `recording=False` where a wrapper records instead (strategies.privacy), so that it
+    sees every reply even when it refuses to aggregate.
+    """
     base = REGISTRY[name].cls
-    mixins = (RecordingMixin, HeadOnlyMixin, GuardMixin) + ((FastMeanMixin,) if base in WEIGHTED_MEAN else ())
+    mixins = ((RecordingMixin,) if recording else ()) + (HeadOnlyMixin, GuardMixin) + (
+        (FastMeanMixin,) if base in WEIGHTED_MEAN else ())
     return type(f"Radfed{base.__name__}", (*mixins, base), {})
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 from flwr.app import Message, MetricRecord, RecordDict
 
 from radfed.data import DATA_CARD_RECORD
@@ -99,35 +102,101 @@ def first_arrays(msg: Message):
     return records[0] if records else None
 
 
+def array_view(array) -> np.ndarray:
+    """A read-only numpy view of a Flower Array's bytes.
+
+    `Array.numpy()` runs `np.load`, which parses the header and copies the whole
+    tensor; aggregation only reads the clinics' updates, so a view over the bytes they
+    already occupy saves one copy per tensor and clinic, and the header (the same for
+    every clinic) is parsed once (bench/aggregate.py). Falls back to `numpy()` for
+    anything but a plain .npy v1/v2 payload.
+    """
+    import numpy as np
+
+    data = array.data
+    if array.stype == "numpy.ndarray" and data[:6] == b"\x93NUMPY" and data[6] in (1, 2):
+        size = 2 if data[6] == 1 else 4
+        offset = 8 + size + int.from_bytes(data[8:8 + size], "little")
+        parsed = _npy_header(data[:offset])
+        if parsed is not None:
+            shape, fortran, dtype = parsed
+            count = math.prod(shape)
+            if count > 0:
+                flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+                return flat.reshape(shape, order="F" if fortran else "C")
+    return array.numpy()
+
+
+@functools.lru_cache(maxsize=8192)
+def _npy_header(header: bytes):
+    """(shape, fortran order, dtype) of a .npy header, or None when a view cannot serve."""
+    import numpy as np
+
+    fmt = np.lib.format
+    stream = io.BytesIO(header)
+    try:
+        version = fmt.read_magic(stream)
+        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, fortran, dtype = read(stream)
+    except ValueError:
+        return None
+    return None if dtype.hasobject else (shape, fortran, dtype)
+
+
+_CHUNK = 1 << 16  # elements per step of the fused passes: small enough to stay in cache
+
+
+def _squared_change(new, old, buffers: dict) -> float:
+    """Squared L2 norm of `new - old`, in cache-sized chunks through a reused buffer.
+
+    One read of each array and no tensor-sized temporary; NaN or inf anywhere makes
+    the result non-finite, so the same pass is the finiteness check.
+    """
+    import numpy as np
+
+    kind = np.result_type(new.dtype, old.dtype, np.float32)
+    buf = buffers.get(kind)
+    if buf is None:
+        buf = buffers[kind] = np.empty(_CHUNK, kind)
+    new, old = new.reshape(-1), old.reshape(-1)
+    total = 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        for start in range(0, new.size, _CHUNK):
+            part = buf[: min(_CHUNK, new.size - start)]
+            np.subtract(new[start:start + _CHUNK], old[start:start + _CHUNK], out=part)
+            total += float(np.dot(part, part))
+    return total
+
+
 def screen_updates(updates: dict, reference) -> tuple[dict[str, str], dict[str, float]]:
     """(why each unusable update is refused, L2 norm of each usable update's change).
 
     `updates` maps a node id to its reply's ArrayRecord (or None); `reference` is the
     round's global ArrayRecord. Checks key set, shapes, dtypes and finiteness. Works one
-    tensor at a time across all clinics, so only one tensor per clinic is decoded at
-    once (bench/aggregate.py: peak memory). Integer buffers (BatchNorm step counters)
-    are checked for shape only.
+    tensor at a time across all clinics on read-only views of the replies' bytes, with
+    the difference, its norm and the finiteness check fused in one pass per tensor
+    (bench/aggregate.py: time and peak memory). Integer buffers (BatchNorm step
+    counters) are checked for shape only.
     """
-    import numpy as np
-
     problems: dict[str, str] = {}
     squares = {node: 0.0 for node in updates}
     keys = set(reference.keys())
+    buffers: dict = {}
     for node, arrays in updates.items():
         if arrays is None:
             problems[node] = "reply carries no weights"
         elif set(arrays.keys()) != keys:
             problems[node] = "weights have different keys than the global model"
     for key in reference.keys():
-        old = reference[key].numpy()
+        old = array_view(reference[key])
         for node, arrays in updates.items():
             if node in problems:
                 continue
-            problems.update({node: p} if (p := _tensor_problem(key, arrays[key], old)) else {})
+            new = array_view(arrays[key])
+            problems.update({node: p} if (p := _tensor_problem(key, new, old)) else {})
             if node in problems or old.dtype.kind != "f":
                 continue
-            diff = (arrays[key].numpy() - old).ravel()
-            square = float(np.dot(diff, diff))  # NaN or inf anywhere makes this non-finite
+            square = _squared_change(new, old, buffers)
             if not math.isfinite(square):
                 problems[node] = f"non-finite values in {key}"
             squares[node] += square
@@ -150,9 +219,10 @@ def _both_numeric(a: str, b: str) -> bool:
 def weighted_mean(contents: list[RecordDict], weighted_by_key: str):
     """Example-weighted mean of the replies' ArrayRecords, one tensor at a time.
 
-    Same result as Flower's `aggregate_arrayrecords`, but each output tensor is
-    accumulated in place and serialised before the next is touched, so peak memory
-    stays near the updates themselves plus one model (bench/aggregate.py).
+    Same result as Flower's `aggregate_arrayrecords`, but read from views of the
+    replies' bytes and accumulated in place in cache-sized chunks through one reused
+    buffer, each output tensor serialised before the next is touched: peak memory stays
+    near the updates themselves plus one tensor (bench/aggregate.py).
     """
     import numpy as np
     from flwr.app import Array, ArrayRecord
@@ -160,19 +230,32 @@ def weighted_mean(contents: list[RecordDict], weighted_by_key: str):
     records = [next(iter(c.array_records.values())) for c in contents]
     weights = [float(next(iter(c.metric_records.values()))[weighted_by_key]) for c in contents]
     total = sum(weights)
+    factors = [w / total for w in weights]
     out = {}
+    scratch: dict = {}
     for key in records[0].keys():
-        acc = None
-        for record, weight in zip(records, weights):
-            values = record[key].numpy()
-            values = values if values.dtype.kind == "f" else values.astype(np.float64)
-            values *= weight / total
-            if acc is None:
-                acc = values
-            else:
-                acc += values
+        views = [array_view(record[key]) for record in records]
+        kind = views[0].dtype if views[0].dtype.kind == "f" else np.dtype(np.float64)
+        acc = np.empty(views[0].shape, kind)
+        _accumulate(acc.reshape(-1), [v.reshape(-1) for v in views], factors, scratch)
         out[key] = Array(acc)
     return ArrayRecord(out)
+
+
+def _accumulate(acc, views: list, factors: list[float], scratch: dict) -> None:
+    """acc = sum(factor * view), chunk by chunk so every operand stays in cache."""
+    import numpy as np
+
+    tmp = scratch.get(acc.dtype)
+    if tmp is None:
+        tmp = scratch[acc.dtype] = np.empty(_CHUNK, acc.dtype)
+    for start in range(0, acc.size, _CHUNK):
+        out = acc[start:start + _CHUNK]
+        part = tmp[: out.size]
+        np.multiply(views[0][start:start + _CHUNK], factors[0], out=out, casting="unsafe")
+        for view, factor in zip(views[1:], factors[1:]):
+            np.multiply(view[start:start + _CHUNK], factor, out=part, casting="unsafe")
+            out += part
 
 
 def norm_outliers(norms: dict[str, float], factor: float) -> dict[str, str]:

@@ -76,7 +76,7 @@ def _assert_bn_stays_local(fed: Federation, entry: dict) -> None:
     from radfed.models import create_model
 
     states = [torch.load(p, weights_only=True)
-              for p in sorted((fed.work / "nodes").glob("*/state/fedbn/run-*.pt"))
+              for p in sorted((fed.work / "nodes").glob("*/state/local/run-*.pt"))
               if str(entry["flwr_run_id"]) in p.name]
     assert len(states) == HONEST
     key = next(k for k in batchnorm_state_keys(create_model("resnet18", 2)) if k.endswith("running_mean"))
@@ -85,6 +85,42 @@ def _assert_bn_stays_local(fed: Federation, entry: dict) -> None:
     initial = create_model("resnet18", 2).state_dict()
     assert torch.equal(final[key], initial[key])  # the server never averaged BatchNorm
     assert not torch.equal(final["net.fc.weight"], initial["net.fc.weight"])
+
+
+@pytest.mark.timeout(300)
+def test_client_side_clipping_bounds_the_round_and_is_recorded(fed):
+    """Differential privacy with clipping at the clinics (Flower's fixedclipping_mod).
+
+    Runs before the faulty clinics join the module's federation.
+
+    Noise 0 so the bound can be checked exactly: the global model moves by at most the
+    clipping norm, BatchNorm statistics stay at the clinics, and the run records the
+    settings it used.
+    """
+    from radfed.models import create_model
+
+    privacy = {"mode": "client-fixed", "noise_multiplier": 0.0, "clipping_norm": 0.5}
+    entry = _run(fed, "dp-client-fixed", strategy="fedavg", privacy=privacy, local_epochs=1)
+    assert entry["status"] == "completed", entry["error"]
+    assert entry["privacy"] == {**privacy, "num_sampled_clients": HONEST}
+    assert {c["clinic"] for c in entry["clinics"] if c["phase"] == "train"} == {"clinic-1", "clinic-2"}
+    torch.manual_seed(3)  # the spec's seed: the server's initial model
+    model = create_model("resnet18", 2)
+    initial = model.state_dict()
+    final = torch.load(entry["checkpoints"][-1]["path"], weights_only=True)["state_dict"]
+    params = [name for name, _ in model.named_parameters()]
+    moved = torch.sqrt(sum(((final[k] - initial[k]) ** 2).sum() for k in params))
+    assert 0.05 < moved <= 0.5 + 1e-4, moved
+    clinic_logs = [p.read_text(errors="replace") for p in (fed.work / "logs").glob("clinic-[12].log")]
+    assert all("fixedclipping_mod: parameters are clipped" in text for text in clinic_logs)
+    for name, _ in model.named_buffers():
+        if name in initial:
+            assert torch.equal(final[name].to(initial[name].dtype), initial[name]), name
+    local = [torch.load(p, weights_only=True) for p in (fed.work / "nodes").glob(
+        f"*/state/local/run-{entry['flwr_run_id']}.pt")]
+    assert len(local) == HONEST
+    key = "net.bn1.running_var"
+    assert all(not torch.equal(state[key], initial[key]) for state in local)
 
 
 @pytest.mark.timeout(450)

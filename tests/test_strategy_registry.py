@@ -66,9 +66,25 @@ def test_norm_outliers_need_three_clinics():
 
 
 def test_coordinator_strategies_json_lists_every_strategy():
-    rows = json.loads(cli("server.cli", "strategies", "--json", timeout=60).stdout)
+    listed = json.loads(cli("server.cli", "strategies", "--json", timeout=60).stdout)
+    rows = listed["strategies"]
     assert [r["name"] for r in rows] == list(REGISTRY)
     assert rows[[r["name"] for r in rows].index("fedprox")]["params"]["proximal_mu"]["default"] == 0.01
+    modes = {m["mode"]: m for m in listed["privacy"]}
+    assert modes["client-fixed"]["flower_class"] == "DifferentialPrivacyClientSideFixedClipping"
+    assert set(modes) == {"none", "server-fixed", "client-fixed", "server-adaptive", "client-adaptive",
+                          "secagg+"}
+    assert modes["secagg+"]["flower_class"] == "SecAggPlusWorkflow"
+
+
+def test_array_views_read_what_flower_wrote():
+    from strategies.utils import array_view
+
+    for value in (np.float16(3).reshape(()), np.zeros((0, 3), np.float32), np.array([True, False]),
+                  np.arange(6, dtype=np.int64).reshape(2, 3).T, np.ones((2, 3), ">f4")):
+        view = array_view(Array(np.asarray(value)))
+        assert view.dtype == value.dtype and view.shape == value.shape
+        np.testing.assert_array_equal(view, value)
 
 
 def test_weighted_mean_matches_flowers_aggregation():
