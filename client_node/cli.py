@@ -18,15 +18,11 @@ import typer
 from rich.console import Console
 
 from client_node.node import NodeError, NodeOptions, check, run_supernode
+from radfed.cli_errors import fail as _fail
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
                   rich_markup_mode="markdown")
 err = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 @app.command()

@@ -16,6 +16,7 @@ the worker if it dies; `--isolation subprocess` falls back to Flower's own execu
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import signal
@@ -86,7 +87,7 @@ def run_worker(address: str, approved: set[str], poll: float = POLL_S) -> None:
     from flwr.supercore.constant import TaskType
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
 
-    import client_node.app  # noqa: F401 - warm: torch, torchvision, the model code
+    importlib.import_module("client_node.app")  # warm: torch, torchvision, the model code
 
     acquirer = _client(address, [RuntimeVersionHttpInterceptor(component_name="SuperExec")])
     log.info("warm ClientApp worker ready on %s", address)

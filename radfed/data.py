@@ -58,7 +58,6 @@ import torch
 from pydicom.datadict import dictionary_has_tag, tag_for_keyword
 
 from radfed import dicom
-from radfed.dicom import DicomError
 
 __all__ = [
     "CACHE_VERSION",

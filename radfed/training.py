@@ -93,10 +93,7 @@ def train_local(
             y = y.to(device)
             with torch.autocast(device.type, enabled=device.type == "cuda"):
                 loss = loss_fn(model(x), y)
-            if anchor:
-                loss = loss + proximal_mu / 2 * sum(
-                    (p - a).pow(2).sum() for p, a in zip(params, anchor)
-                )
+            loss = loss + proximal_term(params, anchor, proximal_mu)
             optim.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optim)
@@ -106,6 +103,13 @@ def train_local(
         last = total / max(count, 1)
     model.to("cpu")
     return last
+
+
+def proximal_term(params: list[torch.Tensor], anchor: list[torch.Tensor], mu: float) -> torch.Tensor | float:
+    """FedProx's mu/2 * ||w - w_global||^2 over the trained parameters (0 without an anchor)."""
+    if not anchor:
+        return 0.0
+    return mu / 2 * sum((p - a).pow(2).sum() for p, a in zip(params, anchor))
 
 
 @torch.no_grad()
@@ -196,10 +200,7 @@ def train_head(
                 x = nn.functional.dropout(x, dropout, training=True)
             y = labels[idx.to(device)]
             loss = loss_fn(head(x), y)
-            if anchor:
-                loss = loss + proximal_mu / 2 * sum(
-                    (p - a).pow(2).sum() for p, a in zip(params, anchor)
-                )
+            loss = loss + proximal_term(params, anchor, proximal_mu)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
@@ -210,7 +211,6 @@ def train_head(
     return last
 
 
-@torch.no_grad()
 @torch.no_grad()
 def predict_head(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
     """Class probabilities from cached features (the backbone is frozen)."""

@@ -8,16 +8,14 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from radfed.cli_errors import fail as _fail
+
 out = Console()
 err = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def baseline(

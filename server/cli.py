@@ -19,6 +19,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+
+from radfed.cli_errors import fail as _fail
 from radfed.flower_env import radfed_home
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
@@ -38,11 +40,6 @@ err = Console(stderr=True)
 
 DbOption = Annotated[Optional[str], typer.Option(
     "--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")]
-
-
-def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _store(db: str | None):

@@ -17,7 +17,10 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+
 from rich.table import Table
+
+from radfed.cli_errors import fail as _fail
 
 certs_app = typer.Typer(help="The federation's private CA and the SuperLink's TLS certificate.",
                         no_args_is_help=True, add_completion=False)
@@ -30,11 +33,6 @@ CertsOption = Annotated[Optional[Path], typer.Option(
     "--certs", help="Certificate folder (default ~/.radfed/pki).")]
 DbOption = Annotated[Optional[str], typer.Option(
     "--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")]
-
-
-def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _certs(folder: Path | None):

@@ -11,17 +11,13 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+
 from rich.table import Table
+
+from radfed.cli_errors import fail as _fail
 
 out = Console()
 err = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 1) -> None:
-    from rich.markup import escape
-
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _split(value: str | None) -> list[str] | None:

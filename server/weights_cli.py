@@ -20,6 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from radfed.cli_errors import fail as _fail
+
 weights_app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
                           rich_markup_mode="markdown")
 out = Console()
@@ -71,8 +73,3 @@ def inspect(
         out.print(table)
     if refusal is not None:
         _fail(refusal)
-
-
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
-    raise typer.Exit(1)
