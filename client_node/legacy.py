@@ -48,7 +48,8 @@ def legacy_format_mod(msg: Message, context: Context, call_next: ClientAppCallab
     reply = call_next(msg, context)
     if reply.has_error():
         return reply
-    metrics = dict(reply.content["metrics"])
+    # Legacy results hold scalars only: the per-bin score counts (pooled figures) stay out.
+    metrics = {k: v for k, v in reply.content["metrics"].items() if not isinstance(v, list)}
     examples = int(metrics.pop("num-examples"))
     clinic = reply.content["clinic"]
     metrics.update({"clinic-name": str(clinic["name"]), "clinic-device": str(clinic["device"])})

@@ -201,7 +201,8 @@ def test_legacy_messages_reach_the_handlers_keyed_and_return_as_fitres():
         seen.update(arrays=msg.content["arrays"], config=msg.content["config"])
         update = dict(GLOBAL, w=np.ones(4, np.float32))
         return Message(RecordDict({"arrays": _record(dict(reversed(list(update.items())))),
-                                   "metrics": MetricRecord({"num-examples": 7, "train_loss": 0.5}),
+                                   "metrics": MetricRecord({"num-examples": 7, "train_loss": 0.5,
+                                                            "val_hist_pos": [1.0, 2.0]}),
                                    "clinic": ConfigRecord({"name": "clinic-a", "device": "cpu"})}),
                        reply_to=msg)
 
@@ -210,6 +211,7 @@ def test_legacy_messages_reach_the_handlers_keyed_and_return_as_fitres():
     assert list(seen["arrays"].keys()) == keys and KEYS_CONFIG not in seen["config"]
     fitres = compat.recorddict_to_fitres(reply.content, True)
     assert fitres.num_examples == 7 and fitres.metrics["clinic-name"] == "clinic-a"
+    assert "val_hist_pos" not in fitres.metrics  # legacy results hold scalars only
     returned = parameters_to_ndarrays(fitres.parameters)  # in the server's key order
     np.testing.assert_array_equal(returned[keys.index("w")], np.ones(4, np.float32))
     untouched = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=11,
