@@ -133,6 +133,8 @@ def run(
         stop(conn, run_id)
         _fail(f"interrupted; asked the SuperLink to stop run {run_id}", 130)
     _report(status, run_id)
+    if holdout:
+        _report_holdout(store, run_id)
 
 
 def _report(status: dict, run_id: str) -> None:
@@ -141,6 +143,15 @@ def _report(status: dict, run_id: str) -> None:
     auroc = status.get("final_auroc")
     shown = f"{auroc:.3f}" if isinstance(auroc, float) else "n/a"
     err.print(f"run {run_id} completed: final federated AUROC {shown}", highlight=False)
+
+
+def _report_holdout(store, run_id: str) -> None:
+    """The held-out clinic's figures for the final model, as the leaderboard shows them."""
+    from server.leaderboard import holdout_text
+
+    entry = next((e for e in store.leaderboard() if e["flwr_run_id"] == str(run_id)), None)
+    if entry is not None:
+        err.print(f"held-out clinic (never trained on): {holdout_text(entry)}", highlight=False)
 
 
 @app.command()

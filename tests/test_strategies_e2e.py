@@ -127,7 +127,10 @@ def test_client_side_clipping_bounds_the_round_and_is_recorded(fed):
 def test_leave_one_clinic_out_with_quality_figures_and_centralised_baseline(fed):
     """clinic-2 held out: it never trains, its row carries the final model's figures at the
     federation's pooled threshold; the centralised baseline of the same budget gives the ratio."""
-    entry = _run(fed, "holdout", "--holdout", "clinic-2", strategy="fedavg", min_clinics=1, local_epochs=1)
+    proc = _submit(fed, "holdout", "--holdout", "clinic-2", strategy="fedavg", min_clinics=1, local_epochs=1)
+    assert proc.returncode == 0, proc.stderr + fed.logs()
+    assert "held-out clinic (never trained on): clinic-2 0." in proc.stderr
+    entry = {e["experiment"]: e for e in Store(_db(fed)).leaderboard()}["holdout"]
     assert entry["status"] == "completed" and entry["holdout"] == "clinic-2"
     assert {c["clinic"] for c in entry["clinics"] if c["phase"] != "holdout"} == {"clinic-1"}
     [held] = [c for c in entry["clinics"] if c["phase"] == "holdout"]
