@@ -38,6 +38,11 @@ def approved_hashes(extra: list[str] | None = None) -> set[str]:
     return {local_app_hash(), *(h.strip().lower() for h in (extra or []) if h.strip())}
 
 
+def approved_from_env() -> set[str]:
+    """The hashes `client-node start` approved, as it passes them to the ClientApp processes."""
+    return {h for h in os.environ.get(APPROVED_ENV, "").split(",") if h}
+
+
 def check_fab(content: bytes, approved: set[str]) -> str:
     """The bundle's hash if approved; AppNotApproved (a PHI-free one-liner) if not."""
     digest = hashlib.sha256(content).hexdigest()
@@ -49,7 +54,7 @@ def check_fab(content: bytes, approved: set[str]) -> str:
 
 
 def _guarded_install(install):
-    approved = {h for h in os.environ.get(APPROVED_ENV, "").split(",") if h}
+    approved = approved_from_env()
 
     def install_checked(fab_content: bytes, *args, **kwargs):
         check_fab(fab_content, approved)

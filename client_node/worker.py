@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import signal
 import sys
 import time
@@ -105,14 +104,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="radfed's warm ClientApp worker (started by client-node start)")
     parser.add_argument("--runtime-api", required=True, help="The SuperNode's Runtime API, 127.0.0.1:PORT")
     args = parser.parse_args()
-    from client_node.app_guard import APPROVED_ENV
+    from client_node.app_guard import approved_from_env
 
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s radfed %(levelname)s: %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    approved = {h for h in os.environ.get(APPROVED_ENV, "").split(",") if h}
+    approved = approved_from_env()
     try:
         run_worker(args.runtime_api, approved)
     except KeyboardInterrupt:

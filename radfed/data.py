@@ -58,6 +58,7 @@ import torch
 from pydicom.datadict import dictionary_has_tag, tag_for_keyword
 
 from radfed import dicom
+from radfed.data_card import DATA_CARD_RECORD, SHARED_CARD_KEYS  # noqa: F401 - re-exported
 
 __all__ = [
     "CACHE_VERSION",
@@ -88,11 +89,6 @@ CACHE_VERSION = "radfed-data-3"
 
 # Upper bound (exclusive) of the longer image side -> bucket name, for the shared data card.
 SIZE_BUCKETS = ((256, "<256 px"), (512, "256-511 px"), (1024, "512-1023 px"), (2048, "1024-2047 px"))
-# The ConfigRecord of a clinic's first train reply of a run that holds shared_card() as JSON.
-DATA_CARD_RECORD = "data-card"
-# The keys of ClinicData.shared_card(): all a coordinator keeps of a clinic's data card.
-SHARED_CARD_KEYS = ("labels", "train", "val", "rejected", "rejected_total", "modalities", "manufacturers",
-                    "sizes", "transfer_syntaxes", "filtered")
 
 LABEL_SOURCES = ("manifest", "folders", "tag")
 FILTER_KEYWORDS = ("Modality", "BodyPartExamined", "SeriesDescription")

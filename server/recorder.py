@@ -26,7 +26,7 @@ from flwr.app import ArrayRecord, MetricRecord
 
 from radfed.audit import Registry
 from radfed.evaluation import SUMMARY_KEYS, operating_point, pooled_quality
-from radfed.data import SHARED_CARD_KEYS
+from radfed.data_card import SHARED_CARD_KEYS
 from radfed.spec import ExperimentSpec
 from radfed.store import Store
 from strategies.utils import ClinicReply

@@ -128,15 +128,7 @@ def clinic_list(db: DbOption = None,
              "enrolled_at": c.enrolled_at.isoformat(),
              "revoked_at": c.revoked_at.isoformat() if c.revoked_at else None}
             for c in _registry(db).clinics()]
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return
-    table = Table(title="clinics")
-    for col in ("name", "status", "fingerprint", "node_id", "enrolled_at"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(*(str(r[c] or "") for c in ("name", "status", "fingerprint", "node_id", "enrolled_at")))
-    out.print(table)
+    _print_rows(rows, ("name", "status", "fingerprint", "node_id", "enrolled_at"), "clinics", as_json)
 
 
 @clinic_app.command("revoke")
@@ -171,15 +163,19 @@ def audit(
     if kind and kind not in EVENT_KINDS:
         _fail(f"unknown event kind '{kind}'; one of: {', '.join(EVENT_KINDS)}", 2)
     rows = _registry(db).events(kind=kind, clinic=clinic)
+    _print_rows(rows, ("at", "kind", "clinic", "node_id", "run", "round", "detail"), "audit trail", as_json)
+
+
+def _print_rows(rows: list[dict], columns: tuple[str, ...], title: str, as_json: bool) -> None:
+    """Rows as JSON (every field) or as a table of `columns` (None shown empty)."""
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table(title="audit trail")
-    for col in ("at", "kind", "clinic", "node_id", "run", "round", "detail"):
+    table = Table(title=title)
+    for col in columns:
         table.add_column(col)
     for r in rows:
-        table.add_row(*(str(r[c]) if r[c] is not None else "" for c in
-                        ("at", "kind", "clinic", "node_id", "run", "round", "detail")))
+        table.add_row(*(str(r[c]) if r[c] is not None else "" for c in columns))
     out.print(table)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import Message, MetricRecord, RecordDict
 
-from radfed.data import DATA_CARD_RECORD
+from radfed.data_card import DATA_CARD_RECORD
 
 NUM_EXAMPLES = "num-examples"
 MAX_DATA_CARD_CHARS = 65536  # a data card is a few hundred bytes of counts
