@@ -5,8 +5,9 @@ In one go: writes 3 generated clinics (radfed.demo_data.write_federation: preval
 baseline with `coordinator baseline`, then federated FedAvg, FedProx and FedBN with the
 same spec (model, initialisation, seed, rounds x local epochs) through `coordinator run`
 on a real SuperLink and 3 SuperNodes on 127.0.0.1. Every figure is on the same
-validation patients. It prints each AUROC (pooled over the clinics' validation splits;
-the federated one from the clinics' score histograms) and federated ÷ centralised; the
+validation patients. It prints each AUROC with its 95 % CI (pooled over the clinics'
+validation splits, patients resampled within their clinic; the federated one from the
+clinics' score histograms and resampled replicates) and federated ÷ centralised; the
 goal is >= 0.98 for the best strategy. The last line is one JSON object with the seeds.
 
     .venv/bin/python bench/fed_vs_central.py            # resnet18 at 64 px, CPU: ~6-8 min
@@ -101,10 +102,13 @@ def main() -> None:
                 seconds[strategy] = time.monotonic() - t0
                 pooled = entry["pooled"] or {}
                 ratio = pooled["auroc"] / c_auroc if pooled.get("auroc") is not None else None
-                results[strategy] = {"auroc": pooled.get("auroc"), "mean_clinic_auroc": entry["final_auroc"],
+                results[strategy] = {"auroc": pooled.get("auroc"),
+                                     "ci95": [pooled.get("auroc_low"), pooled.get("auroc_high")],
+                                     "mean_clinic_auroc": entry["final_auroc"],
                                      "ece": pooled.get("ece"), "ratio": ratio,
                                      "leaderboard_ratio": entry["vs_central"]}
-                print(f"{strategy:<12} pooled AUROC {pooled.get('auroc'):.4f}  fed/central {ratio:.4f} "
+                print(f"{strategy:<12} pooled AUROC {pooled.get('auroc'):.4f} [{pooled.get('auroc_low') or 0:.3f}-"
+                      f"{pooled.get('auroc_high') or 0:.3f}]  fed/central {ratio:.4f} "
                       f"({seconds[strategy]:.0f} s)", flush=True)
         finally:
             fed.close()

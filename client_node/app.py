@@ -34,7 +34,7 @@ from client_node.outbox import outbox_mod
 from radfed import features as feat
 from radfed.batchnorm import batchnorm_state_keys
 from radfed.data import DATA_CARD_RECORD, ClinicData, DataError, load_clinic
-from radfed.evaluation import quality_report, score_summary
+from radfed.evaluation import bootstrap_summary, quality_report, score_summary
 from radfed.models import Classifier, apply_freeze, create_model
 from radfed.spec import ExperimentSpec, data_options
 from radfed.training import (
@@ -277,8 +277,9 @@ def _val_metrics(model: torch.nn.Module, data: ClinicData, spec: ExperimentSpec,
 def _quality_metrics(probs: torch.Tensor, data: ClinicData, spec: ExperimentSpec,
                      count_key: str) -> dict[str, float | list[float]]:
     """Validation figures: loss, accuracy, AUROC with its 95 % CI over patients, sensitivity
-    and specificity at Youden's threshold on this split, ECE, and the per-bin counts that
-    make pooled figures at the server. Aggregates only."""
+    and specificity at Youden's threshold on this split, ECE, and the per-bin counts (and
+    their patient-resampled replicates) that make pooled figures and the pooled CI at the
+    server. Aggregates only."""
     result = metrics_from_probs(probs, data.val.labels)
     patients = data.val.patients.numpy() if data.val.patients is not None else None
     report = quality_report(probs.numpy(), data.val.labels.numpy(), patients, seed=spec.seed)
@@ -290,6 +291,8 @@ def _quality_metrics(probs: torch.Tensor, data: ClinicData, spec: ExperimentSpec
         "val_ece": report.ece, "val_patients": report.patients,
     }
     metrics.update({f"val_{k}": v for k, v in score_summary(probs.numpy(), data.val.labels.numpy()).items()})
+    replicates = bootstrap_summary(probs.numpy(), data.val.labels.numpy(), patients, salt=spec.seed)
+    metrics.update({f"val_{k}": v for k, v in replicates.items()})
     return metrics
 
 

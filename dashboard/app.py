@@ -152,9 +152,9 @@ def quality_frame(entry: dict[str, Any]) -> pd.DataFrame:
                          c["num_examples"], q.get("patients")])
     pooled = entry.get("pooled") or {}
     if pooled:
-        rows.append(["all (pooled)", "federated", pooled.get("auroc"), None, None,
-                     pooled.get("sensitivity"), pooled.get("specificity"), pooled.get("threshold"),
-                     pooled.get("ece"), pooled.get("images"), None])
+        rows.append(["all (pooled)", "federated", pooled.get("auroc"), pooled.get("auroc_low"),
+                     pooled.get("auroc_high"), pooled.get("sensitivity"), pooled.get("specificity"),
+                     pooled.get("threshold"), pooled.get("ece"), pooled.get("images"), None])
     base = entry.get("baseline") or {}
     for clinic, q in sorted((base.get("clinics") or {}).items()):
         rows.append([clinic, "centralised", q.get("auroc"), q.get("auroc_low"), q.get("auroc_high"),
@@ -174,9 +174,10 @@ def show_quality(entry: dict[str, Any]) -> None:
         return
     st.markdown("**Learning quality: final model per clinic and pooled, against the centralised baseline**")
     st.dataframe(frame, hide_index=True, width="stretch")
-    st.caption("CI: 95 % bootstrap over patients. Thresholds: Youden's J on each clinic's "
-               "validation data; a held-out clinic uses the federation's pooled threshold. "
-               "Pooled federated figures come from the clinics' score histograms (no CI).")
+    st.caption("CI: 95 % bootstrap over patients (pooled: patients resampled within their "
+               "clinic). Thresholds: Youden's J on each clinic's validation data; a held-out "
+               "clinic uses the federation's pooled threshold. Pooled federated figures come "
+               "from the clinics' score histograms and their resampled replicates.")
 def _counts(mapping: dict[str, int]) -> str:
     """{'CR': 10, 'DX': 2} -> 'CR 10, DX 2' (largest first)."""
     return ", ".join(f"{name} {count}" for name, count in sorted(mapping.items(), key=lambda kv: -kv[1])) or "-"

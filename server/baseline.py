@@ -115,7 +115,8 @@ def train_centralised(spec: ExperimentSpec, model: torch.nn.Module, clinics: lis
 def evaluate_centralised(spec: ExperimentSpec, model: torch.nn.Module, clinics: dict[str, ClinicData],
                          holdout: str | None) -> tuple[dict[str, float | None], dict[str, dict[str, float | None]]]:
     """(pooled over the training clinics, per clinic). Each clinic's threshold is its own
-    Youden's J; a held-out clinic gets the pooled one, as in a federated hold-out run."""
+    Youden's J; a held-out clinic gets the pooled one, as in a federated hold-out run. The
+    pooled CI resamples patients within their clinic, as the federated pooled CI does."""
     import numpy as np
 
     from radfed.evaluation import quality_report
@@ -125,10 +126,10 @@ def evaluate_centralised(spec: ExperimentSpec, model: torch.nn.Module, clinics: 
                       c.val.patients.numpy() if c.val.patients is not None else np.arange(len(c.val)))
                for name, c in clinics.items()}
     inside = [name for name in outputs if name != holdout]
-    offsets = np.cumsum([0] + [int(outputs[n][2].max(initial=-1)) + 1 for n in inside])
     pooled = quality_report(np.concatenate([outputs[n][0] for n in inside]),
                             np.concatenate([outputs[n][1] for n in inside]),
-                            np.concatenate([outputs[n][2] + off for n, off in zip(inside, offsets)]),
+                            np.concatenate([outputs[n][2] for n in inside]),
+                            strata=np.concatenate([np.full(len(outputs[n][1]), i) for i, n in enumerate(inside)]),
                             seed=spec.seed).as_dict()
     per_clinic = {}
     for name, (probs, labels, patients) in outputs.items():

@@ -133,8 +133,7 @@ def run(
         stop(conn, run_id)
         _fail(f"interrupted; asked the SuperLink to stop run {run_id}", 130)
     _report(status, run_id)
-    if holdout:
-        _report_holdout(store, run_id)
+    _report_quality(store, run_id)
 
 
 def _report(status: dict, run_id: str) -> None:
@@ -145,12 +144,19 @@ def _report(status: dict, run_id: str) -> None:
     err.print(f"run {run_id} completed: final federated AUROC {shown}", highlight=False)
 
 
-def _report_holdout(store, run_id: str) -> None:
-    """The held-out clinic's figures for the final model, as the leaderboard shows them."""
-    from server.leaderboard import holdout_text
+def _report_quality(store, run_id: str) -> None:
+    """The pooled AUROC with its 95 % CI and, for a hold-out run, the held-out clinic's
+    figures, as the leaderboard shows them."""
+    from server.leaderboard import holdout_rows, holdout_text, with_ci
 
     entry = next((e for e in store.leaderboard() if e["flwr_run_id"] == str(run_id)), None)
-    if entry is not None:
+    if entry is None:
+        return
+    pooled = entry.get("pooled") or {}
+    if pooled.get("auroc") is not None:
+        err.print(f"pooled over the clinics' validation patients: AUROC {with_ci(pooled['auroc'], pooled)}",
+                  highlight=False)
+    if entry.get("holdout") or holdout_rows(entry):
         err.print(f"held-out clinic (never trained on): {holdout_text(entry)}", highlight=False)
 
 

@@ -1,7 +1,8 @@
 """The leaderboard as people and scripts read it: a rich table, or JSON.
 
 Beside the final federated AUROC (example-weighted over the clinics) it shows the
-pooled AUROC (from the clinics' score histograms), federated ÷ centralised (against
+pooled AUROC with its 95 % CI (from the clinics' score histograms and their
+patient-resampled replicates), federated ÷ centralised (against
 the newest comparable `coordinator baseline`), and for leave-one-clinic-out runs the
 held-out clinic's AUROC with its 95 % CI over patients.
 """
@@ -72,7 +73,7 @@ def _runs_table(board: list[dict]) -> Table:
         table.add_row(str(rank), row["experiment"], row["backbone"], row["weights"],
                       row["strategy"], row.get("privacy", {}).get("mode", "none"),
                       str(len(row.get("rounds", []))), str(len(clinics)),
-                      _num(row.get("final_auroc")), _num((row.get("pooled") or {}).get("auroc")),
+                      _num(row.get("final_auroc")), with_ci((row.get("pooled") or {}).get("auroc"), row.get("pooled")),
                       _num(row.get("vs_central")), holdout_text(row), row["status"])
     return table
 

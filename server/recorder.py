@@ -25,7 +25,7 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord
 
 from radfed.audit import Registry
-from radfed.evaluation import SUMMARY_KEYS, operating_point, pooled_quality
+from radfed.evaluation import REPLICATE_KEYS, SUMMARY_KEYS, operating_point, pooled_quality
 from radfed.data_card import SHARED_CARD_KEYS
 from radfed.spec import ExperimentSpec
 from radfed.store import Store
@@ -58,7 +58,8 @@ def clinic_quality(reply: ClinicReply) -> dict[str, float | None] | None:
 
 def pooled_validation(replies: list[ClinicReply]) -> dict[str, float | None]:
     """Pooled figures over the clinics that sent their per-bin counts."""
-    return pooled_quality([{k: r.lists.get(f"val_{k}", []) for k in SUMMARY_KEYS} for r in replies])
+    return pooled_quality([{k: r.lists.get(f"val_{k}", []) for k in SUMMARY_KEYS + REPLICATE_KEYS}
+                           for r in replies])
 
 
 def weighted_validation(replies: list[ClinicReply], count_key: str) -> dict[str, float | None]:

@@ -99,3 +99,60 @@ def test_pooled_figures_from_clinic_summaries_match_the_pooled_data():
     first = ev.score_summary(*clinics[0])
     want = ev.sensitivity_specificity(clinics[0][0][:, 1], clinics[0][1] == 1, pooled["threshold"])
     assert ev.operating_point(first, pooled["threshold"]) == pytest.approx(want)
+
+
+def _clinics_with_patients(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """3 clinics of different sizes and separations; 3 correlated images per patient."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for n_patients, shift in ((30, 1.5), (50, 1.0), (20, 2.5)):
+        positive = rng.uniform(size=n_patients) < 0.4
+        patient_score = rng.normal(shift * positive, 1.0)
+        scores = np.repeat(patient_score, 3) + rng.normal(0, 0.3, 3 * n_patients)
+        p = 1 / (1 + np.exp(-scores))
+        out.append((np.c_[1 - p, p], np.repeat(positive, 3).astype(int), np.repeat(np.arange(n_patients), 3)))
+    return out
+
+
+def test_stratified_resampling_keeps_every_clinic_at_its_size():
+    groups = np.r_[np.arange(5), np.arange(5, 12)]
+    strata = np.r_[np.zeros(5, int), np.ones(7, int)]
+    counts = ev.resample_counts(groups, strata, 200, np.random.default_rng(0))
+    assert (counts[:, :5].sum(axis=1) == 5).all() and (counts[:, 5:].sum(axis=1) == 7).all()
+    free = ev.resample_counts(groups, None, 200, np.random.default_rng(0))
+    assert (free.sum(axis=1) == 12).all() and len(set(free[:, :5].sum(axis=1))) > 1
+
+
+def test_federated_pooled_interval_matches_the_centralised_stratified_bootstrap():
+    """Known answer: summing the clinics' patient-resampled histograms gives the interval a
+    central bootstrap over the pooled scores, patients drawn within clinics, gives."""
+    clinics = _clinics_with_patients()
+    summaries = [{**ev.score_summary(p, y), **ev.bootstrap_summary(p, y, g)} for p, y, g in clinics]
+    pooled = ev.pooled_quality(summaries)
+    probs = np.concatenate([p for p, _, _ in clinics])
+    central = ev.quality_report(probs, np.concatenate([y for _, y, _ in clinics]),
+                                np.concatenate([g for _, _, g in clinics]),
+                                strata=np.concatenate([np.full(len(y), i) for i, (_, y, _) in enumerate(clinics)]),
+                                n_boot=4000, seed=1)
+    assert pooled["auroc"] == pytest.approx(central.auroc, abs=0.003)
+    assert pooled["auroc_low"] == pytest.approx(central.auroc_low, abs=0.015)
+    assert pooled["auroc_high"] == pytest.approx(central.auroc_high, abs=0.015)
+    assert pooled["auroc_low"] < pooled["auroc"] < pooled["auroc_high"]
+    # resampling images instead of patients would be too narrow: the pooled CI is not that
+    by_image = ev.quality_report(probs, np.concatenate([y for _, y, _ in clinics]), n_boot=2000, seed=1)
+    assert (by_image.auroc_high - by_image.auroc_low) < 0.8 * (pooled["auroc_high"] - pooled["auroc_low"])
+
+
+def test_pooled_interval_needs_every_clinics_replicates_and_their_seed_stays_private():
+    clinics = _clinics_with_patients(seed=2)
+    full = [{**ev.score_summary(p, y), **ev.bootstrap_summary(p, y, g)} for p, y, g in clinics]
+    partial = full[:2] + [ev.score_summary(*clinics[2][:2])]
+    assert ev.pooled_quality(partial)["auroc_low"] is None  # its patients' variance would be missing
+    assert ev.pooled_quality(partial)["auroc"] == pytest.approx(ev.pooled_quality(full)["auroc"])
+    # the same scores give the same replicates; a server that knows the run seed but not the
+    # scores cannot draw them (the seed is a digest of the clinic's own scores)
+    p, y, g = clinics[0]
+    assert ev.bootstrap_summary(p, y, g) == ev.bootstrap_summary(p, y, g)
+    assert ev.private_seed(p[:, 1]) != ev.private_seed(p[:, 1] + 1e-9)
+    groups = len(full[0]["boot_bins"])
+    assert groups <= ev.REPLICATE_GROUPS and len(full[0]["boot_pos"]) == ev.REPLICATES * groups

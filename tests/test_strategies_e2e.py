@@ -7,6 +7,7 @@ One federation serves every run of this module, to keep the suite's time down.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -130,6 +131,7 @@ def test_leave_one_clinic_out_with_quality_figures_and_centralised_baseline(fed)
     proc = _submit(fed, "holdout", "--holdout", "clinic-2", strategy="fedavg", min_clinics=1, local_epochs=1)
     assert proc.returncode == 0, proc.stderr + fed.logs()
     assert "held-out clinic (never trained on): clinic-2 0." in proc.stderr
+    assert "pooled over the clinics' validation patients: AUROC 0." in proc.stderr
     entry = {e["experiment"]: e for e in Store(_db(fed)).leaderboard()}["holdout"]
     assert entry["status"] == "completed" and entry["holdout"] == "clinic-2"
     assert {c["clinic"] for c in entry["clinics"] if c["phase"] != "holdout"} == {"clinic-1"}
@@ -140,7 +142,14 @@ def test_leave_one_clinic_out_with_quality_figures_and_centralised_baseline(fed)
     assert quality["threshold"] == pytest.approx(entry["pooled"]["threshold"])  # not its own choice
     final = [c for c in entry["clinics"] if c["phase"] == "evaluate" and c["server_round"] == 1]
     assert final and final[0]["quality"]["patients"] > 0 and final[0]["quality"]["ece"] is not None
-    assert entry["pooled"]["auroc"] == pytest.approx(final[0]["auroc"], abs=0.01)  # one clinic
+    pooled = entry["pooled"]
+    assert pooled["auroc"] == pytest.approx(final[0]["auroc"], abs=0.01)  # one clinic
+    # the pooled CI from the clinic's resampled histograms: one clinic, so near its own CI
+    assert pooled["auroc_low"] <= pooled["auroc"] <= pooled["auroc_high"]
+    assert pooled["auroc_low"] == pytest.approx(final[0]["quality"]["auroc_low"], abs=0.06)
+    assert pooled["auroc_high"] == pytest.approx(final[0]["quality"]["auroc_high"], abs=0.06)
+    board = cli("server.cli", "leaderboard", "--db", _db(fed), env={**os.environ, "COLUMNS": "400"})
+    assert f"{pooled['auroc']:.3f} [{pooled['auroc_low']:.2f}–{pooled['auroc_high']:.2f}]" in board.stdout
 
     proc = cli("server.cli", "baseline", str(fed.work / "holdout.toml"), "--holdout", "clinic-2",
                "--data", f"clinic-1={fed.work / 'data-1'}", "--data", f"clinic-2={fed.work / 'data-2'}",
