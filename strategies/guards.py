@@ -5,7 +5,8 @@ finite, do not match the global model's keys, shapes or dtypes, or when its norm
 outlier against the other clinics of the round (more than `norm_factor` times the
 median of the others; needs three or more clinics). The round goes on with the rest
 when at least `min_accept` remain; otherwise it fails and the previous global model
-(already checkpointed) stays.
+(already checkpointed) stays. Updates are aggregated in clinic order, not arrival
+order, so that the same seed gives the same model.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from strategies.recording import NoClinicResult
-from strategies.utils import first_arrays, norm_outliers, parse_reply, screen_updates
+from strategies.utils import first_arrays, in_clinic_order, norm_outliers, parse_reply, screen_updates
 
 
 class GuardMixin:
@@ -35,7 +36,7 @@ class GuardMixin:
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
+        replies = in_clinic_order(list(replies))
         failed = [parse_reply(m) for m in replies if m.has_error()]
         replies = [m for m in replies if not m.has_error()]
         late = self._sent - {m.metadata.src_node_id for m in replies} - {

@@ -42,6 +42,20 @@ def model_bytes(content: RecordDict) -> int:
                for array in record.values())
 
 
+def in_clinic_order(replies: list[Message]) -> list[Message]:
+    """Replies sorted by clinic name, then node id, whatever order they arrived in.
+
+    Aggregation sums updates in the order given; float sums in another order differ in
+    the last bits, and a few rounds of training amplify that. Sorting makes a run with
+    the same seed, clinics and data give the same model again.
+    """
+    def key(msg: Message) -> tuple[str, int]:
+        name = "" if msg.has_error() else str(msg.content.config_records.get("clinic", {}).get("name", ""))
+        return name, int(msg.metadata.src_node_id)
+
+    return sorted(replies, key=key)
+
+
 def parse_reply(msg: Message) -> ClinicReply:
     """Read a reply's sender, metrics and the clinic's self-description."""
     node_id = str(msg.metadata.src_node_id)

@@ -99,3 +99,45 @@ def test_weighted_mean_matches_flowers_aggregation():
     ours, flowers = weighted_mean(contents, "num-examples"), aggregate_arrayrecords(contents, "num-examples")
     for key in ("w", "steps"):
         np.testing.assert_allclose(ours[key].numpy(), flowers[key].numpy(), rtol=1e-6)
+
+
+class _Grid:
+    """Just enough of a Grid for configure_train: four connected nodes."""
+
+    def get_node_ids(self):
+        return [11, 12, 13, 14]
+
+
+class _Recorder:
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def test_aggregation_does_not_depend_on_arrival_order(monkeypatch):
+    """Float sums depend on their order; replies are summed in clinic order, so the same
+    seed gives the same global model whichever clinic answered first."""
+    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attr in ("_run_id", "_node_id", "_task_id"):  # as a ServerApp process sets them
+        monkeypatch.setattr(TaskIdentity, attr, 1)
+
+    spec = ExperimentSpec(name="x", strategy="fedavg", min_clinics=4)
+    rng = np.random.default_rng(0)
+    start = _record(w=np.zeros(5000, np.float32))
+    strategy = build_strategy(spec, _Recorder(), [])
+    sent = list(strategy.configure_train(1, start, ConfigRecord(), _Grid()))
+    replies = [Message(RecordDict({
+        "arrays": _record(w=(rng.standard_normal(5000) * 10 ** rng.uniform(-3, 3, 5000)).astype(np.float32)),
+        "metrics": MetricRecord({"num-examples": 7 + 3 * i}),
+        "clinic": ConfigRecord({"name": f"clinic-{i}"})}), reply_to=m) for i, m in enumerate(sent)]
+    results = []
+    for order in ([0, 1, 2, 3], [3, 1, 0, 2], [2, 3, 1, 0]):
+        strategy.configure_train(1, start, ConfigRecord(), _Grid())
+        arrays, _ = strategy.aggregate_train(1, [replies[i] for i in order])
+        results.append(arrays["w"].numpy())
+    assert all(np.array_equal(results[0], r) for r in results[1:])
+    # and the order does matter to a plain sum: without sorting the runs would drift
+    stacked = [replies[i].content["arrays"]["w"].numpy() for i in range(4)]
+    sums = [sum(stacked[i] for i in order) for order in ([0, 1, 2, 3], [3, 1, 0, 2], [2, 3, 1, 0])]
+    assert not all(np.array_equal(sums[0], s) for s in sums[1:])
