@@ -299,16 +299,20 @@ def bootstrap_summary(probs: np.ndarray, labels: np.ndarray, patients: np.ndarra
     positive = finding_labels(labels)
     if scores.size == 0:
         return {}
-    patient = np.arange(scores.size) if patients is None else np.unique(np.asarray(patients), return_inverse=True)[1]
-    patient = patient.reshape(-1)
+    patient = np.arange(scores.size) if patients is None else \
+        np.unique(np.asarray(patients), return_inverse=True)[1].reshape(-1)
     rng = np.random.default_rng(private_seed(scores, salt))
-    weights = resample_counts(patient, None, n_boot, rng)[:, patient]  # B x N
     groups, bins = bin_groups(score_bins(scores))
-    onehot = np.zeros((scores.size, bins.size), dtype=np.int64)
-    onehot[np.arange(scores.size), groups] = 1
-    return {"boot_bins": bins.tolist(),
-            "boot_neg": (weights @ (onehot * ~positive[:, None])).reshape(-1).tolist(),
-            "boot_pos": (weights @ (onehot * positive[:, None])).reshape(-1).tolist()}
+    cell = groups * 2 + positive  # (group, class) of each image, images sorted by it
+    order = np.argsort(cell, kind="stable")
+    starts = np.flatnonzero(np.r_[True, cell[order][1:] != cell[order][:-1]])
+    counts = np.zeros((n_boot, bins.size * 2), dtype=np.int64)
+    for start in range(0, n_boot, 100):  # B x N image weights in chunks: bounded memory
+        weights = resample_counts(patient, None, min(100, n_boot - start), rng)[:, patient[order]]
+        counts[start:start + len(weights), cell[order][starts]] = np.add.reduceat(weights, starts, axis=1)
+    counts = counts.reshape(n_boot, bins.size, 2)
+    return {"boot_bins": bins.tolist(), "boot_neg": counts[:, :, 0].reshape(-1).tolist(),
+            "boot_pos": counts[:, :, 1].reshape(-1).tolist()}
 
 
 def histogram_auroc(neg: np.ndarray, pos: np.ndarray) -> np.ndarray:
