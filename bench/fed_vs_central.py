@@ -10,7 +10,7 @@ validation splits, patients resampled within their clinic; the federated one fro
 clinics' score histograms and resampled replicates) and federated ÷ centralised; the
 goal is >= 0.98 for the best strategy. The last line is one JSON object with the seeds.
 
-    .venv/bin/python bench/fed_vs_central.py            # resnet18 at 64 px, CPU: ~6-8 min
+    .venv/bin/python bench/fed_vs_central.py            # resnet18 at 64 px, 2 CPU cores: ~5 min
     .venv/bin/python bench/fed_vs_central.py --rounds 5 --patients 80
 """
 

@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from radfed.audit import Registry
-from radfed.batchnorm import batchnorm_state_keys
+from radfed.batchnorm import batchnorm_state_keys, batchnorm_statistics_keys
 from radfed.features import split_head, state_digest
 from radfed.models import apply_freeze, create_model
 from radfed.spec import ExperimentSpec
@@ -98,7 +98,8 @@ def main(grid: Grid, context: Context) -> None:
             run_secure(train_grid, context, secure, privacy, spec.rounds, spec.round_timeout)
         else:
             strategy = build_strategy(spec, recorder, bn_keys=batchnorm_state_keys(model),
-                                      backbone=backbone, trainable_keys=trainable_keys(model, spec))
+                                      backbone=backbone, trainable_keys=trainable_keys(model, spec),
+                                      statistics_keys=batchnorm_statistics_keys(model))
             result = strategy.start(train_grid, ArrayRecord(initial), num_rounds=spec.rounds,
                                     timeout=spec.round_timeout, train_config=ConfigRecord(dict(shared)),
                                     evaluate_config=ConfigRecord(dict(shared)),

@@ -20,14 +20,16 @@ from strategies.utils import NUM_EXAMPLES, finite_weighted_mean
 
 def build_strategy(spec: ExperimentSpec, recorder: RoundRecorder,
                    bn_keys: list[str] | None = None, backbone: ArrayRecord | None = None,
-                   trainable_keys: set[str] | None = None) -> Strategy:
+                   trainable_keys: set[str] | None = None,
+                   statistics_keys: list[str] | None = None) -> Strategy:
     """The spec's strategy, waiting for `min_clinics` and recording to `recorder`.
 
     With `backbone` (head-only rounds) the global model the strategy holds is the head
     alone and the backbone goes once to each clinic (strategies/head_only.py).
     `trainable_keys` (the model's parameters left trainable by the spec's freeze
     policy) are the only ones differential privacy lets change; needed when the spec
-    has a privacy mode.
+    has a privacy mode. `statistics_keys` (the model's BatchNorm buffers) are averaged,
+    never stepped, by the server optimisers (strategies/fedopt_stats.py).
     """
     params = check_strategy(spec.strategy, spec.strategy_params)
     privacy = check_privacy(spec.privacy, spec.min_clinics, spec.strategy)
@@ -44,6 +46,7 @@ def build_strategy(spec: ExperimentSpec, recorder: RoundRecorder,
     strategy = strategy_class(spec.strategy, recording=not private)(**common, **params)
     strategy.recorder = recorder
     strategy.backbone = backbone
+    strategy.statistics_keys = list(statistics_keys or [])
     strategy.final_round = spec.rounds
     strategy.norm_factor = norm_factor
     strategy.min_accept = spec.min_accept or spec.min_clinics

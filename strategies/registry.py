@@ -16,6 +16,7 @@ from flwr.serverapp.strategy import (
 
 from strategies.fast_mean import FastMeanMixin
 from strategies.fedbn import FedBN
+from strategies.fedopt_stats import MeanStatisticsMixin
 from strategies.guards import GuardMixin
 from strategies.head_only import HeadOnlyMixin
 from strategies.recording import RecordingMixin
@@ -40,9 +41,9 @@ REGISTRY: dict[str, StrategyInfo] = {
     "fedavg": StrategyInfo(FedAvg, "example-weighted mean of clinic models"),
     "fedprox": StrategyInfo(FedProx, "FedAvg; clinics add mu/2·||w − w_global||² to their loss",
                             {"proximal_mu": (0.01, "weight of the proximal term")}),
-    "fedadam": StrategyInfo(FedAdam, "server-side Adam on the averaged update", {**_OPT, **_BETAS}),
-    "fedyogi": StrategyInfo(FedYogi, "server-side Yogi on the averaged update", {**_OPT, **_BETAS}),
-    "fedadagrad": StrategyInfo(FedAdagrad, "server-side Adagrad on the averaged update", dict(_OPT)),
+    "fedadam": StrategyInfo(FedAdam, "server-side Adam on the averaged update (BatchNorm statistics: mean)", {**_OPT, **_BETAS}),
+    "fedyogi": StrategyInfo(FedYogi, "server-side Yogi on the averaged update (BatchNorm statistics: mean)", {**_OPT, **_BETAS}),
+    "fedadagrad": StrategyInfo(FedAdagrad, "server-side Adagrad on the averaged update (BatchNorm statistics: mean)", dict(_OPT)),
     "fedmedian": StrategyInfo(FedMedian, "coordinate-wise median (robust to outliers)"),
     "fedtrimmedavg": StrategyInfo(FedTrimmedAvg, "mean after trimming the extremes per coordinate",
                                   {"beta": (0.2, "fraction trimmed at each end")}),
@@ -77,6 +78,7 @@ def check_strategy(name: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 WEIGHTED_MEAN = (FedAvg, FedProx)  # aggregation = weighted mean: radfed's primitive applies
+SERVER_OPTIMISERS = (FedAdam, FedYogi, FedAdagrad)  # BatchNorm statistics averaged, not stepped
 
 
 def strategy_class(name: str, recording: bool = True) -> type[Strategy]:
@@ -88,7 +90,8 @@ def strategy_class(name: str, recording: bool = True) -> type[Strategy]:
     """
     base = REGISTRY[name].cls
     mixins = ((RecordingMixin,) if recording else ()) + (HeadOnlyMixin, GuardMixin) + (
-        (FastMeanMixin,) if base in WEIGHTED_MEAN else ())
+        (FastMeanMixin,) if base in WEIGHTED_MEAN else ()) + (
+        (MeanStatisticsMixin,) if base in SERVER_OPTIMISERS else ())
     return type(f"Radfed{base.__name__}", (*mixins, base), {})
 
 

@@ -230,8 +230,8 @@ def _both_numeric(a: str, b: str) -> bool:
     return all(any(t in str(d) for t in ("float", "int")) for d in (a, b))
 
 
-def weighted_mean(contents: list[RecordDict], weighted_by_key: str):
-    """Example-weighted mean of the replies' ArrayRecords, one tensor at a time.
+def weighted_mean(contents: list[RecordDict], weighted_by_key: str, keys: list[str] | None = None):
+    """Example-weighted mean of the replies' ArrayRecords (or of their `keys`), one tensor at a time.
 
     Same result as Flower's `aggregate_arrayrecords`, but read from views of the
     replies' bytes and accumulated in place in cache-sized chunks through one reused
@@ -247,7 +247,7 @@ def weighted_mean(contents: list[RecordDict], weighted_by_key: str):
     factors = [w / total for w in weights]
     out = {}
     scratch: dict = {}
-    for key in records[0].keys():
+    for key in records[0].keys() if keys is None else keys:
         views = [array_view(record[key]) for record in records]
         kind = views[0].dtype if views[0].dtype.kind == "f" else np.dtype(np.float64)
         acc = np.empty(views[0].shape, kind)

@@ -113,31 +113,59 @@ class _Recorder:
         return lambda *args, **kwargs: None
 
 
-def test_aggregation_does_not_depend_on_arrival_order(monkeypatch):
-    """Float sums depend on their order; replies are summed in clinic order, so the same
-    seed gives the same global model whichever clinic answered first."""
-    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+@pytest.fixture
+def server_process(monkeypatch):
+    """The identity a ServerApp process has, so that strategies can build messages."""
     from flwr.supercore.task_identity import TaskIdentity
 
-    for attr in ("_run_id", "_node_id", "_task_id"):  # as a ServerApp process sets them
+    for attr in ("_run_id", "_node_id", "_task_id"):
         monkeypatch.setattr(TaskIdentity, attr, 1)
 
-    spec = ExperimentSpec(name="x", strategy="fedavg", min_clinics=4)
+
+def _replies(strategy, start: ArrayRecord, updates: list[dict], examples: list[int]):
+    """One train reply per clinic to the strategy's configure_train messages."""
+    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+    sent = list(strategy.configure_train(1, start, ConfigRecord(), _Grid()))
+    return [Message(RecordDict({"arrays": _record(**update), "metrics": MetricRecord({"num-examples": n}),
+                                "clinic": ConfigRecord({"name": f"clinic-{i}"})}), reply_to=m)
+            for i, (m, update, n) in enumerate(zip(sent, updates, examples))]
+
+
+def test_aggregation_does_not_depend_on_arrival_order(server_process):
+    """Float sums depend on their order; replies are summed in clinic order, so the same
+    seed gives the same global model whichever clinic answered first."""
+    from flwr.app import ConfigRecord
+
     rng = np.random.default_rng(0)
     start = _record(w=np.zeros(5000, np.float32))
-    strategy = build_strategy(spec, _Recorder(), [])
-    sent = list(strategy.configure_train(1, start, ConfigRecord(), _Grid()))
-    replies = [Message(RecordDict({
-        "arrays": _record(w=(rng.standard_normal(5000) * 10 ** rng.uniform(-3, 3, 5000)).astype(np.float32)),
-        "metrics": MetricRecord({"num-examples": 7 + 3 * i}),
-        "clinic": ConfigRecord({"name": f"clinic-{i}"})}), reply_to=m) for i, m in enumerate(sent)]
+    strategy = build_strategy(ExperimentSpec(name="x", strategy="fedavg", min_clinics=4), _Recorder(), [])
+    updates = [{"w": (rng.standard_normal(5000) * 10 ** rng.uniform(-3, 3, 5000)).astype(np.float32)}
+               for _ in range(4)]
+    replies = _replies(strategy, start, updates, [7, 10, 13, 16])
+    orders = ([0, 1, 2, 3], [3, 1, 0, 2], [2, 3, 1, 0])
     results = []
-    for order in ([0, 1, 2, 3], [3, 1, 0, 2], [2, 3, 1, 0]):
+    for order in orders:
         strategy.configure_train(1, start, ConfigRecord(), _Grid())
         arrays, _ = strategy.aggregate_train(1, [replies[i] for i in order])
         results.append(arrays["w"].numpy())
     assert all(np.array_equal(results[0], r) for r in results[1:])
     # and the order does matter to a plain sum: without sorting the runs would drift
-    stacked = [replies[i].content["arrays"]["w"].numpy() for i in range(4)]
-    sums = [sum(stacked[i] for i in order) for order in ([0, 1, 2, 3], [3, 1, 0, 2], [2, 3, 1, 0])]
+    sums = [sum(updates[i]["w"] for i in order) for order in orders]
     assert not all(np.array_equal(sums[0], s) for s in sums[1:])
+
+
+@pytest.mark.parametrize("name", ["fedadam", "fedyogi", "fedadagrad"])
+def test_server_optimisers_average_batchnorm_statistics(server_process, name):
+    """FedAdam & co. step the parameters, but BatchNorm running statistics take the
+    clinics' weighted mean (an Adam step would leave them near their initial values)."""
+    start = _record(w=np.zeros(4, np.float32), var=np.ones(3, np.float32), seen=np.array(0, np.int64))
+    strategy = build_strategy(ExperimentSpec(name="x", strategy=name, min_clinics=4), _Recorder(), [],
+                              statistics_keys=["var", "seen"])
+    updates = [{"w": np.full(4, 0.5 * (i + 1), np.float32), "var": np.full(3, 10.0 * (i + 1), np.float32),
+                "seen": np.array(4 * (i + 1), np.int64)} for i in range(4)]
+    arrays, _ = strategy.aggregate_train(1, _replies(strategy, start, updates, [1, 1, 1, 1]))
+    np.testing.assert_allclose(arrays["var"].numpy(), 25.0)
+    assert arrays["seen"].numpy().dtype == np.int64 and arrays["seen"].numpy() == 10
+    w = arrays["w"].numpy()
+    assert np.all(w > 0) and not np.allclose(w, 1.25)  # a server-optimiser step, not the mean
