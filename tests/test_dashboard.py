@@ -228,7 +228,7 @@ def test_quality_frame_puts_federated_held_out_and_centralised_side_by_side() ->
             {"clinic": "c", "server_round": 1, "phase": "holdout", "auroc": 0.7, "num_examples": 5,
              "quality": {"sensitivity": 0.6}},
         ],
-        "pooled": {"auroc": 0.88, "images": 9},
+        "pooled": {"auroc": 0.88, "auroc_low": 0.81, "auroc_high": 0.93, "images": 9},
         "baseline": {"auroc": 0.92, "auroc_low": 0.85, "auroc_high": 0.97, "num_examples": 14,
                      "clinics": {"a": {"auroc": 0.93}, "c": {"auroc": 0.9}}},
     }
@@ -238,3 +238,4 @@ def test_quality_frame_puts_federated_held_out_and_centralised_side_by_side() ->
         ["a", "federated", 0.9], ["c", "held out", 0.7], ["all (pooled)", "federated", 0.88],
         ["a", "centralised", 0.93], ["c", "centralised", 0.9], ["all (pooled)", "centralised", 0.92]]
     assert frame["95% CI low"].tolist()[0] == 0.8
+    assert frame[["95% CI low", "95% CI high"]].values.tolist()[2] == [0.81, 0.93]  # pooled federated
