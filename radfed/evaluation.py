@@ -381,7 +381,7 @@ def pooled_quality(summaries: list[dict[str, list[float]]]) -> dict[str, float |
         out.update(auroc=None, sensitivity=None, specificity=None, threshold=None)
         return out
     out["auroc"] = float(histogram_auroc(neg, pos))
-    low, high = pooled_interval(usable, out["auroc"])
+    low, high = pooled_interval([s for s in usable if np.sum(s["cal_count"]) > 0], out["auroc"])
     out.update(auroc_low=low if math.isfinite(low) else None, auroc_high=high if math.isfinite(high) else None)
     # calling a finding at score >= edge k: positives and negatives in bins k..end
     sens = np.cumsum(pos[::-1])[::-1] / n_pos

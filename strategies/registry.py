@@ -35,15 +35,16 @@ GUARD_PARAMS = {"norm_factor": (10.0, "exclude an update whose norm is over this
                                       "the median of the other clinics' (3+ clinics)")}
 _OPT = {"eta": (1e-2, "server learning rate"), "eta_l": (1e-2, "client learning rate hint"),
         "tau": (1e-3, "adaptivity")}
+_STATS = " (BatchNorm statistics: mean)"
 _BETAS = {"beta_1": (0.9, "momentum"), "beta_2": (0.99, "second-moment decay")}
 
 REGISTRY: dict[str, StrategyInfo] = {
     "fedavg": StrategyInfo(FedAvg, "example-weighted mean of clinic models"),
     "fedprox": StrategyInfo(FedProx, "FedAvg; clinics add mu/2·||w − w_global||² to their loss",
                             {"proximal_mu": (0.01, "weight of the proximal term")}),
-    "fedadam": StrategyInfo(FedAdam, "server-side Adam on the averaged update (BatchNorm statistics: mean)", {**_OPT, **_BETAS}),
-    "fedyogi": StrategyInfo(FedYogi, "server-side Yogi on the averaged update (BatchNorm statistics: mean)", {**_OPT, **_BETAS}),
-    "fedadagrad": StrategyInfo(FedAdagrad, "server-side Adagrad on the averaged update (BatchNorm statistics: mean)", dict(_OPT)),
+    "fedadam": StrategyInfo(FedAdam, f"server-side Adam on the averaged update{_STATS}", {**_OPT, **_BETAS}),
+    "fedyogi": StrategyInfo(FedYogi, f"server-side Yogi on the averaged update{_STATS}", {**_OPT, **_BETAS}),
+    "fedadagrad": StrategyInfo(FedAdagrad, f"server-side Adagrad on the averaged update{_STATS}", dict(_OPT)),
     "fedmedian": StrategyInfo(FedMedian, "coordinate-wise median (robust to outliers)"),
     "fedtrimmedavg": StrategyInfo(FedTrimmedAvg, "mean after trimming the extremes per coordinate",
                                   {"beta": (0.2, "fraction trimmed at each end")}),

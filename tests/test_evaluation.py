@@ -149,6 +149,10 @@ def test_pooled_interval_needs_every_clinics_replicates_and_their_seed_stays_pri
     partial = full[:2] + [ev.score_summary(*clinics[2][:2])]
     assert ev.pooled_quality(partial)["auroc_low"] is None  # its patients' variance would be missing
     assert ev.pooled_quality(partial)["auroc"] == pytest.approx(ev.pooled_quality(full)["auroc"])
+    # a clinic with no validation images has no variance to add: the CI stands without it
+    none, no_labels = np.zeros((0, 2)), np.zeros(0, int)
+    empty = {**ev.score_summary(none, no_labels), **ev.bootstrap_summary(none, no_labels)}
+    assert ev.pooled_quality(full + [empty])["auroc_low"] == ev.pooled_quality(full)["auroc_low"]
     # the same scores give the same replicates; a server that knows the run seed but not the
     # scores cannot draw them (the seed is a digest of the clinic's own scores)
     p, y, g = clinics[0]
