@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from radfed.results import mean_sd, summary
+from radfed.results import mean_sd, rounds_done, summary
 from radfed.store import Store, StoreError, default_database_url
 
 EMPTY_MESSAGE = "No experiments yet: run `coordinator demo` to train a first federated model."
@@ -51,11 +51,6 @@ def database_url(argv: Sequence[str]) -> str:
 def open_store(url: str) -> Store:
     """One Store (connection pool) per URL for the whole Streamlit server."""
     return Store(url)
-
-
-def rounds_done(entry: dict[str, Any]) -> int:
-    """Training rounds recorded (round 0 is only the initial evaluation)."""
-    return sum(1 for r in entry["rounds"] if r["server_round"] > 0)
 
 
 def leaderboard_frame(board: list[dict[str, Any]]) -> pd.DataFrame:

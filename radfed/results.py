@@ -14,6 +14,11 @@ from typing import Any
 PAPER_BACKBONES = ("resnet50", "densenet121", "inception_v3", "inception_resnet_v2")
 
 
+def rounds_done(entry: dict[str, Any]) -> int:
+    """Training rounds recorded (round 0 is only the initial evaluation)."""
+    return sum(1 for r in entry.get("rounds", []) if r["server_round"] > 0)
+
+
 def summary(entries: list[dict[str, Any]], sweep: str | None = None) -> list[dict[str, Any]]:
     """Mean ± sd final AUROC per (sweep, backbone, weight source), as the paper reports.
 

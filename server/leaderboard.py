@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
+from radfed.results import rounds_done
 from radfed.store import Store
 
 
@@ -58,24 +61,64 @@ def leaderboard_table(store: Store) -> RenderableType:
 
     board = store.leaderboard()
     groups = summary(board)
-    runs = _runs_table(board)
+    runs = _RunsView(board)
     return Group(runs, sweep_table(groups, title="sweeps")) if groups else runs
 
 
+class _RunsView:
+    """The runs table where the terminal is wide enough for it; otherwise one line per run
+    (an 80-column terminal would cut every cell of a 13-column table to a few letters)."""
+
+    def __init__(self, board: list[dict]):
+        self.board = board
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions):
+        table = _runs_table(self.board)
+        if Measurement.get(console, options.update_width(10_000), table).maximum <= options.max_width:
+            yield table
+            return
+        yield Text(table.title or "", style="italic")
+        for rank, row in enumerate(self.board, start=1):
+            yield Text(f"{rank}. {row['experiment']}: {row['backbone']} ({row['weights']}), "
+                       f"{row['strategy']}, {rounds_done(row)} rounds, {row['status']}; "
+                       f"{result_line(row)}" + (f"; held out {holdout_text(row)}" if holdout_rows(row) else ""))
+
+
 def _runs_table(board: list[dict]) -> Table:
-    table = Table(title="radfed leaderboard (final federated AUROC; pooled; ÷ centralised baseline)")
-    right = ("#", "rounds", "clinics", "AUROC", "pooled", "÷ central")
-    for col in ("#", "experiment", "backbone", "weights", "strategy", "privacy", "rounds", "clinics",
-                "AUROC", "pooled", "÷ central", "held-out clinic", "status"):
-        table.add_column(col, justify="right" if col in right else "left")
+    """One row per run; columns empty for every run (no privacy mode, no baseline, no
+    held-out clinic) are left out."""
+    columns = ("#", "experiment", "backbone", "weights", "strategy", "privacy", "rounds", "clinics",
+               "AUROC", "pooled", "÷ central", "held-out clinic", "status")
+    rows = []
     for rank, row in enumerate(board, start=1):
         clinics = {c["clinic"] for c in row.get("clinics", []) if c["phase"] != "holdout"}
-        table.add_row(str(rank), row["experiment"], row["backbone"], row["weights"],
-                      row["strategy"], row.get("privacy", {}).get("mode", "none"),
-                      str(len(row.get("rounds", []))), str(len(clinics)),
-                      _num(row.get("final_auroc")), with_ci((row.get("pooled") or {}).get("auroc"), row.get("pooled")),
-                      _num(row.get("vs_central")), holdout_text(row), row["status"])
+        rows.append([str(rank), row["experiment"], row["backbone"], row["weights"],
+                     row["strategy"], row.get("privacy", {}).get("mode", "none"),
+                     str(rounds_done(row)), str(len(clinics)),
+                     _num(row.get("final_auroc")), with_ci((row.get("pooled") or {}).get("auroc"), row.get("pooled")),
+                     _num(row.get("vs_central")), holdout_text(row), row["status"]])
+    optional = {"privacy", "÷ central", "held-out clinic"}
+    keep = [i for i, col in enumerate(columns)
+            if col not in optional or any(r[i] not in ("-", "none") for r in rows)]
+    table = Table(title="radfed leaderboard (final federated AUROC; pooled; ÷ centralised baseline)")
+    for i in keep:
+        figure = columns[i] in ("#", "rounds", "clinics", "AUROC", "pooled", "÷ central")
+        table.add_column(columns[i], justify="right" if figure else "left", no_wrap=figure)
+    for r in rows:
+        table.add_row(*[r[i] for i in keep])
     return table
+
+
+def result_line(entry: dict[str, Any]) -> str:
+    """'final federated AUROC 0.937 (3 clinics); pooled 0.905 [0.85–0.95]' for one run."""
+    clinics = {c["clinic"] for c in entry.get("clinics", []) if c["phase"] != "holdout"}
+    pooled = entry.get("pooled") or {}
+    text = f"final federated AUROC {_num(entry.get('final_auroc'))} ({len(clinics)} clinics)"
+    if pooled.get("auroc") is not None:
+        text += f"; pooled {with_ci(pooled['auroc'], pooled)}"
+    if entry.get("vs_central") is not None:
+        text += f"; ÷ centralised {entry['vs_central']:.3f}"
+    return text
 
 
 def sweep_table(rows: list[dict], title: str = "sweep results") -> Table:
