@@ -78,8 +78,20 @@ def show_leaderboard(board: list[dict[str, Any]]) -> None:
     )
 
 
+def auroc_curve_frame(entry: dict[str, Any]) -> pd.DataFrame:
+    """Per round: the clinics' example-weighted AUROC, and the pooled AUROC with its 95 % CI."""
+    rows = {r["server_round"]: {"clinic mean AUROC": r.get("val_auroc"),
+                                "pooled AUROC": (r.get("pooled") or {}).get("auroc"),
+                                "pooled CI low": (r.get("pooled") or {}).get("auroc_low"),
+                                "pooled CI high": (r.get("pooled") or {}).get("auroc_high")}
+            for r in entry["rounds"]}
+    frame = pd.DataFrame.from_dict(rows, orient="index", dtype=float).sort_index()
+    frame.index.name = "round"
+    return frame.dropna(axis=1, how="all")
+
+
 def show_curves(entry: dict[str, Any]) -> None:
-    """Validation AUROC and losses per round."""
+    """Validation AUROC (clinic mean, pooled with its 95 % CI) and losses per round."""
     rounds = pd.DataFrame(entry["rounds"])
     if rounds.empty:
         st.info("No rounds recorded for this run yet.")
@@ -87,8 +99,8 @@ def show_curves(entry: dict[str, Any]) -> None:
     rounds = rounds.set_index("server_round").sort_index()
     left, right = st.columns(2)
     with left:
-        st.markdown("**Validation AUROC per round**")
-        st.line_chart(rounds[["val_auroc"]].rename(columns={"val_auroc": "val AUROC"}))
+        st.markdown("**Validation AUROC per round** (pooled: 95 % CI over patients)")
+        st.line_chart(auroc_curve_frame(entry))
     with right:
         st.markdown("**Loss per round**")
         st.line_chart(rounds[["train_loss", "val_loss"]])

@@ -239,3 +239,18 @@ def test_quality_frame_puts_federated_held_out_and_centralised_side_by_side() ->
         ["a", "centralised", 0.93], ["c", "centralised", 0.9], ["all (pooled)", "centralised", 0.92]]
     assert frame["95% CI low"].tolist()[0] == 0.8
     assert frame[["95% CI low", "95% CI high"]].values.tolist()[2] == [0.81, 0.93]  # pooled federated
+
+
+def test_auroc_curve_has_the_pooled_interval_per_round():
+    from dashboard.app import auroc_curve_frame
+
+    entry = {"rounds": [
+        {"server_round": 1, "val_auroc": 0.7, "pooled": {"auroc": 0.72, "auroc_low": 0.6, "auroc_high": 0.8}},
+        {"server_round": 0, "val_auroc": 0.5, "pooled": None},
+    ]}
+    frame = auroc_curve_frame(entry)
+    assert frame.index.tolist() == [0, 1]
+    assert frame.loc[1].tolist() == [0.7, 0.72, 0.6, 0.8]
+    assert frame.loc[0, "clinic mean AUROC"] == 0.5 and frame.loc[0, "pooled AUROC"] != frame.loc[0, "pooled AUROC"]
+    older = auroc_curve_frame({"rounds": [{"server_round": 1, "val_auroc": 0.7}]})
+    assert older.columns.tolist() == ["clinic mean AUROC"]  # runs recorded before pooled figures
