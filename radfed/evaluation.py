@@ -282,8 +282,9 @@ def bin_groups(bins: np.ndarray, n_groups: int = REPLICATE_GROUPS) -> tuple[np.n
     group_sorted = np.unique(first * n_groups // ranked.size, return_inverse=True)[1].reshape(-1)
     groups = np.empty_like(group_sorted)
     groups[order] = group_sorted
-    middle = [ranked[(np.flatnonzero(group_sorted == g)).mean().astype(int)] for g in range(group_sorted.max() + 1)]
-    return groups, np.asarray(middle, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, np.diff(group_sorted) != 0])
+    ends = np.r_[starts[1:], ranked.size]
+    return groups, ranked[(starts + ends - 1) // 2].astype(np.int64)
 
 
 def bootstrap_summary(probs: np.ndarray, labels: np.ndarray, patients: np.ndarray | None = None, *,
