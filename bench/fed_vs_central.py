@@ -46,6 +46,8 @@ def _args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="experiment seed (init, split, shuffles, bootstrap)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the generated clinics")
     p.add_argument("--workdir", type=Path, default=None, help="keep data, database and logs here")
+    p.add_argument("--strategies", default=",".join(STRATEGIES),
+                   help="comma-separated strategies to run (default: %(default)s)")
     return p.parse_args()
 
 
@@ -109,7 +111,7 @@ def main() -> None:
             fed.start_superlink()
             for folder in folders:
                 fed.start_clinic(folder.name, folder)
-            for strategy in STRATEGIES:
+            for strategy in [x.strip() for x in a.strategies.split(",") if x.strip()]:
                 t0 = time.monotonic()
                 entry = _federated(fed, work, db, a, strategy)
                 seconds[strategy] = time.monotonic() - t0
