@@ -59,6 +59,11 @@ def finding_labels(labels: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- AUROC
 
 
+def run_starts(ranked: np.ndarray) -> np.ndarray:
+    """Indices where a new value begins in a sorted array (its runs of equal values)."""
+    return np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+
+
 def weighted_auroc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """AUROC for each row of `weights` (B x N image weights), ties counted one half.
 
@@ -73,7 +78,7 @@ def weighted_auroc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray
         return np.full(weights.shape[0], np.nan)
     order = np.argsort(scores, kind="stable")
     ranked = scores[order]
-    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+    starts = run_starts(ranked)
     w = weights[:, order]
     pos = np.add.reduceat(w * positive[order], starts, axis=1)
     neg = np.add.reduceat(w * ~positive[order], starts, axis=1)
@@ -89,10 +94,8 @@ def resample_counts(groups: np.ndarray, strata: np.ndarray | None, n_boot: int,
     """B x G draw counts per group: G groups drawn with replacement (within each stratum)."""
     n_groups = int(groups.max()) + 1
     counts = np.zeros((n_boot, n_groups), dtype=np.int64)
-    if strata is None:
-        stratum_of = np.zeros(n_groups, dtype=np.int64)
-    else:
-        stratum_of = np.zeros(n_groups, dtype=np.int64)
+    stratum_of = np.zeros(n_groups, dtype=np.int64)
+    if strata is not None:
         stratum_of[groups] = np.unique(np.asarray(strata), return_inverse=True)[1]
     for s in np.unique(stratum_of):
         members = np.flatnonzero(stratum_of == s)
@@ -282,7 +285,7 @@ def bin_groups(bins: np.ndarray, n_groups: int = REPLICATE_GROUPS) -> tuple[np.n
     group_sorted = np.unique(first * n_groups // ranked.size, return_inverse=True)[1].reshape(-1)
     groups = np.empty_like(group_sorted)
     groups[order] = group_sorted
-    starts = np.flatnonzero(np.r_[True, np.diff(group_sorted) != 0])
+    starts = run_starts(group_sorted)
     ends = np.r_[starts[1:], ranked.size]
     return groups, ranked[(starts + ends - 1) // 2].astype(np.int64)
 
@@ -304,13 +307,14 @@ def bootstrap_summary(probs: np.ndarray, labels: np.ndarray, patients: np.ndarra
         np.unique(np.asarray(patients), return_inverse=True)[1].reshape(-1)
     rng = np.random.default_rng(private_seed(scores, salt))
     groups, bins = bin_groups(score_bins(scores))
-    cell = groups * 2 + positive  # (group, class) of each image, images sorted by it
+    cell = groups * 2 + positive  # (group, class) of each image
     order = np.argsort(cell, kind="stable")
-    starts = np.flatnonzero(np.r_[True, cell[order][1:] != cell[order][:-1]])
+    starts = run_starts(cell[order])
+    filled = cell[order][starts]  # the (group, class) cells that hold images
     counts = np.zeros((n_boot, bins.size * 2), dtype=np.int64)
     for start in range(0, n_boot, 100):  # B x N image weights in chunks: bounded memory
         weights = resample_counts(patient, None, min(100, n_boot - start), rng)[:, patient[order]]
-        counts[start:start + len(weights), cell[order][starts]] = np.add.reduceat(weights, starts, axis=1)
+        counts[start:start + len(weights), filled] = np.add.reduceat(weights, starts, axis=1)
     counts = counts.reshape(n_boot, bins.size, 2)
     return {"boot_bins": bins.tolist(), "boot_neg": counts[:, :, 0].reshape(-1).tolist(),
             "boot_pos": counts[:, :, 1].reshape(-1).tolist()}

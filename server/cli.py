@@ -147,9 +147,9 @@ def _report(status: dict, run_id: str) -> None:
 def _report_quality(store, run_id: str) -> None:
     """The pooled AUROC with its 95 % CI and, for a hold-out run, the held-out clinic's
     figures, as the leaderboard shows them."""
-    from server.leaderboard import holdout_rows, holdout_text, with_ci
+    from server.leaderboard import holdout_rows, holdout_text, run_entry, with_ci
 
-    entry = next((e for e in store.leaderboard() if e["flwr_run_id"] == str(run_id)), None)
+    entry = run_entry(store, run_id)
     if entry is None:
         return
     pooled = entry.get("pooled") or {}

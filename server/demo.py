@@ -107,7 +107,7 @@ def run_demo(opts: DemoOptions, console: Console) -> int:
     from radfed.store import Store
     from server.clinics import EnrolmentError
     from server.launch import Connection, LaunchError, follow, submit
-    from server.leaderboard import leaderboard_table, result_line
+    from server.leaderboard import leaderboard_table, result_line, run_entry
 
     work = opts.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -151,7 +151,7 @@ def run_demo(opts: DemoOptions, console: Console) -> int:
     finally:
         stop_all(procs)
     console.print(leaderboard_table(store))
-    entry = next((e for e in store.leaderboard() if e["flwr_run_id"] == str(run_id)), None)
+    entry = run_entry(store, run_id)
     if entry is not None:
         console.print(f"run {run_id}: {result_line(entry)}", soft_wrap=True, highlight=False)
     console.print(f"database: {db_url}\ncheckpoints: {work / 'checkpoints'}\n"

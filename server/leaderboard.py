@@ -21,6 +21,11 @@ from radfed.results import rounds_done
 from radfed.store import Store
 
 
+def run_entry(store: Store, run_id: str | int) -> dict[str, Any] | None:
+    """The leaderboard entry of one Flower run (None if the store has none)."""
+    return next((e for e in store.leaderboard() if e["flwr_run_id"] == str(run_id)), None)
+
+
 def leaderboard_json(store: Store) -> str:
     """Every finished run, ranked by final federated AUROC, with rounds and clinics."""
     return json.dumps(store.leaderboard(), indent=2, default=str)
