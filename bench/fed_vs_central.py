@@ -62,7 +62,7 @@ def _spec(a: argparse.Namespace, strategy: str) -> ExperimentSpec:
 def _federated(fed: Federation, work: Path, db: str, a: argparse.Namespace, strategy: str) -> dict:
     path = work / f"{strategy}.toml"
     path.write_text(spec_to_toml(_spec(a, strategy)))
-    proc = cli("server.cli", "run", str(path), "--superlink", fed.address, "--insecure", "--db", db,
+    proc = cli("server.cli", "run", str(path), "--control", fed.control, "--insecure", "--db", db,
                "--checkpoints", str(work / "ckpt"), timeout=1200)
     if proc.returncode != 0:
         raise SystemExit(f"{strategy} run failed: {proc.stderr.strip()[-500:]}\n{fed.logs()[-3000:]}")

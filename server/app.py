@@ -22,6 +22,7 @@ from radfed.models import apply_freeze, create_model
 from radfed.spec import ExperimentSpec
 from radfed.store import Store
 from server.holdout import ExcludingGrid, evaluate_holdout, find_holdout
+from server.membership import member_grid
 from server.recorder import RunRecorder
 from strategies import build_strategy, check_privacy
 from strategies.fedbn import FedBN
@@ -68,6 +69,7 @@ def main(grid: Grid, context: Context) -> None:
     holdout = str(cfg.get("holdout", "") or "")
     run_id = store.start_run(exp_id, str(context.run_id), spec.rounds, holdout=holdout)
     try:
+        grid = member_grid(grid)  # under node auth: only the register's active clinics
         train_grid: Grid = grid
         if holdout:  # leave-one-clinic-out: the strategy never sees that node
             holdout_node = find_holdout(grid, holdout, spec.min_clinics, spec.clinic_timeout)

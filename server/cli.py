@@ -6,7 +6,7 @@ Examples:
     coordinator certs init --hosts coordinator.example.org
     coordinator clinic add clinic-a --superlink coordinator.example.org:9092
     coordinator superlink --host 0.0.0.0 --port 9092
-    coordinator run experiment.toml --superlink coordinator.example.org:9092
+    coordinator run experiment.toml                      (on the coordinator: the control door 127.0.0.1:9093)
     coordinator leaderboard --json
     coordinator baseline experiment.toml --data clinic-1 --data clinic-2   (generated/consented data only)
 """
@@ -53,39 +53,57 @@ def _store(db: str | None):
 
 @app.command()
 def superlink(
-    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for other machines).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="The SuperLink's single port (Fleet, Control, Runtime).")] = 9092,
+    host: Annotated[str, typer.Option(help="Address of the clinics' door (0.0.0.0 for other machines).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the clinics' door: the Fleet API only.")] = 9092,
+    control_host: Annotated[str, typer.Option(
+        help="Address of the control door (Control and Runtime APIs). Off loopback it requires a "
+             "client certificate from the federation CA (`coordinator certs credential`).")] = "127.0.0.1",
+    control_port: Annotated[Optional[int], typer.Option(help="Port of the control door (default: --port + 1).")] = None,
     insecure: Annotated[bool, typer.Option(help="Plaintext, no node authentication; loopback only.")] = False,
     certs: Annotated[Optional[Path], typer.Option(help="Folder from `coordinator certs init` (default ~/.radfed/pki).")] = None,
     database: Annotated[Optional[Path], typer.Option(help="SuperLink state file (default: in memory).")] = None,
     flwr_home: Annotated[Optional[Path], typer.Option(help="Flower's home for this SuperLink.")] = None,
+    approve_app: Annotated[Optional[list[str]], typer.Option(
+        help="Also run ServerApp bundles with this SHA-256; repeatable.")] = None,
+    sync_every: Annotated[float, typer.Option(hidden=True, min=0.2,
+                                              help="Seconds between enrolment syncs (tests).")] = 2.0,
     db: DbOption = None,
 ) -> None:
     """Run the Flower SuperLink clinics connect to (foreground; Ctrl-C stops it).
 
-    TLS and SuperNode authentication by default: only clinics enrolled with
-    `coordinator clinic add` can join; their keys are (re)registered at start and
-    revocations apply within seconds.
+    Two doors: clinics dial `--host:--port`, which serves the Fleet API only; the
+    coordinator's commands (`coordinator run`, `flwr`) use the control door, on loopback
+    unless `--control-host` says otherwise. TLS and SuperNode authentication by default:
+    only clinics enrolled with `coordinator clinic add` can join; their keys are
+    (re)registered at start, unknown keys are removed and audited, revocations apply
+    within seconds. Only this installation's radfed ServerApp runs.
 
-    Example: `coordinator superlink --host 0.0.0.0 --port 9092`
+    Examples:
+
+    `coordinator superlink --host 0.0.0.0 --port 9092`
+
+    `coordinator superlink --host 0.0.0.0 --port 9092 --control-port 9093 --database /var/lib/radfed/superlink.db`
     """
-    from server.superlink import SuperLinkError, SuperLinkOptions, run_superlink, superlink_command
+    from server.superlink import SuperLinkError, SuperLinkOptions, check_ports, run_superlink, superlink_command
 
-    opts = SuperLinkOptions(host, port, insecure, certs, database,
-                            flwr_home or radfed_home() / "superlink", db)
+    opts = SuperLinkOptions(host, port, insecure, certs, database, flwr_home or radfed_home() / "superlink",
+                            db, control_host, control_port, list(approve_app or []))
     try:
         superlink_command(opts)
+        check_ports(opts)
     except SuperLinkError as e:
         _fail(str(e))
     if insecure:
         err.print(f"[yellow]warning:[/] SuperLink on {host}:{port} WITHOUT TLS (loopback demo only)")
-    raise typer.Exit(run_superlink(opts))
+    err.print(f"clinics' door {opts.address} (Fleet API only); control door {opts.control}", highlight=False)
+    raise typer.Exit(run_superlink(opts, every=sync_every))
 
 
 @app.command()
 def run(
     experiment: Annotated[Path, typer.Argument(help="Experiment TOML file.")],
-    superlink: Annotated[str, typer.Option(help="SuperLink address HOST:PORT.")] = "127.0.0.1:9092",
+    control: Annotated[str, typer.Option(
+        help="The SuperLink's control door HOST:PORT (`coordinator superlink` prints it).")] = "127.0.0.1:9093",
     db: DbOption = None,
     checkpoints: Annotated[Optional[Path], typer.Option(help="Checkpoint folder (default ~/.radfed/checkpoints).")] = None,
     insecure: Annotated[bool, typer.Option(help="Plaintext connection to a loopback SuperLink.")] = False,
@@ -95,7 +113,7 @@ def run(
 ) -> None:
     """Launch a federated experiment and show its rounds until it finishes.
 
-    Example: `coordinator run experiment.toml --superlink 127.0.0.1:9092`
+    Example: `coordinator run experiment.toml --control 127.0.0.1:9093`
 
     Leave one clinic out: `coordinator run experiment.toml --holdout clinic-3`
     """
@@ -120,13 +138,13 @@ def run(
             _fail("pass --root-certificates CA.crt for a TLS SuperLink (none in ~/.radfed/pki), "
                   "or --insecure for a loopback one", 2)
     store = _store(db)
-    conn = Connection(superlink, radfed_home() / "flwr-cli", insecure, root_certificates)
+    conn = Connection(control, radfed_home() / "flwr-cli", insecure, root_certificates)
     ckpt = checkpoints or radfed_home() / "checkpoints"
     try:
         run_id = submit(conn, spec, store.url, ckpt, holdout=(holdout or "").strip())
     except LaunchError as e:
         _fail(str(e))
-    err.print(f"submitted run {run_id} ({spec.name}) to {superlink}", highlight=False)
+    err.print(f"submitted run {run_id} ({spec.name}) to {control}", highlight=False)
     try:
         status = follow(conn, store, run_id, spec.rounds)
     except KeyboardInterrupt:

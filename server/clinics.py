@@ -12,6 +12,7 @@ whether or not the SuperLink is running when they are typed.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -63,32 +64,90 @@ def revoke_clinic(registry: Registry, name: str) -> None:
 
 @dataclass
 class Enrolment:
-    """Keeps the SuperLink's registered node keys equal to the register's active clinics."""
+    """Keeps the SuperLink's registered node keys equal to the register's active clinics.
+
+    Fails closed: each clinic is synced on its own (a Control API error for one never stops
+    the others), a key the register does not know is unregistered and audited as an alert,
+    and a revoked clinic stays out of every run (server.membership) until its key is gone.
+    """
 
     registry: Registry
     control: ControlClient
     known: dict[int, str] = field(default_factory=dict)  # node id → last seen status
+    alerted: set[int] = field(default_factory=set)  # unknown node ids already audited
+    retry_after: dict[str, tuple[float, str]] = field(default_factory=dict)  # clinic → (time, problem)
+    backoff: float = 60.0  # seconds before a failed registration is tried again
 
     def sync(self) -> list[str]:
-        """Register/unregister as needed; record connections; returns what changed."""
+        """Register/unregister as needed; record connections; returns what changed.
+
+        Raises ControlError naming every clinic whose sync failed, after trying them all.
+        """
         changes: list[str] = []
+        problems: list[str] = []
         nodes = self.control.nodes()
-        for clinic in self.registry.clinics():
-            node = int(clinic.node_id) if clinic.node_id else None
-            registered = node is not None and nodes.get(node) in ("registered", "online", "offline")
-            if clinic.status == "active" and not registered:
-                node_id = self.control.register(clinic.public_key, clinic.name)
-                self.registry.set_node_id(clinic.name, node_id)
-                self.registry.event("registered", clinic=clinic.name, node_id=node_id,
-                                    detail=f"node key {clinic.fingerprint}")
-                nodes[node_id] = "registered"
-                changes.append(f"registered {clinic.name}")
-            elif clinic.status == "revoked" and registered:
-                self.control.unregister(node)  # type: ignore[arg-type]
-                nodes[node] = "unregistered"  # type: ignore[index]
-                changes.append(f"unregistered {clinic.name}")
+        clinics = self.registry.clinics()
+        for clinic in clinics:
+            after, problem = self.retry_after.get(clinic.name, (0.0, ""))
+            if time.monotonic() < after:  # a failed clinic is retried every `backoff` seconds
+                problems.append(problem)
+                continue
+            try:
+                change = self._sync_clinic(clinic, nodes)
+            except ControlError as e:
+                self.retry_after[clinic.name] = (time.monotonic() + self.backoff, f"{clinic.name}: {e}")
+                problems.append(f"{clinic.name}: {e}")
+                continue
+            self.retry_after.pop(clinic.name, None)
+            if change:
+                changes.append(change)
+        ours = {int(c.node_id) for c in self.registry.clinics() if c.status == "active" and c.node_id}
+        for node_id, status in sorted(nodes.items()):
+            if node_id in ours or status == "unregistered":
+                continue
+            try:
+                changes.append(self._remove_unknown(node_id, status, clinics))
+            except ControlError as e:
+                problems.append(f"node {node_id}: {e}")
+            nodes[node_id] = "unregistered"
         self._connections(nodes)
+        if problems:
+            raise ControlError("; ".join(problems))
         return changes
+
+    def _sync_clinic(self, clinic, nodes: dict[int, str]) -> str | None:
+        node = int(clinic.node_id) if clinic.node_id else None
+        registered = node is not None and nodes.get(node) in ("registered", "online", "offline")
+        if clinic.status == "active" and not registered:
+            try:
+                node_id = self.control.register(clinic.public_key, clinic.name)
+            except ControlError as e:
+                if "412" not in str(e) and "already in use" not in str(e):
+                    raise
+                raise ControlError(  # Flower keeps an unregistered key and refuses it again
+                    f"its node key was unregistered outside radfed and the SuperLink refuses it now; "
+                    f"issue a new key: `coordinator clinic revoke {clinic.name}`, then `coordinator "
+                    f"clinic add` under a new name") from None
+            self.registry.set_node_id(clinic.name, node_id)
+            self.registry.event("registered", clinic=clinic.name, node_id=node_id,
+                                detail=f"node key {clinic.fingerprint}")
+            nodes[node_id] = "registered"
+            return f"registered {clinic.name}"
+        if clinic.status == "revoked" and registered:
+            self.control.unregister(node)  # type: ignore[arg-type]
+            nodes[node] = "unregistered"  # type: ignore[index]
+            return f"unregistered {clinic.name}"
+        return None
+
+    def _remove_unknown(self, node_id: int, status: str, clinics: list) -> str:
+        """Unregister a node key that no active clinic holds; audit it once as an alert."""
+        revoked = {int(c.node_id): c.name for c in clinics if c.status == "revoked" and c.node_id}
+        self.control.unregister(node_id)
+        if node_id not in self.alerted and node_id not in revoked:
+            self.alerted.add(node_id)
+            self.registry.event("alert", node_id=node_id,
+                                detail=f"node key not in the clinic register ({status}); unregistered")
+        return f"removed unknown node {node_id}"
 
     def _connections(self, nodes: dict[int, str]) -> None:
         names = self.registry.clinic_by_node()

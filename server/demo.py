@@ -116,8 +116,8 @@ def run_demo(opts: DemoOptions, console: Console) -> int:
         folders = write_federation(work / "data", opts.clinics, n_patients=opts.patients)
     db_url = f"sqlite:///{work / 'radfed.db'}"
     store = Store(db_url)
-    port = free_port()
-    address = f"127.0.0.1:{port}"
+    port, control_port = free_port(), free_port()
+    address, control = f"127.0.0.1:{port}", f"127.0.0.1:{control_port}"
     threads = max(1, (os.cpu_count() or 1) // opts.clinics)
     procs: list[subprocess.Popen] = []
     try:
@@ -127,17 +127,19 @@ def run_demo(opts: DemoOptions, console: Console) -> int:
                       f"{len(bundles)} enrolled clinics")
         link_log = work / "logs" / "superlink.log"
         procs.append(_spawn(_script("coordinator") + [
-            "superlink", "--host", "127.0.0.1", "--port", str(port), "--certs", str(certs.folder),
+            "superlink", "--host", "127.0.0.1", "--port", str(port), "--control-port", str(control_port),
+            "--certs", str(certs.folder),
             "--db", db_url, "--flwr-home", str(work / "flwr" / "superlink")], link_log))
         _wait_reachable(address, procs[0], link_log)
-        wait_registered(address, certs.ca_cert, len(names), work / "flwr" / "control")
+        _wait_reachable(control, procs[0], link_log)
+        wait_registered(control, certs.ca_cert, len(names), work / "flwr" / "control")
         for name, folder, bundle in zip(names, folders, bundles):
             procs.append(_spawn(_script("client-node") + [
                 "start", "--bundle", str(bundle), "--superlink", address, "--data", str(folder), "--threads", str(threads),
                 "--home", str(work / "nodes")], work / "logs" / f"{name}.log"))
         spec = demo_spec(opts)
         (work / "experiment.toml").write_text(spec_to_toml(spec))
-        conn = Connection(address, work / "flwr" / "cli", root_certificates=certs.ca_cert)
+        conn = Connection(control, work / "flwr" / "cli", root_certificates=certs.ca_cert)
         run_id = submit(conn, spec, db_url, work / "checkpoints")
         console.print(f"run {run_id}: {opts.clinics} clinics x {opts.rounds} rounds, {spec.backbone} "
                       f"at {spec.image_size}px (logs in {work / 'logs'})")

@@ -17,13 +17,13 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from radfed.app_bundle import FAB_DIR
 from radfed.flower_env import flower_bin, flower_env
 from radfed.processes import reachable
 from radfed.spec import ExperimentSpec
 from radfed.store import Store
 
 CONNECTION = "radfed"
-FAB_DIR = Path(__file__).resolve().parent.parent / "radfed" / "fab"
 
 
 class LaunchError(RuntimeError):
@@ -66,7 +66,7 @@ def submit(conn: Connection, spec: ExperimentSpec, database_url: str, checkpoint
     why = reachable(conn.address)
     if why:
         raise LaunchError(f"SuperLink {conn.address} is not reachable ({why}); "
-                          "start it with `coordinator superlink` or fix --superlink")
+                          "start it with `coordinator superlink` or fix --control (its control door)")
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as fh:
         fh.write(f"spec = {_toml_string(spec.to_json())}\n"
                  f"database-url = {_toml_string(database_url)}\n"

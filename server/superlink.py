@@ -1,23 +1,31 @@
-"""Starting the coordinator's Flower SuperLink with radfed's settings.
+"""Starting the coordinator's SuperLink with radfed's settings: two doors and a supervisor.
 
 Secure by default: TLS with the federation's certificates and SuperNode authentication,
 so only clinics enrolled with `coordinator clinic add` can join. Plaintext (`--insecure`)
-is refused off loopback. Always without runtime dependency installation. While the
-SuperLink runs, its supervisor keeps the registered node keys in step with the clinic
-register and writes connections and disconnections to the audit trail.
+is refused off loopback. Always without runtime dependency installation.
+
+The SuperLink runs as one child process (`server.doors`) with two listeners: the public
+door clinics dial serves the Fleet API only; the control door (loopback by default) serves
+the Control and Runtime APIs to this machine's `coordinator run`, the supervisor and the
+ServerApp. The child dies with this process (parent-death signal), so the SuperLink never
+serves without its supervisor. While it runs, the supervisor keeps the registered node
+keys equal to the clinic register (registering, unregistering, removing unknown keys) and
+writes connections and alerts to the audit trail. Every ServerApp the SuperLink starts
+passes the app gate (server.app_guard) and samples only the register's active clinics.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from radfed.flower_env import flower_bin, flower_env, radfed_home
+from radfed.app_bundle import APPROVED_ENV, approved_hashes
+from radfed.flower_env import flower_env, radfed_home
 from radfed.pki import CertPaths
 from radfed.processes import reachable, run_foreground
-
 
 class SuperLinkError(RuntimeError):
     """A SuperLink setting that is refused; one line for the user."""
@@ -37,6 +45,12 @@ def default_certs() -> Path:
     return radfed_home() / "pki"
 
 
+def dial_address(host: str, port: int) -> str:
+    """HOST:PORT to connect to a listener bound to `host` (wildcards mean this machine)."""
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass
 class SuperLinkOptions:
     """What `coordinator superlink` takes; see its --help."""
@@ -48,11 +62,19 @@ class SuperLinkOptions:
     database: Path | None = None
     flwr_home: Path | None = None
     db: str | None = None  # radfed database holding the clinic register
+    control_host: str = "127.0.0.1"
+    control_port: int | None = None  # default: port + 1
+    approve_apps: list[str] = field(default_factory=list)
 
     @property
     def address(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return f"{host}:{self.port}"
+        """Where clinics connect (the public door)."""
+        return dial_address(self.host, self.port)
+
+    @property
+    def control(self) -> str:
+        """Where the coordinator's own tools connect (the control door)."""
+        return dial_address(self.control_host, self.control_port or self.port + 1)
 
     @property
     def cert_paths(self) -> CertPaths:
@@ -60,24 +82,79 @@ class SuperLinkOptions:
 
 
 def superlink_command(opts: SuperLinkOptions) -> list[str]:
-    """The `flower-superlink` command line; refuses plaintext off loopback."""
-    cmd = [flower_bin("flower-superlink"), "--host", opts.host, "--port", str(opts.port),
-           "--disable-runtime-dependency-installation"]
+    """The two-door SuperLink command line; refuses plaintext off loopback."""
+    control_port = opts.control_port or opts.port + 1
+    if control_port == opts.port:
+        raise SuperLinkError(f"--control-port must differ from --port ({opts.port}): the control door "
+                             "and the clinics' door are separate listeners")
+    remote_control = not is_loopback(opts.control_host)
+    doors = [sys.executable, "-m", "server.doors", "--public-host", opts.host, "--public-port", str(opts.port)]
+    flower = ["--host", opts.control_host, "--port", str(control_port),
+              "--disable-runtime-dependency-installation"]
     if opts.database:
-        cmd += ["--database", str(Path(opts.database).resolve())]
+        flower += ["--database", str(Path(opts.database).resolve())]
     if opts.insecure:
-        if not is_loopback(opts.host):
-            raise SuperLinkError(f"--insecure is only allowed on a loopback address, not {opts.host}; "
-                                 "use TLS (the default) for a SuperLink other machines reach")
-        return cmd + ["--insecure"]
+        for host, what in ((opts.host, "--host"), (opts.control_host, "--control-host")):
+            if not is_loopback(host):
+                raise SuperLinkError(f"--insecure is only allowed on a loopback address, not {what} {host}; "
+                                     "use TLS (the default) for a SuperLink other machines reach")
+        return doors + ["--", *flower, "--insecure"]
     certs = opts.cert_paths
     if not certs.complete():
         raise SuperLinkError(f"no federation certificates in {certs.folder} (need ca.crt, ca.key, "
                              "server.pem, server.key): run `coordinator certs init --hosts NAME,IP` "
                              "first, or pass --insecure for a loopback-only demo")
-    return cmd + ["--ssl-ca-certfile", str(certs.ca_cert.resolve()), "--ssl-certfile",
-                  str(certs.server_cert.resolve()), "--ssl-keyfile", str(certs.server_key.resolve()),
-                  "--enable-supernode-auth"]
+    if remote_control:  # the control door off loopback: mutual TLS with the federation CA
+        doors += ["--client-ca", str(certs.ca_cert.resolve())]
+    return doors + ["--", *flower, "--ssl-ca-certfile", str(certs.ca_cert.resolve()), "--ssl-certfile",
+                    str(certs.server_cert.resolve()), "--ssl-keyfile", str(certs.server_key.resolve()),
+                    "--enable-supernode-auth"]
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True if `host:port` cannot be bound now (another SuperLink, or any other server)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host.strip("[]"), port))
+        except OSError:
+            return True
+    return False
+
+
+def check_ports(opts: SuperLinkOptions) -> None:
+    for host, port, what in ((opts.host, opts.port, "--port"),
+                             (opts.control_host, opts.control_port or opts.port + 1, "--control-port")):
+        if port_in_use(host, port):
+            raise SuperLinkError(f"{host}:{port} ({what}) is already in use: another `coordinator superlink` "
+                                 "or another server holds it; stop it or pick another port")
+
+
+def superlink_env(opts: SuperLinkOptions) -> dict[str, str]:
+    """Environment of the SuperLink and every process it starts (SuperExec, ServerApps)."""
+    from server.app_guard import write_shim
+    from server.membership import REGISTER_ENV
+
+    home = opts.flwr_home or radfed_home() / "superlink"
+    env = flower_env(home)
+    shim_dir = write_shim(Path(home) / "bin").parent  # `flwr-serverapp` behind the app gate
+    env["PATH"] = f"{shim_dir}:{env['PATH']}"
+    env[APPROVED_ENV] = ",".join(sorted(approved_hashes(opts.approve_apps)))
+    if not opts.insecure:  # node auth on: membership is the register
+        env[REGISTER_ENV] = absolute_url(opts.db)
+    return env
+
+
+def absolute_url(db: str | None) -> str:
+    """The database URL with a relative SQLite path made absolute (the ServerApp runs elsewhere)."""
+    from radfed.store import default_database_url
+
+    url = db or default_database_url()
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url[len(prefix):].startswith("/"):
+        url = prefix + str(Path(url[len(prefix):]).resolve())
+    return url
 
 
 def _supervisor(opts: SuperLinkOptions):
@@ -87,14 +164,14 @@ def _supervisor(opts: SuperLinkOptions):
     from server.clinics import Enrolment
     from server.control import ControlClient
 
-    control = ControlClient(opts.address, opts.cert_paths.ca_cert,
+    control = ControlClient(opts.control, opts.cert_paths.ca_cert,
                             flwr_home=(opts.flwr_home or radfed_home() / "superlink") / "control")
     enrolment = Enrolment(Registry(Store(opts.db)), control)
     state = {"up": False, "last_error": None}
 
     def tick() -> None:
         if not state["up"]:
-            if reachable(opts.address, timeout=1.0):
+            if reachable(opts.control, timeout=1.0):
                 return
             state["up"] = True
         problem = enrolment.try_sync()
@@ -108,5 +185,6 @@ def _supervisor(opts: SuperLinkOptions):
 def run_superlink(opts: SuperLinkOptions, every: float = 2.0) -> int:
     """Run the SuperLink in the foreground until Ctrl-C / SIGTERM."""
     cmd = superlink_command(opts)
+    check_ports(opts)
     tick = None if opts.insecure else _supervisor(opts)
-    return run_foreground(cmd, flower_env(opts.flwr_home), tick=tick, every=every)
+    return run_foreground(cmd, superlink_env(opts), tick=tick, every=every)

@@ -45,7 +45,8 @@ def sweep_command(
     freeze: Annotated[Optional[str], typer.Option(help="Only scenarios with this freeze policy: none, all or top-k.")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Run only the first N scenarios.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the scenario table and exit.")] = False,
-    superlink: Annotated[str, typer.Option(help="SuperLink address HOST:PORT.")] = "127.0.0.1:9092",
+    control: Annotated[str, typer.Option(
+        help="The SuperLink's control door HOST:PORT (`coordinator superlink` prints it).")] = "127.0.0.1:9093",
     db: Annotated[Optional[str], typer.Option("--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")] = None,
     checkpoints: Annotated[Optional[Path], typer.Option(help="Checkpoint folder (default ~/.radfed/checkpoints).")] = None,
     insecure: Annotated[bool, typer.Option(help="Plaintext connection to a loopback SuperLink.")] = False,
@@ -58,7 +59,7 @@ def sweep_command(
     would; a failed one is recorded and the sweep goes on. The leaderboard then shows
     mean ± sd AUROC per backbone and weight source.
 
-    Example: `coordinator sweep pneumonia.toml --compare imagenet --superlink coordinator.example.org:9092`
+    Example: `coordinator sweep pneumonia.toml --compare imagenet --control 127.0.0.1:9093`
     (add `--dry-run` to only print the scenario table, `--backbones resnet50 --limit 2` for a subset)
     """
     from server.sweep import SweepError, expand, load_task
@@ -84,10 +85,10 @@ def sweep_command(
         if not root_certificates.is_file():
             _fail("pass --root-certificates CA.crt for a TLS SuperLink (none in ~/.radfed/pki), "
                   "or --insecure for a loopback one", 2)
-    raise typer.Exit(_run_all(scenarios, superlink, db, checkpoints, insecure, root_certificates))
+    raise typer.Exit(_run_all(scenarios, control, db, checkpoints, insecure, root_certificates))
 
 
-def _run_all(scenarios: list, superlink: str, db: str | None, checkpoints: Path | None,
+def _run_all(scenarios: list, control: str, db: str | None, checkpoints: Path | None,
              insecure: bool, root_certificates: Path | None) -> int:
     """Submit and follow each scenario; 0 when all completed, 1 otherwise."""
     from radfed.flower_env import radfed_home
@@ -101,7 +102,7 @@ def _run_all(scenarios: list, superlink: str, db: str | None, checkpoints: Path 
         store = Store(db)
     except StoreError as e:
         _fail(str(e))
-    conn = Connection(superlink, radfed_home() / "flwr-cli", insecure, root_certificates)
+    conn = Connection(control, radfed_home() / "flwr-cli", insecure, root_certificates)
     ckpt = checkpoints or radfed_home() / "checkpoints"
     sweep = scenarios[0].spec.sweep
     folder = radfed_home() / "sweeps" / sweep

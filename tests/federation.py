@@ -42,12 +42,14 @@ class Federation:
         self.work = work
         self.secure = secure
         self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        self.address = f"127.0.0.1:{self.port}"  # the clinics' door (Fleet API only)
+        self.control_port = free_port()
+        self.control = f"127.0.0.1:{self.control_port}"  # the coordinator's door
         self.procs: list[subprocess.Popen] = []
         self.db = f"sqlite:///{work / 'radfed.db'}"
         self.certs = work / "pki"
 
-    def start_superlink(self) -> None:
+    def start_superlink(self, *extra: str) -> None:
         log = self.work / "logs" / "superlink.log"
         if self.secure:
             from radfed.pki import init_certs
@@ -56,11 +58,13 @@ class Federation:
             mode = ["--certs", str(self.certs), "--db", self.db]
         else:
             mode = ["--insecure"]
-        proc = spawn("server.cli", "superlink", *mode, "--host", "127.0.0.1",
-                     "--port", str(self.port), "--flwr-home", str(self.work / "flwr-link"), log=log)
+        proc = spawn("server.cli", "superlink", *mode, "--host", "127.0.0.1", "--port", str(self.port),
+                     "--control-port", str(self.control_port), "--flwr-home", str(self.work / "flwr-link"),
+                     *extra, log=log)
         self.procs.append(proc)
+        self.superlink = proc
         deadline = time.monotonic() + 60
-        while reachable(self.address, timeout=1.0):
+        while reachable(self.address, timeout=1.0) or reachable(self.control, timeout=1.0):
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "SuperLink did not open its port"
             time.sleep(0.3)
@@ -78,7 +82,7 @@ class Federation:
         """The SuperLink's view of every registered node key (Control API)."""
         from server.control import ControlClient
 
-        return ControlClient(self.address, self.certs / "ca.crt", flwr_home=self.work / "control").nodes()
+        return ControlClient(self.control, self.certs / "ca.crt", flwr_home=self.work / "control").nodes()
 
     def wait_for(self, condition, what: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

@@ -54,7 +54,7 @@ def test_unreachable_superlink_for_a_clinic(tmp_path, dead_link):
 def test_unreachable_superlink_for_a_run(tmp_path, dead_link):
     spec = tmp_path / "exp.toml"
     spec.write_text('name = "x"\nbackbone = "resnet18"\n')
-    proc = cli("server.cli", "run", str(spec), "--superlink", dead_link, "--insecure",
+    proc = cli("server.cli", "run", str(spec), "--control", dead_link, "--insecure",
                "--db", f"sqlite:///{tmp_path / 'db.sqlite'}", timeout=120)
     _one_line_error(proc, dead_link, "not reachable")
 

@@ -37,7 +37,7 @@ def test_too_few_clinics_fails_cleanly_and_keeps_records(tmp_path, federation):
     spec_file = tmp_path / "exp.toml"
     spec_file.write_text(spec_to_toml(_spec(name="needs-three", min_clinics=3, clinic_timeout=8.0)))
     started = time.monotonic()
-    proc = cli("server.cli", "run", str(spec_file), "--superlink", federation.address,
+    proc = cli("server.cli", "run", str(spec_file), "--control", federation.control,
                "--insecure", "--db", db)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr

@@ -35,7 +35,7 @@ def test_secure_aggregation_round_completes_and_is_recorded(federation):
     path = federation.work / "secagg.toml"
     path.write_text(spec_to_toml(spec))
     db = f"sqlite:///{federation.work / 'radfed.db'}"
-    proc = cli("server.cli", "run", str(path), "--superlink", federation.address, "--insecure",
+    proc = cli("server.cli", "run", str(path), "--control", federation.control, "--insecure",
                "--db", db, "--checkpoints", str(federation.work / "ckpt"))
     assert proc.returncode == 0, proc.stderr + federation.logs()
     entry = Store(db).leaderboard()[0]

@@ -74,6 +74,8 @@ def test_revoked_clinic_is_cut_off_and_refused(fed):
     fed.wait_for(lambda: node() is not None, "the supervisor to register clinic-r")
     proc = fed.start_clinic("clinic-r", fed.work / "data", bundle=bundle)
     fed.wait_for(lambda: fed.node_status().get(int(node())) == "online", "clinic-r to connect")
+    fed.wait_for(lambda: any(e["kind"] == "connected" for e in registry.events(clinic="clinic-r")),
+                 "the supervisor to audit the connection", timeout=20)
 
     listed = json.loads(cli("server.cli", "clinic", "list", "--db", fed.db, "--json").stdout)
     assert [(c["name"], c["status"]) for c in listed] == [("clinic-r", "active")]
@@ -195,7 +197,7 @@ def test_tls_check_names_the_problem(tmp_path, case):
 def test_app_gate_runs_only_approved_bundles(tmp_path):
     from flwr.cli.build import build_fab_from_disk
 
-    from client_node.app_guard import FAB_DIR, AppNotApproved, _guarded_install, approved_hashes, check_fab
+    from radfed.app_bundle import FAB_DIR, AppNotApproved, approved_hashes, check_fab, guarded_install
 
     approved = approved_hashes()
     own = build_fab_from_disk(FAB_DIR)
@@ -208,7 +210,7 @@ def test_app_gate_runs_only_approved_bundles(tmp_path):
     with pytest.raises(AppNotApproved, match="not approved by this clinic"):
         check_fab(foreign, approved)
     installed = []
-    gate = _guarded_install(lambda content, **kw: installed.append(content))
+    gate = guarded_install(lambda content, **kw: installed.append(content), "this clinic")
     with pytest.raises(AppNotApproved):
         gate(foreign, skip_prompt=True)
     assert installed == []

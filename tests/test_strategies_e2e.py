@@ -41,7 +41,7 @@ def _submit(fed: Federation, name: str, *args: str, **spec):
     base.update(spec)
     path = fed.work / f"{name}.toml"
     path.write_text(spec_to_toml(ExperimentSpec(**base)))
-    return cli("server.cli", "run", str(path), "--superlink", fed.address, "--insecure",
+    return cli("server.cli", "run", str(path), "--control", fed.control, "--insecure",
                "--db", _db(fed), "--checkpoints", str(fed.work / "ckpt"), *args)
 
 
@@ -194,7 +194,7 @@ def test_sweep_head_only_rounds_send_only_the_head(fed):
             min_clinics=HONEST, clinic_timeout=120.0, val_fraction=0.35, seed=seed).items()) + "\n")
     db = f"sqlite:///{fed.work / 'radfed.db'}"
     proc = cli("server.cli", "sweep", str(task), "--backbones", "resnet18", "--freeze", "all",
-               "--limit", "1", "--superlink", fed.address, "--insecure", "--db", db,
+               "--limit", "1", "--control", fed.control, "--insecure", "--db", db,
                "--checkpoints", str(fed.work / "ckpt"))
     assert proc.returncode == 0, proc.stderr + fed.logs()
     board = Store(db).leaderboard()

@@ -78,7 +78,7 @@ def test_bad_task_is_refused_before_anything_runs(tmp_path, problem, needle):
     if problem == "bad-base":
         task.write_text(task.read_text().replace("rounds = 2\n", ""))
     db = f"sqlite:///{tmp_path / 'radfed.db'}"
-    proc = cli("server.cli", "sweep", str(task), "--compare", "imagenet", "--superlink",
+    proc = cli("server.cli", "sweep", str(task), "--compare", "imagenet", "--control",
                "127.0.0.1:1", "--insecure", "--db", db, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

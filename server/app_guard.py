@@ -1,0 +1,38 @@
+"""The coordinator's gate in front of every ServerApp process: only approved app bundles run.
+
+A SuperLink's SuperExec starts `flwr-serverapp` for every submitted run, and that process
+installs and imports whatever bundle the run carries, as the coordinator's user, next to
+`ca.key` and the database. `coordinator superlink` puts this module first on the
+SuperLink's PATH as `flwr-serverapp`: it hashes the bundle and refuses it before anything
+in it is unpacked or imported unless it is the bundle of this radfed installation (or a
+hash approved with `coordinator superlink --approve-app`), as clinics do for ClientApps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from radfed.app_bundle import guarded_install
+from radfed.app_bundle import write_shim as _write
+
+
+def main() -> None:
+    """`flwr-serverapp`, with the approval check before the bundle is installed."""
+    import importlib
+
+    from flwr.superlink.cli.flwr_serverapp import flwr_serverapp
+
+    # the package re-exports a function under the module's name: patch the module itself
+    runner = importlib.import_module("flwr.superlink.runtime.run_serverapp")
+
+    runner.install_from_fab = guarded_install(runner.install_from_fab, "this coordinator")
+    flwr_serverapp()
+
+
+def write_shim(bin_dir: Path) -> Path:
+    """A `flwr-serverapp` executable that runs `main` with this interpreter."""
+    return _write(bin_dir, "flwr-serverapp", "server.app_guard")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""The SuperLink process with two doors: clinics' (Fleet API only) and the coordinator's.
+
+Flower 1.42 serves its Fleet, Control and Runtime APIs from one FastAPI app on one port,
+and the open-source Control API has no account authentication: whoever reaches that port
+can register node keys, submit runs (code that the SuperLink then executes) and read the
+federation. This module runs Flower's own app (`flwr.superlink.main.create_app`, the same
+state, lifespan and SuperExec as `flower-superlink`) behind two uvicorn listeners in one
+process:
+
+- the **public door** (`--public-host/--public-port`, what clinics connect to) passes only
+  the Fleet API routes and the health check; every other path gets 404 before any Flower
+  code runs, whoever asks, the coordinator's own host included;
+- the **control door** (Flower's `--host/--port`, loopback by default) serves everything:
+  the Control API for `coordinator run` and the supervisor, and the Runtime API for the
+  ServerApp that Flower's SuperExec starts. Off loopback it requires a client certificate
+  issued by the federation CA (mutual TLS).
+
+Why in-process rather than a proxy in front: no extra hop for model-sized messages, no
+second process holding the server key, nothing to orphan, and the allowlist is checked
+on the parsed request path (no path-encoding tricks between a proxy and uvicorn).
+
+The process dies with its parent (`coordinator superlink`, the supervisor): Linux's
+parent-death signal is set at start, so killing the supervisor never leaves a SuperLink
+serving without enrolment sync and revocation.
+
+Run as `python -m server.doors --public-host H --public-port P [--client-ca CA]
+-- FLOWER_SUPERLINK_ARGS...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import ssl
+import sys
+
+PUBLIC_PREFIX = "/v1/fleet/"
+PUBLIC_EXACT = frozenset({"/health"})
+REFUSED_BODY = b"radfed: not served on the clinics' door (Fleet API only)\n"
+
+
+def public_path(path: str) -> bool:
+    """True for the paths the clinics' door lets through: Fleet API routes and health."""
+    if path in PUBLIC_EXACT:
+        return True
+    if not path.startswith(PUBLIC_PREFIX):
+        return False
+    rest = path[len(PUBLIC_PREFIX):]
+    # one route segment, no dot segments or encoded separators that a router might fold
+    return bool(rest) and all(c.isalnum() or c == "-" for c in rest)
+
+
+class FleetOnly:
+    """ASGI wrapper: HTTP requests outside the Fleet API are answered 404 here."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and public_path(scope.get("path", "")):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "lifespan":  # the control door owns Flower's lifespan
+            return
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 404,
+                        "headers": [(b"content-type", b"text/plain"),
+                                    (b"content-length", str(len(REFUSED_BODY)).encode())]})
+            await send({"type": "http.response.body", "body": REFUSED_BODY})
+
+
+def die_with_parent() -> None:
+    """SIGTERM this process when its parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        sys.exit(1)
+
+
+def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(prog="python -m server.doors", description=__doc__.split("\n")[0])
+    parser.add_argument("--public-host", required=True)
+    parser.add_argument("--public-port", type=int, required=True)
+    parser.add_argument("--client-ca", default=None,
+                        help="CA whose client certificates the control door requires (mutual TLS).")
+    if "--" not in argv:
+        parser.error("Flower's SuperLink arguments follow '--'")
+    split = argv.index("--")
+    return parser.parse_args(argv[:split]), argv[split + 1:]
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+    import importlib
+
+    # the package re-exports a function under the module's name: fetch the module itself
+    flower = importlib.import_module("flwr.superlink.cli.flower_superlink")
+    from flwr.superlink.main import create_app
+
+    die_with_parent()
+    args, flower_args = _parse(list(sys.argv[1:] if argv is None else argv))
+    sys.argv = ["flower-superlink", *flower_args]
+    config = flower._parse_superlink_lifespan_config()  # noqa: SLF001 - Flower's own parser
+    app = create_app(config, flower.SuperLinkLifespan)
+    log_config = flower.get_uvicorn_log_config(flower.console_handler.level)
+    tls = {"ssl_keyfile": config.ssl_keyfile, "ssl_certfile": config.ssl_certfile}
+    control_tls = dict(tls)
+    if args.client_ca:
+        control_tls.update(ssl_ca_certs=args.client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    servers = [
+        _Server(uvicorn.Config(app, host=config.host, port=config.port, access_log=False,
+                               log_config=log_config, **control_tls)),
+        _Server(uvicorn.Config(FleetOnly(app), host=args.public_host, port=args.public_port,
+                               lifespan="off", access_log=False, log_config=log_config, **tls)),
+    ]
+    asyncio.run(_serve_all(servers))
+
+
+class _Server:
+    """A uvicorn server that leaves signal handling to `_serve_all` (one handler for both)."""
+
+    def __init__(self, config) -> None:
+        import uvicorn
+
+        class Quiet(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self):
+                yield
+
+        self.server = Quiet(config)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+
+
+async def _serve_all(servers: list[_Server]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: [s.stop() for s in servers])
+    control, public = servers
+    control_task = asyncio.create_task(control.server.serve())
+    while not control.server.started:  # Flower's lifespan (state, SuperExec) first
+        if control_task.done():
+            await control_task
+            sys.exit(1)  # the control door could not start (port in use...)
+        await asyncio.sleep(0.05)
+    public_task = asyncio.create_task(public.server.serve())
+    done, _ = await asyncio.wait({control_task, public_task}, return_when=asyncio.FIRST_COMPLETED)
+    for server in servers:  # one door down: close the other too
+        server.stop()
+    await asyncio.gather(control_task, public_task, return_exceptions=True)
+    if not all(s.server.started for s in servers) or any(t.exception() for t in done):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

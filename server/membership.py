@@ -1,0 +1,115 @@
+"""Membership is the register: the ServerApp sees only enrolled, active clinics.
+
+Flower's Grid offers every node the SuperLink knows, and a reply names its clinic in
+whatever its node config says. Under node authentication radfed trusts neither: a node
+id is tied to the key the supervisor registered for one clinic in radfed's register.
+`MemberGrid` wraps the run's Grid so that
+
+- strategies sample, and messages go to, only node ids of clinics that are active in the
+  register now (read on every call: a revocation holds mid-run, even while the SuperLink's
+  Control API misbehaves and the key is still registered there);
+- every reply is relabelled with the register's name for its sender's node id (a
+  `clinic` config record or a legacy `clinic-name` entry), so records and the audit trail
+  name clinics by key, never by what a reply claims;
+- replies from any other node are dropped.
+
+The SuperLink passes the register's database in `RADFED_REGISTER_DB` (set only when node
+authentication is on); without it (a loopback `--insecure` demo) the Grid is used as is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+from radfed.audit import Registry
+
+log = logging.getLogger("radfed.server")
+REGISTER_ENV = "RADFED_REGISTER_DB"
+NAME_KEYS = (("clinic", "name"),)  # (config record, key) a reply names its clinic in
+LEGACY_NAME_KEY = "clinic-name"  # legacy (SecAgg+) replies carry it among their metrics
+
+
+class MemberGrid(Grid):
+    """The run's Grid limited to the register's active clinics, replies named by node id."""
+
+    def __init__(self, grid: Grid, registry: Registry) -> None:
+        self._grid, self.registry = grid, registry
+
+    def set_run(self, run: Run) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self._grid.run
+
+    def members(self) -> dict[int, str]:
+        """Node id → clinic name of every active clinic with a registered key."""
+        return {int(c.node_id): c.name for c in self.registry.clinics()
+                if c.status == "active" and c.node_id}
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
+                       group_id: str, ttl: float | None = None) -> Message:
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        members = self.members()
+        return [n for n in self._grid.get_node_ids() if n in members]
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(self._to_members(messages))
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._from_members(self._grid.pull_messages(message_ids))
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> Iterable[Message]:
+        return self._from_members(self._grid.send_and_receive(self._to_members(messages), timeout=timeout))
+
+    def _to_members(self, messages: Iterable[Message]) -> list[Message]:
+        members, kept = self.members(), []
+        for message in messages:
+            if message.metadata.dst_node_id in members:
+                kept.append(message)
+            else:
+                log.warning("not sending to node %s: not an active clinic in the register",
+                            message.metadata.dst_node_id)
+        return kept
+
+    def _from_members(self, replies: Iterable[Message]) -> list[Message]:
+        members = self.members()
+        kept = []
+        for reply in replies:
+            name = members.get(int(reply.metadata.src_node_id))
+            if name is None:
+                log.warning("dropped a reply from node %s: not an active clinic in the register",
+                            reply.metadata.src_node_id)
+                continue
+            if not reply.has_error():
+                relabel(reply.content, name)
+            kept.append(reply)
+        return kept
+
+
+def relabel(content: RecordDict, name: str) -> None:
+    """Put the register's clinic name wherever a reply names its clinic."""
+    for record_name, key in NAME_KEYS:
+        record = content.config_records.get(record_name)
+        if record is not None:
+            record[key] = name
+    for record in content.config_records.values():
+        if LEGACY_NAME_KEY in record:
+            record[LEGACY_NAME_KEY] = name
+
+
+def member_grid(grid: Grid) -> Grid:
+    """The Grid a ServerApp should use: limited to the register when the SuperLink says so."""
+    from radfed.store import Store
+
+    url = os.environ.get(REGISTER_ENV, "").strip()
+    return MemberGrid(grid, Registry(Store(url))) if url else grid
