@@ -201,3 +201,63 @@ def _not_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+@pytest.mark.timeout(400)
+def test_run_samples_only_the_register_and_names_clinics_by_key(tmp_path):
+    """Membership is the register, and a clinic's name comes from its key.
+
+    The supervisor is held back (`--sync-every 3600`) so that a key registered behind the
+    register's back stays online during a run, and the test registers the clinics' keys
+    itself. Three nodes are online: clinic-a (enrolled), clinic-b (enrolled, but its node
+    claims to be clinic-a) and a rogue (key unknown to the register, also claiming
+    clinic-a). The run samples two clinics; the rogue never receives a message.
+    """
+    from sqlmodel import Session, select
+
+    from radfed.spec import ExperimentSpec, spec_to_toml
+    from radfed.store import ClinicRoundResult
+
+    fed = Federation(tmp_path / "fed", secure=True)
+    try:
+        fed.start_superlink("--sync-every", "3600")
+        registry = Registry(Store(fed.db))
+        control = ControlClient(fed.control, fed.certs / "ca.crt", flwr_home=tmp_path / "control")
+        other = Registry(Store(f"sqlite:///{tmp_path / 'other.db'}"))
+        certs = CertPaths(fed.certs)
+        bundles = {"clinic-a": fed.enrol("clinic-a"),
+                   "clinic-b": add_clinic(other, "clinic-a", fed.address, certs, tmp_path / "b.radfed")}
+        registry.add_clinic("clinic-b", other.clinic("clinic-a").public_key, "sha256:test")
+        other.revoke("clinic-a")
+        bundles["rogue"] = add_clinic(other, "rogue", fed.address, certs, tmp_path / "rogue.radfed")
+        ids = {}
+        for name, key in (("clinic-a", registry.clinic("clinic-a").public_key),
+                          ("clinic-b", registry.clinic("clinic-b").public_key),
+                          ("rogue", other.clinic("rogue").public_key)):
+            ids[name] = control.register(key, "clinic-a")  # every node claims to be clinic-a
+            if name != "rogue":
+                registry.set_node_id(name, ids[name])
+        for i, (name, bundle) in enumerate(bundles.items()):
+            write_clinic(tmp_path / name, clinic_index=i, n_patients=6, prevalence=0.5)
+            fed.start_clinic(name, tmp_path / name, "", bundle, "--home", str(tmp_path / "homes" / name))
+        fed.wait_for(lambda: all(fed.node_status().get(n) == "online" for n in ids.values()),
+                     "three nodes online", timeout=120)
+        spec = ExperimentSpec(name="members-only", backbone="resnet18", image_size=32, rounds=1,
+                              local_epochs=1, batch_size=8, learning_rate=1e-3, min_clinics=2,
+                              clinic_timeout=60.0, seed=0)
+        (tmp_path / "exp.toml").write_text(spec_to_toml(spec))
+        proc = cli("server.cli", "run", str(tmp_path / "exp.toml"), "--control", fed.control,
+                   "--root-certificates", str(fed.certs / "ca.crt"), "--db", fed.db, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:] + fed.logs()
+        assert fed.node_status().get(ids["rogue"]) == "online"  # Flower offered it all along
+        with Session(Store(fed.db).engine) as s:
+            rows = {(r.clinic, r.node_id, r.phase) for r in s.exec(select(ClinicRoundResult))}
+        named = {(clinic, node) for clinic, node, _ in rows}
+        assert named == {("clinic-a", str(ids["clinic-a"])), ("clinic-b", str(ids["clinic-b"]))}, rows
+        contributed = {(e["clinic"], e["node_id"]) for e in registry.events(kind="contributed")}
+        assert contributed == named
+        homes = tmp_path / "homes"
+        assert not (homes / "rogue" / "rogue" / "outbox.jsonl").exists()  # it never answered a message
+        assert (homes / "clinic-b" / "clinic-a" / "outbox.jsonl").exists()
+    finally:
+        fed.close()
