@@ -121,6 +121,36 @@ def make_server_cert(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certifica
     return key, cert
 
 
+def make_client_cert(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, name: str,
+                     days: int = SERVER_DAYS) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A coordinator credential: a client certificate the control door accepts (mutual TLS)."""
+    key = _key()
+    start = _now() - dt.timedelta(minutes=5)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name),
+                         x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "radfed coordinator")])
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(start + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA384()))
+    return key, cert
+
+
+def issue_credential(paths: CertPaths, name: str, out: Path) -> tuple[Path, Path]:
+    """Write `NAME.pem` and `NAME.key` (0600) signed by the federation CA into `out`."""
+    if not paths.complete():
+        raise PkiError(f"no federation CA in {paths.folder}; run `coordinator certs init` first")
+    ca_key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
+    ca_cert = load_cert(paths.ca_cert.read_bytes(), str(paths.ca_cert))
+    key, cert = make_client_cert(ca_key, ca_cert, name)  # type: ignore[arg-type]
+    out.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = out / f"{name}.pem", out / f"{name}.key"
+    write_private(key_path, _pem_key(key))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path
+
+
 def init_certs(folder: Path, hosts: list[str] | None = None, force: bool = False,
                days: int = SERVER_DAYS, not_before: dt.datetime | None = None) -> CertPaths:
     """Create the CA and the SuperLink certificate in `folder` (refuses to overwrite)."""

@@ -55,10 +55,11 @@ def _store(db: str | None):
 def superlink(
     host: Annotated[str, typer.Option(help="Address of the clinics' door (0.0.0.0 for other machines).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the clinics' door: the Fleet API only.")] = 9092,
-    control_host: Annotated[str, typer.Option(
-        help="Address of the control door (Control and Runtime APIs). Off loopback it requires a "
-             "client certificate from the federation CA (`coordinator certs credential`).")] = "127.0.0.1",
-    control_port: Annotated[Optional[int], typer.Option(help="Port of the control door (default: --port + 1).")] = None,
+    control_port: Annotated[Optional[int], typer.Option(
+        help="Port of the control door on 127.0.0.1: Control and Runtime APIs (default: --port + 1).")] = None,
+    remote_control: Annotated[Optional[str], typer.Option(
+        help="HOST:PORT of a control door for other machines; mutual TLS: clients need a "
+             "`coordinator certs credential`.")] = None,
     insecure: Annotated[bool, typer.Option(help="Plaintext, no node authentication; loopback only.")] = False,
     certs: Annotated[Optional[Path], typer.Option(help="Folder from `coordinator certs init` (default ~/.radfed/pki).")] = None,
     database: Annotated[Optional[Path], typer.Option(help="SuperLink state file (default: in memory).")] = None,
@@ -72,8 +73,9 @@ def superlink(
     """Run the Flower SuperLink clinics connect to (foreground; Ctrl-C stops it).
 
     Two doors: clinics dial `--host:--port`, which serves the Fleet API only; the
-    coordinator's commands (`coordinator run`, `flwr`) use the control door, on loopback
-    unless `--control-host` says otherwise. TLS and SuperNode authentication by default:
+    coordinator's commands (`coordinator run`, `flwr`) use the control door on
+    127.0.0.1:`--control-port`, or from another machine `--remote-control` with a
+    coordinator credential (mutual TLS). TLS and SuperNode authentication by default:
     only clinics enrolled with `coordinator clinic add` can join; their keys are
     (re)registered at start, unknown keys are removed and audited, revocations apply
     within seconds. Only this installation's radfed ServerApp runs.
@@ -83,11 +85,13 @@ def superlink(
     `coordinator superlink --host 0.0.0.0 --port 9092`
 
     `coordinator superlink --host 0.0.0.0 --port 9092 --control-port 9093 --database /var/lib/radfed/superlink.db`
+
+    `coordinator superlink --host 0.0.0.0 --port 9092 --remote-control 10.0.0.5:9094`
     """
     from server.superlink import SuperLinkError, SuperLinkOptions, check_ports, run_superlink, superlink_command
 
     opts = SuperLinkOptions(host, port, insecure, certs, database, flwr_home or radfed_home() / "superlink",
-                            db, control_host, control_port, list(approve_app or []))
+                            db, control_port, list(approve_app or []), remote_control)
     try:
         superlink_command(opts)
         check_ports(opts)
@@ -95,7 +99,9 @@ def superlink(
         _fail(str(e))
     if insecure:
         err.print(f"[yellow]warning:[/] SuperLink on {host}:{port} WITHOUT TLS (loopback demo only)")
-    err.print(f"clinics' door {opts.address} (Fleet API only); control door {opts.control}", highlight=False)
+    remote = f"; remote control door {remote_control} (mutual TLS)" if remote_control else ""
+    err.print(f"clinics' door {opts.address} (Fleet API only); control door {opts.control}{remote}",
+              highlight=False)
     raise typer.Exit(run_superlink(opts, every=sync_every))
 
 
@@ -108,6 +114,8 @@ def run(
     checkpoints: Annotated[Optional[Path], typer.Option(help="Checkpoint folder (default ~/.radfed/checkpoints).")] = None,
     insecure: Annotated[bool, typer.Option(help="Plaintext connection to a loopback SuperLink.")] = False,
     root_certificates: Annotated[Optional[Path], typer.Option(help="CA certificate of the SuperLink (default ~/.radfed/pki/ca.crt).")] = None,
+    credential: Annotated[Optional[Path], typer.Option(
+        help="Coordinator credential (NAME.pem from `coordinator certs credential`) for a remote control door.")] = None,
     holdout: Annotated[Optional[str], typer.Option(
         help="Leave-one-clinic-out: train without this clinic (its --name), then evaluate the final model there.")] = None,
 ) -> None:
@@ -138,7 +146,10 @@ def run(
             _fail("pass --root-certificates CA.crt for a TLS SuperLink (none in ~/.radfed/pki), "
                   "or --insecure for a loopback one", 2)
     store = _store(db)
-    conn = Connection(control, radfed_home() / "flwr-cli", insecure, root_certificates)
+    if credential and not (credential.is_file() and credential.with_suffix(".key").is_file()):
+        _fail(f"{credential}: no coordinator credential there (NAME.pem with NAME.key beside it); "
+              "issue one with `coordinator certs credential NAME`", 2)
+    conn = Connection(control, radfed_home() / "flwr-cli", insecure, root_certificates, credential)
     ckpt = checkpoints or radfed_home() / "checkpoints"
     try:
         run_id = submit(conn, spec, store.url, ckpt, holdout=(holdout or "").strip())

@@ -27,11 +27,16 @@ class ControlClient:
     root_certificates: Path | None = None
     insecure: bool = False
     flwr_home: Path | None = None
+    credential: Path | None = None  # client certificate for a remote control door (mutual TLS)
 
     def _client(self):
         from flwr.cli.typing import SuperLinkConnection
         from flwr.cli.utils import init_http_client_from_connection
 
+        if self.credential:
+            from server.control_tls import use_credential
+
+            use_credential(Path(self.credential))
         if self.flwr_home:
             self.flwr_home.mkdir(parents=True, exist_ok=True)
             os.environ["FLWR_HOME"] = str(self.flwr_home)

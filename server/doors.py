@@ -10,10 +10,12 @@ process:
 - the **public door** (`--public-host/--public-port`, what clinics connect to) passes only
   the Fleet API routes and the health check; every other path gets 404 before any Flower
   code runs, whoever asks, the coordinator's own host included;
-- the **control door** (Flower's `--host/--port`, loopback by default) serves everything:
-  the Control API for `coordinator run` and the supervisor, and the Runtime API for the
-  ServerApp that Flower's SuperExec starts. Off loopback it requires a client certificate
-  issued by the federation CA (mutual TLS).
+- the **control door** (Flower's `--host/--port`, always loopback) serves everything: the
+  Control API for `coordinator run` and the supervisor, and the Runtime API for the
+  ServerApp that Flower's SuperExec starts;
+- optionally a **remote control door** (`--remote-host/--remote-port`): the same APIs for
+  other machines, only to clients presenting a certificate issued by the federation CA
+  (mutual TLS, `coordinator certs credential`).
 
 Why in-process rather than a proxy in front: no extra hop for model-sized messages, no
 second process holding the server key, nothing to orphan, and the allowlist is checked
@@ -23,8 +25,8 @@ The process dies with its parent (`coordinator superlink`, the supervisor): Linu
 parent-death signal is set at start, so killing the supervisor never leaves a SuperLink
 serving without enrolment sync and revocation.
 
-Run as `python -m server.doors --public-host H --public-port P [--client-ca CA]
--- FLOWER_SUPERLINK_ARGS...`.
+Run as `python -m server.doors --public-host H --public-port P [--remote-host H
+--remote-port P --client-ca CA] -- FLOWER_SUPERLINK_ARGS...`.
 """
 
 from __future__ import annotations
@@ -88,8 +90,10 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="python -m server.doors", description=__doc__.split("\n")[0])
     parser.add_argument("--public-host", required=True)
     parser.add_argument("--public-port", type=int, required=True)
+    parser.add_argument("--remote-host", default=None)
+    parser.add_argument("--remote-port", type=int, default=None)
     parser.add_argument("--client-ca", default=None,
-                        help="CA whose client certificates the control door requires (mutual TLS).")
+                        help="CA whose client certificates the remote control door requires (mutual TLS).")
     if "--" not in argv:
         parser.error("Flower's SuperLink arguments follow '--'")
     split = argv.index("--")
@@ -111,15 +115,18 @@ def main(argv: list[str] | None = None) -> None:
     app = create_app(config, flower.SuperLinkLifespan)
     log_config = flower.get_uvicorn_log_config(flower.console_handler.level)
     tls = {"ssl_keyfile": config.ssl_keyfile, "ssl_certfile": config.ssl_certfile}
-    control_tls = dict(tls)
-    if args.client_ca:
-        control_tls.update(ssl_ca_certs=args.client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
     servers = [
         _Server(uvicorn.Config(app, host=config.host, port=config.port, access_log=False,
-                               log_config=log_config, **control_tls)),
+                               log_config=log_config, **tls)),
         _Server(uvicorn.Config(FleetOnly(app), host=args.public_host, port=args.public_port,
                                lifespan="off", access_log=False, log_config=log_config, **tls)),
     ]
+    if args.remote_host:
+        if not (args.client_ca and config.ssl_certfile):
+            sys.exit("server.doors: a remote control door needs TLS and --client-ca")
+        servers.append(_Server(uvicorn.Config(
+            app, host=args.remote_host, port=args.remote_port, lifespan="off", access_log=False,
+            log_config=log_config, ssl_ca_certs=args.client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED, **tls)))
     asyncio.run(_serve_all(servers))
 
 
@@ -144,18 +151,18 @@ async def _serve_all(servers: list[_Server]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: [s.stop() for s in servers])
-    control, public = servers
+    control, *others = servers
     control_task = asyncio.create_task(control.server.serve())
     while not control.server.started:  # Flower's lifespan (state, SuperExec) first
         if control_task.done():
             await control_task
             sys.exit(1)  # the control door could not start (port in use...)
         await asyncio.sleep(0.05)
-    public_task = asyncio.create_task(public.server.serve())
-    done, _ = await asyncio.wait({control_task, public_task}, return_when=asyncio.FIRST_COMPLETED)
-    for server in servers:  # one door down: close the other too
+    tasks = {control_task, *(asyncio.create_task(s.server.serve()) for s in others)}
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for server in servers:  # one door down: close them all
         server.stop()
-    await asyncio.gather(control_task, public_task, return_exceptions=True)
+    await asyncio.gather(*tasks, return_exceptions=True)
     if not all(s.server.started for s in servers) or any(t.exception() for t in done):
         sys.exit(1)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ class Connection:
     flwr_home: Path
     insecure: bool = False
     root_certificates: Path | None = None
+    credential: Path | None = None  # client certificate for a remote control door (mutual TLS)
 
     def write(self) -> None:
         """Write FLWR_HOME/config.toml so `flwr` commands find the `radfed` connection."""
@@ -51,8 +53,14 @@ class Connection:
     def flwr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run a `flwr` subcommand against this connection."""
         self.write()
-        return subprocess.run([flower_bin("flwr"), *args], capture_output=True, text=True,
-                              env=flower_env(self.flwr_home), timeout=timeout)
+        if not self.credential:
+            return subprocess.run([flower_bin("flwr"), *args], capture_output=True, text=True,
+                                  env=flower_env(self.flwr_home), timeout=timeout)
+        from server.control_tls import CERT_ENV
+
+        env = flower_env(self.flwr_home, **{CERT_ENV: str(Path(self.credential).resolve())})
+        return subprocess.run([sys.executable, "-m", "server.control_tls", *args], capture_output=True,
+                              text=True, env=env, timeout=timeout)
 
 
 def _toml_string(value: str) -> str:

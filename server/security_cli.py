@@ -3,6 +3,7 @@
 Examples:
 
     coordinator certs init --hosts coordinator.example.org,10.0.0.5
+    coordinator certs credential alice --out ~/.radfed/credentials
     coordinator clinic add clinic-a --superlink coordinator.example.org:9092
     coordinator clinic list
     coordinator clinic revoke clinic-a
@@ -90,6 +91,36 @@ def certs_show(certs: CertsOption = None,
     info = {name: cert_summary(load_cert(p.read_bytes(), str(p)))
             for name, p in (("ca", paths.ca_cert), ("superlink", paths.server_cert))}
     print(json.dumps(info, indent=2)) if as_json else out.print_json(data=info)
+
+
+@certs_app.command("credential")
+def certs_credential(
+    name: Annotated[str, typer.Argument(help="Who holds it (letters, digits, '-', '_'), e.g. the engineer.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for NAME.pem and NAME.key (0600).")] = Path("."),
+    certs: CertsOption = None,
+) -> None:
+    """Issue a coordinator credential: a client certificate for an off-loopback control door.
+
+    `coordinator superlink --control-host ADDR` (not loopback) serves the Control and
+    Runtime APIs only to clients presenting a certificate from the federation CA; pass it
+    to `coordinator run --credential NAME.pem`. Hand it over like a password.
+
+    Examples:
+
+    `coordinator certs credential alice --out ~/.radfed/credentials`
+
+    `coordinator run experiment.toml --control 10.0.0.5:9093 --credential ~/.radfed/credentials/alice.pem`
+    """
+    from radfed.pki import PkiError, issue_credential
+    from server.clinics import NAME
+
+    if not NAME.match(name):
+        _fail(f"credential name '{name}' must be 1-63 letters, digits, '-' or '_'", 2)
+    try:
+        cert, key = issue_credential(_certs(certs), name, out_dir)
+    except PkiError as e:
+        _fail(str(e))
+    err.print(f"coordinator credential {cert} with key {key} (0600)", highlight=False, soft_wrap=True)
 
 
 @clinic_app.command("add")

@@ -5,9 +5,10 @@ so only clinics enrolled with `coordinator clinic add` can join. Plaintext (`--i
 is refused off loopback. Always without runtime dependency installation.
 
 The SuperLink runs as one child process (`server.doors`) with two listeners: the public
-door clinics dial serves the Fleet API only; the control door (loopback by default) serves
-the Control and Runtime APIs to this machine's `coordinator run`, the supervisor and the
-ServerApp. The child dies with this process (parent-death signal), so the SuperLink never
+door clinics dial serves the Fleet API only; the control door (loopback) serves the
+Control and Runtime APIs to this machine's `coordinator run`, the supervisor and the
+ServerApp. `--remote-control HOST:PORT` adds the same APIs for other machines, behind
+mutual TLS with the federation CA. The child dies with this process (parent-death signal), so the SuperLink never
 serves without its supervisor. While it runs, the supervisor keeps the registered node
 keys equal to the clinic register (registering, unregistering, removing unknown keys) and
 writes connections and alerts to the audit trail. Every ServerApp the SuperLink starts
@@ -62,9 +63,9 @@ class SuperLinkOptions:
     database: Path | None = None
     flwr_home: Path | None = None
     db: str | None = None  # radfed database holding the clinic register
-    control_host: str = "127.0.0.1"
-    control_port: int | None = None  # default: port + 1
+    control_port: int | None = None  # the loopback control door; default: port + 1
     approve_apps: list[str] = field(default_factory=list)
+    remote_control: str | None = None  # HOST:PORT of a mutual-TLS control door for other machines
 
     @property
     def address(self) -> str:
@@ -73,39 +74,58 @@ class SuperLinkOptions:
 
     @property
     def control(self) -> str:
-        """Where the coordinator's own tools connect (the control door)."""
-        return dial_address(self.control_host, self.control_port or self.port + 1)
+        """Where this machine's coordinator tools connect (the loopback control door)."""
+        return dial_address("127.0.0.1", self.control_port or self.port + 1)
+
+    def listeners(self) -> list[tuple[str, int, str]]:
+        """(host, port, option) of every door this SuperLink opens."""
+        doors = [(self.host, self.port, "--port"), ("127.0.0.1", self.control_port or self.port + 1, "--control-port")]
+        if self.remote_control:
+            host, port = split_address(self.remote_control)
+            doors.append((host, port, "--remote-control"))
+        return doors
 
     @property
     def cert_paths(self) -> CertPaths:
         return CertPaths(Path(self.certs) if self.certs else default_certs())
 
 
+def split_address(address: str) -> tuple[str, int]:
+    """HOST:PORT (IPv6 in brackets) → (host, port); SuperLinkError if malformed."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise SuperLinkError(f"'{address}' is not HOST:PORT (e.g. 10.0.0.5:9094)")
+    return host.strip("[]"), int(port)
+
+
 def superlink_command(opts: SuperLinkOptions) -> list[str]:
     """The two-door SuperLink command line; refuses plaintext off loopback."""
-    control_port = opts.control_port or opts.port + 1
-    if control_port == opts.port:
-        raise SuperLinkError(f"--control-port must differ from --port ({opts.port}): the control door "
-                             "and the clinics' door are separate listeners")
-    remote_control = not is_loopback(opts.control_host)
+    doors_open = opts.listeners()
+    ports = [(host, port) for host, port, _ in doors_open]
+    if len(set(p for _, p in ports)) < len(ports):
+        raise SuperLinkError("--port, --control-port and --remote-control need different ports: "
+                             "each door is a listener of its own")
     doors = [sys.executable, "-m", "server.doors", "--public-host", opts.host, "--public-port", str(opts.port)]
-    flower = ["--host", opts.control_host, "--port", str(control_port),
+    flower = ["--host", "127.0.0.1", "--port", str(doors_open[1][1]),
               "--disable-runtime-dependency-installation"]
     if opts.database:
         flower += ["--database", str(Path(opts.database).resolve())]
     if opts.insecure:
-        for host, what in ((opts.host, "--host"), (opts.control_host, "--control-host")):
-            if not is_loopback(host):
-                raise SuperLinkError(f"--insecure is only allowed on a loopback address, not {what} {host}; "
-                                     "use TLS (the default) for a SuperLink other machines reach")
+        if not is_loopback(opts.host):
+            raise SuperLinkError(f"--insecure is only allowed on a loopback address, not {opts.host}; "
+                                 "use TLS (the default) for a SuperLink other machines reach")
+        if opts.remote_control:
+            raise SuperLinkError("--remote-control needs TLS (mutual TLS with the federation CA); "
+                                 "drop --insecure")
         return doors + ["--", *flower, "--insecure"]
     certs = opts.cert_paths
     if not certs.complete():
         raise SuperLinkError(f"no federation certificates in {certs.folder} (need ca.crt, ca.key, "
                              "server.pem, server.key): run `coordinator certs init --hosts NAME,IP` "
                              "first, or pass --insecure for a loopback-only demo")
-    if remote_control:  # the control door off loopback: mutual TLS with the federation CA
-        doors += ["--client-ca", str(certs.ca_cert.resolve())]
+    if opts.remote_control:  # the control door for other machines: mutual TLS with the federation CA
+        host, port = split_address(opts.remote_control)
+        doors += ["--remote-host", host, "--remote-port", str(port), "--client-ca", str(certs.ca_cert.resolve())]
     return doors + ["--", *flower, "--ssl-ca-certfile", str(certs.ca_cert.resolve()), "--ssl-certfile",
                     str(certs.server_cert.resolve()), "--ssl-keyfile", str(certs.server_key.resolve()),
                     "--enable-supernode-auth"]
@@ -124,8 +144,7 @@ def port_in_use(host: str, port: int) -> bool:
 
 
 def check_ports(opts: SuperLinkOptions) -> None:
-    for host, port, what in ((opts.host, opts.port, "--port"),
-                             (opts.control_host, opts.control_port or opts.port + 1, "--control-port")):
+    for host, port, what in opts.listeners():
         if port_in_use(host, port):
             raise SuperLinkError(f"{host}:{port} ({what}) is already in use: another `coordinator superlink` "
                                  "or another server holds it; stop it or pick another port")

@@ -51,6 +51,8 @@ def sweep_command(
     checkpoints: Annotated[Optional[Path], typer.Option(help="Checkpoint folder (default ~/.radfed/checkpoints).")] = None,
     insecure: Annotated[bool, typer.Option(help="Plaintext connection to a loopback SuperLink.")] = False,
     root_certificates: Annotated[Optional[Path], typer.Option(help="CA certificate of the SuperLink (default ~/.radfed/pki/ca.crt).")] = None,
+    credential: Annotated[Optional[Path], typer.Option(
+        help="Coordinator credential (NAME.pem from `coordinator certs credential`) for a remote control door.")] = None,
 ) -> None:
     """Run the RadImageNet paper's scenarios for a task (4 backbones x 6 = 24 per weight source).
 
@@ -85,11 +87,11 @@ def sweep_command(
         if not root_certificates.is_file():
             _fail("pass --root-certificates CA.crt for a TLS SuperLink (none in ~/.radfed/pki), "
                   "or --insecure for a loopback one", 2)
-    raise typer.Exit(_run_all(scenarios, control, db, checkpoints, insecure, root_certificates))
+    raise typer.Exit(_run_all(scenarios, control, db, checkpoints, insecure, root_certificates, credential))
 
 
 def _run_all(scenarios: list, control: str, db: str | None, checkpoints: Path | None,
-             insecure: bool, root_certificates: Path | None) -> int:
+             insecure: bool, root_certificates: Path | None, credential: Path | None = None) -> int:
     """Submit and follow each scenario; 0 when all completed, 1 otherwise."""
     from radfed.flower_env import radfed_home
     from radfed.spec import spec_to_toml
@@ -102,7 +104,7 @@ def _run_all(scenarios: list, control: str, db: str | None, checkpoints: Path | 
         store = Store(db)
     except StoreError as e:
         _fail(str(e))
-    conn = Connection(control, radfed_home() / "flwr-cli", insecure, root_certificates)
+    conn = Connection(control, radfed_home() / "flwr-cli", insecure, root_certificates, credential)
     ckpt = checkpoints or radfed_home() / "checkpoints"
     sweep = scenarios[0].spec.sweep
     folder = radfed_home() / "sweeps" / sweep

@@ -48,13 +48,14 @@ class Federation:
         self.procs: list[subprocess.Popen] = []
         self.db = f"sqlite:///{work / 'radfed.db'}"
         self.certs = work / "pki"
+        self.cert_hosts: list[str] | None = None  # names in the SuperLink certificate (default loopback)
 
     def start_superlink(self, *extra: str) -> None:
         log = self.work / "logs" / "superlink.log"
         if self.secure:
             from radfed.pki import init_certs
 
-            init_certs(self.certs, force=True)
+            init_certs(self.certs, self.cert_hosts, force=True)
             mode = ["--certs", str(self.certs), "--db", self.db]
         else:
             mode = ["--insecure"]

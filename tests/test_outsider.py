@@ -261,3 +261,51 @@ def test_run_samples_only_the_register_and_names_clinics_by_key(tmp_path):
         assert (homes / "clinic-b" / "clinic-a" / "outbox.jsonl").exists()
     finally:
         fed.close()
+
+
+def _public_ip() -> str | None:
+    """This machine's first non-loopback IPv4 address, if any."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("192.0.2.254", 9))  # no packet is sent: it only picks the route
+            address = sock.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_remote_control_door_needs_a_credential_from_the_federation_ca(tmp_path):
+    from radfed.pki import init_certs, issue_credential
+    from radfed.processes import free_port
+
+    ip = _public_ip()
+    if ip is None:
+        pytest.skip("no non-loopback address to serve a remote control door on")
+    fed = Federation(tmp_path / "fed", secure=True)
+    fed.cert_hosts = ["localhost", "127.0.0.1", ip]
+    remote = f"{ip}:{free_port(ip)}"
+    try:
+        fed.start_superlink("--remote-control", remote)
+        fed.wait_for(lambda: reachable(remote, timeout=1) is None, "the remote control door")
+        ca = fed.certs / "ca.crt"
+        good = issue_credential(CertPaths(fed.certs), "alice", tmp_path / "cred")[0]
+        stranger = init_certs(tmp_path / "other-pki")
+        bad = issue_credential(stranger, "mallory", tmp_path / "bad")[0]
+        # no client certificate, or one from another CA: the TLS handshake fails
+        for cert in (None, bad):
+            with pytest.raises(ControlError):
+                ControlClient(remote, ca, flwr_home=tmp_path / "c0", credential=cert).nodes()
+        with pytest.raises(httpx.HTTPError):
+            _post(remote, "/v1/control/list-nodes")
+        # a coordinator credential works for the Control API and for `flwr` (run submission's path)
+        assert isinstance(ControlClient(remote, ca, flwr_home=tmp_path / "c1", credential=good).nodes(), dict)
+        listed = Connection(remote, tmp_path / "flwr", root_certificates=ca, credential=good).flwr(
+            "ls", CONNECTION, "--format", "json", timeout=60)
+        assert listed.returncode == 0 and '"runs"' in listed.stdout, listed.stdout + listed.stderr
+        refused = Connection(remote, tmp_path / "flwr2", root_certificates=ca).flwr(
+            "ls", CONNECTION, "--format", "json", timeout=60)
+        assert '"runs"' not in refused.stdout
+    finally:
+        fed.close()
