@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from radfed.app_bundle import (APPROVED_ENV, AppNotApproved, approved_from_env, approved_hashes,
-                               check_fab, guarded_install, local_app_hash)
+                               check_fab, local_app_hash, run_gated)
 from radfed.app_bundle import write_shim as _write
 
 __all__ = ["APPROVED_ENV", "AppNotApproved", "approved_from_env", "approved_hashes", "check_fab",
@@ -25,11 +25,9 @@ __all__ = ["APPROVED_ENV", "AppNotApproved", "approved_from_env", "approved_hash
 
 def main() -> None:
     """`flwr-clientapp`, with the approval check before the bundle is installed."""
-    import flwr.supernode.runtime.run_clientapp as runner
     from flwr.supernode.cli import flwr_clientapp
 
-    runner.install_from_fab = guarded_install(runner.install_from_fab, "this clinic")
-    flwr_clientapp()
+    run_gated("flwr.supernode.runtime.run_clientapp", flwr_clientapp, "this clinic")
 
 
 def write_shim(bin_dir: Path) -> Path:

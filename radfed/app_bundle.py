@@ -62,6 +62,16 @@ def guarded_install(install, who: str):
     return install_checked
 
 
+def run_gated(runner_module: str, entry, who: str) -> None:
+    """Run a Flower app executor (`entry`) whose `runner_module` installs bundles only if approved."""
+    import importlib
+
+    # flwr's packages re-export functions under their modules' names: patch the module itself
+    runner = importlib.import_module(runner_module)
+    runner.install_from_fab = guarded_install(runner.install_from_fab, who)
+    entry()
+
+
 def write_shim(bin_dir: Path, command: str, module: str) -> Path:
     """An executable `command` that runs `python -m module` with this interpreter."""
     bin_dir.mkdir(parents=True, exist_ok=True)

@@ -12,21 +12,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from radfed.app_bundle import guarded_install
+from radfed.app_bundle import run_gated
 from radfed.app_bundle import write_shim as _write
 
 
 def main() -> None:
     """`flwr-serverapp`, with the approval check before the bundle is installed."""
-    import importlib
-
     from flwr.superlink.cli.flwr_serverapp import flwr_serverapp
 
-    # the package re-exports a function under the module's name: patch the module itself
-    runner = importlib.import_module("flwr.superlink.runtime.run_serverapp")
-
-    runner.install_from_fab = guarded_install(runner.install_from_fab, "this coordinator")
-    flwr_serverapp()
+    run_gated("flwr.superlink.runtime.run_serverapp", flwr_serverapp, "this coordinator")
 
 
 def write_shim(bin_dir: Path) -> Path:

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from radfed.processes import free_port, reachable, stop_all
@@ -29,6 +30,20 @@ def spawn(module: str, *args: str, log: Path) -> subprocess.Popen:
     with open(log, "ab") as fh:
         return subprocess.Popen([sys.executable, "-m", module, *args], stdout=fh,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
+
+
+@contextmanager
+def secure_federation(work: Path):
+    """A TLS SuperLink with node authentication and a small generated clinic in work/data."""
+    from radfed.demo_data import write_clinic
+
+    federation = Federation(work, secure=True)
+    federation.start_superlink()
+    write_clinic(work / "data", clinic_index=0, n_patients=4, prevalence=0.5)
+    try:
+        yield federation
+    finally:
+        federation.close()
 
 
 class Federation:

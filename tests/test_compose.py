@@ -43,3 +43,13 @@ def test_build_context_has_a_dockerfile():
         if service.get("build"):
             assert (ROOT / service["build"] / "Dockerfile").is_file() if isinstance(
                 service["build"], str) else True
+
+
+def test_superlink_publishes_only_the_clinics_door():
+    """The control door stays on the container's loopback; only the Fleet API is published."""
+    service = _compose()["services"]["superlink"]
+    command = service["command"]
+    port = command[command.index("--port") + 1]
+    assert service["ports"] == [f"{port}:{port}"]
+    assert "--insecure" not in command and "--control-port" not in command
+    assert "--remote-control" not in command  # opt-in, with a credential, documented in the file

@@ -31,7 +31,7 @@ from server.clinics import add_clinic
 from server.control import ControlClient, ControlError
 from server.doors import REFUSED_BODY
 from server.launch import CONNECTION, Connection
-from tests.federation import Federation, cli
+from tests.federation import Federation, cli, secure_federation
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -43,14 +43,8 @@ RUNTIME_ROUTES = ["get-nodes", "push-messages", "pull-messages", "get-run", "get
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory):
-    work = tmp_path_factory.mktemp("outsider-fed")
-    federation = Federation(work, secure=True)
-    federation.start_superlink()
-    write_clinic(work / "data", clinic_index=0, n_patients=4, prevalence=0.5)
-    try:
+    with secure_federation(tmp_path_factory.mktemp("outsider-fed")) as federation:
         yield federation
-    finally:
-        federation.close()
 
 
 def _post(address: str, path: str, body: bytes = b"") -> httpx.Response:

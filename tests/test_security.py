@@ -20,26 +20,19 @@ from pathlib import Path
 import pytest
 
 from radfed.audit import Registry
-from radfed.demo_data import write_clinic
 from radfed.enrolment import BundleError, check_tls, read_bundle, speaks_tls
 from radfed.pki import CertPaths, init_certs
 from radfed.store import Store
 from server.clinics import add_clinic
-from tests.federation import Federation, cli
+from tests.federation import Federation, cli, secure_federation
 
 pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory):
-    work = tmp_path_factory.mktemp("secure-fed")
-    federation = Federation(work, secure=True)
-    federation.start_superlink()
-    write_clinic(work / "data", clinic_index=0, n_patients=4, prevalence=0.5)
-    try:
+    with secure_federation(tmp_path_factory.mktemp("secure-fed")) as federation:
         yield federation
-    finally:
-        federation.close()
 
 
 def _start(fed: Federation, *args: str, timeout: float = 120):
