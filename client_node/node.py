@@ -11,13 +11,14 @@ Every ClientApp process it allows runs behind the app gate (client_node/app_guar
 from __future__ import annotations
 
 import json
-import subprocess
+import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from radfed.flower_env import flower_bin, flower_env, radfed_home
-from radfed.processes import free_port, reachable, run_foreground, stop_tree
+from radfed.processes import free_port, reachable, run_foreground, spawn_bound, stop_tree
 
 
 class NodeError(RuntimeError):
@@ -181,16 +182,21 @@ class _Worker:
     def __init__(self, port: int, env: dict[str, str]):
         self.cmd = [sys.executable, "-m", "client_node.worker", "--runtime-api", f"127.0.0.1:{port}"]
         self.env = env
-        self.proc = subprocess.Popen(self.cmd, env=env)
+        self.proc = spawn_bound(self.cmd, env=env)
 
     def check(self) -> None:
         if self.proc.poll() is not None:
             print(f"radfed: ClientApp worker exited ({self.proc.returncode}); restarting it",
                   file=sys.stderr, flush=True)
-            self.proc = subprocess.Popen(self.cmd, env=self.env)
+            self.proc = spawn_bound(self.cmd, env=self.env)
 
     def stop(self) -> None:
         stop_tree(self.proc)
+
+    def restart(self) -> None:
+        """A fresh worker: nothing of a task cut off by an outage survives."""
+        stop_tree(self.proc)
+        self.proc = spawn_bound(self.cmd, env=self.env)
 
 
 def explain(line: str) -> str | None:
@@ -198,31 +204,93 @@ def explain(line: str) -> str | None:
     return next((meaning for marker, meaning in REFUSALS.items() if marker in line), None)
 
 
-def run_supernode(opts: NodeOptions, report=print) -> int:
-    """Start the SuperNode in the foreground; Ctrl-C or SIGTERM stop it and its children.
+KEY_REFUSED = REFUSALS["[code: 2004]"]
+RECONNECTED = "Connection successful after"  # Flower's line after a connection outage
+STALE_SESSION_S = 90.0  # Flower counts a crashed node online for 2 missed 30 s heartbeats
+RESYNC_S = 12.0  # the coordinator's supervisor (re)registers keys every 2 s after a restart
+MAX_BACKOFF_S = 30.0
 
-    Every ClientApp it starts passes the app gate first (only approved bundles run).
+
+def run_supernode(opts: NodeOptions, report=print, say=None) -> int:
+    """Run the SuperNode until Ctrl-C / SIGTERM, reconnecting by itself.
+
+    When the SuperNode exits (the SuperLink restarted or dropped it, the network went
+    away), it is started again with back-off once the SuperLink is reachable. It gives up,
+    with one line naming the reason, only when the SuperLink refuses this clinic for a
+    real reason: its key is unknown or revoked (after waiting out a session the SuperLink
+    may still hold from a crash of this node), or it demands an enrolled key. Every
+    ClientApp it starts passes the app gate first (only approved bundles run).
     """
     from client_node.app_guard import APPROVED_ENV, approved_hashes, write_shim
+
+    said: list[str] = []
+
+    def say_once(line: str) -> None:  # the same news is not repeated at every retry
+        if not said or said[-1] != line:
+            said.append(line)
+            (say or (lambda text: print(f"radfed: {text}", file=sys.stderr, flush=True)))(line)
 
     shim_dir = write_shim(opts.node_home / "bin").parent
     env = flower_env(opts.node_home / "flwr")
     env["PATH"] = f"{shim_dir}:{env['PATH']}"
     env[APPROVED_ENV] = ",".join(sorted(approved_hashes(opts.approve_apps)))
-    seen: list[str] = []
-
-    def on_line(line: str) -> None:
-        meaning = explain(line)
-        if meaning and meaning not in seen:
-            seen.append(meaning)
-
+    session = opts.node_home / "session"  # exists while a SuperNode of this clinic may hold one
+    crashed = session.exists()  # the previous `client-node start` did not end cleanly
+    session.write_text(str(os.getpid()))
     cmd = supernode_command(opts)
     worker = _Worker(opts.local_port, env) if opts.isolation == "worker" else None
+    refused_since: float | None = None
+    backoff = 1.0
     try:
-        code = run_foreground(cmd, env, on_line=on_line, tick=worker.check if worker else None)
+        while True:
+            seen: list[str] = []
+            outage = []  # the SuperNode reconnected after losing the SuperLink
+
+            def on_line(line: str) -> None:
+                meaning = explain(line)
+                if meaning and meaning not in seen:
+                    seen.append(meaning)
+                if RECONNECTED in line:
+                    outage.append(line)
+
+            def tick() -> bool:
+                if worker:
+                    worker.check()
+                # Flower 1.42's SuperNode can stay wedged after an outage that cut a message
+                # transfer (it never hands later runs' tasks on): start a fresh session.
+                return bool(outage)
+
+            started = time.monotonic()
+            code = run_foreground(cmd, env, on_line=on_line, tick=tick, every=2.0)
+            if outage:
+                say_once("the SuperLink was away and is back: starting a fresh SuperNode session")
+                if worker:
+                    worker.restart()
+                continue
+            refusal = min(seen, key=list(REFUSALS.values()).index) if seen else None
+            if time.monotonic() - started > 60:  # it was connected: a fresh start of troubles
+                backoff, refused_since, crashed = 1.0, None, False
+            if refusal == KEY_REFUSED:
+                refused_since = refused_since or started
+                window = STALE_SESSION_S if crashed else RESYNC_S
+                if time.monotonic() - refused_since < window:
+                    say_once("the SuperLink still holds this clinic's previous session (a node that stopped "
+                        "abruptly counts as online for up to a minute); retrying" if crashed else
+                        "the SuperLink refused this clinic's key; retrying while the coordinator "
+                        "re-registers keys")
+                    time.sleep(min(backoff, 5.0))
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    continue
+            if refusal and refusal != REFUSALS["Exit Code: 305"]:
+                report(refusal)
+                return code or 1
+            say_once(f"SuperNode exited (status {code}); reconnecting to {opts.superlink} in {backoff:g} s")
+            time.sleep(backoff)
+            while reachable(str(opts.superlink), timeout=3.0):
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                say_once(f"SuperLink {opts.superlink} is not reachable; retrying with back-off")
+                time.sleep(backoff)
     finally:
         if worker:
             worker.stop()
-    if code and seen:  # the most specific refusal (REFUSALS is ordered) wins
-        report(min(seen, key=list(REFUSALS.values()).index))
-    return code
+        session.unlink(missing_ok=True)

@@ -66,6 +66,9 @@ def run_gated(runner_module: str, entry, who: str) -> None:
     """Run a Flower app executor (`entry`) whose `runner_module` installs bundles only if approved."""
     import importlib
 
+    from radfed.processes import die_with_parent
+
+    die_with_parent()  # the executor that started this app process dies: so does the app
     # flwr's packages re-export functions under their modules' names: patch the module itself
     runner = importlib.import_module(runner_module)
     runner.install_from_fab = guarded_install(runner.install_from_fab, who)

@@ -18,7 +18,7 @@ from sqlmodel import Field, SQLModel, select
 from radfed.store import Store
 
 EVENT_KINDS = ("enrolled", "revoked", "registered", "connected", "disconnected",
-               "contributed", "excluded", "late", "alert")
+               "contributed", "excluded", "late", "alert", "lost", "failed")
 CLINIC_STATUSES = ("active", "revoked")
 
 
@@ -88,6 +88,12 @@ class Registry:
 
     def set_node_id(self, name: str, node_id: int | None) -> None:
         self._update(name, node_id=None if node_id is None else str(node_id))
+
+    def readmit(self, name: str, public_key: str, fingerprint: str) -> None:
+        """A revoked clinic active again with a new key (the old one stays unregistered)."""
+        self._update(name, status="active", public_key=public_key, fingerprint=fingerprint,
+                     node_id=None, revoked_at=None)
+        self.event("enrolled", clinic=name, detail=f"re-admitted with a new node key {fingerprint}")
 
     def revoke(self, name: str) -> None:
         self._update(name, status="revoked", revoked_at=_utcnow())

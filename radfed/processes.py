@@ -7,12 +7,45 @@ signalling, and stop them too.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM this process when its parent dies (no-op elsewhere).
+
+    Used as `preexec_fn` for every long-lived child radfed starts (SuperLink, SuperNode,
+    ClientApp worker), so that a SIGKILL of the command that started them (an OOM killer,
+    a service manager's stop timeout) never leaves them running on their own.
+    """
+    prctl = _prctl()
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+@functools.lru_cache(maxsize=1)
+def _prctl():
+    """libc's prctl, looked up once in the parent (a forked child must not import or load)."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def spawn_bound(cmd: list[str], **kwargs) -> subprocess.Popen:
+    """`subprocess.Popen` for a child that must not outlive this process (die_with_parent)."""
+    _prctl()
+    return subprocess.Popen(cmd, preexec_fn=die_with_parent, **kwargs)  # noqa: PLW1509
 
 
 def descendants(pid: int) -> list[int]:
@@ -106,15 +139,16 @@ def run_foreground(cmd: list[str], env: dict[str, str],
 
     With `on_line`, the child's output is passed through line by line and shown to
     `on_line` too (to explain known failures in one line); `tick` runs every `every`
-    seconds while the child lives (a supervisor's periodic work).
+    seconds while the child lives (a supervisor's periodic work); when it returns True
+    the child is stopped and its exit status returned (the caller restarts it).
     """
     import signal
     import sys
     import threading
 
     pipe = subprocess.PIPE if on_line else None
-    proc = subprocess.Popen(cmd, env=env, stdout=pipe, stderr=subprocess.STDOUT if on_line else None,
-                            text=bool(on_line), errors="replace" if on_line else None)
+    proc = spawn_bound(cmd, env=env, stdout=pipe, stderr=subprocess.STDOUT if on_line else None,
+                       text=bool(on_line), errors="replace" if on_line else None)
 
     def _forward(signum: int, _frame: object) -> None:
         stop_tree(proc)
@@ -137,7 +171,10 @@ def run_foreground(cmd: list[str], env: dict[str, str],
                 code = proc.wait(timeout=every if tick else None)
                 break
             except subprocess.TimeoutExpired:
-                tick()  # type: ignore[misc]
+                if tick() is True:  # type: ignore[misc]  # the supervisor wants a fresh child
+                    stop_tree(proc)
+                    code = proc.wait()
+                    break
         if reader:
             reader.join(timeout=5)
         return code

@@ -53,7 +53,7 @@ __all__ = [
 
 RUN_STATUSES = ("running", "completed", "failed")
 FINISHED_STATUSES = ("completed", "failed")
-PHASES = ("train", "evaluate", "excluded", "late", "holdout")
+PHASES = ("train", "evaluate", "excluded", "late", "lost", "revoked", "failed", "holdout")
 ROUND_FLOAT_FIELDS = ("train_loss", "val_loss", "val_accuracy", "val_auroc", "duration_s")
 ROUND_INT_FIELDS = ("num_clinics", "num_examples", "bytes_down", "bytes_up")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -118,6 +118,7 @@ class Run(SQLModel, table=True):
     final_auroc: float | None = None
     rounds_planned: int = 0
     holdout: str | None = None  # leave-one-clinic-out: the clinic kept out of training
+    resumed_from: str | None = None  # earlier Flower run ids of this run, oldest first ("a,b")
 
 
 class RoundResult(SQLModel, table=True):
@@ -650,6 +651,62 @@ class Store:
 
     # -- reads -------------------------------------------------------------------
 
+    def run_row(self, flwr_run_id: int | str) -> Run | None:
+        """The run a Flower run id belongs to (its current id, or one it was resumed from)."""
+        key = str(flwr_run_id)
+        with self._session() as session:
+            run = session.exec(select(Run).where(Run.flwr_run_id == key)).first()
+            if run is None:
+                for candidate in session.exec(select(Run).where(Run.resumed_from.is_not(None))):  # type: ignore[union-attr]
+                    if key in str(candidate.resumed_from).split(","):
+                        return candidate
+            return run
+
+    def experiment_spec(self, experiment_id: int) -> str:
+        """The spec JSON an experiment was created with."""
+        with self._session() as session:
+            exp = session.get(Experiment, experiment_id)
+        if exp is None:
+            raise StoreError(f"no experiment with id {experiment_id}")
+        return exp.spec_json
+
+    def checkpoints_of(self, run_id: int) -> list[dict[str, Any]]:
+        """Every checkpoint row of a run, newest round first."""
+        with self._session() as session:
+            rows = session.exec(select(Checkpoint).where(Checkpoint.run_id == run_id)
+                                .order_by(Checkpoint.server_round.desc())).all()  # type: ignore[attr-defined]
+        return [{"round": r.server_round, "path": r.path, "sha256": r.sha256} for r in rows]
+
+    def resume_run(self, run_id: int, flwr_run_id: int | str, from_round: int) -> None:
+        """Continue a run after round `from_round` under a new Flower run id.
+
+        Rows of later rounds (a round interrupted before its checkpoint) and the evaluation
+        of round `from_round` (made again by the clinics on resume) are removed, so that
+        no round is counted twice; the run is `running` again and keeps its earlier ids.
+        """
+        from sqlalchemy import delete
+
+        with self._session() as session:
+            run = session.get(Run, run_id)
+            if run is None:
+                raise StoreError(f"no run with id {run_id}")
+            earlier = [x for x in (run.resumed_from or "").split(",") if x] + [run.flwr_run_id]
+            run.resumed_from, run.flwr_run_id = ",".join(earlier), str(flwr_run_id)
+            run.status, run.error, run.finished_at, run.final_auroc = "running", None, None, None
+            session.add(run)
+            crr, rr, ck = ClinicRoundResult, RoundResult, Checkpoint
+            session.exec(delete(crr).where(crr.run_id == run_id, (crr.server_round > from_round) | (  # type: ignore[call-overload]
+                (crr.server_round == from_round) & (crr.phase == "evaluate"))))
+            session.exec(delete(rr).where(rr.run_id == run_id, rr.server_round > from_round))  # type: ignore[call-overload]
+            session.exec(delete(ck).where(ck.run_id == run_id, ck.server_round > from_round))  # type: ignore[call-overload]
+            session.commit()
+
+    def running_runs(self) -> list[tuple[int, str]]:
+        """(store id, Flower run id) of every run still marked running."""
+        with self._session() as session:
+            rows = session.exec(select(Run).where(Run.status == "running")).all()
+        return [(int(r.id), str(r.flwr_run_id)) for r in rows]  # type: ignore[arg-type]
+
     def run_status(self, flwr_run_id: int | str) -> dict[str, Any] | None:
         """Progress of the (latest) run with this Flower run id, or None if unknown.
 
@@ -733,6 +790,7 @@ class Store:
             "privacy": json.loads(exp.privacy),
             "status": run.status, "final_auroc": run.final_auroc, "error": run.error,
             "rounds_planned": run.rounds_planned, "holdout": run.holdout,
+            "resumed_from": run.resumed_from,
             "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
             "rounds": children["rounds"][run.id],  # type: ignore[index]
             "clinics": children["clinics"][run.id],  # type: ignore[index]

@@ -51,15 +51,40 @@ def _is_h5(path: Path) -> bool:
     return head == H5_MAGIC
 
 
+CHECKPOINT_FORMAT = "radfed-checkpoint"
+
+
 def detect_format(path: str | Path) -> str:
-    """"keras-h5", "radimagenet-torch" or "torch", from the file's bytes and key names."""
+    """"keras-h5", "radfed-checkpoint", "radimagenet-torch" or "torch", from the file's
+    bytes and key names."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsError(f"{path}: no such file")
     if _is_h5(path):
         return "keras-h5"
+    if checkpoint_info(path) is not None:
+        return CHECKPOINT_FORMAT
     keys = list(read_state_dict(path))
     return _torch_format(keys)
+
+
+def checkpoint_info(path: str | Path) -> dict | None:
+    """A radfed round checkpoint's round, spec and input convention; None for other files.
+
+    Checkpoints (`round-NNN.pt`, written every round) hold the whole Classifier's
+    state_dict (keys `net.…`), so they can seed an experiment (`weights = "…/round-003.pt"`)
+    or a resumed run; their convention is the run's, stored beside the weights.
+    """
+    obj = _torch_load(Path(path).expanduser())
+    if not (isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) and "spec" in obj):
+        return None
+    norm = obj.get("normalisation")
+    if not norm:  # written before the convention was stored: a random init's is [-1, 1]
+        import json
+
+        weights = json.loads(str(obj["spec"])).get("weights", "random")
+        norm = "radimagenet" if weights == "random" else weights_normalisation(weights)
+    return {"round": obj.get("round"), "spec": obj["spec"], "normalisation": norm}
 
 
 def _torch_format(keys: list[str]) -> str:
@@ -74,13 +99,16 @@ def weights_normalisation(path: str | Path) -> str:
     "radimagenet" for "random": put it in the run config so clients rebuild alike."""
     if str(path) == "random":
         return "radimagenet"
-    return FORMAT_NORMALISATION[detect_format(path)]
+    fmt = detect_format(path)
+    if fmt == CHECKPOINT_FORMAT:
+        return checkpoint_info(path)["normalisation"]  # type: ignore[index]
+    return FORMAT_NORMALISATION[fmt]
 
 
 # -------------------------------------------------------------- torch files
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Load a checkpoint's tensors, unwrapping common containers; never executes code."""
+def _torch_load(path: Path):
+    """torch.load with weights_only (never executes code), memory-mapped where it can be."""
     try:
         try:  # memory-mapped: listing keys of a 200 MB file costs no read
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -92,12 +120,21 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path}: cannot read weights ({type(err).__name__}: "
                            f"{str(err).splitlines()[0][:120] if str(err) else ''}); "
                            "give a PyTorch state_dict (.pt/.pth) or a Keras .h5 file") from None
+    return obj
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load a checkpoint's tensors, unwrapping common containers; never executes code."""
+    obj = _torch_load(path)
+    checkpoint = isinstance(obj, dict) and "spec" in obj and isinstance(obj.get("state_dict"), dict)
     for key in ("state_dict", "model", "model_state", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not obj or not all(
             isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path}: not a state_dict of tensors")
+    if checkpoint:  # radfed's Classifier wraps the network as `net`
+        obj = {k.removeprefix("net."): v for k, v in obj.items()}
     return obj
 
 
@@ -390,6 +427,8 @@ def load_weights(arch: str, num_classes: int, path: str | Path, *,
     if fmt != "keras-h5":
         report = load_torch_into(net, read_state_dict(path), allow_partial=allow_partial,
                                  arch=arch, what=what)
+        if fmt == CHECKPOINT_FORMAT:
+            report.source_format, report.normalisation = fmt, weights_normalisation(path)
         return net, report
     layers = read_keras_h5(path)
     _keras_layout(net, info.family)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ from radfed.store import Store
 from server.holdout import ExcludingGrid, evaluate_holdout, find_holdout
 from server.membership import member_grid
 from server.recorder import RunRecorder
+from server.resume import load_checkpoint
 from strategies import build_strategy, check_privacy
 from strategies.fedbn import FedBN
 from strategies.secagg import SECAGG_MODE, run_secure, secure_strategy
@@ -63,11 +65,17 @@ def main(grid: Grid, context: Context) -> None:
     store = Store(str(cfg["database-url"]) or None)
     weights_name = "random" if spec.weights == "random" else Path(spec.weights).name
     privacy = check_privacy(spec.privacy, spec.min_clinics, spec.strategy)
-    exp_id = store.create_experiment(spec.name, spec.to_json(), spec.backbone,
-                                     weights_name, spec.strategy, sweep=spec.sweep,
-                                     weight_source=spec.weight_source, privacy=privacy)
     holdout = str(cfg.get("holdout", "") or "")
-    run_id = store.start_run(exp_id, str(context.run_id), spec.rounds, holdout=holdout)
+    start_round = int(cfg.get("resume-round", 0) or 0)  # `coordinator run --resume`
+    if start_round:
+        run_id = int(cfg["resume-run"])
+        store.resume_run(run_id, str(context.run_id), start_round)
+    else:
+        exp_id = store.create_experiment(spec.name, spec.to_json(), spec.backbone,
+                                         weights_name, spec.strategy, sweep=spec.sweep,
+                                         weight_source=spec.weight_source, privacy=privacy)
+        run_id = store.start_run(exp_id, str(context.run_id), spec.rounds, holdout=holdout)
+    todo = spec.rounds - start_round  # the strategy's rounds 1..todo are rounds start+1..N
     try:
         grid = member_grid(grid)  # under node auth: only the register's active clinics
         train_grid: Grid = grid
@@ -77,6 +85,8 @@ def main(grid: Grid, context: Context) -> None:
         wait_for_clinics(train_grid, spec.min_clinics, spec.clinic_timeout)
         torch.manual_seed(spec.seed)  # the initial head (and random backbones) from the spec's seed
         model = create_model(spec.backbone, len(spec.labels), spec.weights)
+        if start_round:
+            model.load_state_dict(load_checkpoint(str(cfg["resume-checkpoint"]), str(cfg["resume-sha256"])))
         ckpt_dir = Path(str(cfg["checkpoint-dir"])) / f"run-{run_id}"
         # Clinics rebuild the same network: the input convention of the weight source
         # (and, for Keras weights, its layout) is not in the state_dict, so it travels here.
@@ -90,19 +100,20 @@ def main(grid: Grid, context: Context) -> None:
             backbone = ArrayRecord(frozen)
             initial = {k: initial[k] for k in head_keys}
         recorder = RunRecorder(store, run_id, spec, ckpt_dir, Registry(store), str(context.run_id),
-                               frozen=frozen, key_order=list(model.state_dict()))
+                               frozen=frozen, key_order=list(model.state_dict()),
+                               normalisation=model.normalisation, round_offset=start_round)
         if privacy["mode"] == SECAGG_MODE:
             if holdout:
                 raise ValueError("--holdout is not available with privacy mode secagg+")
             arrays = ArrayRecord(initial)
             secure = secure_strategy(recorder, list(arrays.keys()), arrays, trainable_keys(model, spec),
-                                     spec.rounds, spec.min_clinics, shared)
-            run_secure(train_grid, context, secure, privacy, spec.rounds, spec.round_timeout)
+                                     todo, spec.min_clinics, shared)
+            run_secure(train_grid, context, secure, privacy, todo, spec.round_timeout)
         else:
-            strategy = build_strategy(spec, recorder, bn_keys=batchnorm_state_keys(model),
+            strategy = build_strategy(replace(spec, rounds=todo), recorder, bn_keys=batchnorm_state_keys(model),
                                       backbone=backbone, trainable_keys=trainable_keys(model, spec),
                                       statistics_keys=batchnorm_statistics_keys(model))
-            result = strategy.start(train_grid, ArrayRecord(initial), num_rounds=spec.rounds,
+            result = strategy.start(train_grid, ArrayRecord(initial), num_rounds=todo,
                                     timeout=spec.round_timeout, train_config=ConfigRecord(dict(shared)),
                                     evaluate_config=ConfigRecord(dict(shared)),
                                     evaluate_fn=recorder.checkpoint)
@@ -110,11 +121,11 @@ def main(grid: Grid, context: Context) -> None:
                 final_state = {**(frozen or {}), **result.arrays.to_torch_state_dict()}
                 final_arrays = ArrayRecord({k: final_state[k] for k in model.state_dict()})
                 plain = {k: v for k, v in shared.items() if k not in ("head-only", "backbone-sha")}
-                config = ConfigRecord({**plain, "server-round": spec.rounds,
+                config = ConfigRecord({**plain, "server-round": todo,
                                        "local-bn": isinstance(getattr(strategy, "strategy", strategy), FedBN),
                                        "local-stats": privacy["mode"] != "none"})
                 reply = evaluate_holdout(train_grid, holdout_node, final_arrays, config, spec.round_timeout)
-                recorder.holdout(spec.rounds, reply)
+                recorder.holdout(todo, reply)
         final = recorder.val_auroc.get(spec.rounds)
         store.finish_run(run_id, "completed", final_auroc=final)
         log.info("run %s completed: final federated AUROC %s", run_id, final)

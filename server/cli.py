@@ -62,7 +62,8 @@ def superlink(
              "`coordinator certs credential`.")] = None,
     insecure: Annotated[bool, typer.Option(help="Plaintext, no node authentication; loopback only.")] = False,
     certs: Annotated[Optional[Path], typer.Option(help="Folder from `coordinator certs init` (default ~/.radfed/pki).")] = None,
-    database: Annotated[Optional[Path], typer.Option(help="SuperLink state file (default: in memory).")] = None,
+    database: Annotated[Optional[Path], typer.Option(
+        help="SuperLink state file: nodes and runs survive a restart (default: state.db in --flwr-home).")] = None,
     flwr_home: Annotated[Optional[Path], typer.Option(help="Flower's home for this SuperLink.")] = None,
     approve_app: Annotated[Optional[list[str]], typer.Option(
         help="Also run ServerApp bundles with this SHA-256; repeatable.")] = None,
@@ -107,7 +108,7 @@ def superlink(
 
 @app.command()
 def run(
-    experiment: Annotated[Path, typer.Argument(help="Experiment TOML file.")],
+    experiment: Annotated[Optional[Path], typer.Argument(help="Experiment TOML file (not with --attach/--resume).")] = None,
     control: Annotated[str, typer.Option(
         help="The SuperLink's control door HOST:PORT (`coordinator superlink` prints it).")] = "127.0.0.1:9093",
     db: DbOption = None,
@@ -118,26 +119,26 @@ def run(
         help="Coordinator credential (NAME.pem from `coordinator certs credential`) for a remote control door.")] = None,
     holdout: Annotated[Optional[str], typer.Option(
         help="Leave-one-clinic-out: train without this clinic (its --name), then evaluate the final model there.")] = None,
+    attach: Annotated[Optional[str], typer.Option(help="Follow a run already submitted (its run id).")] = None,
+    resume: Annotated[Optional[str], typer.Option(
+        help="Continue a failed or interrupted run (its run id) from its last intact checkpoint.")] = None,
 ) -> None:
     """Launch a federated experiment and show its rounds until it finishes.
 
-    Example: `coordinator run experiment.toml --control 127.0.0.1:9093`
+    Examples:
 
-    Leave one clinic out: `coordinator run experiment.toml --holdout clinic-3`
+    `coordinator run experiment.toml --control 127.0.0.1:9093`
+
+    `coordinator run experiment.toml --holdout clinic-3`   (leave one clinic out)
+
+    `coordinator run --attach 8577920735297922023`   (follow a run again)
+
+    `coordinator run --resume 8577920735297922023`   (continue after a crash, from its last checkpoint)
     """
-    from radfed.spec import SpecError, load_spec
     from server.launch import Connection, LaunchError, follow, stop, submit
 
-    from strategies import StrategyError, check_privacy, check_strategy
-
-    try:
-        spec = load_spec(experiment)
-        check_strategy(spec.strategy, spec.strategy_params)
-        check_privacy(spec.privacy, spec.min_clinics, spec.strategy)
-    except SpecError as e:
-        _fail(str(e), 2)
-    except StrategyError as e:
-        _fail(f"{experiment}: {e}", 2)
+    if sum(x is not None for x in (experiment, attach, resume)) != 1:
+        _fail("give an experiment file, or --attach RUN, or --resume RUN (one of them)", 2)
     if not insecure and not root_certificates:
         from server.superlink import default_certs
 
@@ -150,19 +151,54 @@ def run(
         _fail(f"{credential}: no coordinator credential there (NAME.pem with NAME.key beside it); "
               "issue one with `coordinator certs credential NAME`", 2)
     conn = Connection(control, radfed_home() / "flwr-cli", insecure, root_certificates, credential)
-    ckpt = checkpoints or radfed_home() / "checkpoints"
+    if attach:
+        known = store.run_status(attach)
+        if known is None:
+            _fail(f"no run {attach} in {store.url}; `coordinator leaderboard` lists them", 2)
+        run_id, rounds = attach, int(known["rounds_planned"])
+    else:
+        spec, extra, rounds = _submission(experiment, resume, store, holdout)
+        try:
+            run_id = submit(conn, spec, store.url, checkpoints or radfed_home() / "checkpoints",
+                            holdout=extra.pop("holdout", (holdout or "").strip()), extra=extra)
+        except LaunchError as e:
+            _fail(str(e))
+        what = f"continuing run {resume} after round {extra['resume-round']} as" if resume else "submitted"
+        err.print(f"{what} run {run_id} ({spec.name}) to {control}", highlight=False)
     try:
-        run_id = submit(conn, spec, store.url, ckpt, holdout=(holdout or "").strip())
-    except LaunchError as e:
-        _fail(str(e))
-    err.print(f"submitted run {run_id} ({spec.name}) to {control}", highlight=False)
-    try:
-        status = follow(conn, store, run_id, spec.rounds)
+        status = follow(conn, store, run_id, rounds)
     except KeyboardInterrupt:
         stop(conn, run_id)
         _fail(f"interrupted; asked the SuperLink to stop run {run_id}", 130)
     _report(status, run_id)
     _report_quality(store, run_id)
+
+
+def _submission(experiment: Path | None, resume: str | None, store, holdout: str | None):
+    """(spec, extra run config, rounds) of a new run or of a resumed one; exits on a bad spec."""
+    from radfed.spec import ExperimentSpec, SpecError, load_spec
+    from server.resume import ResumeError, resume_point
+
+    from strategies import StrategyError, check_privacy, check_strategy
+
+    if resume:
+        if holdout:
+            _fail("--holdout comes from the resumed run; leave it out with --resume", 2)
+        try:
+            point = resume_point(store, resume)
+        except ResumeError as e:
+            _fail(str(e), 2)
+        return (ExperimentSpec.from_json(point.spec_json), {**point.run_config(), "holdout": point.holdout},
+                point.rounds_planned)
+    try:
+        spec = load_spec(experiment)  # type: ignore[arg-type]
+        check_strategy(spec.strategy, spec.strategy_params)
+        check_privacy(spec.privacy, spec.min_clinics, spec.strategy)
+    except SpecError as e:
+        _fail(str(e), 2)
+    except StrategyError as e:
+        _fail(f"{experiment}: {e}", 2)
+    return spec, {}, spec.rounds
 
 
 def _report(status: dict, run_id: str) -> None:

@@ -40,6 +40,13 @@ def add_clinic(registry: Registry, name: str, superlink: str, certs: CertPaths, 
     if existing is not None:
         raise EnrolmentError(f"clinic '{name}' is already enrolled ({existing.status}); "
                              "pick another name, or revoke it first to issue a new key")
+    path, public = _issue_bundle(name, superlink, certs, out)
+    registry.add_clinic(name, public, fingerprint(public))
+    return path
+
+
+def _issue_bundle(name: str, superlink: str, certs: CertPaths, out: Path | None) -> tuple[Path, str]:
+    """A fresh node key pair written into the clinic's bundle; returns (path, public key)."""
     private, public = node_keypair()
     bundle = Bundle(clinic=name, superlink=superlink, ca_pem=certs.ca_cert.read_text(),
                     private_key=private, public_key=public,
@@ -48,7 +55,25 @@ def add_clinic(registry: Registry, name: str, superlink: str, certs: CertPaths, 
     if path.is_dir():
         path = path / f"{name}{SUFFIX}"
     write_bundle(path, bundle)
-    registry.add_clinic(name, public, fingerprint(public))
+    return path, public
+
+
+def readmit_clinic(registry: Registry, name: str, superlink: str, certs: CertPaths, out: Path | None) -> Path:
+    """Issue a revoked clinic a new key pair and bundle; it is active again under its name.
+
+    The old key stays refused (the SuperLink unregistered it); the supervisor registers
+    the new one within seconds. Its records keep the same clinic name.
+    """
+    clinic = registry.clinic(name)
+    if clinic is None:
+        raise EnrolmentError(f"no clinic named '{name}' is enrolled; use `coordinator clinic add {name}`")
+    if clinic.status != "revoked":
+        raise EnrolmentError(f"clinic '{name}' is {clinic.status}; revoke it first "
+                             f"(`coordinator clinic revoke {name}`) to issue a new key")
+    if not certs.complete():
+        raise EnrolmentError(f"no federation CA in {certs.folder}; run `coordinator certs init` first")
+    path, public = _issue_bundle(name, superlink, certs, out)
+    registry.readmit(name, public, fingerprint(public))
     return path
 
 
@@ -126,8 +151,8 @@ class Enrolment:
                     raise
                 raise ControlError(  # Flower keeps an unregistered key and refuses it again
                     f"its node key was unregistered outside radfed and the SuperLink refuses it now; "
-                    f"issue a new key: `coordinator clinic revoke {clinic.name}`, then `coordinator "
-                    f"clinic add` under a new name") from None
+                    f"issue a new key: `coordinator clinic revoke {clinic.name}`, then "
+                    f"`coordinator clinic readmit {clinic.name}`") from None
             self.registry.set_node_id(clinic.name, node_id)
             self.registry.event("registered", clinic=clinic.name, node_id=node_id,
                                 detail=f"node key {clinic.fingerprint}")

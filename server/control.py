@@ -83,3 +83,14 @@ class ControlClient:
 
         res = self._call("ListNodes", ListNodesRequest())
         return {int(n.node_id): str(n.status) for n in res.nodes_info}
+
+    def runs(self) -> dict[int, str]:
+        """Run id → Flower's status ("running", "finished:failed", ...) of every run it knows."""
+        from flwr.proto.control_pb2 import ListRunsRequest
+
+        res = self._call("ListRuns", ListRunsRequest())
+        out = {}
+        for run_id, run in res.run_dict.items():
+            status = run.status
+            out[int(run_id)] = f"{status.status}:{status.sub_status}" if status.sub_status else status.status
+        return out

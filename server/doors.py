@@ -21,9 +21,9 @@ Why in-process rather than a proxy in front: no extra hop for model-sized messag
 second process holding the server key, nothing to orphan, and the allowlist is checked
 on the parsed request path (no path-encoding tricks between a proxy and uvicorn).
 
-The process dies with its parent (`coordinator superlink`, the supervisor): Linux's
-parent-death signal is set at start, so killing the supervisor never leaves a SuperLink
-serving without enrolment sync and revocation.
+The process dies with its parent (`coordinator superlink`, the supervisor): it is started
+with Linux's parent-death signal (radfed.processes.spawn_bound), so killing the supervisor
+never leaves a SuperLink serving without enrolment sync and revocation.
 
 Run as `python -m server.doors --public-host H --public-port P [--remote-host H
 --remote-port P --client-ca CA] -- FLOWER_SUPERLINK_ARGS...`.
@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import signal
 import ssl
 import sys
@@ -74,18 +73,6 @@ class FleetOnly:
             await send({"type": "http.response.body", "body": REFUSED_BODY})
 
 
-def die_with_parent() -> None:
-    """SIGTERM this process when its parent dies (Linux prctl PR_SET_PDEATHSIG)."""
-    parent = os.getppid()
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        sys.exit(1)
-
-
 def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="python -m server.doors", description=__doc__.split("\n")[0])
     parser.add_argument("--public-host", required=True)
@@ -108,7 +95,6 @@ def main(argv: list[str] | None = None) -> None:
     flower = importlib.import_module("flwr.superlink.cli.flower_superlink")
     from flwr.superlink.main import create_app
 
-    die_with_parent()
     args, flower_args = _parse(list(sys.argv[1:] if argv is None else argv))
     sys.argv = ["flower-superlink", *flower_args]
     config = flower._parse_superlink_lifespan_config()  # noqa: SLF001 - Flower's own parser

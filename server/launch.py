@@ -68,9 +68,10 @@ def _toml_string(value: str) -> str:
 
 
 def submit(conn: Connection, spec: ExperimentSpec, database_url: str, checkpoint_dir: Path,
-           holdout: str = "") -> str:
+           holdout: str = "", extra: dict[str, str | int] | None = None) -> str:
     """Submit the experiment; returns Flower's run id. `holdout` names a clinic kept out
-    of training and evaluated on the final model (leave-one-clinic-out)."""
+    of training and evaluated on the final model (leave-one-clinic-out); `extra`: more
+    run-config keys (a resumed run's, server.resume)."""
     why = reachable(conn.address)
     if why:
         raise LaunchError(f"SuperLink {conn.address} is not reachable ({why}); "
@@ -80,6 +81,8 @@ def submit(conn: Connection, spec: ExperimentSpec, database_url: str, checkpoint
                  f"database-url = {_toml_string(database_url)}\n"
                  f"checkpoint-dir = {_toml_string(str(Path(checkpoint_dir).resolve()))}\n"
                  f"holdout = {_toml_string(holdout)}\n")
+        for key, value in (extra or {}).items():
+            fh.write(f"{key} = {value if isinstance(value, int) else _toml_string(str(value))}\n")
         overrides = fh.name
     try:
         proc = conn.flwr("run", str(FAB_DIR), CONNECTION, "--run-config", overrides,
@@ -119,29 +122,41 @@ def stop(conn: Connection, run_id: str) -> None:
 
 def follow(conn: Connection, store: Store, run_id: str, rounds: int,
            poll: float = 1.0, flower_every: float = 15.0) -> dict:
-    """Show round progress until the run ends; returns the store's final status dict."""
+    """Show round progress until the run ends; returns the store's final status dict.
+
+    Flower's own view is checked every `flower_every` seconds: a run Flower reports
+    finished, or no longer knows, twice in a row while the store still says running
+    (its ServerApp died with the SuperLink, say) is marked failed with the reason.
+    """
+    from server.reconcile import stale_reason
+
     columns = (TextColumn("[bold]run {task.fields[run]}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("rounds  {task.fields[note]}"), TimeElapsedColumn())
-    last_flower = time.monotonic()
+    last_flower, suspect = time.monotonic(), None
     with Progress(*columns, transient=False) as bar:
         task = bar.add_task("rounds", total=rounds, run=run_id, note="waiting for clinics")
         while True:
             status = store.run_status(run_id) or {}
             done = int(status.get("rounds_recorded", 0) or 0)
-            note = _note(status)
-            bar.update(task, completed=min(done, rounds), note=note)
+            bar.update(task, completed=min(done, rounds), note=_note(status))
             if status.get("status") in ("completed", "failed"):
                 return status
             if time.monotonic() - last_flower > flower_every:
                 last_flower = time.monotonic()
-                flwr_state = flower_status(conn, run_id)
-                if flwr_state.startswith("finished"):
-                    time.sleep(2)  # the ServerApp may still be writing its last row
-                    status = store.run_status(run_id) or {}
-                    if status.get("status") in ("completed", "failed"):
-                        return status
-                    return {"status": "failed", "error": f"Flower reports {flwr_state}; "
-                            f"see `flwr log {run_id}` on the coordinator"}
+                if reachable(conn.address):
+                    bar.update(task, note="SuperLink unreachable; waiting for it")
+                    suspect = None
+                else:
+                    flwr_state = flower_status(conn, run_id)
+                    reason = stale_reason(flwr_state or None)
+                    if reason and reason == suspect:
+                        status = store.run_status(run_id) or {}
+                        if status.get("status") in ("completed", "failed"):
+                            return status
+                        if status.get("run_id") is not None:
+                            store.finish_run(status["run_id"], "failed", error=reason)
+                        return {**status, "status": "failed", "error": reason}
+                    suspect = reason
             time.sleep(poll)
 
 

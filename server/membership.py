@@ -13,8 +13,14 @@ id is tied to the key the supervisor registered for one clinic in radfed's regis
   name clinics by key, never by what a reply claims;
 - replies from any other node are dropped.
 
+Whatever the mode, error replies are attributed to the node they concern: Flower answers
+a message to a node that stopped sending heartbeats with an error from the SuperLink's own
+node id, so the wrapper gives it the destination of the message it replies to, and the
+recorder can say which clinic was lost.
+
 The SuperLink passes the register's database in `RADFED_REGISTER_DB` (set only when node
-authentication is on); without it (a loopback `--insecure` demo) the Grid is used as is.
+authentication is on); without it (a loopback `--insecure` demo) every node may take part
+and names come from the nodes.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import os
 from collections.abc import Iterable
 
 from flwr.app import Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
@@ -36,10 +43,14 @@ LEGACY_NAME_KEY = "clinic-name"  # legacy (SecAgg+) replies carry it among their
 
 
 class MemberGrid(Grid):
-    """The run's Grid limited to the register's active clinics, replies named by node id."""
+    """The run's Grid limited to the register's active clinics, replies named by node id.
 
-    def __init__(self, grid: Grid, registry: Registry) -> None:
+    Without a registry (no node authentication) it only attributes error replies.
+    """
+
+    def __init__(self, grid: Grid, registry: Registry | None) -> None:
         self._grid, self.registry = grid, registry
+        self._destination: dict[str, int] = {}  # message id → node it was sent to
 
     def set_run(self, run: Run) -> None:
         self._grid.set_run(run)
@@ -48,8 +59,10 @@ class MemberGrid(Grid):
     def run(self) -> Run:
         return self._grid.run
 
-    def members(self) -> dict[int, str]:
-        """Node id → clinic name of every active clinic with a registered key."""
+    def members(self) -> dict[int, str] | None:
+        """Node id → clinic name of every active clinic with a registered key (None: anyone)."""
+        if self.registry is None:
+            return None
         return {int(c.node_id): c.name for c in self.registry.clinics()
                 if c.status == "active" and c.node_id}
 
@@ -59,22 +72,40 @@ class MemberGrid(Grid):
 
     def get_node_ids(self) -> Iterable[int]:
         members = self.members()
-        return [n for n in self._grid.get_node_ids() if n in members]
+        return [n for n in self._grid.get_node_ids() if members is None or n in members]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(self._to_members(messages))
+        messages = self._to_members(messages)
+        ids = list(self._grid.push_messages(messages))
+        self._remember(messages)
+        return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return self._from_members(self._grid.pull_messages(message_ids))
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
-        return self._from_members(self._grid.send_and_receive(self._to_members(messages), timeout=timeout))
+        messages = self._to_members(messages)
+        replies = self._grid.send_and_receive(messages, timeout=timeout)
+        self._remember(messages)  # Flower set their ids when it pushed them
+        return self._from_members(replies)
+
+    def _remember(self, messages: list[Message]) -> None:
+        for message in messages:
+            if message.metadata.message_id:
+                self._destination[message.metadata.message_id] = message.metadata.dst_node_id
+
+    def _attribute(self, reply: Message) -> None:
+        """An error reply from the SuperLink itself names the node it is about."""
+        if reply.metadata.src_node_id == SUPERLINK_NODE_ID:
+            node = self._destination.get(reply.metadata.reply_to_message_id)
+            if node is not None:
+                reply.metadata.__dict__["_src_node_id"] = node  # as Flower sets message ids
 
     def _to_members(self, messages: Iterable[Message]) -> list[Message]:
         members, kept = self.members(), []
         for message in messages:
-            if message.metadata.dst_node_id in members:
+            if members is None or message.metadata.dst_node_id in members:
                 kept.append(message)
             else:
                 log.warning("not sending to node %s: not an active clinic in the register",
@@ -85,6 +116,10 @@ class MemberGrid(Grid):
         members = self.members()
         kept = []
         for reply in replies:
+            self._attribute(reply)
+            if members is None:
+                kept.append(reply)
+                continue
             name = members.get(int(reply.metadata.src_node_id))
             if name is None:
                 log.warning("dropped a reply from node %s: not an active clinic in the register",
@@ -107,9 +142,9 @@ def relabel(content: RecordDict, name: str) -> None:
             record[LEGACY_NAME_KEY] = name
 
 
-def member_grid(grid: Grid) -> Grid:
+def member_grid(grid: Grid) -> MemberGrid:
     """The Grid a ServerApp should use: limited to the register when the SuperLink says so."""
     from radfed.store import Store
 
     url = os.environ.get(REGISTER_ENV, "").strip()
-    return MemberGrid(grid, Registry(Store(url))) if url else grid
+    return MemberGrid(grid, Registry(Store(url)) if url else None)

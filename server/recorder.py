@@ -78,7 +78,8 @@ class RunRecorder:
 
     def __init__(self, store: Store, run_id: int, spec: ExperimentSpec, checkpoint_dir: Path,
                  audit: Registry | None = None, flwr_run_id: str = "",
-                 frozen: dict[str, torch.Tensor] | None = None, key_order: list[str] | None = None):
+                 frozen: dict[str, torch.Tensor] | None = None, key_order: list[str] | None = None,
+                 normalisation: str = "radimagenet", round_offset: int = 0):
         """`frozen` (head-only rounds): the backbone tensors merged into every checkpoint,
         which then holds the full model in `key_order`."""
         self.store, self.run_id, self.spec = store, run_id, spec
@@ -91,11 +92,15 @@ class RunRecorder:
         self.pooled: dict[int, dict[str, float | None]] = {}
         self._round_started = time.monotonic()
         self.frozen, self.key_order = frozen or {}, key_order
+        self.normalisation = normalisation
+        self.offset = round_offset  # a resumed run: the strategy's round 1 is round offset + 1
         self._down: dict[tuple[int, str], dict[str, int]] = {}
         self._traffic: dict[int, list[int]] = {}  # round -> [bytes down, bytes up]
+        self._names: dict[str, str] = {}  # node id -> name it replied with (no register: --insecure)
 
     def sent(self, server_round: int, phase: str, bytes_by_node: dict[str, int]) -> None:
         """Model bytes going to each clinic; totals land on the round's row."""
+        server_round += self.offset
         self._down[(server_round, phase)] = dict(bytes_by_node)
         self._add_traffic(server_round, down=sum(bytes_by_node.values()))
 
@@ -105,12 +110,23 @@ class RunRecorder:
         totals[0] += down
         totals[1] += up
 
+    def _name(self, node_id: str) -> str:
+        """A clinic's name by its node id: the register's, else what it called itself before."""
+        registered = self.audit.clinic_by_node() if self.audit is not None else {}
+        return registered.get(str(node_id)) or self._names.get(str(node_id)) or f"node-{node_id}"
+
+    def _revoked(self, node_id: str) -> bool:
+        return self.audit is not None and any(
+            c.node_id == str(node_id) and c.status == "revoked" for c in self.audit.clinics())
+
     def clinic_replies(self, server_round: int, phase: str, replies: list[ClinicReply]) -> None:
+        server_round += self.offset
         self._add_traffic(server_round, up=sum(r.bytes_up for r in replies))
         for reply in replies:
             if reply.error:
-                log.warning("round %d %s: %s failed: %s", server_round, phase, reply.clinic, reply.error)
+                self._failed(server_round, phase, reply)
                 continue
+            self._names[str(reply.node_id)] = reply.clinic
             if phase == "train":
                 if reply.data_card is not None:
                     self._data_card(reply)
@@ -132,6 +148,7 @@ class RunRecorder:
 
     def excluded(self, server_round: int, reply: ClinicReply, reason: str) -> None:
         """An update the guards refused: recorded with the reason, never aggregated."""
+        server_round += self.offset
         log.warning("round %d: excluded %s: %s", server_round, reply.clinic, reason)
         self._excluded.add(str(reply.node_id))
         self._audit("excluded", server_round, reply.clinic, reply.node_id, detail=reason)
@@ -140,12 +157,32 @@ class RunRecorder:
                                         device=reply.device, note=reason)
 
     def late(self, server_round: int, node_id: str) -> None:
-        """A clinic that did not reply before the round timeout (its result, if any, is dropped)."""
-        log.warning("round %d: node %s did not reply before the round timeout", server_round, node_id)
-        self._audit("late", server_round, None, node_id, detail="no reply before the round timeout")
-        self.store.record_clinic_result(self.run_id, server_round, f"node-{node_id}", node_id,
-                                        "late", loss=None, num_examples=0,
-                                        note="no reply before the round timeout; not aggregated")
+        """A clinic without a reply: revoked during the round, or late (the round timed out)."""
+        server_round += self.offset
+        name = self._name(node_id)
+        if self._revoked(node_id):
+            kind, note = "revoked", "revoked during the round; its reply, if any, was not used"
+        else:
+            kind, note = "late", "no reply before the round timeout; not aggregated"
+        log.warning("round %d: %s %s", server_round, name, note)
+        self._audit(kind, server_round, name, node_id, detail=note)
+        self.store.record_clinic_result(self.run_id, server_round, name, node_id, kind, loss=None,
+                                        num_examples=0, note=note)
+
+    def _failed(self, server_round: int, phase: str, reply: ClinicReply) -> None:
+        """A clinic the SuperLink lost (no heartbeat) or whose ClientApp failed, by name."""
+        name = self._name(reply.node_id)
+        at = time.strftime("%H:%M:%S UTC", time.gmtime())
+        if self._revoked(reply.node_id):
+            kind, note = "revoked", f"revoked during the round (cut off at {at})"
+        elif "Node Unavailable" in (reply.error or ""):
+            kind, note = "lost", f"lost at {at}: the node stopped sending heartbeats ({phase})"
+        else:
+            kind, note = "failed", f"{phase} failed at {at}: {' '.join(str(reply.error).split())[:200]}"
+        log.warning("round %d: %s %s", server_round, name, note)
+        self._audit(kind, server_round, name, reply.node_id, detail=note)
+        self.store.record_clinic_result(self.run_id, server_round, name, reply.node_id, kind, loss=None,
+                                        num_examples=0, note=note)
 
     def _audit(self, kind: str, server_round: int, clinic: str | None, node_id: str,
                detail: str | None = None, pending: bool = False) -> None:
@@ -182,6 +219,7 @@ class RunRecorder:
     def holdout(self, server_round: int, reply: ClinicReply) -> None:
         """The final model evaluated at the clinic kept out of training; its sensitivity and
         specificity at the federation's pooled threshold (from its score histogram)."""
+        server_round += self.offset
         if reply.error:
             log.warning("holdout evaluation at %s failed: %s", reply.clinic, reply.error)
             self.store.record_clinic_result(self.run_id, server_round, reply.clinic, reply.node_id,
@@ -204,6 +242,7 @@ class RunRecorder:
 
     def round_metrics(self, server_round: int, phase: str, metrics: MetricRecord | None,
                       replies: list[ClinicReply]) -> None:
+        server_round += self.offset
         ok = [r for r in replies if not r.error]
         if phase == "train":
             self._flush_contributions()
@@ -228,15 +267,16 @@ class RunRecorder:
 
     def checkpoint(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Flower's evaluate_fn: runs at the end of every round; round 0 is skipped."""
-        if server_round == 0:
+        if server_round == 0:  # the initial model (a resumed run's is already checkpointed)
             return None
+        server_round += self.offset
         path = self.checkpoint_dir / f"round-{server_round:03d}.pt"
         state = arrays.to_torch_state_dict()
         if self.frozen:  # head-only rounds: the checkpoint is still the whole model
             merged = {**self.frozen, **state}
             state = {k: merged[k] for k in (self.key_order or merged)}
-        torch.save({"state_dict": state, "round": server_round,
-                    "spec": self.spec.to_json()}, path)
+        torch.save({"state_dict": state, "round": server_round, "spec": self.spec.to_json(),
+                    "normalisation": self.normalisation}, path)
         metric = self.val_auroc.get(server_round)
         self.store.record_checkpoint(self.run_id, server_round, str(path), sha256_file(path),
                                      "val_auroc", metric)

@@ -7,6 +7,7 @@ Examples:
     coordinator clinic add clinic-a --superlink coordinator.example.org:9092
     coordinator clinic list
     coordinator clinic revoke clinic-a
+    coordinator clinic readmit clinic-a
     coordinator audit --kind excluded
 """
 
@@ -145,6 +146,30 @@ def clinic_add(
     except EnrolmentError as e:
         _fail(str(e))
     err.print(f"enrolled clinic [bold]{name}[/]: bundle {path} (0600); at the clinic run "
+              f"`client-node start --bundle {path.name} --data DIR`", highlight=False, soft_wrap=True)
+
+
+@clinic_app.command("readmit")
+def clinic_readmit(
+    name: Annotated[str, typer.Argument(help="The revoked clinic to let back in.")],
+    superlink: Annotated[str, typer.Option(help="Address HOST:PORT clinics dial (must be in the certificate).")] = "127.0.0.1:9092",
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="Bundle file or folder (default ./NAME.radfed).")] = None,
+    certs: CertsOption = None,
+    db: DbOption = None,
+) -> None:
+    """Re-admit a revoked clinic: a new key pair and bundle under the same name.
+
+    Its old key stays refused; hand over the new bundle like a password.
+
+    Example: `coordinator clinic readmit clinic-a --superlink coordinator.example.org:9092`
+    """
+    from server.clinics import EnrolmentError, readmit_clinic
+
+    try:
+        path = readmit_clinic(_registry(db), name, superlink, _certs(certs), out_path)
+    except EnrolmentError as e:
+        _fail(str(e))
+    err.print(f"re-admitted clinic [bold]{name}[/] with a new key: bundle {path} (0600); at the clinic run "
               f"`client-node start --bundle {path.name} --data DIR`", highlight=False, soft_wrap=True)
 
 

@@ -90,6 +90,15 @@ class SuperLinkOptions:
         return CertPaths(Path(self.certs) if self.certs else default_certs())
 
 
+def state_file(opts: SuperLinkOptions) -> Path:
+    """Flower's state (nodes, runs, messages) on disk, so a restarted SuperLink keeps it."""
+    if opts.database:
+        return Path(opts.database).resolve()
+    home = Path(opts.flwr_home or radfed_home() / "superlink")
+    home.mkdir(parents=True, exist_ok=True)
+    return (home / "state.db").resolve()
+
+
 def split_address(address: str) -> tuple[str, int]:
     """HOST:PORT (IPv6 in brackets) → (host, port); SuperLinkError if malformed."""
     host, _, port = address.rpartition(":")
@@ -108,8 +117,7 @@ def superlink_command(opts: SuperLinkOptions) -> list[str]:
     doors = [sys.executable, "-m", "server.doors", "--public-host", opts.host, "--public-port", str(opts.port)]
     flower = ["--host", "127.0.0.1", "--port", str(doors_open[1][1]),
               "--disable-runtime-dependency-installation"]
-    if opts.database:
-        flower += ["--database", str(Path(opts.database).resolve())]
+    flower += ["--database", str(state_file(opts))]
     if opts.insecure:
         if not is_loopback(opts.host):
             raise SuperLinkError(f"--insecure is only allowed on a loopback address, not {opts.host}; "
@@ -176,27 +184,42 @@ def absolute_url(db: str | None) -> str:
     return url
 
 
-def _supervisor(opts: SuperLinkOptions):
-    """The periodic work beside a secure SuperLink: enrolment sync and connection audit."""
+def _supervisor(opts: SuperLinkOptions, reconcile_every: int = 5):
+    """The periodic work beside the SuperLink: enrolment sync and connection audit (under
+    node authentication) and, every few ticks, marking runs Flower has stopped as failed."""
     from radfed.audit import Registry
     from radfed.store import Store
     from server.clinics import Enrolment
-    from server.control import ControlClient
+    from server.control import ControlClient, ControlError
+    from server.reconcile import Reconciler
 
-    control = ControlClient(opts.control, opts.cert_paths.ca_cert,
+    control = ControlClient(opts.control, opts.cert_paths.ca_cert, insecure=opts.insecure,
                             flwr_home=(opts.flwr_home or radfed_home() / "superlink") / "control")
-    enrolment = Enrolment(Registry(Store(opts.db)), control)
-    state = {"up": False, "last_error": None}
+    store = Store(opts.db)
+    enrolment = None if opts.insecure else Enrolment(Registry(store), control)
+    reconciler = Reconciler(store)
+    state = {"up": False, "last_error": None, "ticks": 0}
+
+    def say(line: str) -> None:
+        print(f"radfed: {line}", file=sys.stderr, flush=True)
 
     def tick() -> None:
         if not state["up"]:
             if reachable(opts.control, timeout=1.0):
                 return
             state["up"] = True
-        problem = enrolment.try_sync()
-        if problem and problem != state["last_error"]:
-            print(f"radfed: enrolment sync: {problem}", file=sys.stderr, flush=True)
-        state["last_error"] = problem
+        if enrolment is not None:
+            problem = enrolment.try_sync()
+            if problem and problem != state["last_error"]:
+                say(f"enrolment sync: {problem}")
+            state["last_error"] = problem
+        state["ticks"] += 1
+        if state["ticks"] % reconcile_every == 1:
+            try:
+                for line in reconciler.check(control.runs()):
+                    say(f"marked failed: {line}")
+            except ControlError as e:
+                say(f"run check: {e}")
 
     return tick
 
@@ -205,5 +228,4 @@ def run_superlink(opts: SuperLinkOptions, every: float = 2.0) -> int:
     """Run the SuperLink in the foreground until Ctrl-C / SIGTERM."""
     cmd = superlink_command(opts)
     check_ports(opts)
-    tick = None if opts.insecure else _supervisor(opts)
-    return run_foreground(cmd, superlink_env(opts), tick=tick, every=every)
+    return run_foreground(cmd, superlink_env(opts), tick=_supervisor(opts), every=every)

@@ -210,3 +210,23 @@ def test_app_gate_runs_only_approved_bundles(tmp_path):
     import hashlib
 
     assert check_fab(foreign, approved_hashes([hashlib.sha256(foreign).hexdigest()]))
+
+
+def test_revoked_clinic_is_readmitted_with_a_new_key(fed, tmp_path):
+    registry = Registry(Store(fed.db))
+    old = read_bundle(fed.enrol("clinic-back"))
+    fed.wait_for(lambda: registry.clinic("clinic-back").node_id, "clinic-back registered")
+    old_node = int(registry.clinic("clinic-back").node_id)
+    assert cli("server.cli", "clinic", "revoke", "clinic-back", "--db", fed.db).returncode == 0
+    fed.wait_for(lambda: fed.node_status().get(old_node) == "unregistered", "the old key unregistered")
+    proc = cli("server.cli", "clinic", "readmit", "clinic-back", "--superlink", fed.address, "--out",
+               str(tmp_path / "new.radfed"), "--certs", str(fed.certs), "--db", fed.db, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    new = read_bundle(tmp_path / "new.radfed")
+    assert new.clinic == "clinic-back" and new.public_key != old.public_key
+    fed.wait_for(lambda: registry.clinic("clinic-back").node_id not in (None, str(old_node)),
+                 "the new key registered")
+    assert fed.node_status()[int(registry.clinic("clinic-back").node_id)] == "registered"
+    assert fed.node_status()[old_node] == "unregistered"
+    again = cli("server.cli", "clinic", "readmit", "clinic-back", "--db", fed.db, "--certs", str(fed.certs))
+    assert again.returncode != 0 and "revoke it first" in again.stderr

@@ -257,3 +257,30 @@ def test_keras_inception_v3(keras, tmp_path: Path) -> None:
 @slow
 def test_keras_inception_resnet_v2(keras, tmp_path: Path) -> None:
     _check_keras(keras, tmp_path, "InceptionResNetV2", "inception_resnet_v2", "classif", 75)
+
+
+def test_round_checkpoint_seeds_an_experiment_and_passes_inspect(tmp_path):
+    """A radfed round checkpoint (`net.`-prefixed Classifier state, spec, convention) is a
+    weight file: `weights inspect` accepts it and create_model loads it exactly."""
+    import json as _json
+
+    from radfed.models import create_model as build
+    from radfed.weights import detect_format, inspect_weights, weights_normalisation
+
+    torch.manual_seed(3)
+    model = build("resnet18", 2, "random")
+    path = tmp_path / "round-003.pt"
+    torch.save({"state_dict": model.state_dict(), "round": 3,
+                "spec": _json.dumps({"weights": "random"}), "normalisation": model.normalisation}, path)
+    assert detect_format(path) == "radfed-checkpoint"
+    assert weights_normalisation(path) == "radimagenet"
+    report, refusal = inspect_weights(path, "resnet18")
+    assert refusal is None and report is not None and not report.missing
+    again = build("resnet18", 2, path)
+    backbone = [k for k in model.state_dict() if not k.startswith("net.fc.")]
+    assert all(torch.equal(model.state_dict()[k], again.state_dict()[k]) for k in backbone)
+    assert again.normalisation == "radimagenet"
+    from tests.federation import cli
+
+    proc = cli("server.cli", "weights", "inspect", str(path), "--arch", "resnet18", "--json", timeout=120)
+    assert proc.returncode == 0, proc.stderr
