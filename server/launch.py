@@ -9,6 +9,7 @@ the database the ServerApp writes (rounds as a progress bar) and through `flwr l
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -121,7 +122,7 @@ def stop(conn: Connection, run_id: str) -> None:
 
 
 def follow(conn: Connection, store: Store, run_id: str, rounds: int,
-           poll: float = 1.0, flower_every: float = 15.0) -> dict:
+           poll: float = 1.0, flower_every: float | None = None) -> dict:
     """Show round progress until the run ends; returns the store's final status dict.
 
     Flower's own view is checked every `flower_every` seconds: a run Flower reports
@@ -129,6 +130,9 @@ def follow(conn: Connection, store: Store, run_id: str, rounds: int,
     (its ServerApp died with the SuperLink, say) is marked failed with the reason.
     """
     from server.reconcile import stale_reason
+
+    if flower_every is None:  # each look costs a `flwr` process (~1 s of CPU)
+        flower_every = float(os.environ.get("RADFED_FOLLOW_EVERY", "15"))
 
     columns = (TextColumn("[bold]run {task.fields[run]}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("rounds  {task.fields[note]}"), TimeElapsedColumn())

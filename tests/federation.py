@@ -119,6 +119,11 @@ class Federation:
         self.procs.append(proc)
         return proc
 
+    def track(self, proc: subprocess.Popen) -> subprocess.Popen:
+        """Stop `proc` (e.g. a background `coordinator run`) with the federation."""
+        self.procs.append(proc)
+        return proc
+
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace")[-3000:]
                          for p in sorted((self.work / "logs").glob("*.log")))
