@@ -113,18 +113,29 @@ def proximal_term(params: list[torch.Tensor], anchor: list[torch.Tensor], mu: fl
 
 
 @torch.no_grad()
-def predict(model: Classifier, images: torch.Tensor, batch_size: int = 64,
-            device: torch.device | None = None) -> torch.Tensor:
-    """Class probabilities for `images` (N x C), computed in eval mode."""
+def predict_logits(model: Classifier, images: torch.Tensor, batch_size: int = 64,
+                   device: torch.device | None = None) -> torch.Tensor:
+    """Raw class logits for `images` (N x C, float32), computed in eval mode.
+
+    Figures are computed from logits (radfed.evaluation.finding_scores), never from
+    softmax probabilities: a confident model's probabilities are all exactly 0 or 1 in
+    float32 and would tie, while its logits still rank the images.
+    """
     device = device or pick_device()
     model = _prepare(model, device).eval()
     out = []
     for x, _ in _batches(images, torch.zeros(len(images)), batch_size, shuffle=False):
         x = x.to(device)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
-            out.append(torch.softmax(model(x).float(), dim=1).cpu())
+            out.append(model(x).float().cpu())
     model.to("cpu")
     return torch.cat(out) if out else torch.zeros(0, 2)
+
+
+def predict(model: Classifier, images: torch.Tensor, batch_size: int = 64,
+            device: torch.device | None = None) -> torch.Tensor:
+    """Class probabilities for `images` (N x C), computed in eval mode."""
+    return torch.softmax(predict_logits(model, images, batch_size, device), dim=1)
 
 
 def evaluate(model: Classifier, images: torch.Tensor, labels: torch.Tensor,
@@ -212,10 +223,15 @@ def train_head(
 
 
 @torch.no_grad()
+def predict_head_logits(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """Class logits from cached features (the backbone is frozen)."""
+    head.eval()
+    return head(features.float()) if len(features) else torch.zeros(0, 2)
+
+
 def predict_head(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
     """Class probabilities from cached features (the backbone is frozen)."""
-    head.eval()
-    return torch.softmax(head(features.float()), dim=1) if len(features) else torch.zeros(0, 2)
+    return torch.softmax(predict_head_logits(head, features), dim=1)
 
 
 def evaluate_head(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> EvalResult:
