@@ -67,6 +67,23 @@ def finding_labels(labels: np.ndarray) -> np.ndarray:
     return np.asarray(labels) != 0
 
 
+def loss_and_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(mean cross-entropy computed from the logits, argmax accuracy); NaN for no images.
+
+    From the logits, not clamped probabilities: a confidently wrong model's loss is its
+    true size (e.g. 60 nats), not a clamp's 16.
+    """
+    from scipy.special import logsumexp
+
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels).astype(np.int64)
+    if len(y) == 0:
+        return math.nan, math.nan
+    with np.errstate(invalid="ignore", over="ignore"):
+        loss = float(np.mean(logsumexp(z, axis=1) - z[np.arange(len(y)), y]))
+    return loss, float(np.mean(np.argmax(z, axis=1) == y))
+
+
 # ----------------------------------------------------------------------------- AUROC
 
 
@@ -98,6 +115,14 @@ def weighted_auroc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray
     den = pos.sum(axis=1) * neg.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def finding_auroc(logits: np.ndarray, labels: np.ndarray) -> float:
+    """AUROC of a finding against the first label from N x C logits (NaN with one class)."""
+    scores = finding_scores(logits)
+    finite = ~np.isnan(scores)
+    return float(weighted_auroc(scores[finite], finding_labels(labels)[finite],
+                                np.ones((1, int(finite.sum()))))[0])
 
 
 def resample_counts(groups: np.ndarray, strata: np.ndarray | None, n_boot: int,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from radfed.evaluation import QualityReport, finding_labels, finding_scores, quality_report
+from radfed.evaluation import QualityReport, finding_labels, finding_scores, loss_and_accuracy, quality_report
 from radfed.pooled import REPLICATE_KEYS, SUMMARY_KEYS, bootstrap_summary, score_summary
 
 PREFIX = "val_"
@@ -95,14 +95,9 @@ def from_logits(logits: np.ndarray, labels: np.ndarray, patients: np.ndarray | N
     split: cross-entropy loss from the logits themselves (exact however confident the
     model is), argmax accuracy, the quality report and the pooled counts with their
     patient-resampled replicates, all from the same float32 log-odds."""
-    from scipy.special import logsumexp
-
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels).astype(np.int64)
-    n = len(labels)
-    with np.errstate(invalid="ignore", over="ignore"):
-        loss = float(np.mean(logsumexp(logits, axis=1) - logits[np.arange(n), labels])) if n else math.nan
-    accuracy = float(np.mean(np.argmax(logits, axis=1) == labels)) if n else math.nan
+    loss, accuracy = loss_and_accuracy(logits, labels)
     report = quality_report(logits, labels, patients, seed=seed)
     scores = finding_scores(logits)
     summary = {**score_summary(scores, labels), **bootstrap_summary(scores, labels, patients, salt=seed)}
