@@ -13,7 +13,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from radfed.processes import free_port, reachable, stop_all
+from radfed.processes import free_port, reachable, spawn_bound, stop_all
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,11 +25,14 @@ def cli(module: str, *args: str, env: dict | None = None, timeout: float = 600) 
 
 
 def spawn(module: str, *args: str, log: Path) -> subprocess.Popen:
-    """Start a radfed CLI in the background, output to `log`."""
+    """Start a radfed CLI in the background, output to `log`.
+
+    Bound to this process (parent-death signal): if a pytest worker is killed before its
+    fixtures' teardown (Ctrl-C of a parallel run), its federation does not live on."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as fh:
-        return subprocess.Popen([sys.executable, "-m", module, *args], stdout=fh,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
+        return spawn_bound([sys.executable, "-m", module, *args], stdout=fh,
+                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
 
 
 @contextmanager

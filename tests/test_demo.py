@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import uuid
 
 import pytest
 import torch
@@ -11,7 +13,10 @@ import torch
 from tests.federation import cli
 
 
-def _radfed_processes() -> set[int]:
+def _radfed_processes(marker: str) -> set[int]:
+    """Live radfed/Flower processes started under this test: those whose environment holds
+    `marker` (every process the demo starts inherits its environment), so that processes of
+    tests running at the same time in other pytest-xdist workers are not counted."""
     import os
     from pathlib import Path
 
@@ -19,7 +24,10 @@ def _radfed_processes() -> set[int]:
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (cmdline.parent / "environ").read_bytes().split(b"\0")
         except OSError:
+            continue
+        if marker.encode() not in environ:
             continue
         if any(name in text for name in ("flower-superlink", "flower-supernode", "flower-superexec",
                                          "flwr-clientapp", "flwr-serverapp", "client-node start",
@@ -30,11 +38,13 @@ def _radfed_processes() -> set[int]:
 
 
 @pytest.mark.timeout(420)
-def test_small_demo_two_clinics_end_to_end(tmp_path):
+def test_small_demo_two_clinics_end_to_end(tmp_path, monkeypatch):
     """The spine end to end, as a user runs it: `coordinator demo` starts a real SuperLink
     and two real `client-node start` SuperNodes on loopback, runs 2 rounds on generated
     DICOM, records everything, and leaves no process behind."""
-    before = _radfed_processes()
+    marker = f"RADFED_TEST_DEMO={os.getpid()}-{uuid.uuid4().hex}"
+    monkeypatch.setenv(*marker.split("=", 1))
+    before = _radfed_processes(marker)
     work = tmp_path / "demo"
     proc = cli("server.cli", "demo", "--clinics", "2", "--rounds", "2", "--patients", "12",
                "--image-size", "32", "--backbone", "resnet18", "--workdir", str(work), timeout=400)
@@ -43,7 +53,7 @@ def test_small_demo_two_clinics_end_to_end(tmp_path):
     assert re.search(r"run \d+: pooled AUROC \S+( \[\S+\])? \(2 clinics\); clinic mean AUROC \S+",
                      proc.stdout), proc.stdout[-2000:]
     assert sorted(p.name for p in (work / "data").iterdir()) == ["clinic-1", "clinic-2"]
-    assert _radfed_processes() - before == set()
+    assert _radfed_processes(marker) - before == set()
 
     db = f"sqlite:///{work / 'radfed.db'}"
     board = json.loads(cli("server.cli", "leaderboard", "--db", db, "--json").stdout)
