@@ -65,7 +65,7 @@ def _nodules(rng: np.random.Generator, shape: tuple[int, int], anatomy: dict[str
         cv = anatomy["lung_y"] + rng.uniform(-0.6, 0.3) * anatomy["lung_ry"]
         radius = rng.uniform(0.035, 0.06) * cols
         distance = np.sqrt(((u - cu) * cols / 2) ** 2 + ((v - cv) * rows / 2) ** 2)
-        out += rng.uniform(0.30, 0.42) * dd._sigmoid(-(distance - radius) / (0.06 * radius))
+        out += rng.uniform(0.18, 0.28) * dd._sigmoid(-(distance - radius) / (0.06 * radius))
     return out * lungs
 
 
@@ -176,8 +176,9 @@ def write_effusion(workdir: Path, n_clinics: int = 3, *, n_patients: int = 60, s
 
 
 def write_demo(workdir: Path, n_clinics: int = 3, *, n_patients: int = 60, seed: int = 0) -> list[Path]:
-    """The demo's federation (radfed.demo_data): one large soft opacity; 16-bit DX 224x224
-    implicit VR, 12-bit DX 288x240 and 16-bit MONOCHROME1 CR 256x256; prevalence 0.3/0.5/0.7."""
+    """The demo's federation (radfed.demo_data): one large soft opacity. Clinics differ:
+    12-bit DX 288x240, 16-bit MONOCHROME1 CR 256x256, 12-bit RLE CR 320x288 (a 4th clinic:
+    16-bit DX 224x224 implicit VR); prevalence 0.3/0.5/0.7; 2-4 images per patient."""
     return dd.write_federation(workdir, n_clinics, n_patients=n_patients, seed=seed)
 
 
