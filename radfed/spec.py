@@ -40,7 +40,7 @@ class ExperimentSpec:
     # (bench/recipe.py, README "Training recipe"); a spec without these keys gets them.
     weight_decay: float = 0.0  # AdamW's decoupled weight decay (0 = Adam)
     label_smoothing: float = 0.1  # bounds the logits: no saturated scores on small clinics
-    warmup_rounds: int = 0  # rounds 1..k train at k/(k+1) of the rate, linearly
+    warmup_rounds: int = 0  # rounds r = 1..k train at r/(k+1) of the rate (linear)
     augment: str = "flip"  # "flip", or flip + contrast/brightness/shift ("intensity")
     bn_policy: str = "clinic"  # "global": averaged BatchNorm statistics; "clinic": each
     # clinic re-estimates them on its own training images before evaluating the global model
