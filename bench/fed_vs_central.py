@@ -69,8 +69,9 @@ def _federated(fed: Federation, work: Path, db: str, a: argparse.Namespace, stra
     path.write_text(spec_to_toml(_spec(a, strategy)))
     proc = cli("server.cli", "run", str(path), "--control", fed.control, "--insecure", "--db", db,
                "--checkpoints", str(work / "ckpt"), timeout=1200)
-    if proc.returncode != 0:
-        raise SystemExit(f"{strategy} run failed: {proc.stderr.strip()[-500:]}\n{fed.logs()[-3000:]}")
+    if proc.returncode != 0:  # recorded, and the other strategies and datasets go on
+        print(f"{strategy} run failed: {proc.stderr.strip()[-500:]}\n{fed.logs()[-1500:]}", flush=True)
+        return {"error": proc.stderr.strip().splitlines()[-1][-300:] if proc.stderr.strip() else "failed"}
     runs = [e for e in Store(db).leaderboard() if e["strategy"] == strategy]
     return max(runs, key=lambda e: e["run_id"])
 
@@ -117,6 +118,9 @@ def _dataset(a: argparse.Namespace, dataset: str, work: Path) -> dict:
             t0 = time.monotonic()
             entry = _federated(fed, work, db, a, strategy)
             seconds[strategy] = time.monotonic() - t0
+            if "error" in entry:
+                results[strategy] = {"auroc": None, "ratio": None, "error": entry["error"], "clinics": {}}
+                continue
             pooled = entry["pooled"] or {}
             ratio = pooled["auroc"] / c_auroc if pooled.get("auroc") is not None else None
             clinics = _per_clinic(entry, central)
@@ -136,14 +140,13 @@ def _dataset(a: argparse.Namespace, dataset: str, work: Path) -> dict:
     finally:
         fed.close()
 
-    best = max(results, key=lambda s: results[s]["ratio"] or 0.0)
+    best = max(results, key=lambda s: results[s]["ratio"] or 0.0) if results else None
     fedavg = (results.get("fedavg") or {}).get("ratio")
     out = {
         "central": {"auroc": c_auroc, "ci95": [central["pooled"]["auroc_low"], central["pooled"]["auroc_high"]],
                     "ece": central["pooled"]["ece"]},
-        **results, "best": best, "best_ratio": results[best]["ratio"],
-        "goal_met": (results[best]["ratio"] or 0.0) >= GOAL
-        and (fedavg is None or fedavg >= GOAL_FEDAVG),
+        **results, "best": best, "best_ratio": results[best]["ratio"] if best else None,
+        "goal_met": best is not None and (results[best]["ratio"] or 0.0) >= GOAL and (fedavg or 0.0) >= GOAL_FEDAVG,
         "seconds": {k: round(v, 1) for k, v in {**seconds, "total": time.monotonic() - started}.items()},
     }
     print(f"[{dataset}] " + json.dumps(out), flush=True)
