@@ -34,14 +34,13 @@ from client_node.outbox import outbox_mod
 from radfed import features as feat
 from radfed.batchnorm import batchnorm_state_keys, reestimate_batchnorm
 from radfed.data import DATA_CARD_RECORD, ClinicData, DataError, load_clinic
-from radfed.evaluation import bootstrap_summary, quality_report, score_summary
 from radfed.models import Classifier, apply_freeze, create_model
+from radfed.reply import from_logits
 from radfed.spec import ExperimentSpec, data_options
 from radfed.training import (
-    metrics_from_probs,
     pick_device,
-    predict,
-    predict_head,
+    predict_head_logits,
+    predict_logits,
     recipe_kwargs,
     train_head,
     train_local,
@@ -273,29 +272,18 @@ def train(msg: Message, context: Context) -> Message:
 
 def _val_metrics(model: torch.nn.Module, data: ClinicData, spec: ExperimentSpec,
                  count_key: str) -> dict[str, float | list[float]]:
-    return _quality_metrics(predict(model, data.val.images), data, spec, count_key)
+    return _quality_metrics(predict_logits(model, data.val.images), data, spec, count_key)
 
 
-def _quality_metrics(probs: torch.Tensor, data: ClinicData, spec: ExperimentSpec,
+def _quality_metrics(logits: torch.Tensor, data: ClinicData, spec: ExperimentSpec,
                      count_key: str) -> dict[str, float | list[float]]:
-    """Validation figures: loss, accuracy, AUROC with its 95 % CI over patients, sensitivity
-    and specificity at Youden's threshold on this split, ECE, and the per-bin counts (and
-    their patient-resampled replicates) that make pooled figures and the pooled CI at the
-    server. Aggregates only."""
-    result = metrics_from_probs(probs, data.val.labels)
+    """Validation figures (radfed.reply.ClinicValidation): loss, accuracy, AUROC with its
+    95 % CI over patients, sensitivity and specificity at Youden's threshold on this split,
+    ECE, health figures, and the per-score counts (and their patient-resampled
+    replicates) that make pooled figures and the pooled CI at the server. Aggregates only."""
     patients = data.val.patients.numpy() if data.val.patients is not None else None
-    report = quality_report(probs.numpy(), data.val.labels.numpy(), patients, seed=spec.seed)
-    metrics: dict[str, float | list[float]] = {
-        "val_loss": result.loss, "val_accuracy": result.accuracy, "val_auroc": result.auroc,
-        count_key: result.num_examples, "val_auroc_low": report.auroc_low,
-        "val_auroc_high": report.auroc_high, "val_sensitivity": report.sensitivity,
-        "val_specificity": report.specificity, "val_threshold": report.threshold,
-        "val_ece": report.ece, "val_patients": report.patients,
-    }
-    metrics.update({f"val_{k}": v for k, v in score_summary(probs.numpy(), data.val.labels.numpy()).items()})
-    replicates = bootstrap_summary(probs.numpy(), data.val.labels.numpy(), patients, salt=spec.seed)
-    metrics.update({f"val_{k}": v for k, v in replicates.items()})
-    return metrics
+    figures = from_logits(logits.numpy(), data.val.labels.numpy(), patients, seed=spec.seed)
+    return figures.to_metrics(count_key)
 
 
 @torch.no_grad()
@@ -324,7 +312,7 @@ def _train_head_only(msg: Message, context: Context, spec: ExperimentSpec,
     model, feats = _head_model(spec, msg, context, data)
     metrics: dict[str, float] = {}
     if bool(config.get("evaluate-received", False)):
-        metrics = _quality_metrics(predict_head(model.head, feats.val), data, spec, "val_examples")
+        metrics = _quality_metrics(predict_head_logits(model.head, feats.val), data, spec, "val_examples")
     t1 = time.monotonic()
     seed = spec.seed * 1000 + server_round
     torch.manual_seed(seed)
@@ -354,8 +342,8 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     data = _data(spec, context)
     if bool(config.get("head-only", False)):
         model, feats = _head_model(spec, msg, context, data)
-        probs = predict_head(model.head, feats.val)
-        return _reply(msg, context, _quality_metrics(probs, data, spec, "num-examples"))
+        logits = predict_head_logits(model.head, feats.val)
+        return _reply(msg, context, _quality_metrics(logits, data, spec, "num-examples"))
     model = _model(spec, msg, context)
     if _local_keys(model, config) and not _local_path(context).is_file():  # a held-out clinic
         _adapt_batchnorm(model, data.train.images)

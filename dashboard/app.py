@@ -17,15 +17,19 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from radfed.reply import CLINIC_MEAN_AUROC, LABELS, POOLED_AUROC
 from radfed.results import mean_sd, rounds_done, summary
 from radfed.store import Store, StoreError, default_database_url
 
 EMPTY_MESSAGE = "No experiments yet: run `coordinator demo` to train a first federated model."
-LEADERBOARD_COLUMNS = ["Rank", "Experiment", "Backbone", "Weights", "Strategy",
-                       "Rounds", "Final AUROC", "Pooled AUROC", "Fed ÷ central", "Held-out clinic",
-                       "Status"]
-QUALITY_COLUMNS = ["Clinic", "Role", "AUROC", "95% CI low", "95% CI high", "Sensitivity",
-                   "Specificity", "Threshold", "ECE", "Images", "Patients"]
+HEADLINE = POOLED_AUROC[0].upper() + POOLED_AUROC[1:]
+CLINIC_MEAN = CLINIC_MEAN_AUROC[0].upper() + CLINIC_MEAN_AUROC[1:]
+LEADERBOARD_COLUMNS = ["Rank", "Experiment", "Backbone", "Weights", "Strategy", "Rounds",
+                       HEADLINE, "95% CI low", "95% CI high", "vs #1", CLINIC_MEAN, "Selected round",
+                       "Fed ÷ central", "Held-out clinic", "Warnings", "Status"]
+QUALITY_FIELDS = ("auroc", "auroc_low", "auroc_high", "sensitivity", "specificity", "threshold",
+                  "threshold_logit", "ece", "images", "patients")
+QUALITY_COLUMNS = ["Clinic", "Role"] + [LABELS[k] for k in QUALITY_FIELDS]
 CLINIC_COLUMNS = {"clinic": "Clinic", "server_round": "Round", "phase": "Phase", "loss": "Loss",
                   "accuracy": "Accuracy", "auroc": "AUROC", "num_examples": "Examples",
                   "device": "Device", "bytes_down": "Bytes down", "bytes_up": "Bytes up"}
@@ -53,35 +57,51 @@ def open_store(url: str) -> Store:
     return Store(url)
 
 
+def overlap(entry: dict[str, Any], rank: int) -> str:
+    """'#1', '≈ #1' (CI overlaps the leader's) or 'below #1' (it does not)."""
+    if rank == 1 and entry.get("pooled_auroc") is not None:
+        return "#1"
+    return {True: "≈ #1", False: "below #1"}.get(entry.get("overlaps_top"), "")
+
+
 def leaderboard_frame(board: list[dict[str, Any]]) -> pd.DataFrame:
-    """The leaderboard as shown: one row per run, already ranked by the store."""
-    rows = [[e["rank"], e["experiment"], e["backbone"], e["weights"], e["strategy"],
-             rounds_done(e), e["final_auroc"], (e.get("pooled") or {}).get("auroc"),
-             e.get("vs_central"), e.get("holdout") or "", e["status"]] for e in board]
+    """The leaderboard as shown: one row per run, ranked by pooled AUROC (radfed.ranking)."""
+    rows = []
+    for rank, e in enumerate(board, start=1):
+        pooled = e.get("pooled") or {}
+        rows.append([rank, e["experiment"], e["backbone"], e["weights"], e["strategy"], rounds_done(e),
+                     e.get("pooled_auroc"), pooled.get("auroc_low"), pooled.get("auroc_high"), overlap(e, rank),
+                     e.get("clinic_mean_auroc"), (e.get("selected") or {}).get("round"), e.get("vs_central"),
+                     e.get("holdout") or "", "; ".join(e.get("warnings") or []), e["status"]])
     return pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
 
 
 def run_label(entry: dict[str, Any]) -> str:
     """Selectbox label: rank, experiment and Flower run id make each run unique."""
-    auroc = "n/a" if entry["final_auroc"] is None else f"{entry['final_auroc']:.3f}"
+    auroc = "n/a" if entry.get("pooled_auroc") is None else f"{entry['pooled_auroc']:.3f}"
     rank = f"#{entry['rank']}" if entry["status"] != "running" else "live"
-    return f"{rank} {entry['experiment']} (run {entry['flwr_run_id']}, AUROC {auroc})"
+    flag = " ⚠" if entry.get("warnings") else ""
+    return f"{rank} {entry['experiment']} (run {entry['flwr_run_id']}, {POOLED_AUROC} {auroc}){flag}"
 
 
 def show_leaderboard(board: list[dict[str, Any]]) -> None:
     """Ranked table of finished runs."""
-    st.subheader("Leaderboard: ranked by final federated AUROC")
+    st.subheader(f"Leaderboard: ranked by {POOLED_AUROC} (final model, 95 % CI over patients)")
     st.dataframe(
         leaderboard_frame(board), hide_index=True, width="stretch",
         column_config={name: st.column_config.NumberColumn(format="%.4f")
-                       for name in ("Final AUROC", "Pooled AUROC", "Fed ÷ central")},
+                       for name in (HEADLINE, "95% CI low", "95% CI high", CLINIC_MEAN, "Fed ÷ central")},
     )
+    st.caption(f"{HEADLINE}: the final model over every clinic's validation patients together, the "
+               f"figure runs are ranked by. ≈ #1: its 95 % CI overlaps the leader's, so the two cannot "
+               f"be told apart on this data. {CLINIC_MEAN}: the clinics' own AUROCs, weighted by "
+               f"validation images. Selected round: the checkpoint with the best {POOLED_AUROC}.")
 
 
 def auroc_curve_frame(entry: dict[str, Any]) -> pd.DataFrame:
     """Per round: the clinics' example-weighted AUROC, and the pooled AUROC with its 95 % CI."""
-    rows = {r["server_round"]: {"clinic mean AUROC": r.get("val_auroc"),
-                                "pooled AUROC": (r.get("pooled") or {}).get("auroc"),
+    rows = {r["server_round"]: {CLINIC_MEAN_AUROC: r.get("val_auroc"),
+                                POOLED_AUROC: (r.get("pooled") or {}).get("auroc"),
                                 "pooled CI low": (r.get("pooled") or {}).get("auroc_low"),
                                 "pooled CI high": (r.get("pooled") or {}).get("auroc_high")}
             for r in entry["rounds"]}
@@ -128,11 +148,11 @@ def show_traffic(entry: dict[str, Any]) -> None:
 
 
 def sweep_frame(board: list[dict[str, Any]]) -> pd.DataFrame:
-    """Mean ± sd final AUROC per sweep, backbone and weight source (tagged runs only)."""
+    """Mean ± sd pooled AUROC per sweep, backbone and weight source (tagged runs only)."""
     rows = [[g["sweep"], g["backbone"], g["weight_source"], g["runs"], g["failed"], mean_sd(g)]
             for g in summary(board)]
     return pd.DataFrame(rows, columns=["Sweep", "Backbone", "Weights", "Runs", "Failed",
-                                       "AUROC mean ± sd"])
+                                       f"{POOLED_AUROC} mean ± sd"])
 
 
 def show_clinics(entry: dict[str, Any]) -> None:
@@ -154,24 +174,22 @@ def quality_frame(entry: dict[str, Any]) -> pd.DataFrame:
         if (c["phase"] == "evaluate" and c["server_round"] == last) or c["phase"] == "holdout":
             q = c.get("quality") or {}
             role = "held out" if c["phase"] == "holdout" else "federated"
-            rows.append([c["clinic"], role, c["auroc"], q.get("auroc_low"), q.get("auroc_high"),
-                         q.get("sensitivity"), q.get("specificity"), q.get("threshold"), q.get("ece"),
-                         c["num_examples"], q.get("patients")])
+            rows.append([c["clinic"], role] + _quality_row({**q, "auroc": c["auroc"],
+                                                            "images": c["num_examples"]}))
     pooled = entry.get("pooled") or {}
     if pooled:
-        rows.append(["all (pooled)", "federated", pooled.get("auroc"), pooled.get("auroc_low"),
-                     pooled.get("auroc_high"), pooled.get("sensitivity"), pooled.get("specificity"),
-                     pooled.get("threshold"), pooled.get("ece"), pooled.get("images"), None])
+        rows.append(["all (pooled)", "federated"] + _quality_row({**pooled, "patients": None}))
     base = entry.get("baseline") or {}
     for clinic, q in sorted((base.get("clinics") or {}).items()):
-        rows.append([clinic, "centralised", q.get("auroc"), q.get("auroc_low"), q.get("auroc_high"),
-                     q.get("sensitivity"), q.get("specificity"), q.get("threshold"), q.get("ece"),
-                     q.get("images"), q.get("patients")])
+        rows.append([clinic, "centralised"] + _quality_row(q))
     if base:
-        rows.append(["all (pooled)", "centralised", base.get("auroc"), base.get("auroc_low"),
-                     base.get("auroc_high"), base.get("sensitivity"), base.get("specificity"),
-                     base.get("threshold"), base.get("ece"), base.get("num_examples"), base.get("num_patients")])
+        rows.append(["all (pooled)", "centralised"] + _quality_row(
+            {**base, "images": base.get("num_examples"), "patients": base.get("num_patients")}))
     return pd.DataFrame(rows, columns=QUALITY_COLUMNS)
+
+
+def _quality_row(figures: dict[str, Any]) -> list[Any]:
+    return [figures.get(k) for k in QUALITY_FIELDS]
 
 
 def show_quality(entry: dict[str, Any]) -> None:
@@ -227,16 +245,19 @@ def show_data_mix(entry: dict[str, Any]) -> None:
     st.dataframe(frame, hide_index=True, width="stretch")
 
 
-def best_and_last(checkpoints: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    """The best (highest metric) and last checkpoint, once each if they coincide."""
+def best_and_last(checkpoints: list[dict[str, Any]], selected_round: int | None = None
+                  ) -> list[tuple[str, dict[str, Any]]]:
+    """The selected (best pooled AUROC) and last checkpoint, once each if they coincide.
+    Without a recorded selection, the highest metric is the selected one."""
     if not checkpoints:
         return []
     last = max(checkpoints, key=lambda c: (c["server_round"], c["id"]))
     scored = [c for c in checkpoints if c["metric_value"] is not None]
-    best = max(scored, key=lambda c: c["metric_value"]) if scored else None
+    chosen = [c for c in checkpoints if c["server_round"] == selected_round]
+    best = chosen[-1] if chosen else max(scored, key=lambda c: c["metric_value"]) if scored else None
     if best is None or best["id"] == last["id"]:
-        return [("best and last" if best else "last", last)]
-    return [("best", best), ("last", last)]
+        return [("selected and last" if best else "last", last)]
+    return [("selected", best), ("last", last)]
 
 
 def file_reader(path: Path) -> Callable[[], bytes]:
@@ -255,7 +276,7 @@ def show_checkpoints(entry: dict[str, Any]) -> None:
     st.dataframe(frame.rename(columns={"server_round": "Round", "metric_name": "Metric",
                                        "metric_value": "Value", "sha256": "SHA-256", "path": "Path"}),
                  hide_index=True, width="stretch")
-    for kind, checkpoint in best_and_last(checkpoints):
+    for kind, checkpoint in best_and_last(checkpoints, (entry.get("selected") or {}).get("round")):
         path = Path(checkpoint["path"])
         label = f"Download {kind} checkpoint (round {checkpoint['server_round']})"
         if path.is_file():
@@ -281,6 +302,8 @@ def show_run(entry: dict[str, Any]) -> None:
                f"started {entry['started_at']} · finished {entry['finished_at'] or '-'}")
     if entry["error"]:
         st.error(f"Run failed: {entry['error']}")
+    for warning in entry.get("warnings") or []:
+        st.warning(f"Model warning: {warning}")
     show_curves(entry)
     show_clinics(entry)
     show_quality(entry)
@@ -311,7 +334,7 @@ def main(argv: Sequence[str]) -> None:
         show_leaderboard(finished)
         sweeps = sweep_frame(finished)
         if not sweeps.empty:
-            st.markdown("**Sweeps: final AUROC per backbone and weight source, mean ± sd over scenarios**")
+            st.markdown(f"**Sweeps: {POOLED_AUROC} per backbone and weight source, mean ± sd over scenarios**")
             st.dataframe(sweeps, hide_index=True, width="stretch")
     else:
         st.info("No finished experiments yet; runs in progress are listed below.")

@@ -1,31 +1,27 @@
 """Learning-quality figures a radiologist can read, as pure numpy/scikit-learn maths.
 
 Every figure is about one binary question, "a finding" (any label but the first, e.g.
-"opacity") against the first label ("normal"), scored by 1 - p(first label); with two
-labels that is the usual positive-class probability.
+"opacity") against the first label ("normal"). Its score is the model's *log-odds* of a
+finding, log p(finding) - log p(first label), computed from the logits in float64 and
+rounded once to float32 (`finding_scores`). Every figure of one evaluation (AUROC, its
+CI, threshold, sensitivity, specificity, ECE, and the pooled figures at the server) is
+computed from those same numbers, so they agree for any score range: a saturated model
+(|logit| > 50, where float32 probabilities are all exactly 0 or 1 and would tie) ranks
+its images as its logits do.
 
 - AUROC with a 95 % confidence interval from a bootstrap over *patients*: a patient's
   images are correlated, so resampling images would pretend there is more evidence than
   there is and give intervals that are too narrow (tests/test_evaluation.py shows it).
-- Sensitivity and specificity at a threshold chosen on validation data (Youden's J).
+  The interval always holds its point estimate (see `contain`).
+- Sensitivity and specificity at a threshold chosen on validation data (Youden's J),
+  one rule for a clinic's own figures and the pooled ones (`youden_from_counts`).
 - Calibration: expected calibration error over equal-width probability bins.
 
-Pooled federated figures: a clinic cannot send its scores, but it can send counts per
-score bin and per class (`score_summary`); summed over clinics they give the pooled
-AUROC, Youden threshold, sensitivity, specificity and ECE (`pooled_quality`).
-
-The pooled AUROC's 95 % CI is a bootstrap over patients stratified by clinic (each
-clinic's patients resampled within it, as a centralised `bootstrap_auroc(..., strata=
-clinic)` does): every clinic sends `REPLICATES` resampled score histograms on coarser
-groups of neighbouring bins (`bootstrap_summary`), and replicate b of the federation is
-the sum of the clinics' replicates b. A clinic draws its resamples from a seed the server cannot
-know (a digest of its own scores), so the server cannot undo the mixing into
-per-patient histograms; the same model and data still give the same interval.
+Pooled figures over clinics are in radfed.pooled.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass
 
@@ -34,26 +30,58 @@ import numpy as np
 N_BOOTSTRAP = 1000
 CI_LEVEL = 0.95
 ECE_BINS = 10
-# Score-histogram edges for pooled figures: fine in logit space, so that a confident
-# model (scores near 0 or 1) still spreads over many bins, and an unsure one (all scores
-# near 0.5, as in early rounds) too: 8000 bins of 0.0025 in logit (0.0006 in probability
-# near 0.5), outer bins open-ended. Counts are sent as integers (mostly zeros: small).
-HIST_EDGES = np.concatenate(([0.0], 1.0 / (1.0 + np.exp(-np.linspace(-10.0, 10.0, 7999))), [1.0]))
-# The pooled CI: 500 patient resamples per clinic, each as counts per class on at most
-# 100 groups of neighbouring fine bins (equal numbers of the clinic's images per group).
-REPLICATES = 500
-REPLICATE_GROUPS = 100
 
 
-def finding_scores(probs: np.ndarray) -> np.ndarray:
-    """Score of "a finding": 1 - p(first label), for N x C class probabilities."""
-    probs = np.asarray(probs, dtype=np.float64)
-    return 1.0 - probs[:, 0]
+def finding_scores(logits: np.ndarray) -> np.ndarray:
+    """Log-odds of "a finding" for N x C logits (or N log-odds), rounded to float32.
+
+    Two classes: z1 - z0; more: logsumexp(z1..zC-1) - z0, i.e. log(1 - p0) - log(p0),
+    computed without ever forming a probability, so it stays exact however confident the
+    model is. Rounded once to float32 (7 significant digits): the pooled histograms key
+    scores by their float32 value (radfed.pooled), and the clinic's own figures use the
+    very same numbers. Non-finite outputs stay NaN/inf (`quality_report` counts them).
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim == 1:
+        score = z
+    elif z.shape[1] == 2:
+        score = z[:, 1] - z[:, 0]
+    else:
+        from scipy.special import logsumexp
+
+        with np.errstate(invalid="ignore"):
+            score = logsumexp(z[:, 1:], axis=1) - z[:, 0] if len(z) else np.zeros(0)
+    with np.errstate(over="ignore"):
+        return np.asarray(score, dtype=np.float32).astype(np.float64)
+
+
+def finding_probability(scores: np.ndarray) -> np.ndarray:
+    """p(finding) from log-odds (float64: 1.0 only beyond log-odds ~37)."""
+    from scipy.special import expit
+
+    return expit(np.asarray(scores, dtype=np.float64))
 
 
 def finding_labels(labels: np.ndarray) -> np.ndarray:
     """True where an image carries any label but the first."""
     return np.asarray(labels) != 0
+
+
+def loss_and_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(mean cross-entropy computed from the logits, argmax accuracy); NaN for no images.
+
+    From the logits, not clamped probabilities: a confidently wrong model's loss is its
+    true size (e.g. 60 nats), not a clamp's 16.
+    """
+    from scipy.special import logsumexp
+
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels).astype(np.int64)
+    if len(y) == 0:
+        return math.nan, math.nan
+    with np.errstate(invalid="ignore", over="ignore"):
+        loss = float(np.mean(logsumexp(z, axis=1) - z[np.arange(len(y)), y]))
+    return loss, float(np.mean(np.argmax(z, axis=1) == y))
 
 
 # ----------------------------------------------------------------------------- AUROC
@@ -89,6 +117,14 @@ def weighted_auroc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
+def finding_auroc(logits: np.ndarray, labels: np.ndarray) -> float:
+    """AUROC of a finding against the first label from N x C logits (NaN with one class)."""
+    scores = finding_scores(logits)
+    finite = ~np.isnan(scores)
+    return float(weighted_auroc(scores[finite], finding_labels(labels)[finite],
+                                np.ones((1, int(finite.sum()))))[0])
+
+
 def resample_counts(groups: np.ndarray, strata: np.ndarray | None, n_boot: int,
                     rng: np.random.Generator) -> np.ndarray:
     """B x G draw counts per group: G groups drawn with replacement (within each stratum)."""
@@ -113,6 +149,19 @@ def percentile_interval(replicates: np.ndarray, level: float = CI_LEVEL) -> tupl
     return float(low), float(high)
 
 
+def contain(point: float, low: float, high: float) -> tuple[float, float]:
+    """The interval widened, if need be, to hold its point estimate.
+
+    A percentile bootstrap interval can miss its own point estimate when few patients
+    make the resampled AUROC skewed (e.g. a replicate distribution piled at 1.0 with the
+    point just below). A reader takes "0.91 [0.93-1.00]" for an error, so the interval
+    is stretched to the point: never narrower than the percentile one.
+    """
+    if not math.isfinite(point) or not (math.isfinite(low) and math.isfinite(high)):
+        return low, high
+    return min(low, point), max(high, point)
+
+
 def bootstrap_auroc(
     scores: np.ndarray, positive: np.ndarray, groups: np.ndarray | None = None, *,
     strata: np.ndarray | None = None, n_boot: int = N_BOOTSTRAP, seed: int = 0,
@@ -124,7 +173,8 @@ def bootstrap_auroc(
     draws as many patients as there are, with replacement, and keeps all their images,
     so an image's weight is how often its patient was drawn. With `strata` (each image's
     clinic) patients are drawn within their clinic, so every clinic keeps its size, as
-    in the federated pooled interval. Seeded: the same inputs give the same interval.
+    in the federated pooled interval. Seeded: the same inputs give the same interval,
+    and it always holds the point (`contain`).
     """
     scores = np.asarray(scores, dtype=np.float64)
     positive = np.asarray(positive, dtype=bool)
@@ -141,22 +191,43 @@ def bootstrap_auroc(
     for start in range(0, n_boot, chunk):
         counts = resample_counts(groups, strata, min(chunk, n_boot - start), rng)
         values.append(weighted_auroc(scores, positive, counts[:, groups]))
-    return (point, *percentile_interval(np.concatenate(values), level))
+    return (point, *contain(point, *percentile_interval(np.concatenate(values), level)))
 
 
 # ----------------------------------------------------------------------------- operating point
 
 
-def youden_threshold(scores: np.ndarray, positive: np.ndarray) -> float:
-    """The score threshold (predict a finding when score >= it) maximising sens + spec - 1."""
-    from sklearn.metrics import roc_curve
+def youden_from_counts(neg: np.ndarray, pos: np.ndarray) -> int:
+    """Index of the best threshold among sorted distinct scores, given counts per score.
 
+    A finding is called at score >= the threshold; Youden's J = sensitivity +
+    specificity - 1 is maximised over every distinct score; ties go to the highest
+    threshold (the fewest false alarms). -1 when a class is missing. The one rule for a
+    clinic's own threshold and the pooled one, so one clinic alone gives both the same.
+    """
+    neg, pos = np.asarray(neg, dtype=np.float64), np.asarray(pos, dtype=np.float64)
+    if neg.sum() == 0 or pos.sum() == 0:
+        return -1
+    sens = np.cumsum(pos[::-1])[::-1] / pos.sum()
+    spec = 1.0 - np.cumsum(neg[::-1])[::-1] / neg.sum()
+    j = sens + spec - 1.0
+    return int(np.flatnonzero(j >= j.max() - 1e-12)[-1])
+
+
+def score_counts(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sorted distinct scores, negatives per score, positives per score)."""
+    values, which = np.unique(np.asarray(scores, dtype=np.float64), return_inverse=True)
     positive = np.asarray(positive, dtype=bool)
-    if positive.all() or not positive.any():
-        return math.nan
-    fpr, tpr, thresholds = roc_curve(positive, np.asarray(scores, dtype=np.float64))
-    best = int(np.argmax(tpr[1:] - fpr[1:])) + 1  # thresholds[0] is +inf: nothing positive
-    return float(thresholds[best])
+    which = which.reshape(-1)
+    return (values, np.bincount(which[~positive], minlength=values.size),
+            np.bincount(which[positive], minlength=values.size))
+
+
+def youden_threshold(scores: np.ndarray, positive: np.ndarray) -> float:
+    """The score threshold (call a finding when score >= it) maximising sens + spec - 1."""
+    values, neg, pos = score_counts(scores, positive)
+    best = youden_from_counts(neg, pos)
+    return float(values[best]) if best >= 0 else math.nan
 
 
 def sensitivity_specificity(scores: np.ndarray, positive: np.ndarray, threshold: float) -> tuple[float, float]:
@@ -172,13 +243,14 @@ def sensitivity_specificity(scores: np.ndarray, positive: np.ndarray, threshold:
 
 
 def calibration_bins(scores: np.ndarray, positive: np.ndarray, n_bins: int = ECE_BINS) -> dict[str, list[float]]:
-    """Per equal-width score bin: images, findings and the sum of scores (summable over clinics)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    which = np.clip((scores * n_bins).astype(int), 0, n_bins - 1)
+    """Per equal-width probability bin: images, findings and the sum of p(finding)
+    (summable over clinics). `scores` are log-odds."""
+    prob = finding_probability(scores)
+    which = np.clip((prob * n_bins).astype(int), 0, n_bins - 1)
     return {
         "count": np.bincount(which, minlength=n_bins).astype(float).tolist(),
         "findings": np.bincount(which, weights=np.asarray(positive, dtype=float), minlength=n_bins).tolist(),
-        "score_sum": np.bincount(which, weights=scores, minlength=n_bins).tolist(),
+        "score_sum": np.bincount(which, weights=prob, minlength=n_bins).tolist(),
     }
 
 
@@ -193,7 +265,7 @@ def ece_from_bins(bins: dict[str, list[float]]) -> float:
 
 
 def expected_calibration_error(scores: np.ndarray, positive: np.ndarray, n_bins: int = ECE_BINS) -> float:
-    """ECE of the finding score with `n_bins` equal-width bins."""
+    """ECE of p(finding) with `n_bins` equal-width bins; `scores` are log-odds."""
     return ece_from_bins(calibration_bins(scores, positive, n_bins))
 
 
@@ -202,7 +274,14 @@ def expected_calibration_error(scores: np.ndarray, positive: np.ndarray, n_bins:
 
 @dataclass
 class QualityReport:
-    """What one clinic (or the pooled centralised evaluation) reports: numbers only."""
+    """What one clinic (or the pooled centralised evaluation) reports: numbers only.
+
+    `threshold` is p(finding) at the operating point and `threshold_logit` the same
+    point as log-odds (the exact one: a saturated model's probabilities print as 1.000).
+    `called_positive`: share of images with p(finding) > 0.5; `distinct_scores`: how
+    many different scores the model gave (1 = constant predictions); `nonfinite`: images
+    whose score was NaN, left out of every figure.
+    """
 
     auroc: float
     auroc_low: float
@@ -213,6 +292,11 @@ class QualityReport:
     ece: float
     images: int
     patients: int
+    threshold_logit: float = math.nan
+    prevalence: float = math.nan
+    called_positive: float = math.nan
+    distinct_scores: int = 0
+    nonfinite: int = 0
 
     def as_dict(self) -> dict[str, float | None]:
         """JSON-ready: NaN becomes None."""
@@ -221,191 +305,34 @@ class QualityReport:
 
 
 def quality_report(
-    probs: np.ndarray, labels: np.ndarray, patients: np.ndarray | None = None, *,
-    threshold: float | None = None, strata: np.ndarray | None = None, seed: int = 0,
+    logits: np.ndarray, labels: np.ndarray, patients: np.ndarray | None = None, *,
+    threshold_logit: float | None = None, strata: np.ndarray | None = None, seed: int = 0,
     n_boot: int = N_BOOTSTRAP,
 ) -> QualityReport:
     """AUROC [95 % CI over patients], sensitivity/specificity and ECE for one evaluation set.
 
-    The threshold is Youden's on this set unless one chosen elsewhere is given (e.g.
-    the federation's pooled validation threshold applied to a held-out clinic). `strata`
+    `logits` are the model's N x C outputs (or N finding log-odds). The threshold is
+    Youden's on this set unless one chosen elsewhere is given as log-odds (e.g. the
+    federation's pooled validation threshold applied to a held-out clinic). `strata`
     (each image's clinic) resamples patients within their clinic, as the federated
     pooled interval does.
     """
-    scores = finding_scores(probs) if np.ndim(probs) == 2 else np.asarray(probs, dtype=np.float64)
+    scores = finding_scores(logits)
     positive = finding_labels(labels)
+    finite = ~np.isnan(scores)
+    nonfinite = int((~finite).sum())
+    if nonfinite:
+        scores, positive = scores[finite], positive[finite]
+        patients = None if patients is None else np.asarray(patients)[finite]
+        strata = None if strata is None else np.asarray(strata)[finite]
     auroc, low, high = bootstrap_auroc(scores, positive, patients, strata=strata, n_boot=n_boot, seed=seed)
-    cut = youden_threshold(scores, positive) if threshold is None else float(threshold)
-    sens, spec = sensitivity_specificity(scores, positive, cut) if math.isfinite(cut) else (math.nan, math.nan)
+    cut = youden_threshold(scores, positive) if threshold_logit is None else float(threshold_logit)
+    sens, spec = sensitivity_specificity(scores, positive, cut) if not math.isnan(cut) else (math.nan, math.nan)
     n_patients = len(np.unique(patients)) if patients is not None else len(scores)
-    return QualityReport(auroc, low, high, sens, spec, cut, expected_calibration_error(scores, positive),
-                         int(len(scores)), int(n_patients))
-
-
-# ----------------------------------------------------------------------------- pooled over clinics
-
-
-def score_summary(probs: np.ndarray, labels: np.ndarray) -> dict[str, list[float]]:
-    """What a clinic sends for pooled figures: per-class score histograms and calibration bins.
-
-    Counts per bin only: no image, patient or order can be recovered from them.
-    """
-    scores = finding_scores(probs)
-    positive = finding_labels(labels)
-    bins = score_bins(scores)
-    neg = np.bincount(bins[~positive], minlength=len(HIST_EDGES) - 1)
-    pos = np.bincount(bins[positive], minlength=len(HIST_EDGES) - 1)
-    cal = calibration_bins(scores, positive)
-    return {"hist_neg": neg.tolist(), "hist_pos": pos.tolist(),
-            "cal_count": cal["count"], "cal_findings": cal["findings"], "cal_score_sum": cal["score_sum"]}
-
-
-SUMMARY_KEYS = ("hist_neg", "hist_pos", "cal_count", "cal_findings", "cal_score_sum")
-REPLICATE_KEYS = ("boot_bins", "boot_neg", "boot_pos")
-
-
-def private_seed(scores: np.ndarray, salt: int = 0) -> int:
-    """A seed only the holder of `scores` can compute: a digest of them (and a salt)."""
-    digest = hashlib.sha256(np.asarray(scores, dtype=np.float64).tobytes() + str(salt).encode())
-    return int.from_bytes(digest.digest()[:8], "little")
-
-
-def score_bins(scores: np.ndarray) -> np.ndarray:
-    """Each score's bin on `HIST_EDGES` (0 .. len - 2)."""
-    return np.clip(np.searchsorted(HIST_EDGES, scores, side="right") - 1, 0, len(HIST_EDGES) - 2)
-
-
-def bin_groups(bins: np.ndarray, n_groups: int = REPLICATE_GROUPS) -> tuple[np.ndarray, np.ndarray]:
-    """(each image's group, each group's fine bin): at most `n_groups` ranges of neighbouring
-    bins holding about equal numbers of images; a bin is never split. A group sits at
-    the bin of its middle image."""
-    order = np.argsort(bins, kind="stable")
-    ranked = bins[order]
-    first = np.searchsorted(ranked, ranked, side="left")  # rank of the first image in its bin
-    group_sorted = np.unique(first * n_groups // ranked.size, return_inverse=True)[1].reshape(-1)
-    groups = np.empty_like(group_sorted)
-    groups[order] = group_sorted
-    starts = run_starts(group_sorted)
-    ends = np.r_[starts[1:], ranked.size]
-    return groups, ranked[(starts + ends - 1) // 2].astype(np.int64)
-
-
-def bootstrap_summary(probs: np.ndarray, labels: np.ndarray, patients: np.ndarray | None = None, *,
-                      n_boot: int = REPLICATES, salt: int = 0) -> dict[str, list[int]]:
-    """What a clinic sends for the pooled CI: `n_boot` patient-resampled score histograms
-    per class, as flattened B x G counts on G groups of neighbouring bins (`bin_groups`)
-    placed at fine bins `boot_bins`.
-
-    The resamples are drawn from `private_seed` of the clinic's scores, so the server
-    does not know which patients each replicate repeated.
-    """
-    scores = finding_scores(probs)
-    positive = finding_labels(labels)
-    if scores.size == 0:
-        return {}
-    patient = np.arange(scores.size) if patients is None else \
-        np.unique(np.asarray(patients), return_inverse=True)[1].reshape(-1)
-    rng = np.random.default_rng(private_seed(scores, salt))
-    groups, bins = bin_groups(score_bins(scores))
-    cell = groups * 2 + positive  # (group, class) of each image
-    order = np.argsort(cell, kind="stable")
-    starts = run_starts(cell[order])
-    filled = cell[order][starts]  # the (group, class) cells that hold images
-    counts = np.zeros((n_boot, bins.size * 2), dtype=np.int64)
-    for start in range(0, n_boot, 100):  # B x N image weights in chunks: bounded memory
-        weights = resample_counts(patient, None, min(100, n_boot - start), rng)[:, patient[order]]
-        counts[start:start + len(weights), filled] = np.add.reduceat(weights, starts, axis=1)
-    counts = counts.reshape(n_boot, bins.size, 2)
-    return {"boot_bins": bins.tolist(), "boot_neg": counts[:, :, 0].reshape(-1).tolist(),
-            "boot_pos": counts[:, :, 1].reshape(-1).tolist()}
-
-
-def histogram_auroc(neg: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """AUROC from per-class counts on shared, ordered bins (last axis), pairs in one bin as ties."""
-    below = np.cumsum(neg, axis=-1) - neg
-    den = pos.sum(axis=-1) * neg.sum(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (pos * (below + 0.5 * neg)).sum(axis=-1) / np.where(den > 0, den, 1.0), np.nan)
-
-
-def _replicate_arrays(summary: dict[str, list[float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(bins, B x G negatives, B x G positives) of one clinic's replicates, None if unusable."""
-    bins = np.asarray(summary.get("boot_bins", []), dtype=np.int64)
-    neg = np.asarray(summary.get("boot_neg", []), dtype=np.float64)
-    pos = np.asarray(summary.get("boot_pos", []), dtype=np.float64)
-    if bins.size == 0 or neg.size != pos.size or neg.size % bins.size:
-        return None
-    return bins, neg.reshape(-1, bins.size), pos.reshape(-1, bins.size)
-
-
-def pooled_interval(replicates: list[dict[str, list[float]]], point: float,
-                    level: float = CI_LEVEL) -> tuple[float, float]:
-    """The pooled AUROC's CI from every clinic's `bootstrap_summary` (NaN if one is missing).
-
-    Replicate b is the sum of the clinics' replicates b, on the union of their bins: a
-    bootstrap over patients stratified by clinic. Grouping neighbouring scores turns
-    close pairs into ties and pulls each replicate towards 0.5, so the interval is
-    shifted by the gap between the point AUROC (fine bins) and the AUROC of the mean
-    replicate, then kept within [0, 1].
-    """
-    arrays = [_replicate_arrays(r) for r in replicates]
-    if not arrays or any(a is None for a in arrays) or len({a[1].shape[0] for a in arrays}) != 1 \
-            or not math.isfinite(point):
-        return math.nan, math.nan
-    union = np.unique(np.concatenate([a[0] for a in arrays]))
-    neg = np.zeros((arrays[0][1].shape[0], union.size))
-    pos = np.zeros_like(neg)
-    for bins, clinic_neg, clinic_pos in arrays:
-        at = np.searchsorted(union, bins)
-        np.add.at(neg, (slice(None), at), clinic_neg)
-        np.add.at(pos, (slice(None), at), clinic_pos)
-    low, high = percentile_interval(histogram_auroc(neg, pos), level)
-    coarse = float(histogram_auroc(neg.mean(axis=0), pos.mean(axis=0)))
-    shift = point - coarse if math.isfinite(coarse) else 0.0
-    return max(0.0, low + shift), min(1.0, high + shift)
-
-
-def pooled_quality(summaries: list[dict[str, list[float]]]) -> dict[str, float | None]:
-    """Pooled AUROC [95 % CI], Youden threshold, sensitivity, specificity and ECE from clinics'
-    summaries (`score_summary`, plus `bootstrap_summary` for the CI).
-
-    AUROC from the summed histograms counts pairs within one bin as ties (bins are
-    narrow: the error is at most half the share of such pairs). The threshold is the
-    lower edge of a bin. The CI is given only when every clinic sent its replicates.
-    """
-    usable = [s for s in summaries if all(k in s and len(s[k]) for k in SUMMARY_KEYS)]
-    if not usable:
-        return {}
-    total = {k: np.sum([np.asarray(s[k], dtype=np.float64) for s in usable], axis=0) for k in SUMMARY_KEYS}
-    neg, pos = total["hist_neg"], total["hist_pos"]
-    n_neg, n_pos = neg.sum(), pos.sum()
-    out: dict[str, float | None] = {"images": float(n_neg + n_pos), "clinics": float(len(usable))}
-    out["ece"] = ece_from_bins({"count": total["cal_count"], "findings": total["cal_findings"],
-                                "score_sum": total["cal_score_sum"]})
-    if n_neg == 0 or n_pos == 0:
-        out.update(auroc=None, sensitivity=None, specificity=None, threshold=None)
-        return out
-    out["auroc"] = float(histogram_auroc(neg, pos))
-    low, high = pooled_interval([s for s in usable if np.sum(s["cal_count"]) > 0], out["auroc"])
-    out.update(auroc_low=low if math.isfinite(low) else None, auroc_high=high if math.isfinite(high) else None)
-    # calling a finding at score >= edge k: positives and negatives in bins k..end
-    sens = np.cumsum(pos[::-1])[::-1] / n_pos
-    spec = 1.0 - np.cumsum(neg[::-1])[::-1] / n_neg
-    best = int(np.argmax(sens + spec - 1.0))
-    out.update(sensitivity=float(sens[best]), specificity=float(spec[best]),
-               threshold=float(HIST_EDGES[best]))
-    return out
-
-
-def operating_point(summary: dict[str, list[float]], threshold: float) -> tuple[float, float]:
-    """(sensitivity, specificity) of one clinic's histograms at a threshold chosen elsewhere.
-
-    Exact for a threshold that is a histogram edge (as `pooled_quality` chooses): a finding
-    is called at score >= threshold, i.e. in that edge's bin and above.
-    """
-    neg = np.asarray(summary["hist_neg"], dtype=np.float64)
-    pos = np.asarray(summary["hist_pos"], dtype=np.float64)
-    k = min(int(np.searchsorted(HIST_EDGES, threshold - 1e-12)), len(pos))
-    sens = float(pos[k:].sum() / pos.sum()) if pos.sum() else math.nan
-    spec = float(neg[:k].sum() / neg.sum()) if neg.sum() else math.nan
-    return sens, spec
+    n = len(scores)
+    return QualityReport(
+        auroc, low, high, sens, spec, float(finding_probability(cut)) if not math.isnan(cut) else math.nan,
+        expected_calibration_error(scores, positive) if n else math.nan, int(n), int(n_patients),
+        threshold_logit=cut, prevalence=float(positive.mean()) if n else math.nan,
+        called_positive=float((scores > 0).mean()) if n else math.nan,
+        distinct_scores=int(np.unique(scores).size), nonfinite=nonfinite)

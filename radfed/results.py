@@ -2,7 +2,7 @@
 
 `coordinator sweep` tags each experiment with its sweep name and weight source; the
 leaderboard (CLI and dashboard) groups finished runs by those tags, never by parsing
-names, and shows mean ± sd final AUROC per backbone and weight source.
+names, and shows mean ± sd pooled AUROC (the headline, radfed.ranking) per backbone and weight source.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def rounds_done(entry: dict[str, Any]) -> int:
 
 
 def summary(entries: list[dict[str, Any]], sweep: str | None = None) -> list[dict[str, Any]]:
-    """Mean ± sd final AUROC per (sweep, backbone, weight source), as the paper reports.
+    """Mean ± sd pooled AUROC per (sweep, backbone, weight source), as the paper reports.
 
     `entries` are leaderboard entries (radfed.store.Store.leaderboard); only tagged
     experiments count, grouped by their tags, never by name. sd is the sample standard
@@ -34,9 +34,9 @@ def summary(entries: list[dict[str, Any]], sweep: str | None = None) -> list[dic
         groups.setdefault(key, []).append(entry)
     rows = []
     for (name, backbone, source), runs in sorted(groups.items(), key=_group_order):
-        scores = [e["final_auroc"] for e in runs
-                  if e["status"] == "completed" and e["final_auroc"] is not None
-                  and math.isfinite(e["final_auroc"])]
+        scores = [e["pooled_auroc"] for e in runs
+                  if e["status"] == "completed" and e.get("pooled_auroc") is not None
+                  and math.isfinite(e["pooled_auroc"])]
         rows.append({
             "sweep": name, "backbone": backbone, "weight_source": source,
             "runs": len(runs), "scored": len(scores),

@@ -54,6 +54,7 @@ class ExperimentSpec:
     round_timeout: float = 3600.0
     val_fraction: float = 0.25
     seed: int = 0
+    patience: int = 0  # early stopping: end after this many rounds without a better pooled AUROC (0: off)
     data: dict[str, Any] = field(default_factory=dict, hash=False)
     sweep: str = ""  # set by `coordinator sweep`: the sweep this experiment belongs to
     weight_source: str = ""  # set by `coordinator sweep`: e.g. "radimagenet" or "imagenet"
@@ -90,6 +91,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "round_timeout": (1.0, 604_800.0),
     "val_fraction": (0.05, 0.9),
     "seed": (0, 2**31 - 1),
+    "patience": (0, 10_000),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "backbone": BACKBONES,

@@ -38,6 +38,8 @@ from sqlalchemy.exc import (
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
+from radfed.ranking import annotate
+
 __all__ = [
     "Baseline",
     "Checkpoint",
@@ -115,8 +117,10 @@ class Run(SQLModel, table=True):
     started_at: datetime = Field(default_factory=_utcnow)
     finished_at: datetime | None = None
     error: str | None = None
-    final_auroc: float | None = None
+    final_auroc: float | None = None  # pooled AUROC of the final model (radfed.ranking)
     rounds_planned: int = 0
+    selected_round: int | None = None  # the checkpoint kept as best: highest pooled AUROC
+    stopped_early: str | None = None  # why the run ended before its planned rounds (spec patience)
     holdout: str | None = None  # leave-one-clinic-out: the clinic kept out of training
     resumed_from: str | None = None  # earlier Flower run ids of this run, oldest first ("a,b")
 
@@ -324,12 +328,6 @@ def _attach_baselines(entries: list[dict[str, Any]], baselines: list[dict[str, A
         entry["baseline"] = {k: v for k, v in base.items() if k != "spec_json"} if base else None
         fed = (entry["pooled"] or {}).get("auroc")
         entry["vs_central"] = fed / base["auroc"] if fed is not None and base and base["auroc"] else None
-
-
-def _sort_key(entry: dict[str, Any]) -> tuple[bool, float, int]:
-    """Final AUROC descending, runs without one last, older run first on ties."""
-    auroc = entry["final_auroc"]
-    return (auroc is None, -(auroc or 0.0), entry["run_id"])
 
 
 # --------------------------------------------------------------------------- store
@@ -636,6 +634,22 @@ class Store:
             sha256=sha256, metric_name=metric_name, metric_value=_float(metric_value),
         ))
 
+    def select_round(self, run_id: int, server_round: int) -> None:
+        """Mark the round whose checkpoint is the run's selected model (best pooled AUROC)."""
+        self._execute_update(update(Run).where(Run.id == run_id)  # type: ignore[arg-type]
+                             .values(selected_round=int(server_round)), f"no run with id {run_id}")
+
+    def stop_early(self, run_id: int, server_round: int, note: str) -> None:
+        """Record that early stopping made `server_round` the run's last (with why)."""
+        self._execute_update(update(Run).where(Run.id == run_id)  # type: ignore[arg-type]
+                             .values(stopped_early=note[:500]), f"no run with id {run_id}")
+
+    def selected_round(self, run_id: int) -> int | None:
+        """The round `select_round` marked (None before any)."""
+        with self._session() as session:
+            run = session.get(Run, run_id)
+        return run.selected_round if run is not None else None
+
     def set_checkpoint_metric(self, run_id: int, server_round: int, metric_value: float | None) -> int:
         """Fill in the metric of the round's checkpoint(s) once evaluated.
 
@@ -675,7 +689,8 @@ class Store:
         with self._session() as session:
             rows = session.exec(select(Checkpoint).where(Checkpoint.run_id == run_id)
                                 .order_by(Checkpoint.server_round.desc())).all()  # type: ignore[attr-defined]
-        return [{"round": r.server_round, "path": r.path, "sha256": r.sha256} for r in rows]
+        return [{"round": r.server_round, "path": r.path, "sha256": r.sha256, "metric_value": r.metric_value}
+                for r in rows]
 
     def resume_run(self, run_id: int, flwr_run_id: int | str, from_round: int) -> None:
         """Continue a run after round `from_round` under a new Flower run id.
@@ -732,7 +747,7 @@ class Store:
         }
 
     def leaderboard(self, include_running: bool = False) -> list[dict[str, Any]]:
-        """Finished runs ranked by final federated AUROC (descending, None last).
+        """Finished runs ranked by pooled AUROC (descending, None last; radfed.ranking).
 
         Each entry is JSON-serialisable and carries its rounds, per-clinic results
         and checkpoints so the dashboard needs a single call.  `include_running`
@@ -749,10 +764,7 @@ class Store:
             children = self._children(session, run_ids)
         entries = [self._entry(run, exp, children) for run, exp in pairs]
         _attach_baselines(entries, self.baselines() if entries else [])
-        entries.sort(key=_sort_key)
-        for rank, entry in enumerate(entries, start=1):
-            entry["rank"] = rank
-        return entries
+        return annotate(entries)
 
     @staticmethod
     def _children(session: Session, run_ids: list[Any]) -> dict[str, dict[int, list[dict[str, Any]]]]:
@@ -790,7 +802,8 @@ class Store:
             "privacy": json.loads(exp.privacy),
             "status": run.status, "final_auroc": run.final_auroc, "error": run.error,
             "rounds_planned": run.rounds_planned, "holdout": run.holdout,
-            "resumed_from": run.resumed_from,
+            "resumed_from": run.resumed_from, "selected_round": run.selected_round,
+            "stopped_early": run.stopped_early,
             "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
             "rounds": children["rounds"][run.id],  # type: ignore[index]
             "clinics": children["clinics"][run.id],  # type: ignore[index]

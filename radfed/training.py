@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -153,48 +152,48 @@ def proximal_term(params: list[torch.Tensor], anchor: list[torch.Tensor], mu: fl
 
 
 @torch.no_grad()
-def predict(model: Classifier, images: torch.Tensor, batch_size: int = 64,
-            device: torch.device | None = None) -> torch.Tensor:
-    """Class probabilities for `images` (N x C), computed in eval mode."""
+def predict_logits(model: Classifier, images: torch.Tensor, batch_size: int = 64,
+                   device: torch.device | None = None) -> torch.Tensor:
+    """Raw class logits for `images` (N x C, float32), computed in eval mode.
+
+    Figures are computed from logits (radfed.evaluation.finding_scores), never from
+    softmax probabilities: a confident model's probabilities are all exactly 0 or 1 in
+    float32 and would tie, while its logits still rank the images.
+    """
     device = device or pick_device()
     model = _prepare(model, device).eval()
     out = []
     for x, _ in _batches(images, torch.zeros(len(images)), batch_size, shuffle=False):
         x = x.to(device)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
-            out.append(torch.softmax(model(x).float(), dim=1).cpu())
+            out.append(model(x).float().cpu())
     model.to("cpu")
     return torch.cat(out) if out else torch.zeros(0, 2)
+
+
+def predict(model: Classifier, images: torch.Tensor, batch_size: int = 64,
+            device: torch.device | None = None) -> torch.Tensor:
+    """Class probabilities for `images` (N x C), computed in eval mode."""
+    return torch.softmax(predict_logits(model, images, batch_size, device), dim=1)
 
 
 def evaluate(model: Classifier, images: torch.Tensor, labels: torch.Tensor,
              batch_size: int = 64, device: torch.device | None = None) -> EvalResult:
     """Loss, accuracy and AUROC on a clinic's validation split."""
-    probs = predict(model, images, batch_size, device)
-    return metrics_from_probs(probs, labels)
+    return metrics_from_logits(predict_logits(model, images, batch_size, device), labels)
 
 
-def metrics_from_probs(probs: torch.Tensor, labels: torch.Tensor) -> EvalResult:
-    """Aggregate metrics; AUROC is NaN when the split holds a single class."""
+def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> EvalResult:
+    """Aggregate metrics by radfed.evaluation's definitions (the ones a clinic reports):
+    cross-entropy from the logits, argmax accuracy, finding-vs-first-label AUROC (NaN
+    when the split holds a single class)."""
+    from radfed.evaluation import finding_auroc, loss_and_accuracy
+
     n = len(labels)
     if n == 0:
         return EvalResult(math.nan, math.nan, math.nan, 0)
-    loss = float(nn.functional.nll_loss(torch.log(probs.clamp_min(1e-7)), labels))
-    accuracy = float((probs.argmax(1) == labels).float().mean())
-    return EvalResult(loss, accuracy, auroc(probs.numpy(), labels.numpy()), n)
-
-
-def auroc(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Binary AUROC on the positive class, or macro one-vs-rest for more classes."""
-    from sklearn.metrics import roc_auc_score  # 2 s to import: only where it is used
-
-    present = np.unique(labels)
-    if len(present) < 2:
-        return math.nan
-    if probs.shape[1] == 2:
-        return float(roc_auc_score(labels, probs[:, 1]))
-    return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro",
-                               labels=list(range(probs.shape[1]))))
+    loss, accuracy = loss_and_accuracy(logits.numpy(), labels.numpy())
+    return EvalResult(loss, accuracy, finding_auroc(logits.numpy(), labels.numpy()), n)
 
 
 def train_head(
@@ -254,12 +253,12 @@ def train_head(
 
 
 @torch.no_grad()
-def predict_head(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
-    """Class probabilities from cached features (the backbone is frozen)."""
+def predict_head_logits(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """Class logits from cached features (the backbone is frozen)."""
     head.eval()
-    return torch.softmax(head(features.float()), dim=1) if len(features) else torch.zeros(0, 2)
+    return head(features.float()) if len(features) else torch.zeros(0, 2)
 
 
 def evaluate_head(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> EvalResult:
     """`evaluate` on cached validation features (the backbone is frozen)."""
-    return metrics_from_probs(predict_head(head, features), labels)
+    return metrics_from_logits(predict_head_logits(head, features), labels)

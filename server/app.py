@@ -125,8 +125,8 @@ def main(grid: Grid, context: Context) -> None:
                                        "local-bn": isinstance(getattr(strategy, "strategy", strategy), FedBN),
                                        "local-stats": privacy["mode"] != "none"})
                 reply = evaluate_holdout(train_grid, holdout_node, final_arrays, config, spec.round_timeout)
-                recorder.holdout(todo, reply)
-        final = recorder.val_auroc.get(spec.rounds)
+                recorder.holdout((recorder.stopped_at - start_round) if recorder.stopped_at else todo, reply)
+        final = recorder.val_auroc.get(recorder.stopped_at or spec.rounds)
         store.finish_run(run_id, "completed", final_auroc=final)
         log.info("run %s completed: final federated AUROC %s", run_id, final)
     except BaseException as err:

@@ -134,9 +134,9 @@ def evaluate_centralised(spec: ExperimentSpec, model: torch.nn.Module, clinics: 
     import numpy as np
 
     from radfed.evaluation import quality_report
-    from radfed.training import predict
+    from radfed.training import predict_logits
 
-    outputs = {name: (predict(_as_evaluated(spec, model, c), c.val.images).numpy(), c.val.labels.numpy(),
+    outputs = {name: (predict_logits(_as_evaluated(spec, model, c), c.val.images).numpy(), c.val.labels.numpy(),
                       c.val.patients.numpy() if c.val.patients is not None else np.arange(len(c.val)))
                for name, c in clinics.items()}
     inside = [name for name in outputs if name != holdout]
@@ -146,9 +146,9 @@ def evaluate_centralised(spec: ExperimentSpec, model: torch.nn.Module, clinics: 
                             strata=np.concatenate([np.full(len(outputs[n][1]), i) for i, n in enumerate(inside)]),
                             seed=spec.seed).as_dict()
     per_clinic = {}
-    for name, (probs, labels, patients) in outputs.items():
-        threshold = pooled["threshold"] if name == holdout else None
-        per_clinic[name] = quality_report(probs, labels, patients, threshold=threshold, seed=spec.seed).as_dict()
+    for name, (logits, labels, patients) in outputs.items():
+        cut = pooled["threshold_logit"] if name == holdout else None
+        per_clinic[name] = quality_report(logits, labels, patients, threshold_logit=cut, seed=spec.seed).as_dict()
     return pooled, per_clinic
 
 

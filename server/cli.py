@@ -204,23 +204,21 @@ def _submission(experiment: Path | None, resume: str | None, store, holdout: str
 def _report(status: dict, run_id: str) -> None:
     if status.get("status") != "completed":
         _fail(f"run {run_id} failed: {status.get('error') or 'unknown reason'}")
-    auroc = status.get("final_auroc")
-    shown = f"{auroc:.3f}" if isinstance(auroc, float) else "n/a"
-    err.print(f"run {run_id} completed: final federated AUROC {shown}", highlight=False)
+    err.print(f"run {run_id} completed", highlight=False)
 
 
 def _report_quality(store, run_id: str) -> None:
-    """The pooled AUROC with its 95 % CI and, for a hold-out run, the held-out clinic's
-    figures, as the leaderboard shows them."""
-    from server.leaderboard import holdout_rows, holdout_text, run_entry, with_ci
+    """The headline (pooled AUROC with its 95 % CI over every clinic's validation
+    patients), the clinic mean, the selected checkpoint, warnings about a degenerate model
+    and, for a hold-out run, the held-out clinic's figures, in the leaderboard's words."""
+    from server.leaderboard import holdout_rows, holdout_text, result_line, run_entry, warning_lines
 
     entry = run_entry(store, run_id)
     if entry is None:
         return
-    pooled = entry.get("pooled") or {}
-    if pooled.get("auroc") is not None:
-        err.print(f"pooled over the clinics' validation patients: AUROC {with_ci(pooled['auroc'], pooled)}",
-                  highlight=False)
+    err.print(result_line(entry), highlight=False, soft_wrap=True)
+    for line in warning_lines(entry):
+        err.print(line, style="yellow", highlight=False, soft_wrap=True)
     if entry.get("holdout") or holdout_rows(entry):
         err.print(f"held-out clinic (never trained on): {holdout_text(entry)}", highlight=False)
 

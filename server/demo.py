@@ -110,7 +110,7 @@ def run_demo(opts: DemoOptions, console: Console) -> int:
     from radfed.store import Store
     from server.clinics import EnrolmentError
     from server.launch import Connection, LaunchError, follow, submit
-    from server.leaderboard import leaderboard_table, result_line, run_entry
+    from server.leaderboard import leaderboard_table, result_line, run_entry, warning_lines
 
     work = opts.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -160,6 +160,8 @@ def run_demo(opts: DemoOptions, console: Console) -> int:
     entry = run_entry(store, run_id)
     if entry is not None:
         console.print(f"run {run_id}: {result_line(entry)}", soft_wrap=True, highlight=False)
+        for line in warning_lines(entry):
+            console.print(line, style="yellow", soft_wrap=True, highlight=False)
     console.print(f"database: {db_url}\ncheckpoints: {work / 'checkpoints'}\n"
                   f"leaderboard JSON: coordinator leaderboard --db {db_url} --json\n"
                   f"dashboard: dashboard --db {db_url}\n"

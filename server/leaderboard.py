@@ -1,10 +1,12 @@
 """The leaderboard as people and scripts read it: a rich table, or JSON.
 
-Beside the final federated AUROC (example-weighted over the clinics) it shows the
-pooled AUROC with its 95 % CI (from the clinics' score histograms and their
-patient-resampled replicates), federated ÷ centralised (against
-the newest comparable `coordinator baseline`), and for leave-one-clinic-out runs the
-held-out clinic's AUROC with its 95 % CI over patients.
+Runs are ranked by the headline figure, the **pooled AUROC** of the final model over
+every clinic's validation patients with its 95 % CI (radfed.ranking says why). Beside it:
+whether its CI overlaps the leader's ("≈ #1": cannot be told apart on this data), the
+clinic mean AUROC, the selected checkpoint (best pooled AUROC), warnings about a
+degenerate model, federated ÷ centralised (against the newest comparable `coordinator
+baseline`) and, for leave-one-clinic-out runs, the held-out clinic's AUROC with its CI.
+`coordinator run`, this table and the dashboard use the same words (radfed.reply).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from radfed.reply import CLINIC_MEAN_AUROC, POOLED_AUROC
 from radfed.results import rounds_done
 from radfed.store import Store
 
@@ -27,7 +30,7 @@ def run_entry(store: Store, run_id: str | int) -> dict[str, Any] | None:
 
 
 def leaderboard_json(store: Store) -> str:
-    """Every finished run, ranked by final federated AUROC, with rounds and clinics."""
+    """Every finished run, ranked by pooled AUROC, with rounds and clinics."""
     return json.dumps(store.leaderboard(), indent=2, default=str)
 
 
@@ -60,7 +63,7 @@ def holdout_text(entry: dict[str, Any]) -> str:
 
 
 def leaderboard_table(store: Store) -> RenderableType:
-    """One row per run, best final federated AUROC first; then, when sweeps ran, mean ± sd
+    """One row per run, best pooled AUROC first; then, when sweeps ran, mean ± sd pooled
     AUROC per sweep, backbone and weight source (as the RadImageNet paper reports)."""
     from radfed.results import summary
 
@@ -86,28 +89,49 @@ class _RunsView:
         for rank, row in enumerate(self.board, start=1):
             yield Text(f"{rank}. {row['experiment']}: {row['backbone']} ({row['weights']}), "
                        f"{row['strategy']}, {rounds_done(row)} rounds, {row['status']}; "
-                       f"{result_line(row)}" + (f"; held out {holdout_text(row)}" if holdout_rows(row) else ""))
+                       f"{result_line(row)}" + (f"; held out {holdout_text(row)}" if holdout_rows(row) else "")
+                       + "".join(f"; ⚠ {w}" for w in row.get("warnings", [])))
+
+
+def overlap_text(entry: dict[str, Any]) -> str:
+    """'#1' for the leader, '≈ #1' when the CI overlaps the leader's, 'below' when not."""
+    if entry.get("rank") == 1 and entry.get("pooled_auroc") is not None:
+        return "#1"
+    return {True: "≈ #1", False: "below #1"}.get(entry.get("overlaps_top"), "-")
+
+
+def selected_text(entry: dict[str, Any]) -> str:
+    """'round 3: 0.912' for the selected checkpoint, or '-'."""
+    sel = entry.get("selected")
+    if not sel:
+        return "-"
+    return f"round {sel['round']}: {sel['pooled_auroc']:.3f}"
 
 
 def _runs_table(board: list[dict]) -> Table:
     """One row per run; columns empty for every run (no privacy mode, no baseline, no
-    held-out clinic) are left out."""
+    held-out clinic, no warning) are left out."""
     columns = ("#", "experiment", "backbone", "weights", "strategy", "privacy", "rounds", "clinics",
-               "AUROC", "pooled", "÷ central", "held-out clinic", "status")
+               POOLED_AUROC + " [95 % CI]", "vs #1", CLINIC_MEAN_AUROC, "selected", "÷ central",
+               "held-out clinic", "warnings", "status")
     rows = []
-    for rank, row in enumerate(board, start=1):
+    for row in board:
         clinics = {c["clinic"] for c in row.get("clinics", []) if c["phase"] != "holdout"}
-        rows.append([str(rank), row["experiment"], row["backbone"], row["weights"],
+        rows.append([str(row["rank"]), row["experiment"], row["backbone"], row["weights"],
                      row["strategy"], row.get("privacy", {}).get("mode", "none"),
                      str(rounds_done(row)), str(len(clinics)),
-                     _num(row.get("final_auroc")), with_ci((row.get("pooled") or {}).get("auroc"), row.get("pooled")),
-                     _num(row.get("vs_central")), holdout_text(row), row["status"]])
-    optional = {"privacy", "÷ central", "held-out clinic"}
+                     with_ci(row.get("pooled_auroc"), row.get("pooled")), overlap_text(row),
+                     _num(row.get("clinic_mean_auroc")), selected_text(row), _num(row.get("vs_central")),
+                     holdout_text(row), "⚠ " + "; ".join(row["warnings"]) if row.get("warnings") else "-",
+                     row["status"]])
+    optional = {"privacy", "÷ central", "held-out clinic", "warnings"}
     keep = [i for i, col in enumerate(columns)
             if col not in optional or any(r[i] not in ("-", "none") for r in rows)]
-    table = Table(title="radfed leaderboard (final federated AUROC; pooled; ÷ centralised baseline)")
+    table = Table(title=f"radfed leaderboard (ranked by {POOLED_AUROC} of the final model; "
+                        f"≈ #1: its CI overlaps the leader's)")
+    numeric = ("#", "rounds", "clinics", POOLED_AUROC + " [95 % CI]", CLINIC_MEAN_AUROC, "÷ central")
     for i in keep:
-        figure = columns[i] in ("#", "rounds", "clinics", "AUROC", "pooled", "÷ central")
+        figure = columns[i] in numeric
         table.add_column(columns[i], justify="right" if figure else "left", no_wrap=figure)
     for r in rows:
         table.add_row(*[r[i] for i in keep])
@@ -115,22 +139,30 @@ def _runs_table(board: list[dict]) -> Table:
 
 
 def result_line(entry: dict[str, Any]) -> str:
-    """'final federated AUROC 0.937 (3 clinics); pooled 0.905 [0.85–0.95]' for one run."""
+    """'pooled AUROC 0.905 [0.85–0.95] (3 clinics); clinic mean AUROC 0.937; selected
+    checkpoint round 3: 0.912' for one run."""
     clinics = {c["clinic"] for c in entry.get("clinics", []) if c["phase"] != "holdout"}
-    pooled = entry.get("pooled") or {}
-    text = f"final federated AUROC {_num(entry.get('final_auroc'))} ({len(clinics)} clinics)"
-    if pooled.get("auroc") is not None:
-        text += f"; pooled {with_ci(pooled['auroc'], pooled)}"
+    text = f"{POOLED_AUROC} {with_ci(entry.get('pooled_auroc'), entry.get('pooled'))} ({len(clinics)} clinics)"
+    text += f"; {CLINIC_MEAN_AUROC} {_num(entry.get('clinic_mean_auroc'))}"
+    if entry.get("selected"):
+        text += f"; selected checkpoint {selected_text(entry)}"
     if entry.get("vs_central") is not None:
         text += f"; ÷ centralised {entry['vs_central']:.3f}"
+    if entry.get("stopped_early"):
+        text += f"; {entry['stopped_early']}"
     return text
 
 
+def warning_lines(entry: dict[str, Any]) -> list[str]:
+    """'warning: ...' lines for a degenerate model (radfed.ranking.model_warnings)."""
+    return [f"warning: {w}" for w in entry.get("warnings", [])]
+
+
 def sweep_table(rows: list[dict], title: str = "sweep results") -> Table:
-    """Mean ± sd final federated AUROC per backbone and weight source."""
+    """Mean ± sd pooled AUROC per backbone and weight source."""
     from radfed.results import mean_sd
 
-    table = Table(title=f"{title}: final federated AUROC, mean ± sd over scenarios")
+    table = Table(title=f"{title}: {POOLED_AUROC} of the final model, mean ± sd over scenarios")
     for col in ("sweep", "backbone", "weights", "runs", "scored", "failed", "AUROC mean ± sd", "best"):
         table.add_column(col, justify="right" if col in ("runs", "scored", "failed", "best") else "left")
     for row in rows:

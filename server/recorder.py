@@ -25,15 +25,13 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord
 
 from radfed.audit import Registry
-from radfed.evaluation import REPLICATE_KEYS, SUMMARY_KEYS, operating_point, pooled_quality
 from radfed.data_card import SHARED_CARD_KEYS
+from radfed.pooled import operating_point, pooled_quality
 from radfed.spec import ExperimentSpec
 from radfed.store import Store
 from strategies.utils import ClinicReply
 
 log = logging.getLogger("radfed.server")
-VAL_KEYS = ("val_loss", "val_accuracy", "val_auroc")
-QUALITY_KEYS = ("auroc_low", "auroc_high", "sensitivity", "specificity", "threshold", "ece", "patients")
 
 
 def _finite(value: float | None) -> float | None:
@@ -50,26 +48,26 @@ def sha256_file(path: Path) -> str:
 
 
 def clinic_quality(reply: ClinicReply) -> dict[str, float | None] | None:
-    """A clinic's quality figures from its validation metrics (None for older clinics)."""
-    found = {k: _finite(reply.metrics.get(f"val_{k}")) for k in QUALITY_KEYS
-             if f"val_{k}" in reply.metrics}
-    return found or None
+    """A clinic's quality figures (radfed.reply), None when its reply evaluated nothing."""
+    figures = reply.validation()
+    return figures.stored_quality() if figures is not None else None
 
 
 def pooled_validation(replies: list[ClinicReply]) -> dict[str, float | None]:
-    """Pooled figures over the clinics that sent their per-bin counts."""
-    return pooled_quality([{k: r.lists.get(f"val_{k}", []) for k in SUMMARY_KEYS + REPLICATE_KEYS}
-                           for r in replies])
+    """Pooled figures over the clinics that sent their per-score counts."""
+    return pooled_quality([v.summary for r in replies if (v := r.validation()) is not None])
 
 
-def weighted_validation(replies: list[ClinicReply], count_key: str) -> dict[str, float | None]:
-    """Validation metrics averaged over clinics, weighted by validation examples."""
+def weighted_validation(replies: list[ClinicReply]) -> dict[str, float | None]:
+    """Loss, accuracy and AUROC averaged over clinics, weighted by validation images
+    (the "clinic mean"; the headline is the pooled AUROC)."""
     out: dict[str, float | None] = {}
-    for key in VAL_KEYS:
-        pairs = [(r.metrics[key], r.metrics.get(count_key, 0)) for r in replies
-                 if _finite(r.metrics.get(key)) is not None and r.metrics.get(count_key, 0) > 0]
+    figures = [v for r in replies if (v := r.validation()) is not None and v.examples > 0]
+    for key, read in (("val_loss", lambda v: v.loss), ("val_accuracy", lambda v: v.accuracy),
+                      ("val_auroc", lambda v: v.auroc)):
+        pairs = [(read(v), v.examples) for v in figures if _finite(read(v)) is not None]
         total = sum(w for _, w in pairs)
-        out[key] = sum(v * w for v, w in pairs) / total if total else None
+        out[key] = sum(x * w for x, w in pairs) / total if total else None
     return out
 
 
@@ -88,12 +86,19 @@ class RunRecorder:
         self._pending: list[tuple[str, int, str | None, str]] = []
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        self.val_auroc: dict[int, float | None] = {}
+        self.val_auroc: dict[int, float | None] = {}  # pooled AUROC per round (the headline)
+        self.best: tuple[int, float] | None = None  # (round, pooled AUROC) of the selected checkpoint
+        self.stopped_at: int | None = None  # early stopping made this round the last
+        self._evaluated = 0  # the newest round whose model has pooled figures
         self.pooled: dict[int, dict[str, float | None]] = {}
         self._round_started = time.monotonic()
         self.frozen, self.key_order = frozen or {}, key_order
         self.normalisation = normalisation
         self.offset = round_offset  # a resumed run: the strategy's round 1 is round offset + 1
+        if round_offset:  # a resumed run keeps the selection of its earlier rounds
+            kept = [(c["round"], c["metric_value"]) for c in store.checkpoints_of(run_id)
+                    if c["round"] == store.selected_round(run_id) and c["metric_value"] is not None]
+            self.best = kept[0] if kept else None
         self._down: dict[tuple[int, str], dict[str, int]] = {}
         self._traffic: dict[int, list[int]] = {}  # round -> [bytes down, bytes up]
         self._names: dict[str, str] = {}  # node id -> name it replied with (no register: --insecure)
@@ -204,15 +209,14 @@ class RunRecorder:
     def _clinic_row(self, server_round: int, phase: str, reply: ClinicReply, examples: int,
                     traffic: bool = False) -> None:
         """One clinic's row; `traffic`: the row of the message exchange itself (bytes)."""
-        m = reply.metrics
-        evaluate = phase == "evaluate"
+        figures = reply.validation() if phase == "evaluate" else None
         down = self._down.get((server_round, phase), {}).get(reply.node_id) if traffic else None
         self.store.record_clinic_result(
             self.run_id, server_round, reply.clinic, reply.node_id, phase,
-            loss=_finite(m.get("val_loss" if evaluate else "train_loss")), num_examples=examples,
-            accuracy=_finite(m.get("val_accuracy")) if evaluate else None,
-            auroc=_finite(m.get("val_auroc")) if evaluate else None, device=reply.device,
-            quality=clinic_quality(reply) if evaluate else None,
+            loss=_finite(figures.loss if figures else reply.metrics.get("train_loss")), num_examples=examples,
+            accuracy=_finite(figures.accuracy) if figures else None,
+            auroc=_finite(figures.auroc) if figures else None, device=reply.device,
+            quality=figures.stored_quality() if figures else None,
             bytes_down=down, bytes_up=reply.bytes_up if traffic else None,
         )
 
@@ -225,18 +229,20 @@ class RunRecorder:
             self.store.record_clinic_result(self.run_id, server_round, reply.clinic, reply.node_id,
                                             "holdout", loss=None, num_examples=0, note=reply.error)
             return
-        m = reply.metrics
-        quality = clinic_quality(reply) or {}
-        threshold = self.pooled.get(server_round, {}).get("threshold")
-        if threshold is not None:  # the federation's operating point, not the clinic's own
-            summary = {k: reply.lists.get(f"val_{k}", []) for k in SUMMARY_KEYS}
-            if summary["hist_pos"]:
-                sens, spec = operating_point(summary, threshold)
-                quality.update(threshold=threshold, sensitivity=_finite(sens), specificity=_finite(spec))
+        figures = reply.validation()
+        quality = figures.stored_quality() if figures else {}
+        pooled = self.pooled.get(server_round, {})
+        cut = pooled.get("threshold_logit")
+        if cut is not None and figures and figures.summary.get("hist_keys"):
+            # the federation's operating point, not the clinic's own
+            sens, spec = operating_point(figures.summary, cut)
+            quality.update(threshold=pooled.get("threshold"), threshold_logit=cut,
+                           sensitivity=_finite(sens), specificity=_finite(spec))
         self.store.record_clinic_result(
             self.run_id, server_round, reply.clinic, reply.node_id, "holdout",
-            loss=_finite(m.get("val_loss")), num_examples=reply.num_examples,
-            accuracy=_finite(m.get("val_accuracy")), auroc=_finite(m.get("val_auroc")),
+            loss=_finite(figures.loss) if figures else None, num_examples=reply.num_examples,
+            accuracy=_finite(figures.accuracy) if figures else None,
+            auroc=_finite(figures.auroc) if figures else None,
             device=reply.device, quality=quality or None,
         )
 
@@ -251,25 +257,48 @@ class RunRecorder:
                                         train_loss=_finite(float(metrics["train_loss"])))
             received = [r for r in ok if "val_examples" in r.metrics]
             if received:
-                self._validation(server_round - 1, received, "val_examples")
+                self._validation(server_round - 1, received)
         elif ok:
-            self._validation(server_round, ok, "num-examples")
+            self._validation(server_round, ok)
 
-    def _validation(self, server_round: int, replies: list[ClinicReply], count_key: str) -> None:
-        values = weighted_validation(replies, count_key)
-        self.val_auroc[server_round] = values["val_auroc"]
-        self.pooled[server_round] = pooled_validation(replies)
+    def _validation(self, server_round: int, replies: list[ClinicReply]) -> None:
+        """The round's figures: clinic mean, pooled (the headline) and the selected
+        checkpoint (best pooled AUROC so far; the earliest round on ties)."""
+        values = weighted_validation(replies)
+        pooled = pooled_validation(replies)
+        self.val_auroc[server_round] = pooled.get("auroc")
+        self.pooled[server_round] = pooled
         self.store.record_round(
-            self.run_id, server_round, **values, pooled=self.pooled[server_round] or None,
-            num_clinics=len(replies),
-            num_examples=int(sum(r.metrics.get(count_key, 0) for r in replies)))
-        self.store.set_checkpoint_metric(self.run_id, server_round, values["val_auroc"])
+            self.run_id, server_round, **values, pooled=pooled or None, num_clinics=len(replies),
+            num_examples=int(sum(v.examples for r in replies if (v := r.validation()) is not None)))
+        self.store.set_checkpoint_metric(self.run_id, server_round, pooled.get("auroc"))
+        score = pooled.get("auroc")
+        self._evaluated = max(self._evaluated, server_round)
+        if server_round > 0 and score is not None and (self.best is None or score > self.best[1]):
+            self.best = (server_round, score)
+            self.store.select_round(self.run_id, server_round)
+
+    def stop_after(self, server_round: int, patience: int) -> bool:
+        """Early stopping, asked once round `server_round` has trained: True (and recorded)
+        when the newest evaluated model is `patience` rounds past the best one."""
+        server_round += self.offset
+        if self.best is None or self._evaluated - self.best[0] < patience:
+            return False
+        self.stopped_at = server_round
+        note = (f"stopped early after round {server_round}: pooled AUROC not better than round "
+                f"{self.best[0]}'s {self.best[1]:.3f} for {self._evaluated - self.best[0]} rounds (patience {patience})")
+        log.info("%s", note)
+        self.store.stop_early(self.run_id, server_round, note)
+        return True
 
     def checkpoint(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Flower's evaluate_fn: runs at the end of every round; round 0 is skipped."""
+        """Flower's evaluate_fn: runs at the end of every round; round 0 is skipped, and so
+        are the rounds Flower still loops through after an early stop."""
         if server_round == 0:  # the initial model (a resumed run's is already checkpointed)
             return None
         server_round += self.offset
+        if self.stopped_at is not None and server_round > self.stopped_at:
+            return None
         path = self.checkpoint_dir / f"round-{server_round:03d}.pt"
         state = arrays.to_torch_state_dict()
         if self.frozen:  # head-only rounds: the checkpoint is still the whole model
@@ -279,11 +308,11 @@ class RunRecorder:
                     "normalisation": self.normalisation}, path)
         metric = self.val_auroc.get(server_round)
         self.store.record_checkpoint(self.run_id, server_round, str(path), sha256_file(path),
-                                     "val_auroc", metric)
+                                     "pooled_auroc", metric)
         duration = time.monotonic() - self._round_started
         down, up = self._traffic.get(server_round, (None, None))
         self.store.record_round(self.run_id, server_round, duration_s=duration,
                                 bytes_down=down, bytes_up=up)
         self._round_started = time.monotonic()
-        log.info("round %d checkpoint %s (val_auroc=%s, %.1f s)", server_round, path, metric, duration)
+        log.info("round %d checkpoint %s (pooled AUROC=%s, %.1f s)", server_round, path, metric, duration)
         return None

@@ -48,6 +48,7 @@ def build_strategy(spec: ExperimentSpec, recorder: RoundRecorder,
     strategy.backbone = backbone
     strategy.statistics_keys = list(statistics_keys or [])
     strategy.final_round = spec.rounds
+    strategy.patience = spec.patience
     strategy.norm_factor = norm_factor
     strategy.min_accept = spec.min_accept or spec.min_clinics
     if not private:
@@ -58,6 +59,7 @@ def build_strategy(spec: ExperimentSpec, recorder: RoundRecorder,
     wrapper = wrap_private(strategy, privacy, shared)
     wrapper.recorder = recorder
     wrapper.final_round = spec.rounds
+    wrapper.patience = spec.patience
     return wrapper
 
 

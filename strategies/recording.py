@@ -9,6 +9,11 @@ message before training on it, so the model of round r is evaluated during round
 and a separate evaluate broadcast (one more full model to every clinic) is only needed
 after the last round. Same model, same held-out patients, same numbers; one model
 transfer per round instead of two.
+
+Early stopping (spec `patience`): when round r's train replies show that the pooled
+AUROC has not improved for `patience` rounds (the recorder's `stop_after`), round r is
+the last: its model gets the final evaluate broadcast, and the rounds Flower still
+loops through send nothing, aggregate nothing and checkpoint nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ class RoundRecorder(Protocol):
 
     def sent(self, server_round: int, phase: str, bytes_by_node: dict[str, int]) -> None: ...
 
+    def stop_after(self, server_round: int, patience: int) -> bool: ...
+
 
 class NoClinicResult(RuntimeError):
     """A round in which no clinic returned a usable result: the run cannot go on."""
@@ -45,16 +52,26 @@ class RecordingMixin:
 
     recorder: RoundRecorder
     final_round: int = 1
+    patience: int = 0
+    stopped_at: int | None = None  # the round early stopping made the last one
+
+    def _done(self, server_round: int) -> bool:
+        return self.stopped_at is not None and server_round > self.stopped_at
+
+    def _last(self, server_round: int) -> bool:
+        return server_round == (self.stopped_at or self.final_round)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        if self._done(server_round):
+            return []
         config["evaluate-received"] = True  # round 1: the initial model, recorded as round 0
         messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
         return self._report_sent(server_round, "train", messages)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        if server_round != self.final_round:
+        if not self._last(server_round):
             return []
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))  # type: ignore[misc]
         return self._report_sent(server_round, "evaluate", messages)
@@ -70,19 +87,24 @@ class RecordingMixin:
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        if self._done(server_round):
+            return None, None
         replies = list(replies)
         parsed = self._record(server_round, "train", replies)
         arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
         self.recorder.round_metrics(server_round, "train", metrics, parsed)
         if arrays is None:
             raise NoClinicResult(_why_empty(server_round, "training", parsed))
+        if self.patience and server_round < self.final_round and \
+                self.recorder.stop_after(server_round, self.patience):
+            self.stopped_at = server_round
         return arrays, metrics
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         replies = list(replies)
-        if server_round != self.final_round:
+        if not self._last(server_round):
             return None  # this round's model is evaluated on receipt, in the next round
         parsed = self._record(server_round, "evaluate", replies)
         metrics = super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]

@@ -12,6 +12,7 @@ import numpy as np
 from flwr.app import Message, MetricRecord, RecordDict
 
 from radfed.data_card import DATA_CARD_RECORD
+from radfed.reply import ClinicValidation
 
 NUM_EXAMPLES = "num-examples"
 MAX_DATA_CARD_CHARS = 65536  # a data card is a few hundred bytes of counts
@@ -34,6 +35,10 @@ class ClinicReply:
     @property
     def num_examples(self) -> int:
         return int(self.metrics.get(NUM_EXAMPLES, 0))
+
+    def validation(self) -> ClinicValidation | None:
+        """The clinic's figures for the model it evaluated (radfed.reply), None if none."""
+        return None if self.error else ClinicValidation.from_metrics(self.metrics, self.lists)
 
 
 def model_bytes(content: RecordDict) -> int:
@@ -62,15 +67,21 @@ def parse_reply(msg: Message) -> ClinicReply:
     if msg.has_error():
         return ClinicReply(node_id, f"node-{node_id}", None, {}, msg.error.reason)
     content = msg.content
-    metrics: dict[str, float] = {}
-    lists: dict[str, list[float]] = {}
-    for record in content.metric_records.values():
-        metrics.update({k: float(v) for k, v in record.items() if not isinstance(v, list)})
-        lists.update({k: [float(x) for x in v] for k, v in record.items() if isinstance(v, list)})
+    metrics, lists = split_metrics(list(content.metric_records.values()))
     info = content.config_records.get("clinic", {})
     return ClinicReply(node_id, str(info.get("name", f"node-{node_id}")),
                        info.get("device"), metrics, lists=lists,
                        bytes_up=model_bytes(content), data_card=_data_card(content))
+
+
+def split_metrics(records: list[MetricRecord]) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """(single numbers, lists) of a reply's MetricRecords, as floats."""
+    metrics: dict[str, float] = {}
+    lists: dict[str, list[float]] = {}
+    for record in records:
+        metrics.update({k: float(v) for k, v in record.items() if not isinstance(v, list)})
+        lists.update({k: [float(x) for x in v] for k, v in record.items() if isinstance(v, list)})
+    return metrics, lists
 
 
 def _data_card(content: RecordDict) -> dict | None:

@@ -70,7 +70,9 @@ def test_leaderboard_in_auroc_order(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     board = at.dataframe[0].value
     assert board["Experiment"].tolist() == ["densenet-fedprox", "resnet-fedavg", "vit-crashed"]
     assert board["Rank"].tolist() == [1, 2, 3]
-    assert board["Final AUROC"].tolist()[:2] == [0.93, 0.81]
+    assert board["Pooled AUROC"].tolist()[:2] == [0.93, 0.81]  # recorded as the run's final pooled figure
+    assert board["Clinic mean AUROC"].tolist()[:2] == [0.93, 0.81]
+    assert board["vs #1"].tolist()[:2] == ["#1", ""]  # no intervals recorded: nothing to compare
     assert board["Status"].tolist() == ["completed", "completed", "failed"]
     assert board["Rounds"].tolist() == [2, 2, 2]
     # the best run is selected first: its clinics and its checkpoint download are shown

@@ -40,7 +40,8 @@ def test_small_demo_two_clinics_end_to_end(tmp_path):
                "--image-size", "32", "--backbone", "resnet18", "--workdir", str(work), timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert f"database: sqlite:///{work / 'radfed.db'}" in proc.stdout
-    assert re.search(r"run \d+: final federated AUROC \S+ \(2 clinics\)", proc.stdout), proc.stdout[-2000:]
+    assert re.search(r"run \d+: pooled AUROC \S+( \[\S+\])? \(2 clinics\); clinic mean AUROC \S+",
+                     proc.stdout), proc.stdout[-2000:]
     assert sorted(p.name for p in (work / "data").iterdir()) == ["clinic-1", "clinic-2"]
     assert _radfed_processes() - before == set()
 

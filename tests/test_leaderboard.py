@@ -26,8 +26,8 @@ def _render(store: Store, width: int) -> str:
 
 
 def test_wide_terminal_gets_the_table_without_empty_columns(tmp_path):
-    text = _render(_store(tmp_path), 200)
-    assert "demo-resnet50-3clinics" in text and "0.886 [0.79–0.95]" in text and "0.936" in text
+    text = _render(_store(tmp_path), 250)
+    assert "demo-resnet50-3clinics" in text and "0.886 [0.79–0.95]" in text and "0.900" in text
     header = next(line for line in text.splitlines() if "experiment" in line)
     assert "privacy" not in header and "held-out" not in header  # empty for every run
     row = next(line for line in text.splitlines() if "demo-resnet50" in line)
@@ -38,5 +38,6 @@ def test_narrow_terminal_gets_one_readable_line_per_run(tmp_path):
     text = _render(_store(tmp_path), 80)
     flat = " ".join(text.split())
     assert "1. demo-resnet50-3clinics: resnet50 (random), fedavg, 3 rounds, completed" in flat
-    assert "final federated AUROC 0.936 (0 clinics); pooled 0.886 [0.79–0.95]" in flat
+    assert ("pooled AUROC 0.886 [0.79–0.95] (0 clinics); clinic mean AUROC 0.900; "
+            "selected checkpoint round 3: 0.886") in flat
     assert "…" not in text

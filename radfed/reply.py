@@ -1,0 +1,108 @@
+"""One definition of what a clinic reports about a model on its validation patients.
+
+The ClientApp builds a `ClinicValidation` from the model's logits (`from_logits`) and
+sends it as Flower metrics (`to_metrics`); the strategies read it back
+(`ClinicValidation.from_metrics`), the recorder stores its fields under the same names,
+and the dashboard labels them from `LABELS`. A figure therefore has one name and one
+meaning from the clinic to the screen: "auroc" is always the finding-vs-first-label AUROC
+of the float32 log-odds (radfed.evaluation), the same numbers its CI, threshold,
+sensitivity, specificity and the pooled counts come from.
+
+Wire names are `val_<field>`; the number of images is under the message's count key
+("num-examples" for an evaluate reply, "val_examples" when a train reply also evaluates
+the model it received).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from radfed.evaluation import QualityReport, finding_labels, finding_scores, loss_and_accuracy, quality_report
+from radfed.pooled import REPLICATE_KEYS, SUMMARY_KEYS, bootstrap_summary, score_summary
+
+PREFIX = "val_"
+QUALITY_FIELDS = tuple(f.name for f in fields(QualityReport))
+# What a person reads for each figure (dashboard, leaderboard): one wording everywhere.
+LABELS = {
+    "auroc": "AUROC", "auroc_low": "95% CI low", "auroc_high": "95% CI high", "sensitivity": "Sensitivity",
+    "specificity": "Specificity", "threshold": "Threshold p(finding)", "threshold_logit": "Threshold (log-odds)",
+    "ece": "ECE", "images": "Images", "patients": "Patients", "prevalence": "Prevalence",
+    "called_positive": "Called positive", "distinct_scores": "Distinct scores", "nonfinite": "Non-finite scores",
+    "loss": "Loss", "accuracy": "Accuracy",
+}
+POOLED_AUROC = "pooled AUROC"  # the headline: over every clinic's validation patients, with its 95 % CI
+CLINIC_MEAN_AUROC = "clinic mean AUROC"  # the clinics' AUROCs averaged, weighted by validation images
+
+
+def _float(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+
+
+@dataclass
+class ClinicValidation:
+    """A clinic's figures for one model: loss and accuracy (argmax), the quality report,
+    and the counts (`summary`) that make the pooled figures at the server."""
+
+    loss: float
+    accuracy: float
+    quality: QualityReport
+    summary: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def auroc(self) -> float:
+        return self.quality.auroc
+
+    @property
+    def examples(self) -> int:
+        return self.quality.images + self.quality.nonfinite
+
+    def to_metrics(self, count_key: str) -> dict[str, float | list[float]]:
+        """Flower metrics: every figure as `val_<name>`, the counts as lists."""
+        out: dict[str, float | list[float]] = {f"{PREFIX}loss": self.loss, f"{PREFIX}accuracy": self.accuracy,
+                                               count_key: self.examples}
+        for name in QUALITY_FIELDS:
+            out[f"{PREFIX}{name}"] = getattr(self.quality, name)
+        out.update({f"{PREFIX}{k}": v for k, v in self.summary.items()})
+        return out
+
+    @classmethod
+    def from_metrics(cls, metrics: dict[str, float], lists: dict[str, list[float]]) -> ClinicValidation | None:
+        """Read a reply's figures back (None when the reply carries no evaluation)."""
+        if f"{PREFIX}auroc" not in metrics and f"{PREFIX}loss" not in metrics:
+            return None
+        values = {}
+        for f in fields(QualityReport):
+            raw = _float(metrics.get(f"{PREFIX}{f.name}", math.nan))
+            values[f.name] = (int(raw) if math.isfinite(raw) else 0) if f.type in ("int", int) else raw
+        summary = {k: lists[f"{PREFIX}{k}"] for k in SUMMARY_KEYS + REPLICATE_KEYS if f"{PREFIX}{k}" in lists}
+        return cls(_float(metrics.get(f"{PREFIX}loss")), _float(metrics.get(f"{PREFIX}accuracy")),
+                   QualityReport(**values), summary)
+
+    def stored_quality(self) -> dict[str, float | None]:
+        """The quality figures as the store keeps them with the clinic's row."""
+        return self.quality.as_dict()
+
+
+def from_logits(logits: np.ndarray, labels: np.ndarray, patients: np.ndarray | None = None, *,
+                seed: int = 0) -> ClinicValidation:
+    """Every figure a clinic sends about a model, from its N x C logits on the validation
+    split: cross-entropy loss from the logits themselves (exact however confident the
+    model is), argmax accuracy, the quality report and the pooled counts with their
+    patient-resampled replicates, all from the same float32 log-odds."""
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels).astype(np.int64)
+    loss, accuracy = loss_and_accuracy(logits, labels)
+    report = quality_report(logits, labels, patients, seed=seed)
+    scores = finding_scores(logits)
+    summary = {**score_summary(scores, labels), **bootstrap_summary(scores, labels, patients, salt=seed)}
+    return ClinicValidation(loss, accuracy, report, summary)
+
+
+__all__ = ["ClinicValidation", "from_logits", "finding_labels", "LABELS", "POOLED_AUROC", "CLINIC_MEAN_AUROC",
+           "QUALITY_FIELDS", "PREFIX"]
