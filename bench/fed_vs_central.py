@@ -71,7 +71,7 @@ def _federated(fed: Federation, work: Path, db: str, a: argparse.Namespace, stra
                "--checkpoints", str(work / "ckpt"), timeout=1200)
     if proc.returncode != 0:  # recorded, and the other strategies and datasets go on
         print(f"{strategy} run failed: {proc.stderr.strip()[-500:]}\n{fed.logs()[-1500:]}", flush=True)
-        return {"error": proc.stderr.strip().splitlines()[-1][-300:] if proc.stderr.strip() else "failed"}
+        return {"bench_error": proc.stderr.strip().splitlines()[-1][-300:] if proc.stderr.strip() else "failed"}
     runs = [e for e in Store(db).leaderboard() if e["strategy"] == strategy]
     return max(runs, key=lambda e: e["run_id"])
 
@@ -118,8 +118,8 @@ def _dataset(a: argparse.Namespace, dataset: str, work: Path) -> dict:
             t0 = time.monotonic()
             entry = _federated(fed, work, db, a, strategy)
             seconds[strategy] = time.monotonic() - t0
-            if "error" in entry:
-                results[strategy] = {"auroc": None, "ratio": None, "error": entry["error"], "clinics": {}}
+            if "bench_error" in entry:
+                results[strategy] = {"auroc": None, "ratio": None, "error": entry["bench_error"], "clinics": {}}
                 continue
             pooled = entry["pooled"] or {}
             ratio = pooled["auroc"] / c_auroc if pooled.get("auroc") is not None else None
