@@ -32,7 +32,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from client_node.legacy import legacy_format_mod, secagg_mod
 from client_node.outbox import outbox_mod
 from radfed import features as feat
-from radfed.batchnorm import batchnorm_state_keys
+from radfed.batchnorm import batchnorm_state_keys, reestimate_batchnorm
 from radfed.data import DATA_CARD_RECORD, ClinicData, DataError, load_clinic
 from radfed.models import Classifier, apply_freeze, create_model
 from radfed.reply import from_logits
@@ -41,6 +41,7 @@ from radfed.training import (
     pick_device,
     predict_head_logits,
     predict_logits,
+    recipe_kwargs,
     train_head,
     train_local,
 )
@@ -248,14 +249,15 @@ def train(msg: Message, context: Context) -> Message:
     model = _model(spec, msg, context)
     metrics: dict[str, float] = {}
     if bool(config.get("evaluate-received", False)):
-        metrics = _val_metrics(model, data, spec, count_key="val_examples")
+        metrics = _val_metrics(_for_evaluation(model, spec, config, data), data, spec,
+                               count_key="val_examples")
     t1 = time.monotonic()
     seed = spec.seed * 1000 + server_round
     torch.manual_seed(seed)
     loss = train_local(
         model, data.train.images, data.train.labels, epochs=spec.local_epochs,
-        batch_size=spec.batch_size, learning_rate=spec.learning_rate, seed=seed,
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        batch_size=spec.batch_size, seed=seed,
+        proximal_mu=float(config.get("proximal-mu", 0.0)), **recipe_kwargs(spec, server_round),
     )
     log.info("round %d train: %d images; process %.1fs, data+model+eval %.1fs, training %.1fs",
              server_round, len(data.train.labels), _process_age() - (time.monotonic() - t0),
@@ -314,11 +316,12 @@ def _train_head_only(msg: Message, context: Context, spec: ExperimentSpec,
     t1 = time.monotonic()
     seed = spec.seed * 1000 + server_round
     torch.manual_seed(seed)
+    recipe = recipe_kwargs(spec, server_round)
+    recipe.pop("augment")  # cached features: the flip is the only augmentation
     loss = train_head(model.head, feats.train, feats.train_flipped, data.train.labels,
-                      epochs=spec.local_epochs, batch_size=spec.batch_size,
-                      learning_rate=spec.learning_rate, seed=seed,
+                      epochs=spec.local_epochs, batch_size=spec.batch_size, seed=seed,
                       proximal_mu=float(config.get("proximal-mu", 0.0)),
-                      dropout=feat.head_dropout(model))
+                      dropout=feat.head_dropout(model), **recipe)
     log.info("round %d head-only train: %d images; data+features+eval %.1fs, training %.2fs",
              server_round, len(data.train.labels), t1 - t0, time.monotonic() - t1)
     metrics.update({"train_loss": loss, "num-examples": len(data.train.labels)})
@@ -344,7 +347,23 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     model = _model(spec, msg, context)
     if _local_keys(model, config) and not _local_path(context).is_file():  # a held-out clinic
         _adapt_batchnorm(model, data.train.images)
+    else:
+        model = _for_evaluation(model, spec, config, data)
     return _reply(msg, context, _val_metrics(model, data, spec, count_key="num-examples"))
+
+
+def _for_evaluation(model: torch.nn.Module, spec: ExperimentSpec, config: ConfigRecord,
+                    data: ClinicData) -> torch.nn.Module:
+    """The global model as this clinic evaluates it: with bn_policy "clinic", a copy whose
+    BatchNorm statistics are this clinic's own (training images, no labels); under FedBN
+    (local-bn) the clinic's statistics are already there. Nothing of it leaves the clinic."""
+    if spec.bn_policy != "clinic" or bool(config.get("local-bn", False)):
+        return model
+    import copy
+
+    adapted = copy.deepcopy(model)
+    reestimate_batchnorm(adapted, data.train.images)
+    return adapted
 
 
 @app.query()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -30,3 +31,34 @@ def batchnorm_statistics_keys(model: nn.Module) -> list[str]:
             prefix = f"{name}." if name else ""
             keys += [prefix + k for k, _ in module.named_buffers(recurse=False)]
     return keys
+
+
+BN_POLICIES = ("global", "clinic")
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> None:
+    """Replace every BatchNorm layer's running statistics by those of `images` (no labels).
+
+    Averaged across clinics (FedAvg), the statistics describe no scanner in particular:
+    a clinic whose detector is brighter or noisier than the mean gets shifted,
+    saturated scores (issue 14). Measured on the clinic's own training images
+    just before evaluation (spec bn_policy = "clinic"), they match its scanner again;
+    the learned weights stay the global model's. The layers' momentum is restored after.
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers or len(images) < 2:
+        return
+    momenta = [layer.momentum for layer in layers]
+    was_training = model.training
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative average over all batches
+    model.train()
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        if len(batch) > 1:
+            model(batch)
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
+    model.train(was_training)

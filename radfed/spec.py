@@ -15,6 +15,8 @@ from typing import Any
 
 BACKBONES = ("resnet50", "densenet121", "inception_v3", "inception_resnet_v2", "resnet18")
 FREEZE_POLICIES = ("none", "all", "top-k")
+AUGMENTATIONS = ("flip", "intensity")  # radfed.training.AUGMENTATIONS (no torch import here)
+BN_POLICIES = ("global", "clinic")  # radfed.batchnorm.BN_POLICIES
 
 
 class SpecError(ValueError):
@@ -34,6 +36,14 @@ class ExperimentSpec:
     local_epochs: int = 1
     batch_size: int = 16
     learning_rate: float = 1e-3
+    # The recipe below was chosen by measurement on three non-IID generated federations
+    # (bench/recipe.py, README "Training recipe"); a spec without these keys gets them.
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay (0 = Adam)
+    label_smoothing: float = 0.1  # bounds the logits: no saturated scores on small clinics
+    warmup_rounds: int = 0  # rounds r = 1..k train at r/(k+1) of the rate (linear)
+    augment: str = "flip"  # "flip", or flip + contrast/brightness/shift ("intensity")
+    bn_policy: str = "clinic"  # "global": averaged BatchNorm statistics; "clinic": each
+    # clinic re-estimates them on its own training images before evaluating the global model
     freeze: str = "none"
     unfreeze_top: int = 10
     strategy: str = "fedavg"
@@ -71,6 +81,9 @@ _RANGES: dict[str, tuple[float, float]] = {
     "local_epochs": (1, 1000),
     "batch_size": (1, 4096),
     "learning_rate": (1e-8, 10.0),
+    "weight_decay": (0.0, 10.0),
+    "label_smoothing": (0.0, 0.5),
+    "warmup_rounds": (0, 10_000),
     "unfreeze_top": (1, 1000),
     "min_clinics": (1, 10_000),
     "min_accept": (0, 10_000),
@@ -83,6 +96,8 @@ _RANGES: dict[str, tuple[float, float]] = {
 _CHOICES: dict[str, tuple[str, ...]] = {
     "backbone": BACKBONES,
     "freeze": FREEZE_POLICIES,
+    "augment": AUGMENTATIONS,
+    "bn_policy": BN_POLICIES,
 }
 
 

@@ -99,7 +99,7 @@ def train_centralised(spec: ExperimentSpec, model: torch.nn.Module, clinics: lis
     """`rounds` blocks of `local_epochs` epochs over the pooled training splits."""
     import torch
 
-    from radfed.training import train_local
+    from radfed.training import recipe_kwargs, train_local
 
     images = torch.cat([c.train.images for c in clinics])
     labels = torch.cat([c.train.labels for c in clinics])
@@ -107,9 +107,23 @@ def train_centralised(spec: ExperimentSpec, model: torch.nn.Module, clinics: lis
         seed = spec.seed * 1000 + server_round  # the clinics' seed for that round
         torch.manual_seed(seed)
         train_local(model, images, labels, epochs=spec.local_epochs, batch_size=spec.batch_size,
-                    learning_rate=spec.learning_rate, seed=seed)
+                    seed=seed, **recipe_kwargs(spec, server_round))
         if step:
             step(f"round {server_round}")
+
+
+def _as_evaluated(spec: ExperimentSpec, model: torch.nn.Module, clinic: ClinicData) -> torch.nn.Module:
+    """The model as a clinic evaluates it in a federated run of the same spec: with
+    bn_policy "clinic", BatchNorm statistics re-estimated on that clinic's training images."""
+    if spec.bn_policy != "clinic":
+        return model
+    import copy
+
+    from radfed.batchnorm import reestimate_batchnorm
+
+    adapted = copy.deepcopy(model)
+    reestimate_batchnorm(adapted, clinic.train.images)
+    return adapted
 
 
 def evaluate_centralised(spec: ExperimentSpec, model: torch.nn.Module, clinics: dict[str, ClinicData],
@@ -122,7 +136,7 @@ def evaluate_centralised(spec: ExperimentSpec, model: torch.nn.Module, clinics: 
     from radfed.evaluation import quality_report
     from radfed.training import predict_logits
 
-    outputs = {name: (predict_logits(model, c.val.images).numpy(), c.val.labels.numpy(),
+    outputs = {name: (predict_logits(_as_evaluated(spec, model, c), c.val.images).numpy(), c.val.labels.numpy(),
                       c.val.patients.numpy() if c.val.patients is not None else np.arange(len(c.val)))
                for name, c in clinics.items()}
     inside = [name for name in outputs if name != holdout]

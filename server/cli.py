@@ -282,7 +282,8 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Folder for data, database, checkpoints, logs.")] = Path("radfed-demo"),
     patients: Annotated[int, typer.Option(min=8, help="Fake patients per clinic.")] = 60,
     image_size: Annotated[int, typer.Option(help="Model input size.")] = 64,
-    backbone: Annotated[str, typer.Option(help="Backbone architecture.")] = "resnet50",
+    backbone: Annotated[str, typer.Option(help="Backbone architecture.")] = "resnet18",
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the generated clinics and of the experiment.")] = 0,
 ) -> None:
     """The whole federation on this machine: generated DICOM, SuperLink, clinics, one run.
 
@@ -290,7 +291,7 @@ def demo(
     """
     from server.demo import DemoOptions, run_demo
 
-    code = run_demo(DemoOptions(clinics, rounds, workdir, patients, image_size, backbone), out)
+    code = run_demo(DemoOptions(clinics, rounds, workdir, patients, image_size, backbone, seed), out)
     raise typer.Exit(code)
 
 

@@ -27,16 +27,19 @@ class DemoOptions:
     workdir: Path = Path("radfed-demo")
     patients: int = 60
     image_size: int = 64
-    backbone: str = "resnet50"
+    backbone: str = "resnet18"
+    seed: int = 0  # generated clinics and experiment (initialisation, split, shuffles)
 
 
 def demo_spec(opts: DemoOptions) -> ExperimentSpec:
-    """The experiment the demo runs: random-init backbone, full fine-tune, FedAvg."""
+    """The experiment the demo runs: random-init backbone, full fine-tune, FedAvg, and the
+    spec's default training recipe (chosen by bench/recipe.py; resnet18 rather than a
+    random-init resnet50: on 2 cores it learns more per minute from 60 patients a clinic)."""
     return ExperimentSpec(
         name=f"demo-{opts.backbone}-{opts.clinics}clinics", backbone=opts.backbone,
         image_size=opts.image_size, rounds=opts.rounds, local_epochs=2, batch_size=16,
-        learning_rate=1e-3, freeze="none", strategy="fedavg", min_clinics=opts.clinics,
-        clinic_timeout=180.0, seed=0,
+        freeze="none", strategy="fedavg", min_clinics=opts.clinics,
+        clinic_timeout=180.0, seed=opts.seed,
     )
 
 
@@ -113,7 +116,8 @@ def run_demo(opts: DemoOptions, console: Console) -> int:
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with console.status("writing generated DICOM clinics (skipped where present)"):
-        folders = write_federation(work / "data", opts.clinics, n_patients=opts.patients)
+        folders = write_federation(work / "data", opts.clinics, n_patients=opts.patients,
+                                   seed=opts.seed)
     db_url = f"sqlite:///{work / 'radfed.db'}"
     store = Store(db_url)
     port, control_port = free_port(), free_port()

@@ -28,6 +28,11 @@ def test_experiment_table_or_top_level(tmp_path):
     ({"name": "x", "learning_rate": True}, "'learning_rate'"),
     ({"name": "x", "labels": ["only"]}, "'labels'"),
     ({"rounds": 1}, "'name'"),
+    ({"name": "x", "label_smoothing": 0.7}, "'label_smoothing'"),
+    ({"name": "x", "weight_decay": -1}, "'weight_decay'"),
+    ({"name": "x", "warmup_rounds": 1.5}, "'warmup_rounds'"),
+    ({"name": "x", "augment": "mixup"}, "'augment'"),
+    ({"name": "x", "bn_policy": "fedbn"}, "'bn_policy'"),
 ])
 def test_refusals_name_the_key(data, key):
     with pytest.raises(SpecError) as info:
@@ -64,3 +69,25 @@ def test_spec_backbones_are_the_model_registry():
     from radfed.spec import BACKBONES
 
     assert sorted(BACKBONES) == list_models()
+
+
+def test_recipe_keys_round_trip_and_old_specs_stay_valid(tmp_path):
+    """A spec written before the recipe keys existed loads with the measured defaults;
+    the keys round-trip through TOML and JSON."""
+    path = tmp_path / "old.toml"
+    path.write_text('[experiment]\nname = "old"\nlearning_rate = 1e-3\nrounds = 4\n')
+    old = load_spec(path)
+    assert (old.weight_decay, old.label_smoothing, old.augment, old.bn_policy) == (
+        ExperimentSpec.weight_decay, ExperimentSpec.label_smoothing, ExperimentSpec.augment,
+        ExperimentSpec.bn_policy)
+    spec = ExperimentSpec(name="r", weight_decay=0.0, label_smoothing=0.0, warmup_rounds=2,
+                          augment="flip", bn_policy="global")
+    path.write_text(spec_to_toml(spec))
+    assert load_spec(path) == spec == ExperimentSpec.from_json(spec.to_json())
+
+
+def test_warmup_scales_the_first_rounds_only():
+    from radfed.training import round_learning_rate
+
+    assert [round_learning_rate(1e-3, r, 1) for r in (1, 2, 3)] == [5e-4, 1e-3, 1e-3]
+    assert round_learning_rate(1e-3, 1, 0) == 1e-3
