@@ -286,23 +286,6 @@ def _quality_metrics(logits: torch.Tensor, data: ClinicData, spec: ExperimentSpe
     return figures.to_metrics(count_key)
 
 
-@torch.no_grad()
-def _adapt_batchnorm(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 64) -> None:
-    """BatchNorm statistics from this clinic's own images (no labels used).
-
-    Under FedBN the global model carries no usable BatchNorm statistics; a clinic that
-    never trained in the run (a held-out clinic) measures its own on its training split.
-    """
-    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = None  # cumulative average over all batches
-    model.train()
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        if len(batch) > 1:
-            model(batch)
-    model.eval()
 def _train_head_only(msg: Message, context: Context, spec: ExperimentSpec,
                      server_round: int) -> Message:
     """A train round with a frozen backbone: the head alone trains, on cached features."""
@@ -346,7 +329,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
         return _reply(msg, context, _quality_metrics(logits, data, spec, "num-examples"))
     model = _model(spec, msg, context)
     if _local_keys(model, config) and not _local_path(context).is_file():  # a held-out clinic
-        _adapt_batchnorm(model, data.train.images)
+        reestimate_batchnorm(model, data.train.images)  # under FedBN it has none of its own yet
     else:
         model = _for_evaluation(model, spec, config, data)
     return _reply(msg, context, _val_metrics(model, data, spec, count_key="num-examples"))
