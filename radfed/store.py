@@ -502,7 +502,7 @@ class Store:
         final_auroc: float | None = None,
         error: str | None = None,
     ) -> None:
-        """Mark a run "completed" or "failed" with its final federated AUROC / error."""
+        """Mark a run "completed" or "failed" with its final pooled AUROC / error."""
         if status not in FINISHED_STATUSES:
             raise ValueError(f"status must be one of {FINISHED_STATUSES}, not {status!r}")
         stmt = (

@@ -128,7 +128,7 @@ def main(grid: Grid, context: Context) -> None:
                 recorder.holdout((recorder.stopped_at - start_round) if recorder.stopped_at else todo, reply)
         final = recorder.val_auroc.get(recorder.stopped_at or spec.rounds)
         store.finish_run(run_id, "completed", final_auroc=final)
-        log.info("run %s completed: final federated AUROC %s", run_id, final)
+        log.info("run %s completed: pooled AUROC %s", run_id, final)
     except BaseException as err:
         store.finish_run(run_id, "failed", error=f"{type(err).__name__}: {err}".splitlines()[0])
         raise

@@ -228,7 +228,7 @@ def leaderboard(
     db: DbOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON with per-round and per-clinic results.")] = False,
 ) -> None:
-    """Experiments ranked by final federated AUROC.
+    """Experiments ranked by pooled AUROC (final model, all clinics' validation patients).
 
     Example: `coordinator leaderboard --db sqlite:////tmp/radfed.db --json`
     """
