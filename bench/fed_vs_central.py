@@ -83,9 +83,18 @@ def _per_clinic(entry: dict, central: dict) -> dict[str, dict[str, float]]:
     for c in sorted(entry["clinics"], key=lambda c: c["clinic"]):
         base = (central["clinics"].get(c["clinic"]) or {}).get("auroc")
         if c["phase"] == "evaluate" and c["server_round"] == last and c["auroc"] is not None and base:
-            out[c["clinic"]] = {"auroc": round(c["auroc"], 4), "central": round(base, 4),
-                                "ratio": round(c["auroc"] / base, 4)}
+            q = c.get("quality") or {}
+            out[c["clinic"]] = {"auroc": round(c["auroc"], 4), "ci95": [q.get("auroc_low"), q.get("auroc_high")],
+                                "central": round(base, 4), "ratio": round(c["auroc"] / base, 4)}
     return out
+
+
+def points_in_their_ci(entry: dict) -> bool:
+    """Every federated AUROC the run recorded (pooled per round, each clinic's) lies in its own CI."""
+    figures = [(r.get("pooled") or {}) for r in entry["rounds"]] + \
+        [{"auroc": c["auroc"], **(c.get("quality") or {})} for c in entry["clinics"] if c["auroc"] is not None]
+    return all(f.get("auroc_low") is None or f["auroc_low"] <= f["auroc"] <= f["auroc_high"]
+               for f in figures if f.get("auroc") is not None)
 
 
 def _dataset(a: argparse.Namespace, dataset: str, work: Path) -> dict:
@@ -126,16 +135,18 @@ def _dataset(a: argparse.Namespace, dataset: str, work: Path) -> dict:
             clinics = _per_clinic(entry, central)
             results[strategy] = {"auroc": pooled.get("auroc"),
                                  "ci95": [pooled.get("auroc_low"), pooled.get("auroc_high")],
-                                 "mean_clinic_auroc": entry["final_auroc"],
+                                 "mean_clinic_auroc": entry["clinic_mean_auroc"],
                                  "ece": pooled.get("ece"), "ratio": ratio,
                                  "worst_clinic_ratio": min((c["ratio"] for c in clinics.values()), default=None),
-                                 "leaderboard_ratio": entry["vs_central"], "clinics": clinics}
+                                 "leaderboard_ratio": entry["vs_central"], "clinics": clinics,
+                                 "points_in_ci": points_in_their_ci(entry)}
             print(f"[{dataset}] {strategy:<8} pooled AUROC {pooled.get('auroc') or 0:.4f} "
                   f"[{pooled.get('auroc_low') or 0:.3f}-{pooled.get('auroc_high') or 0:.3f}]  "
                   f"fed/central {ratio or 0:.4f}  worst clinic {results[strategy]['worst_clinic_ratio']} "
                   f"({seconds[strategy]:.0f} s)", flush=True)
             for name, c in clinics.items():
-                print(f"  {name:<10} AUROC {c['auroc']:.4f}  central {c['central']:.4f}  "
+                ci = "[{:.3f}-{:.3f}]".format(*c["ci95"]) if None not in c["ci95"] else ""
+                print(f"  {name:<10} AUROC {c['auroc']:.4f} {ci}  central {c['central']:.4f}  "
                       f"fed/central {c['ratio']:.4f}", flush=True)
     finally:
         fed.close()
