@@ -114,8 +114,8 @@ def _dataset(a: argparse.Namespace, dataset: str, work: Path) -> dict:
     central = json.loads(proc.stdout.strip().splitlines()[-1])
     seconds["central"] = time.monotonic() - t0
     c_auroc = central["pooled"]["auroc"]
-    print(f"[{dataset}] centralised  pooled AUROC {c_auroc:.4f} [{central['pooled']['auroc_low']:.3f}-"
-          f"{central['pooled']['auroc_high']:.3f}] ({seconds['central']:.0f} s)", flush=True)
+    print(f"[{dataset}] centralised  pooled AUROC {c_auroc:.4f} [{central['pooled']['auroc_low']:.4f}-"
+          f"{central['pooled']['auroc_high']:.4f}] ({seconds['central']:.0f} s)", flush=True)
 
     fed = Federation(work / "fed")
     results: dict[str, dict] = {}
@@ -141,11 +141,11 @@ def _dataset(a: argparse.Namespace, dataset: str, work: Path) -> dict:
                                  "leaderboard_ratio": entry["vs_central"], "clinics": clinics,
                                  "points_in_ci": points_in_their_ci(entry)}
             print(f"[{dataset}] {strategy:<8} pooled AUROC {pooled.get('auroc') or 0:.4f} "
-                  f"[{pooled.get('auroc_low') or 0:.3f}-{pooled.get('auroc_high') or 0:.3f}]  "
+                  f"[{pooled.get('auroc_low') or 0:.4f}-{pooled.get('auroc_high') or 0:.4f}]  "
                   f"fed/central {ratio or 0:.4f}  worst clinic {results[strategy]['worst_clinic_ratio']} "
                   f"({seconds[strategy]:.0f} s)", flush=True)
             for name, c in clinics.items():
-                ci = "[{:.3f}-{:.3f}]".format(*c["ci95"]) if None not in c["ci95"] else ""
+                ci = "[{:.4f}-{:.4f}]".format(*c["ci95"]) if None not in c["ci95"] else ""
                 print(f"  {name:<10} AUROC {c['auroc']:.4f} {ci}  central {c['central']:.4f}  "
                       f"fed/central {c['ratio']:.4f}", flush=True)
     finally:

@@ -37,6 +37,16 @@ POOLED_AUROC = "pooled AUROC"  # the headline: over every clinic's validation pa
 CLINIC_MEAN_AUROC = "clinic mean AUROC"  # the clinics' AUROCs averaged, weighted by validation images
 
 
+def format_auroc(auroc: float | None, low: float | None = None, high: float | None = None) -> str:
+    """'0.912 [0.851–0.960]': the point and its interval at the same precision, so a shown
+    point never seems to lie outside its shown interval (rounding is monotone); '-' for none."""
+    if auroc is None or not math.isfinite(auroc):
+        return "-"
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return f"{auroc:.3f}"
+    return f"{auroc:.3f} [{low:.3f}–{high:.3f}]"
+
+
 def _float(value: object) -> float:
     try:
         return float(value)  # type: ignore[arg-type]
@@ -104,5 +114,5 @@ def from_logits(logits: np.ndarray, labels: np.ndarray, patients: np.ndarray | N
     return ClinicValidation(loss, accuracy, report, summary)
 
 
-__all__ = ["ClinicValidation", "from_logits", "finding_labels", "LABELS", "POOLED_AUROC", "CLINIC_MEAN_AUROC",
+__all__ = ["ClinicValidation", "from_logits", "format_auroc", "finding_labels", "LABELS", "POOLED_AUROC", "CLINIC_MEAN_AUROC",
            "QUALITY_FIELDS", "PREFIX"]

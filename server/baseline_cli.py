@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from radfed.cli_errors import fail as _fail
+from radfed.reply import format_auroc
 
 out = Console()
 err = Console(stderr=True)
@@ -92,8 +93,6 @@ def _table(pooled: dict[str, Any], clinics: dict[str, dict[str, Any]], holdout: 
 
     rows = [(f"{name} (held out)" if name == holdout else name, q) for name, q in clinics.items()]
     for name, q in [*rows, ("all (pooled)", pooled)]:
-        ci = (f" [{q['auroc_low']:.2f}–{q['auroc_high']:.2f}]"
-              if q.get("auroc_low") is not None and q.get("auroc_high") is not None else "")
-        table.add_row(name, num(q.get("auroc")) + ci, num(q.get("sensitivity")), num(q.get("specificity")),
+        table.add_row(name, format_auroc(q.get("auroc"), q.get("auroc_low"), q.get("auroc_high")), num(q.get("sensitivity")), num(q.get("specificity")),
                       num(q.get("threshold")), num(q.get("ece")), str(q.get("images")), str(q.get("patients")))
     return table

@@ -19,7 +19,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from radfed.reply import CLINIC_MEAN_AUROC, POOLED_AUROC
+from radfed.reply import CLINIC_MEAN_AUROC, POOLED_AUROC, format_auroc
 from radfed.results import rounds_done
 from radfed.store import Store
 
@@ -44,13 +44,9 @@ def holdout_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def with_ci(auroc: float | None, quality: dict[str, Any] | None) -> str:
-    """'0.912 [0.85–0.96]' (CI over patients) or just the AUROC."""
+    """'0.912 [0.851–0.960]' (CI over patients) or just the AUROC."""
     q = quality or {}
-    if auroc is None:
-        return "-"
-    if q.get("auroc_low") is None or q.get("auroc_high") is None:
-        return f"{auroc:.3f}"
-    return f"{auroc:.3f} [{q['auroc_low']:.2f}–{q['auroc_high']:.2f}]"
+    return format_auroc(auroc, q.get("auroc_low"), q.get("auroc_high"))
 
 
 def holdout_text(entry: dict[str, Any]) -> str:

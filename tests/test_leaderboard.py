@@ -27,7 +27,7 @@ def _render(store: Store, width: int) -> str:
 
 def test_wide_terminal_gets_the_table_without_empty_columns(tmp_path):
     text = _render(_store(tmp_path), 250)
-    assert "demo-resnet50-3clinics" in text and "0.886 [0.79–0.95]" in text and "0.900" in text
+    assert "demo-resnet50-3clinics" in text and "0.886 [0.790–0.950]" in text and "0.900" in text
     header = next(line for line in text.splitlines() if "experiment" in line)
     assert "privacy" not in header and "held-out" not in header  # empty for every run
     row = next(line for line in text.splitlines() if "demo-resnet50" in line)
@@ -38,6 +38,15 @@ def test_narrow_terminal_gets_one_readable_line_per_run(tmp_path):
     text = _render(_store(tmp_path), 80)
     flat = " ".join(text.split())
     assert "1. demo-resnet50-3clinics: resnet50 (random), fedavg, 3 rounds, completed" in flat
-    assert ("pooled AUROC 0.886 [0.79–0.95] (0 clinics); clinic mean AUROC 0.900; "
+    assert ("pooled AUROC 0.886 [0.790–0.950] (0 clinics); clinic mean AUROC 0.900; "
             "selected checkpoint round 3: 0.886") in flat
     assert "…" not in text
+
+
+def test_a_shown_point_never_lies_outside_its_shown_interval():
+    from radfed.reply import format_auroc
+
+    for point, low, high in ((0.996, 0.9955, 0.99995), (0.9995, 0.9995, 1.0), (0.5, 0.5, 0.5), (0.8, 0.7949, 0.85)):
+        shown = format_auroc(point, low, high)
+        p, lo, hi = (float(x) for x in shown.replace("[", "").replace("]", "").replace("–", " ").split())
+        assert lo <= p <= hi, shown

@@ -165,7 +165,7 @@ def test_leave_one_clinic_out_with_quality_figures_and_centralised_baseline(fed)
     assert pooled["auroc_low"] == pytest.approx(final[0]["quality"]["auroc_low"], abs=0.06)
     assert pooled["auroc_high"] == pytest.approx(final[0]["quality"]["auroc_high"], abs=0.06)
     board = cli("server.cli", "leaderboard", "--db", _db(fed), env={**os.environ, "COLUMNS": "400"})
-    assert f"{pooled['auroc']:.3f} [{pooled['auroc_low']:.2f}–{pooled['auroc_high']:.2f}]" in board.stdout
+    assert f"{pooled['auroc']:.3f} [{pooled['auroc_low']:.3f}–{pooled['auroc_high']:.3f}]" in board.stdout
 
     proc = cli("server.cli", "baseline", str(fed.work / "holdout.toml"), "--holdout", "clinic-2",
                "--data", f"clinic-1={fed.work / 'data-1'}", "--data", f"clinic-2={fed.work / 'data-2'}",
