@@ -47,12 +47,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def clinic_quality(reply: ClinicReply) -> dict[str, float | None] | None:
-    """A clinic's quality figures (radfed.reply), None when its reply evaluated nothing."""
-    figures = reply.validation()
-    return figures.stored_quality() if figures is not None else None
-
-
 def pooled_validation(replies: list[ClinicReply]) -> dict[str, float | None]:
     """Pooled figures over the clinics that sent their per-score counts."""
     return pooled_quality([v.summary for r in replies if (v := r.validation()) is not None])

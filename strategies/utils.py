@@ -31,14 +31,20 @@ class ClinicReply:
     bytes_up: int = 0  # model bytes in the reply
 
     data_card: dict | None = None  # counts only (ClinicData.shared_card), first reply of a run
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_examples(self) -> int:
         return int(self.metrics.get(NUM_EXAMPLES, 0))
 
     def validation(self) -> ClinicValidation | None:
-        """The clinic's figures for the model it evaluated (radfed.reply), None if none."""
-        return None if self.error else ClinicValidation.from_metrics(self.metrics, self.lists)
+        """The clinic's figures for the model it evaluated (radfed.reply), None if none;
+        read once per reply (the recorder asks for them per row, pooled and mean)."""
+        if self.error:
+            return None
+        if "validation" not in self._cache:
+            self._cache["validation"] = ClinicValidation.from_metrics(self.metrics, self.lists)
+        return self._cache["validation"]
 
 
 def model_bytes(content: RecordDict) -> int:
