@@ -85,6 +85,13 @@ log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "labels.csv"
 KEY_COLUMNS = ("file", "sop_instance_uid")
+# Header spellings PACS and spreadsheet exports use, per canonical column (first = canonical).
+COLUMN_ALIASES = {
+    "file": ("file", "path", "filepath", "file_path", "filename", "file_name", "image", "image_path",
+             "dicom", "dicom_path", "dicom_file"),
+    "sop_instance_uid": ("sop_instance_uid", "sopinstanceuid", "sop_uid", "instance_uid"),
+    "label": ("label", "labels", "class", "finding", "target", "diagnosis", "category"),
+}
 CACHE_VERSION = "radfed-data-3"
 
 # Upper bound (exclusive) of the longer image side -> bucket name, for the shared data card.
@@ -388,7 +395,10 @@ def _read_manifest_lines(manifest: Path, data_dir: Path) -> list[tuple[int, list
                             '"file,label" or "sop_instance_uid,label" (see client-node demo-data)')
     try:
         with manifest.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
+            reader = csv.reader(handle, dialect=_sniff_dialect(handle.read(8192)))
+            handle.seek(0)
+            if handle.read(1) != "\ufeff":  # utf-8-sig drops a BOM only on the first read
+                handle.seek(0)
             records = [(reader.line_num, cells) for cells in reader]
     except UnicodeDecodeError:
         raise _folder_error(data_dir, f"{manifest.name} is not UTF-8 text; save it as UTF-8 CSV") from None
@@ -397,15 +407,43 @@ def _read_manifest_lines(manifest: Path, data_dir: Path) -> list[tuple[int, list
     return [(line, cells) for line, cells in records if any(cell.strip() for cell in cells)]
 
 
+def _sniff_dialect(sample: str) -> type[csv.Dialect] | csv.Dialect:
+    """The CSV dialect of a manifest: comma, semicolon (spreadsheets in many locales), tab
+    or pipe, sniffed from its start; plain CSV when the sample says nothing clearer."""
+    try:
+        return csv.Sniffer().sniff(sample.lstrip("\ufeff"), delimiters=",;\t|")
+    except csv.Error:
+        return csv.excel
+
+
+def _column(names: list[str], canonical: str) -> int | None:
+    """Index of the header column meaning `canonical` (COLUMN_ALIASES); the canonical
+    spelling wins; None when absent. Raises ValueError naming the columns when two
+    different spellings both match (which one is meant cannot be guessed)."""
+    if canonical in names:
+        return names.index(canonical)
+    found = [i for i, n in enumerate(names) if n in COLUMN_ALIASES[canonical]]
+    if len(found) > 1:
+        raise ValueError(", ".join(repr(names[i]) for i in found))
+    return found[0] if found else None
+
+
 def _header_columns(header: list[str], manifest: Path, data_dir: Path) -> tuple[str, int, int]:
-    """(key kind, key column index, label column index) from the header row."""
-    names = [cell.strip().lower() for cell in header]
-    kind = next((k for k in KEY_COLUMNS if k in names), None)
-    if kind is None or "label" not in names:
+    """(key kind, key column index, label column index) from the header row; the usual
+    spellings are recognised (COLUMN_ALIASES: path, filename, class, target...)."""
+    names = ["_".join(cell.strip().lower().replace("-", " ").split()) for cell in header]
+    try:
+        found = {kind: _column(names, kind) for kind in (*KEY_COLUMNS, "label")}
+    except ValueError as err:
+        raise _folder_error(data_dir, f"{manifest.name} header has several columns of one meaning ({err}); "
+                            'rename the one to use to "file" or "label"') from None
+    kind = next((k for k in KEY_COLUMNS if found[k] is not None), None)
+    if kind is None or found["label"] is None:
         shown = ", ".join(repr(n[:40]) for n in names[:10])
-        raise _folder_error(data_dir, f"{manifest.name} header has columns {shown}; it needs "
-                            '"label" and one of "file" or "sop_instance_uid" (see client-node demo-data)')
-    return kind, names.index(kind), names.index("label")
+        raise _folder_error(data_dir, f"{manifest.name} header has columns {shown}; it needs a label column "
+                            '("label", "class", ...) and a file column ("file", "path", ...) or '
+                            '"sop_instance_uid" (see client-node demo-data)')
+    return kind, found[kind], found["label"]
 
 
 def _parse_manifest(

@@ -152,7 +152,8 @@ def test_manifest_missing_or_overridden(tmp_path: Path) -> None:
     [
         ("", 'labels.csv is empty; add rows "file,label"'),
         ("\n  \n", "labels.csv is empty"),
-        ("path,diagnosis\na.dcm,normal\n", "needs \"label\" and one of \"file\" or \"sop_instance_uid\""),
+        ("accession,notes\na.dcm,normal\n", "needs a label column .* and a file column"),
+        ("path,comment\na.dcm,normal\n", "needs a label column"),
         ("file,label\n", "has a header but no rows"),
     ],
 )
