@@ -32,7 +32,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from client_node.legacy import legacy_format_mod, secagg_mod
 from client_node.outbox import outbox_mod
 from radfed import features as feat
-from radfed.batchnorm import batchnorm_state_keys, reestimate_batchnorm
+from radfed.batchnorm import as_evaluated, batchnorm_state_keys, reestimate_batchnorm
 from radfed.data import DATA_CARD_RECORD, ClinicData, DataError, load_clinic
 from radfed.models import Classifier, apply_freeze, create_model
 from radfed.reply import from_logits
@@ -337,16 +337,11 @@ def evaluate_global(msg: Message, context: Context) -> Message:
 
 def _for_evaluation(model: torch.nn.Module, spec: ExperimentSpec, config: ConfigRecord,
                     data: ClinicData) -> torch.nn.Module:
-    """The global model as this clinic evaluates it: with bn_policy "clinic", a copy whose
-    BatchNorm statistics are this clinic's own (training images, no labels); under FedBN
-    (local-bn) the clinic's statistics are already there. Nothing of it leaves the clinic."""
-    if spec.bn_policy != "clinic" or bool(config.get("local-bn", False)):
+    """The global model as this clinic evaluates it (radfed.batchnorm.as_evaluated); under
+    FedBN (local-bn) the clinic's own statistics are already there. Nothing of it leaves."""
+    if bool(config.get("local-bn", False)):
         return model
-    import copy
-
-    adapted = copy.deepcopy(model)
-    reestimate_batchnorm(adapted, data.train.images)
-    return adapted
+    return as_evaluated(model, data.train.images, spec.bn_policy)
 
 
 @app.query()

@@ -62,3 +62,17 @@ def reestimate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int
     for layer, momentum in zip(layers, momenta):
         layer.momentum = momentum
     model.train(was_training)
+
+
+def as_evaluated(model: nn.Module, images: torch.Tensor, bn_policy: str) -> nn.Module:
+    """The global model as a clinic evaluates it: with bn_policy "clinic", a copy whose
+    BatchNorm statistics are re-estimated on that clinic's `images` (no labels); with
+    "global", the model itself. One rule for the ClientApp and the centralised baseline,
+    so federated and centralised figures are measured the same way."""
+    if bn_policy != "clinic":
+        return model
+    import copy
+
+    adapted = copy.deepcopy(model)
+    reestimate_batchnorm(adapted, images)
+    return adapted

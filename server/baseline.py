@@ -112,20 +112,6 @@ def train_centralised(spec: ExperimentSpec, model: torch.nn.Module, clinics: lis
             step(f"round {server_round}")
 
 
-def _as_evaluated(spec: ExperimentSpec, model: torch.nn.Module, clinic: ClinicData) -> torch.nn.Module:
-    """The model as a clinic evaluates it in a federated run of the same spec: with
-    bn_policy "clinic", BatchNorm statistics re-estimated on that clinic's training images."""
-    if spec.bn_policy != "clinic":
-        return model
-    import copy
-
-    from radfed.batchnorm import reestimate_batchnorm
-
-    adapted = copy.deepcopy(model)
-    reestimate_batchnorm(adapted, clinic.train.images)
-    return adapted
-
-
 def evaluate_centralised(spec: ExperimentSpec, model: torch.nn.Module, clinics: dict[str, ClinicData],
                          holdout: str | None) -> tuple[dict[str, float | None], dict[str, dict[str, float | None]]]:
     """(pooled over the training clinics, per clinic). Each clinic's threshold is its own
@@ -133,10 +119,12 @@ def evaluate_centralised(spec: ExperimentSpec, model: torch.nn.Module, clinics: 
     pooled CI resamples patients within their clinic, as the federated pooled CI does."""
     import numpy as np
 
+    from radfed.batchnorm import as_evaluated
     from radfed.evaluation import quality_report
     from radfed.training import predict_logits
 
-    outputs = {name: (predict_logits(_as_evaluated(spec, model, c), c.val.images).numpy(), c.val.labels.numpy(),
+    outputs = {name: (predict_logits(as_evaluated(model, c.train.images, spec.bn_policy), c.val.images).numpy(),
+                      c.val.labels.numpy(),
                       c.val.patients.numpy() if c.val.patients is not None else np.arange(len(c.val)))
                for name, c in clinics.items()}
     inside = [name for name in outputs if name != holdout]
