@@ -96,6 +96,7 @@ class RunRecorder:
         self._down: dict[tuple[int, str], dict[str, int]] = {}
         self._traffic: dict[int, list[int]] = {}  # round -> [bytes down, bytes up]
         self._names: dict[str, str] = {}  # node id -> name it replied with (no register: --insecure)
+        self._taking_part: dict[str, tuple[str, int]] = {}  # node id -> (name, last round replied)
 
     def sent(self, server_round: int, phase: str, bytes_by_node: dict[str, int]) -> None:
         """Model bytes going to each clinic; totals land on the round's row."""
@@ -126,6 +127,7 @@ class RunRecorder:
                 self._failed(server_round, phase, reply)
                 continue
             self._names[str(reply.node_id)] = reply.clinic
+            self._taking_part[str(reply.node_id)] = (reply.clinic, server_round)
             if phase == "train":
                 if reply.data_card is not None:
                     self._data_card(reply)
@@ -136,6 +138,26 @@ class RunRecorder:
                                      int(reply.metrics["val_examples"]))
             else:
                 self._clinic_row(server_round, "evaluate", reply, reply.num_examples, traffic=True)
+
+    def roll_call(self, server_round: int, online: list[str]) -> None:
+        """A clinic that replied earlier in the run but is not connected as this round starts
+        is recorded once, by name: lost (no heartbeat), or revoked. Flower would simply not
+        send it anything, and the round would go on without a word about who is missing."""
+        server_round += self.offset
+        here = {self._name(n) for n in online}
+        for node_id, (name, last) in list(self._taking_part.items()):
+            if name in here:
+                continue
+            del self._taking_part[node_id]
+            if self._revoked(node_id):
+                kind, note = "revoked", f"revoked; not sent round {server_round}"
+            else:
+                kind, note = "lost", (f"not connected when round {server_round} started "
+                                      f"(last reply in round {last}): no heartbeat")
+            log.warning("round %d: %s %s", server_round, name, note)
+            self._audit(kind, server_round, name, node_id, detail=note)
+            self.store.record_clinic_result(self.run_id, server_round, name, node_id, kind, loss=None,
+                                            num_examples=0, note=note)
 
     def _data_card(self, reply: ClinicReply) -> None:
         """Keep a clinic's data mix for the dashboard: only the known card keys, as sent."""
@@ -159,6 +181,7 @@ class RunRecorder:
         """A clinic without a reply: revoked during the round, or late (the round timed out)."""
         server_round += self.offset
         name = self._name(node_id)
+        self._taking_part.pop(str(node_id), None)
         if self._revoked(node_id):
             kind, note = "revoked", "revoked during the round; its reply, if any, was not used"
         else:
@@ -171,6 +194,7 @@ class RunRecorder:
     def _failed(self, server_round: int, phase: str, reply: ClinicReply) -> None:
         """A clinic the SuperLink lost (no heartbeat) or whose ClientApp failed, by name."""
         name = self._name(reply.node_id)
+        self._taking_part.pop(str(reply.node_id), None)
         at = time.strftime("%H:%M:%S UTC", time.gmtime())
         if self._revoked(reply.node_id):
             kind, note = "revoked", f"revoked during the round (cut off at {at})"

@@ -39,6 +39,8 @@ class RoundRecorder(Protocol):
 
     def stop_after(self, server_round: int, patience: int) -> bool: ...
 
+    def roll_call(self, server_round: int, online: list[str]) -> None: ...
+
 
 class NoClinicResult(RuntimeError):
     """A round in which no clinic returned a usable result: the run cannot go on."""
@@ -66,6 +68,7 @@ class RecordingMixin:
         if self._done(server_round):
             return []
         config["evaluate-received"] = True  # round 1: the initial model, recorded as round 0
+        self.recorder.roll_call(server_round, [str(n) for n in grid.get_node_ids()])
         messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
         return self._report_sent(server_round, "train", messages)
 
@@ -73,6 +76,7 @@ class RecordingMixin:
                            grid: Grid) -> Iterable[Message]:
         if not self._last(server_round):
             return []
+        self.recorder.roll_call(server_round, [str(n) for n in grid.get_node_ids()])
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))  # type: ignore[misc]
         return self._report_sent(server_round, "evaluate", messages)
 

@@ -60,6 +60,9 @@ class Recorder:
     def sent(self, server_round, phase, bytes_by_node):
         pass
 
+    def roll_call(self, server_round, online):
+        pass
+
 
 def _record(arrays: dict) -> ArrayRecord:
     return ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()})
