@@ -455,10 +455,12 @@ def test_header_cache_holds_keys_not_identifiers(tmp_path: Path) -> None:
 def test_worker_processes_return_the_same_facts_and_pixels(tmp_path: Path) -> None:
     make_clinic(tmp_path, n_patients=3, images=2)
     paths = [str(p) for p in sorted((tmp_path / "exports").rglob("IM*"))]
-    workers = data._Workers(2)
+    from radfed.data.workers import Workers
+
+    workers = Workers(2)
     try:
         workers.start()
-        workers._ready.result(timeout=60)  # helpers up: the map below really uses them
+        workers.ready.result(timeout=60)  # helpers up: the map below really uses them
         facts = workers.map(dicom.header_facts_many, paths, (None,), "headers", None)
         pixels = workers.map(dicom.preprocess_files, paths, (SIZE, None, "middle"), "pixels", None)
     finally:

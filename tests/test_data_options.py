@@ -220,7 +220,7 @@ def test_pool_that_cannot_start_falls_back_to_this_process(tmp_path: Path, monke
     from concurrent.futures import Future
     from concurrent.futures.process import BrokenProcessPool
 
-    from radfed import data
+    from radfed.data import workers
 
     class BrokenPool:
         def __init__(self, *args: object, **kwargs: object) -> None:
@@ -236,7 +236,19 @@ def test_pool_that_cannot_start_falls_back_to_this_process(tmp_path: Path, monke
 
     make_clinic(tmp_path, n_patients=4, images=2)
     serial = load_clinic(tmp_path, LABELS, SIZE)
-    monkeypatch.setattr(data, "ProcessPoolExecutor", BrokenPool)
+    monkeypatch.setattr(workers, "ProcessPoolExecutor", BrokenPool)
     pooled = load_clinic(tmp_path, LABELS, SIZE, workers=2)
     torch.testing.assert_close(pooled.train.images, serial.train.images)
     assert pooled.rejected == []
+
+
+def test_options_manifest_and_card_load_without_torch() -> None:
+    """The coordinator and dashboard read options, manifests and cards without the pixel stack."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import radfed.data.options, radfed.data.card, radfed.data.manifest; "
+            "from radfed.data import DataOptions, DataError, format_card, REJECTION_HELP; "
+            "DataOptions(frame_policy='all'); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-2000:]

@@ -1,0 +1,148 @@
+"""A label manifest (CSV) as exported: its columns found, its dialect sniffed, its rows checked.
+
+PACS and spreadsheet exports head their columns `path`, `filename`, `class`, `target`...
+and separate them with commas, semicolons or tabs; a manifest is read as it comes, and a
+row that cannot be used becomes a rejection with its line number, never a crash.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from radfed.data.problems import folder_error
+
+MANIFEST_NAME = "labels.csv"
+KEY_COLUMNS = ("file", "sop_instance_uid")
+# Header spellings PACS and spreadsheet exports use, per canonical column (first = canonical).
+COLUMN_ALIASES = {
+    "file": ("file", "path", "filepath", "file_path", "filename", "file_name", "image", "image_path",
+             "dicom", "dicom_path", "dicom_file"),
+    "sop_instance_uid": ("sop_instance_uid", "sopinstanceuid", "sop_uid", "instance_uid"),
+    "label": ("label", "labels", "class", "finding", "target", "diagnosis", "category"),
+}
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One usable manifest row: where it is, what it names, its label index."""
+
+    where: str
+    key: str
+    label: int
+
+
+def read_manifest_lines(manifest: Path, data_dir: Path) -> list[tuple[int, list[str]]]:
+    """(1-based line number, cells) of every non-blank CSV record, header included."""
+    if not manifest.is_file():
+        raise folder_error(data_dir, f"manifest {manifest} not found; add a CSV with header "
+                            '"file,label" or "sop_instance_uid,label" (see client-node demo-data)')
+    try:
+        with manifest.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle, dialect=_sniff_dialect(handle.read(8192)))
+            handle.seek(0)
+            if handle.read(1) != "\ufeff":  # utf-8-sig drops a BOM only on the first read
+                handle.seek(0)
+            records = [(reader.line_num, cells) for cells in reader]
+    except UnicodeDecodeError:
+        raise folder_error(data_dir, f"{manifest.name} is not UTF-8 text; save it as UTF-8 CSV") from None
+    except csv.Error as exc:
+        raise folder_error(data_dir, f"{manifest.name} is not valid CSV ({exc}); fix the quoting") from None
+    return [(line, cells) for line, cells in records if any(cell.strip() for cell in cells)]
+
+
+def _sniff_dialect(sample: str) -> type[csv.Dialect] | csv.Dialect:
+    """The CSV dialect of a manifest: comma, semicolon (spreadsheets in many locales), tab
+    or pipe, sniffed from its start; plain CSV when the sample says nothing clearer."""
+    try:
+        return csv.Sniffer().sniff(sample.lstrip("\ufeff"), delimiters=",;\t|")
+    except csv.Error:
+        return csv.excel
+
+
+def _column(names: list[str], canonical: str) -> int | None:
+    """Index of the header column meaning `canonical` (COLUMN_ALIASES); the canonical
+    spelling wins; None when absent. Raises ValueError naming the columns when two
+    different spellings both match (which one is meant cannot be guessed)."""
+    if canonical in names:
+        return names.index(canonical)
+    found = [i for i, n in enumerate(names) if n in COLUMN_ALIASES[canonical]]
+    if len(found) > 1:
+        raise ValueError(", ".join(repr(names[i]) for i in found))
+    return found[0] if found else None
+
+
+def header_columns(header: list[str], manifest: Path, data_dir: Path) -> tuple[str, int, int]:
+    """(key kind, key column index, label column index) from the header row; the usual
+    spellings are recognised (COLUMN_ALIASES: path, filename, class, target...)."""
+    names = ["_".join(cell.strip().lower().replace("-", " ").split()) for cell in header]
+    try:
+        found = {kind: _column(names, kind) for kind in (*KEY_COLUMNS, "label")}
+    except ValueError as err:
+        raise folder_error(data_dir, f"{manifest.name} header has several columns of one meaning ({err}); "
+                            'rename the one to use to "file" or "label"') from None
+    kind = next((k for k in KEY_COLUMNS if found[k] is not None), None)
+    if kind is None or found["label"] is None:
+        shown = ", ".join(repr(n[:40]) for n in names[:10])
+        raise folder_error(data_dir, f"{manifest.name} header has columns {shown}; it needs a label column "
+                            '("label", "class", ...) and a file column ("file", "path", ...) or '
+                            '"sop_instance_uid" (see client-node demo-data)')
+    return kind, found[kind], found["label"]
+
+
+def parse_manifest(
+    manifest: Path, data_dir: Path, labels: Sequence[str]
+) -> tuple[str, list[ManifestRow], list[tuple[str, str]]]:
+    """Parse the manifest into usable rows and rejected rows (label, empty key, duplicates)."""
+    records = read_manifest_lines(manifest, data_dir)
+    if not records:
+        raise folder_error(data_dir, f'{manifest.name} is empty; add rows "file,label" (see client-node demo-data)')
+    kind, key_col, label_col = header_columns(records[0][1], manifest, data_dir)
+    if len(records) == 1:
+        raise folder_error(data_dir, f"{manifest.name} has a header but no rows; add one row per image "
+                            '"file,label" (see client-node demo-data)')
+    label_index = {name.strip().lower(): i for i, name in enumerate(labels)}
+    rows: list[ManifestRow] = []
+    rejected: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for line, cells in records[1:]:
+        where = f"{manifest.name} line {line}"
+        key = _clean_key(kind, cell(cells, key_col))
+        label = label_index.get(cell(cells, label_col).strip().lower())
+        reason = _row_problem(key, label, seen)
+        if reason:
+            rejected.append((where, reason))
+            continue
+        seen.add(key)
+        rows.append(ManifestRow(where, key, label))
+    return kind, rows, rejected
+
+
+def _row_problem(key: str, label: int | None, seen: set[str]) -> str:
+    """Reason code for a row that cannot be used as it stands, '' when it can."""
+    if not key:
+        return "empty-key"
+    if label is None:
+        return "unknown-label"
+    return "duplicate-row" if key in seen else ""
+
+
+def cell(cells: list[str], index: int) -> str:
+    """A cell, or '' for short rows."""
+    return cells[index] if index < len(cells) else ""
+
+
+def _clean_key(kind: str, value: str) -> str:
+    """Paths use '/' whatever OS exported them, without a leading './'; UIDs are stripped."""
+    value = value.strip()
+    if kind != "file":
+        return value
+    value = value.replace("\\", "/")
+    while value.startswith("./"):
+        value = value[2:]
+    return value
+
+
+# ----------------------------------------------------------------------------- headers

@@ -1,0 +1,188 @@
+"""Where labels come from: a manifest's rows, class folders, or a DICOM tag.
+
+Each source turns into the same thing: labelled `ImageFacts` and rejections with the
+same reason codes, filtered files flagged (`FILTERED`) for the caller to count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from radfed import dicom
+from radfed.data.files import inside_folder, walk_files
+from radfed.data.headers import HeaderCache, ImageFacts
+from radfed.data.manifest import MANIFEST_NAME, ManifestRow, parse_manifest
+from radfed.data.options import DataOptions
+from radfed.data.problems import FILTERED, folder_error
+from radfed.data.workers import Progress
+
+
+def _passes(facts: ImageFacts, filters: dict[str, list[str]]) -> bool:
+    """True when the image matches every filter (case-insensitive; any listed value)."""
+    values = {"Modality": facts.modality, "BodyPartExamined": facts.body_part, "SeriesDescription": facts.series}
+    for keyword, allowed in filters.items():
+        if values[keyword].strip().lower() not in {a.strip().lower() for a in allowed}:
+            return False
+    return True
+
+
+def _accept(facts: ImageFacts, label: int, filters: dict[str, list[str]]) -> ImageFacts | str:
+    """The labelled image, or FILTERED, or the reason it cannot be used (problem, no PatientID)."""
+    if not _passes(facts, filters):
+        return FILTERED
+    if facts.problem or not facts.patient:
+        return facts.problem or "no-patient-id"
+    return replace(facts, label=label)
+
+
+def _scan_by_uid(
+    data_dir: Path, skip: set[Path], headers: HeaderCache, progress: Progress | None = None,
+) -> tuple[dict[str, ImageFacts], list[tuple[str, str]]]:
+    """Map SOPInstanceUID key -> header facts for a sop_instance_uid manifest.
+
+    Non-DICOM and empty files are skipped silently (PACS exports carry viewers,
+    READMEs); damaged DICOM files and duplicate UIDs are rejected.
+    """
+    by_uid: dict[str, ImageFacts] = {}
+    rejected: list[tuple[str, str]] = []
+    relpaths = [path.relative_to(data_dir).as_posix() for path in walk_files(data_dir, skip)]
+    headers.prefetch(relpaths, progress)
+    for relpath in relpaths:
+        facts = headers.get(relpath)
+        if isinstance(facts, str):
+            if facts not in ("not-dicom", "empty-file"):
+                rejected.append((relpath, facts))
+        elif facts.uid in by_uid:
+            rejected.append((relpath, "duplicate-sop-instance-uid"))
+        elif facts.uid:
+            by_uid[facts.uid] = facts
+    return by_uid, rejected
+
+
+def resolve_rows(
+    kind: str, rows: list[ManifestRow], data_dir: Path, skip: set[Path], headers: HeaderCache,
+    filters: dict[str, list[str]] | None = None, progress: Progress | None = None,
+) -> tuple[list[ImageFacts], list[tuple[str, str]]]:
+    """Turn manifest rows into checked images; everything that fails becomes a rejection
+    (files filtered out by the task become ``(where, "filtered")`` for the caller to count)."""
+    rejected: list[tuple[str, str]] = []
+    by_uid: dict[str, ImageFacts] = {}
+    if kind == "sop_instance_uid":
+        by_uid, rejected = _scan_by_uid(data_dir, skip, headers, progress)
+    else:
+        headers.prefetch([row.key for row in rows if inside_folder(row.key) and headers.is_file(row.key)], progress)
+    images: list[ImageFacts] = []
+    seen_uids: set[str] = set()
+    for row in rows:
+        where, outcome = _resolve_row(kind, row, data_dir, by_uid, filters or {}, headers)
+        _collect(where, outcome, images, rejected, seen_uids)
+    return sorted(images, key=lambda im: im.relpath), rejected
+
+
+def _collect(where: str, outcome: "ImageFacts | str", images: list["ImageFacts"],
+             rejected: list[tuple[str, str]], seen_uids: set[str]) -> None:
+    """Keep an accepted image, or record why not (its reason, or a repeated SOPInstanceUID)."""
+    if isinstance(outcome, str):
+        rejected.append((where, outcome))
+    elif outcome.uid and outcome.uid in seen_uids:
+        rejected.append((where, "duplicate-sop-instance-uid"))
+    else:
+        seen_uids.add(outcome.uid)
+        images.append(outcome)
+
+
+def _resolve_row(
+    kind: str, row: ManifestRow, data_dir: Path, by_uid: dict[str, ImageFacts], filters: dict[str, list[str]],
+    headers: HeaderCache,
+) -> tuple[str, ImageFacts | str]:
+    """(where to report, labelled image or reason) for one row."""
+    if kind == "sop_instance_uid":
+        uid = dicom.identifier_key("sop-instance", row.key)
+        if uid not in by_uid:
+            return row.where, "unknown-sop-instance-uid"
+        facts: ImageFacts | str = by_uid[uid]
+    else:
+        if not inside_folder(row.key):
+            return f"{row.where}: {row.key}", "outside-data-folder"
+        if not headers.is_file(row.key):
+            return f"{row.where}: {row.key}", "missing-file"
+        facts = headers.get(row.key)
+    if isinstance(facts, str):
+        return row.key, facts
+    return facts.relpath, _accept(facts, row.label, filters)
+
+
+def class_folders(data_dir: Path, labels: Sequence[str]) -> dict[int, Path]:
+    """label index -> its folder directly under data_dir (names match case-insensitively)."""
+    try:
+        subdirs = {d.name.strip().lower(): d for d in data_dir.iterdir() if d.is_dir() and not d.name.startswith(".")}
+    except OSError:
+        return {}
+    return {i: subdirs[name.strip().lower()] for i, name in enumerate(labels) if name.strip().lower() in subdirs}
+
+
+def scan_labelled(
+    data_dir: Path, candidates: list[tuple[Path, int | None]], options: DataOptions,
+    labels: Sequence[str], headers: HeaderCache, progress: Progress | None,
+) -> tuple[list[ImageFacts], list[tuple[str, str]]]:
+    """Header facts for (file, label or None = from the tag) pairs, with the same
+    rejections as a manifest: problems, no PatientID, duplicate UIDs; filtered files flagged.
+
+    In tag mode non-DICOM files are skipped silently (PACS exports carry viewers, READMEs).
+    """
+    label_index = {name.strip().lower(): i for i, name in enumerate(labels)}
+    label_map = {str(k).strip().lower(): str(v).strip().lower() for k, v in (options.label_map or {}).items()}
+    images: list[ImageFacts] = []
+    rejected: list[tuple[str, str]] = []
+    seen_uids: set[str] = set()
+    relpaths = [path.relative_to(data_dir).as_posix() for path, _ in candidates]
+    headers.prefetch(relpaths, progress)
+    for relpath, (_, label) in zip(relpaths, candidates):
+        facts = headers.get(relpath)
+        if isinstance(facts, str):
+            if not (label is None and facts == "not-dicom"):
+                rejected.append((relpath, facts))
+            continue
+        if label is None:
+            value = facts.label_value.strip().lower()
+            label = label_index.get(label_map.get(value, value) if label_map else value)
+        outcome = _accept(facts, -1 if label is None else label, options.filters)
+        if outcome != FILTERED and label is None and not isinstance(outcome, str):
+            outcome = "no-label"
+        _collect(relpath, outcome, images, rejected, seen_uids)
+    return sorted(images, key=lambda im: im.relpath), rejected
+
+
+# ----------------------------------------------------------------------------- pixels and cache
+
+
+def labelled_images(
+    data_dir: Path, labels: Sequence[str], manifest: Path | None, cache_dir: Path | None,
+    options: DataOptions, headers: HeaderCache, progress: Progress | None,
+) -> tuple[str, list[ImageFacts], list[tuple[str, str]], int]:
+    """(source name, labelled images, rejections incl. 'filtered', number of rows/files considered)."""
+    skip = {Path(cache_dir).resolve()} if cache_dir is not None else set()
+    source = options.label_source
+    default_manifest = data_dir / MANIFEST_NAME
+    if source == "manifest" and manifest is None and not default_manifest.exists() and class_folders(data_dir, labels):
+        source = "folders"
+    if source == "folders":
+        folders = class_folders(data_dir, labels)
+        if not folders:
+            names = ", ".join(f"{data_dir.name}/{name}" for name in labels)
+            raise folder_error(data_dir, f"no class folders found; put each label's images in its own folder ({names})")
+        candidates = [(path, i) for i, folder in sorted(folders.items()) for path in walk_files(folder, skip)]
+        images, rejected = scan_labelled(data_dir, candidates, options, labels, headers, progress)
+        return "the class folders", images, rejected, len(candidates)
+    if source == "tag":
+        candidates = [(path, None) for path in walk_files(data_dir, skip)]
+        images, rejected = scan_labelled(data_dir, candidates, options, labels, headers, progress)
+        return f"the files' {options.label_tag} tags", images, rejected, len(candidates)
+    manifest = Path(manifest) if manifest is not None else default_manifest
+    kind, rows, rejected = parse_manifest(manifest, data_dir, labels)
+    n_rows = len(rows) + len(rejected)
+    images, more = resolve_rows(kind, rows, data_dir, skip | {manifest.resolve()}, headers,
+                                 options.filters, progress)
+    return manifest.name, images, rejected + more, n_rows

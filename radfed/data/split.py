@@ -1,0 +1,97 @@
+"""The train/validation split, by patient (never by image), and its tensors.
+
+Images of one patient never sit on both sides, so validation scores are honest. The
+split is a pure function of the patients' keys and a seed: the same on every process,
+machine and Python version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from radfed.data.headers import ImageFacts
+
+
+@dataclass
+class Split:
+    """Images (N x 1 x S x S float32 in [0, 1]) and int64 labels of one side of the split.
+
+    ``patients`` holds, per image, the patient's index within this split
+    (0 .. num_patients-1): enough for patient-level counts, never an ID.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_patients: int
+    patients: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+
+def _patient_rank(patient_id: str, seed: int) -> str:
+    """Stable pseudo-random rank: the same on every process, machine and Python version."""
+    return hashlib.sha256(f"radfed-split\x00{seed}\x00{patient_id}".encode()).hexdigest()
+
+
+def patient_split(patient_ids: Iterable[str], val_fraction: float, seed: int) -> set[str]:
+    """The validation patients: the round(n * val_fraction) patients with the lowest sha256 rank.
+
+    Ranking (rather than thresholding each hash) gives an exact fraction, so a
+    60-patient clinic gets 15 validation patients and, at any usual
+    prevalence, both labels; with two or more patients and a non-zero
+    fraction each side keeps at least one patient.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    unique = sorted(set(patient_ids))
+    n_val = round(len(unique) * val_fraction)
+    if val_fraction > 0 and len(unique) >= 2:
+        n_val = min(max(n_val, 1), len(unique) - 1)
+    ranked = sorted(unique, key=lambda pid: _patient_rank(pid, seed))
+    return set(ranked[:n_val])
+
+
+
+def build_split(pixels: np.ndarray, images: list[ImageFacts], picks: list[int]) -> Split:
+    """Tensors for the images at positions ``picks``; patients become 0-based indices."""
+    index: dict[str, int] = {}
+    patients = [index.setdefault(images[i].patient, len(index)) for i in picks]
+    size = pixels.shape[-1]
+    chosen = pixels[picks] if picks else np.zeros((0, size, size), dtype=np.float16)
+    return Split(
+        images=torch.from_numpy(chosen.astype(np.float32)).unsqueeze(1),
+        labels=torch.tensor([images[i].label for i in picks], dtype=torch.int64),
+        num_patients=len(index),
+        patients=torch.tensor(patients, dtype=torch.int64),
+    )
+
+
+def split_images(images: list[ImageFacts], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Positions of train and validation images, split by patient; checks no patient is on both sides."""
+    val_patients = patient_split((im.patient for im in images), val_fraction, seed)
+    train = [i for i, im in enumerate(images) if im.patient not in val_patients]
+    val = [i for i, im in enumerate(images) if im.patient in val_patients]
+    if {images[i].patient for i in train} & {images[i].patient for i in val}:
+        raise RuntimeError("patient split leaked a patient into both train and validation")
+    return train, val
+
+
+
+
+def split_counts(split: Split, labels: Sequence[str]) -> dict[str, Any]:
+    """Images and patients per label for one split (a patient counts once per label they have)."""
+    ids = split.labels.tolist()
+    images = {name: ids.count(i) for i, name in enumerate(labels)}
+    counts: dict[str, Any] = {"images": images, "total_images": len(ids), "total_patients": split.num_patients}
+    if split.patients is not None:
+        pairs = set(zip(split.patients.tolist(), ids))
+        counts["patients"] = {name: sum(1 for _, lab in pairs if lab == i) for i, name in enumerate(labels)}
+    return counts
