@@ -96,7 +96,8 @@ def _data(spec: ExperimentSpec, context: Context) -> ClinicData:
         Path(str(cfg["data-path"])), spec.labels, spec.image_size,
         manifest=Path(manifest) if manifest else None, val_fraction=spec.val_fraction,
         seed=spec.seed, cache_dir=Path(cache) if cache else None,
-        workers=int(cfg.get("workers", 1) or 1), options=data_options(spec.data),
+        workers=int(cfg.get("workers", 1) or 1),
+        options=data_options(spec.data).with_local(json.loads(str(cfg.get("data-options", "") or "{}"))),
     )
 
 

@@ -32,6 +32,11 @@ def start(
     name: Annotated[Optional[str], typer.Option(help="Which enrolled clinic to run (default: the only one).")] = None,
     superlink: Annotated[Optional[str], typer.Option(help="SuperLink HOST:PORT (default: from the bundle).")] = None,
     labels: Annotated[Optional[Path], typer.Option(help="Label manifest CSV (default DATA/labels.csv).")] = None,
+    file_column: Annotated[Optional[str], typer.Option(help="The manifest's file column, if not a usual name (file, path, filename...).")] = None,
+    label_column: Annotated[Optional[str], typer.Option(help="The manifest's label column, if not a usual name (label, class, finding...).")] = None,
+    label_map: Annotated[Optional[list[str]], typer.Option(help="VALUE=LABEL: this export's label value (manifest cell, folder name, tag value) for a task label; repeatable.")] = None,
+    label_source: Annotated[Optional[str], typer.Option(help="manifest, folders (DATA/<label>/...) or tag (default: labels.csv, else class folders).")] = None,
+    label_tag: Annotated[Optional[str], typer.Option(help="DICOM keyword holding the label (label-source tag).")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Where preprocessed images are cached.")] = None,
     insecure: Annotated[bool, typer.Option(help="Plaintext, no node key (loopback demo SuperLinks only).")] = False,
     approve_app: Annotated[Optional[list[str]], typer.Option(help="Also run app bundles with this SHA-256; repeatable.")] = None,
@@ -47,12 +52,22 @@ def start(
     Connects over TLS with the clinic's enrolled node key; checks first that the
     SuperLink is reachable and its certificate chains to the bundle's CA. Only the
     radfed app bundle of this installation runs here (plus any --approve-app hash).
-    What leaves the clinic is logged to NODE_HOME/outbox.jsonl.
+    What leaves the clinic is logged to NODE_HOME/outbox.jsonl. How this clinic's export
+    names its columns and labels (--file-column, --label-column, --label-map,
+    --label-source) is set here, for every experiment it joins.
 
-    Example: `client-node start --bundle clinic-a.radfed --data /pacs/export`
+    Examples:
+
+    client-node start --bundle clinic-a.radfed --data /pacs/export
+
+    client-node start --data /pacs/export --label-column finding --label-map 1=opacity --label-map 0=normal
+
+    client-node start --data /pacs/by-class --label-source folders --label-map pneumonia=opacity
     """
+    local = _local_options(file_column, label_column, label_map, label_source, label_tag)
     opts = NodeOptions(superlink, data, name, labels, cache_dir, insecure, bundle,
-                       local_port, threads, workers, home, fault, list(approve_app or []), isolation)
+                       local_port, threads, workers, home, fault, list(approve_app or []), isolation,
+                       data_options=local)
     if isolation not in ("worker", "subprocess"):
         _fail(f"--isolation must be worker or subprocess, not {isolation!r}", 2)
     try:
@@ -60,7 +75,7 @@ def start(
     except NodeError as e:
         _fail(str(e))
     err.print(f"clinic [bold]{opts.name}[/] joining {opts.superlink} with data {data}"
-              f"{' (PLAINTEXT)' if insecure else ''}", highlight=False)
+              f"{' (PLAINTEXT)' if insecure else ''}; {opts.labels_from}", highlight=False)
     code = run_supernode(opts, report=lambda line: err.print(f"[bold red]error:[/] {line}",
                                                              highlight=False, soft_wrap=True))
     raise typer.Exit(code)
@@ -108,36 +123,39 @@ def demo_data(
 def check_data(
     directory: Annotated[Path, typer.Argument(help="The clinic's DICOM folder.")],
     labels: Annotated[Optional[Path], typer.Option(help="Label manifest CSV (default DIR/labels.csv).")] = None,
-    task_labels: Annotated[str, typer.Option(help="Comma-separated class names of the task.")] = "normal,opacity",
+    task_labels: Annotated[Optional[str], typer.Option(help="Comma-separated class names of the task (default: the manifest's own values, or the label map's).")] = None,
     image_size: Annotated[int, typer.Option(help="Model input size.")] = 224,
     as_json: Annotated[bool, typer.Option("--json", help="Print the data card as JSON.")] = False,
     window: Annotated[Optional[str], typer.Option(help="CT window: lung, mediastinum, brain, bone, abdomen or CENTER/WIDTH.")] = None,
     frame_policy: Annotated[str, typer.Option(help="Multi-frame files: middle or all.")] = "middle",
     label_source: Annotated[str, typer.Option(help="manifest, folders (DIR/<label>/...) or tag.")] = "manifest",
     label_tag: Annotated[Optional[str], typer.Option(help="DICOM keyword holding the label (label-source tag).")] = None,
-    label_map: Annotated[Optional[list[str]], typer.Option(help="VALUE=LABEL for label-source tag; repeatable.")] = None,
+    label_map: Annotated[Optional[list[str]], typer.Option(help="VALUE=LABEL: an export's label value (manifest cell, folder name, tag value) for a task label; repeatable.")] = None,
+    file_column: Annotated[Optional[str], typer.Option(help="The manifest's file column, if not a usual name.")] = None,
+    label_column: Annotated[Optional[str], typer.Option(help="The manifest's label column, if not a usual name.")] = None,
     filter_: Annotated[Optional[list[str]], typer.Option("--filter", help="KEYWORD=V1,V2 (Modality, BodyPartExamined, SeriesDescription); repeatable.")] = None,
     workers: Annotated[int, typer.Option(help="Processes decoding DICOM in parallel.")] = 1,
 ) -> None:
     """Print this clinic's data card (counts only) and every rejected file with its reason and fix.
 
     The card stays on this screen: it lists relative file paths of rejected files.
-    Exits non-zero only when no usable image is left.
+    Without --task-labels the labels are the manifest's own values (or the label map's
+    targets); without any labels (no manifest) the folder is audited: what decodes,
+    modalities, equipment, sizes, syntaxes, rejections, and a note that labels are
+    missing (exit 0). Exits non-zero only when labelled data leaves no usable image.
 
-    Example: `client-node check-data ./clinic-a --labels ./clinic-a/labels.csv`
+    Examples:
+
+    client-node check-data ./clinic-a
+
+    client-node check-data /pacs/export --labels export.csv --label-column finding --label-map 1=opacity --label-map 0=normal --task-labels normal,opacity
+
+    client-node check-data /pacs/by-class --label-source folders
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from radfed.data import REJECTION_HELP, DataError, DataOptions, format_card, load_clinic
-
-    def pairs(items: Optional[list[str]], option: str) -> dict[str, str]:
-        out = {}
-        for item in items or []:
-            key, sep, value = item.partition("=")
-            if not sep or not key.strip():
-                _fail(f"{option} expects KEY=VALUE, got {item!r}", 2)
-            out[key.strip()] = value.strip()
-        return out
+    from radfed.data import (REJECTION_HELP, DataError, DataOptions, audit_folder, format_audit, format_card,
+                             load_clinic, task_labels as labels_of)
 
     try:
         window_opt: object = window
@@ -145,8 +163,8 @@ def check_data(
             window_opt = tuple(float(v) for v in window.split("/", 1))
         options = DataOptions(
             window=window_opt, frame_policy=frame_policy, label_source=label_source, label_tag=label_tag,
-            label_map=pairs(label_map, "--label-map") or None,
-            filters={k: [v.strip() for v in vals.split(",") if v.strip()] for k, vals in pairs(filter_, "--filter").items()},
+            label_map=_pairs(label_map, "--label-map") or None, file_column=file_column, label_column=label_column,
+            filters={k: [v.strip() for v in vals.split(",") if v.strip()] for k, vals in _pairs(filter_, "--filter").items()},
         )
     except ValueError as e:
         _fail(str(e), 2)
@@ -160,18 +178,57 @@ def check_data(
         bar.update(tasks[stage], completed=done, total=total)
 
     try:
+        names = [n.strip() for n in task_labels.split(",")] if task_labels else labels_of(directory, labels, options)
+        if not names:
+            with bar:
+                card = audit_folder(directory, image_size, options, workers=workers, progress=progress)
+            print(json.dumps(card, indent=2, default=str)) if as_json else \
+                err.print(format_audit(card), highlight=False, soft_wrap=True, markup=False)
+            return
+        if not task_labels and not as_json:
+            err.print(f"task labels (from the data; set them with --task-labels): {', '.join(names)}",
+                      highlight=False, soft_wrap=True, markup=False)
         with bar:
-            data = load_clinic(directory, task_labels.split(","), image_size, manifest=labels,
+            data = load_clinic(directory, names, image_size, manifest=labels,
                                options=options, workers=workers, progress=progress)
     except DataError as e:
         for where, reason in e.rejected:
             err.print(f"rejected {where}: {reason}; {REJECTION_HELP.get(reason, '')}", highlight=False, soft_wrap=True)
         _fail(str(e))
+    except ValueError as e:
+        _fail(str(e), 2)
     card = data.card()
     if as_json:
         print(json.dumps(card, indent=2, default=str))
         return
     err.print(format_card(card), highlight=False, soft_wrap=True, markup=False)
+
+
+def _pairs(items: Optional[list[str]], option: str) -> dict[str, str]:
+    """KEY=VALUE options as a dict; one line and exit 2 on anything else."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            _fail(f"{option} expects KEY=VALUE, got {item!r}", 2)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _local_options(file_column: Optional[str], label_column: Optional[str], label_map: Optional[list[str]],
+                   label_source: Optional[str], label_tag: Optional[str]) -> dict:
+    """A clinic's own data settings for `start` (radfed.data.options.CLINIC_KEYS), checked now."""
+    from radfed.data import DataOptions
+
+    local = {"file_column": file_column, "label_column": label_column,
+             "label_map": _pairs(label_map, "--label-map") or None,
+             "label_source": label_source, "label_tag": label_tag}
+    local = {k: v for k, v in local.items() if v is not None}
+    try:
+        DataOptions().with_local(local)
+    except ValueError as e:
+        _fail(str(e), 2)
+    return local
 
 
 def main() -> None:

@@ -56,6 +56,8 @@ class NodeOptions:
     fault: str = ""
     approve_apps: list[str] = field(default_factory=list)
     isolation: str = "worker"  # "worker": one warm ClientApp process; "subprocess": Flower's
+    data_options: dict = field(default_factory=dict)  # the clinic's own (radfed.data.options.CLINIC_KEYS)
+    labels_from: str = ""  # where the labels come from, in words (set by check)
 
     @property
     def nodes_home(self) -> Path:
@@ -124,6 +126,7 @@ def node_config(opts: NodeOptions) -> dict[str, str | int]:
         "state-dir": str((opts.node_home / "state").resolve()),
         "outbox-log": str((opts.node_home / "outbox.jsonl").resolve()),
         "fault": opts.fault,
+        "data-options": json.dumps(opts.data_options, sort_keys=True),
     }
 
 
@@ -138,14 +141,14 @@ def write_node_config(opts: NodeOptions) -> Path:
 
 def check(opts: NodeOptions) -> NodeOptions:
     """Refuse to start with one line when enrolment, data or the SuperLink is not usable."""
-    from radfed.data import DataError, check_manifest
+    from radfed.data import DataError, DataOptions, preflight
     from radfed.enrolment import check_tls, speaks_tls
 
     opts = resolve(opts)
     if not str(opts.name).replace("-", "").replace("_", "").isalnum():
         raise NodeError(f"clinic name '{opts.name}' must be letters, digits, '-' or '_'")
     try:
-        check_manifest(opts.data, opts.manifest)
+        opts.labels_from = preflight(opts.data, opts.manifest, DataOptions().with_local(opts.data_options))
     except DataError as err:
         raise NodeError(str(err)) from None
     why = reachable(str(opts.superlink))

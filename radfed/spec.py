@@ -195,7 +195,7 @@ def _check_data_options(source: str, value: Any) -> dict[str, Any]:
 
 def data_options(table: dict[str, Any]):
     """A spec's `data` table as radfed.data.DataOptions (lists from TOML become tuples)."""
-    from radfed.data import DataOptions  # imports torch: only where options are used
+    from radfed.data import DataOptions  # radfed.data.options: no torch
 
     values = dict(table)
     if isinstance(values.get("window"), list):

@@ -46,3 +46,42 @@ def test_too_few_clinics_fails_cleanly_and_keeps_records(tmp_path, federation):
     board = {e["experiment"]: e for e in Store(db).leaderboard()}
     assert board["needs-three"]["status"] == "failed"
     assert board["earlier"]["status"] == "completed" and board["earlier"]["final_auroc"] == 0.9
+
+
+@pytest.mark.timeout(300)
+def test_exports_as_they_come_join_with_their_own_names_for_labels(tmp_path, federation):
+    """`client-node start` takes what check-data takes: class folders with other names, and a
+    manifest headed `path,diagnosis` with 0/1 labels, each mapped to the task's labels by the
+    clinic itself (--label-map), and the run trains on both."""
+    import csv
+    import shutil
+
+    for i in (1, 2):
+        write_clinic(tmp_path / f"export-{i}", clinic_index=i - 1, n_patients=6, prevalence=0.5, seed=i)
+    source = tmp_path / "export-1"  # clinic-1: one folder per class, its own names
+    with (source / "labels.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    folders = tmp_path / "clinic-1"
+    for row in rows:
+        target = folders / {"normal": "No Finding", "opacity": "Pneumonia"}[row["label"]] / row["file"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source / row["file"], target)
+    numeric = tmp_path / "export-2"  # clinic-2: path,diagnosis with 0/1, semicolons
+    with (numeric / "labels.csv").open(newline="") as fh:
+        rows = list(csv.reader(fh))[1:]
+    with (numeric / "labels.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh, delimiter=";")
+        writer.writerow(["sop_uid", "Diagnosis"])
+        writer.writerows([key, {"normal": "0", "opacity": "1"}[label]] for key, label in rows)
+    federation.start_clinic("clinic-1", folders, "", None, "--label-map", "no finding=normal",
+                            "--label-map", "pneumonia=opacity")
+    federation.start_clinic("clinic-2", numeric, "", None, "--label-map", "0=normal", "--label-map", "1=opacity")
+    spec_file = tmp_path / "exp.toml"
+    spec_file.write_text(spec_to_toml(_spec(name="as-exported", rounds=1)))
+    db = f"sqlite:///{tmp_path / 'radfed.db'}"
+    proc = cli("server.cli", "run", str(spec_file), "--control", federation.control, "--insecure", "--db", db,
+               timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:] + federation.logs()
+    entry = Store(db).leaderboard()[0]
+    trained = sorted(c["clinic"] for c in entry["clinics"] if c["phase"] == "train")
+    assert trained == ["clinic-1", "clinic-2"], entry["clinics"]

@@ -16,7 +16,9 @@ One stage per module, as pydicom's ``pixels`` package does:
 - ``pixels``: decoded, resized pixels, cached;
 - ``split``: the patient-level train/validation split;
 - ``card`` / ``problems``: the data card and rejection reasons; no torch;
-- ``clinic``: `load_clinic`, `check_manifest`, `ClinicData`.
+- ``labels``: an export's label values to the task's labels (label map, numbers);
+- ``audit``: what an unlabelled folder holds;
+- ``clinic``: `load_clinic`, `preflight`, `task_labels`, `ClinicData`.
 
 The train/validation split is by patient (never by image). PatientIDs are read by
 dicom.header_facts and turned into one-way keys at once: IDs never reach a summary, a
@@ -37,7 +39,8 @@ from radfed.data_card import DATA_CARD_RECORD, SHARED_CARD_KEYS
 
 # Names whose modules import torch are loaded on first use, so that options, manifests and
 # cards (the coordinator's and dashboard's side) can be used without torch.
-_TORCH_NAMES = {"ClinicData": "clinic", "check_manifest": "clinic", "load_clinic": "clinic",
+_TORCH_NAMES = {"ClinicData": "clinic", "preflight": "clinic", "task_labels": "clinic",
+                "audit_folder": "audit", "format_audit": "audit", "load_clinic": "clinic",
                 "Split": "split", "patient_split": "split"}
 
 
@@ -65,7 +68,10 @@ __all__ = [
     "SIZE_BUCKETS",
     "Split",
     "Progress",
-    "check_manifest",
+    "preflight",
+    "audit_folder",
+    "format_audit",
+    "task_labels",
     "format_card",
     "load_clinic",
     "patient_split",

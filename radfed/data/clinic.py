@@ -15,23 +15,13 @@ from typing import Any
 
 from radfed.data.card import size_bucket
 from radfed.data.headers import HeaderCache
-from radfed.data.manifest import (
-    MANIFEST_NAME,
-    cell,
-    header_columns,
-    parse_manifest,
-    read_manifest_lines,
-)
+from radfed.data.files import walk_files
+from radfed.data.labels import LabelLookup, labels_from_values
+from radfed.data.manifest import MANIFEST_NAME, manifest_values, parse_manifest
 from radfed.data.options import DataOptions
 from radfed.data.pixels import load_pixels
-from radfed.data.problems import (
-    FILTERED,
-    REJECTION_HELP,
-    check_folder,
-    folder_error,
-    no_usable_image,
-)
-from radfed.data.sources import labelled_images, resolve_rows
+from radfed.data.problems import FILTERED, REJECTION_HELP, check_folder, folder_error, no_usable_image
+from radfed.data.sources import labelled_images, resolve_rows, subfolders
 from radfed.data.split import Split, build_split, split_counts, split_images
 from radfed.data.workers import Progress, Workers
 
@@ -102,6 +92,13 @@ def _check_labels(labels: Sequence[str]) -> None:
         raise ValueError(f"labels must be distinct non-empty names, got {list(labels)}")
 
 
+def _lookup(data_dir: Path, labels: Sequence[str], options: DataOptions) -> LabelLookup:
+    """The task's labels with the label map; a map that cannot be meant is one DataError line."""
+    try:
+        return LabelLookup(labels, options.label_map)
+    except ValueError as err:
+        raise folder_error(data_dir, str(err)) from None
+
 
 def load_clinic(
     data_dir: Path,
@@ -143,8 +140,8 @@ def load_clinic(
         headers = HeaderCache(data_dir, options.label_tag, cache, pool)
         if not headers.stored:  # nothing cached: everything will be read, so start the helpers now
             pool.start()
-        source, images, rejected, n_items = labelled_images(data_dir, labels, manifest, cache, options,
-                                                             headers, progress)
+        source, images, rejected, n_items = labelled_images(data_dir, _lookup(data_dir, labels, options),
+                                                            manifest, cache, options, headers, progress)
         headers.save()
         pixels, reasons, counts = load_pixels(headers, images, image_size, cache, pool, options, progress)
     finally:
@@ -170,25 +167,54 @@ def load_clinic(
     )
 
 
-def check_manifest(data_dir: Path, manifest: Path | None = None) -> list[tuple[str, str]]:
-    """Pre-flight for a node: folder, manifest and referenced files are usable.
-
-    Reads the manifest and DICOM headers only (no pixel decoding), accepting every
-    label the manifest uses, so it runs before any task is known. Returns the
-    rejections; raises DataError when no row names a usable image.
-    """
+def task_labels(data_dir: Path, manifest: Path | None = None, options: DataOptions | None = None) -> list[str]:
+    """Labels for a folder whose task is not known yet (`client-node check-data` without
+    --task-labels): the label map's targets, else the manifest's own values, else the
+    class folders' names (label source "folders"); [] when there are none (no manifest:
+    the folder can only be audited)."""
+    options = options or DataOptions()
     data_dir = Path(data_dir)
     check_folder(data_dir)
+    if options.label_map:
+        return labels_from_values((), options.label_map)
+    if options.label_source == "folders":
+        return labels_from_values(d.name for d in subfolders(data_dir))
+    if options.label_source == "tag":
+        return []
     manifest = Path(manifest) if manifest is not None else data_dir / MANIFEST_NAME
-    records = read_manifest_lines(manifest, data_dir)
-    if not records:
-        raise folder_error(data_dir, f'{manifest.name} is empty; add rows "file,label" (see client-node demo-data)')
-    _, _, label_col = header_columns(records[0][1], manifest, data_dir)
-    labels = sorted({cell(cells, label_col).strip().lower() for _, cells in records[1:]} - {""})
-    kind, rows, rejected = parse_manifest(manifest, data_dir, labels or ["-"])
+    if not manifest.exists():
+        return []
+    return labels_from_values(manifest_values(manifest, data_dir, options.file_column, options.label_column))
+
+
+def preflight(data_dir: Path, manifest: Path | None = None, options: DataOptions | None = None) -> str:
+    """Before a node starts (no task known yet): the folder and its labels are usable.
+
+    A manifest is read with every label it uses and its files' headers are checked;
+    class folders or a label tag are accepted when there are files to read. Returns
+    where the labels will come from, in words; raises DataError (one line) otherwise.
+    """
+    options = options or DataOptions()
+    data_dir = Path(data_dir)
+    check_folder(data_dir)
+    default = data_dir / MANIFEST_NAME
+    if options.label_source == "tag":
+        return f"labels from each file's {options.label_tag} tag"
+    if options.label_source == "folders" or (manifest is None and not default.exists()):
+        folders = [d for d in subfolders(data_dir) if walk_files(d, set())]
+        if len(folders) >= 2 or (folders and options.label_source == "folders"):
+            return (f"no {MANIFEST_NAME}: labels from {len(folders)} class folders (their names, "
+                    "or --label-map FOLDER=LABEL, must be the task's labels)")
+        raise folder_error(data_dir, f"no {MANIFEST_NAME} and no class folders; add a manifest "
+                           '("file,label", or pass --labels FILE), put each label\'s images in a folder '
+                           "named after it, or take labels from a tag (--label-source tag --label-tag KEYWORD)")
+    manifest = Path(manifest) if manifest is not None else default
+    values = manifest_values(manifest, data_dir, options.file_column, options.label_column)
+    labels = labels_from_values(values, options.label_map) or ["-"]
+    kind, rows, rejected = parse_manifest(manifest, data_dir, _lookup(data_dir, labels, options),
+                                          options.file_column, options.label_column)
     headers = HeaderCache(data_dir, None, None, Workers(1))
     images, more = resolve_rows(kind, rows, data_dir, {manifest.resolve()}, headers)
-    rejected += more
     if not images:
-        raise no_usable_image(data_dir, manifest.name, len(rows) + len(rejected) - len(more), rejected)
-    return rejected
+        raise no_usable_image(data_dir, manifest.name, len(rows) + len(rejected), rejected + more)
+    return f"labels from {manifest.name}: {len(images)} usable images, {len(rejected) + len(more)} rejected"

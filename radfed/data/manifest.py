@@ -8,10 +8,10 @@ row that cannot be used becomes a rejection with its line number, never a crash.
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from radfed.data.labels import LabelLookup
 from radfed.data.problems import folder_error
 
 MANIFEST_NAME = "labels.csv"
@@ -74,49 +74,86 @@ def _column(names: list[str], canonical: str) -> int | None:
     return found[0] if found else None
 
 
-def header_columns(header: list[str], manifest: Path, data_dir: Path) -> tuple[str, int, int]:
+def _names(header: list[str]) -> list[str]:
+    """Header cells compared as people write them: 'File Path', 'file-path', 'FILE_PATH'."""
+    return ["_".join(cell.strip().lower().replace("-", " ").split()) for cell in header]
+
+
+def _named(names: list[str], given: str, option: str, manifest: Path, data_dir: Path) -> int:
+    """Index of the column a clinic named (--file-column / --label-column), else one line."""
+    wanted = _names([given])[0]
+    if wanted not in names:
+        shown = ", ".join(repr(n[:40]) for n in names[:10])
+        raise folder_error(data_dir, f"{manifest.name} has no column {given!r} (its columns: {shown}); "
+                           f"pass {option} with one of them")
+    return names.index(wanted)
+
+
+def header_columns(header: list[str], manifest: Path, data_dir: Path,
+                   file_column: str | None = None, label_column: str | None = None) -> tuple[str, int, int]:
     """(key kind, key column index, label column index) from the header row; the usual
-    spellings are recognised (COLUMN_ALIASES: path, filename, class, target...)."""
-    names = ["_".join(cell.strip().lower().replace("-", " ").split()) for cell in header]
+    spellings are recognised (COLUMN_ALIASES: path, filename, class, target...), and a
+    clinic's own column names (`file_column`, `label_column`) win over them."""
+    names = _names(header)
     try:
-        found = {kind: _column(names, kind) for kind in (*KEY_COLUMNS, "label")}
+        found = {kind: _column(names, kind) for kind in (*KEY_COLUMNS, "label")
+                 if not (kind == "label" and label_column) and not (kind in KEY_COLUMNS and file_column)}
     except ValueError as err:
         raise folder_error(data_dir, f"{manifest.name} header has several columns of one meaning ({err}); "
-                            'rename the one to use to "file" or "label"') from None
-    kind = next((k for k in KEY_COLUMNS if found[k] is not None), None)
+                           "name the one to use with --file-column / --label-column") from None
+    if label_column:
+        found["label"] = _named(names, label_column, "--label-column", manifest, data_dir)
+    if file_column:
+        index = _named(names, file_column, "--file-column", manifest, data_dir)
+        uid = names[index] in COLUMN_ALIASES["sop_instance_uid"]
+        found["sop_instance_uid" if uid else "file"] = index
+    kind = next((k for k in KEY_COLUMNS if found.get(k) is not None), None)
     if kind is None or found["label"] is None:
         shown = ", ".join(repr(n[:40]) for n in names[:10])
         raise folder_error(data_dir, f"{manifest.name} header has columns {shown}; it needs a label column "
-                            '("label", "class", ...) and a file column ("file", "path", ...) or '
-                            '"sop_instance_uid" (see client-node demo-data)')
+                           '("label", "class", ...) and a file column ("file", "path", ...) or '
+                           '"sop_instance_uid"; or name them with --file-column and --label-column')
     return kind, found[kind], found["label"]
 
 
-def parse_manifest(
-    manifest: Path, data_dir: Path, labels: Sequence[str]
-) -> tuple[str, list[ManifestRow], list[tuple[str, str]]]:
-    """Parse the manifest into usable rows and rejected rows (label, empty key, duplicates)."""
+def _records(manifest: Path, data_dir: Path) -> list[tuple[int, list[str]]]:
     records = read_manifest_lines(manifest, data_dir)
     if not records:
         raise folder_error(data_dir, f'{manifest.name} is empty; add rows "file,label" (see client-node demo-data)')
-    kind, key_col, label_col = header_columns(records[0][1], manifest, data_dir)
+    return records
+
+
+def manifest_values(manifest: Path, data_dir: Path, file_column: str | None = None,
+                    label_column: str | None = None) -> list[str]:
+    """The label column's values, row by row (to make task labels from when none are given)."""
+    records = _records(manifest, data_dir)
+    _, _, label_col = header_columns(records[0][1], manifest, data_dir, file_column, label_column)
+    return [cell(cells, label_col) for _, cells in records[1:]]
+
+
+def parse_manifest(
+    manifest: Path, data_dir: Path, lookup: LabelLookup,
+    file_column: str | None = None, label_column: str | None = None,
+) -> tuple[str, list[ManifestRow], list[tuple[str, str]]]:
+    """Parse the manifest into usable rows and rejected rows (label, empty key, duplicates)."""
+    records = _records(manifest, data_dir)
+    kind, key_col, label_col = header_columns(records[0][1], manifest, data_dir, file_column, label_column)
     if len(records) == 1:
         raise folder_error(data_dir, f"{manifest.name} has a header but no rows; add one row per image "
-                            '"file,label" (see client-node demo-data)')
-    label_index = {name.strip().lower(): i for i, name in enumerate(labels)}
+                           '"file,label" (see client-node demo-data)')
     rows: list[ManifestRow] = []
     rejected: list[tuple[str, str]] = []
     seen: set[str] = set()
     for line, cells in records[1:]:
         where = f"{manifest.name} line {line}"
         key = _clean_key(kind, cell(cells, key_col))
-        label = label_index.get(cell(cells, label_col).strip().lower())
+        label = lookup.index(cell(cells, label_col))
         reason = _row_problem(key, label, seen)
         if reason:
             rejected.append((where, reason))
             continue
         seen.add(key)
-        rows.append(ManifestRow(where, key, label))
+        rows.append(ManifestRow(where, key, label))  # type: ignore[arg-type]
     return kind, rows, rejected
 
 
@@ -144,5 +181,3 @@ def _clean_key(kind: str, value: str) -> str:
         value = value[2:]
     return value
 
-
-# ----------------------------------------------------------------------------- headers

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pydicom.datadict import dictionary_has_tag, tag_for_keyword
@@ -17,6 +17,8 @@ from radfed import dicom
 
 LABEL_SOURCES = ("manifest", "folders", "tag")
 FILTER_KEYWORDS = ("Modality", "BodyPartExamined", "SeriesDescription")
+# What a clinic may set for itself at `client-node start` (its export's spellings).
+CLINIC_KEYS = ("label_source", "label_tag", "label_map", "file_column", "label_column")
 
 
 def _is_dicom_keyword(keyword: str) -> bool:
@@ -39,9 +41,13 @@ class DataOptions:
     frame_policy: "middle" (one sample per file) or "all" (every frame a sample,
         same patient).
     label_source: "manifest" (CSV), "folders" (DATA/<label>/...) or "tag".
-    label_tag / label_map: for "tag", the DICOM keyword whose value gives the
-        label, and value -> label (case-insensitive); without a map the value
-        itself must be a label name.
+    label_tag: for "tag", the DICOM keyword whose value gives the label.
+    label_map: value -> task label, for any source (a manifest's label column, a
+        class folder's name, the tag's value); case-insensitive, numbers compared as
+        numbers ("1.0" is "1"). Without a map the value itself must be a label name
+        (radfed.data.labels).
+    file_column / label_column: the manifest's column names, when its header uses
+        none of the usual spellings (radfed.data.manifest.COLUMN_ALIASES).
     filters: keyword (FILTER_KEYWORDS) -> accepted values (case-insensitive).
     Invalid values raise ValueError naming the option and the allowed values.
     """
@@ -52,6 +58,8 @@ class DataOptions:
     label_tag: str | None = None
     label_map: dict[str, str] | None = None
     filters: dict[str, list[str]] = field(default_factory=dict)
+    file_column: str | None = None
+    label_column: str | None = None
 
     def __post_init__(self) -> None:
         dicom.resolve_window(self.window)
@@ -65,8 +73,14 @@ class DataOptions:
         if self.label_tag is not None and not _is_dicom_keyword(self.label_tag):
             raise ValueError(f"label_tag must be a DICOM keyword such as 'SeriesDescription' or "
                              f"'BodyPartExamined'; got {self.label_tag!r}")
-        if self.label_map is not None and not isinstance(self.label_map, dict):
-            raise ValueError(f"label_map must be a dict of tag value -> label or None; got {type(self.label_map).__name__}")
+        if self.label_map is not None and not (
+                isinstance(self.label_map, dict)
+                and all(isinstance(k, (str, int)) and isinstance(v, str) for k, v in self.label_map.items())):
+            raise ValueError(f"label_map must be a dict of value -> label name or None; got {self.label_map!r}")
+        for name in ("file_column", "label_column"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value.strip()):
+                raise ValueError(f"{name} must be a column name of the manifest or None; got {value!r}")
         if not isinstance(self.filters, dict):
             raise ValueError(f"filters must be a dict of keyword -> list of values; got {type(self.filters).__name__}")
         for keyword, values in self.filters.items():
@@ -81,6 +95,18 @@ class DataOptions:
 
     def token(self) -> str:
         """Every option as canonical JSON (for the cache key)."""
-        label_map = sorted((self.label_map or {}).items())
         filters = sorted((k, sorted(v)) for k, v in self.filters.items())
-        return json.dumps([self.pixel_token(), self.label_source, self.label_tag, label_map, filters])
+        label_map = sorted((str(k), v) for k, v in (self.label_map or {}).items())
+        return json.dumps([self.pixel_token(), self.label_source, self.label_tag, label_map, filters,
+                           self.file_column, self.label_column])
+
+    def with_local(self, local: dict[str, Any]) -> "DataOptions":
+        """These options with a clinic's own settings laid over them (CLINIC_KEYS only):
+        how its export names its columns and labels is the clinic's business, what the
+        task does with the pixels is the experiment's."""
+        unknown = set(local) - set(CLINIC_KEYS)
+        if unknown:
+            raise _one_of("clinic data options", CLINIC_KEYS, sorted(unknown)[0])
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update({k: v for k, v in local.items() if v is not None})
+        return DataOptions(**values)

@@ -6,20 +6,20 @@ same reason codes, filtered files flagged (`FILTERED`) for the caller to count.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from radfed import dicom
 from radfed.data.files import inside_folder, walk_files
 from radfed.data.headers import HeaderCache, ImageFacts
+from radfed.data.labels import LabelLookup
 from radfed.data.manifest import MANIFEST_NAME, ManifestRow, parse_manifest
 from radfed.data.options import DataOptions
 from radfed.data.problems import FILTERED, folder_error
 from radfed.data.workers import Progress
 
 
-def _passes(facts: ImageFacts, filters: dict[str, list[str]]) -> bool:
+def passes_filters(facts: ImageFacts, filters: dict[str, list[str]]) -> bool:
     """True when the image matches every filter (case-insensitive; any listed value)."""
     values = {"Modality": facts.modality, "BodyPartExamined": facts.body_part, "SeriesDescription": facts.series}
     for keyword, allowed in filters.items():
@@ -30,7 +30,7 @@ def _passes(facts: ImageFacts, filters: dict[str, list[str]]) -> bool:
 
 def _accept(facts: ImageFacts, label: int, filters: dict[str, list[str]]) -> ImageFacts | str:
     """The labelled image, or FILTERED, or the reason it cannot be used (problem, no PatientID)."""
-    if not _passes(facts, filters):
+    if not passes_filters(facts, filters):
         return FILTERED
     if facts.problem or not facts.patient:
         return facts.problem or "no-patient-id"
@@ -114,26 +114,30 @@ def _resolve_row(
     return facts.relpath, _accept(facts, row.label, filters)
 
 
-def class_folders(data_dir: Path, labels: Sequence[str]) -> dict[int, Path]:
-    """label index -> its folder directly under data_dir (names match case-insensitively)."""
+def subfolders(data_dir: Path) -> list[Path]:
+    """The visible folders directly under data_dir, by name."""
     try:
-        subdirs = {d.name.strip().lower(): d for d in data_dir.iterdir() if d.is_dir() and not d.name.startswith(".")}
+        return sorted((d for d in data_dir.iterdir() if d.is_dir() and not d.name.startswith(".")),
+                      key=lambda d: d.name)
     except OSError:
-        return {}
-    return {i: subdirs[name.strip().lower()] for i, name in enumerate(labels) if name.strip().lower() in subdirs}
+        return []
+
+
+def class_folders(data_dir: Path, lookup: LabelLookup) -> list[tuple[int, Path]]:
+    """(label index, folder) for each folder directly under data_dir whose name is a task
+    label or maps to one (case-insensitive; several folders may feed one label)."""
+    return [(i, d) for d in subfolders(data_dir) if (i := lookup.index(d.name)) is not None]
 
 
 def scan_labelled(
     data_dir: Path, candidates: list[tuple[Path, int | None]], options: DataOptions,
-    labels: Sequence[str], headers: HeaderCache, progress: Progress | None,
+    lookup: LabelLookup, headers: HeaderCache, progress: Progress | None,
 ) -> tuple[list[ImageFacts], list[tuple[str, str]]]:
     """Header facts for (file, label or None = from the tag) pairs, with the same
     rejections as a manifest: problems, no PatientID, duplicate UIDs; filtered files flagged.
 
     In tag mode non-DICOM files are skipped silently (PACS exports carry viewers, READMEs).
     """
-    label_index = {name.strip().lower(): i for i, name in enumerate(labels)}
-    label_map = {str(k).strip().lower(): str(v).strip().lower() for k, v in (options.label_map or {}).items()}
     images: list[ImageFacts] = []
     rejected: list[tuple[str, str]] = []
     seen_uids: set[str] = set()
@@ -146,8 +150,7 @@ def scan_labelled(
                 rejected.append((relpath, facts))
             continue
         if label is None:
-            value = facts.label_value.strip().lower()
-            label = label_index.get(label_map.get(value, value) if label_map else value)
+            label = lookup.index(facts.label_value)
         outcome = _accept(facts, -1 if label is None else label, options.filters)
         if outcome != FILTERED and label is None and not isinstance(outcome, str):
             outcome = "no-label"
@@ -155,34 +158,32 @@ def scan_labelled(
     return sorted(images, key=lambda im: im.relpath), rejected
 
 
-# ----------------------------------------------------------------------------- pixels and cache
-
-
 def labelled_images(
-    data_dir: Path, labels: Sequence[str], manifest: Path | None, cache_dir: Path | None,
+    data_dir: Path, lookup: LabelLookup, manifest: Path | None, cache_dir: Path | None,
     options: DataOptions, headers: HeaderCache, progress: Progress | None,
 ) -> tuple[str, list[ImageFacts], list[tuple[str, str]], int]:
     """(source name, labelled images, rejections incl. 'filtered', number of rows/files considered)."""
     skip = {Path(cache_dir).resolve()} if cache_dir is not None else set()
     source = options.label_source
     default_manifest = data_dir / MANIFEST_NAME
-    if source == "manifest" and manifest is None and not default_manifest.exists() and class_folders(data_dir, labels):
+    if source == "manifest" and manifest is None and not default_manifest.exists() and class_folders(data_dir, lookup):
         source = "folders"
     if source == "folders":
-        folders = class_folders(data_dir, labels)
+        folders = class_folders(data_dir, lookup)
         if not folders:
-            names = ", ".join(f"{data_dir.name}/{name}" for name in labels)
-            raise folder_error(data_dir, f"no class folders found; put each label's images in its own folder ({names})")
-        candidates = [(path, i) for i, folder in sorted(folders.items()) for path in walk_files(folder, skip)]
-        images, rejected = scan_labelled(data_dir, candidates, options, labels, headers, progress)
+            names = ", ".join(f"{data_dir.name}/{name}" for name in lookup.labels)
+            raise folder_error(data_dir, f"no class folders found; put each label's images in its own folder "
+                               f"({names}), or map folder names to labels with --label-map FOLDER=LABEL")
+        candidates = [(path, i) for i, folder in folders for path in walk_files(folder, skip)]
+        images, rejected = scan_labelled(data_dir, candidates, options, lookup, headers, progress)
         return "the class folders", images, rejected, len(candidates)
     if source == "tag":
         candidates = [(path, None) for path in walk_files(data_dir, skip)]
-        images, rejected = scan_labelled(data_dir, candidates, options, labels, headers, progress)
+        images, rejected = scan_labelled(data_dir, candidates, options, lookup, headers, progress)
         return f"the files' {options.label_tag} tags", images, rejected, len(candidates)
     manifest = Path(manifest) if manifest is not None else default_manifest
-    kind, rows, rejected = parse_manifest(manifest, data_dir, labels)
+    kind, rows, rejected = parse_manifest(manifest, data_dir, lookup, options.file_column, options.label_column)
     n_rows = len(rows) + len(rejected)
     images, more = resolve_rows(kind, rows, data_dir, skip | {manifest.resolve()}, headers,
-                                 options.filters, progress)
+                                options.filters, progress)
     return manifest.name, images, rejected + more, n_rows
