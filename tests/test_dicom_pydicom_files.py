@@ -78,3 +78,40 @@ def test_jpeg_2000_lossless_equals_uncompressed_original() -> None:
     plain = read_frames(DATA / "test_files" / "MR_small.dcm")[0]
     for name in ("MR_small_jp2klossless.dcm", "MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm"):
         np.testing.assert_array_equal(read_frames(DATA / "test_files" / name)[0], plain)
+
+
+def test_check_data_audits_every_shipped_file_without_a_manifest(tmp_path: Path) -> None:
+    """`client-node check-data DIR` on pydicom's whole test collection, no manifest: exit 0,
+    every file decoded, skipped as not an image, or rejected with a reason; no PALETTE COLOR
+    file rejected for its photometric interpretation."""
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from client_node.cli import app
+
+    files = shipped_files()
+    palette = set()
+    for i, path in enumerate(files):
+        name = f"{i:03d}-{path.name}"
+        shutil.copy(path, tmp_path / name)
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            if str(ds.get("PhotometricInterpretation", "")).strip() == "PALETTE COLOR":
+                palette.add(name)
+        except Exception:
+            pass
+    result = CliRunner().invoke(app, ["check-data", str(tmp_path), "--image-size", "32", "--json"])
+    assert result.exit_code == 0, result.output[-3000:]
+    card = json.loads(result.output[result.output.index("{"):])
+    s = card["summary"]
+    assert s["files"] == len(files)
+    duplicates = s["rejected"].get("duplicate-sop-instance-uid", 0)
+    assert s["images"] + s["not_images"] + s["rejected_total"] + s["filtered"] == len(files)
+    assert s["images"] >= 60 and duplicates > 0, s
+    assert all(item["reason"] and item["fix"] for item in card["rejected"]), card["rejected"]
+    assert palette, "pydicom ships PALETTE COLOR files"
+    refused = [item for item in card["rejected"] if item["where"] in palette and "photometric" in item["reason"]]
+    assert not refused, refused
+    assert "labels are missing" in card["note"]
