@@ -67,6 +67,7 @@ __all__ = [
     "DataError",
     "DataOptions",
     "FILTER_KEYWORDS",
+    "HEADERS_CACHE_VERSION",
     "LABEL_SOURCES",
     "KEY_COLUMNS",
     "MANIFEST_NAME",
@@ -93,6 +94,9 @@ COLUMN_ALIASES = {
     "label": ("label", "labels", "class", "finding", "target", "diagnosis", "category"),
 }
 CACHE_VERSION = "radfed-data-3"
+# Header caches hold check_image_header's verdict ("problem"), so they also go stale when
+# radfed.dicom learns to decode more (e.g. colour): they carry both versions.
+HEADERS_CACHE_VERSION = f"{CACHE_VERSION}/{dicom.PREPROCESS_VERSION}"
 
 # Upper bound (exclusive) of the longer image side -> bucket name, for the shared data card.
 SIZE_BUCKETS = ((256, "<256 px"), (512, "256-511 px"), (1024, "512-1023 px"), (2048, "1024-2047 px"))
@@ -675,7 +679,7 @@ class _Headers:
             if len(entries) >= 2 * len(self.used) + 1000:
                 break
             entries.setdefault(key, entry)
-        _atomic_write(self.path, json.dumps({"version": CACHE_VERSION, "entries": entries},
+        _atomic_write(self.path, json.dumps({"version": HEADERS_CACHE_VERSION, "entries": entries},
                                              separators=(",", ":")).encode())
 
 
@@ -701,7 +705,7 @@ def _headers_load(path: Path) -> dict[str, dict[str, str] | str]:
         return {}
     try:
         stored = json.loads(path.read_bytes())
-        if stored.get("version") == CACHE_VERSION and isinstance(stored.get("entries"), dict):
+        if stored.get("version") == HEADERS_CACHE_VERSION and isinstance(stored.get("entries"), dict):
             return stored["entries"]
         return {}  # written by another version: read the headers again
     except (OSError, ValueError, AttributeError):
