@@ -36,6 +36,7 @@ from pydicom.uid import (
 )
 
 from radfed.dicom import pydicom_quiet
+from radfed.xray_iod import add_dx_attributes
 
 __all__ = ["LABELS", "PHI_FIELDS", "PREVALENCES", "phi_values", "render_chest", "write_clinic", "write_federation"]
 
@@ -287,7 +288,7 @@ def _windows(profile: _Profile) -> tuple[list[float], list[float]]:
 
 
 def _image_dataset(profile: _Profile, pixels: np.ndarray, tags: dict[str, Any]) -> Dataset:
-    """A complete DX/CR image dataset with file meta, ready to save."""
+    """A complete DX/CR image dataset with file meta, ready to save; dciodvfy finds no errors."""
     ds = Dataset()
     sop_class = DigitalXRayImageStorageForPresentation if profile.modality == "DX" else ComputedRadiographyImageStorage
     ds.file_meta = FileMetaDataset()
@@ -307,6 +308,8 @@ def _image_dataset(profile: _Profile, pixels: np.ndarray, tags: dict[str, Any]) 
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "US"
     ds.ImagerPixelSpacing = [round(430.0 / profile.columns, 4)] * 2
     _set_pixels(ds, profile, pixels)
+    if profile.modality == "DX":
+        add_dx_attributes(ds)  # what the DX IOD requires besides; CR files pass as they are
     return ds
 
 

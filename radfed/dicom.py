@@ -33,7 +33,8 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing, get_decoder, pixel_array
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing, get_decoder
+from pydicom.pixels.utils import as_pixel_options
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
@@ -42,6 +43,8 @@ from pydicom.uid import (
     JPEGLSLossless,
     JPEGLSNearLossless,
 )
+
+from radfed.colour import PALETTE, palette_problem, palette_to_luma, photometric_of, photometric_problem, rgb_to_luma
 
 __all__ = [
     "DicomError",
@@ -70,7 +73,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # Bump whenever the output of read_pixels/resize_pad changes, so caches miss.
-PREPROCESS_VERSION = "radfed-dicom-3"
+PREPROCESS_VERSION = "radfed-dicom-4"  # 4: colour and PALETTE COLOR decode to luma
 
 # Named CT windows (centre, width) in HU: a task asks for the tissue it is about,
 # because the window stored in the file is whatever the reading radiologist used last.
@@ -98,9 +101,6 @@ _PREFERRED_PLUGINS: dict[str, str] = {JPEGLSLossless: "pyjpegls", JPEGLSNearLoss
 _DEFER_SIZE = 4096
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-_MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
-_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)  # ITU-R BT.601 weights
 
 # reason code -> the fix; messages put the specific problem in front of it.
 REASONS: dict[str, str] = {
@@ -113,6 +113,7 @@ REASONS: dict[str, str] = {
     "not-an-image": "re-export the image or remove it from the manifest",
     "unsupported-syntax": "export it uncompressed or install the pylibjpeg plugins",
     "unsupported-photometric": "export it as greyscale or remove it from the manifest",
+    "bad-palette": "re-export the image with its palette, or as greyscale",
     "too-large": "export a smaller image or raise the memory limit",
     "decode-error": "re-export the file; report it if this keeps happening",
 }
@@ -267,15 +268,13 @@ def check_image_header(ds: Dataset, max_bytes: int = MAX_DECODE_BYTES) -> None:
     rows, cols = _int_tag(ds, "Rows", 0), _int_tag(ds, "Columns", 0)
     if not rows or not cols or rows < 0 or cols < 0:
         raise _fail("not-an-image", "Rows/Columns are missing or zero")
-    samples = _int_tag(ds, "SamplesPerPixel", 1)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    if samples == 3 and photometric in _COLOUR:
-        pass
-    elif samples == 1 and photometric in _MONOCHROME:
-        pass
-    else:
-        problem = f"photometric interpretation {photometric[:16]!r} with {samples} samples"
+    problem = photometric_problem(ds)
+    if problem:
         raise _fail("unsupported-photometric", problem)
+    is_palette = photometric_of(ds) == PALETTE
+    if is_palette and (problem := palette_problem(ds)):
+        raise _fail("bad-palette", problem)
+    samples = 3 if is_palette else _int_tag(ds, "SamplesPerPixel", 1)  # a palette expands to RGB
     _check_memory(ds, rows, cols, samples, max_bytes)
     _check_decoder(ds)
 
@@ -350,15 +349,17 @@ def read_frames(
         return decode_frames(ds, window=center_width, frame_policy=frame_policy)
 
 
-def _decode_frame(ds: Dataset, index: int | None) -> np.ndarray:
-    """pydicom's decoder for one frame (or all with index None); YBR comes back as RGB.
+def _decode_frame(ds: Dataset, index: int | None) -> tuple[np.ndarray, str]:
+    """pydicom's decoder for one frame (or all with index None), in native byte order, and
+    the photometric interpretation pydicom says the array is in.
 
-    pydicom's ``as_rgb`` conversion uses its own convert_color_space; its
-    warnings are ignored (auto-corrected quirks).
+    pydicom's default ``as_rgb`` returns YBR_FULL/YBR_FULL_422 (through its
+    convert_color_space) and JPEG 2000's YBR_ICT/YBR_RCT as RGB, and corrects
+    an interpretation contradicted by a JPEG stream; its warnings are ignored.
     """
     try:
         with pydicom_quiet():
-            arr = _pixel_array_fast(ds, index)
+            arr, properties = _pixel_array_fast(ds, index)
     except ValueError as exc:
         if "less than expected" in str(exc):
             raise _fail("truncated", "the pixel data is shorter than the header says") from None
@@ -367,20 +368,27 @@ def _decode_frame(ds: Dataset, index: int | None) -> np.ndarray:
         raise _fail("unsupported-syntax", "no installed plugin decodes this pixel data") from None
     except Exception as exc:
         raise _fail("corrupt", f"the pixel data cannot be decoded ({type(exc).__name__})") from None
-    return arr.astype(arr.dtype.newbyteorder("="), copy=False)
+    photometric = str(properties.get("photometric_interpretation", "")).strip().upper()
+    return arr.astype(arr.dtype.newbyteorder("="), copy=False), photometric
 
 
-def _pixel_array_fast(ds: Dataset, index: int | None) -> np.ndarray:
-    """pixel_array with the preferred plugin for the syntax when it is installed, else
-    (or when that plugin refuses the stream) pydicom's own choice."""
-    syntax = ds.file_meta.get("TransferSyntaxUID")
-    plugin = _PREFERRED_PLUGINS.get(syntax, "") if syntax else ""
-    if plugin and plugin in get_decoder(syntax).available_plugins:
+def _pixel_array_fast(ds: Dataset, index: int | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """The decoder's (array, pixel properties) with the preferred plugin for the syntax when it
+    is installed, else (or when that plugin refuses the stream) pydicom's own choice.
+
+    Decoder.as_array, not pixel_array, because its pixel properties say which
+    colour space the array ended up in.
+    """
+    syntax = UID(ds.file_meta.TransferSyntaxUID)
+    decoder = get_decoder(syntax)
+    options = as_pixel_options(ds)
+    plugin = _PREFERRED_PLUGINS.get(syntax, "")
+    if plugin and plugin in decoder.available_plugins:
         try:
-            return pixel_array(ds, index=index, decoding_plugin=plugin)
+            return decoder.as_array(ds, index=index, decoding_plugin=plugin, **options)
         except Exception:  # noqa: BLE001 - the default plugins get their turn below
             pass
-    return pixel_array(ds, index=index)
+    return decoder.as_array(ds, index=index, **options)
 
 
 def decode_dataset(ds: Dataset, window: tuple[float, float] | None = None) -> np.ndarray:
@@ -393,26 +401,49 @@ def decode_frames(
 ) -> list[np.ndarray]:
     """Decode a checked dataset's middle frame or all frames, each normalised to [0, 1].
 
-    Pipeline per frame: modality LUT (rescale, from functional groups for
-    enhanced multi-frame) -> the task's window if given, else the file's VOI
-    LUT or first window (min-max without one) -> invert MONOCHROME1.  Colour
-    images (RGB, YBR converted by pydicom) become luminance.
+    Pipeline per greyscale frame: modality LUT (rescale, from functional
+    groups for enhanced multi-frame) -> the task's window if given, else the
+    file's VOI LUT or first window (min-max without one) -> invert
+    MONOCHROME1.  Colour frames (RGB, YCbCr returned as RGB by pydicom,
+    PALETTE COLOR through its lookup table) become luma (radfed.colour); no
+    window applies to them.
     """
     _check_frame_policy(frame_policy)
     frames = max(_int_tag(ds, "NumberOfFrames", 1) or 1, 1)
     samples = _int_tag(ds, "SamplesPerPixel", 1) or 1
-    if frames == 1:
-        indices, arr = [0], _decode_frame(ds, None)[None]
-    elif frame_policy == "middle":
-        indices, arr = [frames // 2], _decode_frame(ds, frames // 2)[None]
+    if frames == 1 or frame_policy == "middle":
+        indices = [frames // 2]
+        arr, decoded_as = _decode_frame(ds, None if frames == 1 else frames // 2)
+        arr = arr[None]
     else:
-        indices, arr = list(range(frames)), _decode_frame(ds, None)
+        indices = list(range(frames))
+        arr, decoded_as = _decode_frame(ds, None)
     expected_ndim = 4 if samples == 3 else 3
     if arr.ndim != expected_ndim or arr.shape[0] != len(indices):
         raise _fail("not-an-image", f"decoded pixel array has shape {arr.shape}")
     if samples == 3:
-        return [_colour_to_grey(frame, ds) for frame in arr]
+        return _rgb_frames(arr, ds, decoded_as)
+    if photometric_of(ds) == PALETTE:
+        return _palette_frames(arr, ds)
     return [_grey_frame(frame, ds, index, window) for frame, index in zip(arr, indices)]
+
+
+def _rgb_frames(arr: np.ndarray, ds: Dataset, decoded_as: str) -> list[np.ndarray]:
+    """Luma of three-sample frames, which pydicom must have returned as RGB."""
+    if decoded_as != "RGB":
+        problem = f"pydicom decoded the colour pixels as {decoded_as[:16]!r}, which it cannot convert to RGB"
+        raise _fail("unsupported-photometric", problem)
+    bits = _int_tag(ds, "BitsStored", 8) or 8
+    return [rgb_to_luma(frame, bits) for frame in arr]
+
+
+def _palette_frames(arr: np.ndarray, ds: Dataset) -> list[np.ndarray]:
+    """Luma of PALETTE COLOR frames, one frame at a time (the RGB expansion triples memory)."""
+    try:
+        with pydicom_quiet():
+            return [palette_to_luma(frame, ds) for frame in arr]
+    except ValueError as exc:
+        raise _fail("bad-palette", str(exc)) from None
 
 
 def _grey_frame(arr: np.ndarray, ds: Dataset, index: int, window: tuple[float, float] | None) -> np.ndarray:
@@ -489,13 +520,6 @@ def _finish(image: np.ndarray, photometric: str) -> np.ndarray:
 def _has_voi(view: Dataset) -> bool:
     """True when the (frame's) dataset carries a VOI LUT or a window."""
     return bool(view.get("VOILUTSequence")) or ("WindowCenter" in view and "WindowWidth" in view)
-
-
-def _colour_to_grey(arr: np.ndarray, ds: Dataset) -> np.ndarray:
-    """RGB (pydicom converts YBR to RGB) -> luminance scaled by the stored bit depth."""
-    bits = _int_tag(ds, "BitsStored", 8) or 8
-    grey = arr.astype(np.float64) @ _LUMA
-    return np.clip(grey / float(2**bits - 1), 0.0, 1.0).astype(np.float32)
 
 
 # Attributes pydicom's LUT functions read; enhanced multi-frame keeps them in functional groups.

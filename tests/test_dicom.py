@@ -213,9 +213,9 @@ def test_unknown_transfer_syntax(tmp_path: Path) -> None:
     assert rejected(save(ds, tmp_path / "odd.dcm")).reason == "unsupported-syntax"
 
 
-def test_palette_colour_and_zero_rows(tmp_path: Path) -> None:
+def test_palette_without_its_lookup_table_and_zero_rows(tmp_path: Path) -> None:
     palette = make_dataset(ramp(), PhotometricInterpretation="PALETTE COLOR")
-    assert rejected(save(palette, tmp_path / "pal.dcm")).reason == "unsupported-photometric"
+    assert rejected(save(palette, tmp_path / "pal.dcm")).reason == "bad-palette"
     assert rejected(save(make_dataset(ramp(), Rows=0), tmp_path / "zero.dcm")).reason == "not-an-image"
 
 

@@ -22,6 +22,9 @@ from radfed.data.workers import Progress, Workers
 log = logging.getLogger("radfed.data")
 
 CACHE_VERSION = "radfed-data-3"
+# Header caches hold check_image_header's verdict ("problem"), so they also go stale when
+# radfed.dicom learns to decode more (e.g. colour): they carry both versions.
+HEADERS_CACHE_VERSION = f"{CACHE_VERSION}/{dicom.PREPROCESS_VERSION}"
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,7 @@ class HeaderCache:
             if len(entries) >= 2 * len(self.used) + 1000:
                 break
             entries.setdefault(key, entry)
-        atomic_write(self.path, json.dumps({"version": CACHE_VERSION, "entries": entries},
+        atomic_write(self.path, json.dumps({"version": HEADERS_CACHE_VERSION, "entries": entries},
                                              separators=(",", ":")).encode())
 
 
@@ -161,7 +164,7 @@ def _headers_load(path: Path) -> dict[str, dict[str, str] | str]:
         return {}
     try:
         stored = json.loads(path.read_bytes())
-        if stored.get("version") == CACHE_VERSION and isinstance(stored.get("entries"), dict):
+        if stored.get("version") == HEADERS_CACHE_VERSION and isinstance(stored.get("entries"), dict):
             return stored["entries"]
         return {}  # written by another version: read the headers again
     except (OSError, ValueError, AttributeError):
