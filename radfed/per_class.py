@@ -207,12 +207,14 @@ def _shifted_replicates(summaries: list[dict[str, list[float]]], point: float | 
 
 def pooled_per_class(clinics: list[PerClass], labels: tuple[str, ...] | list[str] = ()) -> dict[str, Any] | None:
     """Per-class pooled AUROC [95 % CI] over clinics and the macro mean (None when no
-    clinic sent per-class figures). Clinics that sent another number of classes than the
-    first are left out."""
+    clinic sent per-class counts, e.g. under secure aggregation, whose legacy messages
+    carry no lists). Clinics that sent another number of classes than the first are left out."""
     if not clinics:
         return None
     k = len(clinics[0].classes)
     same = [c for c in clinics if len(c.classes) == k]
+    if not any(usable(c.summary) for clinic in same for c in clinic.classes):
+        return None
     classes, replicates = [], []
     for i in range(k):
         summaries = [c.classes[i].summary for c in same if usable(c.classes[i].summary)]

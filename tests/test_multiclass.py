@@ -155,6 +155,12 @@ def test_a_class_absent_everywhere_gives_no_pooled_auroc_and_no_macro():
     assert pooled["classes"][0]["auroc"] is not None
     assert (pooled["macro_auroc"], pooled["macro_auroc_low"], pooled["macro_auroc_high"]) == (None, None, None)
     assert pooled_per_class([], LABELS) is None
+    # scalars only (secure aggregation's legacy messages carry no lists): the clinic's own
+    # figures are read, nothing is pooled
+    metrics, _ = split_metrics([MetricRecord(from_logits(*clinics[0]).to_metrics("num-examples"))])
+    scalars_only = ClinicValidation.from_metrics(metrics, {}).per_class
+    assert scalars_only.classes[1].auroc == pytest.approx(per_class_figures(*clinics[0]).classes[1].auroc)
+    assert pooled_per_class([scalars_only], LABELS) is None
 
 
 # ----------------------------------------------------------------------------- stored and shown
