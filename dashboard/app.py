@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from dashboard.per_class import show_per_class
 from radfed.reply import CLINIC_MEAN_AUROC, LABELS, POOLED_AUROC
 from radfed.results import mean_sd, rounds_done, summary
 from radfed.store import Store, StoreError, default_database_url
@@ -307,6 +308,7 @@ def show_run(entry: dict[str, Any]) -> None:
     show_curves(entry)
     show_clinics(entry)
     show_quality(entry)
+    show_per_class(entry)
     show_traffic(entry)
     show_data_mix(entry)
     show_checkpoints(entry)

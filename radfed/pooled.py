@@ -107,13 +107,16 @@ def bin_groups(bins: np.ndarray, n_groups: int = REPLICATE_GROUPS) -> tuple[np.n
 
 
 def bootstrap_summary(scores: np.ndarray, labels: np.ndarray, patients: np.ndarray | None = None, *,
-                      n_boot: int = REPLICATES, salt: int = 0) -> dict[str, list[int]]:
+                      n_boot: int = REPLICATES, salt: int = 0, seed: int | None = None) -> dict[str, list[int]]:
     """What a clinic sends for the pooled CI: `n_boot` patient-resampled score histograms
     per class, as flattened B x G counts on G groups of neighbouring scores (`bin_groups`)
     placed at keys `boot_bins`.
 
     The resamples are drawn from `private_seed` of the clinic's scores, so the server
-    does not know which patients each replicate repeated.
+    does not know which patients each replicate repeated. `seed` (another private seed)
+    replaces it: several questions asked of the same images (radfed.per_class, one per
+    class) then resample the same patients in replicate b, so the server may combine
+    their replicates b into one (the macro mean's interval).
     """
     scores = np.asarray(scores, dtype=np.float64)
     positive = finding_labels(labels)
@@ -125,7 +128,7 @@ def bootstrap_summary(scores: np.ndarray, labels: np.ndarray, patients: np.ndarr
         return {}
     patient = np.arange(scores.size) if patients is None else \
         np.unique(np.asarray(patients), return_inverse=True)[1].reshape(-1)
-    rng = np.random.default_rng(private_seed(scores, salt))
+    rng = np.random.default_rng(private_seed(scores, salt) if seed is None else seed)
     groups, bins = bin_groups(score_keys(scores))
     cell = groups * 2 + positive  # (group, class) of each image
     order = np.argsort(cell, kind="stable")
@@ -182,15 +185,25 @@ def pooled_interval(replicates: list[dict[str, list[float]]], point: float,
     exact point AUROC and the AUROC of the mean replicate, kept within [0, 1] and made
     to hold the point.
     """
-    arrays = [_replicate_arrays(r) for r in replicates]
-    if not arrays or any(a is None for a in arrays) or len({a[1].shape[0] for a in arrays}) != 1 \
-            or not math.isfinite(point):
+    found = replicate_aurocs(replicates)
+    if found is None or not math.isfinite(point):
         return math.nan, math.nan
-    _, neg, pos = on_union(arrays)  # type: ignore[arg-type]
-    low, high = percentile_interval(histogram_auroc(neg, pos), level)
-    coarse = float(histogram_auroc(neg.mean(axis=0), pos.mean(axis=0)))
+    aurocs, coarse = found
+    low, high = percentile_interval(aurocs, level)
     shift = point - coarse if math.isfinite(coarse) else 0.0
     return contain(point, max(0.0, low + shift), min(1.0, high + shift))
+
+
+def replicate_aurocs(replicates: list[dict[str, list[float]]]) -> tuple[np.ndarray, float] | None:
+    """(the B pooled replicate AUROCs, the AUROC of the mean replicate) from every clinic's
+    `bootstrap_summary`; None when one is missing or their replicate counts differ.
+    `pooled_interval` reads its interval off them; radfed.per_class averages several
+    questions' replicates b into the macro mean's replicate b."""
+    arrays = [_replicate_arrays(r) for r in replicates]
+    if not arrays or any(a is None for a in arrays) or len({a[1].shape[0] for a in arrays}) != 1:
+        return None
+    _, neg, pos = on_union(arrays)  # type: ignore[arg-type]
+    return histogram_auroc(neg, pos), float(histogram_auroc(neg.mean(axis=0), pos.mean(axis=0)))
 
 
 def _counts(summary: dict[str, list[float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -16,6 +16,10 @@ A model is flagged (`model_warnings`) when its validation predictions are consta
 when it calls every image one class (accuracy equal to the prevalence), when its
 scores include NaN, or when validation loss rose `LOSS_RISE_ROUNDS` rounds in a row.
 The selected checkpoint is the round with the best pooled AUROC (the earliest on ties).
+
+A task with more than two labels is still ranked by its pooled "any finding" AUROC; its
+entry also carries the final model's pooled per-class AUROCs and their macro mean
+(`per_class`, `macro_auroc`; radfed.per_class), shown beside the headline.
 """
 
 from __future__ import annotations
@@ -59,6 +63,13 @@ def interval(figures: dict[str, Any] | None) -> tuple[float, float] | None:
     q = figures or {}
     low, high = _finite(q.get("auroc_low")), _finite(q.get("auroc_high"))
     return (low, high) if low is not None and high is not None else None
+
+
+def final_per_class(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """The final model's pooled per-class figures (None for a binary task): from the same
+    round as the pooled headline."""
+    last = final_round(entry)
+    return (last or {}).get("per_class") or None
 
 
 def selected_checkpoint(entry: dict[str, Any]) -> dict[str, Any] | None:
@@ -130,8 +141,9 @@ def model_warnings(entry: dict[str, Any], labels: tuple[str, ...] | list[str] = 
 
 def annotate(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rank runs by pooled AUROC (None last, older first on ties) and add, to each entry:
-    `pooled_auroc`, `clinic_mean_auroc`, `selected`, `warnings` and `overlaps_top` (its CI
-    overlaps the leader's: the two cannot be told apart on this data)."""
+    `pooled_auroc`, `clinic_mean_auroc`, `selected`, `warnings`, `overlaps_top` (its CI
+    overlaps the leader's: the two cannot be told apart on this data) and, for a task with
+    more than two labels, `per_class` and `macro_auroc` (None otherwise)."""
     import json
 
     for entry in entries:
@@ -141,6 +153,8 @@ def annotate(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             labels = ["normal", "finding"]
         entry["pooled_auroc"] = headline(entry)
         entry["clinic_mean_auroc"] = clinic_mean(entry)
+        entry["per_class"] = final_per_class(entry)
+        entry["macro_auroc"] = _finite((entry["per_class"] or {}).get("macro_auroc"))
         entry["selected"] = selected_checkpoint(entry)
         entry["warnings"] = model_warnings(entry, tuple(labels))
     entries.sort(key=lambda e: (e["pooled_auroc"] is None, -(e["pooled_auroc"] or 0.0), e["run_id"]))

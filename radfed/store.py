@@ -58,6 +58,7 @@ FINISHED_STATUSES = ("completed", "failed")
 PHASES = ("train", "evaluate", "excluded", "late", "lost", "revoked", "failed", "holdout")
 ROUND_FLOAT_FIELDS = ("train_loss", "val_loss", "val_accuracy", "val_auroc", "duration_s")
 ROUND_INT_FIELDS = ("num_clinics", "num_examples", "bytes_down", "bytes_up")
+ROUND_JSON_FIELDS = ("pooled", "per_class")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 PG_CONNECT_TIMEOUT_S = 10
 
@@ -143,6 +144,9 @@ class RoundResult(SQLModel, table=True):
     duration_s: float | None = None
     # pooled over clinics from their score histograms (radfed.evaluation.pooled_quality)
     pooled: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # tasks with more than two labels: each class's pooled one-vs-rest AUROC [CI] and the
+    # macro mean (radfed.per_class.pooled_per_class); None for binary tasks
+    per_class: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     # model bytes the server sent to clinics in the round, and the clinics sent back
     bytes_down: int | None = Field(default=None, sa_type=BigInteger)
     bytes_up: int | None = Field(default=None, sa_type=BigInteger)
@@ -168,6 +172,9 @@ class ClinicRoundResult(SQLModel, table=True):
     note: str | None = None  # why an update was excluded, or that a clinic replied late
     # evaluate/holdout rows: AUROC CI over patients, sensitivity, specificity, threshold, ECE
     quality: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # evaluate/holdout rows of tasks with more than two labels: each class's one-vs-rest
+    # AUROC [CI] and the macro mean (radfed.per_class.PerClass.stored)
+    per_class: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     # model bytes sent to this clinic for this phase, and what it sent back
     bytes_down: int | None = Field(default=None, sa_type=BigInteger)
     bytes_up: int | None = Field(default=None, sa_type=BigInteger)
@@ -525,15 +532,16 @@ class Store:
         """Insert or update the aggregated metrics of a round.
 
         Accepts train_loss, val_loss, val_accuracy, val_auroc, duration_s, num_clinics,
-        num_examples, bytes_down, bytes_up and `pooled` (a dict of pooled quality figures).  Only the given,
+        num_examples, bytes_down, bytes_up, `pooled` (a dict of pooled quality figures) and
+        `per_class` (pooled per-class figures of a task with more than two labels).  Only the given,
         non-None metrics overwrite an existing row, so the fit and the evaluate step of
         one round can each record their half without erasing the other's.  Unknown
         names raise ValueError (typos).
         """
-        unknown = set(metrics) - set(ROUND_FLOAT_FIELDS) - set(ROUND_INT_FIELDS) - {"pooled"}
+        unknown = set(metrics) - set(ROUND_FLOAT_FIELDS) - set(ROUND_INT_FIELDS) - set(ROUND_JSON_FIELDS)
         if unknown:
             raise ValueError(f"unknown round metrics: {sorted(unknown)}")
-        values = {k: _json_ready(v) if k == "pooled" else _float(v) if k in ROUND_FLOAT_FIELDS
+        values = {k: _json_ready(v) if k in ROUND_JSON_FIELDS else _float(v) if k in ROUND_FLOAT_FIELDS
                   else _int(v) for k, v in metrics.items()}
         insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
         stmt = insert(RoundResult).values(
@@ -564,13 +572,15 @@ class Store:
         quality: dict[str, Any] | None = None,
         bytes_down: int | None = None,
         bytes_up: int | None = None,
+        per_class: dict[str, Any] | None = None,
     ) -> int:
         """Record what one clinic reported for one round's phase.
 
         "excluded" rows mark an update the server's guards refused, "late" rows a
         clinic that did not reply before the round timeout; `note` says why.
         "holdout" rows are the final model evaluated at a clinic kept out of training.
-        `quality` holds the clinic's AUROC CI, sensitivity, specificity, threshold, ECE.
+        `quality` holds the clinic's AUROC CI, sensitivity, specificity, threshold, ECE;
+        `per_class` (tasks with more than two labels) each class's AUROC [CI] and the macro mean.
         """
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, not {phase!r}")
@@ -581,6 +591,7 @@ class Store:
             num_examples=int(num_examples), device=device, note=note,
             quality=_json_ready(quality) if quality else None,
             bytes_down=_int(bytes_down), bytes_up=_int(bytes_up),
+            per_class=_json_ready(per_class) if per_class else None,
         ))
 
     def record_baseline(self, experiment_id: int, pooled: dict[str, Any], clinics: dict[str, Any],

@@ -6,6 +6,9 @@ whether its CI overlaps the leader's ("≈ #1": cannot be told apart on this dat
 clinic mean AUROC, the selected checkpoint (best pooled AUROC), warnings about a
 degenerate model, federated ÷ centralised (against the newest comparable `coordinator
 baseline`) and, for leave-one-clinic-out runs, the held-out clinic's AUROC with its CI.
+A task with more than two labels also shows the macro AUROC (mean of the classes' pooled
+one-vs-rest AUROCs, with its CI; radfed.per_class) beside the pooled "any finding" one;
+`--json` carries every class's pooled AUROC and CI under `per_class`.
 `coordinator run`, this table and the dashboard use the same words (radfed.reply).
 """
 
@@ -19,7 +22,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from radfed.reply import CLINIC_MEAN_AUROC, POOLED_AUROC, format_auroc
+from radfed.reply import CLINIC_MEAN_AUROC, MACRO_AUROC, POOLED_AUROC, format_auroc
 from radfed.results import rounds_done
 from radfed.store import Store
 
@@ -47,6 +50,12 @@ def with_ci(auroc: float | None, quality: dict[str, Any] | None) -> str:
     """'0.912 [0.851–0.960]' (CI over patients) or just the AUROC."""
     q = quality or {}
     return format_auroc(auroc, q.get("auroc_low"), q.get("auroc_high"))
+
+
+def macro_text(entry: dict[str, Any]) -> str:
+    """'0.874 [0.81–0.92]': the macro AUROC of a task with more than two labels, else '-'."""
+    figures = entry.get("per_class") or {}
+    return format_auroc(figures.get("macro_auroc"), figures.get("macro_auroc_low"), figures.get("macro_auroc_high"))
 
 
 def holdout_text(entry: dict[str, Any]) -> str:
@@ -108,7 +117,8 @@ def _runs_table(board: list[dict]) -> Table:
     """One row per run; columns empty for every run (no privacy mode, no baseline, no
     held-out clinic, no warning) are left out."""
     columns = ("#", "experiment", "backbone", "weights", "strategy", "privacy", "rounds", "clinics",
-               POOLED_AUROC + " [95 % CI]", "vs #1", CLINIC_MEAN_AUROC, "selected", "÷ central",
+               POOLED_AUROC + " [95 % CI]", MACRO_AUROC + " [95 % CI]", "vs #1", CLINIC_MEAN_AUROC,
+               "selected", "÷ central",
                "held-out clinic", "warnings", "status")
     rows = []
     for row in board:
@@ -116,16 +126,17 @@ def _runs_table(board: list[dict]) -> Table:
         rows.append([str(row["rank"]), row["experiment"], row["backbone"], row["weights"],
                      row["strategy"], row.get("privacy", {}).get("mode", "none"),
                      str(rounds_done(row)), str(len(clinics)),
-                     with_ci(row.get("pooled_auroc"), row.get("pooled")), overlap_text(row),
+                     with_ci(row.get("pooled_auroc"), row.get("pooled")), macro_text(row), overlap_text(row),
                      _num(row.get("clinic_mean_auroc")), selected_text(row), _num(row.get("vs_central")),
                      holdout_text(row), "⚠ " + "; ".join(row["warnings"]) if row.get("warnings") else "-",
                      row["status"]])
-    optional = {"privacy", "÷ central", "held-out clinic", "warnings"}
+    optional = {"privacy", MACRO_AUROC + " [95 % CI]", "÷ central", "held-out clinic", "warnings"}
     keep = [i for i, col in enumerate(columns)
             if col not in optional or any(r[i] not in ("-", "none") for r in rows)]
     table = Table(title=f"radfed leaderboard (ranked by {POOLED_AUROC} of the final model; "
                         f"≈ #1: its CI overlaps the leader's)")
-    numeric = ("#", "rounds", "clinics", POOLED_AUROC + " [95 % CI]", CLINIC_MEAN_AUROC, "÷ central")
+    numeric = ("#", "rounds", "clinics", POOLED_AUROC + " [95 % CI]", MACRO_AUROC + " [95 % CI]",
+               CLINIC_MEAN_AUROC, "÷ central")
     for i in keep:
         figure = columns[i] in numeric
         table.add_column(columns[i], justify="right" if figure else "left", no_wrap=figure)
@@ -139,6 +150,8 @@ def result_line(entry: dict[str, Any]) -> str:
     checkpoint round 3: 0.912' for one run."""
     clinics = {c["clinic"] for c in entry.get("clinics", []) if c["phase"] != "holdout"}
     text = f"{POOLED_AUROC} {with_ci(entry.get('pooled_auroc'), entry.get('pooled'))} ({len(clinics)} clinics)"
+    if entry.get("per_class"):
+        text += f"; {MACRO_AUROC} {macro_text(entry)} over {len(entry['per_class'].get('classes', []))} classes"
     text += f"; {CLINIC_MEAN_AUROC} {_num(entry.get('clinic_mean_auroc'))}"
     if entry.get("selected"):
         text += f"; selected checkpoint {selected_text(entry)}"

@@ -9,6 +9,8 @@ round. Both land in the same rows: an "evaluate" row per clinic and the round's
 example-weighted validation metrics. Each clinic's quality figures (AUROC CI over its
 patients, sensitivity, specificity, threshold, ECE) go with its row; the round's pooled
 figures are computed from the clinics' per-bin counts (radfed.evaluation.pooled_quality).
+A task with more than two labels also gets each class's one-vs-rest figures per clinic row
+and pooled per round, with their macro mean (radfed.per_class).
 A clinic's first train reply of a run also carries its data card (counts only), kept in
 clinic_data_cards for the dashboard.
 """
@@ -26,6 +28,7 @@ from flwr.app import ArrayRecord, MetricRecord
 
 from radfed.audit import Registry
 from radfed.data_card import SHARED_CARD_KEYS
+from radfed.per_class import pooled_per_class
 from radfed.pooled import operating_point, pooled_quality
 from radfed.spec import ExperimentSpec
 from radfed.store import Store
@@ -50,6 +53,12 @@ def sha256_file(path: Path) -> str:
 def pooled_validation(replies: list[ClinicReply]) -> dict[str, float | None]:
     """Pooled figures over the clinics that sent their per-score counts."""
     return pooled_quality([v.summary for r in replies if (v := r.validation()) is not None])
+
+
+def pooled_classes(replies: list[ClinicReply], labels: tuple[str, ...] | list[str]) -> dict | None:
+    """Pooled per-class figures and their macro mean (None for a binary task)."""
+    return pooled_per_class([v.per_class for r in replies
+                             if (v := r.validation()) is not None and v.per_class is not None], labels)
 
 
 def weighted_validation(replies: list[ClinicReply]) -> dict[str, float | None]:
@@ -236,6 +245,7 @@ class RunRecorder:
             auroc=_finite(figures.auroc) if figures else None, device=reply.device,
             quality=figures.stored_quality() if figures else None,
             bytes_down=down, bytes_up=reply.bytes_up if traffic else None,
+            per_class=figures.stored_per_class(self.spec.labels) if figures else None,
         )
 
     def holdout(self, server_round: int, reply: ClinicReply) -> None:
@@ -262,6 +272,7 @@ class RunRecorder:
             accuracy=_finite(figures.accuracy) if figures else None,
             auroc=_finite(figures.auroc) if figures else None,
             device=reply.device, quality=quality or None,
+            per_class=figures.stored_per_class(self.spec.labels) if figures else None,
         )
 
     def round_metrics(self, server_round: int, phase: str, metrics: MetricRecord | None,
@@ -287,7 +298,8 @@ class RunRecorder:
         self.val_auroc[server_round] = pooled.get("auroc")
         self.pooled[server_round] = pooled
         self.store.record_round(
-            self.run_id, server_round, **values, pooled=pooled or None, num_clinics=len(replies),
+            self.run_id, server_round, **values, pooled=pooled or None,
+            per_class=pooled_classes(replies, self.spec.labels), num_clinics=len(replies),
             num_examples=int(sum(v.examples for r in replies if (v := r.validation()) is not None)))
         self.store.set_checkpoint_metric(self.run_id, server_round, pooled.get("auroc"))
         score = pooled.get("auroc")
