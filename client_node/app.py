@@ -30,10 +30,12 @@ from flwr.common.constant import ErrorCode
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from client_node.legacy import legacy_format_mod, secagg_mod
+from client_node.delivery import keep_delivery
 from client_node.outbox import outbox_mod
 from radfed import features as feat
 from radfed.batchnorm import as_evaluated, batchnorm_state_keys, reestimate_batchnorm
 from radfed.data import DATA_CARD_RECORD, ClinicData, DataError, load_clinic
+from radfed.delivery import DELIVERY_KEY, MODELS_FOLDER, RECEIPT_RECORD
 from radfed.models import Classifier, apply_freeze, create_model
 from radfed.reply import from_logits
 from radfed.spec import ExperimentSpec, data_options
@@ -103,10 +105,14 @@ def _data(spec: ExperimentSpec, context: Context) -> ClinicData:
 
 def _model(spec: ExperimentSpec, msg: Message, context: Context) -> torch.nn.Module:
     """The received global model, with whatever this clinic keeps local restored onto it."""
-    config = msg.content["config"]
+    return _model_from_state(spec, msg.content["arrays"].to_torch_state_dict(), msg.content["config"], context)
+
+
+def _model_from_state(spec: ExperimentSpec, state: dict[str, torch.Tensor], config: ConfigRecord,
+                      context: Context) -> torch.nn.Module:
     model = create_model(spec.backbone, len(spec.labels), "random",
                          normalisation=str(config.get("normalisation", "radimagenet")))
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(state)
     keys = _local_keys(model, config)
     path = _local_path(context)
     if keys and path.is_file():
@@ -328,12 +334,17 @@ def evaluate_global(msg: Message, context: Context) -> Message:
         model, feats = _head_model(spec, msg, context, data)
         logits = predict_head_logits(model.head, feats.val)
         return _reply(msg, context, _quality_metrics(logits, data, spec, "num-examples"))
-    model = _model(spec, msg, context)
+    model = _as_evaluated_here(_model(spec, msg, context), spec, config, context, data)
+    return _reply(msg, context, _val_metrics(model, data, spec, count_key="num-examples"))
+
+
+def _as_evaluated_here(model: torch.nn.Module, spec: ExperimentSpec, config: ConfigRecord,
+                       context: Context, data: ClinicData) -> torch.nn.Module:
+    """The final model as this clinic evaluates it (and keeps it, client_node.delivery)."""
     if _local_keys(model, config) and not _local_path(context).is_file():  # a held-out clinic
         reestimate_batchnorm(model, data.train.images)  # under FedBN it has none of its own yet
-    else:
-        model = _for_evaluation(model, spec, config, data)
-    return _reply(msg, context, _val_metrics(model, data, spec, count_key="num-examples"))
+        return model
+    return _for_evaluation(model, spec, config, data)
 
 
 def _for_evaluation(model: torch.nn.Module, spec: ExperimentSpec, config: ConfigRecord,
@@ -348,8 +359,31 @@ def _for_evaluation(model: torch.nn.Module, spec: ExperimentSpec, config: Config
 @app.query()
 @_guarded
 def identify(msg: Message, context: Context) -> Message:
-    """Say which clinic this node is (its name only), so the coordinator can hold one out."""
-    return _reply(msg, context, {})
+    """Say which clinic this node is (its name only), so the coordinator can hold one out;
+    or, at the end of a run, keep the models it delivers (client_node.delivery)."""
+    config = msg.content.config_records.get("config", ConfigRecord())
+    if not bool(config.get(DELIVERY_KEY, False)):
+        return _reply(msg, context, {})
+    _setup(context)
+    spec = ExperimentSpec.from_json(str(config["spec"]))
+    data = _data(spec, context)
+
+    def as_clinic_model(state: dict[str, torch.Tensor]) -> torch.nn.Module:
+        model = _model_from_state(spec, state, config, context)
+        if bool(config.get("head-only", False)):  # evaluated on the frozen backbone's features
+            return model.eval()
+        return _as_evaluated_here(model, spec, config, context, data)
+
+    receipt = keep_delivery(msg, spec, data, _models_dir(context), as_clinic_model)
+    reply = _reply(msg, context, {})
+    reply.content[RECEIPT_RECORD] = ConfigRecord(receipt)
+    return reply
+
+
+def _models_dir(context: Context) -> Path:
+    """Where this clinic keeps the models runs deliver to it (NODE_HOME/models)."""
+    given = str(context.node_config.get("models-dir", "") or "")
+    return Path(given) if given else _state_dir(context).parent / MODELS_FOLDER
 
 
 if not log.handlers:  # the clinic's own log (the SuperNode's output); never sent anywhere

@@ -204,6 +204,76 @@ def check_data(
     err.print(format_card(card), highlight=False, soft_wrap=True, markup=False)
 
 
+@app.command()
+def predict(
+    model: Annotated[str, typer.Option(help="A run id (its delivered model under the node home) or a model file.")],
+    data: Annotated[Path, typer.Option(help="Folder of DICOM files to predict (labelled or not).")],
+    out: Annotated[Path, typer.Option(help="Folder for predictions.csv, heatmaps/ and summary.json.")],
+    kind: Annotated[str, typer.Option(help="With a run id: final, or selected (the run's best round).")] = "final",
+    name: Annotated[Optional[str], typer.Option(help="Which enrolled clinic's models (default: the only one).")] = None,
+    labels: Annotated[Optional[Path], typer.Option(help="Label manifest CSV (default DATA/labels.csv, if any).")] = None,
+    file_column: Annotated[Optional[str], typer.Option(help="The manifest's file column, if not a usual name.")] = None,
+    label_column: Annotated[Optional[str], typer.Option(help="The manifest's label column, if not a usual name.")] = None,
+    label_map: Annotated[Optional[list[str]], typer.Option(help="VALUE=LABEL, as for start; repeatable.")] = None,
+    label_source: Annotated[Optional[str], typer.Option(help="manifest, folders or tag, as for start.")] = None,
+    label_tag: Annotated[Optional[str], typer.Option(help="DICOM keyword holding the label (label-source tag).")] = None,
+    cam: Annotated[bool, typer.Option(help="Write a Grad-CAM heat map overlay per image.")] = True,
+    workers: Annotated[int, typer.Option(help="Processes decoding DICOM in parallel.")] = 1,
+    home: Annotated[Optional[Path], typer.Option(help="Folder for node state (default ~/.radfed/nodes).")] = None,
+) -> None:
+    """Predict a folder with a model a run delivered here: probabilities, calls, heat maps.
+
+    Everything stays on this machine. With labels (a manifest or class folders) the
+    clinic's training/validation split is the federation's, and the AUROC on the
+    validation patients is printed beside the one the federation recorded.
+
+    Examples:
+
+    client-node predict --model 1234567890 --data /pacs/export --out ./predictions
+
+    client-node predict --model 1234567890 --kind selected --data /pacs/new-studies --out ./new --no-cam
+
+    client-node predict --model ~/.radfed/nodes/clinic-a/models/run-1234567890/final.pt --data /pacs/export --out ./p
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from client_node.node import nodes_home_for
+    from radfed.data import DataError
+    from radfed.prediction import ModelFileError, predict_folder, resolve_model_file
+
+    if kind not in ("final", "selected"):
+        _fail(f"--kind must be final or selected, not {kind!r}", 2)
+    local = _local_options(file_column, label_column, label_map, label_source, label_tag)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=err, transient=True)
+    tasks: dict[str, object] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            words = {"headers": "reading headers", "pixels": "decoding pixels"}.get(stage, stage)
+            tasks[stage] = bar.add_task(words, total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    try:
+        path = Path(model).expanduser()
+        if not path.is_file():
+            path = resolve_model_file(model, nodes_home_for(home, name) / "models", kind)
+        with bar:
+            summary = predict_folder(path, data, out, manifest=labels, local_options=local, cam=cam,
+                                     workers=workers, progress=progress)
+    except (ModelFileError, DataError, NodeError) as e:
+        _fail(str(e))
+    except ValueError as e:
+        _fail(str(e), 2)
+    err.print(f"predicted {summary['images']} images with the {summary['kind']} model of "
+              f"{summary['experiment']} (round {summary['round']}); {summary['heatmaps']} heat maps; "
+              f"{summary['rejected']} files rejected; written to {out}", highlight=False, soft_wrap=True)
+    if "validation" in summary:
+        v = summary["validation"]
+        err.print(f"validation patients: AUROC {v['auroc']:.6f} [{v['auroc_low']:.3f}-{v['auroc_high']:.3f}] "
+                  f"on {v['images']} images, {v['patients']} patients", highlight=False, soft_wrap=True)
+
+
 def _pairs(items: Optional[list[str]], option: str) -> dict[str, str]:
     """KEY=VALUE options as a dict; one line and exit 2 on anything else."""
     out = {}

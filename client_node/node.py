@@ -113,6 +113,20 @@ def resolve(opts: NodeOptions) -> NodeOptions:
     return opts
 
 
+def nodes_home_for(home: Path | None, name: str | None) -> Path:
+    """A clinic's node home on this machine (for commands run beside `start`, e.g. predict):
+    --name's, else the only one there is; NodeError (one line) otherwise."""
+    nodes = home or radfed_home() / "nodes"
+    if name:
+        return nodes / name
+    found = sorted(d.name for d in nodes.glob("*") if d.is_dir() and
+                   ((d / "node-config.toml").is_file() or (d / "models").is_dir()))
+    if len(found) != 1:
+        raise NodeError(f"no clinic has run on this machine under {nodes}; pass --home or a model file"
+                        if not found else f"several clinics run on this machine ({', '.join(found)}); pass --name")
+    return nodes / found[0]
+
+
 def node_config(opts: NodeOptions) -> dict[str, str | int]:
     """The key/values every ClientApp of this node sees as `context.node_config`."""
     cache = opts.cache_dir or opts.node_home / "cache"
@@ -124,6 +138,7 @@ def node_config(opts: NodeOptions) -> dict[str, str | int]:
         "threads": int(opts.threads),
         "workers": int(opts.workers),
         "state-dir": str((opts.node_home / "state").resolve()),
+        "models-dir": str((opts.node_home / "models").resolve()),
         "outbox-log": str((opts.node_home / "outbox.jsonl").resolve()),
         "fault": opts.fault,
         "data-options": json.dumps(opts.data_options, sort_keys=True),

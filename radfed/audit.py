@@ -18,7 +18,7 @@ from sqlmodel import Field, SQLModel, select
 from radfed.store import Store
 
 EVENT_KINDS = ("enrolled", "revoked", "registered", "connected", "disconnected",
-               "contributed", "excluded", "late", "alert", "lost", "failed")
+               "contributed", "excluded", "late", "alert", "lost", "failed", "delivered")
 CLINIC_STATUSES = ("active", "revoked")
 
 

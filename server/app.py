@@ -22,6 +22,7 @@ from radfed.features import split_head, state_digest
 from radfed.models import apply_freeze, create_model
 from radfed.spec import ExperimentSpec
 from radfed.store import Store
+from server.delivery import deliver
 from server.holdout import ExcludingGrid, evaluate_holdout, find_holdout
 from server.membership import member_grid
 from server.recorder import RunRecorder
@@ -127,6 +128,13 @@ def main(grid: Grid, context: Context) -> None:
                 reply = evaluate_holdout(train_grid, holdout_node, final_arrays, config, spec.round_timeout)
                 recorder.holdout((recorder.stopped_at - start_round) if recorder.stopped_at else todo, reply)
         final = recorder.val_auroc.get(recorder.stopped_at or spec.rounds)
+        fedbn = privacy["mode"] != SECAGG_MODE and isinstance(getattr(strategy, "strategy", strategy), FedBN)
+        try:  # the clinics get the model back; a failed delivery leaves the run completed
+            deliver(grid, store, run_id, str(context.run_id), spec, model.normalisation, recorder.pooled,
+                    {**shared, "local-bn": fedbn, "local-stats": privacy["mode"] != "none"},
+                    audit=Registry(store), timeout=spec.round_timeout)
+        except Exception as err:  # noqa: BLE001 - reported, never fatal to a trained run
+            log.warning("delivering the models failed: %s", f"{type(err).__name__}: {err}".splitlines()[0])
         store.finish_run(run_id, "completed", final_auroc=final)
         log.info("run %s completed: pooled AUROC %s", run_id, final)
     except BaseException as err:

@@ -12,6 +12,7 @@ import numpy as np
 from flwr.app import Message, MetricRecord, RecordDict
 
 from radfed.data_card import DATA_CARD_RECORD
+from radfed.delivery import RECEIPT_RECORD
 from radfed.reply import ClinicValidation
 
 NUM_EXAMPLES = "num-examples"
@@ -31,6 +32,7 @@ class ClinicReply:
     bytes_up: int = 0  # model bytes in the reply
 
     data_card: dict | None = None  # counts only (ClinicData.shared_card), first reply of a run
+    receipt: dict | None = None  # a delivery's acknowledgement: model kind -> digest stored
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -77,7 +79,8 @@ def parse_reply(msg: Message) -> ClinicReply:
     info = content.config_records.get("clinic", {})
     return ClinicReply(node_id, str(info.get("name", f"node-{node_id}")),
                        info.get("device"), metrics, lists=lists,
-                       bytes_up=model_bytes(content), data_card=_data_card(content))
+                       bytes_up=model_bytes(content), data_card=_data_card(content),
+                       receipt=_receipt(content))
 
 
 def split_metrics(records: list[MetricRecord]) -> tuple[dict[str, float], dict[str, list[float]]]:
@@ -88,6 +91,14 @@ def split_metrics(records: list[MetricRecord]) -> tuple[dict[str, float], dict[s
         metrics.update({k: float(v) for k, v in record.items() if not isinstance(v, list)})
         lists.update({k: [float(x) for x in v] for k, v in record.items() if isinstance(v, list)})
     return metrics, lists
+
+
+def _receipt(content: RecordDict) -> dict | None:
+    """A delivery acknowledgement (client_node.delivery): model kind -> digest, strings only."""
+    record = content.config_records.get(RECEIPT_RECORD)
+    if record is None:
+        return None
+    return {str(k): str(v)[:64] for k, v in record.items() if isinstance(v, str)}
 
 
 def _data_card(content: RecordDict) -> dict | None:

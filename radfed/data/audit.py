@@ -19,22 +19,15 @@ from radfed.data.options import DataOptions
 from radfed.data.pixels import load_pixels
 from radfed.data.problems import REJECTION_HELP, check_folder
 from radfed.data.sources import passes_filters, subfolders
+from radfed.data.split import Split, build_split
 from radfed.data.workers import Progress, Workers
 
 NOT_IMAGES = ("not-dicom", "empty-file")
 
 
-def audit_folder(data_dir: Path, image_size: int, options: DataOptions | None = None, *,
-                 cache_dir: Path | None = None, workers: int = 1,
-                 progress: Progress | None = None) -> dict[str, Any]:
-    """The local card of an unlabelled folder: {"summary": counts, "rejected": [...], "note": ...}.
-
-    Every file is opened (headers, then pixels of those that look usable), exactly as a
-    labelled load would, so a file the audit calls decodable is one training can use.
-    """
-    options = options or DataOptions()
-    data_dir = Path(data_dir)
-    check_folder(data_dir)
+def _scan(data_dir: Path, image_size: int, options: DataOptions, cache_dir: Path | None, workers: int,
+          progress: Progress | None) -> dict[str, Any]:
+    """Every file's header, then the pixels of those that look usable (as a labelled load would)."""
     skip = {Path(cache_dir).resolve()} if cache_dir is not None else set()
     relpaths = [p.relative_to(data_dir).as_posix() for p in walk_files(data_dir, skip)]
     pool = Workers(workers)
@@ -61,26 +54,55 @@ def audit_folder(data_dir: Path, image_size: int, options: DataOptions | None = 
             else:
                 seen.add(facts.uid)
                 images.append(facts)
-        _, reasons, counts = load_pixels(headers, images, image_size, cache_dir, pool, options, progress)
+        pixels, reasons, counts = load_pixels(headers, images, image_size, cache_dir, pool, options, progress)
     finally:
         pool.close()
     rejected += [(im.relpath, r) for im, r in zip(images, reasons) if r]
-    kept = [im for im, r in zip(images, reasons) if not r]
+    return {"files": relpaths, "images": images, "pixels": pixels, "reasons": reasons, "counts": counts,
+            "rejected": rejected, "other": other, "filtered": filtered}
+
+
+def unlabelled_images(data_dir: Path, image_size: int, options: DataOptions | None = None, *,
+                      cache_dir: Path | None = None, workers: int = 1,
+                      progress: Progress | None = None) -> tuple[Split, list[tuple[str, str]]]:
+    """Every usable image of a folder, without labels (label -1), for prediction: its
+    samples in file order with their files and patient indices, and the rejections."""
+    data_dir = Path(data_dir)
+    check_folder(data_dir)
+    found = _scan(data_dir, image_size, options or DataOptions(), cache_dir, workers, progress)
+    samples = [im for im, n in zip(found["images"], found["counts"]) for _ in range(n)]
+    split = build_split(found["pixels"], samples, list(range(len(samples))))
+    return split, found["rejected"]
+
+
+def audit_folder(data_dir: Path, image_size: int, options: DataOptions | None = None, *,
+                 cache_dir: Path | None = None, workers: int = 1,
+                 progress: Progress | None = None) -> dict[str, Any]:
+    """The local card of an unlabelled folder: {"summary": counts, "rejected": [...], "note": ...}.
+
+    Every file is opened (headers, then pixels of those that look usable), exactly as a
+    labelled load would, so a file the audit calls decodable is one training can use.
+    """
+    data_dir = Path(data_dir)
+    check_folder(data_dir)
+    found = _scan(data_dir, image_size, options or DataOptions(), cache_dir, workers, progress)
+    rejected = found["rejected"]
+    kept = [im for im, r in zip(found["images"], found["reasons"]) if not r]
     folders = [d.name for d in subfolders(data_dir)]
     summary = {
         "labels": [],
-        "files": len(relpaths),
+        "files": len(found["files"]),
         "images": len(kept),
-        "samples": sum(counts),
+        "samples": sum(found["counts"]),
         "patients": len({im.patient for im in kept}),
-        "not_images": other,
+        "not_images": found["other"],
         "modalities": dict(Counter(im.modality for im in kept)),
         "manufacturers": dict(Counter(im.manufacturer for im in kept)),
         "sizes": dict(Counter(im.size for im in kept)),
         "transfer_syntaxes": dict(Counter(im.syntax for im in kept)),
         "rejected": dict(sorted(Counter(reason for _, reason in rejected).items())),
         "rejected_total": len(rejected),
-        "filtered": filtered,
+        "filtered": found["filtered"],
     }
     note = ("labels are missing: add labels.csv (columns file,label), or put each label's images in a "
             "folder named after it")

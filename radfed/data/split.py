@@ -30,6 +30,7 @@ class Split:
     labels: torch.Tensor
     num_patients: int
     patients: torch.Tensor | None = None
+    files: list[str] | None = None  # per image: its file, relative to the data folder (local only)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -71,6 +72,7 @@ def build_split(pixels: np.ndarray, images: list[ImageFacts], picks: list[int]) 
         labels=torch.tensor([images[i].label for i in picks], dtype=torch.int64),
         num_patients=len(index),
         patients=torch.tensor(patients, dtype=torch.int64),
+        files=[images[i].relpath for i in picks],
     )
 
 
