@@ -1,8 +1,9 @@
 """Each file's header facts (radfed.dicom.header_facts), cached per file across loads.
 
-The facts a load needs (patient key, SOPInstanceUID key, modality, equipment, size,
-syntax, the label tag's value, or the reason the file cannot be used) are read once per
-file version: an unchanged folder loads without opening a DICOM file.
+The facts a load needs (patient, SOPInstanceUID, study and series keys, modality,
+equipment, size, syntax, the label tag's value, the slice's InstanceNumber and position,
+or the reason the file cannot be used) are read once per file version: an unchanged
+folder loads without opening a DICOM file.
 """
 
 from __future__ import annotations
@@ -21,15 +22,17 @@ from radfed.data.workers import Progress, Workers
 
 log = logging.getLogger("radfed.data")
 
-CACHE_VERSION = "radfed-data-3"
+CACHE_VERSION = "radfed-data-4"
 
 
 @dataclass(frozen=True)
 class ImageFacts:
-    """One file's header facts (dicom.header_facts); ``patient`` and ``uid`` are
-    identifier keys, not the IDs, and never leave this module.
+    """One file's header facts (dicom.header_facts); ``patient``, ``uid``, ``study_key``
+    and ``series_key`` are identifier keys, not the IDs, and never leave the clinic.
 
     ``problem`` is the reason code when the header shows it cannot be used as an image.
+    ``unit`` is not a header fact but the load's: the labelled unit (a study, a series, a
+    manifest folder) the image belongs to, '' when the image is labelled on its own.
     """
 
     relpath: str
@@ -44,6 +47,11 @@ class ImageFacts:
     size: str = ""
     syntax: str = ""
     label_value: str = ""
+    study_key: str = ""
+    series_key: str = ""
+    instance_number: str = ""
+    slice_position: str = ""
+    unit: str = ""
 
 
 def facts_image(relpath: str, facts: dict[str, str] | str) -> ImageFacts | str:
@@ -139,7 +147,7 @@ class HeaderCache:
                                              separators=(",", ":")).encode())
 
 
-_FACT_FIELDS = frozenset(f.name for f in fields(ImageFacts)) - {"relpath", "label"}
+_FACT_FIELDS = frozenset(f.name for f in fields(ImageFacts)) - {"relpath", "label", "unit"}
 
 
 def _valid_entry(entry: object) -> bool:
