@@ -17,6 +17,23 @@ from radfed import dicom
 
 LABEL_SOURCES = ("manifest", "folders", "tag")
 FILTER_KEYWORDS = ("Modality", "BodyPartExamined", "SeriesDescription")
+# Which slices of a labelled study or series become samples (radfed.data.slices).
+SLICE_POLICIES = ("middle", "even:K", "all")
+# Channels per sample: 1, or 3 for 2.5D (a slice with its two neighbours). The backbones
+# take 3 channels (Classifier copies one grey channel to three), so 3 needs no model change;
+# other counts would need a new first convolution and could not load pretrained weights.
+SLICE_STACKS = (1, 3)
+
+
+def slice_choice(policy: str) -> tuple[str, int]:
+    """(name, K) of a slice policy: ("middle", 1), ("even", K) or ("all", 0); ValueError
+    naming the allowed values otherwise."""
+    name, _, count = str(policy).strip().lower().partition(":")
+    if name in ("middle", "all") and not count:
+        return name, 1 if name == "middle" else 0
+    if name == "even" and count.isdigit() and 1 <= int(count) <= 10_000:
+        return name, int(count)
+    raise _one_of("slice_policy", ("middle", "even:K (K from 1 to 10000)", "all"), policy)
 
 
 def _is_dicom_keyword(keyword: str) -> bool:
@@ -43,6 +60,13 @@ class DataOptions:
         label, and value -> label (case-insensitive); without a map the value
         itself must be a label name.
     filters: keyword (FILTER_KEYWORDS) -> accepted values (case-insensitive).
+    slice_policy: for labelled units of many files (a manifest row naming a study, a
+        series or a folder), which slices of each series become samples, in slice order
+        (position along the normal, else InstanceNumber): "middle" (one per series),
+        "even:K" (K evenly spaced) or "all". Images labelled one by one are each a
+        sample whatever the policy.
+    slice_stack: 1, or 3 for 2.5D: each sample is its slice with the neighbouring
+        slices below and above as channels (ends repeat the slice itself).
     Invalid values raise ValueError naming the option and the allowed values.
     """
 
@@ -52,8 +76,14 @@ class DataOptions:
     label_tag: str | None = None
     label_map: dict[str, str] | None = None
     filters: dict[str, list[str]] = field(default_factory=dict)
+    slice_policy: str = "middle"
+    slice_stack: int = 1
 
     def __post_init__(self) -> None:
+        slice_choice(self.slice_policy)
+        if isinstance(self.slice_stack, bool) or self.slice_stack not in SLICE_STACKS:
+            raise ValueError(f"slice_stack must be 1 or 3 (2.5D: a slice and its two neighbours as the "
+                             f"backbone's 3 channels); got {self.slice_stack!r}")
         dicom.resolve_window(self.window)
         if self.frame_policy not in dicom.FRAME_POLICIES:
             raise _one_of("frame_policy", dicom.FRAME_POLICIES, self.frame_policy)
