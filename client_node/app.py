@@ -37,8 +37,8 @@ from radfed.batchnorm import as_evaluated, batchnorm_state_keys, reestimate_batc
 from radfed.data import DATA_CARD_RECORD, ClinicData, DataError, load_clinic
 from radfed.delivery import DELIVERY_KEY, MODELS_FOLDER, RECEIPT_RECORD
 from radfed.models import Classifier, apply_freeze, create_model
-from radfed.reply import from_logits
 from radfed.spec import ExperimentSpec, data_options
+from radfed.unit_scores import split_validation
 from radfed.training import (
     pick_device,
     predict_head_logits,
@@ -287,10 +287,11 @@ def _quality_metrics(logits: torch.Tensor, data: ClinicData, spec: ExperimentSpe
     """Validation figures (radfed.reply.ClinicValidation): loss, accuracy, AUROC with its
     95 % CI over patients, sensitivity and specificity at Youden's threshold on this split,
     ECE, health figures, and the per-score counts (and their patient-resampled
-    replicates) that make pooled figures and the pooled CI at the server. Aggregates only."""
-    patients = data.val.patients.numpy() if data.val.patients is not None else None
-    figures = from_logits(logits.numpy(), data.val.labels.numpy(), patients, seed=spec.seed)
-    return figures.to_metrics(count_key)
+    replicates) that make pooled figures and the pooled CI at the server. Aggregates only.
+
+    Per labelled unit (radfed.unit_scores): a study's or series' slices become one score,
+    the mean of their log-odds, so the count sent is of studies, series or images."""
+    return split_validation(logits.numpy(), data.val, spec.seed).to_metrics(count_key)
 
 
 def _train_head_only(msg: Message, context: Context, spec: ExperimentSpec,

@@ -135,6 +135,8 @@ def check_data(
     label_column: Annotated[Optional[str], typer.Option(help="The manifest's label column, if not a usual name.")] = None,
     filter_: Annotated[Optional[list[str]], typer.Option("--filter", help="KEYWORD=V1,V2 (Modality, BodyPartExamined, SeriesDescription); repeatable.")] = None,
     workers: Annotated[int, typer.Option(help="Processes decoding DICOM in parallel.")] = 1,
+    slice_policy: Annotated[str, typer.Option(help="Slices of a labelled study/series: middle, even:K or all.")] = "middle",
+    slice_stack: Annotated[int, typer.Option(help="Channels per sample: 1, or 3 (2.5D: a slice and its neighbours).")] = 1,
 ) -> None:
     """Print this clinic's data card (counts only) and every rejected file with its reason and fix.
 
@@ -165,6 +167,7 @@ def check_data(
             window=window_opt, frame_policy=frame_policy, label_source=label_source, label_tag=label_tag,
             label_map=_pairs(label_map, "--label-map") or None, file_column=file_column, label_column=label_column,
             filters={k: [v.strip() for v in vals.split(",") if v.strip()] for k, vals in _pairs(filter_, "--filter").items()},
+            slice_policy=slice_policy, slice_stack=slice_stack,
         )
     except ValueError as e:
         _fail(str(e), 2)

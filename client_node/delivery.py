@@ -25,9 +25,9 @@ from flwr.app import Message
 from radfed.data import ClinicData
 from radfed.delivery import MODEL_KINDS, MODEL_RECORD, save_model_file, write_card
 from radfed.features import state_digest
-from radfed.reply import from_logits
 from radfed.spec import ExperimentSpec
 from radfed.training import predict_logits
+from radfed.unit_scores import split_validation
 
 log = logging.getLogger("radfed.clinic")
 
@@ -37,9 +37,7 @@ AsClinicModel = Callable[[dict[str, torch.Tensor]], torch.nn.Module]
 
 def own_figures(model: torch.nn.Module, data: ClinicData, spec: ExperimentSpec) -> dict[str, Any]:
     """This clinic's figures for a model on its validation patients (as the federation's rows)."""
-    logits = predict_logits(model, data.val.images)
-    patients = data.val.patients.numpy() if data.val.patients is not None else None
-    quality = from_logits(logits.numpy(), data.val.labels.numpy(), patients, seed=spec.seed).quality
+    quality = split_validation(predict_logits(model, data.val.images).numpy(), data.val, spec.seed).quality
     return {key: value for key, value in quality.as_dict().items()
             if key in ("auroc", "auroc_low", "auroc_high", "threshold", "threshold_logit",
                        "sensitivity", "specificity", "images", "patients")}

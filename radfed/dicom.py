@@ -68,6 +68,7 @@ __all__ = [
     "read_pixels",
     "resize_pad",
     "resolve_window",
+    "slice_position",
 ]
 
 log = logging.getLogger(__name__)
@@ -676,7 +677,7 @@ def preprocess_files(
 
 
 def identifier_key(kind: str, value: str) -> str:
-    """A stable one-way key for an identifier (PatientID, SOPInstanceUID), '' for none.
+    """A stable one-way key for an identifier (PatientID, Study/Series/SOPInstanceUID), '' for none.
 
     Loaders group, split and de-duplicate by these keys, so the identifiers
     themselves never leave the reading function, nor reach a cache file.
@@ -685,6 +686,36 @@ def identifier_key(kind: str, value: str) -> str:
     if not value:
         return ""
     return hashlib.sha256(f"radfed-{kind}\x00{value}".encode()).hexdigest()[:32]
+
+
+def slice_position(ds: Dataset) -> float | None:
+    """Where a slice lies along its stack's normal, in mm; None when the header cannot say.
+
+    ImagePositionPatient · (row × column direction cosines of ImageOrientationPatient):
+    the coordinate that orders a series' single-slice files (what viewers sort by);
+    InstanceNumber is only the order the scanner numbered them in.  Top-level tags
+    only: enhanced multi-frame files keep theirs per frame in functional groups.
+    """
+    try:
+        position = np.asarray([float(v) for v in ds.get("ImagePositionPatient") or ()], dtype=np.float64)
+        cosines = np.asarray([float(v) for v in ds.get("ImageOrientationPatient") or ()], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if position.shape != (3,) or cosines.shape != (6,):
+        return None
+    normal = np.cross(cosines[:3], cosines[3:])
+    if not np.all(np.isfinite(position)) or not 0.5 < np.linalg.norm(normal) < 1.5:
+        return None  # not direction cosines: no meaningful order
+    return float(position @ normal)
+
+
+def _instance_number(ds: Dataset) -> str:
+    """InstanceNumber as a plain integer string ('' when absent or not a number)."""
+    try:
+        value = ds.get("InstanceNumber")
+        return "" if value is None or str(value).strip() == "" else str(int(float(value)))
+    except (TypeError, ValueError, OverflowError):
+        return ""
 
 
 def _text(ds: Dataset, keyword: str, limit: int = 64) -> str:
@@ -700,10 +731,12 @@ def _text(ds: Dataset, keyword: str, limit: int = 64) -> str:
 def header_facts(path: str | Path, label_tag: str | None = None) -> dict[str, str] | str:
     """What a loader needs from one file's header, or the reason it is not readable DICOM.
 
-    Plain strings (JSON-ready, so loaders can cache them): ``patient`` and ``uid`` are
-    identifier_key()s, never the IDs; ``problem`` is the reason code when the header
-    shows the file cannot be an image; ``label_value`` is the ``label_tag`` value.
-    Never decodes pixels.
+    Plain strings (JSON-ready, so loaders can cache them): ``patient``, ``uid``,
+    ``study_key`` and ``series_key`` are identifier_key()s of PatientID, SOPInstanceUID,
+    StudyInstanceUID and SeriesInstanceUID, never the IDs; ``problem`` is the reason code
+    when the header shows the file cannot be an image; ``label_value`` is the
+    ``label_tag`` value; ``instance_number`` and ``slice_position`` (slice_position(),
+    4 decimals) order a series' slices, '' when absent.  Never decodes pixels.
     """
     try:
         ds = read_header(Path(path))
@@ -731,6 +764,10 @@ def header_facts(path: str | Path, label_tag: str | None = None) -> dict[str, st
             "size": f"{_text(ds, 'Rows')}x{_text(ds, 'Columns')}",
             "syntax": (tsyntax.name or str(tsyntax)) if tsyntax else "unknown",
             "label_value": label_value,
+            "study_key": identifier_key("study-instance", str(ds.get("StudyInstanceUID", "") or "")),
+            "series_key": identifier_key("series-instance", str(ds.get("SeriesInstanceUID", "") or "")),
+            "instance_number": _instance_number(ds),
+            "slice_position": "" if (position := slice_position(ds)) is None else f"{position:.4f}",
         }
 
 

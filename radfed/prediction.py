@@ -34,9 +34,9 @@ from radfed.data.sources import class_folders
 from radfed.delivery import MODELS_FOLDER, ModelFileError, file_sha256, load_model_file
 from radfed.evaluation import finding_scores
 from radfed.models import create_model
-from radfed.reply import from_logits
 from radfed.spec import ExperimentSpec, data_options
 from radfed.training import predict_logits
+from radfed.unit_scores import split_validation, unit_outputs
 
 Progress = Callable[[str, int, int], None]
 
@@ -96,6 +96,7 @@ def predict_folder(model_file: Path, data_dir: Path, out_dir: Path, *, manifest:
     own_cut = _number((payload.get("clinic") or {}).get("threshold_logit"))
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    unit_rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {
         "model": str(model_file), "model_sha256": file_sha256(Path(model_file)),
         "experiment": payload.get("experiment"), "flwr_run_id": payload.get("flwr_run_id"),
@@ -108,11 +109,14 @@ def predict_folder(model_file: Path, data_dir: Path, out_dir: Path, *, manifest:
     for name, part in parts:
         logits = predict_logits(model, part.images).numpy()
         if name == "val" and len(part):
-            patients = part.patients.numpy() if part.patients is not None else None
-            summary["validation"] = from_logits(logits, part.labels.numpy(), patients, seed=spec.seed).quality.as_dict()
+            summary["validation"] = split_validation(logits, part, spec.seed).quality.as_dict()
         maps = _heatmaps(model, part, logits, out_dir, name, cam, progress, done, total)
         rows += _rows(name, part, logits, spec, pooled_cut, own_cut, maps)
+        unit_rows += _unit_rows(name, part, logits, spec, pooled_cut)
         done += len(part)
+    if unit_rows:
+        _write_csv(out_dir / "units.csv", unit_rows)
+        summary["units"] = len(unit_rows)
     summary["images"] = len(rows)
     summary["heatmaps"] = sum(1 for r in rows if r.get("heatmap"))
     _write_csv(out_dir / "predictions.csv", rows)
@@ -167,6 +171,30 @@ def _rows(name: str, part: Split, logits: np.ndarray, spec: ExperimentSpec, pool
         row["heatmap"], row["cam_row"], row["cam_col"] = maps[i]
         rows.append(row)
     return rows
+
+
+def _unit_rows(name: str, part: Split, logits: np.ndarray, spec: ExperimentSpec,
+               pooled_cut: float | None) -> list[dict[str, Any]]:
+    """One row per labelled unit (study, series, folder) when the data options group slices:
+    its score is the federation's (radfed.unit_scores: mean of the slices' log-probabilities)."""
+    if part.units is None or len(set(part.units.tolist())) == len(part):
+        return []
+    units = part.units.numpy()
+    unit_logp, labels, _ = unit_outputs(logits, part.labels.numpy(), None, units)
+    first = {}
+    for i, unit in enumerate(units.tolist()):
+        first.setdefault(unit, i)
+    files = part.files or [""] * len(part)
+    scores = finding_scores(unit_logp)
+    out = []
+    for k, (unit, i) in enumerate(sorted(first.items(), key=lambda item: item[1])):
+        label = int(labels[k])
+        out.append({"split": name, "unit": k, "first_file": files[i],
+                    "samples": int((units == unit).sum()), "label": spec.labels[label] if label >= 0 else "",
+                    "p_finding": f"{1.0 / (1.0 + math.exp(-float(np.clip(scores[k], -700, 700)))):.6f}",
+                    "finding_logodds": f"{float(scores[k]):.7g}",
+                    "call_federation": "" if pooled_cut is None else int(scores[k] >= pooled_cut)})
+    return out
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -123,9 +123,13 @@ def evaluate_centralised(spec: ExperimentSpec, model: torch.nn.Module, clinics: 
     from radfed.evaluation import quality_report
     from radfed.training import predict_logits
 
-    outputs = {name: (predict_logits(as_evaluated(model, c.train.images, spec.bn_policy), c.val.images).numpy(),
-                      c.val.labels.numpy(),
-                      c.val.patients.numpy() if c.val.patients is not None else np.arange(len(c.val)))
+    from radfed.unit_scores import unit_outputs
+
+    outputs = {name: unit_outputs(  # per labelled unit (study, series, image), as the clinics report
+                   predict_logits(as_evaluated(model, c.train.images, spec.bn_policy), c.val.images).numpy(),
+                   c.val.labels.numpy(),
+                   c.val.patients.numpy() if c.val.patients is not None else np.arange(len(c.val)),
+                   c.val.units.numpy() if c.val.units is not None else None)
                for name, c in clinics.items()}
     inside = [name for name in outputs if name != holdout]
     pooled = quality_report(np.concatenate([outputs[n][0] for n in inside]),

@@ -11,8 +11,11 @@ One stage per module, as pydicom's ``pixels`` package does:
 
 - ``options``: `DataOptions` (window, frame policy, label source, filters); no torch;
 - ``manifest``: a CSV manifest's columns, dialect and rows;
-- ``sources``: labels from a manifest, class folders or a DICOM tag;
+- ``sources``: labels from a manifest (per file, SOPInstanceUID, study, series or
+  folder), class folders or a DICOM tag;
 - ``headers`` / ``workers``: each file's header facts, read in parallel and cached;
+- ``slices``: which slices of a labelled study or series become samples (slice policy,
+  2.5D stacks);
 - ``pixels``: decoded, resized pixels, cached;
 - ``split``: the patient-level train/validation split;
 - ``card`` / ``problems``: the data card and rejection reasons; no torch;
@@ -32,7 +35,7 @@ the clinic's own screen.
 from radfed.data.card import SIZE_BUCKETS, format_card
 from radfed.data.headers import CACHE_VERSION
 from radfed.data.manifest import COLUMN_ALIASES, KEY_COLUMNS, MANIFEST_NAME
-from radfed.data.options import FILTER_KEYWORDS, LABEL_SOURCES, DataOptions
+from radfed.data.options import FILTER_KEYWORDS, LABEL_SOURCES, SLICE_POLICIES, SLICE_STACKS, DataOptions
 from radfed.data.problems import REJECTION_HELP, DataError
 from radfed.data.workers import Progress
 from radfed.data_card import DATA_CARD_RECORD, SHARED_CARD_KEYS
@@ -67,6 +70,8 @@ __all__ = [
     "REJECTION_HELP",
     "SHARED_CARD_KEYS",
     "SIZE_BUCKETS",
+    "SLICE_POLICIES",
+    "SLICE_STACKS",
     "Split",
     "Progress",
     "preflight",

@@ -18,6 +18,7 @@ from radfed.data.headers import HeaderCache, ImageFacts
 from radfed.data.options import DataOptions
 from radfed.data.pixels import load_pixels
 from radfed.data.problems import REJECTION_HELP, check_folder
+from radfed.data.slices import assemble, plan_slices
 from radfed.data.sources import passes_filters, subfolders
 from radfed.data.split import Split, build_split
 from radfed.data.workers import Progress, Workers
@@ -54,12 +55,14 @@ def _scan(data_dir: Path, image_size: int, options: DataOptions, cache_dir: Path
             else:
                 seen.add(facts.uid)
                 images.append(facts)
-        pixels, reasons, counts = load_pixels(headers, images, image_size, cache_dir, pool, options, progress)
+        plan, _ = plan_slices(images, options)  # ungrouped: one entry per file, in order
+        pixels, reasons, counts = load_pixels(headers, plan.files, image_size, cache_dir, pool, options, progress)
     finally:
         pool.close()
-    rejected += [(im.relpath, r) for im, r in zip(images, reasons) if r]
-    return {"files": relpaths, "images": images, "pixels": pixels, "reasons": reasons, "counts": counts,
-            "rejected": rejected, "other": other, "filtered": filtered}
+    rejected += [(im.relpath, r) for im, r in zip(plan.files, reasons) if r]
+    return {"files": relpaths, "images": plan.files, "pixels": pixels, "reasons": reasons, "counts": counts,
+            "rejected": rejected, "other": other, "filtered": filtered,
+            "samples": assemble(plan, reasons, counts, options.slice_stack)}
 
 
 def unlabelled_images(data_dir: Path, image_size: int, options: DataOptions | None = None, *,
@@ -70,7 +73,7 @@ def unlabelled_images(data_dir: Path, image_size: int, options: DataOptions | No
     data_dir = Path(data_dir)
     check_folder(data_dir)
     found = _scan(data_dir, image_size, options or DataOptions(), cache_dir, workers, progress)
-    samples = [im for im, n in zip(found["images"], found["counts"]) for _ in range(n)]
+    samples = found["samples"]
     split = build_split(found["pixels"], samples, list(range(len(samples))))
     return split, found["rejected"]
 

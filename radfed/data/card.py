@@ -23,17 +23,28 @@ def size_bucket(size: str) -> str:
     return f">={SIZE_BUCKETS[-1][0]} px"
 
 
+# A labelled unit's name in the plural, for the card ("3 studies").
+UNIT_PLURALS = {"study": "studies", "series": "series", "folder": "folders", "unit": "units"}
+
+
 def format_card(card: dict[str, Any]) -> str:
-    """A data card (ClinicData.card()) as plain text lines for a terminal."""
+    """A data card (ClinicData.card()) as plain text lines for a terminal. When labels
+    belong to studies, series or folders of many images, each split counts those units
+    too (the figures a clinic reports are per unit)."""
     summary = card["summary"]
+    plural = UNIT_PLURALS.get(summary.get("unit", "image"))
     lines = ["data card"]
     for split in ("train", "val"):
         counts = summary[split]
         per_label = ", ".join(
-            f"{label}: {counts['images'].get(label, 0)} images / {counts.get('patients', {}).get(label, 0)} patients"
+            f"{label}: {counts['images'].get(label, 0)} images"
+            + (f" / {counts.get('units', {}).get(label, 0)} {plural}" if plural else "")
+            + f" / {counts.get('patients', {}).get(label, 0)} patients"
             for label in summary["labels"]
         )
-        lines.append(f"  {split}: {counts['total_images']} images, {counts['total_patients']} patients ({per_label})")
+        in_units = f" in {counts.get('total_units', 0)} {plural}" if plural else ""
+        lines.append(f"  {split}: {counts['total_images']} images{in_units}, {counts['total_patients']} patients "
+                     f"({per_label})")
     for key in ("modalities", "manufacturers", "sizes", "transfer_syntaxes"):
         shown = ", ".join(f"{name} {count}" for name, count in sorted(summary[key].items(), key=lambda kv: -kv[1]))
         lines.append(f"  {key.replace('_', ' ')}: {shown or '-'}")

@@ -1,8 +1,9 @@
 """Load one clinic's labelled DICOM folder into train/validation tensors: `load_clinic`.
 
 The stages, one module each: labels (radfed.data.sources, from a manifest, class folders
-or a tag) → checked header facts (headers) → filters → (cached) pixels (pixels) → the
-patient split (split). Bad rows and files are rejected with a reason, never fatal.
+or a tag) → checked header facts (headers) → filters → the slices of labelled studies and
+series to use (slices) → (cached) pixels (pixels) → the patient split (split). Bad rows
+and files are rejected with a reason, never fatal.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from radfed.data.manifest import MANIFEST_NAME, manifest_values, parse_manifest
 from radfed.data.options import DataOptions
 from radfed.data.pixels import load_pixels
 from radfed.data.problems import FILTERED, REJECTION_HELP, check_folder, folder_error, no_usable_image
-from radfed.data.sources import labelled_images, resolve_rows, subfolders
+from radfed.data.slices import assemble, plan_slices
+from radfed.data.sources import labelled_images, resolve_rows, subfolders, unit_kind
 from radfed.data.split import Split, build_split, split_counts, split_images
 from radfed.data.workers import Progress, Workers
 
@@ -35,6 +37,9 @@ class ClinicData:
     and ``transfer_syntaxes`` (syntax names) count the used files; ``filtered`` counts
     files the task's filters left out (not rejections).  With frame_policy "all" a
     file contributes one sample per frame, so splits can hold more images than files.
+    ``unit`` is what a label belongs to ("study", "series", "folder" for a manifest row
+    naming many files; "image" when each image is labelled on its own): the splits count
+    units too, and validation figures are per unit.
     """
 
     train: Split
@@ -46,10 +51,12 @@ class ClinicData:
     sizes: dict[str, int] = field(default_factory=dict)
     transfer_syntaxes: dict[str, int] = field(default_factory=dict)
     filtered: int = 0
+    unit: str = "image"
 
     def summary(self) -> dict[str, Any]:
-        """Counts only: images and patients per label per split, rejections by reason,
-        files filtered out by the task, equipment, image sizes and transfer syntaxes."""
+        """Counts only: images, labelled units and patients per label per split, rejections
+        by reason, files filtered out by the task, equipment, image sizes, transfer
+        syntaxes and the kind of labelled unit."""
         return {
             "labels": list(self.labels),
             "train": split_counts(self.train, self.labels),
@@ -61,6 +68,7 @@ class ClinicData:
             "sizes": dict(self.sizes),
             "transfer_syntaxes": dict(self.transfer_syntaxes),
             "filtered": self.filtered,
+            "unit": self.unit,
         }
 
 
@@ -123,7 +131,8 @@ def load_clinic(
     this process plus ``workers - 1`` spawned ones, so a calling script needs
     the usual ``if __name__ == "__main__":`` guard (without it, this process
     decodes alone).  ``options`` (window, frame policy, label source, filters)
-    is part of the cache key.  ``progress(stage, done, total)`` is called as headers are read
+    is part of the cache key; its slice policy and stack decide which slices of a
+    labelled study or series are decoded and how samples are made of them.  ``progress(stage, done, total)`` is called as headers are read
     and as pixels are decoded.
     """
     _check_labels(labels)
@@ -143,17 +152,19 @@ def load_clinic(
         source, images, rejected, n_items = labelled_images(data_dir, _lookup(data_dir, labels, options),
                                                             manifest, cache, options, headers, progress)
         headers.save()
-        pixels, reasons, counts = load_pixels(headers, images, image_size, cache, pool, options, progress)
+        plan, mixed = plan_slices(images, options)
+        pixels, reasons, counts = load_pixels(headers, plan.files, image_size, cache, pool, options, progress)
     finally:
         pool.close()
     filtered = sum(1 for _, reason in rejected if reason == FILTERED)
-    rejected = [r for r in rejected if r[1] != FILTERED]
-    rejected += [(im.relpath, r) for im, r in zip(images, reasons) if r]
-    kept = [im for im, r in zip(images, reasons) if not r]
-    samples = [im for im, n in zip(images, counts) for _ in range(n)]
+    rejected = [r for r in rejected if r[1] != FILTERED] + mixed
+    rejected += [(im.relpath, r) for im, r in zip(plan.files, reasons) if r]
+    kept = [im for im, r in zip(plan.files, reasons) if not r]
+    samples = assemble(plan, reasons, counts, options.slice_stack)
     if not samples:
         raise no_usable_image(data_dir, source, n_items, rejected, filtered)
     train, val = split_images(samples, val_fraction, seed)
+    grouped = {unit_kind(s.facts.unit) for s in samples} - {"image"}
     return ClinicData(
         train=build_split(pixels, samples, train),
         val=build_split(pixels, samples, val),
@@ -164,6 +175,7 @@ def load_clinic(
         sizes=dict(Counter(im.size for im in kept)),
         transfer_syntaxes=dict(Counter(im.syntax for im in kept)),
         filtered=filtered,
+        unit=grouped.pop() if len(grouped) == 1 else ("unit" if grouped else "image"),
     )
 
 

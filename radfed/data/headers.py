@@ -1,8 +1,9 @@
 """Each file's header facts (radfed.dicom.header_facts), cached per file across loads.
 
-The facts a load needs (patient key, SOPInstanceUID key, modality, equipment, size,
-syntax, the label tag's value, or the reason the file cannot be used) are read once per
-file version: an unchanged folder loads without opening a DICOM file.
+The facts a load needs (patient, SOPInstanceUID, study and series keys, modality,
+equipment, size, syntax, the label tag's value, the slice's InstanceNumber and position,
+or the reason the file cannot be used) are read once per file version: an unchanged
+folder loads without opening a DICOM file.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from radfed.data.workers import Progress, Workers
 
 log = logging.getLogger("radfed.data")
 
-CACHE_VERSION = "radfed-data-3"
+CACHE_VERSION = "radfed-data-4"
 # Header caches hold check_image_header's verdict ("problem"), so they also go stale when
 # radfed.dicom learns to decode more (e.g. colour): they carry both versions.
 HEADERS_CACHE_VERSION = f"{CACHE_VERSION}/{dicom.PREPROCESS_VERSION}"
@@ -29,10 +30,12 @@ HEADERS_CACHE_VERSION = f"{CACHE_VERSION}/{dicom.PREPROCESS_VERSION}"
 
 @dataclass(frozen=True)
 class ImageFacts:
-    """One file's header facts (dicom.header_facts); ``patient`` and ``uid`` are
-    identifier keys, not the IDs, and never leave this module.
+    """One file's header facts (dicom.header_facts); ``patient``, ``uid``, ``study_key``
+    and ``series_key`` are identifier keys, not the IDs, and never leave the clinic.
 
     ``problem`` is the reason code when the header shows it cannot be used as an image.
+    ``unit`` is not a header fact but the load's: the labelled unit (a study, a series, a
+    manifest folder) the image belongs to, '' when the image is labelled on its own.
     """
 
     relpath: str
@@ -47,6 +50,11 @@ class ImageFacts:
     size: str = ""
     syntax: str = ""
     label_value: str = ""
+    study_key: str = ""
+    series_key: str = ""
+    instance_number: str = ""
+    slice_position: str = ""
+    unit: str = ""
 
 
 def facts_image(relpath: str, facts: dict[str, str] | str) -> ImageFacts | str:
@@ -142,7 +150,7 @@ class HeaderCache:
                                              separators=(",", ":")).encode())
 
 
-_FACT_FIELDS = frozenset(f.name for f in fields(ImageFacts)) - {"relpath", "label"}
+_FACT_FIELDS = frozenset(f.name for f in fields(ImageFacts)) - {"relpath", "label", "unit"}
 
 
 def _valid_entry(entry: object) -> bool:

@@ -15,12 +15,16 @@ from radfed.data.labels import LabelLookup
 from radfed.data.problems import folder_error
 
 MANIFEST_NAME = "labels.csv"
-KEY_COLUMNS = ("file", "sop_instance_uid")
+# A row names one file (or a folder: every DICOM file below it, one labelled unit), one
+# image by SOPInstanceUID, or a whole study or series by its UID (radfed.data.sources).
+KEY_COLUMNS = ("file", "sop_instance_uid", "study_instance_uid", "series_instance_uid")
 # Header spellings PACS and spreadsheet exports use, per canonical column (first = canonical).
 COLUMN_ALIASES = {
     "file": ("file", "path", "filepath", "file_path", "filename", "file_name", "image", "image_path",
              "dicom", "dicom_path", "dicom_file"),
     "sop_instance_uid": ("sop_instance_uid", "sopinstanceuid", "sop_uid", "instance_uid"),
+    "study_instance_uid": ("study_instance_uid", "studyinstanceuid", "study_uid", "studyuid"),
+    "series_instance_uid": ("series_instance_uid", "seriesinstanceuid", "series_uid", "seriesuid"),
     "label": ("label", "labels", "class", "finding", "target", "diagnosis", "category"),
 }
 

@@ -19,6 +19,23 @@ LABEL_SOURCES = ("manifest", "folders", "tag")
 FILTER_KEYWORDS = ("Modality", "BodyPartExamined", "SeriesDescription")
 # What a clinic may set for itself at `client-node start` (its export's spellings).
 CLINIC_KEYS = ("label_source", "label_tag", "label_map", "file_column", "label_column")
+# Which slices of a labelled study or series become samples (radfed.data.slices).
+SLICE_POLICIES = ("middle", "even:K", "all")
+# Channels per sample: 1, or 3 for 2.5D (a slice with its two neighbours). The backbones
+# take 3 channels (Classifier copies one grey channel to three), so 3 needs no model change;
+# other counts would need a new first convolution and could not load pretrained weights.
+SLICE_STACKS = (1, 3)
+
+
+def slice_choice(policy: str) -> tuple[str, int]:
+    """(name, K) of a slice policy: ("middle", 1), ("even", K) or ("all", 0); ValueError
+    naming the allowed values otherwise."""
+    name, _, count = str(policy).strip().lower().partition(":")
+    if name in ("middle", "all") and not count:
+        return name, 1 if name == "middle" else 0
+    if name == "even" and count.isdigit() and 1 <= int(count) <= 10_000:
+        return name, int(count)
+    raise _one_of("slice_policy", ("middle", "even:K (K from 1 to 10000)", "all"), policy)
 
 
 def _is_dicom_keyword(keyword: str) -> bool:
@@ -49,6 +66,13 @@ class DataOptions:
     file_column / label_column: the manifest's column names, when its header uses
         none of the usual spellings (radfed.data.manifest.COLUMN_ALIASES).
     filters: keyword (FILTER_KEYWORDS) -> accepted values (case-insensitive).
+    slice_policy: for labelled units of many files (a manifest row naming a study, a
+        series or a folder), which slices of each series become samples, in slice order
+        (position along the normal, else InstanceNumber): "middle" (one per series),
+        "even:K" (K evenly spaced) or "all". Images labelled one by one are each a
+        sample whatever the policy.
+    slice_stack: 1, or 3 for 2.5D: each sample is its slice with the neighbouring
+        slices below and above as channels (ends repeat the slice itself).
     Invalid values raise ValueError naming the option and the allowed values.
     """
 
@@ -60,8 +84,14 @@ class DataOptions:
     filters: dict[str, list[str]] = field(default_factory=dict)
     file_column: str | None = None
     label_column: str | None = None
+    slice_policy: str = "middle"
+    slice_stack: int = 1
 
     def __post_init__(self) -> None:
+        slice_choice(self.slice_policy)
+        if isinstance(self.slice_stack, bool) or self.slice_stack not in SLICE_STACKS:
+            raise ValueError(f"slice_stack must be 1 or 3 (2.5D: a slice and its two neighbours as the "
+                             f"backbone's 3 channels); got {self.slice_stack!r}")
         dicom.resolve_window(self.window)
         if self.frame_policy not in dicom.FRAME_POLICIES:
             raise _one_of("frame_policy", dicom.FRAME_POLICIES, self.frame_policy)

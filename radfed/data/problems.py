@@ -25,6 +25,11 @@ REJECTION_HELP: dict[str, str] = {
     "outside-data-folder": "use a path inside the data folder, without '..'",
     "unknown-sop-instance-uid": "copy the file with that SOPInstanceUID into the data folder or fix the UID",
     "duplicate-sop-instance-uid": "remove the second copy of the image",
+    "unknown-study-instance-uid": "copy that study's files into the data folder or fix the StudyInstanceUID",
+    "unknown-series-instance-uid": "copy that series' files into the data folder or fix the SeriesInstanceUID",
+    "empty-folder": "the row names a folder without any DICOM file; fix the path or copy the study in",
+    "unit-spans-patients": "a labelled study, series or folder holds images of several PatientIDs; "
+                           "split it per patient or fix the PatientIDs",
     "no-patient-id": "export with a PatientID (pseudonymised is fine): the split needs it",
     "no-label": "add the image's tag value to label_map, or filter such images out",
     **dicom.REASONS,

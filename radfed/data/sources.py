@@ -67,6 +67,9 @@ def resolve_rows(
 ) -> tuple[list[ImageFacts], list[tuple[str, str]]]:
     """Turn manifest rows into checked images; everything that fails becomes a rejection
     (files filtered out by the task become ``(where, "filtered")`` for the caller to count)."""
+    if kind in UNIT_KEYS:
+        return resolve_unit_rows(kind, rows, data_dir, skip, headers, filters or {}, progress)
+    rows, folder_rows = split_folder_rows(kind, rows, data_dir)
     rejected: list[tuple[str, str]] = []
     by_uid: dict[str, ImageFacts] = {}
     if kind == "sop_instance_uid":
@@ -78,6 +81,9 @@ def resolve_rows(
     for row in rows:
         where, outcome = _resolve_row(kind, row, data_dir, by_uid, filters or {}, headers)
         _collect(where, outcome, images, rejected, seen_uids)
+    if folder_rows:
+        resolve_folder_rows(folder_rows, data_dir, skip, headers, filters or {}, progress,
+                            images, rejected, seen_uids)
     return sorted(images, key=lambda im: im.relpath), rejected
 
 
@@ -112,6 +118,88 @@ def _resolve_row(
     if isinstance(facts, str):
         return row.key, facts
     return facts.relpath, _accept(facts, row.label, filters)
+
+
+# ----------------------------------------------------------------------------- labelled units
+
+# Manifest key kind -> (identifier_key kind of its UID, the ImageFacts field holding that key).
+UNIT_KEYS = {"study_instance_uid": ("study-instance", "study_key"),
+             "series_instance_uid": ("series-instance", "series_key")}
+
+
+def unit_name(kind: str, key: str) -> str:
+    """The in-memory name of a labelled unit: its kind and one-way key (never a UID or path)."""
+    return f"{kind}:{key}"
+
+
+def unit_kind(unit: str) -> str:
+    """What a unit is, for the data card: "study", "series", "folder", or "image" (unit '')."""
+    return {"study-instance": "study", "series-instance": "series", "folder": "folder"}.get(
+        unit.partition(":")[0], "image")
+
+
+def resolve_unit_rows(
+    kind: str, rows: list[ManifestRow], data_dir: Path, skip: set[Path], headers: HeaderCache,
+    filters: dict[str, list[str]], progress: Progress | None = None,
+) -> tuple[list[ImageFacts], list[tuple[str, str]]]:
+    """Rows naming a whole study or series by its UID: every DICOM file of it below the
+    data folder is an image of that labelled unit (a CT study is hundreds of files, its
+    label one row). Files of studies the manifest does not list are ignored, as for a
+    sop_instance_uid manifest."""
+    uid_kind, field_name = UNIT_KEYS[kind]
+    by_uid, rejected = _scan_by_uid(data_dir, skip, headers, progress)
+    members: dict[str, list[ImageFacts]] = {}
+    for facts in by_uid.values():
+        members.setdefault(getattr(facts, field_name), []).append(facts)
+    images: list[ImageFacts] = []
+    seen_uids: set[str] = set()
+    for row in rows:
+        key = dicom.identifier_key(uid_kind, row.key)
+        if not members.get(key):
+            rejected.append((row.where, f"unknown-{kind.replace('_', '-')}"))
+            continue
+        unit = unit_name(uid_kind, key)
+        for facts in sorted(members[key], key=lambda im: im.relpath):
+            _collect(facts.relpath, _accept(replace(facts, unit=unit), row.label, filters),
+                     images, rejected, seen_uids)
+    return sorted(images, key=lambda im: im.relpath), rejected
+
+
+def split_folder_rows(kind: str, rows: list[ManifestRow], data_dir: Path) -> tuple[list[ManifestRow], list[ManifestRow]]:
+    """(rows naming files, rows naming folders) of a file manifest: a row whose path is a
+    folder inside the data folder labels every file below it as one unit (a study
+    exported as a folder of slices)."""
+    if kind != "file":
+        return rows, []
+    folders = [row for row in rows if inside_folder(row.key) and (data_dir / row.key).is_dir()]
+    named = {id(row) for row in folders}
+    return [row for row in rows if id(row) not in named], folders
+
+
+def resolve_folder_rows(
+    rows: list[ManifestRow], data_dir: Path, skip: set[Path], headers: HeaderCache,
+    filters: dict[str, list[str]], progress: Progress | None, images: list[ImageFacts],
+    rejected: list[tuple[str, str]], seen_uids: set[str],
+) -> None:
+    """Add the images of folder rows: every DICOM file below the folder (any depth),
+    labelled as the row says and grouped as one unit. Non-DICOM files (viewers, READMEs)
+    are skipped silently; a file already labelled by another row is rejected as a
+    duplicate; a folder without any DICOM file is rejected."""
+    members = {id(row): [p.relative_to(data_dir).as_posix() for p in walk_files(data_dir / row.key, skip)]
+               for row in rows}
+    headers.prefetch([relpath for relpaths in members.values() for relpath in relpaths], progress)
+    for row in rows:
+        unit = unit_name("folder", dicom.identifier_key("folder", row.key.rstrip("/")))
+        found = 0
+        for relpath in members[id(row)]:
+            facts = headers.get(relpath)
+            if facts in ("not-dicom", "empty-file"):
+                continue
+            found += 1
+            outcome = facts if isinstance(facts, str) else _accept(replace(facts, unit=unit), row.label, filters)
+            _collect(relpath, outcome, images, rejected, seen_uids)
+        if not found:
+            rejected.append((row.where, "empty-folder"))
 
 
 def subfolders(data_dir: Path) -> list[Path]:

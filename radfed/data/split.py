@@ -1,6 +1,7 @@
 """The train/validation split, by patient (never by image), and its tensors.
 
-Images of one patient never sit on both sides, so validation scores are honest. The
+Images of one patient never sit on both sides, so validation scores are honest; a
+labelled study or series belongs to one patient, so it sits on one side whole. The
 split is a pure function of the patients' keys and a seed: the same on every process,
 machine and Python version.
 """
@@ -15,15 +16,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from radfed.data.headers import ImageFacts
+from radfed.data.slices import Sample
 
 
 @dataclass
 class Split:
-    """Images (N x 1 x S x S float32 in [0, 1]) and int64 labels of one side of the split.
+    """Images (N x C x S x S float32 in [0, 1]; C = 1, or 3 for 2.5D) and int64 labels of
+    one side of the split.
 
     ``patients`` holds, per image, the patient's index within this split
-    (0 .. num_patients-1): enough for patient-level counts, never an ID.
+    (0 .. num_patients-1): enough for patient-level counts, never an ID.  ``units`` holds,
+    per image, its labelled unit's index (0 .. num_units-1): the slices of one study or
+    series share it, an image labelled on its own has its own; validation figures are
+    computed per unit (radfed.unit_scores), so a 200-slice study counts once.
     """
 
     images: torch.Tensor
@@ -31,6 +36,8 @@ class Split:
     num_patients: int
     patients: torch.Tensor | None = None
     files: list[str] | None = None  # per image: its file, relative to the data folder (local only)
+    units: torch.Tensor | None = None
+    num_units: int = 0
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -61,22 +68,30 @@ def patient_split(patient_ids: Iterable[str], val_fraction: float, seed: int) ->
 
 
 
-def build_split(pixels: np.ndarray, images: list[ImageFacts], picks: list[int]) -> Split:
-    """Tensors for the images at positions ``picks``; patients become 0-based indices."""
-    index: dict[str, int] = {}
-    patients = [index.setdefault(images[i].patient, len(index)) for i in picks]
+def build_split(pixels: np.ndarray, samples: list[Sample], picks: list[int]) -> Split:
+    """Tensors for the samples at positions ``picks`` (each sample's channels are rows of
+    ``pixels``); patients and units become 0-based indices, an ungrouped sample (unit '')
+    its own unit."""
+    patient_index: dict[str, int] = {}
+    unit_index: dict[object, int] = {}
+    patients = [patient_index.setdefault(samples[i].patient, len(patient_index)) for i in picks]
+    units = [unit_index.setdefault(samples[i].facts.unit or ("sample", i), len(unit_index)) for i in picks]
     size = pixels.shape[-1]
-    chosen = pixels[picks] if picks else np.zeros((0, size, size), dtype=np.float16)
+    channels = len(samples[0].rows) if samples else 1
+    rows = np.array([samples[i].rows for i in picks], dtype=np.int64).reshape(len(picks), channels)
+    chosen = pixels[rows] if picks else np.zeros((0, channels, size, size), dtype=np.float16)
     return Split(
-        images=torch.from_numpy(chosen.astype(np.float32)).unsqueeze(1),
-        labels=torch.tensor([images[i].label for i in picks], dtype=torch.int64),
-        num_patients=len(index),
+        images=torch.from_numpy(chosen.astype(np.float32)),
+        labels=torch.tensor([samples[i].facts.label for i in picks], dtype=torch.int64),
+        num_patients=len(patient_index),
         patients=torch.tensor(patients, dtype=torch.int64),
-        files=[images[i].relpath for i in picks],
+        files=[samples[i].facts.relpath for i in picks],
+        units=torch.tensor(units, dtype=torch.int64),
+        num_units=len(unit_index),
     )
 
 
-def split_images(images: list[ImageFacts], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def split_images(images: Sequence[Sample], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Positions of train and validation images, split by patient; checks no patient is on both sides."""
     val_patients = patient_split((im.patient for im in images), val_fraction, seed)
     train = [i for i, im in enumerate(images) if im.patient not in val_patients]
@@ -89,11 +104,16 @@ def split_images(images: list[ImageFacts], val_fraction: float, seed: int) -> tu
 
 
 def split_counts(split: Split, labels: Sequence[str]) -> dict[str, Any]:
-    """Images and patients per label for one split (a patient counts once per label they have)."""
+    """Images, labelled units and patients per label for one split (a patient counts once
+    per label they have)."""
     ids = split.labels.tolist()
     images = {name: ids.count(i) for i, name in enumerate(labels)}
     counts: dict[str, Any] = {"images": images, "total_images": len(ids), "total_patients": split.num_patients}
     if split.patients is not None:
         pairs = set(zip(split.patients.tolist(), ids))
         counts["patients"] = {name: sum(1 for _, lab in pairs if lab == i) for i, name in enumerate(labels)}
+    if split.units is not None:
+        pairs = set(zip(split.units.tolist(), ids))
+        counts["units"] = {name: sum(1 for _, lab in pairs if lab == i) for i, name in enumerate(labels)}
+        counts["total_units"] = split.num_units
     return counts
