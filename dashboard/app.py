@@ -1,5 +1,5 @@
 """radfed dashboard: the experiment leaderboard and, per run, its curves, clinics, each
-clinic's data mix and checkpoints.
+clinic's data mix, checkpoints, model card and portable exports (dashboard/exports.py).
 
 Started by `dashboard` (dashboard/cli.py) as
 `streamlit run app.py -- --db URL`; without `--db` it reads DATABASE_URL or the
@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from dashboard.exports import show_exports
 from radfed.reply import CLINIC_MEAN_AUROC, LABELS, POOLED_AUROC
 from radfed.results import mean_sd, rounds_done, summary
 from radfed.store import Store, StoreError, default_database_url
@@ -310,6 +311,7 @@ def show_run(entry: dict[str, Any]) -> None:
     show_traffic(entry)
     show_data_mix(entry)
     show_checkpoints(entry)
+    show_exports(entry)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -216,3 +216,32 @@ def test_cli_prints_the_paths_and_the_difference(tiny_run, tmp_path):
     assert "max abs difference from PyTorch" in result.stderr and "asked for with --round" in result.stderr
     assert json.loads(paths[2].read_text())["selection"]["round"] == 1
 
+
+@pytest.mark.timeout(300)
+def test_dashboard_offers_the_card_and_the_exports(tiny_run, tmp_path, monkeypatch):
+    """A TorchScript file `coordinator export` wrote is offered as it is; ONNX on a click."""
+    import sys
+
+    from streamlit.testing.v1 import AppTest
+
+    db, _ = tiny_run
+    monkeypatch.setenv("RADFED_HOME", str(tmp_path))
+    done = export_run(Store(db), FLWR_RUN, "torchscript")  # the default folder, where the dashboard looks
+    assert done.model.parent == tmp_path / "exports"
+    app = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
+    monkeypatch.setattr(sys, "argv", [str(app), "--db", db])
+    at = AppTest.from_file(str(app), default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    stem = done.model.name[: -len(".pt")]
+    names = {b.label: b for b in at.download_button}
+    assert "Download model card (Markdown)" in names
+    assert f"Download TorchScript ({stem}.pt)" in names and "Download TorchScript model card" in names
+    assert "Export TorchScript" not in [b.label for b in at.button]
+
+    next(b for b in at.button if b.label == "Export ONNX").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert f"Download ONNX ({stem}.onnx)" in [b.label for b in at.download_button]
+    assert (tmp_path / "exports" / f"{stem}.onnx.card.md").is_file()
+    assert any("max abs difference from PyTorch" in c.value for c in at.caption)
