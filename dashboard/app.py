@@ -1,5 +1,5 @@
 """radfed dashboard: the experiment leaderboard and, per run, its curves, clinics, each
-clinic's data mix and checkpoints.
+clinic's data mix, checkpoints, model card and portable exports (dashboard/exports.py).
 
 Started by `dashboard` (dashboard/cli.py) as
 `streamlit run app.py -- --db URL`; without `--db` it reads DATABASE_URL or the
@@ -17,7 +17,11 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+<<<<<<< HEAD
 from dashboard.per_class import show_per_class
+=======
+from dashboard.exports import show_exports
+>>>>>>> exports
 from radfed.reply import CLINIC_MEAN_AUROC, LABELS, POOLED_AUROC
 from radfed.results import mean_sd, rounds_done, summary
 from radfed.store import Store, StoreError, default_database_url
@@ -312,6 +316,7 @@ def show_run(entry: dict[str, Any]) -> None:
     show_traffic(entry)
     show_data_mix(entry)
     show_checkpoints(entry)
+    show_exports(entry)
 
 
 def main(argv: Sequence[str]) -> None:

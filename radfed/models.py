@@ -5,7 +5,9 @@ own input conversion (grey to 3 channels, the weight source's normalisation), so
 code and checkpoints never depend on how a backbone was pretrained.
 
 Architectures: resnet50, densenet121, inception_v3 (torchvision, no auxiliary head),
-inception_resnet_v2 (timm), and resnet18 (a small baseline for tests).
+inception_resnet_v2 (timm), and resnet18 (a small baseline for tests). The table, the
+conventions and the load report live in `radfed.architectures`, shared with
+`radfed.weights` (which reads weight files; this module builds models from them).
 
 Conventions ("normalisation") are a property of the weight source, not of the file, so a
 client that rebuilds a model with ``weights="random"`` and then loads the global
@@ -27,72 +29,24 @@ state_dict must be given the same convention (see `radfed.weights.weights_normal
 
 from __future__ import annotations
 
-import types
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torchvision import models as tvm
 
-# ImageNet statistics, used by torchvision/timm ImageNet weights.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# caffe-style BGR means (0..255) of keras.applications.imagenet_utils, then /255.
-KERAS_CAFFE_MEAN = (103.939 / 255, 116.779 / 255, 123.68 / 255)
-NORMALISATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "radimagenet": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
-    "keras": (KERAS_CAFFE_MEAN, (1.0, 1.0, 1.0)),
-}
-HEAD_PREFIXES = ("fc.", "classifier.", "AuxLogits.", "head.", "classif.")
-STRIP_PREFIXES = ("module.", "backbone.", "model.", "encoder.")
+from radfed.architectures import (
+    IMAGENET_MEAN, IMAGENET_STD, KERAS_CAFFE_MEAN, NORMALISATIONS, ArchInfo, LoadReport,
+    WeightsError, arch_info, default_input_size, keras_layout, list_models,
+)
+from radfed.weights import load_weights
+
+# Re-exported: callers build models from here and catch `WeightsError` from here.
+__all__ = [
+    "IMAGENET_MEAN", "IMAGENET_STD", "KERAS_CAFFE_MEAN", "NORMALISATIONS", "FREEZE_POLICIES",
+    "ArchInfo", "LoadReport", "WeightsError", "Classifier", "arch_info", "default_input_size",
+    "list_models", "create_model", "apply_freeze", "set_train_mode", "trainable_state_keys",
+]
 FREEZE_POLICIES = ("none", "all", "top-k")
-
-
-class WeightsError(ValueError):
-    """A weight file that does not fit the architecture; the message carries the report."""
-
-
-@dataclass
-class LoadReport:
-    """What a weight load matched: refuse anything short of the whole backbone."""
-
-    matched: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: list[str] = field(default_factory=list)
-    head_skipped: list[str] = field(default_factory=list)
-    source_format: str = ""
-    normalisation: str = ""
-
-    @property
-    def complete(self) -> bool:
-        return bool(self.matched) and not self.missing and not self.mismatched
-
-    def summary(self) -> str:
-        text = (
-            f"matched {len(self.matched)}, missing {len(self.missing)}, "
-            f"unexpected {len(self.unexpected)}, shape-mismatched {len(self.mismatched)}, "
-            f"head keys skipped {len(self.head_skipped)}"
-        )
-        if self.missing:
-            text += f"; first missing: {', '.join(self.missing[:3])}"
-        if self.mismatched:
-            text += f"; first mismatched: {', '.join(self.mismatched[:3])}"
-        return text
-
-    def as_dict(self) -> dict:
-        return {
-            "format": self.source_format, "normalisation": self.normalisation,
-            "complete": self.complete,
-            "counts": {k: len(getattr(self, k)) for k in
-                       ("matched", "missing", "unexpected", "mismatched", "head_skipped")},
-            "missing": self.missing, "unexpected": self.unexpected,
-            "mismatched": self.mismatched, "head_skipped": self.head_skipped,
-        }
 
 
 class Classifier(nn.Module):
@@ -130,111 +84,6 @@ class Classifier(nn.Module):
             setattr(self.net, self.head_name, head)
 
 
-# ---------------------------------------------------------------- architectures
-
-def _resnet(builder: Callable[..., nn.Module]) -> Callable[[int], nn.Module]:
-    def make(num_classes: int) -> nn.Module:
-        net = builder(weights=None)
-        net.fc = nn.Linear(net.fc.in_features, num_classes)
-        return net
-
-    return make
-
-
-def _densenet121(num_classes: int) -> nn.Module:
-    net = tvm.densenet121(weights=None)
-    net.classifier = nn.Linear(net.classifier.in_features, num_classes)
-    return net
-
-
-def _inception_v3(num_classes: int) -> nn.Module:
-    net = tvm.inception_v3(weights=None, aux_logits=False, init_weights=False,
-                           transform_input=False)
-    net.fc = nn.Linear(net.fc.in_features, num_classes)
-    return net
-
-
-def _inception_resnet_v2(num_classes: int) -> nn.Module:
-    import timm  # imports in ~2 s: only where it is used
-
-    return timm.create_model("inception_resnet_v2", pretrained=False, num_classes=num_classes)
-
-
-@dataclass(frozen=True)
-class ArchInfo:
-    build: Callable[[int], nn.Module]
-    head: str
-    input_size: int
-    family: str  # "resnet", "densenet", "inception", "inception_resnet"
-
-
-_REGISTRY: dict[str, ArchInfo] = {
-    "resnet50": ArchInfo(_resnet(tvm.resnet50), "fc", 224, "resnet"),
-    "resnet18": ArchInfo(_resnet(tvm.resnet18), "fc", 224, "resnet"),
-    "densenet121": ArchInfo(_densenet121, "classifier", 224, "densenet"),
-    "inception_v3": ArchInfo(_inception_v3, "fc", 299, "inception"),
-    "inception_resnet_v2": ArchInfo(_inception_resnet_v2, "classif", 299, "inception_resnet"),
-}
-
-
-def list_models() -> list[str]:
-    """Architectures `create_model` knows."""
-    return sorted(_REGISTRY)
-
-
-def arch_info(arch: str) -> ArchInfo:
-    if arch not in _REGISTRY:
-        raise WeightsError(f"unknown backbone '{arch}'; allowed: {', '.join(list_models())}")
-    return _REGISTRY[arch]
-
-
-def default_input_size(arch: str) -> int:
-    """The input side the architecture was designed for: 299 for the Inception family."""
-    return arch_info(arch).input_size
-
-
-# --------------------------------------------------------- Keras-compatible layout
-
-def _avg_pool_excl_pad(x: torch.Tensor) -> torch.Tensor:
-    return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
-
-
-def _patched_forward(module: nn.Module) -> Callable:
-    """`_forward` of torchvision's InceptionA/C/E with Keras' padding-free averaging."""
-    fwd = type(module)._forward
-    globs = dict(fwd.__globals__)
-    shim = types.SimpleNamespace(**{n: getattr(F, n) for n in dir(F) if not n.startswith("__")})
-    shim.avg_pool2d = lambda x, kernel_size, stride, padding: _avg_pool_excl_pad(x)
-    globs["F"] = shim
-    new = types.FunctionType(fwd.__code__, globs, fwd.__name__, fwd.__defaults__,
-                             fwd.__closure__)
-    return types.MethodType(new, module)
-
-
-def _keras_layout(net: nn.Module, family: str) -> None:
-    """Make `net` compute what the Keras application of the same family computes."""
-    if family == "resnet":
-        for layer in (net.layer2, net.layer3, net.layer4):
-            block = layer[0]
-            if isinstance(block, tvm.resnet.Bottleneck):
-                block.conv1.stride, block.conv2.stride = (2, 2), (1, 1)
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.eps = 1.001e-5
-    elif family == "densenet":
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.eps = 1.001e-5
-    elif family == "inception":
-        for m in net.modules():
-            if isinstance(m, (tvm.inception.InceptionA, tvm.inception.InceptionC,
-                              tvm.inception.InceptionE)):
-                m._forward = _patched_forward(m)
-            if isinstance(m, nn.BatchNorm2d):
-                m.eps = 1e-3
-    # timm's inception_resnet_v2 already follows Keras (eps 1e-3, pooling without padding).
-
-
 # ---------------------------------------------------------------------- factory
 
 def create_model(arch: str, num_classes: int, weights: str | Path = "random", *,
@@ -257,10 +106,8 @@ def create_model(arch: str, num_classes: int, weights: str | Path = "random", *,
         norm = normalisation or "radimagenet"
         net = info.build(num_classes)
         if norm == "keras":
-            _keras_layout(net, info.family)
+            keras_layout(net, info.family)
     else:
-        from radfed.weights import load_weights  # noqa: PLC0415 - avoids an import cycle
-
         net, report = load_weights(arch, num_classes, Path(weights),
                                    allow_partial=allow_partial)
         if normalisation is not None and (normalisation == "keras") != (
@@ -272,24 +119,6 @@ def create_model(arch: str, num_classes: int, weights: str | Path = "random", *,
         norm = normalisation or report.normalisation
     mean, std = NORMALISATIONS[norm]
     return Classifier(net, mean, std, arch=arch, head_name=info.head, normalisation=norm)
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Load a PyTorch checkpoint's tensors (see `radfed.weights.read_state_dict`)."""
-    from radfed.weights import read_state_dict as _read  # noqa: PLC0415
-
-    return _read(Path(path))
-
-
-def load_backbone_weights(net: nn.Module, path: Path, *, allow_partial: bool = False,
-                          arch: str | None = None) -> LoadReport:
-    """Load every backbone tensor from a PyTorch file into `net`, leaving the head fresh.
-
-    Nothing is written into `net` unless the whole backbone matched (or `allow_partial`).
-    """
-    from radfed.weights import load_torch_into  # noqa: PLC0415
-
-    return load_torch_into(net, read_state_dict(path), allow_partial=allow_partial, arch=arch)
 
 
 # --------------------------------------------------------------- freeze policies

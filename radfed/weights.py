@@ -11,7 +11,7 @@ Formats, detected from the file itself:
 - ``keras-h5``: RadImageNet Keras ``*_notop.h5`` files (weights-only or full-model saves of
   tf.keras 2 / Keras 3 legacy h5; Keras 3 ``.weights.h5`` is refused: it drops layer
   names), converted with h5py + numpy into the Keras-compatible
-  layout of the torch model (see `radfed.models`). Convention "keras".
+  layout of the torch model (see `radfed.architectures.keras_layout`). Convention "keras".
 
 Every load goes into a fresh model, which is only returned when the whole backbone matched
 (or ``allow_partial``); otherwise `WeightsError` carries the `LoadReport` (``err.report``).
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from radfed.models import (
-    HEAD_PREFIXES, STRIP_PREFIXES, LoadReport, WeightsError, _keras_layout, arch_info,
+from radfed.architectures import (
+    HEAD_PREFIXES, STRIP_PREFIXES, LoadReport, WeightsError, arch_info, keras_layout,
 )
 
 H5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -431,7 +431,7 @@ def load_weights(arch: str, num_classes: int, path: str | Path, *,
             report.source_format, report.normalisation = fmt, weights_normalisation(path)
         return net, report
     layers = read_keras_h5(path)
-    _keras_layout(net, info.family)
+    keras_layout(net, info.family)
     guess = guess_keras_arch(layers)
     if guess is not None and guess != arch:
         what += f" (the file looks like a Keras {guess})"

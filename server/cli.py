@@ -8,6 +8,7 @@ Examples:
     coordinator superlink --host 0.0.0.0 --port 9092
     coordinator run experiment.toml                      (on the coordinator: the control door 127.0.0.1:9093)
     coordinator leaderboard --json
+    coordinator export 8577920735297922023 --format onnx     (the selected round, with its model card)
     coordinator baseline experiment.toml --data clinic-1 --data clinic-2   (generated/consented data only)
 """
 
@@ -28,13 +29,16 @@ app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
 
 
 def _mount_subcommands() -> None:
-    from server import security_cli, sweep_cli
+    from server import export_cli, security_cli, sweep_cli
     from server.weights_cli import weights_app
 
     app.add_typer(weights_app, name="weights", help="Inspect weight files before an experiment uses them.")
     security_cli.mount(app)
     app.command("baseline")(__import__("server.baseline_cli", fromlist=["baseline"]).baseline)
     sweep_cli.mount(app)
+    export_cli.mount(app)
+
+
 out = Console()
 err = Console(stderr=True)
 

@@ -89,7 +89,9 @@ def test_leaderboard_in_auroc_order(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert (row["Clinic"], row["normal images"], row["opacity images"], row["normal patients"]) == ("clinic-a", 6, 4, 4)
     assert (row["Train images"], row["Val images"], row["Patients"], row["Rejected"]) == (8, 2, 7, 2)
     assert row["Modalities"] == "CR 7, DX 3" and row["Rejected by reason"] == "corrupt 2"
-    assert len(at.download_button) == 1
+    labels = [b.label for b in at.download_button]
+    assert labels == ["Download selected and last checkpoint (round 2)", "Download model card (Markdown)"]
+    assert {b.label for b in at.button} >= {"Export ONNX", "Export TorchScript"}  # made on demand
 
 
 def test_sweep_groups_are_shown(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
