@@ -67,7 +67,7 @@ def dicomweb_plugin() -> str | None:
         for path in sorted(glob.glob(pattern)):
             return path
     if shutil.which("dpkg"):
-        listing = subprocess.run(["dpkg", "-L", "orthanc-dicomweb"], capture_output=True, text=True).stdout
+        listing = subprocess.run(["dpkg", "-L", "orthanc-dicomweb"], check=False, capture_output=True, text=True).stdout
         for line in listing.splitlines():
             if "libOrthancDicomWeb.so" in line and Path(line).is_file():
                 return line

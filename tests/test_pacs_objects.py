@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +68,8 @@ def overlay(rows: int, columns: int, seed: int = 0) -> np.ndarray:
 
 
 def report(source: Dataset, sc: Dataset | None = None, **changes) -> Dataset:
-    arguments = dict(finding="opacity", probability=0.8125, threshold=0.5, model_name="resnet18-chest",
-                     model_digest=DIGEST, model_version="round 12", sc=sc)
+    arguments = {"finding": "opacity", "probability": 0.8125, "threshold": 0.5, "model_name": "resnet18-chest",
+                 "model_digest": DIGEST, "model_version": "round 12", "sc": sc}
     arguments.update(changes)
     return structured_report(source, **arguments)
 
@@ -86,7 +87,7 @@ def dciodvfy_errors(ds: Dataset, folder: Path) -> tuple[list[str], list[str]]:
         pytest.skip(reason)
     path = folder / f"{ds.SOPInstanceUID}.dcm"
     ds.save_as(path, enforce_file_format=True)
-    done = subprocess.run([binary, str(path)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([binary, str(path)], check=False, capture_output=True, text=True, timeout=60)
     lines = (done.stdout + done.stderr).splitlines()
     return [line for line in lines if line.startswith("Error")], [line for line in lines if line.startswith("Warning")]
 
@@ -209,6 +210,58 @@ def test_bad_overlay_is_refused_in_one_line(bad: np.ndarray, words: str, sources
     with pytest.raises(ValueError, match=words) as caught:
         secondary_capture(sources["dx"], bad)
     assert "\n" not in str(caught.value) and str(sources["dx"].PatientName) not in str(caught.value)
+
+
+# ----------------------------------------------------------------------------- awkward sources
+
+
+@pytest.mark.parametrize("keyword, value", [
+    ("PatientSex", "X"),  # not an enumerated value: highdicom alone refuses it
+    ("PatientBirthDate", "1955-02-30"),  # not a DA: highdicom alone quotes it in its error
+    ("PatientName", "Vantongeren"),  # one component: highdicom alone warns, quoting the name
+    ("PatientID", None), ("PatientSex", None), ("StudyID", None), ("StudyDate", None),
+    ("AccessionNumber", None),  # Type 2 but missing: highdicom's SR alone raises AttributeError
+])
+def test_awkward_source_headers_are_kept_as_they_are(keyword: str, value: str | None,
+                                                     sources: dict[str, Dataset], tmp_path: Path) -> None:
+    source = sources["ct"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if value is None:
+            delattr(source, keyword)
+        else:
+            setattr(source, keyword, value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing may warn: warnings can quote PHI
+        sc = secondary_capture(source, overlay(16, 16))
+        sr = report(source, sc)
+    for made in (sc, sr):
+        kept = made[keyword].value  # present: Type 2
+        assert (str(kept) if kept else "") == (value or "")  # the PACS matches on the source's values
+        if value is None:  # a missing Type 2 attribute becomes an empty one: no new error
+            errors, _ = dciodvfy_errors(made, tmp_path)
+            assert errors == []
+    assert keyword in source or value is None  # the source itself is untouched
+    assert read_report(sr).probability == 0.8125
+
+
+def test_source_without_uids_is_refused_naming_no_value(sources: dict[str, Dataset]) -> None:
+    source = sources["dx"]
+    del source.StudyInstanceUID
+    for build in (lambda: secondary_capture(source, overlay(8, 8)), lambda: report(source)):
+        with pytest.raises(ValueError, match="lacks StudyInstanceUID") as caught:
+            build()
+        assert str(source.PatientName) not in str(caught.value) and str(source.PatientID) not in str(caught.value)
+
+
+def test_source_is_not_modified(sources: dict[str, Dataset]) -> None:
+    source = sources["ct"]
+    source.PatientSex = "X"
+    before = source.to_json_dict()
+    sc = secondary_capture(source, overlay(8, 8))
+    report(source, sc)
+    sc.PatientName = "Changed^Later"  # the objects share no element with the source
+    assert source.to_json_dict() == before
 
 
 # ----------------------------------------------------------------------------- SR content

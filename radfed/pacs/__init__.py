@@ -6,7 +6,8 @@ and a Structured Report of the finding and its probability (:func:`structured_re
 and stores them with DICOMweb STOW-RS (:func:`store_instances`).  Everything here runs at
 the clinic; nothing is sent to the coordinator.
 
-Modules, one concept each: ``vocabulary`` (codes and names we write), ``capture`` (the SC),
+Modules, one concept each: ``vocabulary`` (codes and names we write), ``source`` (what we
+take from the source image, keeping its values out of messages), ``capture`` (the SC),
 ``report`` (the SR and reading it back), ``dicomweb`` (STOW/QIDO/WADO-RS).
 """
 
@@ -27,8 +28,8 @@ from radfed.pacs.vocabulary import PRIVATE_SCHEME, finding_code
 __all__ = [
     "DEFAULT_SC_SERIES_NUMBER",
     "DEFAULT_SR_SERIES_NUMBER",
-    "DicomWebError",
     "PRIVATE_SCHEME",
+    "DicomWebError",
     "ReportedFinding",
     "finding_code",
     "patient_orientation",

@@ -21,12 +21,12 @@ clinic.  Error messages never quote a tag value.
 from __future__ import annotations
 
 import numpy as np
-from highdicom import SOPClass
 from highdicom.sc import SCImage
 from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from radfed.pacs.source import building, copy_patient_and_study, reference_header
 from radfed.pacs.vocabulary import MANUFACTURER, SOURCE_IMAGE_PURPOSE, software_version
 
 __all__ = ["DEFAULT_SC_SERIES_NUMBER", "patient_orientation", "secondary_capture"]
@@ -47,7 +47,7 @@ def patient_orientation(source: Dataset) -> tuple[str, str] | None:
     nearest letter for oblique ones (highdicom accepts single letters only).
     """
     letters = source.get("PatientOrientation")
-    if letters and len(letters) == 2 and all(letters):
+    if letters and len(letters) == 2 and all(str(v)[:1] in _POSITIVE + _NEGATIVE for v in letters):
         return str(letters[0])[:1], str(letters[1])[:1]
     cosines = source.get("ImageOrientationPatient")
     if not cosines or len(cosines) != 6:
@@ -98,18 +98,6 @@ def _source_reference(source: Dataset) -> Dataset:
     return item
 
 
-def _copy_patient_and_study(target: SOPClass, source: Dataset) -> None:
-    """Every Patient- and Study-level attribute of `source` that its IOD defines.
-
-    highdicom knows the module layout of standard SOP classes only; for a private one the
-    handful of attributes its constructors copied has to do.
-    """
-    try:
-        target.copy_patient_and_study_information(source)
-    except KeyError:  # a SOP class highdicom has no IOD table for
-        pass
-
-
 def _copy_series_context(sc: Dataset, source: Dataset) -> None:
     """Body part and laterality of the source's series: what the SC shows is the same anatomy.
 
@@ -117,7 +105,7 @@ def _copy_series_context(sc: Dataset, source: Dataset) -> None:
     """
     for keyword in ("BodyPartExamined", "Laterality", "ImageLaterality"):
         if keyword in source and (source[keyword].value or keyword == "Laterality"):
-            sc[keyword] = source[keyword]
+            sc.add_new(keyword, "CS", source[keyword].value)  # a new element: nothing shared with the source
 
 
 def secondary_capture(
@@ -142,9 +130,27 @@ def secondary_capture(
     made it.
     """
     pixels = _check_overlay(overlay_rgb)
-    orientation = patient_orientation(source)
+    header = reference_header(source)
+    orientation = patient_orientation(header)
+    with building("Secondary Capture"):
+        sc = _build(header, pixels, orientation, series_number=series_number, series_description=series_description,
+                    instance_number=instance_number, series_instance_uid=series_instance_uid,
+                    sop_instance_uid=sop_instance_uid, model_name=model_name)
+    copy_patient_and_study(sc, source)
+    _copy_series_context(sc, header)
+    sc.SourceImageSequence = [_source_reference(header)]
+    sc.DerivationDescription = derivation_description
+    # The overlay shows the source's pixels: text burned into them is burned into ours.
+    sc.BurnedInAnnotation = "YES" if header.get("BurnedInAnnotation") == "YES" else "NO"
+    return sc
+
+
+def _build(header: Dataset, pixels: np.ndarray, orientation: tuple[str, str] | None, *, series_number: int,
+           series_description: str, instance_number: int, series_instance_uid: str | None,
+           sop_instance_uid: str | None, model_name: str | None) -> SCImage:
+    """highdicom's SCImage from the reference header (see radfed.pacs.source)."""
     sc = SCImage.from_ref_dataset(
-        ref_dataset=source,
+        ref_dataset=header,
         pixel_array=pixels,
         photometric_interpretation="RGB",
         bits_allocated=8,
@@ -156,7 +162,7 @@ def secondary_capture(
         manufacturer=MANUFACTURER,
         # highdicom requires letters for a PATIENT image; unknown ones are emptied below.
         patient_orientation=orientation or ("L", "F"),
-        pixel_spacing=_scaled_pixel_spacing(source, pixels.shape[0], pixels.shape[1]),
+        pixel_spacing=_scaled_pixel_spacing(header, pixels.shape[0], pixels.shape[1]),
         transfer_syntax_uid=ExplicitVRLittleEndian,
         series_description=series_description,
         manufacturer_model_name=model_name,
@@ -164,11 +170,5 @@ def secondary_capture(
     )
     if orientation is None:
         sc.PatientOrientation = ""  # Type 2C: present, empty = unknown
-    _copy_patient_and_study(sc, source)
-    _copy_series_context(sc, source)
-    sc.SourceImageSequence = [_source_reference(source)]
-    sc.DerivationDescription = derivation_description
-    # The overlay shows the source's pixels: text burned into them is burned into ours.
-    sc.BurnedInAnnotation = "YES" if source.get("BurnedInAnnotation") == "YES" else "NO"
     return sc
 

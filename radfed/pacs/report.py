@@ -49,6 +49,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
+from radfed.pacs.source import building, copy_patient_and_study, reference_header
 from radfed.pacs.vocabulary import (
     ABSENT,
     IMAGING_PROCEDURE,
@@ -137,7 +138,33 @@ def structured_report(
     if not str(model_name).strip() or not str(model_digest).strip():
         raise ValueError("model_name and model_digest must be non-empty")
     concept = finding_code(finding)
-    images = _unique_instances([source, *evidence])
+    # Built from reference headers (see radfed.pacs.source); the source's own Patient and
+    # Study attributes are copied over afterwards.
+    images = _unique_instances([reference_header(ds) for ds in (source, *evidence)])
+    library = images + ([sc] if sc is not None else [])
+    with building("Structured Report"):
+        sr = ComprehensiveSR(
+            evidence=library,
+            content=_content(concept, probability, threshold, model_name, model_digest, model_version, images, library),
+            series_instance_uid=series_instance_uid or generate_uid(),
+            series_number=series_number,
+            sop_instance_uid=sop_instance_uid or generate_uid(),
+            instance_number=instance_number,
+            manufacturer=MANUFACTURER,
+            is_complete=True,
+            series_description=series_description,
+            manufacturer_model_name=model_name,
+            software_versions=software_version(),
+            # Declared only when used: dciodvfy warns about any designator it does not know.
+            coding_schemes=[RADFED_CODING_SCHEME] if concept.scheme_designator == PRIVATE_SCHEME else None,
+        )
+    copy_patient_and_study(sr, source)
+    return sr
+
+
+def _content(concept: Code, probability: float, threshold: float, model_name: str, model_digest: str,
+             model_version: str | None, images: list[Dataset], library: list[Dataset]) -> MeasurementReport:
+    """The TID 1500 content tree: observer, image library, one measurement group."""
     parameters = [f"model version {model_version}"] if model_version else None
     algorithm = AlgorithmIdentification(name=model_name, version=model_digest, parameters=parameters)
     group = MeasurementsAndQualitativeEvaluations(
@@ -151,27 +178,11 @@ def structured_report(
         qualitative_evaluations=[QualitativeEvaluation(concept, PRESENT if probability >= threshold else ABSENT)],
         source_images=[SourceImageForMeasurementGroup.from_source_image(ds) for ds in images],
     )
-    library = images + ([sc] if sc is not None else [])
-    content = MeasurementReport(
+    return MeasurementReport(
         observation_context=_observation_context(model_name, model_digest),
         procedure_reported=IMAGING_PROCEDURE,
         imaging_measurements=[group],
         referenced_images=library,
-    )
-    return ComprehensiveSR(
-        evidence=library,
-        content=content,
-        series_instance_uid=series_instance_uid or generate_uid(),
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid or generate_uid(),
-        instance_number=instance_number,
-        manufacturer=MANUFACTURER,
-        is_complete=True,
-        series_description=series_description,
-        manufacturer_model_name=model_name,
-        software_versions=software_version(),
-        # Declared only when used: dciodvfy warns about any designator it does not know.
-        coding_schemes=[RADFED_CODING_SCHEME] if concept.scheme_designator == PRIVATE_SCHEME else None,
     )
 
 
