@@ -254,6 +254,32 @@ def test_source_without_uids_is_refused_naming_no_value(sources: dict[str, Datas
         assert str(source.PatientName) not in str(caught.value) and str(source.PatientID) not in str(caught.value)
 
 
+def test_non_images_are_refused(sources: dict[str, Dataset]) -> None:
+    plan = pydicom.dcmread(PYDICOM_FILES / "rtplan.dcm")
+    for build in (lambda: secondary_capture(plan, overlay(8, 8)), lambda: report(plan),
+                  lambda: report(sources["ct"], evidence=[plan])):
+        with pytest.raises(ValueError, match="not an image"):
+            build()
+
+
+@pytest.mark.parametrize("kind", ["ct", "mr"])
+def test_source_silent_on_laterality_and_body_part_gets_unknown_laterality(kind: str, sources: dict[str, Dataset],
+                                                                           tmp_path: Path) -> None:
+    source = sources[kind]
+    del source.Laterality  # now nothing says which side, nor which body part
+    sc = secondary_capture(source, overlay(8, 8))
+    assert sc.Laterality == ""  # Type 2C, empty: unknown (dciodvfy: a warning, not a missing-attribute error)
+    errors, _ = dciodvfy_errors(sc, tmp_path)
+    assert errors == []
+
+
+def test_long_names_are_refused(sources: dict[str, Dataset]) -> None:
+    with pytest.raises(ValueError, match="model_name must be at most 64"):
+        secondary_capture(sources["ct"], overlay(8, 8), model_name="m" * 65)
+    with pytest.raises(ValueError, match="series_description must be at most 64"):
+        report(sources["ct"], series_description="d" * 65)
+
+
 def test_source_is_not_modified(sources: dict[str, Dataset]) -> None:
     source = sources["ct"]
     source.PatientSex = "X"

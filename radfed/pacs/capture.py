@@ -26,7 +26,7 @@ from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from radfed.pacs.source import building, copy_patient_and_study, reference_header
+from radfed.pacs.source import building, check_lo, copy_patient_and_study, reference_header
 from radfed.pacs.vocabulary import MANUFACTURER, SOURCE_IMAGE_PURPOSE, software_version
 
 __all__ = ["DEFAULT_SC_SERIES_NUMBER", "patient_orientation", "secondary_capture"]
@@ -101,11 +101,15 @@ def _source_reference(source: Dataset) -> Dataset:
 def _copy_series_context(sc: Dataset, source: Dataset) -> None:
     """Body part and laterality of the source's series: what the SC shows is the same anatomy.
 
-    Laterality is Type 2C: a source that sends it empty (unknown) gets an empty one.
+    Laterality is Type 2C (needed for a paired body part): a source that sends it empty
+    (unknown) gets an empty one, and so does a source that says nothing of laterality nor
+    body part; a source naming an unpaired body part (CHEST) and no laterality gets none.
     """
     for keyword in ("BodyPartExamined", "Laterality", "ImageLaterality"):
         if keyword in source and (source[keyword].value or keyword == "Laterality"):
             sc.add_new(keyword, "CS", source[keyword].value)  # a new element: nothing shared with the source
+    if not any(keyword in sc for keyword in ("BodyPartExamined", "Laterality", "ImageLaterality")):
+        sc.Laterality = ""
 
 
 def secondary_capture(
@@ -130,6 +134,8 @@ def secondary_capture(
     made it.
     """
     pixels = _check_overlay(overlay_rgb)
+    check_lo("series_description", series_description)
+    check_lo("model_name", model_name)
     header = reference_header(source)
     orientation = patient_orientation(header)
     with building("Secondary Capture"):

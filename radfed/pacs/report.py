@@ -49,7 +49,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from radfed.pacs.source import building, copy_patient_and_study, reference_header
+from radfed.pacs.source import building, check_lo, copy_patient_and_study, reference_header
 from radfed.pacs.vocabulary import (
     ABSENT,
     IMAGING_PROCEDURE,
@@ -137,6 +137,8 @@ def structured_report(
     threshold = _fraction("threshold", threshold)
     if not str(model_name).strip() or not str(model_digest).strip():
         raise ValueError("model_name and model_digest must be non-empty")
+    check_lo("model_name", model_name)
+    check_lo("series_description", series_description)
     concept = finding_code(finding)
     # Built from reference headers (see radfed.pacs.source); the source's own Patient and
     # Study attributes are copied over afterwards.

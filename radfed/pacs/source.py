@@ -28,7 +28,8 @@ from pydicom.valuerep import DA, TM
 
 from radfed.dicom import pydicom_quiet
 
-__all__ = ["REQUIRED_UIDS", "TYPE2_PATIENT_STUDY", "building", "copy_patient_and_study", "reference_header"]
+__all__ = ["REQUIRED_UIDS", "TYPE2_PATIENT_STUDY", "building", "check_lo", "copy_patient_and_study",
+           "reference_header"]
 
 REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
@@ -82,6 +83,8 @@ def reference_header(source: Dataset) -> Dataset:
     missing = [keyword for keyword in REQUIRED_UIDS if not source.get(keyword)]
     if missing:
         raise ValueError(f"the source image lacks {', '.join(missing)}: it is not a stored DICOM instance")
+    if not source.get("Rows") or not source.get("Columns"):
+        raise ValueError("the source has no Rows/Columns: it is not an image")
     header = _without_pixels(source)
     with pydicom_quiet():
         for keyword, vr in TYPE2_PATIENT_STUDY.items():
@@ -105,6 +108,12 @@ def copy_patient_and_study(target: SOPClass, source: Dataset) -> None:
         for keyword, vr in TYPE2_PATIENT_STUDY.items():
             if keyword not in target:
                 target.add_new(keyword, vr, "")
+
+
+def check_lo(name: str, value: str | None) -> None:
+    """A ValueError unless `value` fits a LO element (64 characters, no backslash)."""
+    if value is not None and (len(value) > 64 or "\\" in value):
+        raise ValueError(f"{name} must be at most 64 characters without a backslash")
 
 
 @contextmanager
