@@ -247,5 +247,11 @@ def test_not_a_url(url: str) -> None:
         search_studies(url)
 
 
+def test_datasets_without_file_meta_are_refused_before_sending(dx_source: pydicom.Dataset) -> None:
+    del dx_source.file_meta
+    with pytest.raises(ValueError, match="instance 1 of 1 has no file meta"):
+        store_instances(f"http://127.0.0.1:{free_port()}/dicom-web", [dx_source])
+
+
 def test_nothing_to_store_sends_nothing() -> None:
     assert len(store_instances(f"http://127.0.0.1:{free_port()}/dicom-web", [])) == 0

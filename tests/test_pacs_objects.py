@@ -382,6 +382,14 @@ def test_further_evidence_of_the_study(dx_files: list[Path], tmp_path: Path) -> 
     assert errors == []
 
 
+def test_evidence_from_another_study_is_refused(sources: dict[str, Dataset]) -> None:
+    other_study_sc = secondary_capture(sources["mr"], overlay(8, 8))
+    with pytest.raises(ValueError, match="source's study"):
+        report(sources["ct"], sc=other_study_sc)
+    with pytest.raises(ValueError, match="source's study"):
+        report(sources["ct"], evidence=[sources["dx"]])
+
+
 def test_same_model_same_observer_device(sources: dict[str, Dataset]) -> None:
     def device_uid(sr: Dataset) -> str:
         return named(content_items(sr.ContentSequence), "121012")[0].UID  # Device Observer UID

@@ -174,6 +174,10 @@ def store_instances(
     datasets = list(datasets)
     if not datasets:
         return Dataset()
+    for number, ds in enumerate(datasets, start=1):
+        if "TransferSyntaxUID" not in getattr(ds, "file_meta", Dataset()):
+            raise ValueError(f"instance {number} of {len(datasets)} has no file meta Transfer Syntax UID: "
+                             "give datasets read with pydicom.dcmread or made by radfed.pacs")
     client = _client(url, session, timeout)
     with _errors(url, "STOW-RS"):
         reply = client.store_instances(datasets=datasets)

@@ -143,6 +143,9 @@ def structured_report(
     # Built from reference headers (see radfed.pacs.source); the source's own Patient and
     # Study attributes are copied over afterwards.
     images = _unique_instances([reference_header(ds) for ds in (source, *evidence)])
+    # A reference to another study (maybe another patient) in a PACS is a safety hazard.
+    if any(ds.StudyInstanceUID != source.StudyInstanceUID for ds in [*images, *([sc] if sc is not None else [])]):
+        raise ValueError("evidence and sc must belong to the source's study")
     library = images + ([sc] if sc is not None else [])
     with building("Structured Report"):
         sr = ComprehensiveSR(
