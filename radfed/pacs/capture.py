@@ -8,8 +8,9 @@ what it leaves to the caller and a PACS needs to file and explain the image:
 - the whole Patient and Study modules of the source (highdicom copies a handful of
   attributes; a PACS reconciles on e.g. Issuer of Patient ID and Other Patient IDs too);
 - a Source Image Sequence that points at the source instance (why this image exists);
-- the source's orientation letters, body part and laterality, so that hanging protocols
-  and dciodvfy's General Series rules are satisfied;
+- the source's orientation letters, body part and laterality as the source gives them (an
+  empty, i.e. unknown, Laterality when it gives neither laterality nor body part), for
+  hanging protocols and the General Series rules (dciodvfy checks them);
 - Pixel Spacing scaled to the overlay's size, only when the source has calibrated
   Pixel Spacing (a DX's Imager Pixel Spacing is at the detector, not in the patient, so
   copying it would make measurements on the SC wrong).
@@ -127,7 +128,8 @@ def secondary_capture(
     """A Secondary Capture of `overlay_rgb` in `source`'s study, in a new series.
 
     `source` is the image the overlay explains (headers suffice; pixels are not read).
-    `overlay_rgb` is H x W x 3 uint8, any size: a PACS shows it as it is.  Pass the same
+    `overlay_rgb` is H x W x 3 uint8, any size, showing the source as stored (not flipped
+    or rotated): the orientation letters and pixel spacing are the source's.  Pass the same
     `series_instance_uid` (and increasing `instance_number`) to put the overlays of
     several images in one series; by default each call starts a new series.
     `model_name` becomes the Manufacturer's Model Name, so a PACS can tell which model
