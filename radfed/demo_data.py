@@ -35,6 +35,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from radfed.demo_findings import write_findings
 from radfed.dicom import pydicom_quiet
 from radfed.xray_iod import add_dx_attributes
 
@@ -226,6 +227,9 @@ def render_chest(
     density += _vessels(rng, u, v, anatomy) * lung_field + 0.02 * _smooth_noise(rng, shape, 5)
     if lesion is not None:
         density += _lesion(u, v, cols, rows, lesion) * np.clip(body, 0, 1)
+        # where it was drawn, in pixels (radfed.demo_findings: does a heat map point there?)
+        lesion["drawn"] = ((float(lesion["v"] + shift_v) + 1) / 2 * (rows - 1),
+                           (float(lesion["u"] + shift_u) + 1) / 2 * (cols - 1), float(lesion["radius"] * cols))
     gain, offset = rng.uniform(0.92, 1.08), rng.normal(0, 0.02)
     density = density * gain + offset + rng.normal(0, 0.012, size=shape)
     return np.clip(density, 0.0, 1.0)
@@ -378,8 +382,13 @@ def _write_patient(
         tags = {**identity, **study, "InstitutionName": ctx["institution"], "SOPInstanceUID": uid,
                 "SeriesInstanceUID": _uid(ctx["seed"], ctx["clinic_index"], patient, "series", k),
                 "SeriesNumber": k + 1, "InstanceNumber": 1}
-        density = render_chest(rng, (profile.rows, profile.columns), anatomy, _jitter(rng, lesion))
+        drawn = _jitter(rng, lesion)
+        density = render_chest(rng, (profile.rows, profile.columns), anatomy, drawn)
         relpath = f"study-{patient + 1:04d}/series-{ctx['series']}/IM{k + 1}{profile.extension}"
+        if drawn is not None:
+            row, col, radius = drawn["drawn"]
+            ctx["findings"][relpath] = {"row": row, "col": col, "radius": radius,
+                                        "rows": profile.rows, "cols": profile.columns}
         _save(_image_dataset(profile, _stored_values(density, profile), tags), out_dir / relpath, profile.syntax)
         written.append((relpath, uid, label))
     return written
@@ -421,11 +430,13 @@ def write_clinic(
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, clinic_index])
     ctx = {"profile": _profile(clinic_index), "clinic_index": clinic_index, "seed": seed, "series": 0,
-           "used_ids": set(), "institution": _INSTITUTIONS[clinic_index % len(_INSTITUTIONS)]}
+           "used_ids": set(), "institution": _INSTITUTIONS[clinic_index % len(_INSTITUTIONS)],
+           "findings": {}}
     entries: list[tuple[str, str, int]] = []
     patient_labels = _patient_labels(rng, n_patients, prevalence)
     for patient, label in enumerate(patient_labels):
         entries += _write_patient(out_dir, rng, ctx, patient, label)
+    write_findings(out_dir, ctx["findings"])
     key = _write_manifest(out_dir, clinic_index, entries)
     return _clinic_summary(clinic_index, ctx["profile"], key, patient_labels, entries)
 

@@ -87,6 +87,29 @@ def test_small_demo_two_clinics_end_to_end(tmp_path, monkeypatch):
         assert {("enrolled", clinic), ("registered", clinic), ("connected", clinic),
                 ("contributed", clinic)} <= kinds
     _assert_no_phi_left_the_clinics(work)
+    _check_delivery_and_predict(entry, work, tmp_path)
+
+
+def _check_delivery_and_predict(entry: dict, work, tmp_path) -> None:
+    """Each clinic holds the run's model (secure path: delivered by node key); `client-node
+    predict` on its own folder reproduces its recorded AUROC and writes heat maps whose
+    peaks are scored against where the generator drew the opacities."""
+    from radfed.demo_findings import heatmap_hits
+
+    final = max(c["server_round"] for c in entry["checkpoints"])
+    for name in ("clinic-1", "clinic-2"):
+        assert (work / "nodes" / name / "models" / f"run-{entry['flwr_run_id']}" / "final.pt").is_file()
+        out = tmp_path / f"predict-{name}"
+        proc = cli("client_node.cli", "predict", "--model", entry["flwr_run_id"], "--name", name,
+                   "--home", str(work / "nodes"), "--data", str(work / "data" / name), "--out", str(out))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        summary = json.loads((out / "summary.json").read_text())
+        recorded = [c["auroc"] for c in entry["clinics"] if c["clinic"] == name and c["phase"] == "evaluate"
+                    and c["server_round"] == final]
+        if recorded[0] is not None:
+            assert abs(summary["validation"]["auroc"] - recorded[0]) <= 1e-6
+        hits = heatmap_hits(work / "data" / name, out / "predictions.csv", 32)
+        assert hits["images"] > 0 and 0 <= hits["hits"] <= hits["images"]
 
 
 def _assert_no_phi_left_the_clinics(work):
@@ -101,7 +124,7 @@ def _assert_no_phi_left_the_clinics(work):
     outboxes = sorted((work / "nodes").glob("*/outbox.jsonl"))
     assert len(outboxes) == 2
     sent = [json.loads(line) for box in outboxes for line in box.read_text().splitlines()]
-    assert {m["type"] for m in sent} == {"train", "evaluate"}
+    assert {m["type"] for m in sent} == {"train", "evaluate", "query"}  # query: the model delivered
     assert all(m["metrics"] and m["configs"] for m in sent)
     with sqlite3.connect(work / "radfed.db") as con:
         dump = "\n".join(con.iterdump())

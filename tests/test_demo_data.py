@@ -26,8 +26,8 @@ def demo_federation(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 def dicom_files(folder: Path) -> list[Path]:
-    """Every file but the manifest."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "labels.csv")
+    """Every file but the manifest and the generator's record of where it drew findings."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in ("labels.csv", "findings.json"))
 
 
 def headers(folder: Path) -> list[pydicom.Dataset]:

@@ -33,7 +33,7 @@ def dciodvfy() -> str:
 
 
 def dicom_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "labels.csv")
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in ("labels.csv", "findings.json"))
 
 
 def write_every_demo_profile(out: Path) -> list[Path]:

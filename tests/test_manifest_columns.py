@@ -156,7 +156,7 @@ def test_a_folder_without_labels_is_audited_exit_0(clinic, tmp_path):
     bare = tmp_path / "bare"
     shutil.copytree(folder, bare)
     (bare / "labels.csv").unlink()
-    (bare / "README.txt").write_text("viewer notes")
+    (bare / "README.txt").write_text("viewer notes")  # with findings.json: 2 files that are not images
     (bare / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")
     result = CliRunner().invoke(_app(), ["check-data", str(bare), "--image-size", "16", "--json"])
     assert result.exit_code == 0, result.output
@@ -164,7 +164,7 @@ def test_a_folder_without_labels_is_audited_exit_0(clinic, tmp_path):
 
     card = json.loads(result.output[result.output.index("{"):])
     summary = card["summary"]
-    assert summary["images"] == len(rows) - 1 and summary["not_images"] == 1 and summary["labels"] == []
+    assert summary["images"] == len(rows) - 1 and summary["not_images"] == 2 and summary["labels"] == []
     assert summary["rejected_total"] == 1 and card["rejected"][0]["where"] == "broken.dcm"
     assert summary["modalities"] and summary["transfer_syntaxes"] and summary["patients"] == 6
     assert "labels are missing" in card["note"]
