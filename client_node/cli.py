@@ -221,6 +221,8 @@ def predict(
     label_source: Annotated[Optional[str], typer.Option(help="manifest, folders or tag, as for start.")] = None,
     label_tag: Annotated[Optional[str], typer.Option(help="DICOM keyword holding the label (label-source tag).")] = None,
     cam: Annotated[bool, typer.Option(help="Write a Grad-CAM heat map overlay per image.")] = True,
+    dicom_out: Annotated[bool, typer.Option(help="Also write a DICOM Secondary Capture (heat map) and Structured Report (finding) per file under OUT/dicom.")] = False,
+    dicomweb: Annotated[Optional[str], typer.Option(help="Store those DICOM results in this DICOMweb root (STOW-RS), e.g. the clinic's PACS.")] = None,
     workers: Annotated[int, typer.Option(help="Processes decoding DICOM in parallel.")] = 1,
     home: Annotated[Optional[Path], typer.Option(help="Folder for node state (default ~/.radfed/nodes).")] = None,
 ) -> None:
@@ -237,11 +239,14 @@ def predict(
     client-node predict --model 1234567890 --kind selected --data /pacs/new-studies --out ./new --no-cam
 
     client-node predict --model ~/.radfed/nodes/clinic-a/models/run-1234567890/final.pt --data /pacs/export --out ./p
+
+    client-node predict --model 1234567890 --data /pacs/export --out ./p --dicom-out --dicomweb http://pacs:8042/dicom-web
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from client_node.node import nodes_home_for
     from radfed.data import DataError
+    from radfed.pacs import DicomWebError
     from radfed.prediction import ModelFileError, predict_folder, resolve_model_file
 
     if kind not in ("final", "selected"):
@@ -263,14 +268,17 @@ def predict(
             path = resolve_model_file(model, nodes_home_for(home, name) / "models", kind)
         with bar:
             summary = predict_folder(path, data, out, manifest=labels, local_options=local, cam=cam,
-                                     workers=workers, progress=progress)
-    except (ModelFileError, DataError, NodeError) as e:
+                                     workers=workers, dicom_out=dicom_out, dicomweb=dicomweb, progress=progress)
+    except (ModelFileError, DataError, NodeError, DicomWebError) as e:
         _fail(str(e))
     except ValueError as e:
         _fail(str(e), 2)
     err.print(f"predicted {summary['images']} images with the {summary['kind']} model of "
               f"{summary['experiment']} (round {summary['round']}); {summary['heatmaps']} heat maps; "
               f"{summary['rejected']} files rejected; written to {out}", highlight=False, soft_wrap=True)
+    if summary.get("dicom_files"):
+        err.print(f"{summary['dicom_files']} DICOM results in {out / 'dicom'}"
+                  + (f", stored at {dicomweb}" if dicomweb else ""), highlight=False, soft_wrap=True)
     if "validation" in summary:
         v = summary["validation"]
         err.print(f"validation patients: AUROC {v['auroc']:.6f} [{v['auroc_low']:.3f}-{v['auroc_high']:.3f}] "

@@ -72,9 +72,10 @@ def _targets(logits: np.ndarray) -> list[int]:
 
 def predict_folder(model_file: Path, data_dir: Path, out_dir: Path, *, manifest: Path | None = None,
                    local_options: dict[str, Any] | None = None, cam: bool = True,
-                   cache_dir: Path | None = None, workers: int = 1,
-                   progress: Progress | None = None) -> dict[str, Any]:
-    """Predict every usable image of data_dir with a delivered model; returns the summary."""
+                   cache_dir: Path | None = None, workers: int = 1, dicom_out: bool = False,
+                   dicomweb: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Predict every usable image of data_dir with a delivered model; returns the summary.
+    `dicom_out` / `dicomweb`: also the results as DICOM SC + SR (radfed.prediction_dicom)."""
     payload = load_model_file(model_file)
     spec = ExperimentSpec.from_json(str(payload["spec"]))
     model = create_model(spec.backbone, len(spec.labels), "random", normalisation=str(payload["normalisation"]))
@@ -120,6 +121,11 @@ def predict_folder(model_file: Path, data_dir: Path, out_dir: Path, *, manifest:
     summary["images"] = len(rows)
     summary["heatmaps"] = sum(1 for r in rows if r.get("heatmap"))
     _write_csv(out_dir / "predictions.csv", rows)
+    if dicom_out or dicomweb:
+        from radfed.prediction_dicom import write_dicom_results
+
+        summary["dicom_files"] = write_dicom_results(rows, data_dir, out_dir, summary, list(spec.labels),
+                                                     str(payload.get("global_digest", "")), dicomweb, progress)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 
