@@ -17,11 +17,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-<<<<<<< HEAD
-from dashboard.per_class import show_per_class
-=======
 from dashboard.exports import show_exports
->>>>>>> exports
+from dashboard.per_class import show_per_class
 from radfed.reply import CLINIC_MEAN_AUROC, LABELS, POOLED_AUROC
 from radfed.results import mean_sd, rounds_done, summary
 from radfed.store import Store, StoreError, default_database_url
