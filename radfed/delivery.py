@@ -42,7 +42,7 @@ def save_model_file(path: Path, state: dict[str, torch.Tensor], **meta: Any) -> 
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save({"state_dict": state, "format": "radfed-delivered-1", **meta}, tmp)
     tmp.replace(path)
-    return file_sha256(path)
+    return sha256_file(path)
 
 
 def load_model_file(path: Path) -> dict[str, Any]:
@@ -63,7 +63,8 @@ def load_model_file(path: Path) -> dict[str, Any]:
     return payload
 
 
-def file_sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex digest of a file, read in chunks (models and checkpoints are ~100 MB)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

@@ -31,7 +31,7 @@ from radfed.data import ClinicData, DataOptions, Split, load_clinic, unlabelled_
 from radfed.data.labels import LabelLookup
 from radfed.data.manifest import MANIFEST_NAME
 from radfed.data.sources import class_folders
-from radfed.delivery import MODELS_FOLDER, ModelFileError, file_sha256, load_model_file
+from radfed.delivery import MODELS_FOLDER, ModelFileError, sha256_file, load_model_file
 from radfed.evaluation import finding_scores
 from radfed.models import create_model
 from radfed.spec import ExperimentSpec, data_options
@@ -99,7 +99,7 @@ def predict_folder(model_file: Path, data_dir: Path, out_dir: Path, *, manifest:
     rows: list[dict[str, Any]] = []
     unit_rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {
-        "model": str(model_file), "model_sha256": file_sha256(Path(model_file)),
+        "model": str(model_file), "model_sha256": sha256_file(Path(model_file)),
         "experiment": payload.get("experiment"), "flwr_run_id": payload.get("flwr_run_id"),
         "kind": payload.get("kind"), "round": payload.get("round"), "labels": list(spec.labels),
         "threshold_logit": {"federation": pooled_cut, "clinic": own_cut},

@@ -17,7 +17,6 @@ clinic_data_cards for the dashboard.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -28,6 +27,7 @@ from flwr.app import ArrayRecord, MetricRecord
 
 from radfed.audit import Registry
 from radfed.data_card import SHARED_CARD_KEYS
+from radfed.delivery import sha256_file  # noqa: F401 - re-exported (server.resume, tests)
 from radfed.per_class import pooled_per_class
 from radfed.pooled import operating_point, pooled_quality
 from radfed.spec import ExperimentSpec
@@ -39,15 +39,6 @@ log = logging.getLogger("radfed.server")
 
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
-
-
-def sha256_file(path: Path) -> str:
-    """Hex digest of a file, read in chunks (checkpoints are ~100 MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def pooled_validation(replies: list[ClinicReply]) -> dict[str, float | None]:
