@@ -52,7 +52,6 @@ SLOW_FIRST = [
     "test_outsider.py",
     "test_demo.py::test_small_demo_two_clinics_end_to_end",
     "test_security.py",
-    "test_delivery.py",
     "test_multiclass.py",
     "test_series_e2e.py",
     "test_e2e.py",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -96,9 +97,17 @@ def _check_delivery_and_predict(entry: dict, work, tmp_path) -> None:
     peaks are scored against where the generator drew the opacities."""
     from radfed.demo_findings import heatmap_hits
 
+    from radfed.audit import Registry
+    from radfed.delivery import load_model_file
+    from radfed.store import Store
+
     final = max(c["server_round"] for c in entry["checkpoints"])
+    store = Store(f"sqlite:///{work / 'radfed.db'}")
+    assert {e["clinic"] for e in Registry(store).events(kind="delivered")} == {"clinic-1", "clinic-2"}
     for name in ("clinic-1", "clinic-2"):
-        assert (work / "nodes" / name / "models" / f"run-{entry['flwr_run_id']}" / "final.pt").is_file()
+        folder = work / "nodes" / name / "models" / f"run-{entry['flwr_run_id']}"
+        card = json.loads((folder / "model-card.json").read_text())
+        assert load_model_file(folder / "final.pt")["round"] == final and card["files"]["final"]["sha256"]
         out = tmp_path / f"predict-{name}"
         proc = cli("client_node.cli", "predict", "--model", entry["flwr_run_id"], "--name", name,
                    "--home", str(work / "nodes"), "--data", str(work / "data" / name), "--out", str(out))
@@ -106,10 +115,18 @@ def _check_delivery_and_predict(entry: dict, work, tmp_path) -> None:
         summary = json.loads((out / "summary.json").read_text())
         recorded = [c["auroc"] for c in entry["clinics"] if c["clinic"] == name and c["phase"] == "evaluate"
                     and c["server_round"] == final]
-        if recorded[0] is not None:
-            assert abs(summary["validation"]["auroc"] - recorded[0]) <= 1e-6
+        assert len(recorded) == 1 and recorded[0] is not None
+        assert abs(summary["validation"]["auroc"] - recorded[0]) <= 1e-6  # same model, same patients
+        assert "validation patients: AUROC" in proc.stderr
+        with (out / "predictions.csv").open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert len(rows) == summary["images"] == summary["heatmaps"] > 0 and {r["split"] for r in rows} == {"train", "val"}
+        assert all((out / "heatmaps" / r["heatmap"]).is_file() and 0.0 <= float(r["p_finding"]) <= 1.0 for r in rows)
         hits = heatmap_hits(work / "data" / name, out / "predictions.csv", 32)
         assert hits["images"] > 0 and 0 <= hits["hits"] <= hits["images"]
+    bad = cli("client_node.cli", "predict", "--model", "999", "--name", "clinic-1", "--home", str(work / "nodes"),
+              "--data", str(work / "data" / "clinic-1"), "--out", str(tmp_path / "x"))
+    assert bad.returncode == 1 and "no model '999'" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def _assert_no_phi_left_the_clinics(work):
