@@ -281,8 +281,11 @@ def predict(
                   + (f", stored at {dicomweb}" if dicomweb else ""), highlight=False, soft_wrap=True)
     if "validation" in summary:
         v = summary["validation"]
-        err.print(f"validation patients: AUROC {v['auroc']:.6f} [{v['auroc_low']:.3f}-{v['auroc_high']:.3f}] "
-                  f"on {v['images']} images, {v['patients']} patients", highlight=False, soft_wrap=True)
+        figure = "not defined (one class only)" if v.get("auroc") is None else (
+            f"{v['auroc']:.6f}" + (f" [{v['auroc_low']:.3f}-{v['auroc_high']:.3f}]"
+                                   if v.get("auroc_low") is not None and v.get("auroc_high") is not None else ""))
+        err.print(f"validation patients: AUROC {figure} on {v['images']} images, {v['patients']} patients",
+                  highlight=False, soft_wrap=True)
 
 
 def _pairs(items: Optional[list[str]], option: str) -> dict[str, str]:

@@ -35,7 +35,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from radfed.demo_findings import write_findings
+from radfed.demo_findings import FINDINGS_FILE, write_findings
 from radfed.dicom import pydicom_quiet
 from radfed.xray_iod import add_dx_attributes
 
@@ -415,6 +415,11 @@ def _write_manifest(out_dir: Path, clinic_index: int, entries: list[tuple[str, s
         for relpath, uid, label in entries:
             writer.writerow([relpath if key == "file" else uid, LABELS[label]])
     return key
+
+
+def dicom_files(folder: Path) -> list[Path]:
+    """The DICOM files of a generated clinic: everything but labels.csv and findings.json."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name not in ("labels.csv", FINDINGS_FILE))
 
 
 def write_clinic(

@@ -14,7 +14,14 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from radfed.data import load_clinic
-from radfed.demo_data import LABELS, PHI_FIELDS, phi_values, write_clinic, write_federation
+from radfed.demo_data import (
+    LABELS,
+    PHI_FIELDS,
+    dicom_files,
+    phi_values,
+    write_clinic,
+    write_federation,
+)
 from radfed.dicom import read_pixels
 
 N_PATIENTS = 12
@@ -23,11 +30,6 @@ N_PATIENTS = 12
 @pytest.fixture(scope="module")
 def demo_federation(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return write_federation(tmp_path_factory.mktemp("fed"), 3, n_patients=N_PATIENTS, seed=0)
-
-
-def dicom_files(folder: Path) -> list[Path]:
-    """Every file but the manifest and the generator's record of where it drew findings."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in ("labels.csv", "findings.json"))
 
 
 def headers(folder: Path) -> list[pydicom.Dataset]:

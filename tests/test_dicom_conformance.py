@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from radfed.demo_data import write_clinic
+from radfed.demo_data import dicom_files, write_clinic
 from tests.generators import GENERATORS, SITES
 
 IOD_NAMES = {"DX": "DXImageForPresentation", "CR": "CRImage"}
@@ -30,10 +30,6 @@ def dciodvfy() -> str:
     if os.environ.get("RADFED_REQUIRE_DICOM3TOOLS") == "1":
         pytest.fail(reason)
     pytest.skip(reason)
-
-
-def dicom_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in ("labels.csv", "findings.json"))
 
 
 def write_every_demo_profile(out: Path) -> list[Path]:

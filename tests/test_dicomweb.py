@@ -28,7 +28,7 @@ import pydicom
 import pytest
 import requests
 
-from radfed.demo_data import write_clinic
+from radfed.demo_data import dicom_files, write_clinic
 from radfed.pacs import (
     DicomWebError,
     read_report,
@@ -162,7 +162,7 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
 def dx_source(tmp_path: Path) -> pydicom.Dataset:
     folder = tmp_path / "clinic"
     write_clinic(folder, clinic_index=1, n_patients=1, seed=5)
-    first = min(p for p in folder.rglob("*") if p.is_file() and p.name != "labels.csv")
+    first = dicom_files(folder)[0]
     return pydicom.dcmread(first)
 
 

@@ -25,7 +25,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from radfed.demo_data import write_clinic
+from radfed.demo_data import dicom_files, write_clinic
 from radfed.pacs import (
     PRIVATE_SCHEME,
     patient_orientation,
@@ -47,7 +47,7 @@ def dx_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """A one-patient demo clinic of DX images (clinic 1's profile is DX, explicit VR)."""
     folder = tmp_path_factory.mktemp("dx-clinic")
     write_clinic(folder, clinic_index=1, n_patients=1, seed=3)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "labels.csv")
+    files = dicom_files(folder)
     assert pydicom.dcmread(files[0], stop_before_pixels=True).Modality == "DX"
     return files
 
