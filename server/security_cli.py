@@ -208,18 +208,28 @@ def audit(
     db: DbOption = None,
     kind: Annotated[Optional[str], typer.Option(help="Only this kind of event (e.g. excluded, connected).")] = None,
     clinic: Annotated[Optional[str], typer.Option(help="Only this clinic's events.")] = None,
+    researcher: Annotated[Optional[str], typer.Option(
+        help="Only this researcher's events (logins, downloads, submissions and their review).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
 ) -> None:
-    """The audit trail: enrolments, revocations, connections, contributions, exclusions.
+    """The audit trail: enrolments, revocations, connections, contributions, exclusions;
+    researchers' logins, downloads, submissions and the coordinator's approvals.
 
-    Example: `coordinator audit --kind excluded --json`
+    Examples:
+
+    `coordinator audit --kind excluded --json`
+
+    `coordinator audit --researcher alice`
     """
     from radfed.audit import EVENT_KINDS
 
     if kind and kind not in EVENT_KINDS:
         _fail(f"unknown event kind '{kind}'; one of: {', '.join(EVENT_KINDS)}", 2)
-    rows = _registry(db).events(kind=kind, clinic=clinic)
-    _print_rows(rows, ("at", "kind", "clinic", "node_id", "run", "round", "detail"), "audit trail", as_json)
+    rows = _registry(db).events(kind=kind, clinic=clinic, researcher=researcher)
+    columns = ("at", "kind", "clinic", "node_id", "run", "round", "detail")
+    if any(r["researcher"] for r in rows):
+        columns = ("at", "kind", "researcher", "clinic", "node_id", "run", "round", "detail")
+    _print_rows(rows, columns, "audit trail", as_json)
 
 
 def _print_rows(rows: list[dict], columns: tuple[str, ...], title: str, as_json: bool) -> None:
