@@ -138,7 +138,7 @@ def queue_approve(
         row = queue.approve(sid, _reviewer(reviewer))
     except QueueError as e:
         _fail(str(e), 2)
-    err.print(f"approved submission {sid} ({row.name}) by {row.submitted_by}", highlight=False)
+    err.print(f"approved submission {sid} ({row.name}) by {row.submitted_by}", highlight=False, soft_wrap=True)
     if run_now:
         _run(queue, sid, control, checkpoints, insecure, root_certificates, credential)
 
@@ -160,7 +160,7 @@ def queue_reject(
         row = _queue(db).reject(sid, _reviewer(reviewer), reason)
     except QueueError as e:
         _fail(str(e), 2)
-    err.print(f"rejected submission {sid} ({row.name}) by {row.submitted_by}", highlight=False)
+    err.print(f"rejected submission {sid} ({row.name}) by {row.submitted_by}", highlight=False, soft_wrap=True)
 
 
 @queue_app.command("run-next")
@@ -208,7 +208,7 @@ def _run(queue, sid: int | None, control: str, checkpoints: Path | None, insecur
         _fail(str(e), 2)
     if row is None:
         err.print("no approved submission is waiting; `coordinator queue list --status pending` "
-                  "shows those to review", highlight=False)
+                  "shows those to review", highlight=False, soft_wrap=True)
         return
     sid = int(row.id)
     try:
@@ -217,7 +217,7 @@ def _run(queue, sid: int | None, control: str, checkpoints: Path | None, insecur
         queue.finish(sid, "failed", str(e))
         _fail(f"submission {sid} cannot run: {e}")
     err.print(f"submission {sid} ({spec.name}) by {row.submitted_by}, approved by {row.reviewer}",
-              highlight=False)
+              highlight=False, soft_wrap=True)
     run_id = start(conn, queue.store, spec, checkpoints, what=f"submission {sid}: submitted",
                    on_error=lambda _message: queue.release(sid))
     queue.link(sid, run_id)

@@ -86,12 +86,12 @@ def researcher_add(
     except AccountError as e:
         _fail(str(e), 2)
     if oidc:
-        err.print(f"researcher {name}: OIDC account; logs in with the identity provider", highlight=False)
+        err.print(f"researcher {name}: OIDC account; logs in with the identity provider", highlight=False, soft_wrap=True)
     elif stdin:
-        err.print(f"researcher {name}: secret from stdin stored (as a salted hash only)", highlight=False)
+        err.print(f"researcher {name}: secret from stdin stored (as a salted hash only)", highlight=False, soft_wrap=True)
     else:
         err.print(f"researcher {name}: this secret is shown once; hand it over like a password:",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
         print(given)
 
 
@@ -130,7 +130,7 @@ def researcher_disable(name: NameArgument, db: DbOption = None) -> None:
         _researchers(db).disable(name)
     except AccountError as e:
         _fail(str(e), 2)
-    err.print(f"researcher {name} disabled", highlight=False)
+    err.print(f"researcher {name} disabled", highlight=False, soft_wrap=True)
 
 
 @researcher_app.command("enable")
@@ -145,7 +145,7 @@ def researcher_enable(name: NameArgument, db: DbOption = None) -> None:
         _researchers(db).enable(name)
     except AccountError as e:
         _fail(str(e), 2)
-    err.print(f"researcher {name} enabled", highlight=False)
+    err.print(f"researcher {name} enabled", highlight=False, soft_wrap=True)
 
 
 def mount(app: typer.Typer) -> None:

@@ -53,6 +53,7 @@ SLOW_FIRST = [
     "test_demo.py::test_small_demo_two_clinics_end_to_end",
     "test_security.py",
     "test_e2e.py",
+    "test_queue.py::test_submitted_approved_run_next_completes_on_the_leaderboard",
 ]
 
 
