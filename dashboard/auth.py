@@ -118,8 +118,12 @@ def login_form(key: str = LOGIN_FORM) -> Researcher | None:
         providers = [k for k, v in auth.items() if isinstance(v, dict)]
         for provider in providers or [None]:
             label = f"Log in with {provider}" if provider else "Log in with the hospital's identity provider"
-            if st.button(label, key=f"{key}.oidc.{provider or 'default'}"):
-                st.login(provider) if provider else st.login()
+            if not st.button(label, key=f"{key}.oidc.{provider or 'default'}"):
+                continue
+            if provider:
+                st.login(provider)
+            else:
+                st.login()
     return None
 
 

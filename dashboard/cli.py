@@ -33,11 +33,15 @@ app = typer.Typer(
 
 
 def streamlit_command(db_url: str, host: str, port: int) -> list[str]:
-    """The child command line; headless so it never prompts or opens a browser."""
+    """The child command line; headless so it never prompts or opens a browser. Beyond
+    loopback a browser sees an exception's type only (the traceback and message, which
+    may name paths and the database, go to the console)."""
+    details = "full" if is_loopback(host) else "type"
     return [
         sys.executable, "-m", "streamlit", "run", str(APP_PATH),
         "--server.headless", "true",
         "--browser.gatherUsageStats", "false",
+        "--client.showErrorDetails", details,
         "--server.address", host,
         "--server.port", str(port),
         "--", "--db", db_url,

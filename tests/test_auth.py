@@ -265,6 +265,16 @@ def test_login_rule() -> None:
     assert "coordinator researcher add NAME" in serve_refusal("0.0.0.0", False, False, "")
 
 
+def test_beyond_loopback_a_browser_sees_no_tracebacks() -> None:
+    from dashboard.cli import streamlit_command
+
+    def details(host: str) -> str:
+        command = streamlit_command("sqlite://", host, 8501)
+        return command[command.index("--client.showErrorDetails") + 1]
+
+    assert details("127.0.0.1") == "full" and details("0.0.0.0") == "type"
+
+
 def test_oidc_is_configured_by_an_auth_table(tmp_path: Path) -> None:
     secrets = tmp_path / "secrets.toml"
     assert not oidc_configured([secrets])

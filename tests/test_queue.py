@@ -234,6 +234,11 @@ def test_run_next_with_the_superlink_down_puts_the_submission_back(queue: Experi
     proc = _coordinator("queue", "run-next", "--insecure", "--control", f"127.0.0.1:{free_port()}", db=db)
     assert proc.returncode == 1 and "not reachable" in proc.stderr.strip().splitlines()[-1]
     assert queue.get(sid).status == "approved"
+    other = queue.submit({**SMALL, "name": "other"}, "bob")
+    now = _coordinator("queue", "approve", str(other), "--run", "--insecure", "--control",
+                       f"127.0.0.1:{free_port()}", db=db)
+    assert now.returncode == 1 and "not reachable" in now.stderr.strip().splitlines()[-1]
+    assert f"approved submission {other}" in now.stderr and queue.get(other).status == "approved"
 
 
 def test_leaderboard_shows_who_submitted_a_run_also_after_a_resume(queue: ExperimentQueue, db: str) -> None:
