@@ -23,6 +23,7 @@ from radfed.researchers import LoginRefused, Researchers, delay_after
 from radfed.store import Store
 from tests.accounts import add_researcher, log_in_app, served_on
 from tests.federation import ROOT, cli
+from tests.test_store import pg_schema_url, store_url  # noqa: F401 - fixtures: SQLite and PostgreSQL
 
 APP = ROOT / "dashboard" / "app.py"
 OIDC = {"redirect_uri": "https://radfed.example.org/oauth2callback", "cookie_secret": "x" * 32,
@@ -38,6 +39,12 @@ def db(tmp_path: Path) -> str:
 @pytest.fixture
 def researchers(db: str) -> Researchers:
     return Researchers(Store(db))
+
+
+@pytest.fixture
+def on_both(store_url: str) -> Researchers:
+    """Accounts on SQLite and on PostgreSQL (skipped when no server is there)."""
+    return Researchers(Store(store_url))
 
 
 def _kinds(store: Store, researcher: str) -> list[str]:
@@ -92,9 +99,10 @@ def test_oidc_account_has_no_password(researchers: Researchers) -> None:
     assert researchers.get("carol@hospital.org").secret_hash is None
 
 
-def test_failed_logins_are_rate_limited_per_name(researchers: Researchers) -> None:
+def test_failed_logins_are_rate_limited_per_name(on_both: Researchers) -> None:
     """After n failures the name waits 2^(n-1) s; meanwhile even the right secret is refused,
     and a name that does not exist is throttled alike (no telling which names exist)."""
+    researchers = on_both
     assert [delay_after(n) for n in (0, 1, 2, 3, 4)] == [0, 1, 2, 4, 8] and delay_after(100) == 900
     researchers.add("alice", secret="correct horse battery")
     t = datetime.now(timezone.utc)

@@ -18,6 +18,7 @@ from radfed.store import Store
 from radfed.weight_files import weights_dir
 from tests.accounts import add_researcher, log_in_app, served_on
 from tests.federation import cli
+from tests.test_store import pg_schema_url, store_url  # noqa: F401 - fixtures: SQLite and PostgreSQL
 
 SMALL = dict(name="queued-small", labels=["normal", "opacity"], backbone="resnet18", image_size=32,
              rounds=1, local_epochs=1, batch_size=8, min_clinics=2, seed=1)
@@ -104,7 +105,8 @@ def test_a_researcher_cannot_flood_the_queue(queue: ExperimentQueue) -> None:
     queue.submit(SMALL, "bob")
 
 
-def test_approved_submissions_are_claimed_once_in_order(queue: ExperimentQueue) -> None:
+def test_approved_submissions_are_claimed_once_in_order(store_url: str) -> None:
+    queue = ExperimentQueue(Store(store_url))
     first, second, third = (queue.submit({**SMALL, "name": n}, "alice") for n in ("a", "b", "c"))
     queue.approve(second, "coordinator")
     queue.approve(first, "coordinator")
@@ -241,7 +243,8 @@ def test_run_next_with_the_superlink_down_puts_the_submission_back(queue: Experi
     assert f"approved submission {other}" in now.stderr and queue.get(other).status == "approved"
 
 
-def test_leaderboard_shows_who_submitted_a_run_also_after_a_resume(queue: ExperimentQueue, db: str) -> None:
+def test_leaderboard_shows_who_submitted_a_run_also_after_a_resume(store_url: str) -> None:
+    queue = ExperimentQueue(Store(store_url))
     store = queue.store
     sid = queue.submit(SMALL, "alice")
     queue.approve(sid, "coordinator")
