@@ -23,7 +23,7 @@ from typing import Any
 import streamlit as st
 
 from dashboard.login_rule import database_url, is_loopback, oidc_in
-from radfed.researchers import LoginRefused, Researcher, Researchers
+from radfed.researchers import NAME, LoginRefused, Researcher, Researchers
 from radfed.store import Store, StoreError
 
 SESSION_KEY = "radfed.researcher"
@@ -69,7 +69,7 @@ def oidc_identity() -> str | None:
     if st.user.get("email_verified") is False:
         return None
     email = st.user.get("email")
-    return str(email) if email else None
+    return str(email) if isinstance(email, str) and NAME.match(email) else None
 
 
 def current_researcher() -> Researcher | None:

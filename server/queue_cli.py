@@ -20,6 +20,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from radfed.cli_errors import fail as _fail
@@ -90,8 +91,9 @@ def queue_list(
     for r in rows:
         when = (r["submitted_at"] or "")[:16].replace("T", " ")
         what = f"{r['backbone']}, {r['strategy']}, {r['rounds']} rounds"
-        table.add_row(str(r["id"]), r["name"], r["submitted_by"], when, what, r["status"],
-                      r["reviewer"] or "", r["reason"] or r["error"] or "", r["run"] or "")
+        table.add_row(*(escape(str(cell)) for cell in (
+            r["id"], r["name"], r["submitted_by"], when, what, r["status"], r["reviewer"] or "",
+            r["reason"] or r["error"] or "", r["run"] or "")))
     out.print(table)
 
 

@@ -24,6 +24,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from radfed.cli_errors import fail as _fail
@@ -113,7 +114,7 @@ def researcher_list(
     for col in columns:
         table.add_column(col)
     for r in rows:
-        table.add_row(*("" if r[c] is None else str(r[c])[:19] if c.endswith("_at") else str(r[c])
+        table.add_row(*(escape("" if r[c] is None else str(r[c])[:19] if c.endswith("_at") else str(r[c]))
                         for c in columns))
     out.print(table)
 

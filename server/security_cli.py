@@ -19,6 +19,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from rich.table import Table
 
@@ -240,8 +241,8 @@ def _print_rows(rows: list[dict], columns: tuple[str, ...], title: str, as_json:
     table = Table(title=title)
     for col in columns:
         table.add_column(col)
-    for r in rows:
-        table.add_row(*(str(r[c]) if r[c] is not None else "" for c in columns))
+    for r in rows:  # escaped: a name typed into the dashboard's login form is in the trail
+        table.add_row(*(escape(str(r[c])) if r[c] is not None else "" for c in columns))
     out.print(table)
 
 

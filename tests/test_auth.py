@@ -68,17 +68,19 @@ def test_only_a_salted_hash_is_stored(researchers: Researchers, tmp_path: Path) 
     assert researchers.login("bob", secret).name == "bob"
 
 
-def test_wrong_secret_and_unknown_name_get_the_same_answer(researchers: Researchers) -> None:
+def test_wrong_secret_and_unknown_name_get_the_same_answer(researchers: Researchers, db: str) -> None:
     researchers.add("alice", secret="correct horse battery")
     answers = []
     for name, secret in [("alice", "wrong secret here"), ("mallory", "correct horse battery"),
-                         ("../etc", "x" * 20), ("alice", "x" * 5000)]:
+                         ("../etc", "x" * 20), ("alice", "x" * 5000), ("[/bold] [red]x", "y" * 20)]:
         with pytest.raises(LoginRefused) as refused:
             researchers.login(name, secret)
         answers.append(refused.value.message)
     assert set(answers) == {"wrong name or password"}
     kinds = [e["kind"] for e in researchers.audit.events(kind="login-failed")]
-    assert len(kinds) == 4
+    assert len(kinds) == 5
+    trail = cli("server.cli", "audit", "--db", db, timeout=60)  # what was typed is shown, not obeyed
+    assert trail.returncode == 0 and "[/bold]" in trail.stdout, trail.stderr
 
 
 def test_disabled_account_is_refused_until_enabled(researchers: Researchers) -> None:
