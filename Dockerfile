@@ -7,6 +7,6 @@ COPY server server
 COPY client_node client_node
 COPY dashboard dashboard
 COPY strategies strategies
-RUN pip install --no-cache-dir . && useradd --create-home radfed
+RUN pip install --no-cache-dir ".[oidc]" && useradd --create-home radfed
 USER radfed
 ENV RADFED_HOME=/home/radfed/.radfed

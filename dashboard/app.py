@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from dashboard.auth import record_download, require_login
 from dashboard.exports import show_exports
 from dashboard.per_class import show_per_class
 from radfed.reply import CLINIC_MEAN_AUROC, LABELS, POOLED_AUROC
@@ -283,7 +284,9 @@ def show_checkpoints(entry: dict[str, Any]) -> None:
         label = f"Download {kind} checkpoint (round {checkpoint['server_round']})"
         if path.is_file():
             st.download_button(label, data=file_reader(path), file_name=path.name,
-                               mime="application/octet-stream", key=f"dl-{checkpoint['id']}")
+                               mime="application/octet-stream", key=f"dl-{checkpoint['id']}",
+                               on_click=record_download,
+                               args=(f"{kind} checkpoint, round {checkpoint['server_round']}, of run {entry['flwr_run_id']}",))
         else:
             st.caption(f"{label}: file not on this machine ({path})")
 
@@ -319,6 +322,7 @@ def show_run(entry: dict[str, Any]) -> None:
 def main(argv: Sequence[str]) -> None:
     """Render the page from whatever the store holds right now."""
     st.set_page_config(page_title="radfed", layout="wide")
+    require_login()  # beyond loopback: the login form only, until a researcher logs in
     st.title("radfed: federated fine-tuning")
     url = database_url(argv)
     try:

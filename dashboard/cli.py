@@ -1,5 +1,9 @@
 """`dashboard` console script: checks the database, then serves dashboard/app.py with Streamlit.
 
+Beyond loopback every page needs a login (dashboard/auth.py), so the script refuses to
+serve there while nobody could log in: no researcher account and no OIDC provider
+(dashboard/login_rule.py). One line says so, with the fix.
+
 Streamlit runs as a child process (`python -m streamlit run ...`); Ctrl-C and
 SIGTERM are forwarded to it and we wait for it, so stopping `dashboard` never
 leaves a Streamlit server behind.
@@ -15,6 +19,7 @@ from types import FrameType
 
 import typer
 
+from dashboard.login_rule import is_loopback, oidc_configured, serve_refusal
 from radfed.store import Store, StoreError, default_database_url
 
 APP_PATH = Path(__file__).resolve().with_name("app.py")
@@ -28,11 +33,15 @@ app = typer.Typer(
 
 
 def streamlit_command(db_url: str, host: str, port: int) -> list[str]:
-    """The child command line; headless so it never prompts or opens a browser."""
+    """The child command line; headless so it never prompts or opens a browser. Beyond
+    loopback a browser sees an exception's type only (the traceback and message, which
+    may name paths and the database, go to the console)."""
+    details = "full" if is_loopback(host) else "type"
     return [
         sys.executable, "-m", "streamlit", "run", str(APP_PATH),
         "--server.headless", "true",
         "--browser.gatherUsageStats", "false",
+        "--client.showErrorDetails", details,
         "--server.address", host,
         "--server.port", str(port),
         "--", "--db", db_url,
@@ -42,6 +51,18 @@ def streamlit_command(db_url: str, host: str, port: int) -> list[str]:
 def check_database(db_url: str) -> None:
     """Fail before Streamlit starts: a bad URL is far clearer here than in a browser."""
     Store(db_url).close()
+
+
+def access_refusal(db_url: str, host: str, explicit_db: bool) -> str | None:
+    """Why serving on `host` is refused (one line with the fix), or None."""
+    if is_loopback(host):
+        return None
+    from radfed.researchers import Researchers
+
+    with Store(db_url) as store:
+        has_accounts = Researchers(store).any_active()
+        hint = f" --db {store.safe_url}" if explicit_db else ""
+    return serve_refusal(host, has_accounts, oidc_configured(), hint)
 
 
 def serve(command: list[str]) -> int:
@@ -81,8 +102,9 @@ def stop(child: subprocess.Popen[bytes]) -> None:
 
 
 @app.command(
-    epilog="Example: dashboard --db sqlite:////home/me/.radfed/radfed.db --port 8501  "
-    "(then open http://127.0.0.1:8501)",
+    epilog="Examples:\n\n"
+    "dashboard --db sqlite:////home/me/.radfed/radfed.db --port 8501   (then open http://127.0.0.1:8501)\n\n"
+    "dashboard --host 0.0.0.0 --port 8501   (every page needs a login: `coordinator researcher add NAME` first)",
 )
 def run(
     db: str = typer.Option(
@@ -90,16 +112,21 @@ def run(
         help="Database URL (sqlite:///... or postgresql://...). Default: $DATABASE_URL, "
         "else $RADFED_HOME/radfed.db (~/.radfed).",
     ),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; beyond loopback "
+                             "(127.0.0.1, localhost, ::1) every page needs a researcher's login."),
     port: int = typer.Option(8501, "--port", min=1, max=65535, help="Port to listen on."),
 ) -> None:
     """Serve the dashboard until Ctrl-C."""
     db_url = db or default_database_url()
     try:
         check_database(db_url)
+        refusal = access_refusal(db_url, host, explicit_db=db is not None)
     except StoreError as exc:
         typer.echo(f"dashboard: {exc}", err=True)
         raise typer.Exit(1) from None
+    if refusal:
+        typer.echo(f"dashboard: {refusal}", err=True)
+        raise typer.Exit(1)
     code = serve(streamlit_command(db_url, host, port))
     # Streamlit exits 0 on SIGTERM/Ctrl-C; a negative code means it was killed.
     raise typer.Exit(code if code >= 0 else 128 - code)

@@ -15,6 +15,8 @@ from typing import Any
 
 import streamlit as st
 
+from dashboard.auth import record_download
+
 FORMAT_LABELS = {"onnx": "ONNX", "torchscript": "TorchScript"}
 
 
@@ -35,8 +37,9 @@ def show_exports(entry: dict[str, Any]) -> None:
     except ExportError as exc:
         st.caption(str(exc))
         return
+    run = f"run {entry['flwr_run_id']} ({entry['experiment']})"
     st.download_button("Download model card (Markdown)", data=card, file_name=name, mime="text/markdown",
-                       key=f"card-{entry['run_id']}")
+                       key=f"card-{entry['run_id']}", on_click=record_download, args=(f"model card of {run}",))
     for fmt, label in FORMAT_LABELS.items():
         found = existing_export(entry, fmt)
         if found is None:
@@ -55,7 +58,9 @@ def show_exports(entry: dict[str, Any]) -> None:
         left, right = st.columns(2)
         with left:
             st.download_button(f"Download {label} ({model.name})", data=_reader(model), file_name=model.name,
-                               mime="application/octet-stream", key=f"dl-{fmt}-{entry['run_id']}")
+                               mime="application/octet-stream", key=f"dl-{fmt}-{entry['run_id']}",
+                               on_click=record_download, args=(f"{label} export {model.name} of {run}",))
         with right:
             st.download_button(f"Download {label} model card", data=card_md.read_text(), file_name=card_md.name,
-                               mime="text/markdown", key=f"dl-card-{fmt}-{entry['run_id']}")
+                               mime="text/markdown", key=f"dl-card-{fmt}-{entry['run_id']}",
+                               on_click=record_download, args=(f"{label} model card of {run}",))

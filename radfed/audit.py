@@ -4,7 +4,9 @@ Enrolments, revocations, registrations with the SuperLink, node connections and
 disconnections, which clinic contributed to which round and which updates were
 excluded: one row per event, written by the coordinator's commands, the SuperLink
 supervisor and the ServerApp's recorder, read by `coordinator audit` and the dashboard.
-Rows name clinics and Flower node ids only, never anything about a patient.
+Researchers' logins, downloads and submissions, and the coordinator's decisions on
+them, are recorded under the researcher's name (radfed.researchers, radfed.experiment_queue).
+Rows name clinics, researchers and Flower node ids only, never anything about a patient.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from sqlmodel import Field, SQLModel, select
 from radfed.store import Store
 
 EVENT_KINDS = ("enrolled", "revoked", "registered", "connected", "disconnected",
-               "contributed", "excluded", "late", "alert", "lost", "failed", "delivered")
+               "contributed", "excluded", "late", "alert", "lost", "failed", "delivered",
+               # researchers (dashboard) and the coordinator's review of their submissions
+               "login", "login-failed", "logout", "downloaded", "submitted", "approved", "rejected",
+               "account")
 CLINIC_STATUSES = ("active", "revoked")
 
 
@@ -55,6 +60,7 @@ class AuditEvent(SQLModel, table=True):
     flwr_run_id: str | None = None
     server_round: int | None = None
     detail: str | None = None
+    researcher: str | None = Field(default=None, index=True)  # who, for researchers' events
 
 
 _TABLES = [Clinic.__table__, AuditEvent.__table__]  # type: ignore[attr-defined]
@@ -65,10 +71,10 @@ class Registry:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        SQLModel.metadata.create_all(store.engine, tables=_TABLES)
+        store.ensure_tables(_TABLES)
 
     def _session(self):
-        return self.store._session()  # noqa: SLF001 - one engine, one error policy
+        return self.store.session()  # one engine, one error policy
 
     # -- clinics -------------------------------------------------------------------
 
@@ -115,23 +121,27 @@ class Registry:
 
     def event(self, kind: str, clinic: str | None = None, node_id: int | str | None = None,
               flwr_run_id: str | None = None, server_round: int | None = None,
-              detail: str | None = None) -> None:
+              detail: str | None = None, researcher: str | None = None) -> None:
         if kind not in EVENT_KINDS:
             raise ValueError(f"unknown audit event kind {kind!r}; one of {', '.join(EVENT_KINDS)}")
         with self._session() as s:
             s.add(AuditEvent(kind=kind, clinic=clinic, node_id=None if node_id is None else str(node_id),
-                             flwr_run_id=flwr_run_id, server_round=server_round, detail=detail))
+                             flwr_run_id=flwr_run_id, server_round=server_round, detail=detail,
+                             researcher=researcher))
             s.commit()
 
     def events(self, kind: str | None = None, clinic: str | None = None,
-               limit: int = 1000) -> list[dict[str, Any]]:
+               limit: int = 1000, researcher: str | None = None) -> list[dict[str, Any]]:
         with self._session() as s:
             query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)  # type: ignore[union-attr]
             if kind:
                 query = query.where(AuditEvent.kind == kind)
             if clinic:
                 query = query.where(AuditEvent.clinic == clinic)
+            if researcher:
+                query = query.where(AuditEvent.researcher == researcher)
             rows = list(s.exec(query))
         return [{"at": r.at.isoformat(), "kind": r.kind, "clinic": r.clinic, "node_id": r.node_id,
-                 "run": r.flwr_run_id, "round": r.server_round, "detail": r.detail}
+                 "run": r.flwr_run_id, "round": r.server_round, "detail": r.detail,
+                 "researcher": r.researcher}
                 for r in reversed(rows)]

@@ -39,6 +39,7 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from radfed.ranking import annotate
+from radfed.submissions import submitters  # also registers the submissions table
 
 __all__ = [
     "Baseline",
@@ -411,7 +412,25 @@ class Store:
         connect_args = {} if "connect_timeout" in query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
         return create_engine(self.url, pool_pre_ping=True, connect_args=connect_args)
 
-    def _add_missing_columns(self) -> None:
+    def ensure_tables(self, tables: list[Any]) -> None:
+        """Create `tables` (SQLAlchemy Table objects other modules define, e.g. radfed.audit's)
+        and add the nullable columns newer code gave them, on this store's engine.
+
+        For modules imported after this Store was opened: `Store()` itself only creates
+        the tables known at that moment.
+        """
+        try:
+            SQLModel.metadata.create_all(self.engine, tables=tables)
+            self._add_missing_columns(tables)
+        except (OperationalError, InterfaceError) as exc:
+            raise StoreError(self._unreachable_message(exc)) from exc
+
+    def session(self) -> Any:
+        """A short session (context manager) for the tables other modules define on this
+        store: one engine and one error policy (a lost database is a one-line StoreError)."""
+        return self._session()
+
+    def _add_missing_columns(self, tables: list[Any] | None = None) -> None:
         """Add nullable columns newer code defines to tables an older radfed created.
 
         `create_all` creates missing tables only; a database from before a column was
@@ -419,7 +438,7 @@ class Store:
         """
         from sqlalchemy import inspect, text
 
-        for table in SQLModel.metadata.sorted_tables:
+        for table in tables if tables is not None else SQLModel.metadata.sorted_tables:
             present = {c["name"] for c in inspect(self.engine).get_columns(table.name)}
             for column in table.columns:
                 if column.name in present or not column.nullable:
@@ -773,7 +792,12 @@ class Store:
             ).all()
             run_ids = [run.id for run, _ in pairs]
             children = self._children(session, run_ids)
+            who = submitters(session, [run.flwr_run_id for run, _ in pairs] + [
+                earlier for run, _ in pairs for earlier in (run.resumed_from or "").split(",") if earlier])
         entries = [self._entry(run, exp, children) for run, exp in pairs]
+        for entry in entries:  # a resumed run keeps its submitter: look its earlier ids up too
+            ids = [entry["flwr_run_id"], *(entry["resumed_from"] or "").split(",")]
+            entry["submitted_by"] = next((who[i] for i in ids if i in who), None)
         _attach_baselines(entries, self.baselines() if entries else [])
         return annotate(entries)
 

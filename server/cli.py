@@ -10,6 +10,8 @@ Examples:
     coordinator leaderboard --json
     coordinator export 8577920735297922023 --format onnx     (the selected round, with its model card)
     coordinator baseline experiment.toml --data clinic-1 --data clinic-2   (generated/consented data only)
+    coordinator researcher add alice                     (a dashboard account; its secret is printed once)
+    coordinator queue approve 3 --run                    (an experiment a researcher submitted)
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
 
 
 def _mount_subcommands() -> None:
-    from server import export_cli, security_cli, sweep_cli
+    from server import export_cli, queue_cli, researcher_cli, security_cli, sweep_cli
     from server.weights_cli import weights_app
 
     app.add_typer(weights_app, name="weights", help="Inspect weight files before an experiment uses them.")
@@ -37,6 +39,8 @@ def _mount_subcommands() -> None:
     app.command("baseline")(__import__("server.baseline_cli", fromlist=["baseline"]).baseline)
     sweep_cli.mount(app)
     export_cli.mount(app)
+    researcher_cli.mount(app)
+    queue_cli.mount(app)
 
 
 out = Console()
@@ -139,22 +143,12 @@ def run(
 
     `coordinator run --resume 8577920735297922023`   (continue after a crash, from its last checkpoint)
     """
-    from server.launch import Connection, LaunchError, follow, stop, submit
+    from server.run_steps import connection, follow_to_end, report, start
 
     if sum(x is not None for x in (experiment, attach, resume)) != 1:
         _fail("give an experiment file, or --attach RUN, or --resume RUN (one of them)", 2)
-    if not insecure and not root_certificates:
-        from server.superlink import default_certs
-
-        root_certificates = default_certs() / "ca.crt"
-        if not root_certificates.is_file():
-            _fail("pass --root-certificates CA.crt for a TLS SuperLink (none in ~/.radfed/pki), "
-                  "or --insecure for a loopback one", 2)
+    conn = connection(control, insecure, root_certificates, credential)
     store = _store(db)
-    if credential and not (credential.is_file() and credential.with_suffix(".key").is_file()):
-        _fail(f"{credential}: no coordinator credential there (NAME.pem with NAME.key beside it); "
-              "issue one with `coordinator certs credential NAME`", 2)
-    conn = Connection(control, radfed_home() / "flwr-cli", insecure, root_certificates, credential)
     if attach:
         known = store.run_status(attach)
         if known is None:
@@ -162,28 +156,17 @@ def run(
         run_id, rounds = attach, int(known["rounds_planned"])
     else:
         spec, extra, rounds = _submission(experiment, resume, store, holdout)
-        try:
-            run_id = submit(conn, spec, store.url, checkpoints or radfed_home() / "checkpoints",
-                            holdout=extra.pop("holdout", (holdout or "").strip()), extra=extra)
-        except LaunchError as e:
-            _fail(str(e))
         what = f"continuing run {resume} after round {extra['resume-round']} as" if resume else "submitted"
-        err.print(f"{what} run {run_id} ({spec.name}) to {control}", highlight=False)
-    try:
-        status = follow(conn, store, run_id, rounds)
-    except KeyboardInterrupt:
-        stop(conn, run_id)
-        _fail(f"interrupted; asked the SuperLink to stop run {run_id}", 130)
-    _report(status, run_id)
-    _report_quality(store, run_id)
+        run_id = start(conn, store, spec, checkpoints, holdout=extra.pop("holdout", (holdout or "").strip()),
+                       extra=extra, what=what)
+    report(store, follow_to_end(conn, store, run_id, rounds), run_id)
 
 
 def _submission(experiment: Path | None, resume: str | None, store, holdout: str | None):
     """(spec, extra run config, rounds) of a new run or of a resumed one; exits on a bad spec."""
     from radfed.spec import ExperimentSpec, SpecError, load_spec
     from server.resume import ResumeError, resume_point
-
-    from strategies import StrategyError, check_privacy, check_strategy
+    from server.run_steps import check_spec
 
     if resume:
         if holdout:
@@ -196,35 +179,10 @@ def _submission(experiment: Path | None, resume: str | None, store, holdout: str
                 point.rounds_planned)
     try:
         spec = load_spec(experiment)  # type: ignore[arg-type]
-        check_strategy(spec.strategy, spec.strategy_params)
-        check_privacy(spec.privacy, spec.min_clinics, spec.strategy)
     except SpecError as e:
         _fail(str(e), 2)
-    except StrategyError as e:
-        _fail(f"{experiment}: {e}", 2)
+    check_spec(spec, str(experiment))
     return spec, {}, spec.rounds
-
-
-def _report(status: dict, run_id: str) -> None:
-    if status.get("status") != "completed":
-        _fail(f"run {run_id} failed: {status.get('error') or 'unknown reason'}")
-    err.print(f"run {run_id} completed", highlight=False)
-
-
-def _report_quality(store, run_id: str) -> None:
-    """The headline (pooled AUROC with its 95 % CI over every clinic's validation
-    patients), the clinic mean, the selected checkpoint, warnings about a degenerate model
-    and, for a hold-out run, the held-out clinic's figures, in the leaderboard's words."""
-    from server.leaderboard import holdout_rows, holdout_text, result_line, run_entry, warning_lines
-
-    entry = run_entry(store, run_id)
-    if entry is None:
-        return
-    err.print(result_line(entry), highlight=False, soft_wrap=True)
-    for line in warning_lines(entry):
-        err.print(line, style="yellow", highlight=False, soft_wrap=True)
-    if entry.get("holdout") or holdout_rows(entry):
-        err.print(f"held-out clinic (never trained on): {holdout_text(entry)}", highlight=False)
 
 
 @app.command()

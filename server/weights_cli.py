@@ -4,10 +4,15 @@ Reads the file locally (PyTorch RadImageNet checkpoint, Keras `*_notop.h5`, or a
 torchvision/timm state_dict), converts it into a fresh model and reports which keys
 matched. A file that does not provide the whole backbone is refused (exit 1).
 
-Example:
+Researchers submitting from the dashboard may only choose files in the weights
+registry folder ($RADFED_WEIGHTS_DIR, default ~/.radfed/weights): inspect a file, then
+copy it there.
+
+Examples:
 
     coordinator weights inspect RadImageNet-ResNet50_notop.h5 --arch resnet50
     coordinator weights inspect resnet50.pt --arch resnet50 --json
+    coordinator weights list
 """
 
 from __future__ import annotations
@@ -73,3 +78,26 @@ def inspect(
         out.print(table)
     if refusal is not None:
         _fail(refusal)
+
+
+@weights_app.command("list")
+def list_registry(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
+) -> None:
+    """The weights registry: the files dashboard submissions may choose (besides "random").
+
+    Example: `coordinator weights list --json`
+    """
+    from radfed.weight_files import weight_files, weights_dir
+
+    folder = weights_dir()
+    rows = [{"name": name, "bytes": (folder / name).stat().st_size} for name in weight_files(folder)]
+    if as_json:
+        print(json.dumps({"folder": str(folder), "files": rows}, indent=2))
+        return
+    table = Table(title=f"weights registry {folder} (copy inspected files here)")
+    table.add_column("file")
+    table.add_column("MB", justify="right")
+    for row in rows:
+        table.add_row(row["name"], f"{row['bytes'] / 1e6:.1f}")
+    out.print(table)

@@ -55,6 +55,7 @@ SLOW_FIRST = [
     "test_multiclass.py",
     "test_series_e2e.py",
     "test_e2e.py",
+    "test_queue.py::test_submitted_approved_run_next_completes_on_the_leaderboard",
     "test_prediction.py",
 ]
 

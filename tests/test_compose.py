@@ -53,3 +53,34 @@ def test_superlink_publishes_only_the_clinics_door():
     assert service["ports"] == [f"{port}:{port}"]
     assert "--insecure" not in command and "--control-port" not in command
     assert "--remote-control" not in command  # opt-in, with a credential, documented in the file
+
+
+def test_dashboard_service_serves_beyond_loopback_once_a_researcher_exists(tmp_path, monkeypatch):
+    """The dashboard's command listens on 0.0.0.0: `dashboard` refuses it until an account
+    exists (one line with the fix); the file says how to add one before the first start."""
+    import dashboard.cli
+    from dashboard.cli import access_refusal
+    from tests.accounts import add_researcher
+
+    monkeypatch.setattr(dashboard.cli, "oidc_configured", lambda: False)  # this machine's secrets
+
+    command = _compose()["services"]["dashboard"]["command"]
+    host = command[command.index("--host") + 1]
+    db = f"sqlite:///{tmp_path / 'radfed.db'}"
+    refusal = access_refusal(db, host, explicit_db=False)
+    assert refusal and "coordinator researcher add NAME" in refusal and "\n" not in refusal
+    add_researcher(db, "alice")
+    assert access_refusal(db, host, explicit_db=False) is None
+    text = (ROOT / "compose.yaml").read_text()
+    assert "docker compose run --rm dashboard coordinator researcher add" in text
+
+
+def test_dashboard_and_coordinator_share_database_and_weights_registry():
+    """Submissions name weight files of the registry by path: the dashboard that offers them
+    and the superlink service that runs them must see the same folder and database."""
+    services = _compose()["services"]
+    dash, link = services["dashboard"], services["superlink"]
+    assert dash["environment"] == link["environment"]
+    folder = dash["environment"]["RADFED_WEIGHTS_DIR"]
+    assert all(any(v.split(":")[1] == folder for v in s["volumes"]) for s in (dash, link))
+    assert all(v.endswith(":ro") for s in (dash, link) for v in s["volumes"] if v.split(":")[1] == folder)

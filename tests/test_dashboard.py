@@ -29,6 +29,18 @@ CARD = {"labels": ["normal", "opacity"],
         "transfer_syntaxes": {"JPEG-LS Lossless Image Compression": 10}, "filtered": 1}
 
 
+@pytest.fixture(autouse=True)
+def _served_on_loopback():
+    """These tests read the dashboard as a loopback one serves it: without a login
+    (beyond loopback every page needs one: tests/test_auth.py)."""
+    from streamlit import config
+
+    before = config.get_option("server.address")
+    config.set_option("server.address", "127.0.0.1")
+    yield
+    config.set_option("server.address", before)
+
+
 def _app(monkeypatch: pytest.MonkeyPatch, db_url: str) -> AppTest:
     """Run the app as `streamlit run app.py -- --db URL` would."""
     monkeypatch.setattr(sys, "argv", [str(APP), "--db", db_url])
