@@ -23,16 +23,20 @@ STOP_GRACE_S = 10.0
 
 app = typer.Typer(
     add_completion=False,
-    help="Serve the radfed dashboard: leaderboard, learning curves, clinics, checkpoints.",
+    help="Serve the radfed dashboard: leaderboard, run comparison, clinics, ROC and calibration, "
+    "live progress, audit trail and clinic register.",
 )
 
 
 def streamlit_command(db_url: str, host: str, port: int) -> list[str]:
-    """The child command line; headless so it never prompts or opens a browser."""
+    """The child command line; headless so it never prompts or opens a browser, and with
+    Streamlit's developer toolbar (its "Deploy" button) hidden: researchers read results
+    here, they do not deploy the dashboard."""
     return [
         sys.executable, "-m", "streamlit", "run", str(APP_PATH),
         "--server.headless", "true",
         "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "viewer",
         "--server.address", host,
         "--server.port", str(port),
         "--", "--db", db_url,
