@@ -15,11 +15,13 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.context import current, run_name
+from dashboard.tables import show_table
 from dashboard.words import NONE_WORD, when
 from radfed.audit import EVENT_KINDS, Registry
 from radfed.store import StoreError
 
 LIMIT = 5000
+PAGE_ROWS = 50
 KIND_WORDS = {"enrolled": "enrolled", "revoked": "revoked", "registered": "registered with the SuperLink",
               "connected": "connected", "disconnected": "disconnected", "contributed": "contributed an update",
               "excluded": "update excluded", "late": "replied late", "alert": "alert", "lost": "lost (no heartbeat)",
@@ -87,10 +89,11 @@ def render() -> None:
     if shown.empty:
         st.info("No event matches the filters.")
         return
-    st.dataframe(shown, hide_index=True, width="stretch", column_config={
-        "When": st.column_config.TextColumn(width=150), "What": st.column_config.TextColumn(width=150),
-        "Clinic": st.column_config.TextColumn(width=90), "Run": st.column_config.TextColumn(width=170),
-        "Round": st.column_config.TextColumn(width=60), "Detail": st.column_config.TextColumn(width="medium")})
+    pages = max(1, -(-len(shown) // PAGE_ROWS))
+    number = st.number_input(f"Page (of {pages}, {PAGE_ROWS} events each)", 1, pages, 1, key="audit-page") \
+        if pages > 1 else 1
+    start = (int(number) - 1) * PAGE_ROWS
+    show_table(shown.iloc[start:start + PAGE_ROWS])
     st.download_button("Download these events (CSV)", shown.to_csv(index=False), file_name="radfed-audit-trail.csv",
                        mime="text/csv", key="audit-csv")
 

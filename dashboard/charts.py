@@ -21,7 +21,8 @@ LABEL_LIMIT = 480  # px: long run names are still shown whole in a legend below 
 
 def legend(title: str | None = None) -> alt.Legend:
     """Below the plot, one entry per line: never wider than the chart."""
-    return alt.Legend(title=title, orient="bottom", direction="vertical", columns=1, labelLimit=LABEL_LIMIT)
+    return alt.Legend(title=title, orient="bottom", direction="vertical", columns=1, labelLimit=LABEL_LIMIT,
+                      symbolType="stroke", symbolOpacity=1, symbolStrokeWidth=3)
 
 
 def colour(field: str, title: str | None = None, domain: list[str] | None = None) -> alt.Color:

@@ -19,6 +19,7 @@ from dashboard.context import choose_runs, current, run_name
 from dashboard.curves import compare_series
 from dashboard.filters import filter_sidebar
 from dashboard.settings import side_by_side
+from dashboard.tables import show_table
 from dashboard.words import NONE_WORD, auroc_text, capitalised, display_frame, number, run_duration
 from radfed.reply import CLINIC_MEAN_AUROC, POOLED_AUROC
 from radfed.results import rounds_done
@@ -35,7 +36,7 @@ def figures_frame(entries: list[dict[str, Any]]) -> pd.DataFrame:
                                                                          pooled.get("auroc_high"), empty="not yet"),
                      capitalised(CLINIC_MEAN_AUROC): number(e.get("clinic_mean_auroc"), empty="not yet"),
                      "Selected round": NONE_WORD if selected is None else str(selected),
-                     "Rounds": f"{rounds_done(e)} of {e['rounds_planned']}", "Took": run_duration(e)})
+                     "Rounds, time": f"{rounds_done(e)} of {e['rounds_planned']}, {run_duration(e)}"})
     return display_frame(pd.DataFrame(rows))
 
 
@@ -60,14 +61,14 @@ def render() -> None:
         st.altair_chart(curves_with_bands(curves, POOLED_AUROC, "Run"), width="stretch")
         st.caption("Where two bands overlap, the runs cannot be told apart at that round on this data.")
     st.subheader("Final figures")
-    st.dataframe(figures_frame(chosen), hide_index=True, width="stretch")
+    show_table(figures_frame(chosen))
     st.subheader("Settings side by side")
     only = st.toggle("Only the settings that differ", value=len(chosen) > 1, key="compare-differing")
     frame = side_by_side(chosen, only_differing=only)
     if frame.empty:
         st.info("These runs ran with the same settings.")
     else:
-        st.table(frame.set_index("Setting"))
+        show_table(frame)
 
 
 if __name__ == "__main__":

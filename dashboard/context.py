@@ -21,6 +21,7 @@ from typing import Any
 
 import streamlit as st
 
+from radfed.ranking import annotate
 from radfed.store import Store, StoreError, default_database_url
 
 CONTEXT_KEY = "radfed-context"
@@ -78,7 +79,10 @@ def load(argv: Sequence[str]) -> Context | None:
     except StoreError as exc:
         st.error(str(exc))
         return None
-    context = Context(store, entries)
+    # ranks among finished runs only, as the leaderboard shows them (a running run's
+    # interim figure must not push finished runs down)
+    finished = annotate([e for e in entries if e["status"] != "running"])
+    context = Context(store, finished + [e for e in entries if e["status"] == "running"])
     st.session_state[CONTEXT_KEY] = context
     return context
 

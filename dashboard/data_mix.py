@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.charts import stacked_bars
+from dashboard.tables import show_table
 from dashboard.words import NONE_WORD, display_frame
 
 KINDS = {"modalities": "Modalities", "manufacturers": "Manufacturers", "sizes": "Image sizes",
@@ -73,6 +74,6 @@ def show_data_mix(entry: dict[str, Any]) -> None:
     bars = label_bars(cards)
     if not bars.empty:
         st.altair_chart(stacked_bars(bars, "Images (training and validation)", "Label"), width="stretch")
-    st.dataframe(counts_frame(cards), hide_index=True, width="stretch")
-    st.table(equipment_frame(cards).set_index("Clinic"))  # a static table: long counts wrap
+    show_table(counts_frame(cards))
+    show_table(equipment_frame(cards))
     st.caption("Counts only, from each clinic's data card: no image or patient leaves a clinic.")

@@ -18,6 +18,7 @@ import streamlit as st
 
 from dashboard.context import EMPTY_MESSAGE, current, run_name
 from dashboard.filters import FACETS, facets, filter_sidebar, group_frame
+from dashboard.tables import show_table
 from dashboard.words import NO_BASELINE, NONE_WORD, auroc_text, capitalised, display_frame, number, run_duration, when
 from radfed.ranking import annotate
 from radfed.reply import CLINIC_MEAN_AUROC, POOLED_AUROC
@@ -74,21 +75,25 @@ def ranking_frame(board: list[dict[str, Any]]) -> pd.DataFrame:
         rows.append({"#": e["rank"], "Run": run_name(e),
                      HEADLINE: auroc_text(e.get("pooled_auroc"), pooled.get("auroc_low"), pooled.get("auroc_high"),
                                           empty="no pooled AUROC"),
-                     "vs #1": tie_word(e), CLINIC_MEAN: number(e.get("clinic_mean_auroc")),
-                     "Status": e["status"] + (" ⚠" if e.get("warnings") else "")})
-    return display_frame(pd.DataFrame(rows, columns=["#", "Run", HEADLINE, "vs #1", CLINIC_MEAN, "Status"]))
+                     "vs #1": tie_word(e), CLINIC_MEAN: number(e.get("clinic_mean_auroc"))})
+    return display_frame(pd.DataFrame(rows, columns=["#", "Run", HEADLINE, "vs #1", CLINIC_MEAN]))
 
 
 def outcome_frame(board: list[dict[str, Any]]) -> pd.DataFrame:
-    """How each run went: rounds, selected round, against the centralised baseline, the
-    held-out clinic, when it started and how long it took."""
+    """How each run went: status (⚠: warnings below), rounds, when it started, how long it took."""
+    rows = [{"Run": run_name(e), "Status": e["status"] + (" ⚠" if e.get("warnings") else ""),
+             "Rounds": f"{rounds_done(e)} of {e['rounds_planned']}", "Started": when(e.get("started_at")),
+             "Took": run_duration(e)} for e in board]
+    return display_frame(pd.DataFrame(rows))
+
+
+def model_frame(board: list[dict[str, Any]]) -> pd.DataFrame:
+    """The model each run kept, against the centralised baseline and a held-out clinic."""
     rows = []
     for e in board:
         selected = (e.get("selected") or {}).get("round")
-        rows.append({"Run": run_name(e), "Rounds": f"{rounds_done(e)} of {e['rounds_planned']}",
-                     "Selected round": NONE_WORD if selected is None else str(selected),
-                     "Fed ÷ central": versus_central(e), "Held-out clinic": held_out(e),
-                     "Started": when(e.get("started_at")), "Took": run_duration(e)})
+        rows.append({"Run": run_name(e), "Selected round": NONE_WORD if selected is None else str(selected),
+                     "Fed ÷ central": versus_central(e), "Held-out clinic": held_out(e)})
     return display_frame(pd.DataFrame(rows))
 
 
@@ -116,22 +121,23 @@ def render() -> None:
                 "No finished runs yet: the leaderboard ranks runs once they end.")
         return
     st.subheader(f"Ranked by {POOLED_AUROC} of the final model")
-    st.dataframe(ranking_frame(board), hide_index=True, width="stretch")
+    show_table(ranking_frame(board))
     st.markdown(CAPTION)
     flagged = [e for e in board if e.get("warnings")]
     for e in flagged:
         st.warning(f"⚠ {run_name(e)}: " + "; ".join(e["warnings"]))
     st.subheader("How each run went")
-    st.dataframe(outcome_frame(board), hide_index=True, width="stretch")
+    show_table(outcome_frame(board))
+    show_table(model_frame(board))
     st.caption("Selected round: the checkpoint with the best pooled AUROC (kept as the run's model). "
                "Fed ÷ central: the pooled AUROC over that of a centralised baseline with the same model, "
                "budget and seed (`coordinator baseline`). Held-out clinic: leave-one-clinic-out runs only.")
     st.subheader("What each run trained")
-    st.dataframe(setup_frame(board), hide_index=True, width="stretch")
+    show_table(setup_frame(board))
     facet = st.selectbox("Group runs by", ["nothing"] + list(FACETS), format_func=lambda f: FACETS.get(f, f),
                          key="group-by")
     if facet != "nothing":
-        st.dataframe(display_frame(group_frame(board, facet)), hide_index=True, width="stretch")
+        show_table(display_frame(group_frame(board, facet)))
 
 
 if __name__ == "__main__":

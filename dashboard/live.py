@@ -17,6 +17,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.context import current, run_name
+from dashboard.figures import show_figures
+from dashboard.tables import show_table
 from dashboard.words import auroc_text, duration, parse_time, when
 from radfed.reply import POOLED_AUROC
 from radfed.results import rounds_done
@@ -76,16 +78,14 @@ def show_run(entry: dict[str, Any]) -> None:
     done, planned = rounds_done(entry), int(entry.get("rounds_planned") or 0)
     st.subheader(run_name(entry))
     st.progress(min(done / planned, 1.0) if planned else 0.0, text=f"{done} of {planned} rounds done")
-    a, b, c = st.columns(3)
-    a.metric("Running for", elapsed(entry))
-    b.metric("Time left", time_left(entry))
-    c.metric(f"Latest {POOLED_AUROC}", latest_pooled(entry).split(" (")[0])
-    st.caption(f"Started {when(entry.get('started_at'))}; latest {POOLED_AUROC}: {latest_pooled(entry)}.")
+    show_figures([("Running for", elapsed(entry), f"since {when(entry.get('started_at'))}"),
+                  ("Time left", time_left(entry), "mean round time × rounds to go"),
+                  (f"Latest {POOLED_AUROC} [95% CI]", latest_pooled(entry), "")])
     clinics = clinic_frame(entry)
     if clinics.empty:
         st.info("No clinic has replied yet: the first round starts once enough clinics are connected.")
     else:
-        st.dataframe(clinics, hide_index=True, width="stretch", height="content")
+        show_table(clinics)
 
 
 @st.fragment(run_every=REFRESH_S)

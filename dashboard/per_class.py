@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from dashboard.tables import show_table
 from dashboard.words import count, display_frame, number
 from radfed.ranking import final_round
 from radfed.reply import MACRO_AUROC, format_auroc
@@ -75,7 +76,7 @@ def show_per_class(entry: dict[str, Any]) -> None:
     if frame.empty:
         return
     st.markdown("**Per-class AUROC (one class against the others): final model, pooled and per clinic**")
-    st.dataframe(display_per_class(frame), hide_index=True, width="stretch")
+    show_table(display_per_class(frame))
     st.caption(f"Each class's score is the model's log-odds of that class against all others. "
                f"{MACRO_AUROC}: the mean of the classes' AUROCs; its CI averages the classes' "
                f"bootstrap replicates over the same resampled patients. 'no AUROC: one class only': "

@@ -19,7 +19,8 @@ import streamlit as st
 from dashboard.charts import curves_with_bands, forest_plot
 from dashboard.context import current, choose_run, run_name
 from dashboard.curves import clinic_series
-from dashboard.words import NOT_MEASURED, auroc_text, count, display_frame, megabytes, number, percent
+from dashboard.tables import show_grid, show_table
+from dashboard.words import auroc_text, count, display_frame, megabytes, number, percent
 from radfed.ranking import final_round
 from radfed.reply import POOLED_AUROC
 
@@ -63,20 +64,20 @@ def operating_frame(entry: dict[str, Any]) -> pd.DataFrame:
     for c in final_rows(entry):
         q = c.get("quality") or {}
         held = c["phase"] == "holdout"
-        rows.append({"Clinic": c["clinic"], "Model": "held out (federation's threshold)" if held else "federated",
+        rows.append({"Clinic": c["clinic"] + (" (held out: federation's threshold)" if held else ""),
                      "AUROC [95% CI]": auroc_text(c.get("auroc"), q.get("auroc_low"), q.get("auroc_high")),
                      "Threshold p(finding)": number(q.get("threshold")),
                      "Sensitivity": number(q.get("sensitivity"), ".2f"),
                      "Specificity": number(q.get("specificity"), ".2f")})
     pooled = entry.get("pooled") or {}
     if pooled:
-        rows.append({"Clinic": POOLED_ROW, "Model": "federated",
+        rows.append({"Clinic": POOLED_ROW,
                      "AUROC [95% CI]": auroc_text(pooled.get("auroc"), pooled.get("auroc_low"), pooled.get("auroc_high")),
                      "Threshold p(finding)": number(pooled.get("threshold")),
                      "Sensitivity": number(pooled.get("sensitivity"), ".2f"),
                      "Specificity": number(pooled.get("specificity"), ".2f")})
     for clinic, q in sorted(((entry.get("baseline") or {}).get("clinics") or {}).items()):
-        rows.append({"Clinic": clinic, "Model": "centralised baseline",
+        rows.append({"Clinic": f"{clinic}, centralised baseline",
                      "AUROC [95% CI]": auroc_text(q.get("auroc"), q.get("auroc_low"), q.get("auroc_high")),
                      "Threshold p(finding)": number(q.get("threshold")),
                      "Sensitivity": number(q.get("sensitivity"), ".2f"),
@@ -111,9 +112,9 @@ def training_frame(entry: dict[str, Any]) -> pd.DataFrame:
     """Every round of local training at a clinic: loss, images, model MB each way."""
     rows = [{"Round": c["server_round"], "Clinic": c["clinic"], "Training loss": number(c.get("loss")),
              "Images": count(c.get("num_examples")), "Model sent to it": megabytes(c.get("bytes_down")),
-             "Update sent back": megabytes(c.get("bytes_up")), "Device": c.get("device")}
+             "Update sent back": megabytes(c.get("bytes_up"))}
             for c in entry.get("clinics", []) if c["phase"] == "train"]
-    return display_frame(pd.DataFrame(rows), empty={"Device": "not reported"})
+    return display_frame(pd.DataFrame(rows))
 
 
 def problem_frame(entry: dict[str, Any]) -> pd.DataFrame:
@@ -122,11 +123,6 @@ def problem_frame(entry: dict[str, Any]) -> pd.DataFrame:
              "Why": c.get("note") or "no reason recorded"}
             for c in entry.get("clinics", []) if c["phase"] in PROBLEM_PHASES]
     return pd.DataFrame(rows, columns=["Round", "Clinic", "What happened", "Why"])
-
-
-def table(frame: pd.DataFrame) -> None:
-    """A table tall enough for every row: no scroll box hiding rows."""
-    st.dataframe(frame, hide_index=True, width="stretch", height="content")
 
 
 def show_curves(entry: dict[str, Any]) -> None:
@@ -165,10 +161,10 @@ def render() -> None:
         st.altair_chart(forest_plot(forest), width="stretch")
         st.caption("Dots: AUROC of the final model; whiskers: 95 % CI over the clinic's patients (pooled: "
                    "patients resampled within their clinic). Dashed line: 0.5, a coin toss.")
-        table(operating_frame(entry))
+        show_table(operating_frame(entry))
         st.caption("Each clinic's sensitivity and specificity are read at its own threshold (Youden's J on its "
                    "validation images); a held-out clinic is read at the federation's pooled threshold.")
-        table(calibration_frame(entry))
+        show_table(calibration_frame(entry))
         st.caption("Accuracy counts the model's own call, a finding when p(finding) ≥ 0.5; compare it with the "
                    "share of images with the finding, which a model calling every image 'no finding' "
                    "would score the complement of.")
@@ -179,19 +175,19 @@ def render() -> None:
     if evaluations.empty:
         st.info("No evaluations recorded yet.")
     else:
-        table(evaluations)
+        show_grid(evaluations)
     st.caption("Round 0 is the initial model, before any training.")
     st.subheader("Local training (per round and clinic)")
     training = training_frame(entry)
     if training.empty:
         st.info("No training round recorded yet.")
     else:
-        table(training)
+        show_grid(training)
     st.caption("MB = 10⁶ bytes.")
     problems = problem_frame(entry)
     if not problems.empty:
         st.subheader("Clinics left out of a round")
-        st.table(problems.set_index("Round"))
+        show_table(problems)
 
 
 if __name__ == "__main__":

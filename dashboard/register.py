@@ -15,6 +15,7 @@ import streamlit as st
 
 from dashboard.audit_trail import KIND_WORDS
 from dashboard.context import current
+from dashboard.tables import show_table
 from dashboard.words import NONE_WORD, NOT_YET, when
 from radfed.audit import Registry
 from radfed.store import StoreError
@@ -69,7 +70,7 @@ def render() -> None:
     if shown.empty:
         st.info("No clinic matches the filters.")
         return
-    st.table(shown.set_index("Clinic"))
+    show_table(shown)
     st.caption("Node key: the fingerprint of the clinic's public node key (its bundle shows the same). "
                "Registered: the SuperLink knows the key and gave the clinic a node id.")
 

@@ -21,11 +21,13 @@ from dashboard.context import current, choose_run, file_stem, run_name
 from dashboard.curves import auroc_series, loss_series
 from dashboard.data_mix import show_data_mix
 from dashboard.exports import show_exports
+from dashboard.figures import show_figures
 from dashboard.filters import facets
 from dashboard.per_class import show_per_class
 from dashboard.settings import show_settings
+from dashboard.tables import show_grid, show_table
 from dashboard.words import (NO_BASELINE, NONE_WORD, NOT_MEASURED, auroc_text, count, display_frame, duration,
-                             megabytes, number, percent, run_duration, when)
+                             megabytes, number, run_duration, when)
 from radfed.reply import CLINIC_MEAN_AUROC, POOLED_AUROC
 from radfed.results import rounds_done
 
@@ -58,6 +60,10 @@ def figures_row(model: str, q: dict[str, Any], images: Any, patients: Any) -> di
             "Sensitivity": number(q.get("sensitivity"), ".2f"), "Specificity": number(q.get("specificity"), ".2f"),
             "ECE": number(q.get("ece")), "Images": count(images),
             "Patients": count(patients, empty="not sent (pooled from counts)")}
+
+
+OPERATING = ["Model", "AUROC [95% CI]", "Threshold p(finding)", "Sensitivity", "Specificity"]
+COUNTS = ["Model", "ECE", "Images", "Patients"]
 
 
 def traffic_frame(entry: dict[str, Any]) -> pd.DataFrame:
@@ -97,7 +103,7 @@ def show_checkpoints(entry: dict[str, Any]) -> None:
     if not entry.get("checkpoints"):
         st.info("No checkpoint saved yet: one is written at the end of every round.")
         return
-    st.dataframe(checkpoint_frame(entry), hide_index=True, width="stretch")
+    show_table(checkpoint_frame(entry))
     for kind, c in download_rows(entry):
         path = Path(c["path"])
         name = file_stem(entry, c["server_round"]) + ".pt"
@@ -133,13 +139,14 @@ def show_curves(entry: dict[str, Any]) -> None:
 
 def show_headline(entry: dict[str, Any]) -> None:
     pooled = entry.get("pooled") or {}
-    a, b, c, d = st.columns(4)
-    a.metric(f"{POOLED_AUROC} [95% CI]", auroc_text(entry.get("pooled_auroc"), pooled.get("auroc_low"),
-                                                    pooled.get("auroc_high"), empty="not yet"))
-    b.metric(CLINIC_MEAN_AUROC, number(entry.get("clinic_mean_auroc"), empty="not yet"))
     selected = (entry.get("selected") or {}).get("round")
-    c.metric("Selected round", NONE_WORD if selected is None else str(selected))
-    d.metric("Fed ÷ central", NO_BASELINE if entry.get("vs_central") is None else f"{entry['vs_central']:.2f}")
+    show_figures([
+        (f"{POOLED_AUROC} [95% CI]", auroc_text(entry.get("pooled_auroc"), pooled.get("auroc_low"),
+                                                pooled.get("auroc_high"), empty="not yet"), "the headline"),
+        (CLINIC_MEAN_AUROC, number(entry.get("clinic_mean_auroc"), empty="not measured"), "secondary"),
+        ("Selected round", NONE_WORD if selected is None else str(selected), "best pooled AUROC"),
+        ("Fed ÷ central", NO_BASELINE if entry.get("vs_central") is None else f"{entry['vs_central']:.2f}",
+         "pooled AUROC over the centralised baseline's")])
 
 
 def render() -> None:
@@ -169,7 +176,8 @@ def render() -> None:
     if final.empty:
         st.info("No pooled figures yet: they come once the clinics have evaluated a model.")
     else:
-        st.dataframe(final, hide_index=True, width="stretch")
+        show_table(final[OPERATING])
+        show_table(final[COUNTS])
         st.caption("Sensitivity and specificity are read at the stated threshold on p(finding): the one that "
                    "maximises Youden's J (sensitivity + specificity − 1) on all clinics' validation images. "
                    "Patients: the pooled figures are made from the clinics' score counts, which carry no "
@@ -185,7 +193,7 @@ def render() -> None:
     if traffic.empty:
         st.info("No training round finished yet.")
     else:
-        st.dataframe(traffic, hide_index=True, width="stretch")
+        show_grid(traffic)
         st.caption("MB = 10⁶ bytes, all clinics together; head-only rounds send only the head.")
     show_data_mix(entry)
     show_checkpoints(entry)

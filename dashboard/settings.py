@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import streamlit as st
 
 from dashboard.context import run_name
 from dashboard.filters import freeze_words, weight_source
+from dashboard.tables import show_table
 from dashboard.words import NONE_WORD
 from radfed.model_card import spec_values
 
@@ -107,7 +107,4 @@ def side_by_side(entries: list[dict[str, Any]], only_differing: bool = False) ->
 def show_settings(entry: dict[str, Any]) -> None:
     """The run's settings, section by section."""
     frame = settings_frame(entry)
-    st.dataframe(frame, hide_index=True, width="stretch", column_config={
-        "Section": st.column_config.TextColumn(width="small"),
-        "Setting": st.column_config.TextColumn(width="medium"),
-        "Value": st.column_config.TextColumn(width="large")})
+    show_table(frame)

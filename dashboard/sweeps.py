@@ -18,6 +18,7 @@ import streamlit as st
 from dashboard.charts import differences_chart
 from dashboard.context import current, run_name
 from dashboard.filters import filter_sidebar, freeze_words
+from dashboard.tables import show_table
 from dashboard.words import auroc_text, capitalised, display_frame
 from radfed.reply import POOLED_AUROC
 from radfed.results import mean_difference, mean_sd, paired_differences, summary
@@ -80,7 +81,7 @@ def render() -> None:
         st.info(NO_SWEEP)
         return
     st.subheader(f"{capitalised(POOLED_AUROC)} per backbone and weight source, over a sweep's scenarios")
-    st.dataframe(groups, hide_index=True, width="stretch")
+    show_table(groups)
     sources = sorted({e.get("weight_source") for e in entries if e.get("sweep") and e.get("weight_source")})
     if len(sources) < 2:
         st.info(f"Only one weight source ({', '.join(sources) or 'none'}) has run: pairs need a second, e.g. "
@@ -100,12 +101,12 @@ def render() -> None:
     chart = pd.DataFrame([{"who": f"{scenario(r)} ({r['sweep']})", "diff": r["diff"], "low": r["low"],
                            "high": r["high"]} for r in rows])
     st.altair_chart(differences_chart(chart, f"{POOLED_AUROC}: {first} − {second} (95 % CI)"), width="stretch")
-    st.table(pairs_frame(rows, first, second).set_index("Scenario"))
+    show_table(pairs_frame(rows, first, second))
     st.caption(f"Right of the dashed line: {first} did better. The CI of a difference combines the two runs' "
                f"95 % CIs as if independent; both were scored on the same patients, so a paired interval "
                f"would be narrower. A CI that holds 0: the two cannot be told apart on this data.")
     st.subheader("Mean difference per backbone, over scenarios")
-    st.dataframe(means_frame(rows, first, second), hide_index=True, width="stretch")
+    show_table(means_frame(rows, first, second))
     st.caption("95 % CI: Student's t over the scenarios' differences (each scenario one replicate).")
     names = sorted({run_name(r[k]) for r in rows for k in ("first", "second")})
     st.caption(f"{len(names)} runs in {len(rows)} pairs.")

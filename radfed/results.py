@@ -70,6 +70,7 @@ def mean_sd(row: dict[str, Any]) -> str:
 # answers it scenario by scenario, and the mean difference per backbone over scenarios.
 
 Z95 = 1.959963984540054
+FREEZE_ORDER = ("none", "all", "top-k")  # the paper's (server/sweep.py PAPER_SCENARIOS)
 
 
 def pair_key(entry: dict[str, Any]) -> tuple | None:
@@ -130,7 +131,8 @@ def paired_differences(entries: list[dict[str, Any]], first: str = "radimagenet"
 def _pair_order(key: tuple) -> tuple:
     sweep, backbone, freeze, _, lr, *_ = key
     rank = PAPER_BACKBONES.index(backbone) if backbone in PAPER_BACKBONES else len(PAPER_BACKBONES)
-    return (sweep, rank, backbone, str(freeze), -(lr or 0.0))
+    policy = FREEZE_ORDER.index(freeze) if freeze in FREEZE_ORDER else len(FREEZE_ORDER)
+    return (sweep, rank, backbone, policy, -(lr or 0.0))
 
 
 def mean_difference(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

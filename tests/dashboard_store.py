@@ -124,10 +124,10 @@ def fill(db_url: str, folder: Path) -> Filled:
             registry.add_clinic(name, f"ecdsa-sha2-nistp384 KEY{name}", key)
         registry.set_node_id("clinic-a", 7_900_000_000_000_000_001)
         registry.revoke("clinic-c")
-        plan = [("pneu-radimagenet-resnet50-unfreeze-all-lr0.001", "radimagenet", "none", 1e-3, 3.0),
-                ("pneu-imagenet-resnet50-unfreeze-all-lr0.001", "imagenet", "none", 1e-3, 2.6),
-                ("pneu-radimagenet-resnet50-freeze-all-lr0.01", "radimagenet", "all", 1e-2, 2.2),
-                ("pneu-imagenet-resnet50-freeze-all-lr0.01", "imagenet", "all", 1e-2, 1.6)]
+        plan = [("pneu-radimagenet-resnet50-unfreeze-all-lr0.001", "radimagenet", "none", 1e-3, 2.0),
+                ("pneu-imagenet-resnet50-unfreeze-all-lr0.001", "imagenet", "none", 1e-3, 1.5),
+                ("pneu-radimagenet-resnet50-freeze-all-lr0.01", "radimagenet", "all", 1e-2, 1.0),
+                ("pneu-imagenet-resnet50-freeze-all-lr0.01", "imagenet", "all", 1e-2, 0.5)]
         for i, (name, source, freeze, lr, separation) in enumerate(plan):
             flower = str(1_234_567_890_123_456_000 + i)
             s = spec(name, freeze=freeze, learning_rate=lr, sweep="pneu", weight_source=source)
@@ -135,7 +135,7 @@ def fill(db_url: str, folder: Path) -> Filled:
             filled.flower_ids[name] = flower
         crashed = spec("densenet-crashed", backbone="densenet121", weights="random", strategy="fedprox")
         filled.runs["densenet-crashed"] = record_run(store, registry, folder, crashed, "9876543210987654321",
-                                                     1.0, seed=7, rounds=1, finish="failed")
+                                                     0.2, seed=7, rounds=1, finish="failed")
         live = spec("live-resnet18", backbone="resnet18", weights="random", rounds=3)
         run = record_run(store, registry, folder, live, "5555555555555555555", 2.0, seed=9, rounds=1, finish=None)
         store.record_clinic_result(run, 2, "clinic-a", 7_900_000_000_000_000_001, "train", 0.3, 20, device="cpu")
@@ -164,6 +164,7 @@ def frame_texts(frame) -> list[str]:
 
 def chart_texts(proto) -> list[str]:
     """Titles in the Vega-Lite spec and the string values of its data (legend entries)."""
+    import pandas as pd
     from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 
     texts = []
@@ -183,7 +184,7 @@ def chart_texts(proto) -> list[str]:
         frame = convert_arrow_bytes_to_pandas_df(dataset.data.data)
         for column in frame.columns:
             texts.append(str(column))
-            if frame[column].dtype == object:
+            if frame[column].dtype == object or pd.api.types.is_string_dtype(frame[column]):
                 texts += [str(v) for v in frame[column]]
     return texts
 
