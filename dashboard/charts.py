@@ -14,7 +14,7 @@ import altair as alt
 import pandas as pd
 
 SCHEME = "tableau10"
-HEIGHT = 320
+HEIGHT = 300  # plot and axes; a legend below adds `legend_room`
 ROUND_AXIS = "Round (0 = the initial model, before training)"
 LABEL_LIMIT = 480  # px: long run names are still shown whole in a legend below the plot
 
@@ -23,6 +23,12 @@ def legend(title: str | None = None) -> alt.Legend:
     """Below the plot, one entry per line: never wider than the chart."""
     return alt.Legend(title=title, orient="bottom", direction="vertical", columns=1, labelLimit=LABEL_LIMIT,
                       symbolType="stroke", symbolOpacity=1, symbolStrokeWidth=3)
+
+
+def legend_room(entries: int) -> int:
+    """Pixels a bottom legend needs: Streamlit fits the whole chart, legend included, into
+    the height given, so a chart's height must leave this much below the plot."""
+    return 40 + 18 * entries
 
 
 def colour(field: str, title: str | None = None, domain: list[str] | None = None) -> alt.Color:
@@ -50,7 +56,7 @@ def curves_with_bands(frame: pd.DataFrame, y_title: str, series_title: str = "Ru
         tooltip=[alt.Tooltip("series:N", title=series_title), alt.Tooltip("round:Q", title="Round"),
                  alt.Tooltip("value:Q", title=y_title, format=".3f")],
     )
-    return (band + line).properties(height=HEIGHT)
+    return (band + line).properties(height=HEIGHT + legend_room(frame["series"].nunique()))
 
 
 def forest_plot(frame: pd.DataFrame) -> alt.LayerChart:
@@ -60,14 +66,16 @@ def forest_plot(frame: pd.DataFrame) -> alt.LayerChart:
     y = alt.Y("who:N", title=None, sort=order, axis=alt.Axis(labelLimit=LABEL_LIMIT))
     x_scale = alt.Scale(domain=[min(0.4, float(frame["low"].min(skipna=True) if frame["low"].notna().any()
                                                    else 0.4)), 1.0], clamp=True)
-    base = alt.Chart(frame).encode(y=y, color=colour("role", "Model evaluated"))
+    # colour tells federated, held-out and pooled apart; the row names say which is which,
+    # so no legend (it would take height the rows need)
+    base = alt.Chart(frame).encode(y=y, color=alt.Color("role:N", scale=alt.Scale(scheme=SCHEME), legend=None))
     whisker = base.transform_filter("isValid(datum.low) && isValid(datum.high)").mark_rule(strokeWidth=2).encode(
         x=alt.X("low:Q", title="AUROC of the final model (95 % CI over patients)", scale=x_scale), x2="high:Q")
     dots = base.mark_point(filled=True, size=90).encode(
         x=alt.X("auroc:Q", scale=x_scale), tooltip=[alt.Tooltip("who:N", title="Where"),
                                                     alt.Tooltip("text:N", title="AUROC [95% CI]")])
     chance = alt.Chart(pd.DataFrame({"x": [0.5]})).mark_rule(color="grey", strokeDash=[4, 4]).encode(x="x:Q")
-    return (whisker + dots + chance).properties(height=max(120, 42 * len(frame)))
+    return (whisker + dots + chance).properties(height=90 + 36 * len(frame))
 
 
 def roc_chart(curves: pd.DataFrame, points: pd.DataFrame) -> alt.LayerChart:
@@ -83,24 +91,25 @@ def roc_chart(curves: pd.DataFrame, points: pd.DataFrame) -> alt.LayerChart:
                  alt.Tooltip("tpr:Q", format=".2f", title="Sensitivity")])
     chance = alt.Chart(pd.DataFrame({"fpr": [0, 1], "tpr": [0, 1]})).mark_line(
         color="grey", strokeDash=[4, 4]).encode(x="fpr:Q", y="tpr:Q")
-    return (chance + lines + marks).properties(height=HEIGHT)
+    return (chance + lines + marks).properties(height=HEIGHT + legend_room(len(domain)))
 
 
 def reliability_chart(frame: pd.DataFrame) -> alt.LayerChart:
     """Observed share of findings against the mean predicted p(finding) per bin; the
-    dashed diagonal is a perfectly calibrated model; point size is the bin's images."""
+    dashed diagonal is a perfectly calibrated model; a pale disc's area is the bin's
+    images (no second legend: two legends side by side do not fit half a page)."""
     axes = {"x": alt.X("predicted:Q", title="Mean predicted p(finding) in the bin", scale=alt.Scale(domain=[0, 1])),
-            "y": alt.Y("observed:Q", title="Share of images with the finding", scale=alt.Scale(domain=[0, 1]))}
+            "y": alt.Y("observed:Q", title="Share with the finding", scale=alt.Scale(domain=[0, 1]))}
     domain = list(dict.fromkeys(frame["series"]))
     line = alt.Chart(frame).mark_line(point=True).encode(**axes, color=colour("series", "Validation images of", domain))
     sized = alt.Chart(frame).mark_circle(opacity=0.35).encode(
         **axes, color=alt.Color("series:N", scale=alt.Scale(scheme=SCHEME, domain=domain), legend=None),
-        size=alt.Size("images:Q", title="Images in the bin", legend=alt.Legend(orient="bottom")),
+        size=alt.Size("images:Q", title="Images in the bin", legend=None),  # said in the caption
         tooltip=[alt.Tooltip("series:N", title="Where"), alt.Tooltip("images:Q", title="Images"),
                  alt.Tooltip("predicted:Q", format=".2f"), alt.Tooltip("observed:Q", format=".2f")])
     ideal = alt.Chart(pd.DataFrame({"predicted": [0, 1], "observed": [0, 1]})).mark_line(
         color="grey", strokeDash=[4, 4]).encode(x="predicted:Q", y="observed:Q")
-    return (ideal + line + sized).properties(height=HEIGHT)
+    return (ideal + line + sized).properties(height=HEIGHT + legend_room(len(domain)))
 
 
 def confusion_chart(frame: pd.DataFrame) -> alt.LayerChart:
@@ -123,7 +132,7 @@ def stacked_bars(frame: pd.DataFrame, x_title: str, colour_title: str) -> alt.Ch
         color=colour("part", colour_title),
         tooltip=[alt.Tooltip("who:N", title="Clinic"), alt.Tooltip("part:N", title=colour_title),
                  alt.Tooltip("count:Q", title=x_title)],
-    ).properties(height=max(100, 40 * frame["who"].nunique()))
+    ).properties(height=60 + 36 * frame["who"].nunique() + legend_room(frame["part"].nunique()))
 
 
 def differences_chart(frame: pd.DataFrame, x_title: str) -> alt.LayerChart:
@@ -135,4 +144,4 @@ def differences_chart(frame: pd.DataFrame, x_title: str) -> alt.LayerChart:
         x=alt.X("low:Q", title=x_title), x2="high:Q")
     dots = base.mark_point(filled=True, size=80).encode(x="diff:Q")
     zero = alt.Chart(pd.DataFrame({"x": [0.0]})).mark_rule(color="grey", strokeDash=[4, 4]).encode(x="x:Q")
-    return (whisker + dots + zero).properties(height=max(120, 34 * len(frame)))
+    return (whisker + dots + zero).properties(height=90 + 34 * len(frame))

@@ -132,6 +132,7 @@ def render() -> None:
             st.info("Pick at least one set of validation images.")
         else:
             st.altair_chart(reliability_chart(cal), width="stretch")
+            st.caption("Each point is a bin of p(finding) tenths; the pale disc's area is its images.")
     if cut is not None and series:
         st.subheader("Confusion matrix at the threshold")
         whose = st.selectbox("Images of", list(series), key="diagnostics-confusion")

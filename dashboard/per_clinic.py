@@ -20,13 +20,22 @@ from dashboard.charts import curves_with_bands, forest_plot
 from dashboard.context import current, choose_run, run_name
 from dashboard.curves import clinic_series
 from dashboard.tables import show_grid, show_table
-from dashboard.words import auroc_text, count, display_frame, megabytes, number, percent
+from dashboard.words import NOT_MEASURED, auroc_text, count, display_frame, megabytes, number, percent
 from radfed.ranking import final_round
 from radfed.reply import POOLED_AUROC
 
 POOLED_ROW = "all clinics pooled"
 PROBLEM_PHASES = {"excluded": "update excluded", "late": "replied late", "lost": "lost (no heartbeat)",
                   "revoked": "revoked", "failed": "failed"}
+
+
+ONE_CLASS = "one class only"
+
+
+def empty_word(q: dict[str, Any]) -> str:
+    """Why a clinic has no AUROC or operating point: its validation images hold one class
+    (prevalence 0 or 1), or the figure was not sent."""
+    return ONE_CLASS if q.get("prevalence") in (0.0, 1.0) else NOT_MEASURED
 
 
 def final_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
@@ -64,11 +73,12 @@ def operating_frame(entry: dict[str, Any]) -> pd.DataFrame:
     for c in final_rows(entry):
         q = c.get("quality") or {}
         held = c["phase"] == "holdout"
+        word = empty_word(q)
         rows.append({"Clinic": c["clinic"] + (" (held out: federation's threshold)" if held else ""),
-                     "AUROC [95% CI]": auroc_text(c.get("auroc"), q.get("auroc_low"), q.get("auroc_high")),
-                     "Threshold p(finding)": number(q.get("threshold")),
-                     "Sensitivity": number(q.get("sensitivity"), ".2f"),
-                     "Specificity": number(q.get("specificity"), ".2f")})
+                     "AUROC [95% CI]": auroc_text(c.get("auroc"), q.get("auroc_low"), q.get("auroc_high"), empty=word),
+                     "Threshold p(finding)": number(q.get("threshold"), empty=word),
+                     "Sensitivity": number(q.get("sensitivity"), ".2f", empty=word),
+                     "Specificity": number(q.get("specificity"), ".2f", empty=word)})
     pooled = entry.get("pooled") or {}
     if pooled:
         rows.append({"Clinic": POOLED_ROW,
@@ -102,7 +112,8 @@ def evaluation_frame(entry: dict[str, Any]) -> pd.DataFrame:
     """Every evaluation of a model at a clinic: round, clinic, AUROC [CI], loss, images."""
     rows = [{"Round": c["server_round"], "Clinic": c["clinic"],
              "AUROC [95% CI]": auroc_text(c.get("auroc"), (c.get("quality") or {}).get("auroc_low"),
-                                          (c.get("quality") or {}).get("auroc_high")),
+                                          (c.get("quality") or {}).get("auroc_high"),
+                                          empty=empty_word(c.get("quality") or {})),
              "Loss": number(c.get("loss")), "Images": count(c.get("num_examples")), "Device": c.get("device")}
             for c in entry.get("clinics", []) if c["phase"] == "evaluate"]
     return display_frame(pd.DataFrame(rows), empty={"Device": "not reported"})

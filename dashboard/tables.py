@@ -15,8 +15,11 @@ import streamlit as st
 
 
 def show_table(frame: pd.DataFrame) -> None:
-    """A static table, its first column as the row names (no meaningless 0, 1, 2...)."""
-    st.table(frame.set_index(frame.columns[0]))
+    """A static table, its first column as the row names (no meaningless 0, 1, 2...);
+    as text, because st.table hides an index of consecutive numbers (a rank, a round)."""
+    named = frame.set_index(frame.columns[0])
+    named.index = named.index.map(str)
+    st.table(named)
 
 
 def show_grid(frame: pd.DataFrame) -> None:

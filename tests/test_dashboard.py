@@ -78,7 +78,7 @@ def test_leaderboard_ranks_by_the_pooled_auroc_with_its_ci(monkeypatch, filled: 
     with Store(filled.url) as store:
         finished = store.leaderboard()
     board = frame_with(at, "vs #1")
-    assert board.index.tolist() == [1, 2, 3, 4, 5]
+    assert board.index.tolist() == ["1", "2", "3", "4", "5"]
     assert board["Run"].tolist() == [f"{e['experiment']} · run {e['run_id']}" for e in finished]
     assert [float(h.split()[0]) for h in board["Pooled AUROC [95% CI]"]] == [
         round(e["pooled_auroc"], 3) for e in finished]
@@ -108,7 +108,7 @@ def test_filters_and_grouping(monkeypatch, filled: Filled) -> None:
     board = frame_with(at, "vs #1")
     assert sorted(r.split(" · ")[0] for r in board["Run"]) == ["pneu-imagenet-resnet50-freeze-all-lr0.01",
                                                                "pneu-imagenet-resnet50-unfreeze-all-lr0.001"]
-    assert board.index.tolist() == [1, 2] and board["vs #1"].tolist()[0] == "#1"  # ranked among those shown
+    assert board.index.tolist() == ["1", "2"] and board["vs #1"].tolist()[0] == "#1"  # ranked among those shown
     at.selectbox(key="group-by").select("freeze").run()
     groups = frame_with(at, "Runs")
     assert groups.index.tolist() == ["head only (backbone frozen)", "train every layer"]
@@ -151,6 +151,16 @@ def test_sweeps_pair_radimagenet_with_imagenet(monkeypatch, filled: Filled) -> N
 
 
 def test_run_details_settings_downloads_and_words(monkeypatch, filled: Filled) -> None:
+    import streamlit
+
+    offered = []
+    original = streamlit.download_button
+
+    def recording(label, data, file_name=None, **kwargs):
+        offered.append(file_name)
+        return original(label, data, file_name=file_name, **kwargs)
+
+    monkeypatch.setattr(streamlit, "download_button", recording)
     at = open_app(monkeypatch, filled.url, "run.py")
     at.selectbox(key="run").select(filled.runs["pneu-radimagenet-resnet50-unfreeze-all-lr0.001"]).run()
     assert not unreadable(at)
@@ -161,20 +171,18 @@ def test_run_details_settings_downloads_and_words(monkeypatch, filled: Filled) -
     assert values["Learning rate"] == "0.001" and values["Local epochs per round"] == "1"
     assert values["Batch size"] == "16" and values["Image size (px)"] == "224" and values["Seed"] == "0"
     assert values["Layers trained"] == "train every layer" and values["Initial weights"] == "resnet50.pth"
-    names = sorted(b.proto.label for b in at.get("download_button"))
-    assert any("round 2" in n for n in names)
-    files = [json.loads(json.dumps(n.proto.label)) for n in walk(at._tree) if n.type == "download_button"]
-    assert files
+    stem = "pneu-radimagenet-resnet50-unfreeze-all-lr0.001-run-1-round-"
+    assert f"{stem}2.pt" in offered and any(n.startswith(stem) and n.endswith(".card.md") for n in offered)
+    assert any("round 2" in b.proto.label for b in at.get("download_button"))
     traffic = frame_with(at, "Sent to clinics")
     assert traffic["Sent to clinics"].tolist() == ["5.00 MB", "5.00 MB"] and traffic["Took"].tolist()[0] == "43 s"
     final = frame_with(at, "Threshold p(finding)")
     assert final.index.tolist() == ["federated, all clinics pooled", "centralised baseline, pooled"]
     assert frame_with(at, "Patients")["Patients"].tolist()[0] == "not sent (pooled from counts)"
-    assert "Youden" in text
-    auroc, loss = charts(at)[:2]
-    assert "area" in marks(auroc)
-    loss_data = texts(at)
-    assert "training loss (clinics' mean)" in loss_data and "train_loss" not in loss_data
+    assert "Youden" in text and "Fed ÷ central" in text
+    auroc = charts(at)[0]
+    assert {"area", "line"} <= marks(auroc)
+    assert "training loss (clinics' mean)" in text and "train_loss" not in text
 
 
 def test_download_names_follow_experiment_and_run(filled: Filled) -> None:

@@ -53,9 +53,17 @@ OVERFLOW_JS = """() => {
   }
   for (const box of document.querySelectorAll('[data-testid="stVegaLiteChart"]')) {
     const outer = box.getBoundingClientRect();
-    for (const drawn of box.querySelectorAll('canvas, svg.marks')) {
-      const r = drawn.getBoundingClientRect();
+    for (const svg of box.querySelectorAll('svg')) {
+      const r = svg.getBoundingClientRect();
       if (r.right > outer.right + 1 || r.right > vw + 1) cut.push(`chart ${r.right} > ${Math.min(outer.right, vw)}`);
+      // Vega draws into an svg that clips: a legend entry, label or title past its edge is
+      // cut (4 px of slack: a rotated title's box includes the font's ascent, not glyphs)
+      for (const text of svg.querySelectorAll('text')) {
+        const t = text.getBoundingClientRect();
+        if (!text.textContent.trim() || t.width === 0) continue;
+        if (t.right > r.right + 4 || t.left < r.left - 4 || t.top < r.top - 4 || t.bottom > r.bottom + 4)
+          cut.push(`chart text "${text.textContent}" outside its chart`);
+      }
     }
   }
   return cut;
