@@ -10,7 +10,7 @@ this package that renders when Streamlit runs it as a page script (under `if __n
 "__main__"`) and only defines functions when imported, so its tables are tested without
 a browser. Two hooks wait for work done elsewhere: `dashboard.auth.require_login`, when
 that module exists, guards every page; `dashboard/submit.py`, when it imports, is the
-"Submit an experiment" page (a page script by the same convention).
+"Submit an experiment" page (its `submit_page()`, or the module as a page script).
 """
 
 from __future__ import annotations
@@ -52,13 +52,15 @@ def logged_in() -> bool:
 
 
 def submit_page() -> st.Page | None:
-    """The "Submit an experiment" page, when dashboard/submit.py imports."""
+    """The "Submit an experiment" page, when dashboard/submit.py imports: its
+    `submit_page()` function, else the module run as a page script."""
     try:
         module = importlib.import_module(SUBMIT_MODULE)
     except ImportError:
         return None
-    return st.Page(Path(module.__file__ or HERE / "submit.py"), title="Submit an experiment",
-                   icon=":material/send:", url_path="submit")
+    page = getattr(module, "submit_page", None)
+    target = page if callable(page) else Path(module.__file__ or HERE / "submit.py")
+    return st.Page(target, title="Submit an experiment", icon=":material/send:", url_path="submit")
 
 
 def navigation() -> dict[str, list[st.Page]]:

@@ -15,7 +15,7 @@ by these names, and downloads are named the same way (`file_stem`).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +90,16 @@ def load(argv: Sequence[str]) -> Context | None:
 def current() -> Context | None:
     """The context app.py loaded for this rerun (None: the store could not be opened)."""
     return st.session_state.get(CONTEXT_KEY)
+
+
+def on_download(what: str) -> Callable[[], None] | None:
+    """What a download button calls when clicked: dashboard.auth's `record_download`
+    (the audit trail names who downloaded what) when that module exists, else nothing."""
+    try:
+        from dashboard.auth import record_download
+    except ImportError:
+        return None
+    return lambda: record_download(what)
 
 
 def run_name(entry: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import streamlit as st
 
-from dashboard.context import file_stem
+from dashboard.context import file_stem, on_download
 
 FORMAT_LABELS = {"onnx": "ONNX", "torchscript": "TorchScript"}
 
@@ -40,7 +40,8 @@ def show_exports(entry: dict[str, Any]) -> None:
         st.caption(str(exc))
         return
     st.download_button("Download model card (Markdown)", data=card, file_name=stem + ".card.md",
-                       mime="text/markdown", key=f"card-{entry['run_id']}")
+                       mime="text/markdown", key=f"card-{entry['run_id']}",
+                       on_click=on_download(stem + ".card.md") or "rerun")
     for fmt, label in FORMAT_LABELS.items():
         found = existing_export(entry, fmt)
         if found is None:
@@ -60,8 +61,9 @@ def show_exports(entry: dict[str, Any]) -> None:
         with left:
             st.download_button(f"Download {label} ({stem + FORMATS[fmt]})", data=_reader(model),
                                file_name=stem + FORMATS[fmt], mime="application/octet-stream",
-                               key=f"dl-{fmt}-{entry['run_id']}")
+                               key=f"dl-{fmt}-{entry['run_id']}", on_click=on_download(stem + FORMATS[fmt]) or "rerun")
         with right:
             st.download_button(f"Download {label} model card", data=card_md.read_text(),
                                file_name=stem + FORMATS[fmt] + ".card.md", mime="text/markdown",
-                               key=f"dl-card-{fmt}-{entry['run_id']}")
+                               key=f"dl-card-{fmt}-{entry['run_id']}",
+                               on_click=on_download(stem + FORMATS[fmt] + ".card.md") or "rerun")

@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.charts import curves_with_bands
-from dashboard.context import current, choose_run, file_stem, run_name
+from dashboard.context import current, choose_run, file_stem, on_download, run_name
 from dashboard.curves import auroc_series, loss_series
 from dashboard.data_mix import show_data_mix
 from dashboard.exports import show_exports
@@ -110,7 +110,7 @@ def show_checkpoints(entry: dict[str, Any]) -> None:
         label = f"Download the {kind} checkpoint (round {c['server_round']})"
         if path.is_file():
             st.download_button(label, data=path.read_bytes, file_name=name, mime="application/octet-stream",
-                               key=f"dl-{c['id']}")
+                               key=f"dl-{c['id']}", on_click=on_download(name) or "rerun")
         else:
             st.caption(f"{label}: the file is not on this server (moved, deleted, or the run trained elsewhere).")
 
