@@ -43,7 +43,7 @@ def audit_frame(events: list[dict[str, Any]], names: dict[str, str]) -> pd.DataF
              "Clinic": e.get("clinic") or "the federation",
              "Run": names.get(str(e["run"]), "a run not in this store") if e.get("run") else NONE_WORD,
              "Round": NONE_WORD if e.get("round") is None else str(e["round"]),
-             "Detail": e.get("detail") or ""}
+             "Detail": e.get("detail") or NONE_WORD}
             for e in reversed(events)]
     return pd.DataFrame(rows, columns=["When", "What", "Clinic", "Run", "Round", "Detail"])
 

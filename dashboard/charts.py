@@ -19,10 +19,11 @@ ROUND_AXIS = "Round (0 = the initial model, before training)"
 LABEL_LIMIT = 480  # px: long run names are still shown whole in a legend below the plot
 
 
-def legend(title: str | None = None) -> alt.Legend:
-    """Below the plot, one entry per line: never wider than the chart."""
+def legend(title: str | None = None, symbol: str = "stroke") -> alt.Legend:
+    """Below the plot, one entry per line: never wider than the chart. Lines get a line
+    as their symbol (the band's pale fill would otherwise colour it), bars a square."""
     return alt.Legend(title=title, orient="bottom", direction="vertical", columns=1, labelLimit=LABEL_LIMIT,
-                      symbolType="stroke", symbolOpacity=1, symbolStrokeWidth=3)
+                      symbolType=symbol, symbolOpacity=1, symbolStrokeWidth=3)
 
 
 def legend_room(entries: int) -> int:
@@ -31,9 +32,10 @@ def legend_room(entries: int) -> int:
     return 40 + 18 * entries
 
 
-def colour(field: str, title: str | None = None, domain: list[str] | None = None) -> alt.Color:
+def colour(field: str, title: str | None = None, domain: list[str] | None = None,
+           symbol: str = "stroke") -> alt.Color:
     scale = alt.Scale(scheme=SCHEME) if domain is None else alt.Scale(scheme=SCHEME, domain=domain)
-    return alt.Color(f"{field}:N", title=title, scale=scale, legend=legend(title))
+    return alt.Color(f"{field}:N", title=title, scale=scale, legend=legend(title, symbol))
 
 
 def curves_with_bands(frame: pd.DataFrame, y_title: str, series_title: str = "Run") -> alt.LayerChart:
@@ -129,7 +131,7 @@ def stacked_bars(frame: pd.DataFrame, x_title: str, colour_title: str) -> alt.Ch
     return alt.Chart(frame).mark_bar().encode(
         y=alt.Y("who:N", title=None, axis=alt.Axis(labelLimit=LABEL_LIMIT)),
         x=alt.X("count:Q", title=x_title),
-        color=colour("part", colour_title),
+        color=colour("part", colour_title, symbol="square"),
         tooltip=[alt.Tooltip("who:N", title="Clinic"), alt.Tooltip("part:N", title=colour_title),
                  alt.Tooltip("count:Q", title=x_title)],
     ).properties(height=60 + 36 * frame["who"].nunique() + legend_room(frame["part"].nunique()))

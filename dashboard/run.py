@@ -78,7 +78,7 @@ def checkpoint_frame(entry: dict[str, Any]) -> pd.DataFrame:
     """Round, its pooled AUROC, whether it is the selected model, a short digest, where the file is."""
     selected = (entry.get("selected") or {}).get("round")
     rows = [{"Round": c["server_round"], POOLED_AUROC: number(c.get("metric_value"), empty="not evaluated"),
-             "Kept as": "selected (best pooled AUROC)" if c["server_round"] == selected else "",
+             "Kept as": "selected (best pooled AUROC)" if c["server_round"] == selected else "not selected",
              "SHA-256 (first 12)": str(c["sha256"])[:12],
              "File": "on this server" if Path(c["path"]).is_file() else "not on this server"}
             for c in entry.get("checkpoints", [])]

@@ -100,7 +100,7 @@ def side_by_side(entries: list[dict[str, Any]], only_differing: bool = False) ->
     names = [(section, label) for section, label, _ in settings_rows(entries[0])] if entries else []
     frame = pd.DataFrame({"Setting": [label for _, label in names], **columns})
     differs = [len({col[i] for col in columns.values()}) > 1 for i in range(len(names))]
-    frame.insert(1, "Differs", ["yes" if d else "" for d in differs])
+    frame.insert(1, "Differs", ["yes" if d else "same" for d in differs])
     return frame[differs] if only_differing else frame
 
 

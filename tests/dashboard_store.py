@@ -208,6 +208,7 @@ def visible_texts(at) -> list[str]:
 
 
 def unreadable(at) -> list[str]:
-    """Texts showing None/NaN, a Flower run id, or a path on the server."""
-    return [t[:200] for t in visible_texts(at)
-            if UNWANTED.search(t) or FLOWER_ID.search(t) or SERVER_PATH in t or "/tmp/" in t]
+    """Texts showing None/NaN, a Flower run id or a path on the server, and blank cells
+    (an empty value must read as a word too)."""
+    return [t[:200] or "(a blank cell)" for t in visible_texts(at)
+            if UNWANTED.search(t) or FLOWER_ID.search(t) or SERVER_PATH in t or "/tmp/" in t or not t.strip()]
