@@ -17,6 +17,7 @@ from typing import Any
 import streamlit as st
 
 from dashboard.context import file_stem, on_download
+from dashboard.words import without_paths
 
 FORMAT_LABELS = {"onnx": "ONNX", "torchscript": "TorchScript"}
 
@@ -37,7 +38,7 @@ def show_exports(entry: dict[str, Any]) -> None:
         _, card = checkpoint_card(entry)
         stem = file_stem(entry, choose_checkpoint(entry)[0]["server_round"])
     except ExportError as exc:
-        st.caption(str(exc))
+        st.caption(without_paths(str(exc)))
         return
     st.download_button("Download model card (Markdown)", data=card, file_name=stem + ".card.md",
                        mime="text/markdown", key=f"card-{entry['run_id']}",
@@ -52,7 +53,7 @@ def show_exports(entry: dict[str, Any]) -> None:
                 with st.spinner(f"Exporting {label} and checking it against PyTorch..."):
                     done = export_entry(entry, fmt)
             except ExportError as exc:
-                st.error(str(exc))
+                st.error(without_paths(str(exc)))
                 continue
             st.caption(f"{label}: max abs difference from PyTorch {done.exported.check.max_abs_diff:.3g}")
             found = (done.model, done.card_md)

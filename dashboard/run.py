@@ -27,7 +27,7 @@ from dashboard.per_class import show_per_class
 from dashboard.settings import show_settings
 from dashboard.tables import show_grid, show_table
 from dashboard.words import (NO_BASELINE, NONE_WORD, NOT_MEASURED, auroc_text, count, display_frame, duration,
-                             megabytes, number, run_duration, when)
+                             megabytes, number, run_duration, when, without_paths)
 from radfed.reply import CLINIC_MEAN_AUROC, POOLED_AUROC
 from radfed.results import rounds_done
 
@@ -161,7 +161,7 @@ def render() -> None:
     st.subheader(f"{run_name(entry)} ({entry['status']})")
     st.caption(summary_line(entry))
     if entry.get("error"):
-        st.error(f"The run failed: {entry['error']}")
+        st.error(f"The run failed: {without_paths(entry['error'])}")
     if entry.get("stopped_early"):
         st.info(entry["stopped_early"])
     for warning in entry.get("warnings") or []:

@@ -11,7 +11,9 @@ single value through `number`, `auroc_text`, `when`, `duration` or `megabytes`.
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime, timezone
+from pathlib import PurePosixPath
 from typing import Any
 
 import pandas as pd
@@ -22,6 +24,7 @@ NO_BASELINE = "no baseline yet"
 NOT_SENT = "not sent"
 NONE_WORD = "none"
 TIME_FORMAT = "%Y-%m-%d %H:%M UTC"
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~])/(?:[\w.@+-]+/)+[\w.@+-]*")
 
 
 def missing(value: Any) -> bool:
@@ -132,3 +135,10 @@ def plain(value: Any) -> str:
 def capitalised(text: str) -> str:
     """'pooled AUROC' -> 'Pooled AUROC' (the names in radfed.reply start lower case)."""
     return text[:1].upper() + text[1:]
+
+
+def without_paths(text: str) -> str:
+    """A message (a run's error, an export's refusal) with each absolute path on the
+    server cut to its file name: "missing: /srv/ckpt/round-003.pt" -> "missing: round-003.pt".
+    The path tells a reader nothing they can use and shows how the server is laid out."""
+    return ABSOLUTE_PATH.sub(lambda m: PurePosixPath(m.group()).name or "a folder on the server", str(text))

@@ -44,7 +44,7 @@ SHARED_FIXTURE_MODULES = {"test_security", "test_outsider", "test_strategies_e2e
 
 # The slow ones first, so that no long test starts last and keeps one worker busy while
 # the others idle.  Measured serially on 2 busy cores (seconds): recovery 284 and 248, the
-# strategies module ~310 in all, the dashboard in a browser ~BROWSER (its demo federation
+# strategies module ~310 in all, the dashboard in a browser ~300 (its demo federation
 # and 18 page loads), outsider ~200, the small demo 120, security ~90, e2e 30.
 SLOW_FIRST = [
     "test_recovery.py::test_clinic_killed_and_clinic_revoked_mid_run",

@@ -105,7 +105,8 @@ def record_run(store, registry, folder: Path, spec_, flower_id: str, separation:
                 store.record_data_card(run, name, node, CARD)
     if finish:
         store.finish_run(run, finish, final_auroc=recorder.val_auroc.get(rounds),
-                         error="CUDA out of memory in round 2" if finish == "failed" else None)
+                         error=f"CUDA out of memory in round 2 (see {SERVER_PATH}/logs/serverapp.log)"
+                         if finish == "failed" else None)
     return run
 
 

@@ -198,8 +198,8 @@ def test_failed_run_shows_its_error(monkeypatch, filled: Filled) -> None:
     at = open_app(monkeypatch, filled.url, "run.py")
     box = at.selectbox(key="run")
     box.select(filled.runs["densenet-crashed"]).run()
-    assert any("CUDA out of memory" in e.value for e in at.error)
-    assert not unreadable(at)
+    assert any("CUDA out of memory" in e.value and "(see serverapp.log)" in e.value for e in at.error)
+    assert not unreadable(at)  # the log's folder on the server is not shown
 
 
 def test_per_clinic_forest_plot_and_separate_tables(monkeypatch, filled: Filled) -> None:

@@ -179,3 +179,21 @@ def test_page_in_browser(browser, dashboard_url: str, path: str, width: int, tmp
     finally:
         page.close()
 
+
+
+@pytest.mark.timeout(300)
+def test_live_page_refreshes_itself(browser, dashboard_url: str) -> None:
+    """The Live page's fragment reruns by itself (st.fragment(run_every=5)): its
+    "Updated HH:MM:SS UTC" line changes without a click or a reload."""
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    try:
+        page.goto(f"{dashboard_url}/live", wait_until="domcontentloaded", timeout=60_000)
+        stamp = page.get_by_text(re.compile(r"Updated \d\d:\d\d:\d\d UTC")).first
+        stamp.wait_for(timeout=60_000)
+        first = stamp.inner_text()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and stamp.inner_text() == first:
+            time.sleep(0.5)
+        assert stamp.inner_text() != first, "the Live page did not refresh by itself within 30 s"
+    finally:
+        page.close()
