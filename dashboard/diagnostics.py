@@ -124,6 +124,10 @@ def render() -> None:
             st.info("An ROC curve needs images of both classes.")
         else:
             st.altair_chart(roc_chart(curves, points), width="stretch")
+        drawn = {label.rsplit(" (AUROC", 1)[0] for label in curves.get("series", [])}
+        one_class = [name for name in picked if name not in drawn]
+        if one_class:
+            st.caption(f"No curve for {', '.join(one_class)}: the validation images there hold one class only.")
     with right:
         st.markdown("**Reliability diagram**: on the dashed line, p(finding) is the share of findings")
         frames = [reliability_frame(s).assign(series=name) for name, s in picked.items()]

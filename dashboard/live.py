@@ -95,7 +95,7 @@ def live_view() -> None:
     if context is None:
         return
     try:
-        running = [e for e in context.store.leaderboard(include_running=True) if e["status"] == "running"]
+        running = context.store.leaderboard(running_only=True)
     except StoreError as exc:
         st.error(str(exc))
         return

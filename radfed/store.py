@@ -38,6 +38,7 @@ from sqlalchemy.exc import (
     OperationalError,
     SQLAlchemyError,
 )
+from sqlalchemy.orm import defer
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
@@ -781,14 +782,15 @@ class Store:
             "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
         }
 
-    def leaderboard(self, include_running: bool = False) -> list[dict[str, Any]]:
+    def leaderboard(self, include_running: bool = False, running_only: bool = False) -> list[dict[str, Any]]:
         """Finished runs ranked by pooled AUROC (descending, None last; radfed.ranking).
 
         Each entry is JSON-serialisable and carries its rounds, per-clinic results
         and checkpoints so the dashboard needs a single call.  `include_running`
-        adds runs still in progress (ranked the same way) for live views.
+        adds runs still in progress (ranked the same way) for live views;
+        `running_only` reads those alone (the dashboard's Live page, every few seconds).
         """
-        statuses = RUN_STATUSES if include_running else FINISHED_STATUSES
+        statuses = ("running",) if running_only else RUN_STATUSES if include_running else FINISHED_STATUSES
         with self._session() as session:
             pairs = session.exec(
                 select(Run, Experiment)
@@ -816,9 +818,10 @@ class Store:
             grouped[key] = defaultdict(list)
             if not run_ids:
                 continue
-            rows = session.exec(
-                select(table).where(table.run_id.in_(run_ids)).order_by(*order)  # type: ignore[attr-defined]
-            ).all()
+            query = select(table).where(table.run_id.in_(run_ids)).order_by(*order)  # type: ignore[attr-defined]
+            if table is ClinicRoundResult:  # the histograms stay in the database (`score_histograms`)
+                query = query.options(defer(ClinicRoundResult.scores))  # type: ignore[arg-type]
+            rows = session.exec(query).all()
             for row in rows:
                 item = _row_dict(row, drop=("run_id", "scores"))  # histograms: `score_histograms`
                 if key == "data_cards":
