@@ -28,20 +28,23 @@ STOP_GRACE_S = 10.0
 
 app = typer.Typer(
     add_completion=False,
-    help="Serve the radfed dashboard: leaderboard, learning curves, clinics, checkpoints.",
+    help="Serve the radfed dashboard: leaderboard, run comparison, clinics, ROC and calibration, "
+    "live progress, audit trail and clinic register.",
 )
 
 
 def streamlit_command(db_url: str, host: str, port: int) -> list[str]:
-    """The child command line; headless so it never prompts or opens a browser. Beyond
-    loopback a browser sees an exception's type only (the traceback and message, which
-    may name paths and the database, go to the console)."""
+    """The child command line; headless so it never prompts or opens a browser, with
+    Streamlit's developer toolbar (its "Deploy" button) hidden. Beyond loopback a browser
+    sees an exception's type only (the traceback and message, which may name paths and
+    the database, go to the console)."""
     details = "full" if is_loopback(host) else "type"
     return [
         sys.executable, "-m", "streamlit", "run", str(APP_PATH),
         "--server.headless", "true",
         "--browser.gatherUsageStats", "false",
         "--client.showErrorDetails", details,
+        "--client.toolbarMode", "viewer",
         "--server.address", host,
         "--server.port", str(port),
         "--", "--db", db_url,

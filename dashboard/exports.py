@@ -4,7 +4,8 @@ The card of the round `coordinator export` would export (the selected checkpoint
 the last) is always offered as Markdown. Exports are offered when they exist: written
 earlier by `coordinator export` into the default folder (~/.radfed/exports), or made
 here on demand by a button (seconds for a ResNet; verified against PyTorch like the
-command's). Files are named after the experiment and run: EXPERIMENT-run-ID-round-N.onnx.
+command's). Downloads are named after the experiment and run as the dashboard names them
+(dashboard.context.file_stem): EXPERIMENT-run-N-round-R.onnx, whatever the file on disk is called.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 
 import streamlit as st
 
-from dashboard.auth import record_download
+from dashboard.context import file_stem, on_download
+from dashboard.words import without_paths
 
 FORMAT_LABELS = {"onnx": "ONNX", "torchscript": "TorchScript"}
 
@@ -27,40 +29,42 @@ def _reader(path: Path) -> Callable[[], bytes]:
 
 def show_exports(entry: dict[str, Any]) -> None:
     """Model card download, then per format a download (file and card) or an export button."""
-    from server.export import ExportError, checkpoint_card, existing_export, export_entry
+    from server.export import FORMATS, ExportError, checkpoint_card, choose_checkpoint, existing_export, export_entry
 
     if not entry.get("checkpoints"):
         return
-    st.markdown("**Model card and portable exports**")
+    st.subheader("Model card and portable exports")
     try:
-        name, card = checkpoint_card(entry)
+        _, card = checkpoint_card(entry)
+        stem = file_stem(entry, choose_checkpoint(entry)[0]["server_round"])
     except ExportError as exc:
-        st.caption(str(exc))
+        st.caption(without_paths(str(exc)))
         return
-    run = f"run {entry['flwr_run_id']} ({entry['experiment']})"
-    st.download_button("Download model card (Markdown)", data=card, file_name=name, mime="text/markdown",
-                       key=f"card-{entry['run_id']}", on_click=record_download, args=(f"model card of {run}",))
+    st.download_button("Download model card (Markdown)", data=card, file_name=stem + ".card.md",
+                       mime="text/markdown", key=f"card-{entry['run_id']}",
+                       on_click=on_download(stem + ".card.md") or "rerun")
     for fmt, label in FORMAT_LABELS.items():
         found = existing_export(entry, fmt)
         if found is None:
             if not st.button(f"Export {label}", key=f"export-{fmt}-{entry['run_id']}",
-                             help="Writes the file and its card to ~/.radfed/exports, checked against PyTorch."):
+                             help="Writes the file and its card to the server's export folder, checked against PyTorch."):
                 continue
             try:
                 with st.spinner(f"Exporting {label} and checking it against PyTorch..."):
                     done = export_entry(entry, fmt)
             except ExportError as exc:
-                st.error(str(exc))
+                st.error(without_paths(str(exc)))
                 continue
             st.caption(f"{label}: max abs difference from PyTorch {done.exported.check.max_abs_diff:.3g}")
             found = (done.model, done.card_md)
         model, card_md = found
         left, right = st.columns(2)
         with left:
-            st.download_button(f"Download {label} ({model.name})", data=_reader(model), file_name=model.name,
-                               mime="application/octet-stream", key=f"dl-{fmt}-{entry['run_id']}",
-                               on_click=record_download, args=(f"{label} export {model.name} of {run}",))
+            st.download_button(f"Download {label} ({stem + FORMATS[fmt]})", data=_reader(model),
+                               file_name=stem + FORMATS[fmt], mime="application/octet-stream",
+                               key=f"dl-{fmt}-{entry['run_id']}", on_click=on_download(stem + FORMATS[fmt]) or "rerun")
         with right:
-            st.download_button(f"Download {label} model card", data=card_md.read_text(), file_name=card_md.name,
-                               mime="text/markdown", key=f"dl-card-{fmt}-{entry['run_id']}",
-                               on_click=record_download, args=(f"{label} model card of {run}",))
+            st.download_button(f"Download {label} model card", data=card_md.read_text(),
+                               file_name=stem + FORMATS[fmt] + ".card.md", mime="text/markdown",
+                               key=f"dl-card-{fmt}-{entry['run_id']}",
+                               on_click=on_download(stem + FORMATS[fmt] + ".card.md") or "rerun")

@@ -12,6 +12,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from dashboard.tables import show_table
+from dashboard.words import count, display_frame, number
 from radfed.ranking import final_round
 from radfed.reply import MACRO_AUROC, format_auroc
 
@@ -58,17 +60,25 @@ def per_class_frame(entry: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=POOLED_COLUMNS + [name for name, _ in clinics])
 
 
+def display_per_class(frame: pd.DataFrame) -> pd.DataFrame:
+    """The table as shown: figures at three decimals, '-' and missing cells as words."""
+    out = frame.copy()
+    for column in ("Pooled AUROC", "95% CI low", "95% CI high"):
+        out[column] = [number(v) for v in out[column]]
+    out["Positives"] = [count(v, empty="see the classes") for v in out["Positives"]]
+    out = out.replace("-", "no AUROC: one class only")
+    return display_frame(out)
+
+
 def show_per_class(entry: dict[str, Any]) -> None:
     """The per-class table, for tasks with more than two labels only."""
     frame = per_class_frame(entry)
     if frame.empty:
         return
     st.markdown("**Per-class AUROC (one class against the others): final model, pooled and per clinic**")
-    st.dataframe(frame, hide_index=True, width="stretch",
-                 column_config={c: st.column_config.NumberColumn(format="%.4f")
-                                for c in ("Pooled AUROC", "95% CI low", "95% CI high")})
+    show_table(display_per_class(frame))
     st.caption(f"Each class's score is the model's log-odds of that class against all others. "
                f"{MACRO_AUROC}: the mean of the classes' AUROCs; its CI averages the classes' "
-               f"bootstrap replicates over the same resampled patients. '-': the class has no "
-               f"positives (or no negatives) among that clinic's validation images. The "
+               f"bootstrap replicates over the same resampled patients. 'no AUROC: one class only': "
+               f"the class has no positives (or no negatives) among that clinic's validation images. The "
                f"leaderboard still ranks by the pooled AUROC of any finding.")

@@ -8,7 +8,10 @@ shared deployments.
 
 Privacy: only clinic names, Flower node ids, numbers and equipment/format names
 (modality, manufacturer, transfer syntax) are stored -- never patient data, file
-names of studies, or anything derived from a single patient.
+names of studies, or anything derived from a single patient.  The score histograms kept
+with each clinic's evaluation (how many validation images of each class got each score,
+radfed.pooled.score_summary) are what the clinic already sends for the pooled figures:
+the multiset of (score, class) pairs, with no image, patient or order.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from sqlalchemy.exc import (
     OperationalError,
     SQLAlchemyError,
 )
+from sqlalchemy.orm import defer
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
@@ -176,6 +180,10 @@ class ClinicRoundResult(SQLModel, table=True):
     # evaluate/holdout rows of tasks with more than two labels: each class's one-vs-rest
     # AUROC [CI] and the macro mean (radfed.per_class.PerClass.stored)
     per_class: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # evaluate/holdout rows: the clinic's score histogram and calibration bins as it sent
+    # them (radfed.pooled.SUMMARY_KEYS), so the dashboard can draw ROC curves, reliability
+    # diagrams and confusion matrices; read by `Store.score_histograms`, not the leaderboard
+    scores: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     # model bytes sent to this clinic for this phase, and what it sent back
     bytes_down: int | None = Field(default=None, sa_type=BigInteger)
     bytes_up: int | None = Field(default=None, sa_type=BigInteger)
@@ -592,6 +600,7 @@ class Store:
         bytes_down: int | None = None,
         bytes_up: int | None = None,
         per_class: dict[str, Any] | None = None,
+        scores: dict[str, Any] | None = None,
     ) -> int:
         """Record what one clinic reported for one round's phase.
 
@@ -599,7 +608,8 @@ class Store:
         clinic that did not reply before the round timeout; `note` says why.
         "holdout" rows are the final model evaluated at a clinic kept out of training.
         `quality` holds the clinic's AUROC CI, sensitivity, specificity, threshold, ECE;
-        `per_class` (tasks with more than two labels) each class's AUROC [CI] and the macro mean.
+        `per_class` (tasks with more than two labels) each class's AUROC [CI] and the macro mean;
+        `scores` the clinic's score histogram and calibration bins (radfed.pooled.score_summary).
         """
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, not {phase!r}")
@@ -611,6 +621,7 @@ class Store:
             quality=_json_ready(quality) if quality else None,
             bytes_down=_int(bytes_down), bytes_up=_int(bytes_up),
             per_class=_json_ready(per_class) if per_class else None,
+            scores=_json_ready(scores) if scores else None,
         ))
 
     def record_baseline(self, experiment_id: int, pooled: dict[str, Any], clinics: dict[str, Any],
@@ -722,6 +733,20 @@ class Store:
         return [{"round": r.server_round, "path": r.path, "sha256": r.sha256, "metric_value": r.metric_value}
                 for r in rows]
 
+    def score_histograms(self, run_id: int, server_round: int | None = None) -> list[dict[str, Any]]:
+        """The score histograms the clinics sent with their evaluations of a run (one round,
+        or every round), ordered by round, phase and clinic: {"server_round", "clinic",
+        "phase", "scores"}. Kept out of `leaderboard`, which every dashboard page reads,
+        because only the ROC and calibration views need them."""
+        crr = ClinicRoundResult
+        query = select(crr).where(crr.run_id == run_id, crr.phase.in_(("evaluate", "holdout")))  # type: ignore[attr-defined]
+        if server_round is not None:
+            query = query.where(crr.server_round == int(server_round))
+        with self._session() as session:
+            rows = session.exec(query.order_by(crr.server_round, crr.phase, crr.clinic, crr.id)).all()  # type: ignore[arg-type]
+        return [{"server_round": r.server_round, "clinic": r.clinic, "phase": r.phase, "scores": r.scores}
+                for r in rows if r.scores]  # JSON null and SQL NULL alike: none sent
+
     def resume_run(self, run_id: int, flwr_run_id: int | str, from_round: int) -> None:
         """Continue a run after round `from_round` under a new Flower run id.
 
@@ -776,14 +801,15 @@ class Store:
             "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
         }
 
-    def leaderboard(self, include_running: bool = False) -> list[dict[str, Any]]:
+    def leaderboard(self, include_running: bool = False, running_only: bool = False) -> list[dict[str, Any]]:
         """Finished runs ranked by pooled AUROC (descending, None last; radfed.ranking).
 
         Each entry is JSON-serialisable and carries its rounds, per-clinic results
         and checkpoints so the dashboard needs a single call.  `include_running`
-        adds runs still in progress (ranked the same way) for live views.
+        adds runs still in progress (ranked the same way) for live views;
+        `running_only` reads those alone (the dashboard's Live page, every few seconds).
         """
-        statuses = RUN_STATUSES if include_running else FINISHED_STATUSES
+        statuses = ("running",) if running_only else RUN_STATUSES if include_running else FINISHED_STATUSES
         with self._session() as session:
             pairs = session.exec(
                 select(Run, Experiment)
@@ -816,11 +842,12 @@ class Store:
             grouped[key] = defaultdict(list)
             if not run_ids:
                 continue
-            rows = session.exec(
-                select(table).where(table.run_id.in_(run_ids)).order_by(*order)  # type: ignore[attr-defined]
-            ).all()
+            query = select(table).where(table.run_id.in_(run_ids)).order_by(*order)  # type: ignore[attr-defined]
+            if table is ClinicRoundResult:  # the histograms stay in the database (`score_histograms`)
+                query = query.options(defer(ClinicRoundResult.scores))  # type: ignore[arg-type]
+            rows = session.exec(query).all()
             for row in rows:
-                item = _row_dict(row, drop=("run_id",))
+                item = _row_dict(row, drop=("run_id", "scores"))  # histograms: `score_histograms`
                 if key == "data_cards":
                     item["card"] = json.loads(item.pop("card_json"))
                 grouped[key][row.run_id].append(item)

@@ -12,7 +12,9 @@ figures are computed from the clinics' per-bin counts (radfed.evaluation.pooled_
 A task with more than two labels also gets each class's one-vs-rest figures per clinic row
 and pooled per round, with their macro mean (radfed.per_class).
 A clinic's first train reply of a run also carries its data card (counts only), kept in
-clinic_data_cards for the dashboard.
+clinic_data_cards for the dashboard. Each evaluation row also keeps the clinic's score histogram and
+calibration bins (`stored_scores`), from which the dashboard draws ROC curves, reliability
+diagrams and the confusion matrix at the stated threshold.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from radfed.audit import Registry
 from radfed.data_card import SHARED_CARD_KEYS
 from radfed.delivery import sha256_file  # noqa: F401 - re-exported (server.resume, tests)
 from radfed.per_class import pooled_per_class
-from radfed.pooled import operating_point, pooled_quality
+from radfed.pooled import SUMMARY_KEYS, operating_point, pooled_quality
+from radfed.reply import ClinicValidation
 from radfed.spec import ExperimentSpec
 from radfed.store import Store
 from strategies.utils import ClinicReply
@@ -50,6 +53,15 @@ def pooled_classes(replies: list[ClinicReply], labels: tuple[str, ...] | list[st
     """Pooled per-class figures and their macro mean (None for a binary task)."""
     return pooled_per_class([v.per_class for r in replies
                              if (v := r.validation()) is not None and v.per_class is not None], labels)
+
+
+def stored_scores(figures: ClinicValidation | None) -> dict[str, list[float]] | None:
+    """The clinic's score histogram and calibration bins as the store keeps them with its
+    evaluation row (for the dashboard's ROC, reliability and confusion views); the
+    bootstrap replicates stay out: they only make the pooled CI, which is stored."""
+    summary = figures.summary if figures is not None else {}
+    kept = {k: summary[k] for k in SUMMARY_KEYS if k in summary}
+    return kept if len(kept) == len(SUMMARY_KEYS) else None
 
 
 def weighted_validation(replies: list[ClinicReply]) -> dict[str, float | None]:
@@ -237,6 +249,7 @@ class RunRecorder:
             quality=figures.stored_quality() if figures else None,
             bytes_down=down, bytes_up=reply.bytes_up if traffic else None,
             per_class=figures.stored_per_class(self.spec.labels) if figures else None,
+            scores=stored_scores(figures),
         )
 
     def holdout(self, server_round: int, reply: ClinicReply) -> None:
@@ -264,6 +277,7 @@ class RunRecorder:
             auroc=_finite(figures.auroc) if figures else None,
             device=reply.device, quality=quality or None,
             per_class=figures.stored_per_class(self.spec.labels) if figures else None,
+            scores=stored_scores(figures),
         )
 
     def round_metrics(self, server_round: int, phase: str, metrics: MetricRecord | None,

@@ -40,15 +40,17 @@ def federation(tmp_path: Path):
 # share: each is dealt to one worker as a whole, so the fixture is set up once.  Every other
 # test is dealt out on its own, to whichever worker is free.
 SHARED_FIXTURE_MODULES = {"test_security", "test_outsider", "test_strategies_e2e", "test_weights",
-                          "test_demo_data"}
+                          "test_demo_data", "test_dashboard", "test_dashboard_browser"}
 
 # The slow ones first, so that no long test starts last and keeps one worker busy while
 # the others idle.  Measured serially on 2 busy cores (seconds): recovery 284 and 248, the
-# strategies module ~310 in all, outsider ~200, the small demo 120, security ~90, e2e 30.
+# strategies module ~310 in all, the dashboard in a browser ~300 (its demo federation
+# and 18 page loads), outsider ~200, the small demo 120, security ~90, e2e 30.
 SLOW_FIRST = [
     "test_recovery.py::test_clinic_killed_and_clinic_revoked_mid_run",
     "test_recovery.py::test_superlink_killed_mid_run_then_resumed",
     "test_strategies_e2e.py",
+    "test_dashboard_browser.py",
     "test_outsider.py",
     "test_demo.py::test_small_demo_two_clinics_end_to_end",
     "test_security.py",

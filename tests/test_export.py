@@ -232,8 +232,13 @@ def test_dashboard_offers_the_card_and_the_exports(tiny_run, tmp_path, monkeypat
     monkeypatch.setattr(sys, "argv", [str(app), "--db", db])
     at = AppTest.from_file(str(app), default_timeout=120)
     at.run()
+    at.switch_page("run.py").run()  # the run's page: checkpoints, card and exports
     assert not at.exception, at.exception
-    stem = done.model.name[: -len(".pt")]
+    from dashboard.context import file_stem
+
+    [entry] = Store(db).leaderboard()
+    stem = file_stem(entry, done.server_round)  # downloads are named after experiment and run number
+    assert stem == f"{entry['experiment'].replace(' ', '-')}-run-{entry['run_id']}-round-{done.server_round}"
     names = {b.label: b for b in at.download_button}
     assert "Download model card (Markdown)" in names
     assert f"Download TorchScript ({stem}.pt)" in names and "Download TorchScript model card" in names
@@ -243,5 +248,5 @@ def test_dashboard_offers_the_card_and_the_exports(tiny_run, tmp_path, monkeypat
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     assert f"Download ONNX ({stem}.onnx)" in [b.label for b in at.download_button]
-    assert (tmp_path / "exports" / f"{stem}.onnx.card.md").is_file()
+    assert (tmp_path / "exports" / f"{done.model.stem}.onnx.card.md").is_file()  # on disk: export's own name
     assert any("max abs difference from PyTorch" in c.value for c in at.caption)

@@ -226,9 +226,10 @@ def test_the_dashboard_renders_the_per_class_table(monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "argv", ["app.py", "--db", db])
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py"), default_timeout=60)
     at.run()
+    at.switch_page("run.py").run()
     assert not at.exception, at.exception
-    table = next(d.value for d in at.dataframe if "Class" in d.value.columns)
-    assert table["Class"].tolist()[:3] == list(LABELS)
+    table = next(t.value for t in at.table if t.value.index.name == "Class")
+    assert table.index.tolist()[:3] == list(LABELS)
     assert {"clinic-1 AUROC [95% CI]", "clinic-2 AUROC [95% CI]"} <= set(table.columns)
 
 
