@@ -31,17 +31,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--reuse", action="store_true", help="predict again in WORKDIR's finished demo")
+    parser.add_argument("--cam-layer", default=None, help="the stage heat maps read (default: predict's rule)")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="radfed-cam-"))
-    demo = subprocess.run([sys.executable, "-m", "server.cli", "demo", "--workdir", str(work), "--seed", str(args.seed)],
-                          cwd=ROOT, capture_output=True, text=True)
-    if demo.returncode != 0:
-        sys.exit(f"demo failed: {demo.stderr[-2000:]}")
+    if not args.reuse:
+        demo = subprocess.run([sys.executable, "-m", "server.cli", "demo", "--workdir", str(work),
+                               "--seed", str(args.seed)], cwd=ROOT, capture_output=True, text=True)
+        if demo.returncode != 0:
+            sys.exit(f"demo failed: {demo.stderr[-2000:]}")
     store = Store(f"sqlite:///{work / 'radfed.db'}")
     entry = store.leaderboard()[0]
     final = max(c["round"] for c in store.checkpoints_of(entry["run_id"]))
     size = json.loads(entry["spec_json"])["image_size"]
-    result: dict = {"bench": "heatmaps", "seed": args.seed, "pooled_auroc": entry.get("final_auroc"),
+    result: dict = {"bench": "heatmaps", "seed": args.seed, "cam_layer": args.cam_layer or "default", "pooled_auroc": entry.get("final_auroc"),
                     "image_size": size, "clinics": {}}
     hits = images = 0
     chance = 0.0
@@ -49,7 +52,8 @@ def main() -> None:
         out = work / f"predictions-{folder.name}"
         run = subprocess.run([sys.executable, "-m", "client_node.cli", "predict", "--model", entry["flwr_run_id"],
                               "--name", folder.name, "--home", str(work / "nodes"), "--data", str(folder),
-                              "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+                              "--out", str(out), *(["--cam-layer", args.cam_layer] if args.cam_layer else [])],
+                             cwd=ROOT, capture_output=True, text=True)
         if run.returncode != 0:
             sys.exit(f"predict failed at {folder.name}: {run.stderr[-2000:]}")
         found = heatmap_hits(folder, out / "predictions.csv", size)

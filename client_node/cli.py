@@ -221,6 +221,7 @@ def predict(
     label_source: Annotated[Optional[str], typer.Option(help="manifest, folders or tag, as for start.")] = None,
     label_tag: Annotated[Optional[str], typer.Option(help="DICOM keyword holding the label (label-source tag).")] = None,
     cam: Annotated[bool, typer.Option(help="Write a Grad-CAM heat map overlay per image.")] = True,
+    cam_layer: Annotated[Optional[str], typer.Option(help="The network stage the heat maps read (e.g. layer1); default: the deepest with a map of at least 7 px.")] = None,
     dicom_out: Annotated[bool, typer.Option(help="Also write a DICOM Secondary Capture (heat map) and Structured Report (finding) per file under OUT/dicom.")] = False,
     dicomweb: Annotated[Optional[str], typer.Option(help="Store those DICOM results in this DICOMweb root (STOW-RS), e.g. the clinic's PACS.")] = None,
     workers: Annotated[int, typer.Option(help="Processes decoding DICOM in parallel.")] = 1,
@@ -268,7 +269,8 @@ def predict(
             path = resolve_model_file(model, nodes_home_for(home, name) / "models", kind)
         with bar:
             summary = predict_folder(path, data, out, manifest=labels, local_options=local, cam=cam,
-                                     workers=workers, dicom_out=dicom_out, dicomweb=dicomweb, progress=progress)
+                                     workers=workers, dicom_out=dicom_out, dicomweb=dicomweb,
+                                     cam_layer=cam_layer, progress=progress)
     except (ModelFileError, DataError, NodeError, DicomWebError) as e:
         _fail(str(e))
     except ValueError as e:

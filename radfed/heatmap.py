@@ -34,10 +34,16 @@ def _stages(net: nn.Module) -> list[tuple[str, nn.Module]]:
     return out
 
 
-def cam_layer(model: nn.Module, image_size: int) -> tuple[str, nn.Module]:
-    """(name, module) of the stage Grad-CAM reads (see the module docstring)."""
+def cam_layer(model: nn.Module, image_size: int, name: str | None = None) -> tuple[str, nn.Module]:
+    """(name, module) of the stage Grad-CAM reads (see the module docstring), or the stage
+    `name` asked for (ValueError listing the stages when there is none of that name)."""
     net = getattr(model, "net", model)
     stages = _stages(net)
+    if name:
+        found = dict(stages)
+        if name not in found:
+            raise ValueError(f"no stage {name!r} for heat maps; stages: {', '.join(found)}")
+        return name, found[name]
     shapes: dict[str, tuple[int, ...]] = {}
     order: list[str] = []
     hooks = []
@@ -65,12 +71,12 @@ def cam_layer(model: nn.Module, image_size: int) -> tuple[str, nn.Module]:
 
 
 def heatmaps(model: nn.Module, images: torch.Tensor, targets: list[int], *, batch_size: int = 16,
-             progress: Callable[[int], None] | None = None) -> np.ndarray:
+             layer_name: str | None = None, progress: Callable[[int], None] | None = None) -> np.ndarray:
     """N × H × W Grad-CAM maps in [0, 1] (the input's size) for class `targets[i]` of image i."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    _, layer = cam_layer(model, int(images.shape[-1]))
+    _, layer = cam_layer(model, int(images.shape[-1]), layer_name)
     model.eval()
     out = []
     with GradCAM(model=model, target_layers=[layer]) as cam:

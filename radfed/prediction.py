@@ -73,6 +73,7 @@ def _targets(logits: np.ndarray) -> list[int]:
 def predict_folder(model_file: Path, data_dir: Path, out_dir: Path, *, manifest: Path | None = None,
                    local_options: dict[str, Any] | None = None, cam: bool = True,
                    cache_dir: Path | None = None, workers: int = 1, dicom_out: bool = False,
+                   cam_layer: str | None = None,
                    dicomweb: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Predict every usable image of data_dir with a delivered model; returns the summary.
     `dicom_out` / `dicomweb`: also the results as DICOM SC + SR (radfed.prediction_dicom)."""
@@ -111,7 +112,7 @@ def predict_folder(model_file: Path, data_dir: Path, out_dir: Path, *, manifest:
         logits = predict_logits(model, part.images).numpy()
         if name == "val" and len(part):
             summary["validation"] = split_validation(logits, part, spec.seed).quality.as_dict()
-        maps = _heatmaps(model, part, logits, out_dir, name, cam, progress, done, total)
+        maps = _heatmaps(model, part, logits, out_dir, name, cam, progress, done, total, cam_layer)
         rows += _rows(name, part, logits, spec, pooled_cut, own_cut, maps)
         unit_rows += _unit_rows(name, part, logits, spec, pooled_cut)
         done += len(part)
@@ -131,7 +132,8 @@ def predict_folder(model_file: Path, data_dir: Path, out_dir: Path, *, manifest:
 
 
 def _heatmaps(model: torch.nn.Module, part: Split, logits: np.ndarray, out_dir: Path, name: str, cam: bool,
-              progress: Progress | None, done: int, total: int) -> list[tuple[str, int, int]]:
+              progress: Progress | None, done: int, total: int,
+              layer_name: str | None = None) -> list[tuple[str, int, int]]:
     """(png name, peak row, peak column) per image; empty names without --cam."""
     if not cam or not len(part):
         return [("", -1, -1)] * len(part)
@@ -145,7 +147,7 @@ def _heatmaps(model: torch.nn.Module, part: Split, logits: np.ndarray, out_dir: 
         counted[0] += n
         if progress is not None:
             progress("heat maps", counted[0], total)
-    maps = heatmaps(model, part.images, _targets(logits), progress=step)
+    maps = heatmaps(model, part.images, _targets(logits), layer_name=layer_name, progress=step)
     folder = out_dir / "heatmaps"
     folder.mkdir(parents=True, exist_ok=True)
     out = []
