@@ -88,3 +88,23 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
     config.option.loadscopereorder = False  # keep the order above, not biggest units first
     return Scheduler(config, log)
+
+
+@pytest.fixture(autouse=True)
+def dashboard_on_loopback():
+    """AppTest runs the dashboard with no --server.address; the dashboard asks for a login
+    whenever it does not listen on loopback (dashboard.login_rule), so tests run it as
+    `dashboard` does by default, on 127.0.0.1 (tests of the login rule set their own)."""
+    import sys
+
+    if "streamlit" not in sys.modules:
+        yield
+        return
+    from streamlit import config
+
+    before = config.get_option("server.address")
+    config.set_option("server.address", "127.0.0.1")
+    try:
+        yield
+    finally:
+        config.set_option("server.address", before)

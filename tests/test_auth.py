@@ -166,7 +166,10 @@ def _fill(db: str) -> None:
 
 
 def _shows_results(at: AppTest) -> bool:
-    return bool(at.dataframe) or any("secret-study" in str(s.options) for s in at.selectbox)
+    """Any trace of the store's results: a table, a chart's data or a selectable run."""
+    shown = [str(t.value) for t in [*at.dataframe, *at.table]] + [str(s.options) for s in at.selectbox]
+    shown += [m.value for m in [*at.markdown, *at.caption]]
+    return any("secret-study" in text for text in shown)
 
 
 @pytest.mark.parametrize("address", ["0.0.0.0", None, "10.1.2.3"])
