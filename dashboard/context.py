@@ -21,27 +21,14 @@ from typing import Any
 
 import streamlit as st
 
+from dashboard.login_rule import database_url
 from radfed.ranking import annotate
-from radfed.store import Store, StoreError, default_database_url
+from radfed.store import Store, StoreError
 
 CONTEXT_KEY = "radfed-context"
 RUN_MEMORY = "radfed-chosen-run"  # survives page switches (widget state does not)
 RUNS_MEMORY = "radfed-chosen-runs"
 EMPTY_MESSAGE = "No experiments yet: run `coordinator demo` to train a first federated model."
-
-
-def database_url(argv: Sequence[str]) -> str:
-    """`--db URL` / `--db=URL` from the script args, else DATABASE_URL or the default.
-
-    Parsed by hand because argparse would exit the Streamlit script on any
-    argument it does not know.
-    """
-    for i, arg in enumerate(argv):
-        if arg == "--db" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--db="):
-            return arg.split("=", 1)[1]
-    return default_database_url()
 
 
 @st.cache_resource(show_spinner=False)
@@ -136,6 +123,19 @@ def choose_run(entries: list[dict[str, Any]], label: str = "Run", key: str = "ru
     chosen = st.selectbox(label, ids, index=index, format_func=lambda i: run_label(by_id[i]), key=key)
     st.session_state[RUN_MEMORY] = chosen
     return by_id.get(chosen)
+
+
+def page_run(title: str) -> tuple[Context, dict[str, Any]] | None:
+    """A run page's start: its title, the store, the run picked (None: nothing to show)."""
+    st.title(title)
+    context = current()
+    if context is None:
+        return None
+    entry = choose_run(context.entries)
+    if entry is None:
+        st.info("No runs yet: run `coordinator demo` to train a first federated model.")
+        return None
+    return context, entry
 
 
 def choose_runs(entries: list[dict[str, Any]], default: int = 3, key: str = "runs") -> list[dict[str, Any]]:

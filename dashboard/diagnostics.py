@@ -16,7 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.charts import confusion_chart, reliability_chart, roc_chart
-from dashboard.context import current, choose_run, run_name
+from dashboard.context import page_run, run_name
 from dashboard.scores import auroc, confusion, confusion_frame, histogram, pooled, rates, reliability_frame, roc_frame
 from dashboard.words import number
 from radfed.model_card import spec_values
@@ -82,14 +82,10 @@ def roc_frames(series: dict[str, list[dict[str, Any]]], cut: float | None) -> tu
 
 
 def render() -> None:
-    st.title("ROC and calibration")
-    context = current()
-    if context is None:
+    chosen = page_run("ROC and calibration")
+    if chosen is None:
         return
-    entry = choose_run(context.entries)
-    if entry is None:
-        st.info("No runs yet: run `coordinator demo` to train a first federated model.")
-        return
+    context, entry = chosen
     try:
         rows = context.store.score_histograms(entry["run_id"])
     except StoreError as exc:

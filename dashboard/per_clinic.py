@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.charts import curves_with_bands, forest_plot
-from dashboard.context import current, choose_run, run_name
+from dashboard.context import page_run, run_name
 from dashboard.curves import clinic_series
 from dashboard.tables import show_grid, show_table
 from dashboard.words import NOT_MEASURED, auroc_text, count, display_frame, megabytes, number, percent
@@ -155,14 +155,10 @@ def show_curves(entry: dict[str, Any]) -> None:
 
 
 def render() -> None:
-    st.title("Per clinic")
-    context = current()
-    if context is None:
+    chosen = page_run("Per clinic")
+    if chosen is None:
         return
-    entry = choose_run(context.entries)
-    if entry is None:
-        st.info("No runs yet: run `coordinator demo` to train a first federated model.")
-        return
+    context, entry = chosen
     st.caption(f"{run_name(entry)} ({entry['status']})")
     st.subheader("Final model at each clinic")
     forest = forest_frame(entry)

@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.charts import curves_with_bands
-from dashboard.context import current, choose_run, file_stem, on_download, run_name
+from dashboard.context import page_run, file_stem, on_download, run_name
 from dashboard.curves import auroc_series, loss_series
 from dashboard.data_mix import show_data_mix
 from dashboard.exports import show_exports
@@ -150,14 +150,10 @@ def show_headline(entry: dict[str, Any]) -> None:
 
 
 def render() -> None:
-    st.title("Run details")
-    context = current()
-    if context is None:
+    chosen = page_run("Run details")
+    if chosen is None:
         return
-    entry = choose_run(context.entries)
-    if entry is None:
-        st.info("No runs yet: run `coordinator demo` to train a first federated model.")
-        return
+    context, entry = chosen
     st.subheader(f"{run_name(entry)} ({entry['status']})")
     st.caption(summary_line(entry))
     if entry.get("error"):
