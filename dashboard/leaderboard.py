@@ -80,10 +80,11 @@ def ranking_frame(board: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def outcome_frame(board: list[dict[str, Any]]) -> pd.DataFrame:
-    """How each run went: status (⚠: warnings below), rounds, when it started, how long it took."""
+    """How each run went: status (⚠: warnings below), rounds, when it started, how long it took,
+    and who submitted it (the experiment queue; "coordinator" for runs started on the CLI)."""
     rows = [{"Run": run_name(e), "Status": e["status"] + (" ⚠" if e.get("warnings") else ""),
              "Rounds": f"{rounds_done(e)} of {e['rounds_planned']}", "Started": when(e.get("started_at")),
-             "Took": run_duration(e)} for e in board]
+             "Took": run_duration(e), "Submitted by": e.get("submitted_by") or "coordinator"} for e in board]
     return display_frame(pd.DataFrame(rows))
 
 
