@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     from flwr.superlink.main import create_app
 
     args, flower_args = _parse(list(sys.argv[1:] if argv is None else argv))
+    patient_state_database()
     sys.argv = ["flower-superlink", *flower_args]
     config = flower._parse_superlink_lifespan_config()  # noqa: SLF001 - Flower's own parser
     app = create_app(config, flower.SuperLinkLifespan)
@@ -114,6 +115,25 @@ def main(argv: list[str] | None = None) -> None:
             app, host=args.remote_host, port=args.remote_port, lifespan="off", access_log=False,
             log_config=log_config, ssl_ca_certs=args.client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED, **tls)))
     asyncio.run(_serve_all(servers))
+
+
+STATE_BUSY_TIMEOUT_MS = 60_000
+
+
+def patient_state_database() -> None:
+    """Let Flower's SQLite state database wait up to a minute for a lock, not 5 s.
+
+    Flower 1.42 opens its state database with `busy_timeout = 5000`; on a loaded coordinator
+    (2 cores, several federations, a checkpoint being written) a writer can hold the lock
+    longer, and the SuperLink then fails the ServerApp's request with "database is locked",
+    killing a healthy run. Its pragma list is read each time a connection opens, so
+    replacing the module's tuple before the app starts is enough.
+    """
+    from flwr.supercore import sql_mixin
+
+    sql_mixin.SQLITE_PRAGMAS = tuple(
+        (name, str(STATE_BUSY_TIMEOUT_MS) if name == "busy_timeout" else value)
+        for name, value in sql_mixin.SQLITE_PRAGMAS)
 
 
 class _Server:
