@@ -20,6 +20,8 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -99,12 +101,11 @@ def demo_database(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite:///{work / 'w' / 'radfed.db'}"
 
 
-@pytest.fixture(scope="module")
-def dashboard_url(demo_database: str, tmp_path_factory: pytest.TempPathFactory):
-    """`dashboard --db URL` on a free loopback port, stopped by SIGTERM afterwards."""
+@contextmanager
+def dashboard_server(db_url: str, log: Path, *extra: str) -> Iterator[str]:
+    """`dashboard --db URL [extra]` on a free port, its loopback URL; SIGTERM afterwards."""
     port = free_port()
-    log = tmp_path_factory.mktemp("dashboard") / "dashboard.log"
-    proc = spawn("dashboard.cli", "--db", demo_database, "--port", str(port), log=log)
+    proc = spawn("dashboard.cli", "--db", db_url, "--port", str(port), *extra, log=log)
     try:
         wait_healthy(port, proc, log)
         yield f"http://127.0.0.1:{port}"
@@ -115,6 +116,13 @@ def dashboard_url(demo_database: str, tmp_path_factory: pytest.TempPathFactory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def dashboard_url(demo_database: str, tmp_path_factory: pytest.TempPathFactory):
+    """The dashboard on loopback, as `dashboard --db URL` serves it."""
+    with dashboard_server(demo_database, tmp_path_factory.mktemp("dashboard") / "dashboard.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
