@@ -429,6 +429,7 @@ def test_cli_hides_streamlits_deploy_button() -> None:
     assert command[command.index("--client.toolbarMode") + 1] == "viewer"
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the streamlit child")
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_cli_serves_and_stops_cleanly(tmp_path: Path, stop_signal: signal.Signals) -> None:
@@ -460,6 +461,7 @@ def test_cli_serves_and_stops_cleanly(tmp_path: Path, stop_signal: signal.Signal
             proc.wait()
 
 
+@pytest.mark.e2e
 def test_cli_bad_database_exits_1_before_streamlit(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "dashboard.cli", "--db", "postgresql://u:pw@127.0.0.1:1/db",

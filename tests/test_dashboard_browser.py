@@ -27,6 +27,8 @@ import pytest
 from tests.federation import cli, spawn
 from tests.test_dashboard import free_port, wait_healthy
 
+pytestmark = pytest.mark.e2e
+
 CHROMIUM = os.environ.get("RADFED_CHROMIUM", "/usr/bin/chromium")
 WIDTHS = (1100, 1600)
 # url path -> (title, a phrase the page must show for the demo's one finished run)

@@ -13,6 +13,8 @@ import torch
 
 from tests.federation import cli
 
+pytestmark = pytest.mark.e2e
+
 
 def _radfed_processes(marker: str) -> set[int]:
     """Live radfed/Flower processes started under this test: those whose environment holds

@@ -36,6 +36,7 @@ def headers(folder: Path) -> list[pydicom.Dataset]:
     return [pydicom.dcmread(p, stop_before_pixels=True) for p in dicom_files(folder)]
 
 
+@pytest.mark.e2e
 def test_layout_and_manifests(demo_federation: list[Path]) -> None:
     assert [f.name for f in demo_federation] == ["clinic-1", "clinic-2", "clinic-3"]
     keys = [(f / "labels.csv").read_text().splitlines()[0] for f in demo_federation]
@@ -46,6 +47,7 @@ def test_layout_and_manifests(demo_federation: list[Path]) -> None:
         assert 2 * N_PATIENTS <= len(rows) <= 4 * N_PATIENTS
 
 
+@pytest.mark.e2e
 def test_valid_chest_radiograph_headers(demo_federation: list[Path]) -> None:
     uids = set()
     for folder in demo_federation:
@@ -58,6 +60,7 @@ def test_valid_chest_radiograph_headers(demo_federation: list[Path]) -> None:
     assert len(uids) == sum(len(dicom_files(f)) for f in demo_federation)
 
 
+@pytest.mark.e2e
 def test_sites_differ(demo_federation: list[Path]) -> None:
     facts = []
     for folder in demo_federation:
@@ -71,6 +74,7 @@ def test_sites_differ(demo_federation: list[Path]) -> None:
     assert len({f[4] for f in facts}) == 3
 
 
+@pytest.mark.e2e
 def test_every_file_decodes_to_a_chest(demo_federation: list[Path]) -> None:
     """Air is dark and the abdomen bright at every site: MONOCHROME1 came out right."""
     for folder in demo_federation:
@@ -84,6 +88,7 @@ def test_every_file_decodes_to_a_chest(demo_federation: list[Path]) -> None:
             assert corner < 0.2 and abdomen > 0.4 and lung < abdomen - 0.15, path
 
 
+@pytest.mark.e2e
 def test_manifests_load_with_differing_prevalence(demo_federation: list[Path]) -> None:
     prevalences = []
     for folder in demo_federation:
@@ -96,6 +101,7 @@ def test_manifests_load_with_differing_prevalence(demo_federation: list[Path]) -
     assert prevalences == pytest.approx([0.33, 0.5, 0.67], abs=0.02)
 
 
+@pytest.mark.e2e
 def test_fake_phi_is_in_the_files_only(demo_federation: list[Path]) -> None:
     for folder in demo_federation:
         values = phi_values(folder)
@@ -123,6 +129,7 @@ def test_deterministic_for_a_seed(tmp_path: Path) -> None:
     assert "PatientID" not in json.dumps(a) and "MRN" not in json.dumps(a)
 
 
+@pytest.mark.e2e
 def test_existing_clinics_are_not_rewritten(demo_federation: list[Path]) -> None:
     before = {p: p.stat().st_mtime_ns for f in demo_federation for p in f.rglob("*")}
     again = write_federation(demo_federation[0].parent, 3, n_patients=N_PATIENTS, seed=0)
@@ -130,6 +137,7 @@ def test_existing_clinics_are_not_rewritten(demo_federation: list[Path]) -> None
     assert {p: p.stat().st_mtime_ns for f in demo_federation for p in f.rglob("*")} == before
 
 
+@pytest.mark.e2e
 def test_opacity_is_learnable(tmp_path: Path) -> None:
     """Logistic regression on 32x32 pixels already separates the classes well."""
     write_clinic(tmp_path, clinic_index=0, n_patients=40, prevalence=0.5, seed=0)

@@ -40,6 +40,7 @@ def test_normalisation_default_and_explicit() -> None:
         create_model("resnet18", 2, "random", normalisation="zscore")
 
 
+@pytest.mark.e2e
 def test_keras_convention_changes_resnet50_layout() -> None:
     model = create_model("resnet50", 2, "random", normalisation="keras")
     block = model.net.layer2[0]
@@ -75,6 +76,7 @@ def test_freeze_policies_resnet18() -> None:
         apply_freeze(model, "half")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("arch", ["inception_resnet_v2", "densenet121"])
 def test_freeze_heads_of_other_archs(arch: str) -> None:
     model = create_model(arch, 2)
@@ -105,6 +107,7 @@ def _step(model) -> None:
                 device=torch.device("cpu"))
 
 
+@pytest.mark.e2e
 def test_frozen_batchnorm_stays_in_eval_and_keeps_stats() -> None:
     model = create_model("resnet18", 2)
     apply_freeze(model, "top-k", 10)
@@ -130,6 +133,7 @@ def test_head_only_changes_only_head() -> None:
     assert changed == {"net.fc.weight", "net.fc.bias"}
 
 
+@pytest.mark.e2e
 def test_client_rebuild_roundtrip() -> None:
     """What the ClientApp does: random model, load the global state, apply the policy."""
     server = create_model("resnet18", 3)
@@ -163,6 +167,7 @@ def test_cli_inspect_ok_and_json(tmp_path) -> None:
     assert "Example" in runner.invoke(weights_app, ["inspect", "--help"]).stdout
 
 
+@pytest.mark.e2e
 def test_cli_inspect_refusals(tmp_path) -> None:
     from server.weights_cli import weights_app
     from torchvision import models as tvm

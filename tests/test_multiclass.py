@@ -280,6 +280,7 @@ def write_three_class_clinics(work: Path, n_patients: int, seed: int) -> list[Pa
     return folders
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(300)
 def test_a_three_class_task_on_a_real_federation_reports_per_class_aurocs(tmp_path):
     federation = Federation(tmp_path)

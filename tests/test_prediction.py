@@ -19,6 +19,8 @@ from radfed.models import create_model
 from radfed.spec import ExperimentSpec
 from tests.federation import cli
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def delivered(tmp_path_factory):

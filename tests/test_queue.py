@@ -194,6 +194,7 @@ def test_submit_page_shows_the_coordinators_decision(monkeypatch, db) -> None:
 # -- the coordinator's commands ---------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_queue_cli_list_approve_reject_with_one_line_errors(queue: ExperimentQueue, db: str) -> None:
     first = queue.submit(SMALL, "alice")
     second = queue.submit({**SMALL, "name": "second"}, "bob")
@@ -222,12 +223,14 @@ def test_queue_cli_list_approve_reject_with_one_line_errors(queue: ExperimentQue
     assert ("approved", "alice") in kinds and ("rejected", "bob") in kinds
 
 
+@pytest.mark.e2e
 def test_run_next_with_nothing_approved_says_so(db: str) -> None:
     Store(db).close()
     proc = _coordinator("queue", "run-next", "--insecure", db=db)
     assert proc.returncode == 0 and "no approved submission is waiting" in _one_line(proc)
 
 
+@pytest.mark.e2e
 def test_run_next_with_the_superlink_down_puts_the_submission_back(queue: ExperimentQueue, db: str) -> None:
     from radfed.processes import free_port
 
@@ -264,6 +267,7 @@ def test_leaderboard_shows_who_submitted_a_run_also_after_a_resume(store_url: st
 # -- end to end -------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(420)
 def test_submitted_approved_run_next_completes_on_the_leaderboard(monkeypatch, tmp_path, federation) -> None:
     """Submit on the dashboard page, approve on the CLI, `queue run-next` on a real

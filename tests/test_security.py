@@ -26,7 +26,7 @@ from radfed.store import Store
 from server.clinics import add_clinic
 from tests.federation import Federation, cli, secure_federation
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")

@@ -65,6 +65,7 @@ def test_norm_outliers_need_three_clinics():
     assert list(flagged) == ["d"] and "median" in flagged["d"]
 
 
+@pytest.mark.e2e
 def test_coordinator_strategies_json_lists_every_strategy():
     listed = json.loads(cli("server.cli", "strategies", "--json", timeout=60).stdout)
     rows = listed["strategies"]
