@@ -34,9 +34,8 @@ if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
 from flwr.app import ArrayRecord, RecordDict  # noqa: E402
+from torch import nn  # noqa: E402
 
 from radfed.features import compute_features, split_head  # noqa: E402
 from radfed.models import apply_freeze, create_model  # noqa: E402

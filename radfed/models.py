@@ -35,8 +35,17 @@ import torch
 from torch import nn
 
 from radfed.architectures import (
-    IMAGENET_MEAN, IMAGENET_STD, KERAS_CAFFE_MEAN, NORMALISATIONS, ArchInfo, LoadReport,
-    WeightsError, arch_info, default_input_size, keras_layout, list_models,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    KERAS_CAFFE_MEAN,
+    NORMALISATIONS,
+    ArchInfo,
+    LoadReport,
+    WeightsError,
+    arch_info,
+    default_input_size,
+    keras_layout,
+    list_models,
 )
 from radfed.weights import load_weights
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -91,7 +91,7 @@ def test_disabled_account_is_refused_until_enabled(researchers: Researchers) -> 
     researchers.disable("alice")
     with pytest.raises(LoginRefused):
         researchers.login("alice", "correct horse battery")
-    later = datetime.now(timezone.utc) + timedelta(seconds=5)
+    later = datetime.now(UTC) + timedelta(seconds=5)
     researchers.enable("alice")
     assert researchers.login("alice", "correct horse battery", now=later).name == "alice"
     assert researchers.active("alice") is not None
@@ -111,7 +111,7 @@ def test_failed_logins_are_rate_limited_per_name(on_both: Researchers) -> None:
     researchers = on_both
     assert [delay_after(n) for n in (0, 1, 2, 3, 4)] == [0, 1, 2, 4, 8] and delay_after(100) == 900
     researchers.add("alice", secret="correct horse battery")
-    t = datetime.now(timezone.utc)
+    t = datetime.now(UTC)
     for name in ("alice", "nobody"):
         now = t
         for failures in range(1, 5):
@@ -148,7 +148,7 @@ def test_researcher_cli_prints_the_secret_once_and_lists_no_hash(db: str, tmp_pa
     assert gone.returncode == 2 and gone.stderr.strip().count("\n") == 0 and "no researcher nobody" in gone.stderr
     assert cli("server.cli", "researcher", "disable", "alice", "--db", db, timeout=60).returncode == 0
     with pytest.raises(LoginRefused):
-        Researchers(Store(db)).login("alice", secret, now=datetime.now(timezone.utc) + timedelta(hours=1))
+        Researchers(Store(db)).login("alice", secret, now=datetime.now(UTC) + timedelta(hours=1))
 
 
 # -- the dashboard ----------------------------------------------------------------------

@@ -97,10 +97,9 @@ def _check_delivery_and_predict(entry: dict, work, tmp_path) -> None:
     """Each clinic holds the run's model (secure path: delivered by node key); `client-node
     predict` on its own folder reproduces its recorded AUROC and writes heat maps whose
     peaks are scored against where the generator drew the opacities."""
-    from radfed.demo_findings import heatmap_hits
-
     from radfed.audit import Registry
     from radfed.delivery import load_model_file
+    from radfed.demo_findings import heatmap_hits
     from radfed.store import Store
 
     final = max(c["server_round"] for c in entry["checkpoints"])

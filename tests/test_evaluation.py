@@ -9,8 +9,7 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
-from radfed import evaluation as ev
-from radfed import pooled as pl
+from radfed import evaluation as ev, pooled as pl
 
 
 def _scores(n_pos: int, n_neg: int, shift: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 
 import pytest
-
 from typer.testing import CliRunner
 
 from radfed.data import DataError, DataOptions, load_clinic, preflight, task_labels

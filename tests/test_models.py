@@ -10,8 +10,13 @@ from torch import nn
 from typer.testing import CliRunner
 
 from radfed.models import (
-    WeightsError, apply_freeze, create_model, default_input_size, list_models,
-    set_train_mode, trainable_state_keys,
+    WeightsError,
+    apply_freeze,
+    create_model,
+    default_input_size,
+    list_models,
+    set_train_mode,
+    trainable_state_keys,
 )
 from radfed.training import train_local
 
@@ -151,8 +156,9 @@ def test_client_rebuild_roundtrip() -> None:
 # ---------------------------------------------------------------------- CLI
 
 def test_cli_inspect_ok_and_json(tmp_path) -> None:
-    from server.weights_cli import weights_app
     from torchvision import models as tvm
+
+    from server.weights_cli import weights_app
 
     torch.save(tvm.resnet18().state_dict(), tmp_path / "r18.pth")
     runner = CliRunner()
@@ -169,8 +175,9 @@ def test_cli_inspect_ok_and_json(tmp_path) -> None:
 
 @pytest.mark.e2e
 def test_cli_inspect_refusals(tmp_path) -> None:
-    from server.weights_cli import weights_app
     from torchvision import models as tvm
+
+    from server.weights_cli import weights_app
 
     torch.save(tvm.resnet18().state_dict(), tmp_path / "r18.pth")
     runner = CliRunner()

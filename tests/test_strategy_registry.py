@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord
 
+from radfed.spec import ExperimentSpec
 from strategies import REGISTRY, StrategyError, build_strategy, check_strategy
 from strategies.utils import norm_outliers, screen_updates, weighted_mean
-from radfed.spec import ExperimentSpec
 from tests.federation import cli
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from radfed.store import Store
 from radfed.results import summary
+from radfed.store import Store
 from server.sweep import PAPER_SCENARIOS, SweepError, expand, load_task
 from tests.federation import cli
 

@@ -16,11 +16,14 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from radfed.models import NORMALISATIONS, create_model
+from radfed.models import NORMALISATIONS, WeightsError, create_model
 from radfed.weights import (
-    WeightsRefused, detect_format, inspect_weights, load_weights, weights_normalisation,
+    WeightsRefused,
+    detect_format,
+    inspect_weights,
+    load_weights,
+    weights_normalisation,
 )
-from radfed.models import WeightsError
 
 
 def _randomise_bn(net: nn.Module, seed: int = 0) -> nn.Module:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from radfed.data.card import size_bucket
-from radfed.data.headers import HeaderCache
 from radfed.data.files import walk_files
+from radfed.data.headers import HeaderCache
 from radfed.data.labels import LabelLookup, labels_from_values
 from radfed.data.manifest import MANIFEST_NAME, manifest_values, parse_manifest
 from radfed.data.options import DataOptions

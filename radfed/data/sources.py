@@ -87,7 +87,7 @@ def resolve_rows(
     return sorted(images, key=lambda im: im.relpath), rejected
 
 
-def _collect(where: str, outcome: "ImageFacts | str", images: list["ImageFacts"],
+def _collect(where: str, outcome: ImageFacts | str, images: list[ImageFacts],
              rejected: list[tuple[str, str]], seen_uids: set[str]) -> None:
     """Keep an accepted image, or record why not (its reason, or a repeated SOPInstanceUID)."""
     if isinstance(outcome, str):
