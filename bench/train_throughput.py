@@ -96,10 +96,10 @@ def main() -> None:
     plain_loop(plain_model, *warm, bs, lr, 0)
     t_radfed, t_plain = [], []
     for r in range(args.reps):  # interleaved, best of each
-        t_radfed.append(best_of(lambda: train_local(model, images, labels, epochs=1,
-                                                    batch_size=bs, learning_rate=lr,
-                                                    seed=r, device=cpu), 1))
-        t_plain.append(best_of(lambda: plain_loop(plain_model, images, labels, bs, lr, r), 1))
+        t_radfed.append(best_of(lambda r=r: train_local(model, images, labels, epochs=1,
+                                                        batch_size=bs, learning_rate=lr,
+                                                        seed=r, device=cpu), 1))
+        t_plain.append(best_of(lambda r=r: plain_loop(plain_model, images, labels, bs, lr, r), 1))
     radfed_ips, plain_ips = n / min(t_radfed), n / min(t_plain)
     print(f"full step: radfed {radfed_ips:.2f} img/s, plain {plain_ips:.2f} img/s, "
           f"ratio {radfed_ips / plain_ips:.3f}")

@@ -42,7 +42,7 @@ def researchers(db: str) -> Researchers:
 
 
 @pytest.fixture
-def on_both(store_url: str) -> Researchers:
+def on_both(store_url: str) -> Researchers:  # noqa: F811 - fixture
     """Accounts on SQLite and on PostgreSQL (skipped when no server is there)."""
     return Researchers(Store(store_url))
 

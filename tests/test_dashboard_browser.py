@@ -50,7 +50,8 @@ OVERFLOW_JS = """() => {
   const cut = [];
   const vw = document.documentElement.clientWidth;
   if (document.documentElement.scrollWidth > vw + 1) cut.push(`page ${document.documentElement.scrollWidth} > ${vw}`);
-  for (const el of document.querySelectorAll('[data-testid="stDataFrame"] .dvn-scroller, [data-testid="stTable"], [data-testid="stTable"] > div')) {
+  const tables = '[data-testid="stDataFrame"] .dvn-scroller, [data-testid="stTable"], [data-testid="stTable"] > div';
+  for (const el of document.querySelectorAll(tables)) {
     if (el.scrollWidth > el.clientWidth + 1) cut.push(`table ${el.scrollWidth} > ${el.clientWidth}`);
   }
   for (const box of document.querySelectorAll('[data-testid="stVegaLiteChart"]')) {
@@ -132,7 +133,8 @@ def browser(demo_database: str):
 
 
 HEIGHT_JS = """() => Math.max(document.body.scrollHeight,
-  ...[...document.querySelectorAll('[data-testid="stMain"], [data-testid="stAppViewContainer"], [data-testid="stSidebarContent"]')]
+  ...[...document.querySelectorAll('[data-testid="stMain"], [data-testid="stAppViewContainer"], '
+                                   + '[data-testid="stSidebarContent"]')]
      .map(e => e.scrollHeight))"""
 
 

@@ -124,7 +124,8 @@ def _check_delivery_and_predict(entry: dict, work, tmp_path) -> None:
         assert "validation patients: AUROC" in proc.stderr
         with (out / "predictions.csv").open(newline="") as fh:
             rows = list(csv.DictReader(fh))
-        assert len(rows) == summary["images"] == summary["heatmaps"] > 0 and {r["split"] for r in rows} == {"train", "val"}
+        assert len(rows) == summary["images"] == summary["heatmaps"] > 0
+        assert {r["split"] for r in rows} == {"train", "val"}
         assert all((out / "heatmaps" / r["heatmap"]).is_file() and 0.0 <= float(r["p_finding"]) <= 1.0 for r in rows)
         hits = heatmap_hits(work / "data" / name, out / "predictions.csv", 32)
         assert hits["images"] > 0 and 0 <= hits["hits"] <= hits["images"]

@@ -54,7 +54,8 @@ def test_valid_chest_radiograph_headers(demo_federation: list[Path]) -> None:
         for ds in headers(folder):
             assert ds.file_meta.MediaStorageSOPClassUID == ds.SOPClassUID
             assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
-            assert ds.SOPClassUID.name in ("Digital X-Ray Image Storage - For Presentation", "Computed Radiography Image Storage")
+            assert ds.SOPClassUID.name in ("Digital X-Ray Image Storage - For Presentation",
+                                           "Computed Radiography Image Storage")
             assert ds.Modality in ("CR", "DX") and ds.BodyPartExamined == "CHEST"
             uids.add(ds.SOPInstanceUID)
     assert len(uids) == sum(len(dicom_files(f)) for f in demo_federation)
@@ -65,7 +66,8 @@ def test_sites_differ(demo_federation: list[Path]) -> None:
     facts = []
     for folder in demo_federation:
         ds = headers(folder)[0]
-        facts.append((ds.Rows, ds.Columns, ds.BitsStored, ds.PhotometricInterpretation, ds.Manufacturer, str(ds.WindowWidth)))
+        facts.append((ds.Rows, ds.Columns, ds.BitsStored, ds.PhotometricInterpretation, ds.Manufacturer,
+                      str(ds.WindowWidth)))
     assert len(set(facts)) == 3
     assert {f[3] for f in facts} == {"MONOCHROME1", "MONOCHROME2"}
     assert {f[2] for f in facts} == {12, 16}
@@ -84,7 +86,8 @@ def test_every_file_decodes_to_a_chest(demo_federation: list[Path]) -> None:
             corner = image[: rows // 10, : cols // 10].mean()  # air beside the neck
             abdomen = image[-rows // 8 :, cols // 2 - cols // 8 : cols // 2 + cols // 8].mean()
             offset = int(0.4 * cols / 2)
-            lung = min(image[rows // 3, cols // 2 - offset], image[rows // 3, cols // 2 + offset])  # a lesion is in one only
+            # a lesion is in one only
+            lung = min(image[rows // 3, cols // 2 - offset], image[rows // 3, cols // 2 + offset])
             assert corner < 0.2 and abdomen > 0.4 and lung < abdomen - 0.15, path
 
 
@@ -119,11 +122,12 @@ def test_fake_phi_is_in_the_files_only(demo_federation: list[Path]) -> None:
 def test_deterministic_for_a_seed(tmp_path: Path) -> None:
     def digest(folder: Path) -> str:
         files = sorted(folder.rglob("*"))
-        return hashlib.sha256(b"".join(p.relative_to(folder).as_posix().encode() + p.read_bytes() for p in files if p.is_file())).hexdigest()
+        parts = (p.relative_to(folder).as_posix().encode() + p.read_bytes() for p in files if p.is_file())
+        return hashlib.sha256(b"".join(parts)).hexdigest()
 
     a = write_clinic(tmp_path / "a", clinic_index=3, n_patients=3, seed=7)
     b = write_clinic(tmp_path / "b", clinic_index=3, n_patients=3, seed=7)
-    c = write_clinic(tmp_path / "c", clinic_index=3, n_patients=3, seed=8)
+    write_clinic(tmp_path / "c", clinic_index=3, n_patients=3, seed=8)
     assert a == b and digest(tmp_path / "a") == digest(tmp_path / "b") != digest(tmp_path / "c")
     assert a["patients"] == 3 and a["images"] == sum(a["images_per_label"].values())
     assert "PatientID" not in json.dumps(a) and "MRN" not in json.dumps(a)

@@ -52,7 +52,8 @@ def orthanc_binary() -> str | None:
     named = os.environ.get("RADFED_ORTHANC")
     if named:
         return named if os.access(named, os.X_OK) else None
-    for candidate in (shutil.which("Orthanc"), "/usr/sbin/Orthanc", "/usr/local/sbin/Orthanc", "/usr/local/bin/Orthanc"):
+    for candidate in (shutil.which("Orthanc"), "/usr/sbin/Orthanc", "/usr/local/sbin/Orthanc",
+                      "/usr/local/bin/Orthanc"):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None

@@ -105,7 +105,7 @@ def test_a_researcher_cannot_flood_the_queue(queue: ExperimentQueue) -> None:
     queue.submit(SMALL, "bob")
 
 
-def test_approved_submissions_are_claimed_once_in_order(store_url: str) -> None:
+def test_approved_submissions_are_claimed_once_in_order(store_url: str) -> None:  # noqa: F811 - fixture
     queue = ExperimentQueue(Store(store_url))
     first, second, third = (queue.submit({**SMALL, "name": n}, "alice") for n in ("a", "b", "c"))
     queue.approve(second, "coordinator")
@@ -246,7 +246,7 @@ def test_run_next_with_the_superlink_down_puts_the_submission_back(queue: Experi
     assert f"approved submission {other}" in now.stderr and queue.get(other).status == "approved"
 
 
-def test_leaderboard_shows_who_submitted_a_run_also_after_a_resume(store_url: str) -> None:
+def test_leaderboard_shows_who_submitted_a_run_also_after_a_resume(store_url: str) -> None:  # noqa: F811 - fixture
     queue = ExperimentQueue(Store(store_url))
     store = queue.store
     sid = queue.submit(SMALL, "alice")
@@ -261,7 +261,8 @@ def test_leaderboard_shows_who_submitted_a_run_also_after_a_resume(store_url: st
     board = {e["experiment"]: e for e in store.leaderboard()}
     assert board["queued-small"]["submitted_by"] == "alice" and board["by-hand"]["submitted_by"] is None
     store.resume_run(run, "333", from_round=0)
-    assert {e["experiment"]: e for e in store.leaderboard(include_running=True)}["queued-small"]["submitted_by"] == "alice"
+    entries = {e["experiment"]: e for e in store.leaderboard(include_running=True)}
+    assert entries["queued-small"]["submitted_by"] == "alice"
 
 
 # -- end to end -------------------------------------------------------------------------
