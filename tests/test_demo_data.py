@@ -119,6 +119,7 @@ def test_fake_phi_is_in_the_files_only(demo_federation: list[Path]) -> None:
             assert value not in summary and value not in paths and value not in manifest, value
 
 
+@pytest.mark.e2e
 def test_deterministic_for_a_seed(tmp_path: Path) -> None:
     def digest(folder: Path) -> str:
         files = sorted(folder.rglob("*"))

@@ -155,6 +155,7 @@ def test_client_rebuild_roundtrip() -> None:
 
 # ---------------------------------------------------------------------- CLI
 
+@pytest.mark.e2e
 def test_cli_inspect_ok_and_json(tmp_path) -> None:
     from torchvision import models as tvm
 

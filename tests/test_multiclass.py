@@ -219,6 +219,7 @@ def test_recorded_per_class_figures_reach_the_leaderboard_and_its_table(tmp_path
     assert per_class_frame({"per_class": None, "clinics": []}).empty  # a binary task: no table
 
 
+@pytest.mark.e2e
 def test_the_dashboard_renders_the_per_class_table(monkeypatch, tmp_path):
     from streamlit.testing.v1 import AppTest
 

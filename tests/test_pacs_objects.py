@@ -113,6 +113,7 @@ def test_structured_report_passes_dciodvfy(kind: str, finding: str, sources: dic
         assert not [w for w in warnings if PRIVATE_SCHEME in w]
 
 
+@pytest.mark.e2e
 def test_non_ascii_patient_name_keeps_its_character_set(sources: dict[str, Dataset], tmp_path: Path) -> None:
     source = sources["dx"]
     source.SpecificCharacterSet = "ISO_IR 192"

@@ -152,6 +152,7 @@ def submit_through_the_page(monkeypatch, db: str, secret: str, name: str = "queu
     return at.run()
 
 
+@pytest.mark.e2e
 def test_submit_page_needs_a_login_even_on_loopback(monkeypatch, db) -> None:
     add_researcher(db, "alice")
     with served_on("127.0.0.1"):
@@ -159,6 +160,7 @@ def test_submit_page_needs_a_login_even_on_loopback(monkeypatch, db) -> None:
     assert [t.label for t in at.text_input] == ["Name", "Secret"] and not at.selectbox
 
 
+@pytest.mark.e2e
 def test_submit_page_queues_a_valid_form_and_refuses_an_invalid_one(monkeypatch, db) -> None:
     secret = add_researcher(db, "alice")
     with served_on("0.0.0.0"):
@@ -179,6 +181,7 @@ def test_submit_page_queues_a_valid_form_and_refuses_an_invalid_one(monkeypatch,
     assert rows[0]["spec"]["image_size"] == 32
 
 
+@pytest.mark.e2e
 def test_submit_page_shows_the_coordinators_decision(monkeypatch, db) -> None:
     secret = add_researcher(db, "alice")
     queue = ExperimentQueue(Store(db))

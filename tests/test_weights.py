@@ -113,6 +113,7 @@ def test_timm_inception_resnet_v2_state_dict(tmp_path: Path) -> None:
     _close(_features(model.net, "classif", x), _features(src, "classif", x))
 
 
+@pytest.mark.e2e
 def test_torchvision_resnet18_state_dict(tmp_path: Path) -> None:
     src = _randomise_bn(tvm.resnet18())
     torch.save(src.state_dict(), tmp_path / "r18.pth")
