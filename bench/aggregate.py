@@ -2,7 +2,8 @@
 
 radfed's path is what a round really runs: every update screened by the guards
 (strategies.utils.screen_updates + norm_outliers), then the weighted mean
-(strategies.utils.weighted_mean, used by radfed's FedAvg/FedProx/FedBN). The baselines, measured in the same run on the same updates:
+(strategies.utils.weighted_mean, used by radfed's FedAvg/FedProx/FedBN). The baselines,
+measured in the same run on the same updates:
 Flower's `aggregate_arrayrecords` alone, and a raw numpy weighted mean over arrays
 already in memory. Peak memory is traced with tracemalloc (numpy reports its buffers
 to it) and compared with the goal: model size x (clients + 2).

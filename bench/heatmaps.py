@@ -44,8 +44,8 @@ def main() -> None:
     entry = store.leaderboard()[0]
     final = max(c["round"] for c in store.checkpoints_of(entry["run_id"]))
     size = json.loads(entry["spec_json"])["image_size"]
-    result: dict = {"bench": "heatmaps", "seed": args.seed, "cam_layer": args.cam_layer or "default", "pooled_auroc": entry.get("final_auroc"),
-                    "image_size": size, "clinics": {}}
+    result: dict = {"bench": "heatmaps", "seed": args.seed, "cam_layer": args.cam_layer or "default",
+                    "pooled_auroc": entry.get("final_auroc"), "image_size": size, "clinics": {}}
     hits = images = 0
     chance = 0.0
     for folder in sorted((work / "data").iterdir()):

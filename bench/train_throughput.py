@@ -34,9 +34,8 @@ if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
 from flwr.app import ArrayRecord, RecordDict  # noqa: E402
+from torch import nn  # noqa: E402
 
 from radfed.features import compute_features, split_head  # noqa: E402
 from radfed.models import apply_freeze, create_model  # noqa: E402
@@ -97,10 +96,10 @@ def main() -> None:
     plain_loop(plain_model, *warm, bs, lr, 0)
     t_radfed, t_plain = [], []
     for r in range(args.reps):  # interleaved, best of each
-        t_radfed.append(best_of(lambda: train_local(model, images, labels, epochs=1,
-                                                    batch_size=bs, learning_rate=lr,
-                                                    seed=r, device=cpu), 1))
-        t_plain.append(best_of(lambda: plain_loop(plain_model, images, labels, bs, lr, r), 1))
+        t_radfed.append(best_of(lambda r=r: train_local(model, images, labels, epochs=1,
+                                                        batch_size=bs, learning_rate=lr,
+                                                        seed=r, device=cpu), 1))
+        t_plain.append(best_of(lambda r=r: plain_loop(plain_model, images, labels, bs, lr, r), 1))
     radfed_ips, plain_ips = n / min(t_radfed), n / min(t_plain)
     print(f"full step: radfed {radfed_ips:.2f} img/s, plain {plain_ips:.2f} img/s, "
           f"ratio {radfed_ips / plain_ips:.3f}")

@@ -29,8 +29,8 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from client_node.legacy import legacy_format_mod, secagg_mod
 from client_node.delivery import keep_delivery
+from client_node.legacy import legacy_format_mod, secagg_mod
 from client_node.outbox import outbox_mod
 from radfed import features as feat
 from radfed.batchnorm import as_evaluated, batchnorm_state_keys, reestimate_batchnorm
@@ -38,7 +38,6 @@ from radfed.data import DATA_CARD_RECORD, ClinicData, DataError, load_clinic
 from radfed.delivery import DELIVERY_KEY, MODELS_FOLDER, RECEIPT_RECORD
 from radfed.models import Classifier, apply_freeze, create_model
 from radfed.spec import ExperimentSpec, data_options
-from radfed.unit_scores import split_validation
 from radfed.training import (
     pick_device,
     predict_head_logits,
@@ -47,6 +46,7 @@ from radfed.training import (
     train_head,
     train_local,
 )
+from radfed.unit_scores import split_validation
 
 log = logging.getLogger("radfed.clinic")
 app = ClientApp(mods=[outbox_mod])

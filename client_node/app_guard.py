@@ -15,9 +15,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from radfed.app_bundle import (APPROVED_ENV, AppNotApproved, approved_from_env, approved_hashes,
-                               check_fab, local_app_hash, run_gated)
-from radfed.app_bundle import write_shim as _write
+from radfed.app_bundle import (
+    APPROVED_ENV,
+    AppNotApproved,
+    approved_from_env,
+    approved_hashes,
+    check_fab,
+    local_app_hash,
+    run_gated,
+    write_shim as _write,
+)
 
 __all__ = ["APPROVED_ENV", "AppNotApproved", "approved_from_env", "approved_hashes", "check_fab",
            "local_app_hash", "main", "write_shim"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -28,23 +28,23 @@ err = Console(stderr=True)
 @app.command()
 def start(
     data: Annotated[Path, typer.Option(help="Folder with this clinic's DICOM files and labels.csv.")],
-    bundle: Annotated[Optional[Path], typer.Option(help="Enrolment bundle from the coordinator (installs it).")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Which enrolled clinic to run (default: the only one).")] = None,
-    superlink: Annotated[Optional[str], typer.Option(help="SuperLink HOST:PORT (default: from the bundle).")] = None,
-    labels: Annotated[Optional[Path], typer.Option(help="Label manifest CSV (default DATA/labels.csv).")] = None,
-    file_column: Annotated[Optional[str], typer.Option(help="The manifest's file column, if not a usual name (file, path, filename...).")] = None,
-    label_column: Annotated[Optional[str], typer.Option(help="The manifest's label column, if not a usual name (label, class, finding...).")] = None,
-    label_map: Annotated[Optional[list[str]], typer.Option(help="VALUE=LABEL: this export's label value (manifest cell, folder name, tag value) for a task label; repeatable.")] = None,
-    label_source: Annotated[Optional[str], typer.Option(help="manifest, folders (DATA/<label>/...) or tag (default: labels.csv, else class folders).")] = None,
-    label_tag: Annotated[Optional[str], typer.Option(help="DICOM keyword holding the label (label-source tag).")] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Where preprocessed images are cached.")] = None,
+    bundle: Annotated[Path | None, typer.Option(help="Enrolment bundle from the coordinator (installs it).")] = None,
+    name: Annotated[str | None, typer.Option(help="Which enrolled clinic to run (default: the only one).")] = None,
+    superlink: Annotated[str | None, typer.Option(help="SuperLink HOST:PORT (default: from the bundle).")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Label manifest CSV (default DATA/labels.csv).")] = None,
+    file_column: Annotated[str | None, typer.Option(help="The manifest's file column, if not a usual name (file, path, filename...).")] = None,
+    label_column: Annotated[str | None, typer.Option(help="The manifest's label column, if not a usual name (label, class, finding...).")] = None,
+    label_map: Annotated[list[str] | None, typer.Option(help="VALUE=LABEL: this export's label value (manifest cell, folder name, tag value) for a task label; repeatable.")] = None,
+    label_source: Annotated[str | None, typer.Option(help="manifest, folders (DATA/<label>/...) or tag (default: labels.csv, else class folders).")] = None,
+    label_tag: Annotated[str | None, typer.Option(help="DICOM keyword holding the label (label-source tag).")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Where preprocessed images are cached.")] = None,
     insecure: Annotated[bool, typer.Option(help="Plaintext, no node key (loopback demo SuperLinks only).")] = False,
-    approve_app: Annotated[Optional[list[str]], typer.Option(help="Also run app bundles with this SHA-256; repeatable.")] = None,
+    approve_app: Annotated[list[str] | None, typer.Option(help="Also run app bundles with this SHA-256; repeatable.")] = None,
     local_port: Annotated[int, typer.Option(help="Port of the node's local ClientApp API (0: any free).")] = 0,
     isolation: Annotated[str, typer.Option(help="worker: one warm ClientApp process (fast); subprocess: Flower's process per message.")] = "worker",
     threads: Annotated[int, typer.Option(help="CPU threads for training (0: all cores).")] = 0,
     workers: Annotated[int, typer.Option(help="Processes decoding DICOM in parallel.")] = 1,
-    home: Annotated[Optional[Path], typer.Option(help="Folder for node state (default ~/.radfed/nodes).")] = None,
+    home: Annotated[Path | None, typer.Option(help="Folder for node state (default ~/.radfed/nodes).")] = None,
     fault: Annotated[str, typer.Option(hidden=True, help="TEST ONLY: corrupt updates ('nan' or 'scale').")] = "",
 ) -> None:
     """Join a federation: start this clinic's Flower SuperNode on its own data.
@@ -84,7 +84,7 @@ def start(
 @app.command()
 def enroll(
     bundle: Annotated[Path, typer.Argument(help="The enrolment bundle (.radfed) from the coordinator.")],
-    home: Annotated[Optional[Path], typer.Option(help="Folder for node state (default ~/.radfed/nodes).")] = None,
+    home: Annotated[Path | None, typer.Option(help="Folder for node state (default ~/.radfed/nodes).")] = None,
 ) -> None:
     """Verify an enrolment bundle and install it (CA, node key 0600) for `client-node start`.
 
@@ -122,18 +122,18 @@ def demo_data(
 @app.command("check-data")
 def check_data(
     directory: Annotated[Path, typer.Argument(help="The clinic's DICOM folder.")],
-    labels: Annotated[Optional[Path], typer.Option(help="Label manifest CSV (default DIR/labels.csv).")] = None,
-    task_labels: Annotated[Optional[str], typer.Option(help="Comma-separated class names of the task (default: the manifest's own values, or the label map's).")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Label manifest CSV (default DIR/labels.csv).")] = None,
+    task_labels: Annotated[str | None, typer.Option(help="Comma-separated class names of the task (default: the manifest's own values, or the label map's).")] = None,
     image_size: Annotated[int, typer.Option(help="Model input size.")] = 224,
     as_json: Annotated[bool, typer.Option("--json", help="Print the data card as JSON.")] = False,
-    window: Annotated[Optional[str], typer.Option(help="CT window: lung, mediastinum, brain, bone, abdomen or CENTER/WIDTH.")] = None,
+    window: Annotated[str | None, typer.Option(help="CT window: lung, mediastinum, brain, bone, abdomen or CENTER/WIDTH.")] = None,
     frame_policy: Annotated[str, typer.Option(help="Multi-frame files: middle or all.")] = "middle",
     label_source: Annotated[str, typer.Option(help="manifest, folders (DIR/<label>/...) or tag.")] = "manifest",
-    label_tag: Annotated[Optional[str], typer.Option(help="DICOM keyword holding the label (label-source tag).")] = None,
-    label_map: Annotated[Optional[list[str]], typer.Option(help="VALUE=LABEL: an export's label value (manifest cell, folder name, tag value) for a task label; repeatable.")] = None,
-    file_column: Annotated[Optional[str], typer.Option(help="The manifest's file column, if not a usual name.")] = None,
-    label_column: Annotated[Optional[str], typer.Option(help="The manifest's label column, if not a usual name.")] = None,
-    filter_: Annotated[Optional[list[str]], typer.Option("--filter", help="KEYWORD=V1,V2 (Modality, BodyPartExamined, SeriesDescription); repeatable.")] = None,
+    label_tag: Annotated[str | None, typer.Option(help="DICOM keyword holding the label (label-source tag).")] = None,
+    label_map: Annotated[list[str] | None, typer.Option(help="VALUE=LABEL: an export's label value (manifest cell, folder name, tag value) for a task label; repeatable.")] = None,
+    file_column: Annotated[str | None, typer.Option(help="The manifest's file column, if not a usual name.")] = None,
+    label_column: Annotated[str | None, typer.Option(help="The manifest's label column, if not a usual name.")] = None,
+    filter_: Annotated[list[str] | None, typer.Option("--filter", help="KEYWORD=V1,V2 (Modality, BodyPartExamined, SeriesDescription); repeatable.")] = None,
     workers: Annotated[int, typer.Option(help="Processes decoding DICOM in parallel.")] = 1,
     slice_policy: Annotated[str, typer.Option(help="Slices of a labelled study/series: middle, even:K or all.")] = "middle",
     slice_stack: Annotated[int, typer.Option(help="Channels per sample: 1, or 3 (2.5D: a slice and its neighbours).")] = 1,
@@ -156,8 +156,16 @@ def check_data(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from radfed.data import (REJECTION_HELP, DataError, DataOptions, audit_folder, format_audit, format_card,
-                             load_clinic, task_labels as labels_of)
+    from radfed.data import (
+        REJECTION_HELP,
+        DataError,
+        DataOptions,
+        audit_folder,
+        format_audit,
+        format_card,
+        load_clinic,
+        task_labels as labels_of,
+    )
 
     try:
         window_opt: object = window
@@ -213,19 +221,19 @@ def predict(
     data: Annotated[Path, typer.Option(help="Folder of DICOM files to predict (labelled or not).")],
     out: Annotated[Path, typer.Option(help="Folder for predictions.csv, heatmaps/ and summary.json.")],
     kind: Annotated[str, typer.Option(help="With a run id: final, or selected (the run's best round).")] = "final",
-    name: Annotated[Optional[str], typer.Option(help="Which enrolled clinic's models (default: the only one).")] = None,
-    labels: Annotated[Optional[Path], typer.Option(help="Label manifest CSV (default DATA/labels.csv, if any).")] = None,
-    file_column: Annotated[Optional[str], typer.Option(help="The manifest's file column, if not a usual name.")] = None,
-    label_column: Annotated[Optional[str], typer.Option(help="The manifest's label column, if not a usual name.")] = None,
-    label_map: Annotated[Optional[list[str]], typer.Option(help="VALUE=LABEL, as for start; repeatable.")] = None,
-    label_source: Annotated[Optional[str], typer.Option(help="manifest, folders or tag, as for start.")] = None,
-    label_tag: Annotated[Optional[str], typer.Option(help="DICOM keyword holding the label (label-source tag).")] = None,
+    name: Annotated[str | None, typer.Option(help="Which enrolled clinic's models (default: the only one).")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Label manifest CSV (default DATA/labels.csv, if any).")] = None,
+    file_column: Annotated[str | None, typer.Option(help="The manifest's file column, if not a usual name.")] = None,
+    label_column: Annotated[str | None, typer.Option(help="The manifest's label column, if not a usual name.")] = None,
+    label_map: Annotated[list[str] | None, typer.Option(help="VALUE=LABEL, as for start; repeatable.")] = None,
+    label_source: Annotated[str | None, typer.Option(help="manifest, folders or tag, as for start.")] = None,
+    label_tag: Annotated[str | None, typer.Option(help="DICOM keyword holding the label (label-source tag).")] = None,
     cam: Annotated[bool, typer.Option(help="Write a Grad-CAM heat map overlay per image.")] = True,
-    cam_layer: Annotated[Optional[str], typer.Option(help="The network stage the heat maps read (e.g. layer1); default: the deepest with a map of at least 7 px.")] = None,
+    cam_layer: Annotated[str | None, typer.Option(help="The network stage the heat maps read (e.g. layer1); default: the deepest with a map of at least 7 px.")] = None,
     dicom_out: Annotated[bool, typer.Option(help="Also write a DICOM Secondary Capture (heat map) and Structured Report (finding) per file under OUT/dicom.")] = False,
-    dicomweb: Annotated[Optional[str], typer.Option(help="Store those DICOM results in this DICOMweb root (STOW-RS), e.g. the clinic's PACS.")] = None,
+    dicomweb: Annotated[str | None, typer.Option(help="Store those DICOM results in this DICOMweb root (STOW-RS), e.g. the clinic's PACS.")] = None,
     workers: Annotated[int, typer.Option(help="Processes decoding DICOM in parallel.")] = 1,
-    home: Annotated[Optional[Path], typer.Option(help="Folder for node state (default ~/.radfed/nodes).")] = None,
+    home: Annotated[Path | None, typer.Option(help="Folder for node state (default ~/.radfed/nodes).")] = None,
 ) -> None:
     """Predict a folder with a model a run delivered here: probabilities, calls, heat maps.
 
@@ -290,7 +298,7 @@ def predict(
                   highlight=False, soft_wrap=True)
 
 
-def _pairs(items: Optional[list[str]], option: str) -> dict[str, str]:
+def _pairs(items: list[str] | None, option: str) -> dict[str, str]:
     """KEY=VALUE options as a dict; one line and exit 2 on anything else."""
     out = {}
     for item in items or []:
@@ -301,8 +309,8 @@ def _pairs(items: Optional[list[str]], option: str) -> dict[str, str]:
     return out
 
 
-def _local_options(file_column: Optional[str], label_column: Optional[str], label_map: Optional[list[str]],
-                   label_source: Optional[str], label_tag: Optional[str]) -> dict:
+def _local_options(file_column: str | None, label_column: str | None, label_map: list[str] | None,
+                   label_source: str | None, label_tag: str | None) -> dict:
     """A clinic's own data settings for `start` (radfed.data.options.CLINIC_KEYS), checked now."""
     from radfed.data import DataOptions
 

@@ -264,19 +264,21 @@ def run_supernode(opts: NodeOptions, report=print, say=None) -> int:
             seen: list[str] = []
             outage = []  # the SuperNode reconnected after losing the SuperLink
 
+            # on_line and tick run within this iteration only (run_foreground below), so they
+            # see this iteration's lists
             def on_line(line: str) -> None:
                 meaning = explain(line)
-                if meaning and meaning not in seen:
-                    seen.append(meaning)
+                if meaning and meaning not in seen:  # noqa: B023
+                    seen.append(meaning)  # noqa: B023
                 if RECONNECTED in line:
-                    outage.append(line)
+                    outage.append(line)  # noqa: B023
 
             def tick() -> bool:
                 if worker:
                     worker.check()
                 # Flower 1.42's SuperNode can stay wedged after an outage that cut a message
                 # transfer (it never hands later runs' tasks on): start a fresh session.
-                return bool(outage)
+                return bool(outage)  # noqa: B023
 
             started = time.monotonic()
             code = run_foreground(cmd, env, on_line=on_line, tick=tick, every=2.0)

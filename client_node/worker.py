@@ -45,7 +45,7 @@ def serve_task(address: str, token: str, approved: set[str]) -> str:
     from flwr.common.constant import ErrorCode, SubStatus
     from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
     from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
-    from flwr.supernode.runtime.run_clientapp import push_message, push_task_output, pull_task_input
+    from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
     from client_node.app_guard import check_fab
 

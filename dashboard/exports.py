@@ -47,7 +47,8 @@ def show_exports(entry: dict[str, Any]) -> None:
         found = existing_export(entry, fmt)
         if found is None:
             if not st.button(f"Export {label}", key=f"export-{fmt}-{entry['run_id']}",
-                             help="Writes the file and its card to the server's export folder, checked against PyTorch."):
+                             help="Writes the file and its card to the server's export folder, "
+                                  "checked against PyTorch."):
                 continue
             try:
                 with st.spinner(f"Exporting {label} and checking it against PyTorch..."):

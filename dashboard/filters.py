@@ -17,9 +17,9 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from dashboard.words import NOT_MEASURED, capitalised, number
 from radfed.model_card import spec_values
 from radfed.reply import POOLED_AUROC
-from dashboard.words import NOT_MEASURED, capitalised, number
 
 FREEZE_WORDS = {"none": "train every layer", "all": "head only (backbone frozen)"}
 FACETS = {"task": "Task", "backbone": "Backbone", "weight_source": "Weight source",

@@ -10,7 +10,7 @@ not flicker, and a rerun reads the store afresh.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -63,7 +63,7 @@ def elapsed(entry: dict[str, Any], now: datetime | None = None) -> str:
     start = parse_time(entry.get("started_at"))
     if start is None:
         return "not recorded"
-    return duration(((now or datetime.now(timezone.utc)) - start).total_seconds())
+    return duration(((now or datetime.now(UTC)) - start).total_seconds())
 
 
 def latest_pooled(entry: dict[str, Any]) -> str:
@@ -99,7 +99,7 @@ def live_view() -> None:
     except StoreError as exc:
         st.error(str(exc))
         return
-    st.caption(f"Updated {datetime.now(timezone.utc).strftime('%H:%M:%S UTC')}; refreshes every {REFRESH_S} s.")
+    st.caption(f"Updated {datetime.now(UTC).strftime('%H:%M:%S UTC')}; refreshes every {REFRESH_S} s.")
     if not running:
         st.info("No run in progress. Runs started with `coordinator run` (or a sweep, or the demo) appear here "
                 "while they train.")

@@ -82,7 +82,8 @@ def operating_frame(entry: dict[str, Any]) -> pd.DataFrame:
     pooled = entry.get("pooled") or {}
     if pooled:
         rows.append({"Clinic": POOLED_ROW,
-                     "AUROC [95% CI]": auroc_text(pooled.get("auroc"), pooled.get("auroc_low"), pooled.get("auroc_high")),
+                     "AUROC [95% CI]": auroc_text(pooled.get("auroc"), pooled.get("auroc_low"),
+                                                  pooled.get("auroc_high")),
                      "Threshold p(finding)": number(pooled.get("threshold")),
                      "Sensitivity": number(pooled.get("sensitivity"), ".2f"),
                      "Specificity": number(pooled.get("specificity"), ".2f")})

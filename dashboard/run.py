@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.charts import curves_with_bands
-from dashboard.context import page_run, file_stem, on_download, run_name
+from dashboard.context import file_stem, on_download, page_run, run_name
 from dashboard.curves import auroc_series, loss_series
 from dashboard.data_mix import show_data_mix
 from dashboard.exports import show_exports
@@ -26,8 +26,20 @@ from dashboard.filters import facets
 from dashboard.per_class import show_per_class
 from dashboard.settings import show_settings
 from dashboard.tables import show_grid, show_table
-from dashboard.words import (NO_BASELINE, NONE_WORD, NOT_MEASURED, auroc_text, count, display_frame, duration,
-                             megabytes, number, run_duration, when, without_paths)
+from dashboard.words import (
+    NO_BASELINE,
+    NONE_WORD,
+    NOT_MEASURED,
+    auroc_text,
+    count,
+    display_frame,
+    duration,
+    megabytes,
+    number,
+    run_duration,
+    when,
+    without_paths,
+)
 from radfed.reply import CLINIC_MEAN_AUROC, POOLED_AUROC
 from radfed.results import rounds_done
 

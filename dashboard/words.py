@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -67,7 +67,7 @@ def parse_time(value: Any) -> datetime | None:
     if not value:
         return None
     stamp = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return stamp if stamp.utcoffset() is not None else stamp.replace(tzinfo=timezone.utc)
+    return stamp if stamp.utcoffset() is not None else stamp.replace(tzinfo=UTC)
 
 
 def when(value: Any, empty: str = NOT_YET, seconds: bool = False) -> str:
@@ -76,7 +76,7 @@ def when(value: Any, empty: str = NOT_YET, seconds: bool = False) -> str:
     stamp = parse_time(value)
     if stamp is None:
         return empty
-    return stamp.astimezone(timezone.utc).strftime(TIME_FORMAT.replace("%M", "%M:%S") if seconds else TIME_FORMAT)
+    return stamp.astimezone(UTC).strftime(TIME_FORMAT.replace("%M", "%M:%S") if seconds else TIME_FORMAT)
 
 
 def duration(seconds: Any, empty: str = NOT_YET) -> str:
@@ -99,7 +99,7 @@ def run_duration(entry: dict[str, Any], now: datetime | None = None) -> str:
     if start is None:
         return NOT_MEASURED
     if end is None:
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         return f"running for {duration((now - start).total_seconds())}"
     return duration((end - start).total_seconds())
 

@@ -18,8 +18,8 @@ Conventions ("normalisation") are a property of the weight source, not of the fi
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -11,7 +11,7 @@ Rows name clinics, researchers and Flower node ids only, never anything about a 
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import UniqueConstraint
@@ -28,7 +28,7 @@ CLINIC_STATUSES = ("active", "revoked")
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Clinic(SQLModel, table=True):

@@ -156,7 +156,7 @@ def check_tls(address: str, ca_pem: str, timeout: float = 5.0,
 
 def _explain(err: ssl.SSLCertVerificationError, cert: x509.Certificate | None, ca_pem: str,
              now: dt.datetime | None) -> str:
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     msg = str(err.verify_message or err)
     if cert is not None and "not yet valid" in msg:
         return (f"the SuperLink's certificate is valid only from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC "

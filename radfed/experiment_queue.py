@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, update
@@ -44,13 +44,13 @@ class QueueError(ValueError):
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _iso(value: datetime | None) -> str | None:
     if value is None:
         return None
-    return (value if value.utcoffset() is not None else value.replace(tzinfo=timezone.utc)).isoformat()
+    return (value if value.utcoffset() is not None else value.replace(tzinfo=UTC)).isoformat()
 
 
 def _check_strategy_and_privacy(spec: ExperimentSpec, source: str) -> None:

@@ -35,8 +35,17 @@ import torch
 from torch import nn
 
 from radfed.architectures import (
-    IMAGENET_MEAN, IMAGENET_STD, KERAS_CAFFE_MEAN, NORMALISATIONS, ArchInfo, LoadReport,
-    WeightsError, arch_info, default_input_size, keras_layout, list_models,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    KERAS_CAFFE_MEAN,
+    NORMALISATIONS,
+    ArchInfo,
+    LoadReport,
+    WeightsError,
+    arch_info,
+    default_input_size,
+    keras_layout,
+    list_models,
 )
 from radfed.weights import load_weights
 
@@ -131,7 +140,8 @@ def apply_freeze(model: Classifier, policy: str, unfreeze_top: int = 10) -> None
     """Set which parameters train: "none" (all), "all" (head only) or "top-k".
 
     A "layer" for top-k is a module that owns parameters directly (a Conv2d, a BatchNorm
-    or a Linear, each counted once; timm's BatchNormAct2d counts as its BatchNorm) in registration order, which is forward order for these backbones,
+    or a Linear, each counted once; timm's BatchNormAct2d counts as its BatchNorm) in
+    registration order, which is forward order for these backbones,
     counted from the output with the head excluded: "top-k" trains the new head plus the
     k backbone leaf modules just below it (k = `unfreeze_top`, 10 by default). The paper's
     Keras "top 10 layers" also count weightless layers (activations, pooling), so its

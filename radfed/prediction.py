@@ -31,7 +31,7 @@ from radfed.data import ClinicData, DataOptions, Split, load_clinic, unlabelled_
 from radfed.data.labels import LabelLookup
 from radfed.data.manifest import MANIFEST_NAME
 from radfed.data.sources import class_folders
-from radfed.delivery import MODELS_FOLDER, ModelFileError, sha256_file, load_model_file
+from radfed.delivery import MODELS_FOLDER, ModelFileError, load_model_file, sha256_file
 from radfed.evaluation import finding_scores
 from radfed.models import create_model
 from radfed.spec import ExperimentSpec, data_options

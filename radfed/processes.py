@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-
 PR_SET_PDEATHSIG = 1
 
 

@@ -129,5 +129,5 @@ def from_logits(logits: np.ndarray, labels: np.ndarray, patients: np.ndarray | N
     return ClinicValidation(loss, accuracy, report, summary, per_class_figures(logits, labels, patients, seed=seed))
 
 
-__all__ = ["ClinicValidation", "from_logits", "format_auroc", "finding_labels", "LABELS", "POOLED_AUROC", "CLINIC_MEAN_AUROC",
-           "MACRO_AUROC", "QUALITY_FIELDS", "PREFIX"]
+__all__ = ["ClinicValidation", "from_logits", "format_auroc", "finding_labels", "LABELS", "POOLED_AUROC",
+           "CLINIC_MEAN_AUROC", "MACRO_AUROC", "QUALITY_FIELDS", "PREFIX"]

@@ -22,7 +22,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
@@ -46,12 +46,12 @@ REFUSED = "wrong name or password"
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _aware(value: datetime) -> datetime:
     """SQLite hands back naive datetimes: they were stored as UTC."""
-    return value if value.utcoffset() is not None else value.replace(tzinfo=timezone.utc)
+    return value if value.utcoffset() is not None else value.replace(tzinfo=UTC)
 
 
 class AccountError(ValueError):

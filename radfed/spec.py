@@ -70,7 +70,7 @@ class ExperimentSpec:
         return json.dumps(data, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "ExperimentSpec":
+    def from_json(cls, text: str) -> ExperimentSpec:
         """Inverse of `to_json`, validating again (the message may come from anywhere)."""
         return from_mapping(json.loads(text), source="spec", check_files=False)
 

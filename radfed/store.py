@@ -23,7 +23,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,7 @@ class StoreError(RuntimeError):
 
 def _utcnow() -> datetime:
     """Aware UTC timestamp; SQLModel stores it as UTC on SQLite and PostgreSQL alike."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def default_database_url() -> str:
@@ -303,8 +303,8 @@ def _iso(value: datetime | None) -> str | None:
     """ISO-8601 UTC string for JSON output."""
     if value is None:
         return None
-    aware = value if value.utcoffset() is not None else value.replace(tzinfo=timezone.utc)
-    return aware.astimezone(timezone.utc).isoformat()
+    aware = value if value.utcoffset() is not None else value.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).isoformat()
 
 
 def _row_dict(row: SQLModel, drop: tuple[str, ...] = ()) -> dict[str, Any]:

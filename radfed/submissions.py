@@ -9,7 +9,7 @@ leaderboard's `submitted_by` and must not import the queue (which imports the st
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlmodel import Field, Session, SQLModel, select
@@ -18,7 +18,7 @@ SUBMISSION_STATUSES = ("pending", "approved", "rejected", "running", "completed"
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Submission(SQLModel, table=True):

@@ -27,7 +27,12 @@ import torch
 from torch import nn
 
 from radfed.architectures import (
-    HEAD_PREFIXES, STRIP_PREFIXES, LoadReport, WeightsError, arch_info, keras_layout,
+    HEAD_PREFIXES,
+    STRIP_PREFIXES,
+    LoadReport,
+    WeightsError,
+    arch_info,
+    keras_layout,
 )
 
 H5_MAGIC = b"\x89HDF\r\n\x1a\n"

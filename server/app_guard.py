@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from radfed.app_bundle import run_gated
-from radfed.app_bundle import write_shim as _write
+from radfed.app_bundle import run_gated, write_shim as _write
 
 
 def main() -> None:

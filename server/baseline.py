@@ -122,7 +122,6 @@ def evaluate_centralised(spec: ExperimentSpec, model: torch.nn.Module, clinics: 
     from radfed.batchnorm import as_evaluated
     from radfed.evaluation import quality_report
     from radfed.training import predict_logits
-
     from radfed.unit_scores import unit_outputs
 
     outputs = {name: unit_outputs(  # per labelled unit (study, series, image), as the clinics report

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -24,9 +23,9 @@ def baseline(
     data: Annotated[list[str], typer.Option(
         "--data", help="A clinic's data folder, DIR or NAME=DIR (NAME as its client-node --name; "
                        "default: the folder's name). Repeat for each clinic.")],
-    holdout: Annotated[Optional[str], typer.Option(
+    holdout: Annotated[str | None, typer.Option(
         help="Leave this clinic out of training and evaluate on it (compare with `run --holdout`).")] = None,
-    db: Annotated[Optional[str], typer.Option(
+    db: Annotated[str | None, typer.Option(
         "--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Processes decoding DICOM.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,

@@ -17,11 +17,10 @@ Examples:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
-
 
 from radfed.cli_errors import fail as _fail
 from radfed.flower_env import radfed_home
@@ -46,7 +45,7 @@ def _mount_subcommands() -> None:
 out = Console()
 err = Console(stderr=True)
 
-DbOption = Annotated[Optional[str], typer.Option(
+DbOption = Annotated[str | None, typer.Option(
     "--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")]
 
 
@@ -63,17 +62,17 @@ def _store(db: str | None):
 def superlink(
     host: Annotated[str, typer.Option(help="Address of the clinics' door (0.0.0.0 for other machines).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the clinics' door: the Fleet API only.")] = 9092,
-    control_port: Annotated[Optional[int], typer.Option(
+    control_port: Annotated[int | None, typer.Option(
         help="Port of the control door on 127.0.0.1: Control and Runtime APIs (default: --port + 1).")] = None,
-    remote_control: Annotated[Optional[str], typer.Option(
+    remote_control: Annotated[str | None, typer.Option(
         help="HOST:PORT of a control door for other machines; mutual TLS: clients need a "
              "`coordinator certs credential`.")] = None,
     insecure: Annotated[bool, typer.Option(help="Plaintext, no node authentication; loopback only.")] = False,
-    certs: Annotated[Optional[Path], typer.Option(help="Folder from `coordinator certs init` (default ~/.radfed/pki).")] = None,
-    database: Annotated[Optional[Path], typer.Option(
+    certs: Annotated[Path | None, typer.Option(help="Folder from `coordinator certs init` (default ~/.radfed/pki).")] = None,
+    database: Annotated[Path | None, typer.Option(
         help="SuperLink state file: nodes and runs survive a restart (default: state.db in --flwr-home).")] = None,
-    flwr_home: Annotated[Optional[Path], typer.Option(help="Flower's home for this SuperLink.")] = None,
-    approve_app: Annotated[Optional[list[str]], typer.Option(
+    flwr_home: Annotated[Path | None, typer.Option(help="Flower's home for this SuperLink.")] = None,
+    approve_app: Annotated[list[str] | None, typer.Option(
         help="Also run ServerApp bundles with this SHA-256; repeatable.")] = None,
     sync_every: Annotated[float, typer.Option(hidden=True, min=0.2,
                                               help="Seconds between enrolment syncs (tests).")] = 2.0,
@@ -116,19 +115,19 @@ def superlink(
 
 @app.command()
 def run(
-    experiment: Annotated[Optional[Path], typer.Argument(help="Experiment TOML file (not with --attach/--resume).")] = None,
+    experiment: Annotated[Path | None, typer.Argument(help="Experiment TOML file (not with --attach/--resume).")] = None,
     control: Annotated[str, typer.Option(
         help="The SuperLink's control door HOST:PORT (`coordinator superlink` prints it).")] = "127.0.0.1:9093",
     db: DbOption = None,
-    checkpoints: Annotated[Optional[Path], typer.Option(help="Checkpoint folder (default ~/.radfed/checkpoints).")] = None,
+    checkpoints: Annotated[Path | None, typer.Option(help="Checkpoint folder (default ~/.radfed/checkpoints).")] = None,
     insecure: Annotated[bool, typer.Option(help="Plaintext connection to a loopback SuperLink.")] = False,
-    root_certificates: Annotated[Optional[Path], typer.Option(help="CA certificate of the SuperLink (default ~/.radfed/pki/ca.crt).")] = None,
-    credential: Annotated[Optional[Path], typer.Option(
+    root_certificates: Annotated[Path | None, typer.Option(help="CA certificate of the SuperLink (default ~/.radfed/pki/ca.crt).")] = None,
+    credential: Annotated[Path | None, typer.Option(
         help="Coordinator credential (NAME.pem from `coordinator certs credential`) for a remote control door.")] = None,
-    holdout: Annotated[Optional[str], typer.Option(
+    holdout: Annotated[str | None, typer.Option(
         help="Leave-one-clinic-out: train without this clinic (its --name), then evaluate the final model there.")] = None,
-    attach: Annotated[Optional[str], typer.Option(help="Follow a run already submitted (its run id).")] = None,
-    resume: Annotated[Optional[str], typer.Option(
+    attach: Annotated[str | None, typer.Option(help="Follow a run already submitted (its run id).")] = None,
+    resume: Annotated[str | None, typer.Option(
         help="Continue a failed or interrupted run (its run id) from its last intact checkpoint.")] = None,
 ) -> None:
     """Launch a federated experiment and show its rounds until it finishes.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from radfed.audit import Registry
@@ -50,7 +50,7 @@ def _issue_bundle(name: str, superlink: str, certs: CertPaths, out: Path | None)
     private, public = node_keypair()
     bundle = Bundle(clinic=name, superlink=superlink, ca_pem=certs.ca_cert.read_text(),
                     private_key=private, public_key=public,
-                    created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                    created_at=datetime.now(UTC).isoformat(timespec="seconds"))
     path = out or Path(f"{name}{SUFFIX}")
     if path.is_dir():
         path = path / f"{name}{SUFFIX}"

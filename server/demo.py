@@ -139,8 +139,8 @@ def run_demo(opts: DemoOptions, console: Console) -> int:
         wait_registered(control, certs.ca_cert, len(names), work / "flwr" / "control")
         for name, folder, bundle in zip(names, folders, bundles):
             procs.append(_spawn(_script("client-node") + [
-                "start", "--bundle", str(bundle), "--superlink", address, "--data", str(folder), "--threads", str(threads),
-                "--home", str(work / "nodes")], work / "logs" / f"{name}.log"))
+                "start", "--bundle", str(bundle), "--superlink", address, "--data", str(folder),
+                "--threads", str(threads), "--home", str(work / "nodes")], work / "logs" / f"{name}.log"))
         spec = demo_spec(opts)
         (work / "experiment.toml").write_text(spec_to_toml(spec))
         conn = Connection(control, work / "flwr" / "cli", root_certificates=certs.ca_cert)

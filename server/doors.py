@@ -88,8 +88,9 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import uvicorn
     import importlib
+
+    import uvicorn
 
     # the package re-exports a function under the module's name: fetch the module itself
     flower = importlib.import_module("flwr.superlink.cli.flower_superlink")

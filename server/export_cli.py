@@ -7,7 +7,7 @@ Mounted on the `coordinator` app by server/cli.py; the work is in server/export.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -21,13 +21,13 @@ def export_command(
     run: Annotated[str, typer.Argument(help="The run: its Flower run id (as `coordinator run` prints it) "
                                             "or its store id (`run_id` in `coordinator leaderboard --json`).")],
     fmt: Annotated[str, typer.Option("--format", help="onnx (opset 18, dynamic batch) or torchscript (traced).")] = "onnx",
-    server_round: Annotated[Optional[int], typer.Option(
+    server_round: Annotated[int | None, typer.Option(
         "--round", min=1, help="Round to export (default: the run's selected checkpoint, else the last).")] = None,
-    out: Annotated[Optional[Path], typer.Option(
+    out: Annotated[Path | None, typer.Option(
         help="Folder for the model and its card (default ~/.radfed/exports, where the dashboard looks).")] = None,
     tolerance: Annotated[float, typer.Option(
         min=0.0, help="Largest abs difference of logits allowed between the file and PyTorch.")] = 1e-4,
-    db: Annotated[Optional[str], typer.Option("--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")] = None,
+    db: Annotated[str | None, typer.Option("--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")] = None,
 ) -> None:
     """Export a run's checkpoint as ONNX or TorchScript, checked against PyTorch, with a model card.
 

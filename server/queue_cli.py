@@ -16,7 +16,7 @@ from __future__ import annotations
 import getpass
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -33,17 +33,17 @@ queue_app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False,
 out = Console()
 err = Console(stderr=True)
 
-DbOption = Annotated[Optional[str], typer.Option(
+DbOption = Annotated[str | None, typer.Option(
     "--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")]
-ReviewerOption = Annotated[Optional[str], typer.Option(
+ReviewerOption = Annotated[str | None, typer.Option(
     "--reviewer", help="Who decides, for the record (default: this login's user name).")]
 ControlOption = Annotated[str, typer.Option(
     help="The SuperLink's control door HOST:PORT (`coordinator superlink` prints it).")]
-CheckpointsOption = Annotated[Optional[Path], typer.Option(help="Checkpoint folder (default ~/.radfed/checkpoints).")]
+CheckpointsOption = Annotated[Path | None, typer.Option(help="Checkpoint folder (default ~/.radfed/checkpoints).")]
 InsecureOption = Annotated[bool, typer.Option(help="Plaintext connection to a loopback SuperLink.")]
-CaOption = Annotated[Optional[Path], typer.Option(
+CaOption = Annotated[Path | None, typer.Option(
     help="CA certificate of the SuperLink (default ~/.radfed/pki/ca.crt).")]
-CredentialOption = Annotated[Optional[Path], typer.Option(
+CredentialOption = Annotated[Path | None, typer.Option(
     help="Coordinator credential (NAME.pem from `coordinator certs credential`) for a remote control door.")]
 
 
@@ -64,7 +64,7 @@ def _reviewer(name: str | None) -> str:
 @queue_app.command("list")
 def queue_list(
     db: DbOption = None,
-    status: Annotated[Optional[str], typer.Option(
+    status: Annotated[str | None, typer.Option(
         help="Only this status: pending, approved, rejected, running, completed or failed.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable, with each spec.")] = False,
 ) -> None:

@@ -321,7 +321,8 @@ class RunRecorder:
             return False
         self.stopped_at = server_round
         note = (f"stopped early after round {server_round}: pooled AUROC not better than round "
-                f"{self.best[0]}'s {self.best[1]:.3f} for {self._evaluated - self.best[0]} rounds (patience {patience})")
+                f"{self.best[0]}'s {self.best[1]:.3f} for {self._evaluated - self.best[0]} rounds "
+                f"(patience {patience})")
         log.info("%s", note)
         self.store.stop_early(self.run_id, server_round, note)
         return True

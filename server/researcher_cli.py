@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -37,7 +37,7 @@ researcher_app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=Fal
 out = Console()
 err = Console(stderr=True)
 
-DbOption = Annotated[Optional[str], typer.Option(
+DbOption = Annotated[str | None, typer.Option(
     "--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")]
 NameArgument = Annotated[str, typer.Argument(help="Login name (or the e-mail address an OIDC provider vouches for).")]
 

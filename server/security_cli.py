@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-
 from rich.table import Table
 
 from radfed.cli_errors import fail as _fail
@@ -32,9 +31,9 @@ clinic_app = typer.Typer(help="Enrol, list and revoke clinics (node keys for Sup
 out = Console()
 err = Console(stderr=True)
 
-CertsOption = Annotated[Optional[Path], typer.Option(
+CertsOption = Annotated[Path | None, typer.Option(
     "--certs", help="Certificate folder (default ~/.radfed/pki).")]
-DbOption = Annotated[Optional[str], typer.Option(
+DbOption = Annotated[str | None, typer.Option(
     "--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")]
 
 
@@ -129,7 +128,7 @@ def certs_credential(
 def clinic_add(
     name: Annotated[str, typer.Argument(help="The clinic's name (letters, digits, '-', '_').")],
     superlink: Annotated[str, typer.Option(help="Address HOST:PORT clinics dial (must be in the certificate).")] = "127.0.0.1:9092",
-    out_path: Annotated[Optional[Path], typer.Option("--out", help="Bundle file or folder (default ./NAME.radfed).")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="Bundle file or folder (default ./NAME.radfed).")] = None,
     certs: CertsOption = None,
     db: DbOption = None,
 ) -> None:
@@ -154,7 +153,7 @@ def clinic_add(
 def clinic_readmit(
     name: Annotated[str, typer.Argument(help="The revoked clinic to let back in.")],
     superlink: Annotated[str, typer.Option(help="Address HOST:PORT clinics dial (must be in the certificate).")] = "127.0.0.1:9092",
-    out_path: Annotated[Optional[Path], typer.Option("--out", help="Bundle file or folder (default ./NAME.radfed).")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="Bundle file or folder (default ./NAME.radfed).")] = None,
     certs: CertsOption = None,
     db: DbOption = None,
 ) -> None:
@@ -207,9 +206,9 @@ def clinic_revoke(name: Annotated[str, typer.Argument(help="The clinic to cut of
 
 def audit(
     db: DbOption = None,
-    kind: Annotated[Optional[str], typer.Option(help="Only this kind of event (e.g. excluded, connected).")] = None,
-    clinic: Annotated[Optional[str], typer.Option(help="Only this clinic's events.")] = None,
-    researcher: Annotated[Optional[str], typer.Option(
+    kind: Annotated[str | None, typer.Option(help="Only this kind of event (e.g. excluded, connected).")] = None,
+    clinic: Annotated[str | None, typer.Option(help="Only this clinic's events.")] = None,
+    researcher: Annotated[str | None, typer.Option(
         help="Only this researcher's events (logins, downloads, submissions and their review).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
 ) -> None:

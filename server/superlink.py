@@ -28,6 +28,7 @@ from radfed.flower_env import flower_env, radfed_home
 from radfed.pki import CertPaths
 from radfed.processes import reachable, run_foreground
 
+
 class SuperLinkError(RuntimeError):
     """A SuperLink setting that is refused; one line for the user."""
 

@@ -7,11 +7,10 @@ server/sweep.py, submission and following in server/launch.py (as `coordinator r
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
-
 from rich.table import Table
 
 from radfed.cli_errors import fail as _fail
@@ -40,18 +39,18 @@ def scenario_table(rows: list[dict]) -> Table:
 def sweep_command(
     task: Annotated[Path, typer.Argument(help="Sweep task TOML: [sweep] name and weight files, [experiment] base keys.")],
     source: Annotated[str, typer.Option(help="Weight source to sweep ([sweep.weights.SOURCE]).")] = "radimagenet",
-    compare: Annotated[Optional[str], typer.Option(help="A second weight source run the same way, e.g. imagenet.")] = None,
-    backbones: Annotated[Optional[str], typer.Option(help="Only these backbones, comma-separated.")] = None,
-    freeze: Annotated[Optional[str], typer.Option(help="Only scenarios with this freeze policy: none, all or top-k.")] = None,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="Run only the first N scenarios.")] = None,
+    compare: Annotated[str | None, typer.Option(help="A second weight source run the same way, e.g. imagenet.")] = None,
+    backbones: Annotated[str | None, typer.Option(help="Only these backbones, comma-separated.")] = None,
+    freeze: Annotated[str | None, typer.Option(help="Only scenarios with this freeze policy: none, all or top-k.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Run only the first N scenarios.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the scenario table and exit.")] = False,
     control: Annotated[str, typer.Option(
         help="The SuperLink's control door HOST:PORT (`coordinator superlink` prints it).")] = "127.0.0.1:9093",
-    db: Annotated[Optional[str], typer.Option("--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")] = None,
-    checkpoints: Annotated[Optional[Path], typer.Option(help="Checkpoint folder (default ~/.radfed/checkpoints).")] = None,
+    db: Annotated[str | None, typer.Option("--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")] = None,
+    checkpoints: Annotated[Path | None, typer.Option(help="Checkpoint folder (default ~/.radfed/checkpoints).")] = None,
     insecure: Annotated[bool, typer.Option(help="Plaintext connection to a loopback SuperLink.")] = False,
-    root_certificates: Annotated[Optional[Path], typer.Option(help="CA certificate of the SuperLink (default ~/.radfed/pki/ca.crt).")] = None,
-    credential: Annotated[Optional[Path], typer.Option(
+    root_certificates: Annotated[Path | None, typer.Option(help="CA certificate of the SuperLink (default ~/.radfed/pki/ca.crt).")] = None,
+    credential: Annotated[Path | None, typer.Option(
         help="Coordinator credential (NAME.pem from `coordinator certs credential`) for a remote control door.")] = None,
 ) -> None:
     """Run the RadImageNet paper's scenarios for a task (4 backbones x 6 = 24 per weight source).
@@ -65,7 +64,6 @@ def sweep_command(
     (add `--dry-run` to only print the scenario table, `--backbones resnet50 --limit 2` for a subset)
     """
     from server.sweep import SweepError, expand, load_task
-
     from strategies import StrategyError, check_strategy
 
     sources = [source] + ([compare] if compare and compare != source else [])
@@ -94,11 +92,11 @@ def _run_all(scenarios: list, control: str, db: str | None, checkpoints: Path | 
              insecure: bool, root_certificates: Path | None, credential: Path | None = None) -> int:
     """Submit and follow each scenario; 0 when all completed, 1 otherwise."""
     from radfed.flower_env import radfed_home
+    from radfed.results import summary
     from radfed.spec import spec_to_toml
     from radfed.store import Store, StoreError
     from server.launch import Connection, LaunchError, follow, stop, submit
     from server.leaderboard import sweep_table
-    from radfed.results import summary
 
     try:
         store = Store(db)

@@ -10,7 +10,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flwr.serverapp.strategy import (
-    FedAdagrad, FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, FedYogi, Krum, MultiKrum,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    MultiKrum,
     Strategy,
 )
 

@@ -108,3 +108,16 @@ def dashboard_on_loopback():
         yield
     finally:
         config.set_option("server.address", before)
+
+
+@pytest.fixture(autouse=True)
+def main_module_kept():
+    """Streamlit's script runner (AppTest) installs the page as `__main__` and leaves it there;
+    a later test in the same worker that starts a spawn process pool (radfed.data.workers)
+    would then re-run that page in every child, which dies (BrokenProcessPool)."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None and sys.modules.get("__main__") is not main:
+        sys.modules["__main__"] = main

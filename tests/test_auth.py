@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -42,7 +42,7 @@ def researchers(db: str) -> Researchers:
 
 
 @pytest.fixture
-def on_both(store_url: str) -> Researchers:
+def on_both(store_url: str) -> Researchers:  # noqa: F811 - fixture
     """Accounts on SQLite and on PostgreSQL (skipped when no server is there)."""
     return Researchers(Store(store_url))
 
@@ -54,6 +54,7 @@ def _kinds(store: Store, researcher: str) -> list[str]:
 # -- accounts ---------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_only_a_salted_hash_is_stored(researchers: Researchers, tmp_path: Path) -> None:
     secret = researchers.add("alice")
     researchers.add("bob", secret=secret)  # the same secret, another salt
@@ -68,6 +69,7 @@ def test_only_a_salted_hash_is_stored(researchers: Researchers, tmp_path: Path) 
     assert researchers.login("bob", secret).name == "bob"
 
 
+@pytest.mark.e2e
 def test_wrong_secret_and_unknown_name_get_the_same_answer(researchers: Researchers, db: str) -> None:
     researchers.add("alice", secret="correct horse battery")
     answers = []
@@ -83,12 +85,13 @@ def test_wrong_secret_and_unknown_name_get_the_same_answer(researchers: Research
     assert trail.returncode == 0 and "[/bold]" in trail.stdout, trail.stderr
 
 
+@pytest.mark.e2e
 def test_disabled_account_is_refused_until_enabled(researchers: Researchers) -> None:
     researchers.add("alice", secret="correct horse battery")
     researchers.disable("alice")
     with pytest.raises(LoginRefused):
         researchers.login("alice", "correct horse battery")
-    later = datetime.now(timezone.utc) + timedelta(seconds=5)
+    later = datetime.now(UTC) + timedelta(seconds=5)
     researchers.enable("alice")
     assert researchers.login("alice", "correct horse battery", now=later).name == "alice"
     assert researchers.active("alice") is not None
@@ -101,13 +104,14 @@ def test_oidc_account_has_no_password(researchers: Researchers) -> None:
     assert researchers.get("carol@hospital.org").secret_hash is None
 
 
+@pytest.mark.e2e
 def test_failed_logins_are_rate_limited_per_name(on_both: Researchers) -> None:
     """After n failures the name waits 2^(n-1) s; meanwhile even the right secret is refused,
     and a name that does not exist is throttled alike (no telling which names exist)."""
     researchers = on_both
     assert [delay_after(n) for n in (0, 1, 2, 3, 4)] == [0, 1, 2, 4, 8] and delay_after(100) == 900
     researchers.add("alice", secret="correct horse battery")
-    t = datetime.now(timezone.utc)
+    t = datetime.now(UTC)
     for name in ("alice", "nobody"):
         now = t
         for failures in range(1, 5):
@@ -125,6 +129,7 @@ def test_failed_logins_are_rate_limited_per_name(on_both: Researchers) -> None:
     assert sum("throttled" in d for d in details) == 4 and sum("wrong secret" in d for d in details) == 4
 
 
+@pytest.mark.e2e
 def test_researcher_cli_prints_the_secret_once_and_lists_no_hash(db: str, tmp_path: Path) -> None:
     added = cli("server.cli", "researcher", "add", "alice", "--db", db, timeout=60)
     assert added.returncode == 0, added.stderr
@@ -143,7 +148,7 @@ def test_researcher_cli_prints_the_secret_once_and_lists_no_hash(db: str, tmp_pa
     assert gone.returncode == 2 and gone.stderr.strip().count("\n") == 0 and "no researcher nobody" in gone.stderr
     assert cli("server.cli", "researcher", "disable", "alice", "--db", db, timeout=60).returncode == 0
     with pytest.raises(LoginRefused):
-        Researchers(Store(db)).login("alice", secret, now=datetime.now(timezone.utc) + timedelta(hours=1))
+        Researchers(Store(db)).login("alice", secret, now=datetime.now(UTC) + timedelta(hours=1))
 
 
 # -- the dashboard ----------------------------------------------------------------------
@@ -172,6 +177,7 @@ def _shows_results(at: AppTest) -> bool:
     return any("secret-study" in text for text in shown)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("address", ["0.0.0.0", None, "10.1.2.3"])
 def test_beyond_loopback_every_page_shows_only_the_login_form(monkeypatch, db, address) -> None:
     _fill(db)
@@ -193,6 +199,7 @@ def test_beyond_loopback_every_page_shows_only_the_login_form(monkeypatch, db, a
     assert _kinds(Store(db), "alice") == ["account", "login-failed", "login", "logout"]
 
 
+@pytest.mark.e2e
 def test_on_loopback_reading_needs_no_login(monkeypatch, db) -> None:
     _fill(db)
     add_researcher(db, "alice")
@@ -201,6 +208,7 @@ def test_on_loopback_reading_needs_no_login(monkeypatch, db) -> None:
     assert _shows_results(at) and not at.text_input
 
 
+@pytest.mark.e2e
 def test_disabling_an_account_ends_its_session(monkeypatch, db) -> None:
     _fill(db)
     secret = add_researcher(db, "alice")
@@ -212,6 +220,7 @@ def test_disabling_an_account_ends_its_session(monkeypatch, db) -> None:
         assert not _shows_results(at) and [t.label for t in at.text_input] == ["Name", "Secret"]
 
 
+@pytest.mark.e2e
 def test_downloads_are_audited_under_the_researchers_name(monkeypatch, db) -> None:
     secret = add_researcher(db, "alice")
 
@@ -243,6 +252,7 @@ def _oidc_page() -> None:
     st.write(f"hello {who.name} ({who.kind})")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("has_account", [True, False])
 def test_oidc_login_needs_an_oidc_account(monkeypatch, db, has_account) -> None:
     """With [auth] in the secrets, the identity provider's button is offered; an identity it
@@ -316,6 +326,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.e2e
 def test_dashboard_refuses_beyond_loopback_without_accounts(db: str, tmp_path: Path) -> None:
     Store(db).close()
     env = {**os.environ, "HOME": str(tmp_path)}  # no ~/.streamlit/secrets.toml
@@ -329,6 +340,7 @@ def test_dashboard_refuses_beyond_loopback_without_accounts(db: str, tmp_path: P
     assert "Streamlit" not in proc.stdout + proc.stderr
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(180)
 def test_dashboard_serves_beyond_loopback_once_an_account_exists(db: str, tmp_path: Path) -> None:
     """A real server on a non-loopback address of this machine; what it shows without a

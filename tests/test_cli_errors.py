@@ -7,6 +7,8 @@ import pytest
 from radfed.processes import free_port
 from tests.federation import cli
 
+pytestmark = pytest.mark.e2e
+
 
 def _one_line_error(proc, *needles: str) -> None:
     assert proc.returncode != 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 
+import pytest
 import yaml
 
 from tests.federation import ROOT, cli
@@ -27,6 +28,7 @@ def test_compose_commands_are_radfed_console_scripts():
         assert (ROOT / module.replace(".", "/")).with_suffix(".py").is_file() and func == "main"
 
 
+@pytest.mark.e2e
 def test_compose_commands_accept_their_arguments():
     """Each command line parses: `--help` appended after the service's own options."""
     for name, service in _compose()["services"].items():

@@ -73,6 +73,7 @@ def marks(spec: dict) -> set[str]:
 # ------------------------------------------------------------------------- the pages
 
 
+@pytest.mark.e2e
 def test_leaderboard_ranks_by_the_pooled_auroc_with_its_ci(monkeypatch, filled: Filled) -> None:
     at = open_app(monkeypatch, filled.url)
     with Store(filled.url) as store:
@@ -101,6 +102,7 @@ def test_leaderboard_ranks_by_the_pooled_auroc_with_its_ci(monkeypatch, filled: 
     assert all(re.fullmatch(r"\d+ s|\d+ min \d+ s", t) for t in went["Took"])
 
 
+@pytest.mark.e2e
 def test_filters_and_grouping(monkeypatch, filled: Filled) -> None:
     at = open_app(monkeypatch, filled.url)
     assert {m.label for m in at.sidebar.multiselect} >= {"Backbone", "Weight source", "Freeze policy", "Strategy"}
@@ -119,6 +121,7 @@ def test_filters_and_grouping(monkeypatch, filled: Filled) -> None:
     assert not unreadable(at)
 
 
+@pytest.mark.e2e
 def test_compare_overlays_curves_with_bands_and_settings(monkeypatch, filled: Filled) -> None:
     at = open_app(monkeypatch, filled.url, "compare.py")
     chosen = at.multiselect(key="runs").value
@@ -138,6 +141,7 @@ def test_compare_overlays_curves_with_bands_and_settings(monkeypatch, filled: Fi
     assert "resnet50.pth" in texts(at)  # the weight file by its name, never its folder
 
 
+@pytest.mark.e2e
 def test_sweeps_pair_radimagenet_with_imagenet(monkeypatch, filled: Filled) -> None:
     at = open_app(monkeypatch, filled.url, "sweeps.py")
     pairs = frame_with(at, "radimagenet − imagenet [95% CI]")
@@ -150,6 +154,7 @@ def test_sweeps_pair_radimagenet_with_imagenet(monkeypatch, filled: Filled) -> N
     assert any("rule" in marks(c) for c in charts(at))
 
 
+@pytest.mark.e2e
 def test_run_details_settings_downloads_and_words(monkeypatch, filled: Filled) -> None:
     import streamlit
 
@@ -194,6 +199,7 @@ def test_download_names_follow_experiment_and_run(filled: Filled) -> None:
     assert file_stem(entry, 3) + ".pt" == "pneu-radimagenet-resnet50-unfreeze-all-lr0.001-run-1-round-3.pt"
 
 
+@pytest.mark.e2e
 def test_failed_run_shows_its_error(monkeypatch, filled: Filled) -> None:
     at = open_app(monkeypatch, filled.url, "run.py")
     box = at.selectbox(key="run")
@@ -202,6 +208,7 @@ def test_failed_run_shows_its_error(monkeypatch, filled: Filled) -> None:
     assert not unreadable(at)  # the log's folder on the server is not shown
 
 
+@pytest.mark.e2e
 def test_per_clinic_forest_plot_and_separate_tables(monkeypatch, filled: Filled) -> None:
     at = open_app(monkeypatch, filled.url, "per_clinic.py")
     forest = charts(at)[0]
@@ -225,6 +232,7 @@ def visible_texts_of(node) -> str:
     return " ".join(chart_texts(node.proto))
 
 
+@pytest.mark.e2e
 def test_diagnostics_roc_reliability_and_confusion(monkeypatch, filled: Filled) -> None:
     at = open_app(monkeypatch, filled.url, "diagnostics.py")
     at.selectbox(key="run").select(1).run()
@@ -245,6 +253,7 @@ def test_diagnostics_roc_reliability_and_confusion(monkeypatch, filled: Filled) 
     assert f"sensitivity {pooled['sensitivity']:.2f}, specificity {pooled['specificity']:.2f}" in text
 
 
+@pytest.mark.e2e
 def test_live_progress_of_a_running_run(monkeypatch, filled: Filled) -> None:
     at = open_app(monkeypatch, filled.url, "live.py")
     text = texts(at)
@@ -255,6 +264,7 @@ def test_live_progress_of_a_running_run(monkeypatch, filled: Filled) -> None:
     assert "Time left" in text and "about 1 min 26 s" in text  # round 1 took 43 s; 2 rounds to go
 
 
+@pytest.mark.e2e
 def test_audit_trail_filters(monkeypatch, filled: Filled) -> None:
     at = open_app(monkeypatch, filled.url, "audit_trail.py")
     events = frame_with(at, "Detail")
@@ -266,6 +276,7 @@ def test_audit_trail_filters(monkeypatch, filled: Filled) -> None:
     assert not unreadable(at)
 
 
+@pytest.mark.e2e
 def test_clinic_register(monkeypatch, filled: Filled) -> None:
     at = open_app(monkeypatch, filled.url, "register.py")
     register = frame_with(at, "Status")
@@ -276,6 +287,7 @@ def test_clinic_register(monkeypatch, filled: Filled) -> None:
     assert frame_with(at, "Status").index.tolist() == ["clinic-c"]
 
 
+@pytest.mark.e2e
 def test_empty_database_shows_friendly_message_on_every_page(monkeypatch, tmp_path: Path) -> None:
     at = open_app(monkeypatch, f"sqlite:///{tmp_path / 'empty.db'}")
     assert any("No experiments yet" in i.value and "coordinator demo" in i.value for i in at.info)
@@ -286,6 +298,7 @@ def test_empty_database_shows_friendly_message_on_every_page(monkeypatch, tmp_pa
         assert not unreadable(at), page
 
 
+@pytest.mark.e2e
 def test_unreachable_database_shows_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "argv", [str(APP), "--db", "postgresql://radfed:secret@127.0.0.1:1/radfed"])
     at = AppTest.from_file(str(APP), default_timeout=60)
@@ -294,6 +307,7 @@ def test_unreachable_database_shows_one_error(monkeypatch: pytest.MonkeyPatch) -
     assert "127.0.0.1:1" in error.value and "Fix:" in error.value and "secret" not in error.value
 
 
+@pytest.mark.e2e
 def test_login_and_submit_hooks(monkeypatch, filled: Filled) -> None:
     """dashboard/auth.py and dashboard/submit.py (built elsewhere) plug in when they exist."""
     import types
@@ -429,6 +443,7 @@ def test_cli_hides_streamlits_deploy_button() -> None:
     assert command[command.index("--client.toolbarMode") + 1] == "viewer"
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the streamlit child")
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_cli_serves_and_stops_cleanly(tmp_path: Path, stop_signal: signal.Signals) -> None:
@@ -460,6 +475,7 @@ def test_cli_serves_and_stops_cleanly(tmp_path: Path, stop_signal: signal.Signal
             proc.wait()
 
 
+@pytest.mark.e2e
 def test_cli_bad_database_exits_1_before_streamlit(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "dashboard.cli", "--db", "postgresql://u:pw@127.0.0.1:1/db",

@@ -29,6 +29,8 @@ import pytest
 from tests.federation import cli, spawn
 from tests.test_dashboard import free_port, wait_healthy
 
+pytestmark = pytest.mark.e2e
+
 CHROMIUM = os.environ.get("RADFED_CHROMIUM", "/usr/bin/chromium")
 WIDTHS = (1100, 1600)
 # url path -> (title, a phrase the page must show for the demo's one finished run)
@@ -50,7 +52,8 @@ OVERFLOW_JS = """() => {
   const cut = [];
   const vw = document.documentElement.clientWidth;
   if (document.documentElement.scrollWidth > vw + 1) cut.push(`page ${document.documentElement.scrollWidth} > ${vw}`);
-  for (const el of document.querySelectorAll('[data-testid="stDataFrame"] .dvn-scroller, [data-testid="stTable"], [data-testid="stTable"] > div')) {
+  const tables = '[data-testid="stDataFrame"] .dvn-scroller, [data-testid="stTable"], [data-testid="stTable"] > div';
+  for (const el of document.querySelectorAll(tables)) {
     if (el.scrollWidth > el.clientWidth + 1) cut.push(`table ${el.scrollWidth} > ${el.clientWidth}`);
   }
   for (const box of document.querySelectorAll('[data-testid="stVegaLiteChart"]')) {
@@ -138,7 +141,8 @@ def browser(demo_database: str):
 
 
 HEIGHT_JS = """() => Math.max(document.body.scrollHeight,
-  ...[...document.querySelectorAll('[data-testid="stMain"], [data-testid="stAppViewContainer"], [data-testid="stSidebarContent"]')]
+  ...[...document.querySelectorAll('[data-testid="stMain"], [data-testid="stAppViewContainer"], '
+                                   + '[data-testid="stSidebarContent"]')]
      .map(e => e.scrollHeight))"""
 
 

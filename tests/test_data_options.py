@@ -242,6 +242,7 @@ def test_pool_that_cannot_start_falls_back_to_this_process(tmp_path: Path, monke
     assert pooled.rejected == []
 
 
+@pytest.mark.e2e
 def test_options_manifest_and_card_load_without_torch() -> None:
     """The coordinator and dashboard read options, manifests and cards without the pixel stack."""
     import subprocess

@@ -13,6 +13,8 @@ import torch
 
 from tests.federation import cli
 
+pytestmark = pytest.mark.e2e
+
 
 def _radfed_processes(marker: str) -> set[int]:
     """Live radfed/Flower processes started under this test: those whose environment holds
@@ -95,10 +97,9 @@ def _check_delivery_and_predict(entry: dict, work, tmp_path) -> None:
     """Each clinic holds the run's model (secure path: delivered by node key); `client-node
     predict` on its own folder reproduces its recorded AUROC and writes heat maps whose
     peaks are scored against where the generator drew the opacities."""
-    from radfed.demo_findings import heatmap_hits
-
     from radfed.audit import Registry
     from radfed.delivery import load_model_file
+    from radfed.demo_findings import heatmap_hits
     from radfed.store import Store
 
     final = max(c["server_round"] for c in entry["checkpoints"])
@@ -123,7 +124,8 @@ def _check_delivery_and_predict(entry: dict, work, tmp_path) -> None:
         assert "validation patients: AUROC" in proc.stderr
         with (out / "predictions.csv").open(newline="") as fh:
             rows = list(csv.DictReader(fh))
-        assert len(rows) == summary["images"] == summary["heatmaps"] > 0 and {r["split"] for r in rows} == {"train", "val"}
+        assert len(rows) == summary["images"] == summary["heatmaps"] > 0
+        assert {r["split"] for r in rows} == {"train", "val"}
         assert all((out / "heatmaps" / r["heatmap"]).is_file() and 0.0 <= float(r["p_finding"]) <= 1.0 for r in rows)
         hits = heatmap_hits(work / "data" / name, out / "predictions.csv", 32)
         assert hits["images"] > 0 and 0 <= hits["hits"] <= hits["images"]

@@ -36,6 +36,7 @@ def headers(folder: Path) -> list[pydicom.Dataset]:
     return [pydicom.dcmread(p, stop_before_pixels=True) for p in dicom_files(folder)]
 
 
+@pytest.mark.e2e
 def test_layout_and_manifests(demo_federation: list[Path]) -> None:
     assert [f.name for f in demo_federation] == ["clinic-1", "clinic-2", "clinic-3"]
     keys = [(f / "labels.csv").read_text().splitlines()[0] for f in demo_federation]
@@ -46,23 +47,27 @@ def test_layout_and_manifests(demo_federation: list[Path]) -> None:
         assert 2 * N_PATIENTS <= len(rows) <= 4 * N_PATIENTS
 
 
+@pytest.mark.e2e
 def test_valid_chest_radiograph_headers(demo_federation: list[Path]) -> None:
     uids = set()
     for folder in demo_federation:
         for ds in headers(folder):
             assert ds.file_meta.MediaStorageSOPClassUID == ds.SOPClassUID
             assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
-            assert ds.SOPClassUID.name in ("Digital X-Ray Image Storage - For Presentation", "Computed Radiography Image Storage")
+            assert ds.SOPClassUID.name in ("Digital X-Ray Image Storage - For Presentation",
+                                           "Computed Radiography Image Storage")
             assert ds.Modality in ("CR", "DX") and ds.BodyPartExamined == "CHEST"
             uids.add(ds.SOPInstanceUID)
     assert len(uids) == sum(len(dicom_files(f)) for f in demo_federation)
 
 
+@pytest.mark.e2e
 def test_sites_differ(demo_federation: list[Path]) -> None:
     facts = []
     for folder in demo_federation:
         ds = headers(folder)[0]
-        facts.append((ds.Rows, ds.Columns, ds.BitsStored, ds.PhotometricInterpretation, ds.Manufacturer, str(ds.WindowWidth)))
+        facts.append((ds.Rows, ds.Columns, ds.BitsStored, ds.PhotometricInterpretation, ds.Manufacturer,
+                      str(ds.WindowWidth)))
     assert len(set(facts)) == 3
     assert {f[3] for f in facts} == {"MONOCHROME1", "MONOCHROME2"}
     assert {f[2] for f in facts} == {12, 16}
@@ -71,6 +76,7 @@ def test_sites_differ(demo_federation: list[Path]) -> None:
     assert len({f[4] for f in facts}) == 3
 
 
+@pytest.mark.e2e
 def test_every_file_decodes_to_a_chest(demo_federation: list[Path]) -> None:
     """Air is dark and the abdomen bright at every site: MONOCHROME1 came out right."""
     for folder in demo_federation:
@@ -80,10 +86,12 @@ def test_every_file_decodes_to_a_chest(demo_federation: list[Path]) -> None:
             corner = image[: rows // 10, : cols // 10].mean()  # air beside the neck
             abdomen = image[-rows // 8 :, cols // 2 - cols // 8 : cols // 2 + cols // 8].mean()
             offset = int(0.4 * cols / 2)
-            lung = min(image[rows // 3, cols // 2 - offset], image[rows // 3, cols // 2 + offset])  # a lesion is in one only
+            # a lesion is in one only
+            lung = min(image[rows // 3, cols // 2 - offset], image[rows // 3, cols // 2 + offset])
             assert corner < 0.2 and abdomen > 0.4 and lung < abdomen - 0.15, path
 
 
+@pytest.mark.e2e
 def test_manifests_load_with_differing_prevalence(demo_federation: list[Path]) -> None:
     prevalences = []
     for folder in demo_federation:
@@ -96,6 +104,7 @@ def test_manifests_load_with_differing_prevalence(demo_federation: list[Path]) -
     assert prevalences == pytest.approx([0.33, 0.5, 0.67], abs=0.02)
 
 
+@pytest.mark.e2e
 def test_fake_phi_is_in_the_files_only(demo_federation: list[Path]) -> None:
     for folder in demo_federation:
         values = phi_values(folder)
@@ -110,19 +119,22 @@ def test_fake_phi_is_in_the_files_only(demo_federation: list[Path]) -> None:
             assert value not in summary and value not in paths and value not in manifest, value
 
 
+@pytest.mark.e2e
 def test_deterministic_for_a_seed(tmp_path: Path) -> None:
     def digest(folder: Path) -> str:
         files = sorted(folder.rglob("*"))
-        return hashlib.sha256(b"".join(p.relative_to(folder).as_posix().encode() + p.read_bytes() for p in files if p.is_file())).hexdigest()
+        parts = (p.relative_to(folder).as_posix().encode() + p.read_bytes() for p in files if p.is_file())
+        return hashlib.sha256(b"".join(parts)).hexdigest()
 
     a = write_clinic(tmp_path / "a", clinic_index=3, n_patients=3, seed=7)
     b = write_clinic(tmp_path / "b", clinic_index=3, n_patients=3, seed=7)
-    c = write_clinic(tmp_path / "c", clinic_index=3, n_patients=3, seed=8)
+    write_clinic(tmp_path / "c", clinic_index=3, n_patients=3, seed=8)
     assert a == b and digest(tmp_path / "a") == digest(tmp_path / "b") != digest(tmp_path / "c")
     assert a["patients"] == 3 and a["images"] == sum(a["images_per_label"].values())
     assert "PatientID" not in json.dumps(a) and "MRN" not in json.dumps(a)
 
 
+@pytest.mark.e2e
 def test_existing_clinics_are_not_rewritten(demo_federation: list[Path]) -> None:
     before = {p: p.stat().st_mtime_ns for f in demo_federation for p in f.rglob("*")}
     again = write_federation(demo_federation[0].parent, 3, n_patients=N_PATIENTS, seed=0)
@@ -130,6 +142,7 @@ def test_existing_clinics_are_not_rewritten(demo_federation: list[Path]) -> None
     assert {p: p.stat().st_mtime_ns for f in demo_federation for p in f.rglob("*")} == before
 
 
+@pytest.mark.e2e
 def test_opacity_is_learnable(tmp_path: Path) -> None:
     """Logistic regression on 32x32 pixels already separates the classes well."""
     write_clinic(tmp_path, clinic_index=0, n_patients=40, prevalence=0.5, seed=0)

@@ -126,7 +126,8 @@ def rgb_twin(tmp_path: Path, photometric: str) -> Path:
     """A colour ultrasound-like image written as RGB or (converted by pydicom) YBR_FULL."""
     rng = np.random.default_rng(3)
     rgb = rng.integers(0, 256, size=(16, 12, 3), dtype=np.uint8)
-    ds = make_dataset(np.zeros((16, 12)), SamplesPerPixel=3, PhotometricInterpretation=photometric, PlanarConfiguration=0)
+    ds = make_dataset(np.zeros((16, 12)), SamplesPerPixel=3, PhotometricInterpretation=photometric,
+                      PlanarConfiguration=0)
     ds.Modality = "US"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
     stored = rgb if photometric == "RGB" else convert_color_space(rgb, "RGB", "YBR_FULL")

@@ -52,7 +52,8 @@ def orthanc_binary() -> str | None:
     named = os.environ.get("RADFED_ORTHANC")
     if named:
         return named if os.access(named, os.X_OK) else None
-    for candidate in (shutil.which("Orthanc"), "/usr/sbin/Orthanc", "/usr/local/sbin/Orthanc", "/usr/local/bin/Orthanc"):
+    for candidate in (shutil.which("Orthanc"), "/usr/sbin/Orthanc", "/usr/local/sbin/Orthanc",
+                      "/usr/local/bin/Orthanc"):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None
@@ -166,6 +167,7 @@ def dx_source(tmp_path: Path) -> pydicom.Dataset:
     return pydicom.dcmread(first)
 
 
+@pytest.mark.e2e
 def test_store_search_and_retrieve_source_sc_and_sr(orthanc: Orthanc, dx_source: pydicom.Dataset) -> None:
     source = dx_source
     heat_map = np.random.default_rng(1).integers(0, 256, (source.Rows, source.Columns, 3), dtype=np.uint8)
@@ -201,6 +203,7 @@ def test_store_search_and_retrieve_source_sc_and_sr(orthanc: Orthanc, dx_source:
     assert sc.SOPInstanceUID in result.library_instance_uids
 
 
+@pytest.mark.e2e
 def test_http_errors_name_the_server_and_the_fix(orthanc: Orthanc, dx_source: pydicom.Dataset) -> None:
     secret = str(dx_source.PatientID)
     wrong_root = orthanc.url + "/nope"

@@ -15,6 +15,8 @@ from radfed.spec import ExperimentSpec, spec_to_toml
 from radfed.store import Store
 from tests.federation import cli
 
+pytestmark = pytest.mark.e2e
+
 
 def _spec(**kw) -> ExperimentSpec:
     base = dict(name="e2e", backbone="resnet18", image_size=32, rounds=2, local_epochs=1,

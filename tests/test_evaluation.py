@@ -9,8 +9,7 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
-from radfed import evaluation as ev
-from radfed import pooled as pl
+from radfed import evaluation as ev, pooled as pl
 
 
 def _scores(n_pos: int, n_neg: int, shift: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -214,7 +213,8 @@ def test_every_figure_agrees_for_any_score_range(kind):
         report = ev.quality_report(logits, labels, patients, n_boot=200).as_dict()
         scores = ev.finding_scores(logits)
         _agrees(report, scores, labels)
-        alone = pl.pooled_quality([{**pl.score_summary(scores, labels), **pl.bootstrap_summary(scores, labels, patients)}])
+        alone = pl.pooled_quality([{**pl.score_summary(scores, labels),
+                                    **pl.bootstrap_summary(scores, labels, patients)}])
         for key in ("auroc", "threshold_logit", "sensitivity", "specificity", "called_positive", "distinct_scores"):
             assert alone[key] == report[key], key  # a federation of one clinic is that clinic
         summaries.append({**pl.score_summary(scores, labels), **pl.bootstrap_summary(scores, labels, patients)})

@@ -24,6 +24,8 @@ from server.export import ExportError, checkpoint_card, export_run, find_run
 from server.recorder import RunRecorder
 from strategies.utils import ClinicReply, split_metrics
 
+pytestmark = pytest.mark.e2e
+
 FLWR_RUN = "8577920735297922023"
 CARD = {"labels": ["normal", "opacity"],
         "train": {"images": {"normal": 12, "opacity": 8}, "patients": {"normal": 6, "opacity": 4},

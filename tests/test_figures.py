@@ -55,6 +55,7 @@ def _reply(name: str, logits: torch.Tensor, labels: np.ndarray, patients: np.nda
     return ClinicReply(node_id=name[-1], clinic=name, device="cpu", metrics=metrics, lists=lists)
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(180)
 def test_saturated_shifted_model_gives_consistent_figures_and_is_flagged(tmp_path):
     torch.manual_seed(0)

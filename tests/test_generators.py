@@ -14,6 +14,8 @@ import pytest
 from radfed.data import load_clinic
 from tests.generators import GENERATORS, SITES
 
+pytestmark = pytest.mark.e2e
+
 N_PATIENTS = 10
 
 

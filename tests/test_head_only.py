@@ -18,6 +18,7 @@ from strategies.head_only import BACKBONE_KEY, HeadOnlyMixin
 CPU = torch.device("cpu")
 
 
+@pytest.mark.e2e
 def test_head_on_cached_features_equals_training_with_a_frozen_backbone():
     torch.manual_seed(0)
     model = create_model("resnet18", 2)
@@ -35,6 +36,7 @@ def test_head_on_cached_features_equals_training_with_a_frozen_backbone():
     assert full.loss == pytest.approx(head.loss, abs=1e-5) and full.auroc == pytest.approx(head.auroc)
 
 
+@pytest.mark.e2e
 def test_caches_are_keyed_by_backbone_and_data(tmp_path):
     torch.manual_seed(0)
     model = create_model("resnet18", 2)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 
 import pytest
-
 from typer.testing import CliRunner
 
 from radfed.data import DataError, DataOptions, load_clinic, preflight, task_labels
@@ -94,7 +93,8 @@ def test_labels_come_from_the_manifest_values_when_the_task_names_none(clinic, t
     try:
         _rewrite(folder, rows, ["path", "label"], labels=NUMERIC)
         assert task_labels(folder) == ["0", "1"]
-        assert task_labels(folder, options=DataOptions(label_map={"1": "opacity", "0": "normal"})) == ["opacity", "normal"]
+        options = DataOptions(label_map={"1": "opacity", "0": "normal"})
+        assert task_labels(folder, options=options) == ["opacity", "normal"]
         result = CliRunner().invoke(_app(), ["check-data", str(folder), "--image-size", "16"])
         assert result.exit_code == 0 and "task labels (from the data" in result.output and "0, 1" in result.output
         assert "train:" in result.output and "rejected: 0" in result.output, result.output

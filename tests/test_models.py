@@ -10,8 +10,13 @@ from torch import nn
 from typer.testing import CliRunner
 
 from radfed.models import (
-    WeightsError, apply_freeze, create_model, default_input_size, list_models,
-    set_train_mode, trainable_state_keys,
+    WeightsError,
+    apply_freeze,
+    create_model,
+    default_input_size,
+    list_models,
+    set_train_mode,
+    trainable_state_keys,
 )
 from radfed.training import train_local
 
@@ -40,6 +45,7 @@ def test_normalisation_default_and_explicit() -> None:
         create_model("resnet18", 2, "random", normalisation="zscore")
 
 
+@pytest.mark.e2e
 def test_keras_convention_changes_resnet50_layout() -> None:
     model = create_model("resnet50", 2, "random", normalisation="keras")
     block = model.net.layer2[0]
@@ -75,6 +81,7 @@ def test_freeze_policies_resnet18() -> None:
         apply_freeze(model, "half")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("arch", ["inception_resnet_v2", "densenet121"])
 def test_freeze_heads_of_other_archs(arch: str) -> None:
     model = create_model(arch, 2)
@@ -105,6 +112,7 @@ def _step(model) -> None:
                 device=torch.device("cpu"))
 
 
+@pytest.mark.e2e
 def test_frozen_batchnorm_stays_in_eval_and_keeps_stats() -> None:
     model = create_model("resnet18", 2)
     apply_freeze(model, "top-k", 10)
@@ -130,6 +138,7 @@ def test_head_only_changes_only_head() -> None:
     assert changed == {"net.fc.weight", "net.fc.bias"}
 
 
+@pytest.mark.e2e
 def test_client_rebuild_roundtrip() -> None:
     """What the ClientApp does: random model, load the global state, apply the policy."""
     server = create_model("resnet18", 3)
@@ -146,9 +155,11 @@ def test_client_rebuild_roundtrip() -> None:
 
 # ---------------------------------------------------------------------- CLI
 
+@pytest.mark.e2e
 def test_cli_inspect_ok_and_json(tmp_path) -> None:
-    from server.weights_cli import weights_app
     from torchvision import models as tvm
+
+    from server.weights_cli import weights_app
 
     torch.save(tvm.resnet18().state_dict(), tmp_path / "r18.pth")
     runner = CliRunner()
@@ -163,9 +174,11 @@ def test_cli_inspect_ok_and_json(tmp_path) -> None:
     assert "Example" in runner.invoke(weights_app, ["inspect", "--help"]).stdout
 
 
+@pytest.mark.e2e
 def test_cli_inspect_refusals(tmp_path) -> None:
-    from server.weights_cli import weights_app
     from torchvision import models as tvm
+
+    from server.weights_cli import weights_app
 
     torch.save(tvm.resnet18().state_dict(), tmp_path / "r18.pth")
     runner = CliRunner()

@@ -219,6 +219,7 @@ def test_recorded_per_class_figures_reach_the_leaderboard_and_its_table(tmp_path
     assert per_class_frame({"per_class": None, "clinics": []}).empty  # a binary task: no table
 
 
+@pytest.mark.e2e
 def test_the_dashboard_renders_the_per_class_table(monkeypatch, tmp_path):
     from streamlit.testing.v1 import AppTest
 
@@ -280,6 +281,7 @@ def write_three_class_clinics(work: Path, n_patients: int, seed: int) -> list[Pa
     return folders
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(300)
 def test_a_three_class_task_on_a_real_federation_reports_per_class_aurocs(tmp_path):
     federation = Federation(tmp_path)

@@ -33,7 +33,7 @@ from server.doors import REFUSED_BODY
 from server.launch import CONNECTION, Connection
 from tests.federation import Federation, cli, secure_federation
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 CONTROL_ROUTES = ["register-node", "unregister-node", "list-nodes", "list-runs", "start-run", "stop-run",
                   "stream-logs", "get-login-details", "pull-artifacts"]

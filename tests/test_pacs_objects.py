@@ -92,6 +92,7 @@ def dciodvfy_errors(ds: Dataset, folder: Path) -> tuple[list[str], list[str]]:
     return [line for line in lines if line.startswith("Error")], [line for line in lines if line.startswith("Warning")]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind", KINDS)
 def test_secondary_capture_passes_dciodvfy(kind: str, sources: dict[str, Dataset], tmp_path: Path) -> None:
     sc = secondary_capture(sources[kind], overlay(96, 80), model_name="resnet18-chest")
@@ -99,6 +100,7 @@ def test_secondary_capture_passes_dciodvfy(kind: str, sources: dict[str, Dataset
     assert errors == []
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("finding", ["opacity", "pleural effusion"])  # standard code, private code
 @pytest.mark.parametrize("kind", KINDS)
 def test_structured_report_passes_dciodvfy(kind: str, finding: str, sources: dict[str, Dataset],
@@ -111,6 +113,7 @@ def test_structured_report_passes_dciodvfy(kind: str, finding: str, sources: dic
         assert not [w for w in warnings if PRIVATE_SCHEME in w]
 
 
+@pytest.mark.e2e
 def test_non_ascii_patient_name_keeps_its_character_set(sources: dict[str, Dataset], tmp_path: Path) -> None:
     source = sources["dx"]
     source.SpecificCharacterSet = "ISO_IR 192"

@@ -19,6 +19,8 @@ from radfed.models import create_model
 from radfed.spec import ExperimentSpec
 from tests.federation import cli
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def delivered(tmp_path_factory):
@@ -81,8 +83,10 @@ def test_predict_unlabelled_folder_and_errors(delivered, tmp_path):
     assert rows and {r["split"] for r in rows} == {""} and {r["label"] for r in rows} == {""}
     assert not (out / "heatmaps").exists() and "validation" not in json.loads((out / "summary.json").read_text())
     (tmp_path / "junk.pt").write_bytes(b"not a model")
-    bad = cli("client_node.cli", "predict", "--model", str(tmp_path / "junk.pt"), "--data", str(bare), "--out", str(out))
+    bad = cli("client_node.cli", "predict", "--model", str(tmp_path / "junk.pt"), "--data", str(bare),
+              "--out", str(out))
     assert bad.returncode == 1 and "not readable" in bad.stderr and "Traceback" not in bad.stderr
     torch.save({"state_dict": {}}, tmp_path / "plain.pt")
-    bad = cli("client_node.cli", "predict", "--model", str(tmp_path / "plain.pt"), "--data", str(bare), "--out", str(out))
+    bad = cli("client_node.cli", "predict", "--model", str(tmp_path / "plain.pt"), "--data", str(bare),
+              "--out", str(out))
     assert bad.returncode == 1 and "not delivered by a radfed run" in bad.stderr

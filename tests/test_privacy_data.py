@@ -125,7 +125,8 @@ def test_loading_a_phi_folder_logs_nothing_identifying(tmp_path: Path, capture, 
     phi_image(root / "QUILLFEATHER_Rosalind" / "ok.dcm", patient="MRN-PRIV-55501", SeriesDescription="opacity")
     phi_image(root / "other" / "ok.dcm", patient="MRN-PRIV-55502", SeriesDescription="opacity")
     if label_source == "manifest":
-        rows = [f"{rel},opacity" for rel in names + ["QUILLFEATHER_Rosalind/ok.dcm", "other/ok.dcm", "missing/QUILLFEATHER.dcm"]]
+        extra = ["QUILLFEATHER_Rosalind/ok.dcm", "other/ok.dcm", "missing/QUILLFEATHER.dcm"]
+        rows = [f"{rel},opacity" for rel in names + extra]
         (tmp_path / "labels.csv").write_text("file,label\n" + "\n".join(rows) + "\n")
     options = DataOptions(label_source=label_source, label_tag="SeriesDescription" if label_source == "tag" else None)
     clinic = load_clinic(tmp_path, LABELS, 16, options=options, cache_dir=tmp_path / ".cache")

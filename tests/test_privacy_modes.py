@@ -11,7 +11,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.serverapp.strategy import (
-    DifferentialPrivacyClientSideAdaptiveClipping, DifferentialPrivacyServerSideFixedClipping,
+    DifferentialPrivacyClientSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
 )
 from flwr.supercore.task_identity import TaskIdentity
 

@@ -79,6 +79,7 @@ def test_the_walk_sees_the_whole_package() -> None:
     assert any("dicomdirtests" in p.parts for p in files) and any("palettes" in p.parts for p in files)
 
 
+@pytest.mark.e2e
 def test_every_file_decodes_to_grey_or_is_rejected_specifically(outcomes: dict) -> None:
     counts: Counter[str] = Counter()
     for path, (_, outcome) in outcomes.items():
@@ -99,6 +100,7 @@ def test_every_file_decodes_to_grey_or_is_rejected_specifically(outcomes: dict) 
     assert counts["decoded"] >= 101, counts
 
 
+@pytest.mark.e2e
 def test_no_colour_file_is_refused_for_its_colours(outcomes: dict) -> None:
     colour = {path: outcome for path, (pi, outcome) in outcomes.items() if pi == PALETTE or pi in RGB_DECODABLE}
     assert sum(1 for p in colour if photometric(p) == PALETTE) >= 1  # examples_palette.dcm
@@ -150,6 +152,7 @@ def test_jpeg_2000_lossless_equals_uncompressed_original() -> None:
         np.testing.assert_array_equal(read_frames(DATA / "test_files" / name)[0], plain)
 
 
+@pytest.mark.e2e
 def test_check_data_audits_every_shipped_file_without_a_manifest(tmp_path: Path) -> None:
     """`client-node check-data DIR` on pydicom's whole test collection, no manifest: exit 0,
     every file decoded, skipped as not an image, or rejected with a reason; no PALETTE COLOR

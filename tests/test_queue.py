@@ -105,7 +105,7 @@ def test_a_researcher_cannot_flood_the_queue(queue: ExperimentQueue) -> None:
     queue.submit(SMALL, "bob")
 
 
-def test_approved_submissions_are_claimed_once_in_order(store_url: str) -> None:
+def test_approved_submissions_are_claimed_once_in_order(store_url: str) -> None:  # noqa: F811 - fixture
     queue = ExperimentQueue(Store(store_url))
     first, second, third = (queue.submit({**SMALL, "name": n}, "alice") for n in ("a", "b", "c"))
     queue.approve(second, "coordinator")
@@ -152,6 +152,7 @@ def submit_through_the_page(monkeypatch, db: str, secret: str, name: str = "queu
     return at.run()
 
 
+@pytest.mark.e2e
 def test_submit_page_needs_a_login_even_on_loopback(monkeypatch, db) -> None:
     add_researcher(db, "alice")
     with served_on("127.0.0.1"):
@@ -159,6 +160,7 @@ def test_submit_page_needs_a_login_even_on_loopback(monkeypatch, db) -> None:
     assert [t.label for t in at.text_input] == ["Name", "Secret"] and not at.selectbox
 
 
+@pytest.mark.e2e
 def test_submit_page_queues_a_valid_form_and_refuses_an_invalid_one(monkeypatch, db) -> None:
     secret = add_researcher(db, "alice")
     with served_on("0.0.0.0"):
@@ -179,6 +181,7 @@ def test_submit_page_queues_a_valid_form_and_refuses_an_invalid_one(monkeypatch,
     assert rows[0]["spec"]["image_size"] == 32
 
 
+@pytest.mark.e2e
 def test_submit_page_shows_the_coordinators_decision(monkeypatch, db) -> None:
     secret = add_researcher(db, "alice")
     queue = ExperimentQueue(Store(db))
@@ -194,6 +197,7 @@ def test_submit_page_shows_the_coordinators_decision(monkeypatch, db) -> None:
 # -- the coordinator's commands ---------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_queue_cli_list_approve_reject_with_one_line_errors(queue: ExperimentQueue, db: str) -> None:
     first = queue.submit(SMALL, "alice")
     second = queue.submit({**SMALL, "name": "second"}, "bob")
@@ -222,12 +226,14 @@ def test_queue_cli_list_approve_reject_with_one_line_errors(queue: ExperimentQue
     assert ("approved", "alice") in kinds and ("rejected", "bob") in kinds
 
 
+@pytest.mark.e2e
 def test_run_next_with_nothing_approved_says_so(db: str) -> None:
     Store(db).close()
     proc = _coordinator("queue", "run-next", "--insecure", db=db)
     assert proc.returncode == 0 and "no approved submission is waiting" in _one_line(proc)
 
 
+@pytest.mark.e2e
 def test_run_next_with_the_superlink_down_puts_the_submission_back(queue: ExperimentQueue, db: str) -> None:
     from radfed.processes import free_port
 
@@ -243,7 +249,7 @@ def test_run_next_with_the_superlink_down_puts_the_submission_back(queue: Experi
     assert f"approved submission {other}" in now.stderr and queue.get(other).status == "approved"
 
 
-def test_leaderboard_shows_who_submitted_a_run_also_after_a_resume(store_url: str) -> None:
+def test_leaderboard_shows_who_submitted_a_run_also_after_a_resume(store_url: str) -> None:  # noqa: F811 - fixture
     queue = ExperimentQueue(Store(store_url))
     store = queue.store
     sid = queue.submit(SMALL, "alice")
@@ -258,12 +264,14 @@ def test_leaderboard_shows_who_submitted_a_run_also_after_a_resume(store_url: st
     board = {e["experiment"]: e for e in store.leaderboard()}
     assert board["queued-small"]["submitted_by"] == "alice" and board["by-hand"]["submitted_by"] is None
     store.resume_run(run, "333", from_round=0)
-    assert {e["experiment"]: e for e in store.leaderboard(include_running=True)}["queued-small"]["submitted_by"] == "alice"
+    entries = {e["experiment"]: e for e in store.leaderboard(include_running=True)}
+    assert entries["queued-small"]["submitted_by"] == "alice"
 
 
 # -- end to end -------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(420)
 def test_submitted_approved_run_next_completes_on_the_leaderboard(monkeypatch, tmp_path, federation) -> None:
     """Submit on the dashboard page, approve on the CLI, `queue run-next` on a real

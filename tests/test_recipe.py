@@ -3,6 +3,7 @@ statistics are re-estimated from a clinic's own images, intensity augmentation k
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -30,6 +31,7 @@ def _max_margin(model: nn.Module, images: torch.Tensor) -> float:
     return float((logits[:, 1] - logits[:, 0]).abs().max())
 
 
+@pytest.mark.e2e
 def test_label_smoothing_bounds_the_logits():
     images, labels = _separable()
     margins = {}

@@ -23,7 +23,7 @@ from radfed.store import Store
 from server.recorder import sha256_file
 from tests.federation import ROOT, Federation, cli
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 
 def _spec(**kw) -> ExperimentSpec:

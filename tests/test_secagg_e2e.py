@@ -18,8 +18,9 @@ from radfed.spec import ExperimentSpec, spec_to_toml
 from radfed.store import Store
 from tests.federation import cli
 
-pytestmark = pytest.mark.skipif(os.environ.get("RADFED_SLOW_TESTS") != "1",
-                                reason="about 200 s; set RADFED_SLOW_TESTS=1 to run")
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(os.environ.get("RADFED_SLOW_TESTS") != "1",
+                                 reason="about 200 s; set RADFED_SLOW_TESTS=1 to run")]
 
 
 @pytest.mark.timeout(600)

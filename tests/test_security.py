@@ -26,7 +26,7 @@ from radfed.store import Store
 from server.clinics import add_clinic
 from tests.federation import Federation, cli, secure_federation
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +171,7 @@ class _TlsServer:
 
 @pytest.mark.parametrize("case", ["expired", "not-yet-valid", "plaintext", "valid"])
 def test_tls_check_names_the_problem(tmp_path, case):
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     start = {"expired": now - dt.timedelta(days=30), "not-yet-valid": now + dt.timedelta(days=2)}.get(case)
     certs = init_certs(tmp_path / "pki", days=10 if case == "expired" else 825, not_before=start)
     server = _TlsServer(None if case == "plaintext" else certs)

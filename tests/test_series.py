@@ -169,6 +169,7 @@ def test_a_study_manifest_labels_every_slice_and_counts_studies(ct_set):
     assert data.train.num_units and data.val.num_units
 
 
+@pytest.mark.e2e
 def test_all_slices_in_order_and_2_5d_neighbours(ct_set):
     folder, studies = ct_set
     every = _load(folder, slice_policy="all")
@@ -185,6 +186,7 @@ def test_all_slices_in_order_and_2_5d_neighbours(ct_set):
     assert stacked.train.num_units + stacked.val.num_units == len(studies)
 
 
+@pytest.mark.e2e
 def test_series_manifest_and_folder_per_study(tmp_path):
     studies = write_ct_studies(tmp_path / "series", 3, seed=2, manifest="series_instance_uid")
     data = _load(tmp_path / "series")
@@ -196,6 +198,7 @@ def test_series_manifest_and_folder_per_study(tmp_path):
     assert len(data.train) + len(data.val) == 2 * 2 * len(studies) and not data.rejected
 
 
+@pytest.mark.e2e
 def test_unknown_and_foreign_studies_are_rejected_by_line(ct_set, tmp_path):
     folder, studies = ct_set
     manifest = tmp_path / "labels.csv"
@@ -212,6 +215,7 @@ def test_unknown_and_foreign_studies_are_rejected_by_line(ct_set, tmp_path):
         load_clinic(folder, LABELS, 32, manifest=manifest)
 
 
+@pytest.mark.e2e
 def test_no_uid_reaches_the_cache_the_card_or_a_log(ct_set, tmp_path, caplog):
     folder, studies = ct_set
     caplog.set_level(logging.DEBUG)

@@ -14,6 +14,8 @@ from radfed.store import Store
 from tests.ct_studies import LABELS, write_ct_studies
 from tests.federation import cli
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.mark.timeout(300)
 def test_ct_studies_train_end_to_end_and_report_per_study(tmp_path, federation):

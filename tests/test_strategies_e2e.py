@@ -17,6 +17,8 @@ from radfed.spec import ExperimentSpec, spec_to_toml
 from radfed.store import Store
 from tests.federation import Federation, cli
 
+pytestmark = pytest.mark.e2e
+
 HONEST = 2
 
 

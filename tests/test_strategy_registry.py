@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord
 
+from radfed.spec import ExperimentSpec
 from strategies import REGISTRY, StrategyError, build_strategy, check_strategy
 from strategies.utils import norm_outliers, screen_updates, weighted_mean
-from radfed.spec import ExperimentSpec
 from tests.federation import cli
 
 
@@ -65,6 +65,7 @@ def test_norm_outliers_need_three_clinics():
     assert list(flagged) == ["d"] and "median" in flagged["d"]
 
 
+@pytest.mark.e2e
 def test_coordinator_strategies_json_lists_every_strategy():
     listed = json.loads(cli("server.cli", "strategies", "--json", timeout=60).stdout)
     rows = listed["strategies"]

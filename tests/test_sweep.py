@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from radfed.store import Store
 from radfed.results import summary
+from radfed.store import Store
 from server.sweep import PAPER_SCENARIOS, SweepError, expand, load_task
 from tests.federation import cli
 
@@ -62,6 +62,7 @@ def test_subsets(tmp_path):
         expand(task, ["radimagenet"], backbones=["vgg16"])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("problem, needle", [
     ("missing", "[sweep.weights.imagenet] inception_v3"),
     ("no-source", "no [sweep.weights.imagenet] table"),
@@ -86,6 +87,7 @@ def test_bad_task_is_refused_before_anything_runs(tmp_path, problem, needle):
     assert not (tmp_path / "radfed.db").exists()  # nothing ran, nothing was recorded
 
 
+@pytest.mark.e2e
 def test_dry_run_prints_the_table_and_runs_nothing(tmp_path):
     proc = cli("server.cli", "sweep", str(_task(tmp_path, base="image_size = 64")), "--compare", "imagenet",
                "--backbones", "resnet50,densenet121", "--dry-run", env=WIDE, timeout=120)
@@ -124,6 +126,7 @@ def test_results_are_grouped_by_tags_with_mean_and_sd(tmp_path):
     assert got[("densenet121", "radimagenet")]["auroc_sd"] is None  # one run: no sd
 
 
+@pytest.mark.e2e
 def test_leaderboard_shows_the_sweep_groups(tmp_path):
     db = f"sqlite:///{tmp_path / 'radfed.db'}"
     with Store(db) as store:

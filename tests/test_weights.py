@@ -16,11 +16,14 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from radfed.models import NORMALISATIONS, create_model
+from radfed.models import NORMALISATIONS, WeightsError, create_model
 from radfed.weights import (
-    WeightsRefused, detect_format, inspect_weights, load_weights, weights_normalisation,
+    WeightsRefused,
+    detect_format,
+    inspect_weights,
+    load_weights,
+    weights_normalisation,
 )
-from radfed.models import WeightsError
 
 
 def _randomise_bn(net: nn.Module, seed: int = 0) -> nn.Module:
@@ -61,6 +64,7 @@ def _radimagenet_file(path: Path, src: nn.Module, k: int) -> Path:
 
 # ----------------------------------------------------------- PyTorch sources
 
+@pytest.mark.e2e
 def test_radimagenet_resnet50(tmp_path: Path) -> None:
     src = _randomise_bn(tvm.resnet50())
     path = _radimagenet_file(tmp_path / "RadImageNet-ResNet50.pt", src, 9)
@@ -73,6 +77,7 @@ def test_radimagenet_resnet50(tmp_path: Path) -> None:
     assert model(torch.rand(2, 1, 64, 64)).shape == (2, 3)
 
 
+@pytest.mark.e2e
 def test_radimagenet_densenet121(tmp_path: Path) -> None:
     src = _randomise_bn(tvm.densenet121())
     path = _radimagenet_file(tmp_path / "dn.pt", src, 1)
@@ -81,6 +86,7 @@ def test_radimagenet_densenet121(tmp_path: Path) -> None:
     _close(_features(model.net, "classifier", x), _features(src, "classifier", x))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("aux", [True, False])
 def test_radimagenet_inception_v3_both_layouts(tmp_path: Path, aux: bool) -> None:
     src = _randomise_bn(tvm.inception_v3(weights=None, aux_logits=aux, init_weights=False))
@@ -93,6 +99,7 @@ def test_radimagenet_inception_v3_both_layouts(tmp_path: Path, aux: bool) -> Non
     _close(_features(net, "fc", x), _features(src, "fc", x))
 
 
+@pytest.mark.e2e
 def test_timm_inception_resnet_v2_state_dict(tmp_path: Path) -> None:
     import timm
 
@@ -106,6 +113,7 @@ def test_timm_inception_resnet_v2_state_dict(tmp_path: Path) -> None:
     _close(_features(model.net, "classif", x), _features(src, "classif", x))
 
 
+@pytest.mark.e2e
 def test_torchvision_resnet18_state_dict(tmp_path: Path) -> None:
     src = _randomise_bn(tvm.resnet18())
     torch.save(src.state_dict(), tmp_path / "r18.pth")
@@ -228,6 +236,7 @@ def _check_keras(keras, tmp_path, kname, arch, head, size, full=False, rtol=1e-4
     return path
 
 
+@pytest.mark.e2e
 def test_keras_resnet50(keras, tmp_path: Path) -> None:
     _check_keras(keras, tmp_path, "ResNet50", "resnet50", "fc", 64, full=True)
     # Keras 3's own `save_weights` layout drops layer names: refused with one line
@@ -237,6 +246,7 @@ def test_keras_resnet50(keras, tmp_path: Path) -> None:
         create_model("resnet50", 2, tmp_path / "r50.weights.h5")
 
 
+@pytest.mark.e2e
 def test_keras_densenet121(keras, tmp_path: Path) -> None:
     path = _check_keras(keras, tmp_path, "DenseNet121", "densenet121", "classifier", 64,
                         rebuild=False)
@@ -250,15 +260,18 @@ def test_keras_densenet121(keras, tmp_path: Path) -> None:
         create_model("densenet121", 2, tmp_path / "cut.h5")
 
 
+@pytest.mark.e2e
 def test_keras_inception_v3(keras, tmp_path: Path) -> None:
     _check_keras(keras, tmp_path, "InceptionV3", "inception_v3", "fc", 75)
 
 
+@pytest.mark.e2e
 @slow
 def test_keras_inception_resnet_v2(keras, tmp_path: Path) -> None:
     _check_keras(keras, tmp_path, "InceptionResNetV2", "inception_resnet_v2", "classif", 75)
 
 
+@pytest.mark.e2e
 def test_round_checkpoint_seeds_an_experiment_and_passes_inspect(tmp_path):
     """A radfed round checkpoint (`net.`-prefixed Classifier state, spec, convention) is a
     weight file: `weights inspect` accepts it and create_model loads it exactly."""

@@ -49,8 +49,8 @@ def format_card(card: dict[str, Any]) -> str:
         shown = ", ".join(f"{name} {count}" for name, count in sorted(summary[key].items(), key=lambda kv: -kv[1]))
         lines.append(f"  {key.replace('_', ' ')}: {shown or '-'}")
     lines.append(f"  filtered out by the task: {summary['filtered']}")
-    lines.append(f"  rejected: {summary['rejected_total']}"
-                 + (f" ({', '.join(f'{r} {n}' for r, n in summary['rejected'].items())})" if summary["rejected"] else ""))
+    reasons = ", ".join(f"{r} {n}" for r, n in summary["rejected"].items())
+    lines.append(f"  rejected: {summary['rejected_total']}" + (f" ({reasons})" if summary["rejected"] else ""))
     for item in card["rejected"]:
         lines.append(f"  rejected {item['where']}: {item['reason']}; {item['fix']}")
     if "shared" in card:

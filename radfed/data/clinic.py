@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from radfed.data.card import size_bucket
-from radfed.data.headers import HeaderCache
 from radfed.data.files import walk_files
+from radfed.data.headers import HeaderCache
 from radfed.data.labels import LabelLookup, labels_from_values
 from radfed.data.manifest import MANIFEST_NAME, manifest_values, parse_manifest
 from radfed.data.options import DataOptions
@@ -132,8 +132,8 @@ def load_clinic(
     the usual ``if __name__ == "__main__":`` guard (without it, this process
     decodes alone).  ``options`` (window, frame policy, label source, filters)
     is part of the cache key; its slice policy and stack decide which slices of a
-    labelled study or series are decoded and how samples are made of them.  ``progress(stage, done, total)`` is called as headers are read
-    and as pixels are decoded.
+    labelled study or series are decoded and how samples are made of them.
+    ``progress(stage, done, total)`` is called as headers are read and as pixels are decoded.
     """
     _check_labels(labels)
     if image_size < 1:

@@ -130,7 +130,7 @@ class DataOptions:
         return json.dumps([self.pixel_token(), self.label_source, self.label_tag, label_map, filters,
                            self.file_column, self.label_column])
 
-    def with_local(self, local: dict[str, Any]) -> "DataOptions":
+    def with_local(self, local: dict[str, Any]) -> DataOptions:
         """These options with a clinic's own settings laid over them (CLINIC_KEYS only):
         how its export names its columns and labels is the clinic's business, what the
         task does with the pixels is the experiment's."""

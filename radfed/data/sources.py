@@ -87,7 +87,7 @@ def resolve_rows(
     return sorted(images, key=lambda im: im.relpath), rejected
 
 
-def _collect(where: str, outcome: "ImageFacts | str", images: list["ImageFacts"],
+def _collect(where: str, outcome: ImageFacts | str, images: list[ImageFacts],
              rejected: list[tuple[str, str]], seen_uids: set[str]) -> None:
     """Keep an accepted image, or record why not (its reason, or a repeated SOPInstanceUID)."""
     if isinstance(outcome, str):
@@ -165,7 +165,8 @@ def resolve_unit_rows(
     return sorted(images, key=lambda im: im.relpath), rejected
 
 
-def split_folder_rows(kind: str, rows: list[ManifestRow], data_dir: Path) -> tuple[list[ManifestRow], list[ManifestRow]]:
+def split_folder_rows(kind: str, rows: list[ManifestRow],
+                      data_dir: Path) -> tuple[list[ManifestRow], list[ManifestRow]]:
     """(rows naming files, rows naming folders) of a file manifest: a row whose path is a
     folder inside the data folder labels every file below it as one unit (a study
     exported as a folder of slices)."""
