@@ -20,6 +20,8 @@ from tests.accounts import add_researcher, log_in
 from tests.federation import cli
 from tests.test_dashboard_browser import CHROMIUM, PAGES, browser_or_skip, dashboard_server
 
+pytestmark = pytest.mark.e2e
+
 EXPERIMENT = "browser-small"
 WAIT_MS = 180_000  # a page's first run imports Flower and torch: slow on a loaded 2-core machine
 NUMBERS = {"Image size (px)": "32", "Rounds": "1", "Batch size": "8", "Seed": "1"}
