@@ -65,6 +65,10 @@ def simulate_command(
     from server.run_steps import check_spec
     from server.simulate import SimulateOptions, run_simulation_here
 
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        _fail("Flower's simulation engine needs Ray: pip install 'radfed[simulate]'", 2)
     if bool(data) == bool(generate):
         _fail("give the pooled data: --data DIR (repeatable) or --generate demo|nodules|effusion", 2)
     try:
