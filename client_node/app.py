@@ -32,6 +32,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from client_node.delivery import keep_delivery
 from client_node.legacy import legacy_format_mod, secagg_mod
 from client_node.outbox import outbox_mod
+from client_node.simulation import simulation_mod
 from radfed import features as feat
 from radfed.batchnorm import as_evaluated, batchnorm_state_keys, reestimate_batchnorm
 from radfed.data import DATA_CARD_RECORD, ClinicData, DataError, load_clinic
@@ -49,7 +50,7 @@ from radfed.training import (
 from radfed.unit_scores import split_validation
 
 log = logging.getLogger("radfed.clinic")
-app = ClientApp(mods=[outbox_mod])
+app = ClientApp(mods=[simulation_mod, outbox_mod])  # simulation_mod: virtual clinics only
 
 
 def _process_age() -> float:

@@ -129,6 +129,7 @@ class Run(SQLModel, table=True):
     stopped_early: str | None = None  # why the run ended before its planned rounds (spec patience)
     holdout: str | None = None  # leave-one-clinic-out: the clinic kept out of training
     resumed_from: str | None = None  # earlier Flower run ids of this run, oldest first ("a,b")
+    simulated: str | None = None  # `coordinator simulate`: "100 virtual clinics, iid" (no real clinic took part)
 
 
 class RoundResult(SQLModel, table=True):
@@ -522,11 +523,12 @@ class Store:
         ))
 
     def start_run(self, experiment_id: int, flwr_run_id: int | str, rounds_planned: int,
-                  holdout: str | None = None) -> int:
-        """Record a run as "running"; returns the run id the other writes take."""
+                  holdout: str | None = None, simulated: str | None = None) -> int:
+        """Record a run as "running"; returns the run id the other writes take.
+        `simulated` describes the virtual clinics of a `coordinator simulate` run."""
         return self._add(Run(
             experiment_id=experiment_id, flwr_run_id=str(flwr_run_id),
-            rounds_planned=int(rounds_planned), holdout=holdout or None,
+            rounds_planned=int(rounds_planned), holdout=holdout or None, simulated=simulated or None,
         ))
 
     def finish_run(
@@ -865,6 +867,7 @@ class Store:
             "status": run.status, "final_auroc": run.final_auroc, "error": run.error,
             "rounds_planned": run.rounds_planned, "holdout": run.holdout,
             "resumed_from": run.resumed_from, "selected_round": run.selected_round,
+            "simulated": run.simulated,
             "stopped_early": run.stopped_early,
             "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
             "rounds": children["rounds"][run.id],  # type: ignore[index]

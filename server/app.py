@@ -68,6 +68,7 @@ def main(grid: Grid, context: Context) -> None:
     privacy = check_privacy(spec.privacy, spec.min_clinics, spec.strategy)
     holdout = str(cfg.get("holdout", "") or "")
     start_round = int(cfg.get("resume-round", 0) or 0)  # `coordinator run --resume`
+    simulated = str(cfg.get("simulated", "") or "")  # `coordinator simulate`: virtual clinics
     if start_round:
         run_id = int(cfg["resume-run"])
         store.resume_run(run_id, str(context.run_id), start_round)
@@ -75,7 +76,8 @@ def main(grid: Grid, context: Context) -> None:
         exp_id = store.create_experiment(spec.name, spec.to_json(), spec.backbone,
                                          weights_name, spec.strategy, sweep=spec.sweep,
                                          weight_source=spec.weight_source, privacy=privacy)
-        run_id = store.start_run(exp_id, str(context.run_id), spec.rounds, holdout=holdout)
+        run_id = store.start_run(exp_id, str(context.run_id), spec.rounds, holdout=holdout,
+                                 simulated=simulated)
     todo = spec.rounds - start_round  # the strategy's rounds 1..todo are rounds start+1..N
     try:
         grid = member_grid(grid)  # under node auth: only the register's active clinics
@@ -129,10 +131,11 @@ def main(grid: Grid, context: Context) -> None:
                 recorder.holdout((recorder.stopped_at - start_round) if recorder.stopped_at else todo, reply)
         final = recorder.val_auroc.get(recorder.stopped_at or spec.rounds)
         fedbn = privacy["mode"] != SECAGG_MODE and isinstance(getattr(strategy, "strategy", strategy), FedBN)
-        try:  # the clinics get the model back; a failed delivery leaves the run completed
-            deliver(grid, store, run_id, str(context.run_id), spec, model.normalisation, recorder.pooled,
-                    {**shared, "local-bn": fedbn, "local-stats": privacy["mode"] != "none"},
-                    audit=Registry(store), timeout=spec.round_timeout)
+        try:  # the clinics get the model back (not virtual ones); a failed delivery leaves the run completed
+            if not simulated:
+                deliver(grid, store, run_id, str(context.run_id), spec, model.normalisation, recorder.pooled,
+                        {**shared, "local-bn": fedbn, "local-stats": privacy["mode"] != "none"},
+                        audit=Registry(store), timeout=spec.round_timeout)
         except Exception as err:  # noqa: BLE001 - reported, never fatal to a trained run
             log.warning("delivering the models failed: %s", f"{type(err).__name__}: {err}".splitlines()[0])
         store.finish_run(run_id, "completed", final_auroc=final)

@@ -12,6 +12,7 @@ Examples:
     coordinator baseline experiment.toml --data clinic-1 --data clinic-2   (generated/consented data only)
     coordinator researcher add alice                     (a dashboard account; its secret is printed once)
     coordinator queue approve 3 --run                    (an experiment a researcher submitted)
+    coordinator simulate experiment.toml --generate demo --clinics 100   (virtual clinics, Flower's simulation engine)
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
 
 
 def _mount_subcommands() -> None:
-    from server import export_cli, queue_cli, researcher_cli, security_cli, sweep_cli
+    from server import export_cli, queue_cli, researcher_cli, security_cli, simulate_cli, sweep_cli
     from server.weights_cli import weights_app
 
     app.add_typer(weights_app, name="weights", help="Inspect weight files before an experiment uses them.")
@@ -40,6 +41,7 @@ def _mount_subcommands() -> None:
     export_cli.mount(app)
     researcher_cli.mount(app)
     queue_cli.mount(app)
+    simulate_cli.mount(app)
 
 
 out = Console()

@@ -95,6 +95,7 @@ class _RunsView:
             yield Text(f"{rank}. {row['experiment']}: {row['backbone']} ({row['weights']}), "
                        f"{row['strategy']}, {rounds_done(row)} rounds, {row['status']}; "
                        f"{result_line(row)}" + (f"; held out {holdout_text(row)}" if holdout_rows(row) else "")
+                       + (f"; simulated: {row['simulated']}" if row.get("simulated") else "")
                        + "".join(f"; ⚠ {w}" for w in row.get("warnings", []))
                        + (f"; submitted by {row['submitted_by']}" if row.get("submitted_by") else ""))
 
@@ -120,7 +121,7 @@ def _runs_table(board: list[dict]) -> Table:
     columns = ("#", "experiment", "backbone", "weights", "strategy", "privacy", "rounds", "clinics",
                POOLED_AUROC + " [95 % CI]", MACRO_AUROC + " [95 % CI]", "vs #1", CLINIC_MEAN_AUROC,
                "selected", "÷ central",
-               "held-out clinic", "warnings", "submitted by", "status")
+               "held-out clinic", "simulated", "warnings", "submitted by", "status")
     rows = []
     for row in board:
         clinics = {c["clinic"] for c in row.get("clinics", []) if c["phase"] != "holdout"}
@@ -129,9 +130,10 @@ def _runs_table(board: list[dict]) -> Table:
                      str(rounds_done(row)), str(len(clinics)),
                      with_ci(row.get("pooled_auroc"), row.get("pooled")), macro_text(row), overlap_text(row),
                      _num(row.get("clinic_mean_auroc")), selected_text(row), _num(row.get("vs_central")),
-                     holdout_text(row), "⚠ " + "; ".join(row["warnings"]) if row.get("warnings") else "-",
+                     holdout_text(row), row.get("simulated") or "-",
+                     "⚠ " + "; ".join(row["warnings"]) if row.get("warnings") else "-",
                      row.get("submitted_by") or "-", row["status"]])
-    optional = {"privacy", MACRO_AUROC + " [95 % CI]", "÷ central", "held-out clinic", "warnings",
+    optional = {"privacy", MACRO_AUROC + " [95 % CI]", "÷ central", "held-out clinic", "simulated", "warnings",
                 "submitted by"}
     keep = [i for i, col in enumerate(columns)
             if col not in optional or any(r[i] not in ("-", "none") for r in rows)]
