@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -24,19 +24,19 @@ def simulate_command(
     partition: Annotated[str, typer.Option(
         help="How patients are dealt into clinics: iid, dirichlet:ALPHA (label skew; 0.1 strong, "
              "100 mild) or by-site (each --data folder kept apart; --clinics a multiple of the sites).")] = "iid",
-    data: Annotated[Optional[list[Path]], typer.Option(
+    data: Annotated[list[Path] | None, typer.Option(
         help="A site's folder of consented pooled DICOM (labels.csv or class folders); repeatable.")] = None,
-    generate: Annotated[Optional[str], typer.Option(
+    generate: Annotated[str | None, typer.Option(
         help="Generate the pooled data instead: demo, nodules or effusion (3 sites).")] = None,
     patients: Annotated[int, typer.Option(min=2, help="Generated patients in all (with --generate).")] = 300,
-    workdir: Annotated[Optional[Path], typer.Option(
+    workdir: Annotated[Path | None, typer.Option(
         help="Folder for generated data and the virtual clinics (default ~/.radfed/simulate).")] = None,
-    checkpoints: Annotated[Optional[Path], typer.Option(
+    checkpoints: Annotated[Path | None, typer.Option(
         help="Checkpoint folder (default ~/.radfed/checkpoints).")] = None,
     cpus_per_clinic: Annotated[float, typer.Option(
         min=0.1, help="CPU cores Ray gives each ClientApp worker (and its torch threads).")] = 1.0,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the partition (and of generated data).")] = 0,
-    db: Annotated[Optional[str], typer.Option("--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")] = None,
+    db: Annotated[str | None, typer.Option("--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary (times, memory) as JSON.")] = False,
 ) -> None:
     """Run an experiment on N virtual clinics with Flower's simulation engine (Ray).
@@ -59,13 +59,13 @@ def simulate_command(
 
     `coordinator simulate experiment.toml --generate demo --clinics 100 --patients 400 --json`
     """
+    import importlib.util
+
     from radfed.partitions import PartitionError, parse_partition
     from radfed.spec import SpecError, load_spec
     from radfed.store import StoreError
     from server.run_steps import check_spec
     from server.simulate import SimulateOptions, run_simulation_here
-
-    import importlib.util
 
     if importlib.util.find_spec("ray") is None:
         _fail("Flower's simulation engine needs Ray: pip install 'radfed[simulate]'", 2)

@@ -24,13 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from client_node.simulation import MAP_VERSION
 from radfed.data.headers import HeaderCache
 from radfed.data.labels import LabelLookup
 from radfed.data.sources import labelled_images
 from radfed.data.workers import Workers
 from radfed.partitions import Partitioning, Patient, label_counts, partition
 from radfed.spec import ExperimentSpec, data_options
-from client_node.simulation import MAP_VERSION
 
 GENERATED = ("demo", "nodules", "effusion")
 MAP_NAME = "partitions.json"

@@ -7,8 +7,8 @@ import pytest
 
 from radfed.partitions import (
     MIN_PATIENTS,
-    Partitioning,
     PartitionError,
+    Partitioning,
     Patient,
     label_counts,
     parse_partition,

@@ -72,6 +72,8 @@ def _check_run(db: Path, summary: dict, simulated: str) -> dict:
     return entry
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(1500)
 def test_simulate_iid_generated_then_dirichlet_on_data_folders(tmp_path):
     proc, summary = _simulate(tmp_path / "iid", "--generate", "demo", "--patients", "36")
     _check_run(tmp_path / "iid" / "r.db", summary, "4 virtual clinics, iid")
