@@ -67,7 +67,14 @@ def _args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--work", type=Path, default=None, help="keep logs here (default: a temp folder)")
     p.add_argument("--skip-flower", action="store_true", help="radfed only (no ratio)")
+    p.add_argument("--baseline-root", type=Path, default=None,
+                   help="another radfed checkout (e.g. before a change): its radfed runs join the "
+                        "interleaving (A0, A, B, A0, A, B...) and are reported as baseline_*")
     return p.parse_args()
+
+
+class RunFailed(RuntimeError):
+    """One run did not complete (on a loaded machine: a timed-out upload); tried again once."""
 
 
 def _say(text: str) -> None:
@@ -113,7 +120,7 @@ def run_radfed(a: argparse.Namespace, work: Path, data: list[Path]) -> dict:
                                   timeout=900, check=False).returncode
         wall = time.monotonic() - started
         if code != 0:
-            raise SystemExit(f"radfed run failed ({code}); logs in {work / 'logs'}\n{fed.logs()[-3000:]}")
+            raise RunFailed(f"radfed run failed ({code}); logs in {work / 'logs'}")
     finally:
         fed.close()
     with sqlite3.connect(work / "radfed.db") as db:
@@ -125,7 +132,7 @@ def run_radfed(a: argparse.Namespace, work: Path, data: list[Path]) -> dict:
     for name in names:
         tasks = _task_times(work / "logs" / f"{name}.log")
         if len(tasks) < a.rounds + 1:
-            raise SystemExit(f"{name}: {len(tasks)} task lines in its log, expected {a.rounds + 2}")
+            raise RunFailed(f"{name}: {len(tasks)} task lines in its log, expected {a.rounds + 2}")
         per_round = tasks[:a.rounds]
         per_round[-1] += tasks[a.rounds]  # the final evaluate broadcast ends the last round
         slowest = [max(s, t) for s, t in zip(slowest, per_round)]
@@ -286,7 +293,7 @@ def run_flower(a: argparse.Namespace, work: Path, app: Path, train_images: int, 
                                    "--run-config", config], env=flower_env(cli), stdout=log,
                                   stderr=subprocess.STDOUT, timeout=900, check=False).returncode
         if code != 0 or not timing.is_file():
-            raise SystemExit(f"Flower run failed ({code}); logs in {work / 'logs'}")
+            raise RunFailed(f"Flower run failed ({code}); logs in {work / 'logs'}")
     finally:
         stop_all(procs)
     stamps = sorted(json.loads(timing.read_text()))
@@ -295,6 +302,50 @@ def run_flower(a: argparse.Namespace, work: Path, app: Path, train_images: int, 
 
 
 # ------------------------------------------------------------------------------ the bench
+def run_baseline(a: argparse.Namespace, work: Path) -> dict:
+    """One radfed run from the checkout at --baseline-root, through its own copy of this bench."""
+    root = a.baseline_root.resolve()
+    env = {**os.environ, "PYTHONPATH": str(root), "RADFED_HOME": str(work / "radfed-home"),
+           "FLWR_HOME": str(work / "radfed-home" / "flwr")}
+    cmd = [sys.executable, str(root / "bench" / "round_overhead.py"), "--skip-flower", "--repeats", "1",
+           "--clinics", str(a.clinics), "--rounds", str(a.rounds), "--patients", str(a.patients),
+           "--image-size", str(a.image_size), "--batch-size", str(a.batch_size), "--work", str(work)]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=2400, check=False)
+    if proc.returncode != 0:
+        raise RunFailed(f"baseline run failed: {proc.stderr.strip()[-500:]}")
+    raw = json.loads(proc.stdout.strip().splitlines()[-1])["raw"]["radfed"][0]
+    return {**raw, "train_images": None}
+
+
+def _twice(what: str, fn, *args) -> dict:
+    """A run, and once more if the machine's load made it fail (a new work folder)."""
+    try:
+        return fn(*args)
+    except RunFailed as err:
+        _say(f"  {what}: {err}; trying once more")
+        retry = list(args)
+        retry[1] = Path(f"{retry[1]}-again")  # every run function takes its work folder second
+        return fn(*retry)
+
+
+def _show(name: str, r: dict) -> None:
+    if "clinic_task_s" in r:
+        _say(f"  {name} rounds {[round(x, 1) for x in r['round_s']]} s, slowest clinic's tasks "
+             f"{[round(x, 1) for x in r['clinic_task_s']]} s, overhead {[round(x, 1) for x in r['overhead_s']]} s")
+    else:
+        _say(f"  {name} rounds {[round(x, 1) for x in r['round_s']]} s")
+
+
+def _summary(runs: list[dict], prefix: str) -> dict:
+    return {f"{prefix}round_s": _spread([statistics.mean(r["round_s"]) for r in runs]),
+            f"{prefix}overhead_s_per_round": _spread([statistics.mean(r["overhead_s"]) for r in runs]),
+            f"{prefix}clinic_task_s_per_round": _spread([statistics.mean(r["clinic_task_s"]) for r in runs])}
+
+
+def _raw(runs: list[dict]) -> list[dict]:
+    return [{k: [round(x, 2) for x in r[k]] for k in ("round_s", "clinic_task_s", "overhead_s")} for r in runs]
+
+
 def main() -> None:
     a = _args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop every process it started
@@ -309,36 +360,43 @@ def main() -> None:
             write_clinic(folder, clinic_index=i % 3, n_patients=a.patients, prevalence=0.5, seed=i)
         data.append(folder)
     app = write_flower_app(work / "flower-app")
-    radfed_runs, flower_runs = [], []
+    radfed_runs, flower_runs, baseline_runs = [], [], []
     train_images = None
     for rep in range(a.repeats):
+        if a.baseline_root:
+            _say(f"repeat {rep + 1}/{a.repeats}: baseline radfed from {a.baseline_root}")
+            baseline_runs.append(_twice("baseline", run_baseline, a, work / f"baseline-{rep}"))
+            _show("baseline", baseline_runs[-1])
         _say(f"repeat {rep + 1}/{a.repeats}: radfed (TLS, node auth, guards, recording)")
-        r = run_radfed(a, work / f"radfed-{rep}", data)
-        radfed_runs.append(r)
-        train_images = train_images or r["train_images"] or 24
-        _say(f"  radfed rounds {[round(x, 1) for x in r['round_s']]} s, slowest clinic's tasks "
-             f"{[round(x, 1) for x in r['clinic_task_s']]} s, overhead {[round(x, 1) for x in r['overhead_s']]} s")
+        radfed_runs.append(_twice("radfed", run_radfed, a, work / f"radfed-{rep}", data))
+        train_images = train_images or radfed_runs[-1]["train_images"] or 24
+        _show("radfed", radfed_runs[-1])
         if a.skip_flower:
             continue
         _say(f"repeat {rep + 1}/{a.repeats}: minimal Flower app (default deployment)")
-        f = run_flower(a, work / f"flower-{rep}", app, train_images, max(4, train_images // 3))
-        flower_runs.append(f)
-        _say(f"  Flower rounds {[round(x, 1) for x in f['round_s']]} s")
+        flower_runs.append(_twice("Flower", run_flower, a, work / f"flower-{rep}", app, train_images,
+                                  max(4, train_images // 3)))
+        _show("Flower", flower_runs[-1])
+        if rep + 1 < a.repeats:
+            _say(f"so far: {json.dumps(_result(a, train_images, radfed_runs, flower_runs, baseline_runs, work))}")
+    print(json.dumps(_result(a, train_images, radfed_runs, flower_runs, baseline_runs, work)))
+
+
+def _result(a: argparse.Namespace, train_images: int | None, radfed_runs: list[dict], flower_runs: list[dict],
+            baseline_runs: list[dict], work: Path) -> dict:
     radfed_round = [statistics.mean(r["round_s"]) for r in radfed_runs]
-    overhead = [statistics.mean(r["overhead_s"]) for r in radfed_runs]
     flower_round = [statistics.mean(f["round_s"]) for f in flower_runs]
-    ratios = [r / f for r, f in zip(radfed_round, flower_round)]
-    print(json.dumps({
-        "clinics": a.clinics, "rounds": a.rounds, "repeats": a.repeats, "backbone": "resnet18",
-        "image_size": a.image_size, "train_images_per_clinic": train_images,
-        "radfed_round_s": _spread(radfed_round), "flower_round_s": _spread(flower_round),
-        "ratio": _spread(ratios), "radfed_overhead_s_per_round": _spread(overhead),
-        "radfed_clinic_task_s_per_round": _spread([statistics.mean(r["clinic_task_s"]) for r in radfed_runs]),
-        "raw": {"radfed": [{k: [round(x, 2) for x in r[k]] for k in ("round_s", "clinic_task_s", "overhead_s")}
-                           for r in radfed_runs],
-                "flower": [[round(x, 2) for x in f["round_s"]] for f in flower_runs]},
-        "work": str(work),
-    }))
+    out = {"clinics": a.clinics, "rounds": a.rounds, "repeats": a.repeats, "backbone": "resnet18",
+           "image_size": a.image_size, "train_images_per_clinic": train_images,
+           **_summary(radfed_runs, "radfed_"), "flower_round_s": _spread(flower_round),
+           "ratio": _spread([r / f for r, f in zip(radfed_round, flower_round)])}
+    raw = {"radfed": _raw(radfed_runs), "flower": [[round(x, 2) for x in f["round_s"]] for f in flower_runs]}
+    if baseline_runs:
+        out.update(_summary(baseline_runs, "baseline_"))
+        out["baseline_ratio"] = _spread([statistics.mean(b["round_s"]) / f
+                                         for b, f in zip(baseline_runs, flower_round)])
+        raw["baseline"] = _raw(baseline_runs)
+    return {**out, "raw": raw, "work": str(work)}
 
 
 if __name__ == "__main__":
