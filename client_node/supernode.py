@@ -12,7 +12,9 @@ replaced inside this process only (Flower's installed files are untouched):
 - while a run is active (a message arrived in the last `ACTIVE_WINDOW_S`), an empty pull
   is followed by a pause that grows from `ACTIVE_FIRST_S` to `ACTIVE_MAX_S`; an idle
   node keeps Flower's 3 s (the SuperLink is not polled faster for nothing);
-- the wait for the ClientApp's reply (a local, in-memory check) polls every `REPLY_POLL_S`.
+- the wait for the ClientApp's reply (a local, in-memory check) polls every `REPLY_POLL_S`;
+- a message fetched while its payload is still uploading is retried within half a second
+  (radfed.object_pulls), not after Flower's 1-10 s back-off.
 
 It relies on the internals of the pinned Flower (the module's `time` and
 `_pull_and_store_message` names); `install()` refuses loudly when they are not there,
@@ -79,6 +81,9 @@ def install(module: ModuleType | None = None) -> Pacing:
             pacing.message_arrived()
         return run_id
 
+    from radfed.object_pulls import quicker_object_pulls
+
+    quicker_object_pulls(module)
     module.time = pacing  # type: ignore[attr-defined]
     module._pull_and_store_message = pull_and_note  # type: ignore[attr-defined]
     return pacing

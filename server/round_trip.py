@@ -6,7 +6,9 @@ evaluate broadcast ends on average 1.5 s (up to 3 s) after the last clinic repli
 `send_and_receive` here does the same through the Grid's public `push_messages` /
 `pull_messages`, pulling again after a short pause that grows from `FIRST_PAUSE_S` to
 `MAX_PAUSE_S`: a reply is picked up within a quarter of a second, and a round of
-minutes costs the SuperLink a few loopback requests a second.
+minutes costs the SuperLink a few loopback requests a second. (A reply fetched while its
+payload is still uploading is retried quickly too: radfed.object_pulls, set up by the
+ServerApp.)
 """
 
 from __future__ import annotations

@@ -140,3 +140,32 @@ def test_timeout_returns_what_came_back():
     replies = send_and_receive(grid, _messages(grid), timeout=1.0)
     assert [r.metadata.reply_to_message_id for r in replies] == ["m0"]
     assert 1.0 <= time.monotonic() - started < 1.8
+
+
+def test_an_object_still_uploading_is_fetched_within_half_a_second():
+    """Flower's own pull_objects, as radfed's processes call it: an object that becomes
+    available 0.3 s after the first try is there by ~0.35-0.8 s, not after Flower's 1 s+
+    back-off; the rebinding applies to the module given and refuses an unknown one."""
+    import types
+
+    from flwr.supercore.inflatable import inflatable_utils
+    from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
+
+    from radfed.object_pulls import CAP_S, quicker_object_pulls
+
+    module = types.ModuleType("flower_user")
+    module.pull_objects = inflatable_utils.pull_objects
+    quicker_object_pulls(module)
+    quicker_object_pulls(module)  # once is enough; again is harmless
+    ready_at = time.monotonic() + 0.3
+
+    def pull_one(object_id: str) -> bytes:
+        if time.monotonic() < ready_at:
+            raise ObjectUnavailableError(object_id)
+        return b"arrays"
+
+    started = time.monotonic()
+    assert module.pull_objects(["a", "b"], pull_object_fn=pull_one) == {"a": b"arrays", "b": b"arrays"}
+    assert time.monotonic() - started < 0.3 + CAP_S + 0.3
+    with pytest.raises(RuntimeError, match="pin flwr"):
+        quicker_object_pulls(types.ModuleType("elsewhere"))
