@@ -117,7 +117,7 @@ def run_radfed(a: argparse.Namespace, work: Path, data: list[Path]) -> dict:
             code = subprocess.run([sys.executable, "-m", "server.cli", "run", str(spec_file), "--control",
                                    fed.control, "--root-certificates", str(fed.certs / "ca.crt"),
                                    "--db", fed.db], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                  timeout=900, check=False).returncode
+                                  timeout=2400, check=False).returncode
         wall = time.monotonic() - started
         if code != 0:
             raise RunFailed(f"radfed run failed ({code}); logs in {work / 'logs'}")
@@ -291,7 +291,7 @@ def run_flower(a: argparse.Namespace, work: Path, app: Path, train_images: int, 
         with open(work / "logs" / "run.log", "ab") as log:
             code = subprocess.run([flower_bin("flwr"), "run", str(app), "bench", "--stream",
                                    "--run-config", config], env=flower_env(cli), stdout=log,
-                                  stderr=subprocess.STDOUT, timeout=900, check=False).returncode
+                                  stderr=subprocess.STDOUT, timeout=2400, check=False).returncode
         if code != 0 or not timing.is_file():
             raise RunFailed(f"Flower run failed ({code}); logs in {work / 'logs'}")
     finally:
@@ -310,7 +310,7 @@ def run_baseline(a: argparse.Namespace, work: Path) -> dict:
     cmd = [sys.executable, str(root / "bench" / "round_overhead.py"), "--skip-flower", "--repeats", "1",
            "--clinics", str(a.clinics), "--rounds", str(a.rounds), "--patients", str(a.patients),
            "--image-size", str(a.image_size), "--batch-size", str(a.batch_size), "--work", str(work)]
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=2400, check=False)
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=3600, check=False)
     if proc.returncode != 0:
         raise RunFailed(f"baseline run failed: {proc.stderr.strip()[-500:]}")
     raw = json.loads(proc.stdout.strip().splitlines()[-1])["raw"]["radfed"][0]
