@@ -15,16 +15,20 @@ the same number of training images, the same rounds, run
 interleaved A, B, A, B, ... (`--repeats` of each), so that load on the machine hits both
 alike. Per-round wall time: radfed's round rows (`duration_s`, from one checkpoint to the
 next), the Flower app's from its own timestamps (evaluate_fn runs once per round). radfed's
-clinics log each task's time (client_node/worker.py); a round's overhead is its wall time
-minus the slowest clinic's task time in that round (the final round's evaluate task
-counted with it), i.e. what is not training, evaluating or the model's own transfer into
-the clinic's worker.
+clinics log their ClientApp's time (client_node/app.py: data, model, evaluation of the
+received model, training) and each whole task (client_node/worker.py); a round's overhead
+is its wall time minus the slowest clinic's ClientApp time in that round (the final
+round's evaluate task counted whole), i.e. everything that is not the clinics' own work:
+polling, the model's transfers, aggregation, guards, recording, checkpoints.
+`overhead_beyond_tasks` subtracts whole tasks instead (the transfer between a clinic's
+SuperNode and its worker then counts as the clinic's).
 
 The last line is one JSON object: `radfed_round_s`, `flower_round_s`, `ratio`
 (radfed / Flower) and `radfed_overhead_s_per_round`, each {median, min, max} over the
 repeats (each repeat's value is its mean over rounds), plus the raw per-round numbers.
 
-    .venv/bin/python bench/round_overhead.py                    # 2 clinics, 3 rounds, 3 repeats: ~12 min on 2 cores
+    .venv/bin/python bench/round_overhead.py                    # 2 clinics, 3 rounds, 3 repeats: ~12 min on 2 idle cores
+    .venv/bin/python bench/round_overhead.py --baseline-root /tmp/radfed-before   # + another checkout's radfed
     .venv/bin/python bench/round_overhead.py --repeats 1 --skip-flower   # radfed alone, once
 """
 
@@ -55,6 +59,7 @@ from tests.federation import Federation
 
 TASK_LINE = re.compile(r"radfed INFO: task \S+ (\S+) in ([\d.]+) s")
 TRAIN_LINE = re.compile(r"round \d+ train: (\d+) images")
+APP_LINE = re.compile(r"round (\d+) train: \d+ images; process \S+, data\+model\+eval ([\d.]+)s, training ([\d.]+)s")
 
 
 def _args() -> argparse.Namespace:
@@ -123,22 +128,37 @@ def run_radfed(a: argparse.Namespace, work: Path, data: list[Path]) -> dict:
             raise RunFailed(f"radfed run failed ({code}); logs in {work / 'logs'}")
     finally:
         fed.close()
+    return {**radfed_times(work, names, a.rounds), "run_wall_s": wall}
+
+
+def radfed_times(work: Path, names: list[str], rounds: int) -> dict:
+    """Per round: wall time (the store's round rows) and the slowest clinic's time in its
+    ClientApp (the train handler's data + model + evaluation + training, from the clinic's
+    log; the last round adds the final evaluate task, counted whole). `clinic_task_s`
+    counts each clinic's whole worker task instead: also receiving the model from its
+    SuperNode and sending the update back, the transfer part of a round."""
     with sqlite3.connect(work / "radfed.db") as db:
         durations = dict(db.execute("SELECT server_round, duration_s FROM round_results "
                                     "WHERE duration_s IS NOT NULL ORDER BY server_round"))
-    rounds = [durations[r] for r in range(1, a.rounds + 1)]
-    # Each clinic's tasks, in order: one train per round, the final evaluate, the delivery.
-    slowest = [0.0] * a.rounds
+    walls = [durations[r] for r in range(1, rounds + 1)]
+    slowest_app, slowest_task = [0.0] * rounds, [0.0] * rounds
     for name in names:
-        tasks = _task_times(work / "logs" / f"{name}.log")
-        if len(tasks) < a.rounds + 1:
-            raise RunFailed(f"{name}: {len(tasks)} task lines in its log, expected {a.rounds + 2}")
-        per_round = tasks[:a.rounds]
-        per_round[-1] += tasks[a.rounds]  # the final evaluate broadcast ends the last round
-        slowest = [max(s, t) for s, t in zip(slowest, per_round)]
+        text = (work / "logs" / f"{name}.log").read_text(errors="replace")
+        tasks = [float(m.group(2)) for m in TASK_LINE.finditer(text)]
+        app = {int(m.group(1)): float(m.group(2)) + float(m.group(3)) for m in APP_LINE.finditer(text)}
+        if len(tasks) < rounds + 1 or len(app) < rounds:
+            raise RunFailed(f"{name}: {len(tasks)} task and {len(app)} train lines in its log")
+        # Each clinic's tasks, in order: one train per round, the final evaluate, the delivery.
+        per_task = tasks[:rounds]
+        per_task[-1] += tasks[rounds]  # the final evaluate broadcast ends the last round
+        per_app = [app[r] for r in range(1, rounds + 1)]
+        per_app[-1] += tasks[rounds]
+        slowest_task = [max(s, t) for s, t in zip(slowest_task, per_task)]
+        slowest_app = [max(s, t) for s, t in zip(slowest_app, per_app)]
     images = TRAIN_LINE.findall((work / "logs" / f"{names[0]}.log").read_text(errors="replace"))
-    return {"round_s": rounds, "clinic_task_s": slowest,
-            "overhead_s": [r - t for r, t in zip(rounds, slowest)], "run_wall_s": wall,
+    return {"round_s": walls, "clinic_app_s": slowest_app, "clinic_task_s": slowest_task,
+            "overhead_s": [r - t for r, t in zip(walls, slowest_app)],
+            "overhead_beyond_tasks_s": [r - t for r, t in zip(walls, slowest_task)],
             "train_images": int(images[0]) if images else None}
 
 
@@ -330,8 +350,9 @@ def _twice(what: str, fn, *args) -> dict:
 
 def _show(name: str, r: dict) -> None:
     if "clinic_task_s" in r:
-        _say(f"  {name} rounds {[round(x, 1) for x in r['round_s']]} s, slowest clinic's tasks "
-             f"{[round(x, 1) for x in r['clinic_task_s']]} s, overhead {[round(x, 1) for x in r['overhead_s']]} s")
+        _say(f"  {name} rounds {[round(x, 1) for x in r['round_s']]} s, slowest clinic's ClientApp "
+             f"{[round(x, 1) for x in r['clinic_app_s']]} s (whole tasks {[round(x, 1) for x in r['clinic_task_s']]} s), "
+             f"overhead {[round(x, 1) for x in r['overhead_s']]} s")
     else:
         _say(f"  {name} rounds {[round(x, 1) for x in r['round_s']]} s")
 
@@ -339,11 +360,14 @@ def _show(name: str, r: dict) -> None:
 def _summary(runs: list[dict], prefix: str) -> dict:
     return {f"{prefix}round_s": _spread([statistics.mean(r["round_s"]) for r in runs]),
             f"{prefix}overhead_s_per_round": _spread([statistics.mean(r["overhead_s"]) for r in runs]),
-            f"{prefix}clinic_task_s_per_round": _spread([statistics.mean(r["clinic_task_s"]) for r in runs])}
+            f"{prefix}clinic_app_s_per_round": _spread([statistics.mean(r["clinic_app_s"]) for r in runs]),
+            f"{prefix}overhead_beyond_tasks_s_per_round": _spread(
+                [statistics.mean(r["overhead_beyond_tasks_s"]) for r in runs])}
 
 
 def _raw(runs: list[dict]) -> list[dict]:
-    return [{k: [round(x, 2) for x in r[k]] for k in ("round_s", "clinic_task_s", "overhead_s")} for r in runs]
+    keys = ("round_s", "clinic_app_s", "clinic_task_s", "overhead_s", "overhead_beyond_tasks_s")
+    return [{k: [round(x, 2) for x in r[k]] for k in keys} for r in runs]
 
 
 def main() -> None:
