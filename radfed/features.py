@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from radfed.data.rows import ImageRows, Images, image_batches
 from radfed.models import Classifier, apply_freeze, trainable_state_keys
 
 log = logging.getLogger(__name__)
@@ -57,13 +58,18 @@ def state_digest(state: dict[str, torch.Tensor], *, arch: str, normalisation: st
     return digest.hexdigest()
 
 
-def tensors_digest(*tensors: torch.Tensor) -> str:
-    """sha256 of a clinic's preprocessed tensors (images and labels of both splits)."""
+def tensors_digest(*tensors: Images, batch_size: int = 256) -> str:
+    """sha256 of a clinic's preprocessed tensors (images and labels of both splits).
+
+    Images read on demand (ImageRows) are hashed a batch at a time, to the digest the
+    same images would have as one tensor."""
     digest = hashlib.sha256(FEATURE_VERSION.encode())
     for tensor in tensors:
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(memoryview(t.view(-1).view(torch.uint8).numpy()))
+        digest.update(f"|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        parts = image_batches(tensor, batch_size) if isinstance(tensor, ImageRows) else [tensor]
+        for part in parts:
+            t = part.detach().cpu().contiguous()
+            digest.update(memoryview(t.view(-1).view(torch.uint8).numpy()))
     return digest.hexdigest()
 
 
@@ -135,23 +141,24 @@ def save_features(path: Path, feats: FeatureSet) -> None:
 
 
 @torch.no_grad()
-def compute_features(model: Classifier, train: torch.Tensor, val: torch.Tensor,
+def compute_features(model: Classifier, train: Images, val: Images,
                      batch_size: int = 64, device: torch.device | None = None) -> FeatureSet:
-    """Features of the train images, of their horizontal flips, and of the val images."""
+    """Features of the train images, of their horizontal flips, and of the val images,
+    reading one batch of images at a time."""
     from radfed.training import pick_device  # noqa: PLC0415 - training imports this module
 
     device = device or pick_device()
     model.to(device).eval()
 
-    def run(images: torch.Tensor) -> torch.Tensor:
+    def run(images: Images, flip: bool = False) -> torch.Tensor:
         out = []
-        for start in range(0, len(images), batch_size):
-            x = images[start:start + batch_size].to(device)
+        for batch in image_batches(images, batch_size):
+            x = (batch.flip(-1) if flip else batch).to(device)
             with torch.autocast(device.type, enabled=device.type == "cuda"):
                 out.append(model.features(x).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, model.head.in_features)
 
-    feats = FeatureSet(run(train), run(train.flip(-1)), run(val))
+    feats = FeatureSet(run(train), run(train, flip=True), run(val))
     model.to("cpu")
     return feats
 

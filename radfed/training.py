@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from radfed.models import Classifier, set_train_mode
+
+if TYPE_CHECKING:
+    from radfed.data.rows import Images  # a tensor, or a split's rows read a batch at a time
 
 
 def pick_device() -> torch.device:
@@ -38,8 +42,9 @@ def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
-def _batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+def _batches(images: Images, labels: torch.Tensor, batch_size: int,
              shuffle: bool, generator: torch.Generator | None = None):
+    """(images, labels) of one batch at a time; with rows on disk, only that batch is read."""
     order = torch.randperm(len(labels), generator=generator) if shuffle else torch.arange(len(labels))
     for start in range(0, len(labels), batch_size):
         idx = order[start:start + batch_size]
@@ -90,7 +95,7 @@ def recipe_kwargs(spec, server_round: int) -> dict:
 
 def train_local(
     model: Classifier,
-    images: torch.Tensor,
+    images: Images,
     labels: torch.Tensor,
     *,
     epochs: int,
@@ -152,7 +157,7 @@ def proximal_term(params: list[torch.Tensor], anchor: list[torch.Tensor], mu: fl
 
 
 @torch.no_grad()
-def predict_logits(model: Classifier, images: torch.Tensor, batch_size: int = 64,
+def predict_logits(model: Classifier, images: Images, batch_size: int = 64,
                    device: torch.device | None = None) -> torch.Tensor:
     """Raw class logits for `images` (N x C, float32), computed in eval mode.
 
@@ -171,13 +176,13 @@ def predict_logits(model: Classifier, images: torch.Tensor, batch_size: int = 64
     return torch.cat(out) if out else torch.zeros(0, 2)
 
 
-def predict(model: Classifier, images: torch.Tensor, batch_size: int = 64,
+def predict(model: Classifier, images: Images, batch_size: int = 64,
             device: torch.device | None = None) -> torch.Tensor:
     """Class probabilities for `images` (N x C), computed in eval mode."""
     return torch.softmax(predict_logits(model, images, batch_size, device), dim=1)
 
 
-def evaluate(model: Classifier, images: torch.Tensor, labels: torch.Tensor,
+def evaluate(model: Classifier, images: Images, labels: torch.Tensor,
              batch_size: int = 64, device: torch.device | None = None) -> EvalResult:
     """Loss, accuracy and AUROC on a clinic's validation split."""
     return metrics_from_logits(predict_logits(model, images, batch_size, device), labels)
