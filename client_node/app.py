@@ -152,8 +152,7 @@ def _head_model(spec: ExperimentSpec, msg: Message, context: Context,
         backbone = (received.to_torch_state_dict() if received is not None
                     else feat.load_backbone(_state_dir(context), digest))
         _load_exactly(model, backbone, [k for k in model.state_dict() if k not in head_keys])
-        feats = feat.compute_features(model, data.train.pixels, data.val.pixels)
-        feat.save_features(path, feats)
+        feats = feat.compute_features(model, data.train.pixels, data.val.pixels, path=path)
         log.info("computed backbone features once: %d images in %.1fs",
                  len(data.train.labels) + len(data.val.labels), time.monotonic() - t0)
     _load_exactly(model, msg.content["arrays"].to_torch_state_dict(), head_keys)

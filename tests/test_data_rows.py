@@ -200,3 +200,34 @@ def _compare(rows: ImageRows, tensor: torch.Tensor, labels: torch.Tensor, counti
     assert counting.most <= batch
     assert feat.tensors_digest(rows, labels) == feat.tensors_digest(tensor, labels)
     assert counting.most <= 256
+
+
+def test_head_only_features_stream_to_their_file_and_train_the_head_as_tensors_do(tmp_path: Path) -> None:
+    from radfed.data.rows import StoredRows
+    from radfed.training import predict_head_logits, train_head
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", 2, "random")
+    feat.split_head(model)
+    images = torch.rand(12, 1, 16, 16)
+    labels = torch.arange(12) % 2
+    (tmp_path / "features").mkdir()
+    (tmp_path / "features" / "old.pt").write_bytes(b"a feature file of the previous format")
+    path = feat.feature_path(tmp_path, "b" * 64, "d" * 64, 16)
+    in_memory = feat.compute_features(model, images, images[:5], batch_size=4, device=torch.device("cpu"))
+    on_disk = feat.compute_features(model, images, images[:5], batch_size=4, device=torch.device("cpu"), path=path)
+    assert isinstance(on_disk.train, StoredRows) and not (tmp_path / "features" / "old.pt").exists()
+    for a, b in ((on_disk.train, in_memory.train), (on_disk.train_flipped, in_memory.train_flipped),
+                 (on_disk.val, in_memory.val)):
+        assert torch.equal(a[:], b)
+    heads = []
+    for feats in (on_disk, in_memory):
+        torch.manual_seed(1)
+        head = torch.nn.Linear(model.head.in_features, 2)
+        train_head(head, feats.train, feats.train_flipped, labels, epochs=2, batch_size=4, learning_rate=1e-2,
+                   seed=5, device=torch.device("cpu"))
+        heads.append(head)
+    assert all(torch.equal(a, b) for a, b in zip(heads[0].state_dict().values(), heads[1].state_dict().values()))
+    assert torch.equal(predict_head_logits(heads[0], on_disk.val), predict_head_logits(heads[0], in_memory.val))
+    again = feat.load_features(path)
+    assert again is not None and torch.equal(again.val[:], in_memory.val)

@@ -33,45 +33,40 @@ def _read_exactly(fd: int, view: memoryview, offset: int) -> None:
     while done < len(view):
         got = os.preadv(fd, [view[done:]], offset + done)
         if got <= 0:
-            raise OSError(f"pixel file ended early ({offset + done} bytes)")
+            raise OSError(f"row file ended early ({offset + done} bytes)")
         done += got
 
 
-class PixelFile:
-    """``count`` decoded S x S float16 rows in a raw file, opened once.
+class RowFile:
+    """``count`` rows of one shape and dtype in a file from byte ``offset`` on, opened once.
 
-    Rows are stored in the order decoding finished; ``order[i]`` is where logical row i
-    (files in load order, their frames in order: what `radfed.data.slices.assemble`
-    numbers) lies, None when the two agree. The descriptor stays valid when the cache
-    entry is replaced or pruned meanwhile. Pickled, it reopens its path; an anonymous
-    temporary file (no cache folder) cannot be pickled.
+    ``order[i]`` is where logical row i is stored (None: at i). The descriptor stays
+    valid when the file is replaced or pruned meanwhile. Pickled, it reopens its path;
+    an anonymous temporary file cannot be pickled.
     """
 
-    def __init__(self, fd: int, path: Path | None, size: int, count: int,
-                 order: np.ndarray | None = None) -> None:
-        self.fd, self.path, self.size, self.count = fd, path, int(size), int(count)
+    def __init__(self, fd: int, path: Path | None, count: int, row_shape: tuple[int, ...], dtype: Any,
+                 offset: int = 0, order: np.ndarray | None = None) -> None:
+        self.fd, self.path, self.count, self.offset = fd, path, int(count), int(offset)
+        self.row_shape, self.dtype = tuple(int(d) for d in row_shape), np.dtype(dtype)
         self.order = None if order is None else np.asarray(order, dtype=np.int64)
-        self.row_bytes = self.size * self.size * ROW_DTYPE.itemsize
+        self.row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
 
-    @classmethod
-    def open(cls, path: Path, size: int, count: int, order: np.ndarray | None = None) -> PixelFile:
-        return cls(os.open(path, os.O_RDONLY), Path(path), size, count, order)
-
-    def read(self, rows: np.ndarray) -> np.ndarray:
-        """(K x S x S float16) of logical ``rows`` (any order, repeats allowed); runs of
-        adjacent rows are read with one call."""
+    def read(self, rows: Any) -> np.ndarray:
+        """(K x row shape) of logical ``rows`` (any order, repeats allowed); runs of
+        adjacent stored rows are read with one call."""
         rows = np.asarray(rows, dtype=np.int64).ravel()
         if rows.size and (rows.min() < 0 or rows.max() >= self.count):
-            raise IndexError(f"pixel row out of range (0..{self.count - 1})")
-        physical = rows if self.order is None else self.order[rows]
-        unique, inverse = np.unique(physical, return_inverse=True)
-        out = np.empty((len(unique), self.size, self.size), dtype=ROW_DTYPE)
+            raise IndexError(f"row out of range (0..{self.count - 1})")
+        stored = rows if self.order is None else self.order[rows]
+        unique, inverse = np.unique(stored, return_inverse=True)
+        out = np.empty((len(unique), *self.row_shape), dtype=self.dtype)
         if len(unique):
             breaks = np.flatnonzero(np.diff(unique) != 1) + 1
             view = memoryview(out).cast("B")
             for a, b in zip([0, *breaks.tolist()], [*breaks.tolist(), len(unique)]):
                 _read_exactly(self.fd, view[a * self.row_bytes:b * self.row_bytes],
-                              int(unique[a]) * self.row_bytes)
+                              self.offset + int(unique[a]) * self.row_bytes)
         return out[inverse.ravel()]
 
     def close(self) -> None:
@@ -87,14 +82,30 @@ class PixelFile:
 
     def __getstate__(self) -> dict[str, Any]:
         if self.path is None:
-            raise TypeError("pixels without a cache folder live in an anonymous temporary file "
+            raise TypeError("rows without a cache folder live in an anonymous temporary file "
                             "and cannot be pickled; load with cache_dir")
-        return {"path": self.path, "size": self.size, "count": self.count, "order": self.order}
+        state = dict(self.__dict__)
+        state["fd"] = -1
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        opened = PixelFile.open(state["path"], state["size"], state["count"], state["order"])
-        self.__dict__.update(opened.__dict__)
-        opened.fd = -1  # now ours
+        self.__dict__.update(state)
+        self.fd = os.open(self.path, os.O_RDONLY)
+
+
+class PixelFile(RowFile):
+    """``count`` decoded S x S float16 rows of a clinic, in the order decoding finished;
+    logical row i (files in load order, their frames in order: what
+    `radfed.data.slices.assemble` numbers) is stored at ``order[i]``."""
+
+    def __init__(self, fd: int, path: Path | None, size: int, count: int,
+                 order: np.ndarray | None = None) -> None:
+        super().__init__(fd, path, count, (size, size), ROW_DTYPE, 0, order)
+        self.size = int(size)
+
+    @classmethod
+    def open(cls, path: Path, size: int, count: int, order: np.ndarray | None = None) -> PixelFile:
+        return cls(os.open(path, os.O_RDONLY), Path(path), size, count, order)
 
 
 class PixelWriter:
@@ -154,19 +165,19 @@ def as_pixel_file(pixels: np.ndarray) -> PixelFile:
     return writer.finish([len(pixels)])
 
 
-def _positions(index: Any, n: int) -> np.ndarray:
+def positions(index: Any, n: int) -> np.ndarray:
     """Sample positions selected by an int, slice, sequence, array or integer tensor."""
     if isinstance(index, slice):
         return np.arange(*index.indices(n), dtype=np.int64)
     if isinstance(index, torch.Tensor):
         index = index.cpu().numpy()
-    positions = np.asarray(index)
-    if positions.dtype == np.bool_ or not np.issubdtype(positions.dtype, np.integer) and positions.size:
-        raise IndexError("image rows are selected by integer positions")
-    positions = positions.astype(np.int64).ravel()
-    if positions.size and (positions.min() < -n or positions.max() >= n):
-        raise IndexError(f"sample position out of range for {n} samples")
-    return np.where(positions < 0, positions + n, positions)
+    found = np.asarray(index)
+    if found.dtype == np.bool_ or not np.issubdtype(found.dtype, np.integer) and found.size:
+        raise IndexError("rows are selected by integer positions")
+    found = found.astype(np.int64).ravel()
+    if found.size and (found.min() < -n or found.max() >= n):
+        raise IndexError(f"position out of range for {n} rows")
+    return np.where(found < 0, found + n, found)
 
 
 class ImageRows(torch.utils.data.Dataset):
@@ -197,7 +208,7 @@ class ImageRows(torch.utils.data.Dataset):
         if isinstance(index, tuple):
             index, rest = index[0], index[1:]
         scalar = isinstance(index, (int, np.integer)) or (isinstance(index, torch.Tensor) and index.ndim == 0)
-        chosen = self.rows[_positions(index, len(self))]
+        chosen = self.rows[positions(index, len(self))]
         size = self.pixels.size
         pixels = self.pixels.read(chosen).reshape(len(chosen), chosen.shape[1], size, size)
         out = torch.from_numpy(pixels.astype(np.float32))
@@ -216,6 +227,32 @@ class ImageRows(torch.utils.data.Dataset):
 
     def tensor(self) -> torch.Tensor:
         """Every image as one tensor (for tests and small folders: the whole split in memory)."""
+        return self[:]
+
+
+class StoredRows:
+    """Every row of a RowFile as a float32 tensor indexed like one (``rows[idx]``,
+    ``rows[a:b]``, ``len``, ``shape``), read on demand: e.g. cached backbone features."""
+
+    dtype = torch.float32
+
+    def __init__(self, file: RowFile) -> None:
+        self.file = file
+
+    def __len__(self) -> int:
+        return self.file.count
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.file.count, *self.file.row_shape))
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        scalar = isinstance(index, (int, np.integer)) or (isinstance(index, torch.Tensor) and index.ndim == 0)
+        out = torch.from_numpy(self.file.read(positions(index, len(self))).astype(np.float32))
+        return out[0] if scalar else out
+
+    def tensor(self) -> torch.Tensor:
+        """Every row as one tensor in memory."""
         return self[:]
 
 
