@@ -99,9 +99,10 @@ def train_centralised(spec: ExperimentSpec, model: torch.nn.Module, clinics: lis
     """`rounds` blocks of `local_epochs` epochs over the pooled training splits."""
     import torch
 
+    from radfed.data.rows import ConcatRows
     from radfed.training import recipe_kwargs, train_local
 
-    images = torch.cat([c.train.images for c in clinics])
+    images = ConcatRows([c.train.pixels for c in clinics])  # read a batch at a time, never pooled in memory
     labels = torch.cat([c.train.labels for c in clinics])
     for server_round in range(1, spec.rounds + 1):
         seed = spec.seed * 1000 + server_round  # the clinics' seed for that round

@@ -20,7 +20,7 @@ from radfed import dicom
 from radfed import features as feat
 from radfed.batchnorm import reestimate_batchnorm
 from radfed.data import DataOptions, load_clinic
-from radfed.data.rows import ImageRows, PixelFile, PixelWriter, as_pixel_file
+from radfed.data.rows import ConcatRows, ImageRows, PixelFile, PixelWriter, as_pixel_file
 from radfed.models import create_model
 from radfed.training import predict_logits, train_local
 
@@ -137,6 +137,11 @@ def test_rows_index_like_a_tensor_and_serve_a_dataloader() -> None:
         rows[10]
     loader = torch.utils.data.DataLoader(rows, batch_size=4)
     assert torch.equal(torch.cat(list(loader)), images)
+    pooled = ConcatRows([rows, images[:0], images[:3]])  # the centralised baseline's pooled splits
+    whole = torch.cat([images, images[:3]])
+    assert len(pooled) == 13 and pooled.shape == whole.shape
+    for index in (torch.tensor([12, 0, 10, 9, 11]), slice(8, 13), 11, -1):
+        assert torch.equal(pooled[index], whole[index])
     with pytest.raises(TypeError):  # an anonymous file has no path to reopen
         pickle.dumps(rows)
 

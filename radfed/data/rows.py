@@ -256,6 +256,40 @@ class StoredRows:
         return self[:]
 
 
+class ConcatRows:
+    """Several splits' images as one (``torch.cat`` for rows read on demand): the
+    centralised baseline pools every clinic's training split without loading them."""
+
+    dtype = torch.float32
+
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = [p for p in parts if len(p)]
+        self.ends = np.cumsum([len(p) for p in self.parts], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self), *self.parts[0].shape[1:])) if self.parts else torch.Size((0,))
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        scalar = isinstance(index, (int, np.integer)) or (isinstance(index, torch.Tensor) and index.ndim == 0)
+        wanted = positions(index, len(self))
+        part_of = np.searchsorted(self.ends, wanted, side="right")
+        starts = np.concatenate([[0], self.ends[:-1]]).astype(np.int64)
+        out: torch.Tensor | None = None
+        for k in np.unique(part_of).tolist():
+            mask = part_of == k
+            got = self.parts[k][torch.from_numpy(wanted[mask] - starts[k])]
+            if out is None:
+                out = torch.empty((len(wanted), *got.shape[1:]), dtype=got.dtype)
+            out[torch.from_numpy(mask)] = got
+        if out is None:
+            out = torch.zeros((0, *self.shape[1:]))
+        return out[0] if scalar else out
+
+
 # What training, evaluation and feature extraction take: a tensor or rows read on demand.
 Images = torch.Tensor | ImageRows
 
