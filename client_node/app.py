@@ -143,8 +143,8 @@ def _head_model(spec: ExperimentSpec, msg: Message, context: Context,
         feat.keep_backbone(_state_dir(context), digest, received.to_torch_state_dict(),
                            arch=spec.backbone, normalisation=norm)
     cache_dir = Path(str(context.node_config.get("cache-dir", "") or _state_dir(context)))
-    data_digest = feat.tensors_digest(data.train.images, data.train.labels,
-                                      data.val.images, data.val.labels)
+    data_digest = feat.tensors_digest(data.train.pixels, data.train.labels,
+                                      data.val.pixels, data.val.labels)
     path = feat.feature_path(cache_dir, digest, data_digest, spec.image_size)
     feats = feat.load_features(path)
     if feats is None:
@@ -152,8 +152,7 @@ def _head_model(spec: ExperimentSpec, msg: Message, context: Context,
         backbone = (received.to_torch_state_dict() if received is not None
                     else feat.load_backbone(_state_dir(context), digest))
         _load_exactly(model, backbone, [k for k in model.state_dict() if k not in head_keys])
-        feats = feat.compute_features(model, data.train.images, data.val.images)
-        feat.save_features(path, feats)
+        feats = feat.compute_features(model, data.train.pixels, data.val.pixels, path=path)
         log.info("computed backbone features once: %d images in %.1fs",
                  len(data.train.labels) + len(data.val.labels), time.monotonic() - t0)
     _load_exactly(model, msg.content["arrays"].to_torch_state_dict(), head_keys)
@@ -262,7 +261,7 @@ def train(msg: Message, context: Context) -> Message:
     seed = spec.seed * 1000 + server_round
     torch.manual_seed(seed)
     loss = train_local(
-        model, data.train.images, data.train.labels, epochs=spec.local_epochs,
+        model, data.train.pixels, data.train.labels, epochs=spec.local_epochs,
         batch_size=spec.batch_size, seed=seed,
         proximal_mu=float(config.get("proximal-mu", 0.0)), **recipe_kwargs(spec, server_round),
     )
@@ -279,7 +278,7 @@ def train(msg: Message, context: Context) -> Message:
 
 def _val_metrics(model: torch.nn.Module, data: ClinicData, spec: ExperimentSpec,
                  count_key: str) -> dict[str, float | list[float]]:
-    return _quality_metrics(predict_logits(model, data.val.images), data, spec, count_key)
+    return _quality_metrics(predict_logits(model, data.val.pixels), data, spec, count_key)
 
 
 def _quality_metrics(logits: torch.Tensor, data: ClinicData, spec: ExperimentSpec,
@@ -343,7 +342,7 @@ def _as_evaluated_here(model: torch.nn.Module, spec: ExperimentSpec, config: Con
                        context: Context, data: ClinicData) -> torch.nn.Module:
     """The final model as this clinic evaluates it (and keeps it, client_node.delivery)."""
     if _local_keys(model, config) and not _local_path(context).is_file():  # a held-out clinic
-        reestimate_batchnorm(model, data.train.images)  # under FedBN it has none of its own yet
+        reestimate_batchnorm(model, data.train.pixels)  # under FedBN it has none of its own yet
         return model
     return _for_evaluation(model, spec, config, data)
 
@@ -354,7 +353,7 @@ def _for_evaluation(model: torch.nn.Module, spec: ExperimentSpec, config: Config
     FedBN (local-bn) the clinic's own statistics are already there. Nothing of it leaves."""
     if bool(config.get("local-bn", False)):
         return model
-    return as_evaluated(model, data.train.images, spec.bn_policy)
+    return as_evaluated(model, data.train.pixels, spec.bn_policy)
 
 
 @app.query()

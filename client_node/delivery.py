@@ -37,7 +37,7 @@ AsClinicModel = Callable[[dict[str, torch.Tensor]], torch.nn.Module]
 
 def own_figures(model: torch.nn.Module, data: ClinicData, spec: ExperimentSpec) -> dict[str, Any]:
     """This clinic's figures for a model on its validation patients (as the federation's rows)."""
-    quality = split_validation(predict_logits(model, data.val.images).numpy(), data.val, spec.seed).quality
+    quality = split_validation(predict_logits(model, data.val.pixels).numpy(), data.val, spec.seed).quality
     return {key: value for key, value in quality.as_dict().items()
             if key in ("auroc", "auroc_low", "auroc_high", "threshold", "threshold_logit",
                        "sensitivity", "specificity", "images", "patients")}

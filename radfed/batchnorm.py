@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from radfed.data.rows import Images
 
 
 def batchnorm_state_keys(model: nn.Module) -> list[str]:
@@ -37,7 +42,7 @@ BN_POLICIES = ("global", "clinic")
 
 
 @torch.no_grad()
-def reestimate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> None:
+def reestimate_batchnorm(model: nn.Module, images: Images, batch_size: int = 64) -> None:
     """Replace every BatchNorm layer's running statistics by those of `images` (no labels).
 
     Averaged across clinics (FedAvg), the statistics describe no scanner in particular:
@@ -64,7 +69,7 @@ def reestimate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int
     model.train(was_training)
 
 
-def as_evaluated(model: nn.Module, images: torch.Tensor, bn_policy: str) -> nn.Module:
+def as_evaluated(model: nn.Module, images: Images, bn_policy: str) -> nn.Module:
     """The global model as a clinic evaluates it: with bn_policy "clinic", a copy whose
     BatchNorm statistics are re-estimated on that clinic's `images` (no labels); with
     "global", the model itself. One rule for the ClientApp and the centralised baseline,

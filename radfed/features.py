@@ -19,18 +19,22 @@ features of de-identified pixels only and never leave the clinic.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
+from radfed.data.rows import ImageRows, Images, RowFile, StoredRows, image_batches
 from radfed.models import Classifier, apply_freeze, trainable_state_keys
 
 log = logging.getLogger(__name__)
-FEATURE_VERSION = "radfed-features-1"
+FEATURE_VERSION = "radfed-features-2"  # raw float32 blocks read a batch at a time (was a torch.save dict)
+_HEADER_BYTES = 4096  # a feature file: a JSON header padded to this, then train, train flipped, val
 KEEP_FEATURE_FILES = 8  # per clinic; older feature sets are pruned
 
 
@@ -57,13 +61,18 @@ def state_digest(state: dict[str, torch.Tensor], *, arch: str, normalisation: st
     return digest.hexdigest()
 
 
-def tensors_digest(*tensors: torch.Tensor) -> str:
-    """sha256 of a clinic's preprocessed tensors (images and labels of both splits)."""
+def tensors_digest(*tensors: Images, batch_size: int = 256) -> str:
+    """sha256 of a clinic's preprocessed tensors (images and labels of both splits).
+
+    Images read on demand (ImageRows) are hashed a batch at a time, to the digest the
+    same images would have as one tensor."""
     digest = hashlib.sha256(FEATURE_VERSION.encode())
     for tensor in tensors:
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(memoryview(t.view(-1).view(torch.uint8).numpy()))
+        digest.update(f"|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        parts = image_batches(tensor, batch_size) if isinstance(tensor, ImageRows) else [tensor]
+        for part in parts:
+            t = part.detach().cpu().contiguous()
+            digest.update(memoryview(t.view(-1).view(torch.uint8).numpy()))
     return digest.hexdigest()
 
 
@@ -100,60 +109,126 @@ def load_backbone(state_dir: Path, digest: str) -> dict[str, torch.Tensor]:
 
 @dataclass
 class FeatureSet:
-    """Pooled backbone features of one clinic's splits (N x D float32)."""
+    """Pooled backbone features of one clinic's splits (N x D float32): tensors, or rows
+    of the clinic's feature file read a batch at a time (radfed.data.rows.StoredRows)."""
 
-    train: torch.Tensor
-    train_flipped: torch.Tensor
-    val: torch.Tensor
+    train: torch.Tensor | StoredRows
+    train_flipped: torch.Tensor | StoredRows
+    val: torch.Tensor | StoredRows
 
 
 def feature_path(cache_dir: Path, backbone_digest: str, data_digest: str, image_size: int) -> Path:
     return Path(cache_dir) / "features" / (
-        f"{backbone_digest[:16]}-{data_digest[:16]}-s{image_size}.pt")
+        f"{backbone_digest[:16]}-{data_digest[:16]}-s{image_size}.feats")
 
 
 def load_features(path: Path) -> FeatureSet | None:
-    """The cached features, or None on a miss or an unreadable file."""
+    """The cached features (read on demand), or None on a miss or an unreadable file."""
     if not path.is_file():
         return None
     try:
-        raw = torch.load(path, weights_only=True)
-        feats = FeatureSet(raw["train"], raw["train_flipped"], raw["val"])
+        with open(path, "rb") as fh:
+            header = json.loads(fh.read(_HEADER_BYTES).rstrip(b"\0"))
+        counts, dim = [int(c) for c in header["counts"]], int(header["dim"])
+        if header["version"] != FEATURE_VERSION or len(counts) != 3 or \
+                path.stat().st_size != _HEADER_BYTES + sum(counts) * dim * 4:
+            raise ValueError("feature file of another version or size")
+        blocks, offset = [], _HEADER_BYTES
+        for count in counts:  # one descriptor per block: each closes with its rows
+            blocks.append(StoredRows(RowFile(os.open(path, os.O_RDONLY), path, count, (dim,), np.float32, offset)))
+            offset += count * dim * 4
     except Exception:  # noqa: BLE001 - a broken cache file is recomputed, never fatal
         log.warning("ignoring unreadable feature cache %s", path.name)
         return None
     os.utime(path)  # most recently used: pruned last
-    return feats
+    return FeatureSet(*blocks)
+
+
+class _FeatureWriter:
+    """A feature file written a batch at a time (header first, renamed into place at the end)."""
+
+    def __init__(self, path: Path, counts: list[int], dim: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.tmp = path, path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self.fh = open(self.tmp, "wb")
+        header = json.dumps({"version": FEATURE_VERSION, "counts": counts, "dim": dim}).encode()
+        self.fh.write(header.ljust(_HEADER_BYTES, b"\0"))
+
+    def append(self, rows: torch.Tensor) -> None:
+        self.fh.write(rows.detach().float().cpu().contiguous().numpy().tobytes())
+
+    def finish(self) -> None:
+        self.fh.close()
+        os.replace(self.tmp, self.path)
+        folder = self.path.parent
+        for old in folder.glob("*.pt"):  # feature files of the previous format
+            old.unlink(missing_ok=True)
+        others = sorted(folder.glob("*.feats"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for stale in others[KEEP_FEATURE_FILES:]:
+            stale.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        self.fh.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 def save_features(path: Path, feats: FeatureSet) -> None:
-    _atomic_save({"train": feats.train, "train_flipped": feats.train_flipped,
-                  "val": feats.val}, path)
-    others = sorted(path.parent.glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for stale in others[KEEP_FEATURE_FILES:]:
-        stale.unlink(missing_ok=True)
+    """Write features (tensors or rows) to a feature file, a batch at a time."""
+    blocks = [feats.train, feats.train_flipped, feats.val]
+    dim = int(blocks[0].shape[1]) if len(blocks[0]) else int(blocks[2].shape[-1])
+    writer = _FeatureWriter(path, [len(b) for b in blocks], dim)
+    try:
+        for block in blocks:
+            for start in range(0, len(block), 4096):
+                writer.append(block[start:start + 4096])
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
 
 
 @torch.no_grad()
-def compute_features(model: Classifier, train: torch.Tensor, val: torch.Tensor,
-                     batch_size: int = 64, device: torch.device | None = None) -> FeatureSet:
-    """Features of the train images, of their horizontal flips, and of the val images."""
+def compute_features(model: Classifier, train: Images, val: Images, batch_size: int = 64,
+                     device: torch.device | None = None, path: Path | None = None) -> FeatureSet:
+    """Features of the train images, of their horizontal flips, and of the val images,
+    reading one batch of images at a time. With ``path`` each batch's features go
+    straight to that feature file and the rows of it are returned (nothing grows with
+    the clinic); without, they are returned as tensors."""
     from radfed.training import pick_device  # noqa: PLC0415 - training imports this module
 
     device = device or pick_device()
     model.to(device).eval()
+    dim = int(model.head.in_features)
+    writer = _FeatureWriter(path, [len(train), len(train), len(val)], dim) if path is not None else None
 
-    def run(images: torch.Tensor) -> torch.Tensor:
+    def run(images: Images, flip: bool = False) -> torch.Tensor | None:
         out = []
-        for start in range(0, len(images), batch_size):
-            x = images[start:start + batch_size].to(device)
+        for batch in image_batches(images, batch_size):
+            x = (batch.flip(-1) if flip else batch).to(device)
             with torch.autocast(device.type, enabled=device.type == "cuda"):
-                out.append(model.features(x).float().cpu())
-        return torch.cat(out) if out else torch.zeros(0, model.head.in_features)
+                found = model.features(x).float().cpu()
+            if writer is not None:
+                writer.append(found)
+            else:
+                out.append(found)
+        return torch.cat(out) if out else torch.zeros(0, dim)
 
-    feats = FeatureSet(run(train), run(train.flip(-1)), run(val))
-    model.to("cpu")
-    return feats
+    try:
+        blocks = [run(train), run(train, flip=True), run(val)]
+        if writer is not None:
+            writer.finish()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        model.to("cpu")
+    if writer is None:
+        return FeatureSet(*blocks)
+    loaded = load_features(path)  # type: ignore[arg-type]
+    if loaded is None:
+        raise OSError("the feature file just written cannot be read back")
+    return loaded
 
 
 def head_dropout(model: Classifier) -> float:

@@ -109,7 +109,7 @@ def predict_folder(model_file: Path, data_dir: Path, out_dir: Path, *, manifest:
     total = sum(len(part) for _, part in parts)
     done = 0
     for name, part in parts:
-        logits = predict_logits(model, part.images).numpy()
+        logits = predict_logits(model, part.pixels).numpy()
         if name == "val" and len(part):
             summary["validation"] = split_validation(logits, part, spec.seed).quality.as_dict()
         maps = _heatmaps(model, part, logits, out_dir, name, cam, progress, done, total, cam_layer)
@@ -147,13 +147,13 @@ def _heatmaps(model: torch.nn.Module, part: Split, logits: np.ndarray, out_dir: 
         counted[0] += n
         if progress is not None:
             progress("heat maps", counted[0], total)
-    maps = heatmaps(model, part.images, _targets(logits), layer_name=layer_name, progress=step)
+    maps = heatmaps(model, part.pixels, _targets(logits), layer_name=layer_name, progress=step)
     folder = out_dir / "heatmaps"
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for i, heat in enumerate(maps):
         png = f"{name or 'image'}-{i:05d}-{_safe((part.files or [''] * len(part))[i])}.png"
-        image = part.images[i, 0].numpy()
+        image = part.pixels[i, 0].numpy()
         Image.fromarray(overlay(image, heat, size=max(256, image.shape[-1]))).save(folder / png)
         out.append((png, *peak(heat)))
     return out

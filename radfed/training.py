@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from radfed.models import Classifier, set_train_mode
+
+if TYPE_CHECKING:
+    from radfed.data.rows import Images, StoredRows  # tensors, or rows read a batch at a time
+
+    Features = torch.Tensor | StoredRows
 
 
 def pick_device() -> torch.device:
@@ -38,8 +44,9 @@ def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
-def _batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+def _batches(images: Images, labels: torch.Tensor, batch_size: int,
              shuffle: bool, generator: torch.Generator | None = None):
+    """(images, labels) of one batch at a time; with rows on disk, only that batch is read."""
     order = torch.randperm(len(labels), generator=generator) if shuffle else torch.arange(len(labels))
     for start in range(0, len(labels), batch_size):
         idx = order[start:start + batch_size]
@@ -90,7 +97,7 @@ def recipe_kwargs(spec, server_round: int) -> dict:
 
 def train_local(
     model: Classifier,
-    images: torch.Tensor,
+    images: Images,
     labels: torch.Tensor,
     *,
     epochs: int,
@@ -152,7 +159,7 @@ def proximal_term(params: list[torch.Tensor], anchor: list[torch.Tensor], mu: fl
 
 
 @torch.no_grad()
-def predict_logits(model: Classifier, images: torch.Tensor, batch_size: int = 64,
+def predict_logits(model: Classifier, images: Images, batch_size: int = 64,
                    device: torch.device | None = None) -> torch.Tensor:
     """Raw class logits for `images` (N x C, float32), computed in eval mode.
 
@@ -171,13 +178,13 @@ def predict_logits(model: Classifier, images: torch.Tensor, batch_size: int = 64
     return torch.cat(out) if out else torch.zeros(0, 2)
 
 
-def predict(model: Classifier, images: torch.Tensor, batch_size: int = 64,
+def predict(model: Classifier, images: Images, batch_size: int = 64,
             device: torch.device | None = None) -> torch.Tensor:
     """Class probabilities for `images` (N x C), computed in eval mode."""
     return torch.softmax(predict_logits(model, images, batch_size, device), dim=1)
 
 
-def evaluate(model: Classifier, images: torch.Tensor, labels: torch.Tensor,
+def evaluate(model: Classifier, images: Images, labels: torch.Tensor,
              batch_size: int = 64, device: torch.device | None = None) -> EvalResult:
     """Loss, accuracy and AUROC on a clinic's validation split."""
     return metrics_from_logits(predict_logits(model, images, batch_size, device), labels)
@@ -196,10 +203,22 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> EvalResul
     return EvalResult(loss, accuracy, finding_auroc(logits.numpy(), labels.numpy()), n)
 
 
+def _on(rows: Features, device: torch.device) -> Features:
+    """Tensors move to the device whole (small); rows on disk stay there, read per batch."""
+    return rows.to(device) if isinstance(rows, torch.Tensor) else rows
+
+
+def _rows_at(rows: Features, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """rows[idx] on the device, read from disk for rows that live there."""
+    if isinstance(rows, torch.Tensor):
+        return rows[idx.to(rows.device)]
+    return rows[idx].to(device)
+
+
 def train_head(
     head: nn.Module,
-    features: torch.Tensor,
-    flipped: torch.Tensor,
+    features: Features,
+    flipped: Features,
     labels: torch.Tensor,
     *,
     epochs: int,
@@ -217,7 +236,8 @@ def train_head(
     Same optimiser, batches, seed and FedProx term as `train_local`; its random
     horizontal flip becomes a per-image choice between the features of the image and
     of its flip (both cached), drawn from the same generator, so the two loops see the
-    same augmentation. Returns the mean training loss of the last epoch.
+    same augmentation. Features cached on disk (radfed.features) are read a batch at a
+    time. Returns the mean training loss of the last epoch.
     """
     device = device or pick_device()
     head.to(device).train()
@@ -226,7 +246,7 @@ def train_head(
     optim = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     gen = torch.Generator().manual_seed(seed)
-    feats, flips, labels = features.to(device), flipped.to(device), labels.to(device)
+    feats, flips, labels = _on(features, device), _on(flipped, device), labels.to(device)
     last = math.nan
     for _ in range(epochs):
         total, count = 0.0, 0
@@ -236,7 +256,7 @@ def train_head(
             if len(idx) < 2:  # as train_local: BatchNorm below would not train on one image
                 continue
             flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device)
-            x = torch.where(flip[:, None], flips[idx.to(device)], feats[idx.to(device)])
+            x = torch.where(flip[:, None], _rows_at(flips, idx, device), _rows_at(feats, idx, device))
             if dropout > 0:
                 x = nn.functional.dropout(x, dropout, training=True)
             y = labels[idx.to(device)]
@@ -253,12 +273,15 @@ def train_head(
 
 
 @torch.no_grad()
-def predict_head_logits(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
-    """Class logits from cached features (the backbone is frozen)."""
+def predict_head_logits(head: nn.Module, features: Features, batch_size: int = 4096) -> torch.Tensor:
+    """Class logits from cached features (the backbone is frozen), a batch at a time."""
     head.eval()
-    return head(features.float()) if len(features) else torch.zeros(0, 2)
+    if not len(features):
+        return torch.zeros(0, 2)
+    return torch.cat([head(features[start:start + batch_size].float())
+                      for start in range(0, len(features), batch_size)])
 
 
-def evaluate_head(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> EvalResult:
+def evaluate_head(head: nn.Module, features: Features, labels: torch.Tensor) -> EvalResult:
     """`evaluate` on cached validation features (the backbone is frozen)."""
     return metrics_from_logits(predict_head_logits(head, features), labels)

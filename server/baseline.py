@@ -99,9 +99,10 @@ def train_centralised(spec: ExperimentSpec, model: torch.nn.Module, clinics: lis
     """`rounds` blocks of `local_epochs` epochs over the pooled training splits."""
     import torch
 
+    from radfed.data.rows import ConcatRows
     from radfed.training import recipe_kwargs, train_local
 
-    images = torch.cat([c.train.images for c in clinics])
+    images = ConcatRows([c.train.pixels for c in clinics])  # read a batch at a time, never pooled in memory
     labels = torch.cat([c.train.labels for c in clinics])
     for server_round in range(1, spec.rounds + 1):
         seed = spec.seed * 1000 + server_round  # the clinics' seed for that round
@@ -125,7 +126,7 @@ def evaluate_centralised(spec: ExperimentSpec, model: torch.nn.Module, clinics: 
     from radfed.unit_scores import unit_outputs
 
     outputs = {name: unit_outputs(  # per labelled unit (study, series, image), as the clinics report
-                   predict_logits(as_evaluated(model, c.train.images, spec.bn_policy), c.val.images).numpy(),
+                   predict_logits(as_evaluated(model, c.train.pixels, spec.bn_policy), c.val.pixels).numpy(),
                    c.val.labels.numpy(),
                    c.val.patients.numpy() if c.val.patients is not None else np.arange(len(c.val)),
                    c.val.units.numpy() if c.val.units is not None else None)

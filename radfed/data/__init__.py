@@ -17,6 +17,7 @@ One stage per module, as pydicom's ``pixels`` package does:
 - ``slices``: which slices of a labelled study or series become samples (slice policy,
   2.5D stacks);
 - ``pixels``: decoded, resized pixels, cached;
+- ``rows``: those pixels as float16 rows on disk, read a batch at a time (`ImageRows`);
 - ``split``: the patient-level train/validation split;
 - ``card`` / ``problems``: the data card and rejection reasons; no torch;
 - ``labels``: an export's label values to the task's labels (label map, numbers);

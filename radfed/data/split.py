@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from radfed.data.rows import ImageRows, Images, PixelFile
 from radfed.data.slices import Sample
 
 
@@ -24,6 +25,11 @@ class Split:
     """Images (N x C x S x S float32 in [0, 1]; C = 1, or 3 for 2.5D) and int64 labels of
     one side of the split.
 
+    ``pixels`` are the images read on demand (radfed.data.rows.ImageRows: a batch at a
+    time from the clinic's pixel file), or a tensor; training, evaluation and feature
+    extraction take either. ``images`` is the whole split as one tensor in memory, for
+    tests and small folders only.
+
     ``patients`` holds, per image, the patient's index within this split
     (0 .. num_patients-1): enough for patient-level counts, never an ID.  ``units`` holds,
     per image, its labelled unit's index (0 .. num_units-1): the slices of one study or
@@ -31,7 +37,7 @@ class Split:
     computed per unit (radfed.unit_scores), so a 200-slice study counts once.
     """
 
-    images: torch.Tensor
+    pixels: Images
     labels: torch.Tensor
     num_patients: int
     patients: torch.Tensor | None = None
@@ -41,6 +47,11 @@ class Split:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    @property
+    def images(self) -> torch.Tensor:
+        """Every image of the split as one float32 tensor (memory grows with the split)."""
+        return self.pixels.tensor() if isinstance(self.pixels, ImageRows) else self.pixels
 
 
 
@@ -68,20 +79,18 @@ def patient_split(patient_ids: Iterable[str], val_fraction: float, seed: int) ->
 
 
 
-def build_split(pixels: np.ndarray, samples: list[Sample], picks: list[int]) -> Split:
-    """Tensors for the samples at positions ``picks`` (each sample's channels are rows of
-    ``pixels``); patients and units become 0-based indices, an ungrouped sample (unit '')
-    its own unit."""
+def build_split(pixels: PixelFile, samples: list[Sample], picks: list[int]) -> Split:
+    """The samples at positions ``picks`` (each sample's channels are rows of ``pixels``,
+    read when used); patients and units become 0-based indices, an ungrouped sample
+    (unit '') its own unit."""
     patient_index: dict[str, int] = {}
     unit_index: dict[object, int] = {}
     patients = [patient_index.setdefault(samples[i].patient, len(patient_index)) for i in picks]
     units = [unit_index.setdefault(samples[i].facts.unit or ("sample", i), len(unit_index)) for i in picks]
-    size = pixels.shape[-1]
     channels = len(samples[0].rows) if samples else 1
     rows = np.array([samples[i].rows for i in picks], dtype=np.int64).reshape(len(picks), channels)
-    chosen = pixels[rows] if picks else np.zeros((0, channels, size, size), dtype=np.float16)
     return Split(
-        images=torch.from_numpy(chosen.astype(np.float32)),
+        pixels=ImageRows(pixels, rows),
         labels=torch.tensor([samples[i].facts.label for i in picks], dtype=torch.int64),
         num_patients=len(patient_index),
         patients=torch.tensor(patients, dtype=torch.int64),

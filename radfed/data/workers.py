@@ -64,15 +64,23 @@ class Workers:
             self.ready = _NEVER
 
     def map(self, func: Callable[..., list[Any]], items: list[str], args: tuple[Any, ...], stage: str,
-            progress: Progress | None, chunk_max: int = 4) -> list[Any]:
-        """[func([item], *args)[0] for item in items], in chunks over this process and the helpers."""
+            progress: Progress | None, chunk_max: int = 4,
+            sink: Callable[[int, Any], None] | None = None) -> list[Any]:
+        """[func([item], *args)[0] for item in items], in chunks over this process and the helpers.
+
+        With ``sink``, each result goes to ``sink(index, result)`` as it arrives (in any
+        order) and is not kept: the list returned holds None, so a caller that writes
+        results away never holds more than the chunks in flight."""
         results: list[Any] = [None] * len(items)
         done = 0
 
         def finish(indices: list[int], outcome: list[Any]) -> None:
             nonlocal done
             for i, result in zip(indices, outcome):
-                results[i] = result
+                if sink is not None:
+                    sink(i, result)
+                else:
+                    results[i] = result
             done += len(indices)
             if progress is not None:
                 progress(stage, done, len(items))
