@@ -16,8 +16,7 @@ import torch
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from radfed import dicom
-from radfed import features as feat
+from radfed import dicom, features as feat
 from radfed.batchnorm import reestimate_batchnorm
 from radfed.data import DataOptions, load_clinic
 from radfed.data.rows import ConcatRows, ImageRows, PixelFile, PixelWriter, as_pixel_file
@@ -194,7 +193,8 @@ def _compare(rows: ImageRows, tensor: torch.Tensor, labels: torch.Tensor, counti
     assert counting.most <= batch
     for a, b in zip(on_rows.state_dict().values(), on_tensor.state_dict().values()):
         assert torch.equal(a, b)  # same batches, same augmentation, same weights
-    assert torch.equal(predict_logits(on_rows, rows, batch_size=batch), predict_logits(on_rows, tensor, batch_size=batch))
+    assert torch.equal(predict_logits(on_rows, rows, batch_size=batch),
+                       predict_logits(on_rows, tensor, batch_size=batch))
     reestimate_batchnorm(on_rows, rows, batch_size=batch)
     reestimate_batchnorm(on_tensor, tensor, batch_size=batch)
     assert all(torch.equal(a, b) for a, b in zip(on_rows.state_dict().values(), on_tensor.state_dict().values()))
