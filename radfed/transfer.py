@@ -15,8 +15,10 @@ moment they arrive.
   toward zero, so no cast can lengthen an update: a norm a clinic clipped to (client-side
   differential privacy) still holds after the cast; the bias is under one unit in the
   last place (under 0.4 % of the update in bfloat16, 0.05 % in float16).
-- Buffers (BatchNorm running statistics and step counters) stay float32: they are under
-  0.1 % of a ResNet's bytes, and variances near zero are where half precision is worst.
+- Buffers (BatchNorm running statistics and step counters) stay float32: they are
+  0.09 % (resnet18), 0.23 % (resnet50), 1.2 % (densenet121) of the model's bytes, so a
+  message is 0.500-0.506 of its float32 size anyway, and small variances are where
+  float16 is worst (it has no normal numbers below 6e-5).
 
 Encoded arrays say what they are in Flower's `Array.stype` ("radfed.cast/bfloat16",
 "radfed.delta/float16"); the payload is the raw little-endian 16-bit values, no header,

@@ -218,6 +218,34 @@ def test_a_round_travels_in_half_the_bytes_and_aggregates_in_float32(server_iden
         np.testing.assert_allclose(arrays["bn.running_var"].numpy(), 0.7)
 
 
+def test_head_only_rounds_cast_the_head_and_send_the_backbone_float32(server_identity):
+    """freeze = "all": the head travels in bfloat16, the backbone (once, checked by digest at
+    the clinic) as it is; the clinic's handler gets both in float32."""
+    from client_node.transfer import transfer_mod
+    from strategies import build_strategy
+    from strategies.head_only import BACKBONE_KEY
+
+    spec = ExperimentSpec(name="t", min_clinics=2, freeze="all", transfer_dtype="bfloat16")
+    backbone = ArrayRecord({"net.conv1.weight": Array(WEIGHTS[:64].reshape(4, 16))})
+    strategy = build_strategy(spec, Recorder(), backbone=backbone)
+    head = ArrayRecord({"net.fc.weight": Array(GLOBAL["w"])})
+    first = list(strategy.configure_train(1, head, ConfigRecord(), NodeList()))
+    assert all(m.content[BACKBONE_KEY] is backbone for m in first)
+    assert all(m.content["arrays"]["net.fc.weight"].stype == "radfed.cast/bfloat16" for m in first)
+    seen = {}
+
+    def train(msg, context):
+        seen.update({name: {k: a.stype for k, a in rec.items()} for name, rec in msg.content.array_records.items()})
+        trained = {"net.fc.weight": Array(msg.content["arrays"]["net.fc.weight"].numpy() + 1e-3)}
+        return Message(RecordDict({"arrays": ArrayRecord(trained),
+                                   "metrics": MetricRecord({"num-examples": 5})}), reply_to=msg)
+
+    context = Context(run_id=1, node_id=11, node_config={}, state=RecordDict(), run_config={})
+    reply = transfer_mod(_over_the_wire(first[0]), context, train)
+    assert seen == {"arrays": {"net.fc.weight": "numpy.ndarray"}, BACKBONE_KEY: {"net.conv1.weight": "numpy.ndarray"}}
+    assert reply.content["arrays"]["net.fc.weight"].stype == "radfed.delta/bfloat16"
+
+
 def test_clinic_clipping_bound_survives_the_cast(server_identity):
     """A clinic's clipped update (Flower's fixedclipping_mod) stays within the clipping
     norm after the bfloat16 cast: changes are rounded toward zero."""
@@ -238,3 +266,59 @@ def test_clinic_clipping_bound_survives_the_cast(server_identity):
     reply = transfer_mod(msg, context, lambda m, c: clipping_mod(m, c, train))
     change = decode_array(reply.content["arrays"]["w"], base) - base
     assert 0.0099 < np.linalg.norm(change) <= 0.01 * (1 + 1e-6)
+
+
+# --- one real federation ---------------------------------------------------------------
+
+@pytest.mark.timeout(1500)
+def test_a_bfloat16_federation_sends_half_the_bytes_and_completes(tmp_path):
+    """resnet18 at 32 px, 2 clinics, 2 rounds, transfer_dtype bfloat16 on real SuperNodes:
+    every model message down and every update up is about half the model's float32 size
+    (computed here), the figures are finite and the checkpoints are float32."""
+    from radfed.demo_data import write_clinic
+    from radfed.models import create_model
+    from radfed.store import Store
+    from tests.federation import Federation, cli
+
+    fed = Federation(tmp_path)
+    fed.start_superlink()
+    try:
+        for i, prevalence in enumerate((0.35, 0.65), start=1):
+            write_clinic(tmp_path / f"data-{i}", clinic_index=i, n_patients=16, prevalence=prevalence, seed=i)
+            fed.start_clinic(f"clinic-{i}", tmp_path / f"data-{i}")
+        spec = ExperimentSpec(name="bf16", backbone="resnet18", image_size=32, rounds=2, local_epochs=1,
+                              batch_size=8, min_clinics=2, clinic_timeout=120.0, val_fraction=0.35,
+                              seed=3, transfer_dtype="bfloat16")
+        (tmp_path / "bf16.toml").write_text(spec_to_toml(spec))
+        db = f"sqlite:///{tmp_path / 'radfed.db'}"
+        proc = cli("server.cli", "run", str(tmp_path / "bf16.toml"), "--control", fed.control, "--insecure",
+                   "--db", db, "--checkpoints", str(tmp_path / "ckpt"), timeout=1200)
+        assert proc.returncode == 0, proc.stderr + fed.logs()
+    finally:
+        fed.close()
+    entry = {e["experiment"]: e for e in Store(db).leaderboard()}["bf16"]
+    assert entry["status"] == "completed"
+
+    torch.manual_seed(spec.seed)  # the server's initial model
+    state = create_model("resnet18", 2).state_dict()
+    full = sum(t.numel() * t.element_size() for t in state.values())  # the model in float32
+    assert full > 40e6
+    headers = 256 * len(state)  # .npy headers of the tensors that stay float32, at most
+    rows = [c for c in entry["clinics"] if c["server_round"] >= 1 and c["bytes_down"] is not None]
+    assert sorted((c["server_round"], c["phase"]) for c in rows) == [
+        (1, "train"), (1, "train"), (2, "evaluate"), (2, "evaluate"), (2, "train"), (2, "train")]
+    for c in rows:
+        assert full / 2 <= c["bytes_down"] < full / 2 * 1.01 + headers, c
+        if c["phase"] == "train":
+            assert full / 2 <= c["bytes_up"] < full / 2 * 1.01 + headers, c
+    rounds = {r["server_round"]: r for r in entry["rounds"]}
+    for r, messages in ((1, 2), (2, 4)):  # round 2 ends with the final evaluate broadcast
+        assert 0.49 < rounds[r]["bytes_down"] / (messages * full) < 0.51, rounds[r]
+        assert 0.49 < rounds[r]["bytes_up"] / (2 * full) < 0.51, rounds[r]
+        assert math.isfinite(rounds[r]["val_auroc"]) and math.isfinite(rounds[r]["train_loss"])
+    assert math.isfinite(entry["final_auroc"])
+    final = torch.load(entry["checkpoints"][-1]["path"], weights_only=True)["state_dict"]
+    assert list(final) == list(state)
+    assert all(final[k].dtype == torch.float32 for k in state if state[k].is_floating_point())
+    assert all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point())
+    assert not torch.equal(final["net.fc.weight"], state["net.fc.weight"])
