@@ -15,6 +15,7 @@ FedAvg >= 0.95; `goal_met` per dataset and overall. The last line is one JSON ob
 
     .venv/bin/python bench/fed_vs_central.py     # resnet18 at 64 px, 2 CPU cores: ~5 min per dataset
     .venv/bin/python bench/fed_vs_central.py --datasets nodules --rounds 5 --patients 80
+    .venv/bin/python bench/fed_vs_central.py --transfer-dtype bfloat16   # weights sent in half the bytes
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def _args() -> argparse.Namespace:
                    help="comma-separated generated federations (default: %(default)s)")
     p.add_argument("--strategies", default=",".join(STRATEGIES),
                    help="comma-separated strategies to run (default: %(default)s)")
+    p.add_argument("--transfer-dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="spec transfer_dtype: the dtype weights travel in, both ways (default: %(default)s)")
     return p.parse_args()
 
 
@@ -61,6 +64,7 @@ def _spec(a: argparse.Namespace, strategy: str) -> ExperimentSpec:
         name="fed-vs-central", backbone=a.backbone, image_size=a.image_size, rounds=a.rounds,
         local_epochs=a.local_epochs, batch_size=16, strategy=strategy,  # recipe: spec defaults
         min_clinics=3, clinic_timeout=300.0, val_fraction=0.3, seed=a.seed,
+        transfer_dtype=a.transfer_dtype,
     )
 
 
@@ -95,6 +99,12 @@ def points_in_their_ci(entry: dict) -> bool:
         [{"auroc": c["auroc"], **(c.get("quality") or {})} for c in entry["clinics"] if c["auroc"] is not None]
     return all(f.get("auroc_low") is None or f["auroc_low"] <= f["auroc"] <= f["auroc_high"]
                for f in figures if f.get("auroc") is not None)
+
+
+def _megabytes(entry: dict, key: str) -> float | None:
+    """A run's model traffic over all rounds (recorded as it went: bytes_down / bytes_up)."""
+    values = [r[key] for r in entry["rounds"] if r.get(key) is not None]
+    return round(sum(values) / 1e6, 2) if values else None
 
 
 def _dataset(a: argparse.Namespace, dataset: str, work: Path) -> dict:
@@ -139,7 +149,8 @@ def _dataset(a: argparse.Namespace, dataset: str, work: Path) -> dict:
                                  "ece": pooled.get("ece"), "ratio": ratio,
                                  "worst_clinic_ratio": min((c["ratio"] for c in clinics.values()), default=None),
                                  "leaderboard_ratio": entry["vs_central"], "clinics": clinics,
-                                 "points_in_ci": points_in_their_ci(entry)}
+                                 "points_in_ci": points_in_their_ci(entry),
+                                 "mb_down": _megabytes(entry, "bytes_down"), "mb_up": _megabytes(entry, "bytes_up")}
             print(f"[{dataset}] {strategy:<8} pooled AUROC {pooled.get('auroc') or 0:.4f} "
                   f"[{pooled.get('auroc_low') or 0:.4f}-{pooled.get('auroc_high') or 0:.4f}]  "
                   f"fed/central {ratio or 0:.4f}  worst clinic {results[strategy]['worst_clinic_ratio']} "
@@ -181,6 +192,7 @@ def main() -> None:
     summary = {
         "bench": "fed_vs_central", "device": "cpu", "backbone": a.backbone, "image_size": a.image_size,
         "clinics": 3, "patients_per_clinic": a.patients, "rounds": a.rounds, "local_epochs": a.local_epochs,
+        "transfer_dtype": a.transfer_dtype,
         "recipe": {k: getattr(recipe, k) for k in ("learning_rate", "weight_decay", "label_smoothing",
                                                    "warmup_rounds", "augment", "bn_policy")},
         "seeds": {"experiment": a.seed, "data": a.data_seed, "bootstrap": a.seed},

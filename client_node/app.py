@@ -33,6 +33,7 @@ from client_node.delivery import keep_delivery
 from client_node.legacy import legacy_format_mod, secagg_mod
 from client_node.outbox import outbox_mod
 from client_node.simulation import simulation_mod
+from client_node.transfer import transfer_mod
 from radfed import features as feat
 from radfed.batchnorm import as_evaluated, batchnorm_state_keys, reestimate_batchnorm
 from radfed.data import DATA_CARD_RECORD, ClinicData, DataError, load_clinic
@@ -240,7 +241,7 @@ def clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -
     return mod(msg, context, call_next)
 
 
-@app.train(mods=[clipping_mod, secagg_mod, legacy_format_mod])
+@app.train(mods=[transfer_mod, clipping_mod, secagg_mod, legacy_format_mod])
 @_guarded
 def train(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on held-out patients, then fine-tune it."""
@@ -322,7 +323,7 @@ def _train_head_only(msg: Message, context: Context, spec: ExperimentSpec,
 
 
 
-@app.evaluate(mods=[legacy_format_mod])
+@app.evaluate(mods=[transfer_mod, legacy_format_mod])
 @_guarded
 def evaluate_global(msg: Message, context: Context) -> Message:
     """Evaluate the global model on this clinic's held-out patients."""

@@ -2,7 +2,8 @@
 
 A Flower mod around every handler: after the reply is built, one JSON line per message
 goes to the node's outbox log: message type, run, round, every metric and config value,
-and for weights only tensor counts and bytes. The clinic's privacy officer can read
+and for weights only tensor counts and bytes (as sent: serialised, half under a
+half-precision transfer_dtype). The clinic's privacy officer can read
 exactly what left the building; the file never leaves the clinic.
 """
 
@@ -25,7 +26,7 @@ def describe(reply: Message) -> dict:
     entry["metrics"] = {name: dict(rec) for name, rec in content.metric_records.items()}
     entry["configs"] = {name: {k: v if not isinstance(v, bytes) else f"<{len(v)} bytes>" for k, v in rec.items()}
                         for name, rec in content.config_records.items()}
-    entry["arrays"] = {name: {"tensors": len(rec), "bytes": sum(a.numpy().nbytes for a in rec.values())}
+    entry["arrays"] = {name: {"tensors": len(rec), "bytes": sum(len(a.data) for a in rec.values())}
                        for name, rec in content.array_records.items()}
     return entry
 

@@ -17,6 +17,7 @@ BACKBONES = ("resnet50", "densenet121", "inception_v3", "inception_resnet_v2", "
 FREEZE_POLICIES = ("none", "all", "top-k")
 AUGMENTATIONS = ("flip", "intensity")  # radfed.training.AUGMENTATIONS (no torch import here)
 BN_POLICIES = ("global", "clinic")  # radfed.batchnorm.BN_POLICIES
+TRANSFER_DTYPES = ("float32", "bfloat16", "float16")  # weights on the wire (radfed.transfer)
 
 
 class SpecError(ValueError):
@@ -59,6 +60,8 @@ class ExperimentSpec:
     sweep: str = ""  # set by `coordinator sweep`: the sweep this experiment belongs to
     weight_source: str = ""  # set by `coordinator sweep`: e.g. "radimagenet" or "imagenet"
     privacy: dict[str, Any] = field(default_factory=dict, hash=False)
+    transfer_dtype: str = "float32"  # "bfloat16"/"float16": weights travel in half the bytes
+    # both ways; training, aggregation and checkpoints stay float32 (radfed.transfer)
 
     def to_json(self) -> str:
         """Serialise for Flower's run config and message configs."""
@@ -98,6 +101,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "freeze": FREEZE_POLICIES,
     "augment": AUGMENTATIONS,
     "bn_policy": BN_POLICIES,
+    "transfer_dtype": TRANSFER_DTYPES,
 }
 
 
@@ -131,6 +135,9 @@ def from_mapping(
         raise SpecError(f"{source}: key 'name' is missing; add name = \"my-experiment\"")
     values = {key: _check(source, key, value, known[key]) for key, value in data.items()}
     spec = ExperimentSpec(**values)
+    if spec.transfer_dtype != "float32" and spec.privacy.get("mode") == "secagg+":
+        raise SpecError(f"{source}: key 'transfer_dtype' = {spec.transfer_dtype!r} does not work with "
+                        "privacy mode secagg+ (it quantises updates itself); use transfer_dtype = \"float32\"")
     if check_files:
         _check_files(source, spec)
     return spec

@@ -29,7 +29,8 @@ def build_strategy(spec: ExperimentSpec, recorder: RoundRecorder,
     `trainable_keys` (the model's parameters left trainable by the spec's freeze
     policy) are the only ones differential privacy lets change; needed when the spec
     has a privacy mode. `statistics_keys` (the model's BatchNorm buffers) are averaged,
-    never stepped, by the server optimisers (strategies/fedopt_stats.py).
+    never stepped, by the server optimisers (strategies/fedopt_stats.py), and travel
+    float32 under a half-precision `transfer_dtype` (strategies/transfer.py).
     """
     params = check_strategy(spec.strategy, spec.strategy_params)
     privacy = check_privacy(spec.privacy, spec.min_clinics, spec.strategy)
@@ -51,6 +52,8 @@ def build_strategy(spec: ExperimentSpec, recorder: RoundRecorder,
     strategy.patience = spec.patience
     strategy.norm_factor = norm_factor
     strategy.min_accept = spec.min_accept or spec.min_clinics
+    strategy.transfer_dtype = spec.transfer_dtype
+    strategy.transfer_keep = set(statistics_keys or [])
     if not private:
         return strategy
     if trainable_keys is None:
@@ -60,6 +63,8 @@ def build_strategy(spec: ExperimentSpec, recorder: RoundRecorder,
     wrapper.recorder = recorder
     wrapper.final_round = spec.rounds
     wrapper.patience = spec.patience
+    wrapper.transfer_dtype = spec.transfer_dtype
+    wrapper.transfer_keep = set(statistics_keys or [])
     return wrapper
 
 

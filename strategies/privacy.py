@@ -39,6 +39,7 @@ from flwr.serverapp.strategy import (
 
 from strategies.recording import NoClinicResult, RecordingMixin
 from strategies.registry import StrategyError
+from strategies.transfer import TransferMixin
 
 CLIPPING_MODE_KEY = "dp-clipping"  # train config: "fixed" or "adaptive" (client-side modes)
 LOCAL_STATE_KEY = "local-stats"    # train/evaluate config: clinics keep their buffers
@@ -172,10 +173,11 @@ class PrivateParametersMixin:
 
 
 def wrap_private(inner: Strategy, resolved: dict[str, Any], shared_keys: set[str]) -> Strategy:
-    """The spec's strategy inside Flower's DP wrapper, with radfed's recording outside."""
+    """The spec's strategy inside Flower's DP wrapper, with radfed's recording outside and
+    half-precision replies decoded to float32 before clipping and noise (strategies.transfer)."""
     cls, where, _, _ = MODES[resolved["mode"]]
     assert cls is not None
-    wrapper_cls = type(f"Radfed{cls.__name__}", (RecordingMixin, PrivateParametersMixin, cls), {})
+    wrapper_cls = type(f"Radfed{cls.__name__}", (RecordingMixin, TransferMixin, PrivateParametersMixin, cls), {})
     strategy = _wrap(wrapper_cls, inner, resolved)
     strategy.shared_keys = set(shared_keys)
     strategy.clipping = resolved["mode"].split("-")[1] if where == "client" else ""

@@ -28,6 +28,7 @@ from strategies.fedopt_stats import MeanStatisticsMixin
 from strategies.guards import GuardMixin
 from strategies.head_only import HeadOnlyMixin
 from strategies.recording import RecordingMixin
+from strategies.transfer import TransferMixin
 
 
 @dataclass(frozen=True)
@@ -91,14 +92,15 @@ SERVER_OPTIMISERS = (FedAdam, FedYogi, FedAdagrad)  # BatchNorm statistics avera
 
 
 def strategy_class(name: str, recording: bool = True) -> type[Strategy]:
-    """The Flower class with radfed's recording, head-only transfer (off unless given a
-    backbone) and guards (and fast mean) mixed in.
+    """The Flower class with radfed's recording, half-precision transfer (off unless a
+    transfer dtype is set), head-only transfer (off unless given a backbone) and guards
+    (and fast mean) mixed in.
 
-    `recording=False` where a wrapper records instead (strategies.privacy), so that it
-    sees every reply even when it refuses to aggregate.
+    `recording=False` where a wrapper records (and decodes) instead (strategies.privacy),
+    so that it sees every reply even when it refuses to aggregate.
     """
     base = REGISTRY[name].cls
-    mixins = ((RecordingMixin,) if recording else ()) + (HeadOnlyMixin, GuardMixin) + (
+    mixins = ((RecordingMixin, TransferMixin) if recording else ()) + (HeadOnlyMixin, GuardMixin) + (
         (FastMeanMixin,) if base in WEIGHTED_MEAN else ()) + (
         (MeanStatisticsMixin,) if base in SERVER_OPTIMISERS else ())
     return type(f"Radfed{base.__name__}", (*mixins, base), {})
