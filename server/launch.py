@@ -106,12 +106,14 @@ def _json_reply(stdout: str) -> dict:
         return {}
 
 
-def flower_status(conn: Connection, run_id: str) -> str:
-    """Flower's own view of a run ("running", "finished:failed", ...), or "" if unknown."""
+def flower_status(conn: Connection, run_id: str) -> str | None:
+    """Flower's own view of a run ("running", "finished:failed", ...), "" if Flower does
+    not know it, or None if it could not be asked (`flwr ls` timed out: a loaded
+    SuperLink is slow, not a lost run)."""
     try:
         proc = conn.flwr("ls", CONNECTION, "--run-id", run_id, "--format", "json", timeout=60)
     except subprocess.TimeoutExpired:
-        return ""
+        return None
     runs = _json_reply(proc.stdout).get("runs", [])
     return str(runs[0].get("status", "")) if runs else ""
 
@@ -152,6 +154,8 @@ def follow(conn: Connection, store: Store, run_id: str, rounds: int,
                     suspect = None
                 else:
                     flwr_state = flower_status(conn, run_id)
+                    if flwr_state is None:  # no answer is no evidence: ask again next time
+                        continue
                     reason = stale_reason(flwr_state or None)
                     if reason and reason == suspect:
                         status = store.run_status(run_id) or {}
