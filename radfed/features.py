@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from radfed.models import Classifier, apply_freeze, trainable_state_keys
+from radfed.precision import autocast, to_channels_last
 
 log = logging.getLogger(__name__)
 FEATURE_VERSION = "radfed-features-1"
@@ -141,18 +142,18 @@ def compute_features(model: Classifier, train: torch.Tensor, val: torch.Tensor,
     from radfed.training import pick_device  # noqa: PLC0415 - training imports this module
 
     device = device or pick_device()
-    model.to(device).eval()
+    to_channels_last(model.to(device)).eval()
 
     def run(images: torch.Tensor) -> torch.Tensor:
         out = []
         for start in range(0, len(images), batch_size):
-            x = images[start:start + batch_size].to(device)
-            with torch.autocast(device.type, enabled=device.type == "cuda"):
+            x = to_channels_last(images[start:start + batch_size].to(device))
+            with autocast(device):
                 out.append(model.features(x).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, model.head.in_features)
 
     feats = FeatureSet(run(train), run(train.flip(-1)), run(val))
-    model.to("cpu")
+    model.to("cpu", memory_format=torch.contiguous_format)
     return feats
 
 
