@@ -31,6 +31,7 @@ from torch import nn
 
 from radfed.data.rows import ImageRows, Images, RowFile, StoredRows, image_batches
 from radfed.models import Classifier, apply_freeze, trainable_state_keys
+from radfed.precision import autocast, to_channels_last
 
 log = logging.getLogger(__name__)
 FEATURE_VERSION = "radfed-features-2"  # raw float32 blocks read a batch at a time (was a torch.save dict)
@@ -197,15 +198,15 @@ def compute_features(model: Classifier, train: Images, val: Images, batch_size: 
     from radfed.training import pick_device  # noqa: PLC0415 - training imports this module
 
     device = device or pick_device()
-    model.to(device).eval()
+    to_channels_last(model.to(device)).eval()
     dim = int(model.head.in_features)
     writer = _FeatureWriter(path, [len(train), len(train), len(val)], dim) if path is not None else None
 
     def run(images: Images, flip: bool = False) -> torch.Tensor | None:
         out = []
         for batch in image_batches(images, batch_size):
-            x = (batch.flip(-1) if flip else batch).to(device)
-            with torch.autocast(device.type, enabled=device.type == "cuda"):
+            x = to_channels_last((batch.flip(-1) if flip else batch).to(device))
+            with autocast(device):
                 found = model.features(x).float().cpu()
             if writer is not None:
                 writer.append(found)
@@ -222,7 +223,7 @@ def compute_features(model: Classifier, train: Images, val: Images, batch_size: 
             writer.abort()
         raise
     finally:
-        model.to("cpu")
+        model.to("cpu", memory_format=torch.contiguous_format)
     if writer is None:
         return FeatureSet(*blocks)
     loaded = load_features(path)  # type: ignore[arg-type]

@@ -1,6 +1,7 @@
 """Local training and evaluation at a clinic: plain PyTorch loops, GPU when present.
 
-CUDA gets automatic mixed precision and channels_last; the CPU path runs in float32.
+Passes run channels_last, with CUDA's mixed precision or, on a CPU with native bfloat16,
+bfloat16 autocast (radfed.precision); logits are cast to float32 before loss and metrics.
 Metrics are computed with scikit-learn and are aggregates only: no per-image output
 leaves these functions.
 """
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from radfed.models import Classifier, set_train_mode
+from radfed.precision import autocast, to_channels_last
 
 if TYPE_CHECKING:
     from radfed.data.rows import Images, StoredRows  # tensors, or rows read a batch at a time
@@ -38,10 +40,12 @@ class EvalResult:
 
 
 def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    return model
+    return to_channels_last(model.to(device))
+
+
+def _release(model: nn.Module) -> None:
+    """Back on the CPU in the default layout: state dicts are serialised as plain arrays."""
+    model.to("cpu", memory_format=torch.contiguous_format)
 
 
 def _batches(images: Images, labels: torch.Tensor, batch_size: int,
@@ -133,12 +137,11 @@ def train_local(
         for x, y in _batches(images, labels, batch_size, shuffle=True, generator=gen):
             if len(y) < 2:  # BatchNorm cannot train on a single image
                 continue
-            x = _augment(x, gen, augment).to(device, non_blocking=True)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = to_channels_last(_augment(x, gen, augment).to(device, non_blocking=True))
             y = y.to(device)
-            with torch.autocast(device.type, enabled=device.type == "cuda"):
-                loss = loss_fn(model(x), y)
+            with autocast(device):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y)
             loss = loss + proximal_term(params, anchor, proximal_mu)
             optim.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -147,7 +150,7 @@ def train_local(
             total += loss.item() * len(y)
             count += len(y)
         last = total / max(count, 1)
-    model.to("cpu")
+    _release(model)
     return last
 
 
@@ -171,10 +174,10 @@ def predict_logits(model: Classifier, images: Images, batch_size: int = 64,
     model = _prepare(model, device).eval()
     out = []
     for x, _ in _batches(images, torch.zeros(len(images)), batch_size, shuffle=False):
-        x = x.to(device)
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
+        x = to_channels_last(x.to(device))
+        with autocast(device):
             out.append(model(x).float().cpu())
-    model.to("cpu")
+    _release(model)
     return torch.cat(out) if out else torch.zeros(0, 2)
 
 

@@ -51,15 +51,17 @@ def assert_locked(page, url: str) -> None:
 
 
 def fill_submission(page) -> None:
-    """The Submit page's form, as a person fills it: type, pick, press Tab to commit."""
-    page.get_by_label("Experiment name").fill(EXPERIMENT)
-    page.get_by_label("Experiment name").press("Tab")
+    """The Submit page's form, as a person fills it: type, pick, press Tab to commit
+    (by role: a field with a help tooltip shares its label with the tooltip's button)."""
+    name = page.get_by_role("textbox", name="Experiment name", exact=True)
+    name.fill(EXPERIMENT)
+    name.press("Tab")
     wait_idle(page)
-    page.get_by_label("Backbone").click()
+    page.get_by_role("combobox", name="Backbone").click()
     page.get_by_role("option", name="resnet18", exact=True).click()
     wait_idle(page)
     for label, value in NUMBERS.items():
-        box = page.get_by_label(label, exact=True)
+        box = page.get_by_role("spinbutton", name=label, exact=True)
         box.fill(value)
         box.press("Tab")
         wait_idle(page)
