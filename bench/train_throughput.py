@@ -7,10 +7,11 @@ figures and whether the goals were met:
 - radfed.training.train_local images/s >= 0.95 x the best plain PyTorch loop we know (same
   model, data, batch size, optimiser; channels_last, bfloat16 autocast where the CPU has
   native bfloat16 as radfed.precision decides, loss in float32; no augmentation, radfed's
-  has its flip). The two alternate (radfed, plain, radfed, plain, ...; `--reps` each) so
-  machine load hits both alike; median and min/max images/s are reported. `--compile`
-  adds torch.compile'd plain loop as a third contender (off by default: on a 2-core CPU
-  the compile costs minutes and did not pay when tried, see README);
+  has its flip). The two alternate, the order flipping every repeat (radfed, plain, plain,
+  radfed, ...; `--reps` each), so machine load hits both alike; median and min/max
+  images/s are reported. `--compile` adds a torch.compile'd plain loop as a third
+  contender (off by default: on a loaded 2-core CPU compiling a ResNet costs minutes; not
+  yet measured there);
 - radfed's achieved GFLOP/s (forward FLOPs per image by torch.utils.flop_counter x 3 for
   forward + backward, x images/s) against this machine's measured matmul peak: the best of
   a few 2048^3 torch.matmul in float32 and bfloat16 on the same threads;
@@ -83,10 +84,12 @@ def best_of(fn, reps):
 
 
 def interleaved(contenders: dict, reps: int, images: int) -> dict[str, list[float]]:
-    """Images/s of each contender, run in turn (A, B, A, B, ...) `reps` times."""
+    """Images/s of each contender, run in turn `reps` times; the order flips every repeat
+    (A, B, B, A, A, B, ...) so that neither always runs first after the other."""
     rates = {name: [] for name in contenders}
     for r in range(reps):
-        for name, fn in contenders.items():
+        for name in (list(contenders) if r % 2 == 0 else list(contenders)[::-1]):
+            fn = contenders[name]
             t = time.perf_counter()
             fn(r)
             rates[name].append(images / (time.perf_counter() - t))
