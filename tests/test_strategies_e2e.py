@@ -248,7 +248,7 @@ def test_sweep_head_only_rounds_send_only_the_head(fed):
     assert torch.equal(final["net.conv1.weight"], initial["net.conv1.weight"])
     assert not torch.equal(final["net.fc.weight"], initial["net.fc.weight"])
     nodes = fed.work / "nodes"
-    assert len(list(nodes.glob("*/cache/features/*.pt"))) == HONEST
+    assert len(list(nodes.glob("*/cache/features/*.feats"))) == HONEST
     assert len(list(nodes.glob("*/state/backbones/*.pt"))) == HONEST
 
 
