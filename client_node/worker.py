@@ -35,8 +35,9 @@ def _client(address: str, interceptors: list):
         interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker())
 
 
-def serve_task(address: str, token: str, approved: set[str]) -> str:
-    """Run one ClientApp task end to end; returns its final sub-status."""
+def serve_task(address: str, token: str, approved: set[str], times: dict | None = None) -> str:
+    """Run one ClientApp task end to end; returns its final sub-status. `times` gets the
+    seconds spent receiving (input), in the ClientApp (handler) and sending (output)."""
     from flwr.app import Message
     from flwr.app.error import Error
     from flwr.cli.install import install_from_fab
@@ -55,12 +56,16 @@ def serve_task(address: str, token: str, approved: set[str]) -> str:
     heartbeat.start()
     message = context = reply = None
     status, details = SubStatus.FAILED, "ClientApp task failed"
+    times = {} if times is None else times
+    started = time.monotonic()
     try:
         message, context, run, fab = pull_task_input(client)
         check_fab(fab.content, approved)
         install_from_fab(fab.content, skip_prompt=True)
         load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
+        times["input"] = time.monotonic() - started
         reply = load(run.fab_id, run.fab_version, fab.hash_str)(message=message, context=context)
+        times["handler"] = time.monotonic() - started - times["input"]
         status, details = SubStatus.COMPLETED, ""
     except Exception as ex:  # noqa: BLE001 - every failure becomes an error reply, as in Flower
         log.exception("ClientApp task failed")
@@ -77,6 +82,7 @@ def serve_task(address: str, token: str, approved: set[str]) -> str:
             push_task_output(client, context, status, details)
             heartbeat.stop()
             client.close()
+            times["output"] = time.monotonic() - started - times.get("input", 0.0) - times.get("handler", 0.0)
     return status
 
 
@@ -93,9 +99,10 @@ def run_worker(address: str, approved: set[str], poll: float = POLL_S) -> None:
     while True:
         res = acquirer.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
         if res.HasField("task") and res.token:
-            started = time.monotonic()
-            status = serve_task(address, res.token, approved)
-            log.info("task %s %s in %.1f s", res.task.task_id, status, time.monotonic() - started)
+            started, times = time.monotonic(), {}
+            status = serve_task(address, res.token, approved, times)
+            log.info("task %s %s in %.2f s (%s)", res.task.task_id, status, time.monotonic() - started,
+                     ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
         else:
             time.sleep(poll)
 
