@@ -38,7 +38,7 @@ from radfed import features as feat
 from radfed.batchnorm import as_evaluated, batchnorm_state_keys, reestimate_batchnorm
 from radfed.data import DATA_CARD_RECORD, ClinicData, DataError, load_clinic
 from radfed.delivery import DELIVERY_KEY, MODELS_FOLDER, RECEIPT_RECORD
-from radfed.models import Classifier, apply_freeze, create_model
+from radfed.models import Classifier, apply_freeze, create_model, model_to_load
 from radfed.spec import ExperimentSpec, data_options
 from radfed.training import (
     pick_device,
@@ -112,9 +112,8 @@ def _model(spec: ExperimentSpec, msg: Message, context: Context) -> torch.nn.Mod
 
 def _model_from_state(spec: ExperimentSpec, state: dict[str, torch.Tensor], config: ConfigRecord,
                       context: Context) -> torch.nn.Module:
-    model = create_model(spec.backbone, len(spec.labels), "random",
-                         normalisation=str(config.get("normalisation", "radimagenet")))
-    model.load_state_dict(state)
+    model = model_to_load(spec.backbone, len(spec.labels), str(config.get("normalisation", "radimagenet")))
+    model.load_state_dict(state)  # strict: every weight is the received one
     keys = _local_keys(model, config)
     path = _local_path(context)
     if keys and path.is_file():

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from radfed.flower_env import flower_bin, flower_env, radfed_home
+from radfed.flower_env import flower_env, radfed_home
 from radfed.processes import free_port, reachable, run_foreground, spawn_bound, stop_tree
 
 
@@ -182,9 +182,10 @@ def check(opts: NodeOptions) -> NodeOptions:
 
 
 def supernode_command(opts: NodeOptions) -> list[str]:
-    """The `flower-supernode` command line for this clinic."""
+    """The `flower-supernode` command line for this clinic (with radfed's pacing of
+    Flower's message loop, client_node/supernode.py)."""
     opts.local_port = opts.local_port or free_port()
-    cmd = [flower_bin("flower-supernode"), "--superlink", str(opts.superlink),
+    cmd = [sys.executable, "-m", "client_node.supernode", "--superlink", str(opts.superlink),
            "--node-config", str(write_node_config(opts)), "--port", str(opts.local_port)]
     if opts.isolation == "worker":
         cmd += ["--isolation", "process"]  # client_node/worker.py serves the ClientApp tasks

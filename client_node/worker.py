@@ -92,7 +92,12 @@ def run_worker(address: str, approved: set[str], poll: float = POLL_S) -> None:
     from flwr.supercore.constant import TaskType
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
 
+    from flwr.supernode.runtime import run_clientapp
+
+    from radfed.object_pulls import quicker_object_pulls
+
     importlib.import_module("client_node.app")  # warm: torch, torchvision, the model code
+    quicker_object_pulls(run_clientapp)  # the task's model, fetched while the SuperNode downloads it
 
     acquirer = _client(address, [RuntimeVersionHttpInterceptor(component_name="SuperExec")])
     log.info("warm ClientApp worker ready on %s", address)

@@ -20,6 +20,7 @@ from radfed.audit import Registry
 from radfed.batchnorm import batchnorm_state_keys, batchnorm_statistics_keys
 from radfed.features import split_head, state_digest
 from radfed.models import apply_freeze, create_model
+from radfed.object_pulls import quicker_object_pulls
 from radfed.spec import ExperimentSpec
 from radfed.store import Store
 from server.delivery import deliver
@@ -61,6 +62,9 @@ def trainable_keys(model: torch.nn.Module, spec: ExperimentSpec) -> set[str]:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run one experiment; the run row ends 'completed' or 'failed' with a reason."""
+    from flwr.superlink.grid import http_grid
+
+    quicker_object_pulls(http_grid)  # clinics' updates fetched as soon as they are uploaded
     cfg = context.run_config
     spec = ExperimentSpec.from_json(str(cfg["spec"]))
     store = Store(str(cfg["database-url"]) or None)

@@ -35,6 +35,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from radfed.audit import Registry
+from server.round_trip import send_and_receive
 
 log = logging.getLogger("radfed.server")
 REGISTER_ENV = "RADFED_REGISTER_DB"
@@ -85,8 +86,9 @@ class MemberGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
+        """Flower's exchange, pulling replies within a quarter second (server.round_trip)."""
         messages = self._to_members(messages)
-        replies = self._grid.send_and_receive(messages, timeout=timeout)
+        replies = send_and_receive(self._grid, messages, timeout=timeout)
         self._remember(messages)  # Flower set their ids when it pushed them
         return self._from_members(replies)
 

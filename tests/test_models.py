@@ -195,3 +195,20 @@ def test_cli_inspect_refusals(tmp_path) -> None:
     partial = runner.invoke(weights_app, ["inspect", str(tmp_path / "r18.pth"),
                                           "--arch", "resnet50", "--allow-partial"])
     assert partial.exit_code == 0
+
+
+def test_model_to_load_is_a_fresh_copy_of_the_right_shape():
+    """The clinic's per-message network: built once per process, handed out as copies."""
+    from radfed.models import model_to_load
+
+    reference = create_model("resnet18", 3, "random", normalisation="imagenet")
+    first = model_to_load("resnet18", 3, "imagenet")
+    assert first.normalisation == "imagenet" and list(first.state_dict()) == list(reference.state_dict())
+    first.load_state_dict(reference.state_dict())  # strict: every key is there
+    with torch.no_grad():
+        next(first.parameters()).add_(1.0)
+        first.net.conv1.weight.requires_grad_(False)
+    second = model_to_load("resnet18", 3, "imagenet")
+    assert second is not first and next(second.parameters()).requires_grad
+    assert not torch.equal(next(second.parameters()), next(first.parameters()))
+    assert model_to_load("resnet18", 2, "imagenet").state_dict()[f"net.{reference.head_name}.weight"].shape[0] == 2

@@ -1,0 +1,101 @@
+"""`flower-supernode` with radfed's pacing: a clinic picks up the next round within half a second.
+
+Flower 1.42's SuperNode loop (flwr/supernode/start_client_internal.py) sleeps a
+hard-coded 3 s whenever a pull from the SuperLink brings no message, and 0.5 s at a
+time while it waits for the ClientApp's reply. After a clinic sends its update, the next
+round's model therefore reaches it on average 1.5 s (up to 3 s) after the SuperLink has
+it, and every reply leaves up to 0.5 s late: together a few seconds of every round.
+
+`python -m client_node.supernode ARGS` is `flower-supernode ARGS` with those two pauses
+replaced inside this process only (Flower's installed files are untouched):
+
+- while a run is active (a message arrived in the last `ACTIVE_WINDOW_S`), an empty pull
+  is followed by a pause that grows from `ACTIVE_FIRST_S` to `ACTIVE_MAX_S`; an idle
+  node keeps Flower's 3 s (the SuperLink is not polled faster for nothing);
+- the wait for the ClientApp's reply (a local, in-memory check) polls every `REPLY_POLL_S`;
+- a message fetched while its payload is still uploading is retried within half a second
+  (radfed.object_pulls), not after Flower's 1-10 s back-off.
+
+It relies on the internals of the pinned Flower (the module's `time` and
+`_pull_and_store_message` names); `install()` refuses loudly when they are not there,
+and tests/test_round_pacing.py checks them.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from types import ModuleType
+
+FLOWER_IDLE_S = 3  # Flower's pause after an empty pull
+FLOWER_REPLY_WAIT_S = 0.5  # Flower's pause while waiting for a reply or its content
+ACTIVE_WINDOW_S = 600.0
+ACTIVE_FIRST_S = 0.05
+ACTIVE_MAX_S = 0.5
+GROWTH = 1.5
+REPLY_POLL_S = 0.02
+
+
+class Pacing:
+    """Stands in for the `time` module inside Flower's SuperNode loop: every attribute is
+    the real module's, except `sleep`, which shortens Flower's two fixed pauses."""
+
+    def __init__(self, real: ModuleType = time):
+        self._real = real
+        self.last_message = float("-inf")
+        self._pause = ACTIVE_FIRST_S
+
+    def __getattr__(self, name: str):
+        return getattr(self._real, name)
+
+    def message_arrived(self) -> None:
+        self.last_message = self._real.monotonic()
+        self._pause = ACTIVE_FIRST_S
+
+    def pause_for(self, seconds: float) -> float:
+        """How long Flower's `sleep(seconds)` actually pauses."""
+        if seconds == FLOWER_REPLY_WAIT_S:
+            return REPLY_POLL_S
+        if seconds == FLOWER_IDLE_S and self._real.monotonic() - self.last_message < ACTIVE_WINDOW_S:
+            pause, self._pause = self._pause, min(self._pause * GROWTH, ACTIVE_MAX_S)
+            return pause
+        return seconds
+
+    def sleep(self, seconds: float) -> None:
+        self._real.sleep(self.pause_for(seconds))
+
+
+def install(module: ModuleType | None = None) -> Pacing:
+    """Pace Flower's SuperNode loop in this process; returns the pacing in use."""
+    if module is None:
+        from flwr.supernode import start_client_internal as module
+    pull = getattr(module, "_pull_and_store_message", None)
+    if getattr(module, "time", None) is not time or pull is None:
+        raise RuntimeError("this Flower version's SuperNode loop is not the one radfed paces "
+                           "(flwr.supernode.start_client_internal changed); pin flwr==1.42.*")
+    pacing = Pacing()
+
+    def pull_and_note(*args, **kwargs):
+        run_id = pull(*args, **kwargs)
+        if run_id is not None:
+            pacing.message_arrived()
+        return run_id
+
+    from radfed.object_pulls import quicker_object_pulls
+
+    quicker_object_pulls(module)
+    module.time = pacing  # type: ignore[attr-defined]
+    module._pull_and_store_message = pull_and_note  # type: ignore[attr-defined]
+    return pacing
+
+
+def main() -> None:
+    install()
+    from flwr.supernode.cli import flower_supernode
+
+    sys.argv[0] = "flower-supernode"
+    flower_supernode()
+
+
+if __name__ == "__main__":
+    main()
