@@ -27,7 +27,7 @@ The last line is one JSON object: `radfed_round_s`, `flower_round_s`, `ratio`
 (radfed / Flower) and `radfed_overhead_s_per_round`, each {median, min, max} over the
 repeats (each repeat's value is its mean over rounds), plus the raw per-round numbers.
 
-    .venv/bin/python bench/round_overhead.py                    # 2 clinics, 3 rounds, 3 repeats: ~12 min on 2 idle cores
+    .venv/bin/python bench/round_overhead.py   # 2 clinics, 3 rounds, 3 repeats: ~12 min on 2 idle cores
     .venv/bin/python bench/round_overhead.py --baseline-root /tmp/radfed-before   # + another checkout's radfed
     .venv/bin/python bench/round_overhead.py --repeats 1 --skip-flower   # radfed alone, once
 """
@@ -51,11 +51,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from radfed.demo_data import write_clinic
-from radfed.flower_env import flower_bin, flower_env
-from radfed.processes import free_port, reachable, spawn_bound, stop_all
-from radfed.spec import ExperimentSpec, spec_to_toml
-from tests.federation import Federation
+from radfed.demo_data import write_clinic  # noqa: E402
+from radfed.flower_env import flower_bin, flower_env  # noqa: E402
+from radfed.processes import free_port, reachable, spawn_bound, stop_all  # noqa: E402
+from radfed.spec import ExperimentSpec, spec_to_toml  # noqa: E402
+from tests.federation import Federation  # noqa: E402
 
 TASK_LINE = re.compile(r"radfed INFO: task \S+ (\S+) in ([\d.]+) s")
 TRAIN_LINE = re.compile(r"round \d+ train: (\d+) images")
@@ -351,7 +351,8 @@ def _twice(what: str, fn, *args) -> dict:
 def _show(name: str, r: dict) -> None:
     if "clinic_task_s" in r:
         _say(f"  {name} rounds {[round(x, 1) for x in r['round_s']]} s, slowest clinic's ClientApp "
-             f"{[round(x, 1) for x in r['clinic_app_s']]} s (whole tasks {[round(x, 1) for x in r['clinic_task_s']]} s), "
+             f"{[round(x, 1) for x in r['clinic_app_s']]} s "
+             f"(whole tasks {[round(x, 1) for x in r['clinic_task_s']]} s), "
              f"overhead {[round(x, 1) for x in r['overhead_s']]} s")
     else:
         _say(f"  {name} rounds {[round(x, 1) for x in r['round_s']]} s")

@@ -91,7 +91,6 @@ def run_worker(address: str, approved: set[str], poll: float = POLL_S) -> None:
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
     from flwr.supercore.constant import TaskType
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
-
     from flwr.supernode.runtime import run_clientapp
 
     from radfed.object_pulls import quicker_object_pulls

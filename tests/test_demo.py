@@ -33,7 +33,8 @@ def _radfed_processes(marker: str) -> set[int]:
         if marker.encode() not in environ:
             continue
         if any(name in text for name in ("flower-superlink", "flower-supernode", "flower-superexec",
-                                         "flwr-clientapp", "flwr-serverapp", "client-node start", "client_node.supernode",
+                                         "flwr-clientapp", "flwr-serverapp", "client-node start",
+                                         "client_node.supernode",
                                          "client_node.worker")):
             if int(cmdline.parent.name) != os.getpid():
                 found.add(int(cmdline.parent.name))

@@ -59,7 +59,8 @@ def test_supernode_wrapper_installs_pacing_and_is_flowers_cli():
             "p = install()\n"
             "assert m.time is p and isinstance(p, Pacing) and m.time.monotonic() > 0\n"
             "assert m._pull_and_store_message.__name__ == 'pull_and_note'\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     proc = subprocess.run([sys.executable, "-m", "client_node.supernode", "--help"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120, check=False)
