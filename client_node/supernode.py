@@ -1,4 +1,4 @@
-"""`flower-supernode` with radfed's pacing: a clinic picks up the next round within half a second.
+"""`flower-supernode` with radfed's pacing: a clinic picks up the next round within a second.
 
 Flower 1.42's SuperNode loop (flwr/supernode/start_client_internal.py) sleeps a
 hard-coded 3 s whenever a pull from the SuperLink brings no message, and 0.5 s at a
@@ -29,11 +29,11 @@ from types import ModuleType
 
 FLOWER_IDLE_S = 3  # Flower's pause after an empty pull
 FLOWER_REPLY_WAIT_S = 0.5  # Flower's pause while waiting for a reply or its content
-ACTIVE_WINDOW_S = 600.0
-ACTIVE_FIRST_S = 0.05
-ACTIVE_MAX_S = 0.5
+ACTIVE_WINDOW_S = 300.0
+ACTIVE_FIRST_S = 0.1
+ACTIVE_MAX_S = 1.0
 GROWTH = 1.5
-REPLY_POLL_S = 0.02
+REPLY_POLL_S = 0.05
 
 
 class Pacing:

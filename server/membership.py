@@ -86,7 +86,7 @@ class MemberGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
-        """Flower's exchange, pulling replies within a quarter second (server.round_trip)."""
+        """Flower's exchange, pulling replies within half a second (server.round_trip)."""
         messages = self._to_members(messages)
         replies = send_and_receive(self._grid, messages, timeout=timeout)
         self._remember(messages)  # Flower set their ids when it pushed them

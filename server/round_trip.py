@@ -5,8 +5,8 @@ a hard-coded 3 s between pulls (flwr/superlink/grid/http_grid.py), so every trai
 evaluate broadcast ends on average 1.5 s (up to 3 s) after the last clinic replied.
 `send_and_receive` here does the same through the Grid's public `push_messages` /
 `pull_messages`, pulling again after a short pause that grows from `FIRST_PAUSE_S` to
-`MAX_PAUSE_S`: a reply is picked up within a quarter of a second, and a round of
-minutes costs the SuperLink a few loopback requests a second. (A reply fetched while its
+`MAX_PAUSE_S`: a reply is picked up within half a second, and a round of minutes
+costs the SuperLink two loopback requests a second. (A reply fetched while its
 payload is still uploading is retried quickly too: radfed.object_pulls, set up by the
 ServerApp.)
 """
@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-FIRST_PAUSE_S = 0.02
-MAX_PAUSE_S = 0.25
+FIRST_PAUSE_S = 0.05
+MAX_PAUSE_S = 0.5
 GROWTH = 1.5
 
 
