@@ -32,6 +32,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from client_node.delivery import keep_delivery
 from client_node.legacy import legacy_format_mod, secagg_mod
 from client_node.outbox import outbox_mod
+from client_node.packing import packing_mod
 from client_node.simulation import simulation_mod
 from client_node.transfer import transfer_mod
 from radfed import features as feat
@@ -51,7 +52,9 @@ from radfed.training import (
 from radfed.unit_scores import split_validation
 
 log = logging.getLogger("radfed.clinic")
-app = ClientApp(mods=[simulation_mod, outbox_mod])  # simulation_mod: virtual clinics only
+# simulation_mod: virtual clinics only; packing_mod: models travel packed (radfed.packing),
+# so the outbox log below it records the tensors themselves.
+app = ClientApp(mods=[simulation_mod, packing_mod, outbox_mod])
 
 
 def _process_age() -> float:

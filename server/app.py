@@ -26,6 +26,7 @@ from radfed.store import Store
 from server.delivery import deliver
 from server.holdout import ExcludingGrid, evaluate_holdout, find_holdout
 from server.membership import member_grid
+from server.packing_grid import PackingGrid
 from server.recorder import RunRecorder
 from server.resume import load_checkpoint
 from strategies import build_strategy, check_privacy
@@ -84,7 +85,8 @@ def main(grid: Grid, context: Context) -> None:
                                  simulated=simulated)
     todo = spec.rounds - start_round  # the strategy's rounds 1..todo are rounds start+1..N
     try:
-        grid = member_grid(grid)  # under node auth: only the register's active clinics
+        # models travel packed (server.packing_grid); under node auth only the register's active clinics
+        grid = member_grid(PackingGrid(grid))
         train_grid: Grid = grid
         if holdout:  # leave-one-clinic-out: the strategy never sees that node
             holdout_node = find_holdout(grid, holdout, spec.min_clinics, spec.clinic_timeout)
