@@ -76,7 +76,7 @@ def test_superlink_killed_mid_run_then_resumed(tmp_path, monkeypatch):
             write_clinic(tmp_path / f"clinic-{i + 1}", clinic_index=i, n_patients=6, prevalence=0.5)
             fed.start_clinic(f"clinic-{i + 1}", tmp_path / f"clinic-{i + 1}")
         spec_file = tmp_path / "exp.toml"
-        spec_file.write_text(spec_to_toml(_spec(rounds=3, round_timeout=90.0)))
+        spec_file.write_text(spec_to_toml(_spec(rounds=3, round_timeout=240.0)))
         follower = fed.track(_run(fed, spec_file))
         store = Store(fed.db)
         fed.wait_for(lambda: (store.leaderboard(include_running=True) or [{}])[0].get("checkpoints"),
