@@ -18,8 +18,8 @@ from collections.abc import Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
+from server.grid_wrapper import WrappedGrid
 from strategies.utils import ClinicReply, parse_reply
 
 
@@ -27,32 +27,16 @@ class HoldoutMissing(RuntimeError):
     """The clinic named by --holdout did not connect within the clinic timeout."""
 
 
-class ExcludingGrid(Grid):
+class ExcludingGrid(WrappedGrid):
     """The run's Grid without some nodes: strategies sample, send and wait only for the rest."""
 
     def __init__(self, grid: Grid, excluded: set[int]) -> None:
-        self._grid, self._excluded = grid, set(excluded)
+        super().__init__(grid)
+        self._excluded = set(excluded)
         self.held_out_replies: list[Message] = []  # the latest evaluate replies of excluded nodes
-
-    def set_run(self, run: Run) -> None:
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self._grid.run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
         return [n for n in self._grid.get_node_ids() if n not in self._excluded]
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._grid.pull_messages(message_ids)
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:

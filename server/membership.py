@@ -32,9 +32,9 @@ from collections.abc import Iterable
 from flwr.app import Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
 from radfed.audit import Registry
+from server.grid_wrapper import WrappedGrid
 from server.round_trip import send_and_receive
 
 log = logging.getLogger("radfed.server")
@@ -43,22 +43,16 @@ NAME_KEYS = (("clinic", "name"),)  # (config record, key) a reply names its clin
 LEGACY_NAME_KEY = "clinic-name"  # legacy (SecAgg+) replies carry it among their metrics
 
 
-class MemberGrid(Grid):
+class MemberGrid(WrappedGrid):
     """The run's Grid limited to the register's active clinics, replies named by node id.
 
     Without a registry (no node authentication) it only attributes error replies.
     """
 
     def __init__(self, grid: Grid, registry: Registry | None) -> None:
-        self._grid, self.registry = grid, registry
+        super().__init__(grid)
+        self.registry = registry
         self._destination: dict[str, int] = {}  # message id → node it was sent to
-
-    def set_run(self, run: Run) -> None:
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self._grid.run
 
     def members(self) -> dict[int, str] | None:
         """Node id → clinic name of every active clinic with a registered key (None: anyone)."""
@@ -66,10 +60,6 @@ class MemberGrid(Grid):
             return None
         return {int(c.node_id): c.name for c in self.registry.clinics()
                 if c.status == "active" and c.node_id}
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
         members = self.members()

@@ -13,35 +13,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from flwr.app import Message, RecordDict
-from flwr.serverapp import Grid
-from flwr.supercore.run import Run
+from flwr.app import Message
 
 from radfed.packing import PackingError, pack_message_records, unpack_message_records
+from server.grid_wrapper import WrappedGrid
 from server.round_trip import send_and_receive
 
 log = logging.getLogger("radfed.server")
 
 
-class PackingGrid(Grid):
+class PackingGrid(WrappedGrid):
     """Packs pushed messages' models, unpacks pulled replies'; otherwise Flower's Grid."""
-
-    def __init__(self, grid: Grid) -> None:
-        self._grid = grid
-
-    def set_run(self, run: Run) -> None:
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self._grid.run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._grid.get_node_ids()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages, shared = list(messages), {}
