@@ -111,7 +111,9 @@ def test_log_in_submit_in_the_browser_approve_run_and_rank(tmp_path: Path, feder
 
                 # still logged in (client-side navigation keeps the session): the leaderboard
                 page.get_by_role("link", name="Leaderboard").click()
-                page.get_by_text(EXPERIMENT).first.wait_for(timeout=WAIT_MS)
+                # not get_by_text(EXPERIMENT): the Submit page's own confirmation names it too,
+                # so wait until the leaderboard's table itself is on the page
+                page.wait_for_function("() => document.body.innerText.includes('Submitted by')", timeout=WAIT_MS)
                 wait_idle(page)
                 board = page.inner_text("body")
                 assert "alice" in board and "Submitted by" in board, board[-2000:]
