@@ -10,7 +10,7 @@ of 5 MB chunks.
 `pack_record` concatenates the raw bytes of every array (exactly as Flower stores them:
 dtype, shape and stype kept in a JSON index); `unpack_record` rebuilds an identical
 `ArrayRecord`, in the same key order. Only the transport sees packed records: the
-ServerApp's grid packs what it pushes and unpacks what it pulls (server.membership), the
+ServerApp's grid packs what it pushes and unpacks what it pulls (server.packing_grid), the
 clinic's ClientApp does the reverse (client_node.packing); strategies, guards, the
 recorder, the outbox log and the models never see one.
 """
