@@ -16,6 +16,7 @@ FedAvg >= 0.95; `goal_met` per dataset and overall. The last line is one JSON ob
     .venv/bin/python bench/fed_vs_central.py     # resnet18 at 64 px, 2 CPU cores: ~5 min per dataset
     .venv/bin/python bench/fed_vs_central.py --datasets nodules --rounds 5 --patients 80
     .venv/bin/python bench/fed_vs_central.py --transfer-dtype bfloat16   # weights sent in half the bytes
+    .venv/bin/python bench/fed_vs_central.py --strategies fedavg --transfer-dtype float32,bfloat16  # one baseline
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from tests.generators import GENERATORS  # noqa: E402
 STRATEGIES = ("fedavg", "fedprox", "fedbn")
 GOAL = 0.98  # best strategy, federated / centralised pooled AUROC
 GOAL_FEDAVG = 0.95  # FedAvg with the spec's defaults
+TRANSFER_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _args() -> argparse.Namespace:
@@ -54,23 +56,39 @@ def _args() -> argparse.Namespace:
                    help="comma-separated generated federations (default: %(default)s)")
     p.add_argument("--strategies", default=",".join(STRATEGIES),
                    help="comma-separated strategies to run (default: %(default)s)")
-    p.add_argument("--transfer-dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                   help="spec transfer_dtype: the dtype weights travel in, both ways (default: %(default)s)")
-    return p.parse_args()
+    p.add_argument("--transfer-dtype", default="float32",
+                   help="spec transfer_dtype: the dtype weights travel in, both ways; a comma-separated list "
+                        "(e.g. float32,bfloat16) runs every strategy once per dtype, results keyed "
+                        "STRATEGY@DTYPE, against the same centralised baseline (default: %(default)s)")
+    a = p.parse_args()
+    a.transfer_dtypes = [d.strip() for d in a.transfer_dtype.split(",") if d.strip()]
+    bad = [d for d in a.transfer_dtypes if d not in TRANSFER_DTYPES]
+    if bad or not a.transfer_dtypes:
+        p.error(f"--transfer-dtype {a.transfer_dtype!r}: allowed {', '.join(TRANSFER_DTYPES)}, comma-separated")
+    return a
 
 
-def _spec(a: argparse.Namespace, strategy: str) -> ExperimentSpec:
+def _contenders(a: argparse.Namespace) -> list[tuple[str, str, str]]:
+    """(result key, strategy, transfer dtype) per federated run: the key is the strategy alone
+    when one dtype is asked for, STRATEGY@DTYPE when several are."""
+    strategies = [x.strip() for x in a.strategies.split(",") if x.strip()]
+    several = len(a.transfer_dtypes) > 1
+    return [(f"{s}@{d}" if several else s, s, d) for s in strategies for d in a.transfer_dtypes]
+
+
+def _spec(a: argparse.Namespace, strategy: str, transfer_dtype: str = "float32") -> ExperimentSpec:
     return ExperimentSpec(
         name="fed-vs-central", backbone=a.backbone, image_size=a.image_size, rounds=a.rounds,
         local_epochs=a.local_epochs, batch_size=16, strategy=strategy,  # recipe: spec defaults
         min_clinics=3, clinic_timeout=300.0, val_fraction=0.3, seed=a.seed,
-        transfer_dtype=a.transfer_dtype,
+        transfer_dtype=transfer_dtype,
     )
 
 
-def _federated(fed: Federation, work: Path, db: str, a: argparse.Namespace, strategy: str) -> dict:
-    path = work / f"{strategy}.toml"
-    path.write_text(spec_to_toml(_spec(a, strategy)))
+def _federated(fed: Federation, work: Path, db: str, a: argparse.Namespace, strategy: str,
+               transfer_dtype: str) -> dict:
+    path = work / f"{strategy}-{transfer_dtype}.toml"
+    path.write_text(spec_to_toml(_spec(a, strategy, transfer_dtype)))
     proc = cli("server.cli", "run", str(path), "--control", fed.control, "--insecure", "--db", db,
                "--checkpoints", str(work / "ckpt"), timeout=1200)
     if proc.returncode != 0:  # recorded, and the other strategies and datasets go on
@@ -133,28 +151,28 @@ def _dataset(a: argparse.Namespace, dataset: str, work: Path) -> dict:
         fed.start_superlink()
         for folder in folders:
             fed.start_clinic(folder.name, folder)
-        for strategy in [x.strip() for x in a.strategies.split(",") if x.strip()]:
+        for key, strategy, transfer_dtype in _contenders(a):
             t0 = time.monotonic()
-            entry = _federated(fed, work, db, a, strategy)
-            seconds[strategy] = time.monotonic() - t0
+            entry = _federated(fed, work, db, a, strategy, transfer_dtype)
+            seconds[key] = time.monotonic() - t0
             if "bench_error" in entry:
-                results[strategy] = {"auroc": None, "ratio": None, "error": entry["bench_error"], "clinics": {}}
+                results[key] = {"auroc": None, "ratio": None, "error": entry["bench_error"], "clinics": {}}
                 continue
             pooled = entry["pooled"] or {}
             ratio = pooled["auroc"] / c_auroc if pooled.get("auroc") is not None else None
             clinics = _per_clinic(entry, central)
-            results[strategy] = {"auroc": pooled.get("auroc"),
-                                 "ci95": [pooled.get("auroc_low"), pooled.get("auroc_high")],
-                                 "mean_clinic_auroc": entry["clinic_mean_auroc"],
-                                 "ece": pooled.get("ece"), "ratio": ratio,
-                                 "worst_clinic_ratio": min((c["ratio"] for c in clinics.values()), default=None),
-                                 "leaderboard_ratio": entry["vs_central"], "clinics": clinics,
-                                 "points_in_ci": points_in_their_ci(entry),
-                                 "mb_down": _megabytes(entry, "bytes_down"), "mb_up": _megabytes(entry, "bytes_up")}
-            print(f"[{dataset}] {strategy:<8} pooled AUROC {pooled.get('auroc') or 0:.4f} "
+            results[key] = {"auroc": pooled.get("auroc"),
+                            "ci95": [pooled.get("auroc_low"), pooled.get("auroc_high")],
+                            "mean_clinic_auroc": entry["clinic_mean_auroc"],
+                            "ece": pooled.get("ece"), "ratio": ratio,
+                            "worst_clinic_ratio": min((c["ratio"] for c in clinics.values()), default=None),
+                            "leaderboard_ratio": entry["vs_central"], "clinics": clinics,
+                            "points_in_ci": points_in_their_ci(entry),
+                            "mb_down": _megabytes(entry, "bytes_down"), "mb_up": _megabytes(entry, "bytes_up")}
+            print(f"[{dataset}] {key:<8} pooled AUROC {pooled.get('auroc') or 0:.4f} "
                   f"[{pooled.get('auroc_low') or 0:.4f}-{pooled.get('auroc_high') or 0:.4f}]  "
-                  f"fed/central {ratio or 0:.4f}  worst clinic {results[strategy]['worst_clinic_ratio']} "
-                  f"({seconds[strategy]:.0f} s)", flush=True)
+                  f"fed/central {ratio or 0:.4f}  worst clinic {results[key]['worst_clinic_ratio']} "
+                  f"({seconds[key]:.0f} s)", flush=True)
             for name, c in clinics.items():
                 ci = "[{:.4f}-{:.4f}]".format(*c["ci95"]) if None not in c["ci95"] else ""
                 print(f"  {name:<10} AUROC {c['auroc']:.4f} {ci}  central {c['central']:.4f}  "
@@ -163,7 +181,8 @@ def _dataset(a: argparse.Namespace, dataset: str, work: Path) -> dict:
         fed.close()
 
     best = max(results, key=lambda s: results[s]["ratio"] or 0.0) if results else None
-    fedavg = (results.get("fedavg") or {}).get("ratio")
+    fedavg_key = "fedavg" if len(a.transfer_dtypes) == 1 else f"fedavg@{a.transfer_dtypes[0]}"
+    fedavg = (results.get(fedavg_key) or {}).get("ratio")  # the goal's FedAvg: the first dtype listed
     out = {
         "central": {"auroc": c_auroc, "ci95": [central["pooled"]["auroc_low"], central["pooled"]["auroc_high"]],
                     "ece": central["pooled"]["ece"]},

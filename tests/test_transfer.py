@@ -276,6 +276,7 @@ def test_clinic_clipping_bound_survives_the_cast(server_identity):
 
 # --- one real federation ---------------------------------------------------------------
 
+@pytest.mark.e2e
 @pytest.mark.timeout(1500)
 def test_a_bfloat16_federation_sends_half_the_bytes_and_completes(tmp_path):
     """resnet18 at 32 px, 2 clinics, 2 rounds, transfer_dtype bfloat16 on real SuperNodes:
