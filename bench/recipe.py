@@ -132,7 +132,7 @@ def simulate(spec: _Spec, clinics: list) -> dict:
     for data in clinics:
         model = copy.deepcopy(global_model)
         if spec.bn_policy == "clinic":
-            reestimate_batchnorm(model, data.train.images)
+            reestimate_batchnorm(model, data.train.images, labels=data.train.labels)  # as the ClientApp
         logits = _logits(model, data.val.images)
         y = data.val.labels
         losses.append(float(torch.nn.functional.cross_entropy(logits, y)) * len(y))

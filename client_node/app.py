@@ -346,7 +346,7 @@ def _as_evaluated_here(model: torch.nn.Module, spec: ExperimentSpec, config: Con
                        context: Context, data: ClinicData) -> torch.nn.Module:
     """The final model as this clinic evaluates it (and keeps it, client_node.delivery)."""
     if _local_keys(model, config) and not _local_path(context).is_file():  # a held-out clinic
-        reestimate_batchnorm(model, data.train.pixels)  # under FedBN it has none of its own yet
+        reestimate_batchnorm(model, data.train.pixels, labels=data.train.labels)  # FedBN: none of its own yet
         return model
     return _for_evaluation(model, spec, config, data)
 
@@ -357,7 +357,7 @@ def _for_evaluation(model: torch.nn.Module, spec: ExperimentSpec, config: Config
     FedBN (local-bn) the clinic's own statistics are already there. Nothing of it leaves."""
     if bool(config.get("local-bn", False)):
         return model
-    return as_evaluated(model, data.train.pixels, spec.bn_policy)
+    return as_evaluated(model, data.train.pixels, spec.bn_policy, data.train.labels)
 
 
 @app.query()

@@ -126,7 +126,8 @@ def evaluate_centralised(spec: ExperimentSpec, model: torch.nn.Module, clinics: 
     from radfed.unit_scores import unit_outputs
 
     outputs = {name: unit_outputs(  # per labelled unit (study, series, image), as the clinics report
-                   predict_logits(as_evaluated(model, c.train.pixels, spec.bn_policy), c.val.pixels).numpy(),
+                   predict_logits(as_evaluated(model, c.train.pixels, spec.bn_policy, c.train.labels),
+                                  c.val.pixels).numpy(),
                    c.val.labels.numpy(),
                    c.val.patients.numpy() if c.val.patients is not None else np.arange(len(c.val)),
                    c.val.units.numpy() if c.val.units is not None else None)
