@@ -33,10 +33,11 @@ def make_updates(clients: int, seed: int = 0) -> tuple[ArrayRecord, list[RecordD
     rng = np.random.default_rng(seed)
     replies = []
     for i in range(clients):
-        noisy = {k: (v + rng.standard_normal(v.shape).astype(v.dtype) * 0.01
-                     if v.dtype.kind == "f" else v) for k, v in state.items()}
-        replies.append(RecordDict({"arrays": _record(noisy),
-                                   "metrics": MetricRecord({"num-examples": 100 + i})}))
+        noisy = {
+            k: (v + rng.standard_normal(v.shape).astype(v.dtype) * 0.01 if v.dtype.kind == "f" else v)
+            for k, v in state.items()
+        }
+        replies.append(RecordDict({"arrays": _record(noisy), "metrics": MetricRecord({"num-examples": 100 + i})}))
     model_bytes = sum(v.nbytes for v in state.values())
     return _record(state), replies, model_bytes
 
@@ -97,9 +98,13 @@ def main() -> None:
     inputs = model_bytes * args.clients
     budget = model_bytes * (args.clients + 2)
     result = {
-        "clients": args.clients, "model_mb": round(model_bytes / 1e6, 1),
-        "radfed_s": round(radfed_s, 3), "flower_s": round(flower_s, 3), "numpy_s": round(numpy_s, 3),
-        "radfed_vs_flower": round(radfed_s / flower_s, 3), "radfed_vs_numpy": round(radfed_s / numpy_s, 3),
+        "clients": args.clients,
+        "model_mb": round(model_bytes / 1e6, 1),
+        "radfed_s": round(radfed_s, 3),
+        "flower_s": round(flower_s, 3),
+        "numpy_s": round(numpy_s, 3),
+        "radfed_vs_flower": round(radfed_s / flower_s, 3),
+        "radfed_vs_numpy": round(radfed_s / numpy_s, 3),
         "radfed_peak_mb": round((inputs + radfed_peak) / 1e6, 1),
         "flower_peak_mb": round((inputs + flower_peak) / 1e6, 1),
         "numpy_peak_mb": round((inputs + numpy_peak) / 1e6, 1),

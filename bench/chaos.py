@@ -71,8 +71,12 @@ def _drop(name: str) -> None:
 
 def _follow(fed: Federation, args: list[str]) -> subprocess.Popen:
     log = open(fed.work / "logs" / "run.log", "ab")  # noqa: SIM115
-    return subprocess.Popen([sys.executable, "-m", "server.cli", "run", *args, "--control", fed.control,
-                             "--insecure", "--db", fed.db], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "run", *args, "--control", fed.control, "--insecure", "--db", fed.db],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _checkpoint_times(store: Store) -> dict[int, float]:
@@ -101,10 +105,20 @@ def main() -> None:  # noqa: PLR0915 - one scenario, read top to bottom
                 write_clinic(work / name, clinic_index=i % 3, n_patients=4, prevalence=0.5, seed=i)
                 procs[name] = fed.start_clinic(name, work / name)
                 up_since[name] = time.time()
-            spec = ExperimentSpec(name="chaos", backbone="resnet18", image_size=32, rounds=a.rounds,
-                                  local_epochs=1, batch_size=8, learning_rate=1e-3,
-                                  min_clinics=max(2, a.clinics // 2), min_accept=2,
-                                  clinic_timeout=300.0, round_timeout=120.0, seed=a.seed)
+            spec = ExperimentSpec(
+                name="chaos",
+                backbone="resnet18",
+                image_size=32,
+                rounds=a.rounds,
+                local_epochs=1,
+                batch_size=8,
+                learning_rate=1e-3,
+                min_clinics=max(2, a.clinics // 2),
+                min_accept=2,
+                clinic_timeout=300.0,
+                round_timeout=120.0,
+                seed=a.seed,
+            )
             (work / "exp.toml").write_text(spec_to_toml(spec))
             follower = _follow(fed, [str(work / "exp.toml")])
             store = Store(url)
@@ -129,8 +143,11 @@ def main() -> None:  # noqa: PLR0915 - one scenario, read top to bottom
                         del down[name]
                 if not restarted_link and done >= a.rounds * 2 // 5:
                     restarted_link = True
-                    snapshot = {(c["server_round"], c["clinic"]) for c in
-                                store.leaderboard(include_running=True)[0]["clinics"] if c["phase"] == "train"}
+                    snapshot = {
+                        (c["server_round"], c["clinic"])
+                        for c in store.leaderboard(include_running=True)[0]["clinics"]
+                        if c["phase"] == "train"
+                    }
                     os.kill(fed.superlink.pid, signal.SIGKILL)
                     fed.superlink.wait()
                     fed.procs.remove(fed.superlink)
@@ -164,20 +181,27 @@ def main() -> None:  # noqa: PLR0915 - one scenario, read top to bottom
         start, end = times.get(r - 1, 0.0), times[r]
         survivors = [n for n in names if not any(start - 30 <= t <= end for t in killed_at.get(n, []))]
         complete += all((r, n) in trained for n in survivors)
-    to_round_end = [min((t_end - t for t_end in times.values() if t_end > t), default=float("nan"))
-                    for _, t in kills]
+    to_round_end = [min((t_end - t for t_end in times.values() if t_end > t), default=float("nan")) for _, t in kills]
     finite = [x for x in to_round_end if x == x]
     ok = sum(sha256_file(Path(c["path"])) == c["sha256"] for c in ckpt_at.values())
     summary = {
-        "bench": "chaos", "clinics": a.clinics, "rounds": a.rounds, "kills": len(kills),
-        "superlink_restarts": 1, "resumes": resumes,
-        "rounds_completed": len(rounds), "rounds_with_all_survivors": complete,
-        "runs_stuck": stuck, "checkpoints_ok": ok, "checkpoints": len(ckpt_at),
+        "bench": "chaos",
+        "clinics": a.clinics,
+        "rounds": a.rounds,
+        "kills": len(kills),
+        "superlink_restarts": 1,
+        "resumes": resumes,
+        "rounds_completed": len(rounds),
+        "rounds_with_all_survivors": complete,
+        "runs_stuck": stuck,
+        "checkpoints_ok": ok,
+        "checkpoints": len(ckpt_at),
         "rows_lost": len(snapshot - trained),
-        "kill_to_round_end_s": {"median": round(statistics.median(finite), 1) if finite else None,
-                                "max": round(max(finite), 1) if finite else None},
-        "goal_met": (len(rounds) == a.rounds and stuck == 0 and ok == len(ckpt_at)
-                     and not (snapshot - trained)),
+        "kill_to_round_end_s": {
+            "median": round(statistics.median(finite), 1) if finite else None,
+            "max": round(max(finite), 1) if finite else None,
+        },
+        "goal_met": (len(rounds) == a.rounds and stuck == 0 and ok == len(ckpt_at) and not (snapshot - trained)),
         "seconds": round(time.monotonic() - started, 1),
     }
     _drop(dbname)

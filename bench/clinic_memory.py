@@ -69,8 +69,14 @@ def make_pool(pool: Path, n_files: int) -> None:
     have = len(list(pool.glob("IM*.dcm")))
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:SIDE, 0:SIDE]
-    bases = [np.clip(40 + 150 * (np.sin(xx / (9 + k)) * np.cos(yy / (13 + k)) + 1) / 2
-                     + 20 * rng.standard_normal((SIDE, SIDE)), 0, 255).astype(np.uint8) for k in range(16)]
+    bases = [
+        np.clip(
+            40 + 150 * (np.sin(xx / (9 + k)) * np.cos(yy / (13 + k)) + 1) / 2 + 20 * rng.standard_normal((SIDE, SIDE)),
+            0,
+            255,
+        ).astype(np.uint8)
+        for k in range(16)
+    ]
     ds = _template()
     start = time.perf_counter()
     for i in range(have, n_files):
@@ -116,32 +122,70 @@ def child(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     data = load_clinic(args.folder, LABELS, args.size, cache_dir=args.cache, workers=args.workers)
     load_s = time.perf_counter() - t0
-    out = {"kind": args.child, "files": args.files, "load_s": round(load_s, 2),
-           "train_images": len(data.train), "val_images": len(data.val)}
+    out = {
+        "kind": args.child,
+        "files": args.files,
+        "load_s": round(load_s, 2),
+        "train_images": len(data.train),
+        "val_images": len(data.val),
+    }
     if args.child != "decode":
         train = data.train.images if args.child == "tensor" else data.train.pixels
         val = data.val.images if args.child == "tensor" else data.val.pixels
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Conv2d(1, 8, 7, stride=4), nn.BatchNorm2d(8), nn.ReLU(),
-                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+        model = nn.Sequential(
+            nn.Conv2d(1, 8, 7, stride=4),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(8, 2),
+        )
         t1 = time.perf_counter()
-        train_local(model, train, data.train.labels, epochs=1, batch_size=32, learning_rate=1e-3, seed=1,
-                    augment="flip", device=torch.device("cpu"))
+        train_local(
+            model,
+            train,
+            data.train.labels,
+            epochs=1,
+            batch_size=32,
+            learning_rate=1e-3,
+            seed=1,
+            augment="flip",
+            device=torch.device("cpu"),
+        )
         train_s = time.perf_counter() - t1
         t2 = time.perf_counter()
         logits = predict_logits(model, val, batch_size=64, device=torch.device("cpu"))
         assert len(logits) == len(data.val)
-        out.update(train_images_per_s=round(len(data.train) / train_s, 1),
-                   eval_images_per_s=round(len(data.val) / (time.perf_counter() - t2), 1))
-    out.update(baseline_rss_mb=round(baseline, 1),
-               peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-               helpers_peak_rss_mb=round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1))
+        out.update(
+            train_images_per_s=round(len(data.train) / train_s, 1),
+            eval_images_per_s=round(len(data.val) / (time.perf_counter() - t2), 1),
+        )
+    out.update(
+        baseline_rss_mb=round(baseline, 1),
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        helpers_peak_rss_mb=round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+    )
     print(json.dumps(out))
 
 
 def run_child(kind: str, folder: Path, cache: Path, files: int, size: int, workers: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--folder", str(folder), "--cache", str(cache),
-           "--files", str(files), "--size", str(size), "--workers", str(workers)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--folder",
+        str(folder),
+        "--cache",
+        str(cache),
+        "--files",
+        str(files),
+        "--size",
+        str(size),
+        "--workers",
+        str(workers),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
@@ -152,11 +196,15 @@ def run_child(kind: str, folder: Path, cache: Path, files: int, size: int, worke
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     parser.add_argument("--sizes", default="1000,5000,20000", help="clinic sizes (files), comma-separated")
-    parser.add_argument("--tensor-sizes", default="1000,5000",
-                        help="sizes also run with the split as one in-memory tensor ('' for none)")
+    parser.add_argument(
+        "--tensor-sizes",
+        default="1000,5000",
+        help="sizes also run with the split as one in-memory tensor ('' for none)",
+    )
     parser.add_argument("--size", type=int, default=224, help="image size the clinic loads at")
     parser.add_argument("--workers", type=int, default=2, help="decoding processes")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of the rows/tensor runs")
@@ -188,7 +236,8 @@ def main() -> None:
             for n in sizes:
                 for kind in ("rows", "tensor") if n in tensor_sizes else ("rows",):
                     runs.setdefault((kind, n), []).append(
-                        run_child(kind, work / f"clinic-{n}", work / f"cache-{n}", n, args.size, args.workers))
+                        run_child(kind, work / f"clinic-{n}", work / f"cache-{n}", n, args.size, args.workers)
+                    )
         figures: dict[str, dict] = {}
         for (kind, n), found in runs.items():
             figures.setdefault(kind, {})[str(n)] = {
@@ -196,24 +245,32 @@ def main() -> None:
                 "baseline_rss_mb": min(f["baseline_rss_mb"] for f in found),
                 "train_images_per_s": max(f["train_images_per_s"] for f in found),
                 "eval_images_per_s": max(f["eval_images_per_s"] for f in found),
-                "load_s": min(f["load_s"] for f in found)}
-        figures["decode"] = {str(n): {k: d[k] for k in ("peak_rss_mb", "helpers_peak_rss_mb", "load_s")}
-                             for n, d in decode.items()}
+                "load_s": min(f["load_s"] for f in found),
+            }
+        figures["decode"] = {
+            str(n): {k: d[k] for k in ("peak_rss_mb", "helpers_peak_rss_mb", "load_s")} for n, d in decode.items()
+        }
         small, big = str(min(sizes)), str(max(sizes))
         rows = figures["rows"]
         result = {
-            "bench": "clinic_memory", "image_size": args.size, "sizes": sizes, "workers": args.workers,
-            "rounds": args.rounds, "load_avg_1m": round(load_avg, 1), **figures,
+            "bench": "clinic_memory",
+            "image_size": args.size,
+            "sizes": sizes,
+            "workers": args.workers,
+            "rounds": args.rounds,
+            "load_avg_1m": round(load_avg, 1),
+            **figures,
             "rows_peak_ratio": round(rows[big]["peak_rss_mb"] / rows[small]["peak_rss_mb"], 3),
-            "decode_peak_ratio": round(figures["decode"][big]["peak_rss_mb"]
-                                       / figures["decode"][small]["peak_rss_mb"], 3),
+            "decode_peak_ratio": round(
+                figures["decode"][big]["peak_rss_mb"] / figures["decode"][small]["peak_rss_mb"], 3
+            ),
             "rows_throughput_ratio": round(rows[big]["train_images_per_s"] / rows[small]["train_images_per_s"], 3),
         }
         common = [str(n) for n in tensor_sizes if str(n) in rows and "tensor" in figures]
         if common:
             result["rows_vs_tensor_throughput"] = {
-                n: round(rows[n]["train_images_per_s"] / figures["tensor"][n]["train_images_per_s"], 3)
-                for n in common}
+                n: round(rows[n]["train_images_per_s"] / figures["tensor"][n]["train_images_per_s"], 3) for n in common
+            }
         result["goal_met"] = result["rows_peak_ratio"] < 1.1 and result["decode_peak_ratio"] < 1.1
         print(json.dumps(result))
     finally:

@@ -53,8 +53,9 @@ def _args() -> argparse.Namespace:
 
 def upload_seconds(client, address: str, body: bytes) -> float:
     started = time.perf_counter()
-    reply = client.post(f"https://{address}/v1/fleet/push-object", content=body,
-                        headers={"Content-Type": "application/protobuf"})
+    reply = client.post(
+        f"https://{address}/v1/fleet/push-object", content=body, headers={"Content-Type": "application/protobuf"}
+    )
     seconds = time.perf_counter() - started
     if reply.status_code != 400:  # Flower read the body and refused it as protobuf
         raise SystemExit(f"unexpected reply {reply.status_code} from {address}: {reply.text[:200]}")
@@ -67,15 +68,24 @@ def start(work: Path, direct: bool, clinics: list[Path]) -> Federation:
     fed.start_superlink()
     for folder in clinics:
         bundle = fed.enrol(folder.name)
-        fed.start_clinic(folder.name, folder, "", bundle,
-                         *(["--superlink", fed.control] if direct else []))
+        fed.start_clinic(folder.name, folder, "", bundle, *(["--superlink", fed.control] if direct else []))
     return fed
 
 
 def run_once(fed: Federation, spec: ExperimentSpec, path: Path) -> list[dict]:
     path.write_text(spec_to_toml(spec))
-    proc = cli("server.cli", "run", str(path), "--control", fed.control, "--root-certificates",
-               str(fed.certs / "ca.crt"), "--db", fed.db, timeout=1200)
+    proc = cli(
+        "server.cli",
+        "run",
+        str(path),
+        "--control",
+        fed.control,
+        "--root-certificates",
+        str(fed.certs / "ca.crt"),
+        "--db",
+        fed.db,
+        timeout=1200,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"run failed: {proc.stderr[-800:]}\n{fed.logs()}")
     run_id = re.search(r"submitted run (\d+)", proc.stderr).group(1)
@@ -93,8 +103,7 @@ def main() -> None:
         for i in range(2):
             folders.append(work / "data" / f"clinic-{i + 1}")
             write_clinic(folders[-1], clinic_index=i, n_patients=6, prevalence=0.5)
-        feds = {"public": start(work / "public", False, folders),
-                "direct": start(work / "direct", True, folders)}
+        feds = {"public": start(work / "public", False, folders), "direct": start(work / "direct", True, folders)}
         try:
             import httpx
 
@@ -104,22 +113,34 @@ def main() -> None:
             upload = {"public": [], "direct": []}
             with httpx.Client(verify=str(link.certs / "ca.crt"), timeout=120) as client:
                 for i in range(a.uploads):  # A, B then B, A: neither door always goes first
-                    for door in (("public", "direct") if i % 2 == 0 else ("direct", "public")):
+                    for door in ("public", "direct") if i % 2 == 0 else ("direct", "public"):
                         upload[door].append(upload_seconds(client, doors[door], body))
             mbps = {k: 128 / statistics.median(v) for k, v in upload.items()}
-            print(f"128 MB upload: public door {mbps['public']:.0f} MB/s, direct {mbps['direct']:.0f} MB/s",
-                  flush=True)
-            spec = ExperimentSpec(name="doors", backbone=a.backbone, image_size=32, rounds=a.rounds,
-                                  local_epochs=1, batch_size=8, learning_rate=1e-3, min_clinics=2,
-                                  clinic_timeout=300.0, seed=0)
+            print(f"128 MB upload: public door {mbps['public']:.0f} MB/s, direct {mbps['direct']:.0f} MB/s", flush=True)
+            spec = ExperimentSpec(
+                name="doors",
+                backbone=a.backbone,
+                image_size=32,
+                rounds=a.rounds,
+                local_epochs=1,
+                batch_size=8,
+                learning_rate=1e-3,
+                min_clinics=2,
+                clinic_timeout=300.0,
+                seed=0,
+            )
             rounds = {"public": [], "direct": []}
             for i in range(a.runs):
                 for door in ("public", "direct"):
                     rows = run_once(feds[door], spec, work / f"{door}-{i}.toml")
                     rounds[door] += rows
-                    print(f"run {i + 1} {door:<6}: rounds " + ", ".join(
-                        f"{r['duration_s']:.1f} s ({(r['bytes_down'] + r['bytes_up']) / MB:.0f} MB)"
-                        for r in rows), flush=True)
+                    print(
+                        f"run {i + 1} {door:<6}: rounds "
+                        + ", ".join(
+                            f"{r['duration_s']:.1f} s ({(r['bytes_down'] + r['bytes_up']) / MB:.0f} MB)" for r in rows
+                        ),
+                        flush=True,
+                    )
         finally:
             for fed in feds.values():
                 fed.close()
@@ -130,7 +151,11 @@ def main() -> None:
     round_s = {d: mean(d, "duration_s") for d in rounds}
     round_mb = {d: statistics.fmean((r["bytes_down"] + r["bytes_up"]) / MB for r in rounds[d]) for d in rounds}
     summary = {
-        "bench": "doors", "backbone": a.backbone, "clinics": 2, "runs_per_door": a.runs, "rounds": a.rounds,
+        "bench": "doors",
+        "backbone": a.backbone,
+        "clinics": 2,
+        "runs_per_door": a.runs,
+        "rounds": a.rounds,
         "upload_128mb_mb_per_s": {k: round(v, 1) for k, v in mbps.items()},
         "upload_ratio": round(mbps["public"] / mbps["direct"], 3),
         "round_seconds": {k: round(v, 2) for k, v in round_s.items()},
@@ -139,7 +164,7 @@ def main() -> None:
         "bytes_ratio": round(round_mb["public"] / round_mb["direct"], 4),
         "goal": "public within 5 % of direct",
         "goal_met": abs(round_s["public"] / round_s["direct"] - 1) <= 0.05
-                    and abs(mbps["public"] / mbps["direct"] - 1) <= 0.05,
+        and abs(mbps["public"] / mbps["direct"] - 1) <= 0.05,
         "seconds": round(time.monotonic() - started, 1),
     }
     print(json.dumps(summary))

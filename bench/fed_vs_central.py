@@ -52,22 +52,31 @@ def _args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="experiment seed (init, split, shuffles, bootstrap)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the generated clinics")
     p.add_argument("--workdir", type=Path, default=None, help="keep data, database and logs here")
-    p.add_argument("--datasets", default=",".join(GENERATORS),
-                   help="comma-separated generated federations (default: %(default)s)")
-    p.add_argument("--strategies", default=",".join(STRATEGIES),
-                   help="comma-separated strategies to run; STRATEGY@DTYPE sends that run's weights in "
-                        "DTYPE (e.g. fedavg,fedavg@bfloat16) (default: %(default)s)")
-    p.add_argument("--transfer-dtype", default="float32",
-                   help="spec transfer_dtype: the dtype weights travel in, both ways; a comma-separated list "
-                        "(e.g. float32,bfloat16) runs every strategy once per dtype, results keyed "
-                        "STRATEGY@DTYPE, against the same centralised baseline (default: %(default)s)")
+    p.add_argument(
+        "--datasets", default=",".join(GENERATORS), help="comma-separated generated federations (default: %(default)s)"
+    )
+    p.add_argument(
+        "--strategies",
+        default=",".join(STRATEGIES),
+        help="comma-separated strategies to run; STRATEGY@DTYPE sends that run's weights in "
+        "DTYPE (e.g. fedavg,fedavg@bfloat16) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--transfer-dtype",
+        default="float32",
+        help="spec transfer_dtype: the dtype weights travel in, both ways; a comma-separated list "
+        "(e.g. float32,bfloat16) runs every strategy once per dtype, results keyed "
+        "STRATEGY@DTYPE, against the same centralised baseline (default: %(default)s)",
+    )
     a = p.parse_args()
     a.transfer_dtypes = [d.strip() for d in a.transfer_dtype.split(",") if d.strip()]
     named = [x.partition("@")[2] for x in a.strategies.split(",") if "@" in x]
     bad = [d for d in a.transfer_dtypes + [n.strip() for n in named] if d not in TRANSFER_DTYPES]
     if bad or not a.transfer_dtypes:
-        p.error(f"transfer dtype {bad[0] if bad else ''!r}: allowed {', '.join(TRANSFER_DTYPES)} "
-                "(--transfer-dtype a comma-separated list; a --strategies item STRATEGY@DTYPE)")
+        p.error(
+            f"transfer dtype {bad[0] if bad else ''!r}: allowed {', '.join(TRANSFER_DTYPES)} "
+            "(--transfer-dtype a comma-separated list; a --strategies item STRATEGY@DTYPE)"
+        )
     return a
 
 
@@ -88,19 +97,37 @@ def _contenders(a: argparse.Namespace) -> list[tuple[str, str, str]]:
 
 def _spec(a: argparse.Namespace, strategy: str, transfer_dtype: str = "float32") -> ExperimentSpec:
     return ExperimentSpec(
-        name="fed-vs-central", backbone=a.backbone, image_size=a.image_size, rounds=a.rounds,
-        local_epochs=a.local_epochs, batch_size=16, strategy=strategy,  # recipe: spec defaults
-        min_clinics=3, clinic_timeout=300.0, val_fraction=0.3, seed=a.seed,
+        name="fed-vs-central",
+        backbone=a.backbone,
+        image_size=a.image_size,
+        rounds=a.rounds,
+        local_epochs=a.local_epochs,
+        batch_size=16,
+        strategy=strategy,  # recipe: spec defaults
+        min_clinics=3,
+        clinic_timeout=300.0,
+        val_fraction=0.3,
+        seed=a.seed,
         transfer_dtype=transfer_dtype,
     )
 
 
-def _federated(fed: Federation, work: Path, db: str, a: argparse.Namespace, strategy: str,
-               transfer_dtype: str) -> dict:
+def _federated(fed: Federation, work: Path, db: str, a: argparse.Namespace, strategy: str, transfer_dtype: str) -> dict:
     path = work / f"{strategy}-{transfer_dtype}.toml"
     path.write_text(spec_to_toml(_spec(a, strategy, transfer_dtype)))
-    proc = cli("server.cli", "run", str(path), "--control", fed.control, "--insecure", "--db", db,
-               "--checkpoints", str(work / "ckpt"), timeout=1200)
+    proc = cli(
+        "server.cli",
+        "run",
+        str(path),
+        "--control",
+        fed.control,
+        "--insecure",
+        "--db",
+        db,
+        "--checkpoints",
+        str(work / "ckpt"),
+        timeout=1200,
+    )
     if proc.returncode != 0:  # recorded, and the other strategies and datasets go on
         print(f"{strategy} run failed: {proc.stderr.strip()[-500:]}\n{fed.logs()[-1500:]}", flush=True)
         return {"bench_error": proc.stderr.strip().splitlines()[-1][-300:] if proc.stderr.strip() else "failed"}
@@ -116,17 +143,25 @@ def _per_clinic(entry: dict, central: dict) -> dict[str, dict[str, float]]:
         base = (central["clinics"].get(c["clinic"]) or {}).get("auroc")
         if c["phase"] == "evaluate" and c["server_round"] == last and c["auroc"] is not None and base:
             q = c.get("quality") or {}
-            out[c["clinic"]] = {"auroc": round(c["auroc"], 4), "ci95": [q.get("auroc_low"), q.get("auroc_high")],
-                                "central": round(base, 4), "ratio": round(c["auroc"] / base, 4)}
+            out[c["clinic"]] = {
+                "auroc": round(c["auroc"], 4),
+                "ci95": [q.get("auroc_low"), q.get("auroc_high")],
+                "central": round(base, 4),
+                "ratio": round(c["auroc"] / base, 4),
+            }
     return out
 
 
 def points_in_their_ci(entry: dict) -> bool:
     """Every federated AUROC the run recorded (pooled per round, each clinic's) lies in its own CI."""
-    figures = [(r.get("pooled") or {}) for r in entry["rounds"]] + \
-        [{"auroc": c["auroc"], **(c.get("quality") or {})} for c in entry["clinics"] if c["auroc"] is not None]
-    return all(f.get("auroc_low") is None or f["auroc_low"] <= f["auroc"] <= f["auroc_high"]
-               for f in figures if f.get("auroc") is not None)
+    figures = [(r.get("pooled") or {}) for r in entry["rounds"]] + [
+        {"auroc": c["auroc"], **(c.get("quality") or {})} for c in entry["clinics"] if c["auroc"] is not None
+    ]
+    return all(
+        f.get("auroc_low") is None or f["auroc_low"] <= f["auroc"] <= f["auroc_high"]
+        for f in figures
+        if f.get("auroc") is not None
+    )
 
 
 def _megabytes(entry: dict, key: str) -> float | None:
@@ -145,15 +180,19 @@ def _dataset(a: argparse.Namespace, dataset: str, work: Path) -> dict:
     t0 = time.monotonic()
     spec_path = work / "central.toml"
     spec_path.write_text(spec_to_toml(_spec(a, "fedavg")))
-    proc = cli("server.cli", "baseline", str(spec_path), *[f"--data={f}" for f in folders],
-               "--db", db, "--json", timeout=1200)
+    proc = cli(
+        "server.cli", "baseline", str(spec_path), *[f"--data={f}" for f in folders], "--db", db, "--json", timeout=1200
+    )
     if proc.returncode != 0:
         raise SystemExit(f"{dataset}: baseline failed: {proc.stderr.strip()[-500:]}")
     central = json.loads(proc.stdout.strip().splitlines()[-1])
     seconds["central"] = time.monotonic() - t0
     c_auroc = central["pooled"]["auroc"]
-    print(f"[{dataset}] centralised  pooled AUROC {c_auroc:.4f} [{central['pooled']['auroc_low']:.4f}-"
-          f"{central['pooled']['auroc_high']:.4f}] ({seconds['central']:.0f} s)", flush=True)
+    print(
+        f"[{dataset}] centralised  pooled AUROC {c_auroc:.4f} [{central['pooled']['auroc_low']:.4f}-"
+        f"{central['pooled']['auroc_high']:.4f}] ({seconds['central']:.0f} s)",
+        flush=True,
+    )
 
     fed = Federation(work / "fed")
     results: dict[str, dict] = {}
@@ -166,28 +205,47 @@ def _dataset(a: argparse.Namespace, dataset: str, work: Path) -> dict:
             entry = _federated(fed, work, db, a, strategy, transfer_dtype)
             seconds[key] = time.monotonic() - t0
             if "bench_error" in entry:
-                results[key] = {"strategy": strategy, "transfer_dtype": transfer_dtype, "auroc": None,
-                                "ratio": None, "error": entry["bench_error"], "clinics": {}}
+                results[key] = {
+                    "strategy": strategy,
+                    "transfer_dtype": transfer_dtype,
+                    "auroc": None,
+                    "ratio": None,
+                    "error": entry["bench_error"],
+                    "clinics": {},
+                }
                 continue
             pooled = entry["pooled"] or {}
             ratio = pooled["auroc"] / c_auroc if pooled.get("auroc") is not None else None
             clinics = _per_clinic(entry, central)
-            results[key] = {"strategy": strategy, "transfer_dtype": transfer_dtype, "auroc": pooled.get("auroc"),
-                            "ci95": [pooled.get("auroc_low"), pooled.get("auroc_high")],
-                            "mean_clinic_auroc": entry["clinic_mean_auroc"],
-                            "ece": pooled.get("ece"), "ratio": ratio,
-                            "worst_clinic_ratio": min((c["ratio"] for c in clinics.values()), default=None),
-                            "leaderboard_ratio": entry["vs_central"], "clinics": clinics,
-                            "points_in_ci": points_in_their_ci(entry),
-                            "mb_down": _megabytes(entry, "bytes_down"), "mb_up": _megabytes(entry, "bytes_up")}
-            print(f"[{dataset}] {key:<8} pooled AUROC {pooled.get('auroc') or 0:.4f} "
-                  f"[{pooled.get('auroc_low') or 0:.4f}-{pooled.get('auroc_high') or 0:.4f}]  "
-                  f"fed/central {ratio or 0:.4f}  worst clinic {results[key]['worst_clinic_ratio']} "
-                  f"({seconds[key]:.0f} s)", flush=True)
+            results[key] = {
+                "strategy": strategy,
+                "transfer_dtype": transfer_dtype,
+                "auroc": pooled.get("auroc"),
+                "ci95": [pooled.get("auroc_low"), pooled.get("auroc_high")],
+                "mean_clinic_auroc": entry["clinic_mean_auroc"],
+                "ece": pooled.get("ece"),
+                "ratio": ratio,
+                "worst_clinic_ratio": min((c["ratio"] for c in clinics.values()), default=None),
+                "leaderboard_ratio": entry["vs_central"],
+                "clinics": clinics,
+                "points_in_ci": points_in_their_ci(entry),
+                "mb_down": _megabytes(entry, "bytes_down"),
+                "mb_up": _megabytes(entry, "bytes_up"),
+            }
+            print(
+                f"[{dataset}] {key:<8} pooled AUROC {pooled.get('auroc') or 0:.4f} "
+                f"[{pooled.get('auroc_low') or 0:.4f}-{pooled.get('auroc_high') or 0:.4f}]  "
+                f"fed/central {ratio or 0:.4f}  worst clinic {results[key]['worst_clinic_ratio']} "
+                f"({seconds[key]:.0f} s)",
+                flush=True,
+            )
             for name, c in clinics.items():
                 ci = "[{:.4f}-{:.4f}]".format(*c["ci95"]) if None not in c["ci95"] else ""
-                print(f"  {name:<10} AUROC {c['auroc']:.4f} {ci}  central {c['central']:.4f}  "
-                      f"fed/central {c['ratio']:.4f}", flush=True)
+                print(
+                    f"  {name:<10} AUROC {c['auroc']:.4f} {ci}  central {c['central']:.4f}  "
+                    f"fed/central {c['ratio']:.4f}",
+                    flush=True,
+                )
     finally:
         fed.close()
 
@@ -198,9 +256,14 @@ def _dataset(a: argparse.Namespace, dataset: str, work: Path) -> dict:
     fedavg_key = "fedavg" if len(a.transfer_dtypes) == 1 else f"fedavg@{a.transfer_dtypes[0]}"
     fedavg = (results.get(fedavg_key) or {}).get("ratio")  # the goal's FedAvg: the first dtype listed
     out = {
-        "central": {"auroc": c_auroc, "ci95": [central["pooled"]["auroc_low"], central["pooled"]["auroc_high"]],
-                    "ece": central["pooled"]["ece"]},
-        **results, "best": best, "best_ratio": results[best]["ratio"] if best else None,
+        "central": {
+            "auroc": c_auroc,
+            "ci95": [central["pooled"]["auroc_low"], central["pooled"]["auroc_high"]],
+            "ece": central["pooled"]["ece"],
+        },
+        **results,
+        "best": best,
+        "best_ratio": results[best]["ratio"] if best else None,
         "goal_met": best is not None and (results[best]["ratio"] or 0.0) >= GOAL and (fedavg or 0.0) >= GOAL_FEDAVG,
         "seconds": {k: round(v, 1) for k, v in {**seconds, "total": time.monotonic() - started}.items()},
     }
@@ -223,14 +286,23 @@ def main() -> None:
             per[dataset] = _dataset(a, dataset, work)
     recipe = _spec(a, "fedavg")
     summary = {
-        "bench": "fed_vs_central", "device": "cpu", "backbone": a.backbone, "image_size": a.image_size,
-        "clinics": 3, "patients_per_clinic": a.patients, "rounds": a.rounds, "local_epochs": a.local_epochs,
+        "bench": "fed_vs_central",
+        "device": "cpu",
+        "backbone": a.backbone,
+        "image_size": a.image_size,
+        "clinics": 3,
+        "patients_per_clinic": a.patients,
+        "rounds": a.rounds,
+        "local_epochs": a.local_epochs,
         "transfer_dtype": a.transfer_dtype,
-        "recipe": {k: getattr(recipe, k) for k in ("learning_rate", "weight_decay", "label_smoothing",
-                                                   "warmup_rounds", "augment", "bn_policy")},
+        "recipe": {
+            k: getattr(recipe, k)
+            for k in ("learning_rate", "weight_decay", "label_smoothing", "warmup_rounds", "augment", "bn_policy")
+        },
         "seeds": {"experiment": a.seed, "data": a.data_seed, "bootstrap": a.seed},
         "goal": {"best": GOAL, "fedavg": GOAL_FEDAVG},
-        "datasets": per, "goal_met": all(r["goal_met"] for r in per.values()),
+        "datasets": per,
+        "goal_met": all(r["goal_met"] for r in per.values()),
         "seconds": round(time.monotonic() - started, 1),
     }
     print(json.dumps(summary))

@@ -36,36 +36,77 @@ def main() -> None:
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="radfed-cam-"))
     if not args.reuse:
-        demo = subprocess.run([sys.executable, "-m", "server.cli", "demo", "--workdir", str(work),
-                               "--seed", str(args.seed)], cwd=ROOT, capture_output=True, text=True)
+        demo = subprocess.run(
+            [sys.executable, "-m", "server.cli", "demo", "--workdir", str(work), "--seed", str(args.seed)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         if demo.returncode != 0:
             sys.exit(f"demo failed: {demo.stderr[-2000:]}")
     store = Store(f"sqlite:///{work / 'radfed.db'}")
     entry = store.leaderboard()[0]
     final = max(c["round"] for c in store.checkpoints_of(entry["run_id"]))
     size = json.loads(entry["spec_json"])["image_size"]
-    result: dict = {"bench": "heatmaps", "seed": args.seed, "cam_layer": args.cam_layer or "default",
-                    "pooled_auroc": entry.get("final_auroc"), "image_size": size, "clinics": {}}
+    result: dict = {
+        "bench": "heatmaps",
+        "seed": args.seed,
+        "cam_layer": args.cam_layer or "default",
+        "pooled_auroc": entry.get("final_auroc"),
+        "image_size": size,
+        "clinics": {},
+    }
     hits = images = 0
     chance = 0.0
     for folder in sorted((work / "data").iterdir()):
         out = work / f"predictions-{folder.name}"
-        run = subprocess.run([sys.executable, "-m", "client_node.cli", "predict", "--model", entry["flwr_run_id"],
-                              "--name", folder.name, "--home", str(work / "nodes"), "--data", str(folder),
-                              "--out", str(out), *(["--cam-layer", args.cam_layer] if args.cam_layer else [])],
-                             cwd=ROOT, capture_output=True, text=True)
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "client_node.cli",
+                "predict",
+                "--model",
+                entry["flwr_run_id"],
+                "--name",
+                folder.name,
+                "--home",
+                str(work / "nodes"),
+                "--data",
+                str(folder),
+                "--out",
+                str(out),
+                *(["--cam-layer", args.cam_layer] if args.cam_layer else []),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         if run.returncode != 0:
             sys.exit(f"predict failed at {folder.name}: {run.stderr[-2000:]}")
         found = heatmap_hits(folder, out / "predictions.csv", size)
         summary = json.loads((out / "summary.json").read_text())
-        recorded = [c["auroc"] for c in entry["clinics"] if c["clinic"] == folder.name
-                    and c["phase"] == "evaluate" and c["server_round"] == final]
-        result["clinics"][folder.name] = {**found, "predict_auroc": summary["validation"]["auroc"],
-                                          "recorded_auroc": recorded[0] if recorded else None}
+        recorded = [
+            c["auroc"]
+            for c in entry["clinics"]
+            if c["clinic"] == folder.name and c["phase"] == "evaluate" and c["server_round"] == final
+        ]
+        result["clinics"][folder.name] = {
+            **found,
+            "predict_auroc": summary["validation"]["auroc"],
+            "recorded_auroc": recorded[0] if recorded else None,
+        }
         hits, images = hits + found["hits"], images + found["images"]
         chance += found["chance"] * found["images"]
-    result.update({"hits": hits, "images": images, "rate": hits / images if images else None,
-                   "chance": chance / images if images else None, "workdir": str(work)})
+    result.update(
+        {
+            "hits": hits,
+            "images": images,
+            "rate": hits / images if images else None,
+            "chance": chance / images if images else None,
+            "workdir": str(work),
+        }
+    )
     print(json.dumps(result))
 
 

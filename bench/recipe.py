@@ -38,17 +38,35 @@ from radfed.models import create_model  # noqa: E402
 from radfed.training import recipe_kwargs, train_local  # noqa: E402
 from tests.generators import GENERATORS  # noqa: E402
 
-OLD = {"learning_rate": 1e-3, "weight_decay": 0.0, "label_smoothing": 0.0, "warmup_rounds": 0,
-       "augment": "flip", "bn_policy": "global"}
+OLD = {
+    "learning_rate": 1e-3,
+    "weight_decay": 0.0,
+    "label_smoothing": 0.0,
+    "warmup_rounds": 0,
+    "augment": "flip",
+    "bn_policy": "global",
+}
 CANDIDATES: dict[str, dict] = {
     "old": OLD,  # the recipe of issue 14: Adam 1e-3, no smoothing, flips, averaged BN
     "ls": {**OLD, "label_smoothing": 0.1},
     "ls_bn": {**OLD, "label_smoothing": 0.1, "bn_policy": "clinic"},
     "adamw_ls_bn": {**OLD, "weight_decay": 0.05, "label_smoothing": 0.1, "bn_policy": "clinic"},
-    "adamw_ls_bn_aug": {**OLD, "weight_decay": 0.05, "label_smoothing": 0.1, "bn_policy": "clinic",
-                        "augment": "intensity"},
-    "aug_lr3e-4_warm": {**OLD, "learning_rate": 3e-4, "weight_decay": 0.05, "label_smoothing": 0.1,
-                        "bn_policy": "clinic", "augment": "intensity", "warmup_rounds": 1},
+    "adamw_ls_bn_aug": {
+        **OLD,
+        "weight_decay": 0.05,
+        "label_smoothing": 0.1,
+        "bn_policy": "clinic",
+        "augment": "intensity",
+    },
+    "aug_lr3e-4_warm": {
+        **OLD,
+        "learning_rate": 3e-4,
+        "weight_decay": 0.05,
+        "label_smoothing": 0.1,
+        "bn_policy": "clinic",
+        "augment": "intensity",
+        "warmup_rounds": 1,
+    },
     "bn_only": {**OLD, "bn_policy": "clinic"},
 }
 
@@ -65,9 +83,13 @@ def _args() -> argparse.Namespace:
     p.add_argument("--datasets", default=",".join(GENERATORS))
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--candidates", default="old,ls,ls_bn,adamw_ls_bn,adamw_ls_bn_aug,aug_lr3e-4_warm")
-    p.add_argument("--spec", choices=("issue14", "demo"), default="issue14",
-                   help="issue14: resnet18, 64 px, 40 patients, 4 rounds x 2 epochs; "
-                        "demo: server.demo's spec (its backbone, size, patients, rounds)")
+    p.add_argument(
+        "--spec",
+        choices=("issue14", "demo"),
+        default="issue14",
+        help="issue14: resnet18, 64 px, 40 patients, 4 rounds x 2 epochs; "
+        "demo: server.demo's spec (its backbone, size, patients, rounds)",
+    )
     p.add_argument("--patients", type=int, default=None)
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--local-epochs", type=int, default=None)
@@ -83,13 +105,26 @@ def _base(a: argparse.Namespace) -> dict:
 
         opts = DemoOptions()
         s = demo_spec(opts)
-        base = {"backbone": s.backbone, "image_size": s.image_size, "rounds": s.rounds,
-                "local_epochs": s.local_epochs, "batch_size": s.batch_size, "patients": opts.patients,
-                "val_fraction": s.val_fraction,
-                **{k: getattr(s, k) for k in OLD}}
+        base = {
+            "backbone": s.backbone,
+            "image_size": s.image_size,
+            "rounds": s.rounds,
+            "local_epochs": s.local_epochs,
+            "batch_size": s.batch_size,
+            "patients": opts.patients,
+            "val_fraction": s.val_fraction,
+            **{k: getattr(s, k) for k in OLD},
+        }
     else:
-        base = {"backbone": "resnet18", "image_size": 64, "rounds": 4, "local_epochs": 2,
-                "batch_size": 16, "patients": 40, "val_fraction": 0.3}
+        base = {
+            "backbone": "resnet18",
+            "image_size": 64,
+            "rounds": 4,
+            "local_epochs": 2,
+            "batch_size": 16,
+            "patients": 40,
+            "val_fraction": 0.3,
+        }
     for key in ("patients", "rounds", "local_epochs", "backbone", "image_size"):
         if getattr(a, key) is not None:
             base[key] = getattr(a, key)
@@ -110,7 +145,7 @@ def _average(states: list[dict], weights: list[int]) -> dict:
 @torch.no_grad()
 def _logits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     model.eval()
-    return torch.cat([model(images[i:i + 64]) for i in range(0, len(images), 64)])
+    return torch.cat([model(images[i : i + 64]) for i in range(0, len(images), 64)])
 
 
 def simulate(spec: _Spec, clinics: list) -> dict:
@@ -123,8 +158,15 @@ def simulate(spec: _Spec, clinics: list) -> dict:
             local = copy.deepcopy(global_model)
             seed = spec.seed * 1000 + server_round
             torch.manual_seed(seed)
-            train_local(local, data.train.images, data.train.labels, epochs=spec.local_epochs,
-                        batch_size=spec.batch_size, seed=seed, **recipe_kwargs(spec, server_round))
+            train_local(
+                local,
+                data.train.images,
+                data.train.labels,
+                epochs=spec.local_epochs,
+                batch_size=spec.batch_size,
+                seed=seed,
+                **recipe_kwargs(spec, server_round),
+            )
             states.append(local.state_dict())
             weights.append(len(data.train.labels))
         global_model.load_state_dict(_average(states, weights))
@@ -143,8 +185,12 @@ def simulate(spec: _Spec, clinics: list) -> dict:
         per_clinic.append(float(roc_auc_score(y.numpy(), margin)) if len(set(y.tolist())) > 1 else None)
     pooled = float(roc_auc_score(np.concatenate(labels), np.concatenate(scores)))
     n = sum(len(y) for y in labels)
-    return {"auroc": round(pooled, 4), "clinics": [None if c is None else round(c, 4) for c in per_clinic],
-            "val_loss": round(sum(losses) / n, 4), "max_abs_logit": round(max_logit, 2)}
+    return {
+        "auroc": round(pooled, 4),
+        "clinics": [None if c is None else round(c, 4) for c in per_clinic],
+        "val_loss": round(sum(losses) / n, 4),
+        "max_abs_logit": round(max_logit, 2),
+    }
 
 
 def main() -> None:
@@ -158,11 +204,20 @@ def main() -> None:
     started = time.monotonic()
     for seed in seeds:
         for dataset in datasets:
-            folders = GENERATORS[dataset](a.workdir / f"{dataset}-p{base['patients']}-s{seed}", 3,
-                                          n_patients=base["patients"], seed=seed)
-            clinics = [load_clinic(f, ("normal", "opacity"), base["image_size"], seed=seed,
-                                   val_fraction=base["val_fraction"], cache_dir=a.workdir / "cache")
-                       for f in folders]
+            folders = GENERATORS[dataset](
+                a.workdir / f"{dataset}-p{base['patients']}-s{seed}", 3, n_patients=base["patients"], seed=seed
+            )
+            clinics = [
+                load_clinic(
+                    f,
+                    ("normal", "opacity"),
+                    base["image_size"],
+                    seed=seed,
+                    val_fraction=base["val_fraction"],
+                    cache_dir=a.workdir / "cache",
+                )
+                for f in folders
+            ]
             for name in names:
                 t0 = time.monotonic()
                 spec = _Spec(**{**base, **CANDIDATES[name], "seed": seed})
@@ -170,19 +225,36 @@ def main() -> None:
                 result["seconds"] = round(time.monotonic() - t0, 1)
                 rows[name][dataset].append(result)
                 print(json.dumps({"candidate": name, "dataset": dataset, "seed": seed, **result}), flush=True)
-    table = {c: {d: {"auroc_mean": round(statistics.mean(r["auroc"] for r in rs), 4),
-                     "auroc_min": min(r["auroc"] for r in rs),
-                     "val_loss_mean": round(statistics.mean(r["val_loss"] for r in rs), 3),
-                     "max_abs_logit": max(r["max_abs_logit"] for r in rs)}
-                 for d, rs in per.items()} for c, per in rows.items()}
+    table = {
+        c: {
+            d: {
+                "auroc_mean": round(statistics.mean(r["auroc"] for r in rs), 4),
+                "auroc_min": min(r["auroc"] for r in rs),
+                "val_loss_mean": round(statistics.mean(r["val_loss"] for r in rs), 3),
+                "max_abs_logit": max(r["max_abs_logit"] for r in rs),
+            }
+            for d, rs in per.items()
+        }
+        for c, per in rows.items()
+    }
     print(f"{'candidate':<18}" + "".join(f"{d:>22}" for d in datasets) + f"{'worst':>8}")
     for c, per in table.items():
         cells = "".join(f"{per[d]['auroc_mean']:>10.3f} (loss {per[d]['val_loss_mean']:>5.2f})" for d in datasets)
         print(f"{c:<18}{cells}{min(per[d]['auroc_mean'] for d in datasets):>8.3f}")
     best = max(table, key=lambda c: min(table[c][d]["auroc_mean"] for d in datasets))
-    print(json.dumps({"bench": "recipe", "spec": {k: v for k, v in base.items()}, "seeds": seeds,
-                      "candidates": {c: CANDIDATES[c] for c in names}, "table": table,
-                      "best_worst_dataset": best, "seconds": round(time.monotonic() - started, 1)}))
+    print(
+        json.dumps(
+            {
+                "bench": "recipe",
+                "spec": {k: v for k, v in base.items()},
+                "seeds": seeds,
+                "candidates": {c: CANDIDATES[c] for c in names},
+                "table": table,
+                "best_worst_dataset": best,
+                "seconds": round(time.monotonic() - started, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

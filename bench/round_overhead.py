@@ -72,9 +72,13 @@ def _args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--work", type=Path, default=None, help="keep logs here (default: a temp folder)")
     p.add_argument("--skip-flower", action="store_true", help="radfed only (no ratio)")
-    p.add_argument("--baseline-root", type=Path, default=None,
-                   help="another radfed checkout (e.g. before a change): its radfed runs join the "
-                        "interleaving (A0, A, B, A0, A, B...) and are reported as baseline_*")
+    p.add_argument(
+        "--baseline-root",
+        type=Path,
+        default=None,
+        help="another radfed checkout (e.g. before a change): its radfed runs join the "
+        "interleaving (A0, A, B, A0, A, B...) and are reported as baseline_*",
+    )
     return p.parse_args()
 
 
@@ -89,16 +93,25 @@ def _say(text: str) -> None:
 def _spread(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"median": None, "min": None, "max": None}
-    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
-            "max": round(max(values), 3)}
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
 
 
 # ------------------------------------------------------------------------------ A: radfed
 def _spec(a: argparse.Namespace) -> ExperimentSpec:
-    return ExperimentSpec(name="round-overhead", backbone="resnet18", image_size=a.image_size,
-                          rounds=a.rounds, local_epochs=1, batch_size=a.batch_size, learning_rate=1e-3,
-                          freeze="none", strategy="fedavg", min_clinics=a.clinics,
-                          clinic_timeout=900.0, seed=1)
+    return ExperimentSpec(
+        name="round-overhead",
+        backbone="resnet18",
+        image_size=a.image_size,
+        rounds=a.rounds,
+        local_epochs=1,
+        batch_size=a.batch_size,
+        learning_rate=1e-3,
+        freeze="none",
+        strategy="fedavg",
+        min_clinics=a.clinics,
+        clinic_timeout=900.0,
+        seed=1,
+    )
 
 
 def _task_times(log: Path) -> list[float]:
@@ -113,16 +126,33 @@ def run_radfed(a: argparse.Namespace, work: Path, data: list[Path]) -> dict:
         fed.start_superlink()
         for name, folder in zip(names, data):
             fed.start_clinic(name, folder, "", fed.enrol(name))
-        fed.wait_for(lambda: sum(s == "online" for s in fed.node_status().values()) == a.clinics,
-                     "clinics online", timeout=900)
+        fed.wait_for(
+            lambda: sum(s == "online" for s in fed.node_status().values()) == a.clinics, "clinics online", timeout=900
+        )
         spec_file = work / "exp.toml"
         spec_file.write_text(spec_to_toml(_spec(a)))
         started = time.monotonic()
         with open(work / "logs" / "run.log", "ab") as log:
-            code = subprocess.run([sys.executable, "-m", "server.cli", "run", str(spec_file), "--control",
-                                   fed.control, "--root-certificates", str(fed.certs / "ca.crt"),
-                                   "--db", fed.db], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                  timeout=2400, check=False).returncode
+            code = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "server.cli",
+                    "run",
+                    str(spec_file),
+                    "--control",
+                    fed.control,
+                    "--root-certificates",
+                    str(fed.certs / "ca.crt"),
+                    "--db",
+                    fed.db,
+                ],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=2400,
+                check=False,
+            ).returncode
         wall = time.monotonic() - started
         if code != 0:
             raise RunFailed(f"radfed run failed ({code}); logs in {work / 'logs'}")
@@ -138,8 +168,11 @@ def radfed_times(work: Path, names: list[str], rounds: int) -> dict:
     counts each clinic's whole worker task instead: also receiving the model from its
     SuperNode and sending the update back, the transfer part of a round."""
     with sqlite3.connect(work / "radfed.db") as db:
-        durations = dict(db.execute("SELECT server_round, duration_s FROM round_results "
-                                    "WHERE duration_s IS NOT NULL ORDER BY server_round"))
+        durations = dict(
+            db.execute(
+                "SELECT server_round, duration_s FROM round_results WHERE duration_s IS NOT NULL ORDER BY server_round"
+            )
+        )
     walls = [durations[r] for r in range(1, rounds + 1)]
     slowest_app, slowest_task = [0.0] * rounds, [0.0] * rounds
     for name in names:
@@ -156,10 +189,14 @@ def radfed_times(work: Path, names: list[str], rounds: int) -> dict:
         slowest_task = [max(s, t) for s, t in zip(slowest_task, per_task)]
         slowest_app = [max(s, t) for s, t in zip(slowest_app, per_app)]
     images = TRAIN_LINE.findall((work / "logs" / f"{names[0]}.log").read_text(errors="replace"))
-    return {"round_s": walls, "clinic_app_s": slowest_app, "clinic_task_s": slowest_task,
-            "overhead_s": [r - t for r, t in zip(walls, slowest_app)],
-            "overhead_beyond_tasks_s": [r - t for r, t in zip(walls, slowest_task)],
-            "train_images": int(images[0]) if images else None}
+    return {
+        "round_s": walls,
+        "clinic_app_s": slowest_app,
+        "clinic_task_s": slowest_task,
+        "overhead_s": [r - t for r, t in zip(walls, slowest_app)],
+        "overhead_beyond_tasks_s": [r - t for r, t in zip(walls, slowest_task)],
+        "train_images": int(images[0]) if images else None,
+    }
 
 
 # --------------------------------------------------------------------- B: a minimal Flower app
@@ -271,8 +308,11 @@ def main(grid: Grid, context: Context) -> None:
 
 def write_flower_app(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    for name, text in (("pyproject.toml", FLOWER_PYPROJECT), ("bench_client.py", FLOWER_CLIENT),
-                       ("bench_server.py", FLOWER_SERVER)):
+    for name, text in (
+        ("pyproject.toml", FLOWER_PYPROJECT),
+        ("bench_client.py", FLOWER_CLIENT),
+        ("bench_server.py", FLOWER_SERVER),
+    ):
         (folder / name).write_text(text)
     return folder
 
@@ -280,8 +320,9 @@ def write_flower_app(folder: Path) -> Path:
 def _flower_spawn(cmd: list[str], home: Path, log: Path) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as fh:
-        return spawn_bound(cmd, env=flower_env(home), stdout=fh, stderr=subprocess.STDOUT,
-                           stdin=subprocess.DEVNULL, cwd=home)
+        return spawn_bound(
+            cmd, env=flower_env(home), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=home
+        )
 
 
 def run_flower(a: argparse.Namespace, work: Path, app: Path, train_images: int, val_images: int) -> dict:
@@ -290,28 +331,59 @@ def run_flower(a: argparse.Namespace, work: Path, app: Path, train_images: int, 
     procs: list[subprocess.Popen] = []
     timing = work / "timing.json"
     try:
-        procs.append(_flower_spawn([flower_bin("flower-superlink"), "--insecure", "--host", "127.0.0.1",
-                                    "--port", str(port), "--disable-runtime-dependency-installation"],
-                                   work / "superlink", work / "logs" / "superlink.log"))
+        procs.append(
+            _flower_spawn(
+                [
+                    flower_bin("flower-superlink"),
+                    "--insecure",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--disable-runtime-dependency-installation",
+                ],
+                work / "superlink",
+                work / "logs" / "superlink.log",
+            )
+        )
         deadline = time.monotonic() + 60
         while reachable(f"127.0.0.1:{port}", timeout=1.0):
             if time.monotonic() > deadline or procs[0].poll() is not None:
                 raise SystemExit(f"flower-superlink did not start; see {work / 'logs'}")
             time.sleep(0.3)
         for i in range(a.clinics):
-            procs.append(_flower_spawn([flower_bin("flower-supernode"), "--insecure", "--superlink",
-                                        f"127.0.0.1:{port}", "--port", str(free_port())],
-                                       work / f"node-{i}", work / "logs" / f"node-{i}.log"))
+            procs.append(
+                _flower_spawn(
+                    [
+                        flower_bin("flower-supernode"),
+                        "--insecure",
+                        "--superlink",
+                        f"127.0.0.1:{port}",
+                        "--port",
+                        str(free_port()),
+                    ],
+                    work / f"node-{i}",
+                    work / "logs" / f"node-{i}.log",
+                )
+            )
         cli = work / "cli"
         cli.mkdir(parents=True, exist_ok=True)
-        (cli / "config.toml").write_text(f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\n'
-                                         f'address = "127.0.0.1:{port}"\ninsecure = true\n')
-        config = (f"num-server-rounds={a.rounds} timing-file=\"{timing}\" train-images={train_images} "
-                  f"val-images={val_images} image-size={a.image_size} batch-size={a.batch_size}")
+        (cli / "config.toml").write_text(
+            f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+        )
+        config = (
+            f'num-server-rounds={a.rounds} timing-file="{timing}" train-images={train_images} '
+            f"val-images={val_images} image-size={a.image_size} batch-size={a.batch_size}"
+        )
         with open(work / "logs" / "run.log", "ab") as log:
-            code = subprocess.run([flower_bin("flwr"), "run", str(app), "bench", "--stream",
-                                   "--run-config", config], env=flower_env(cli), stdout=log,
-                                  stderr=subprocess.STDOUT, timeout=2400, check=False).returncode
+            code = subprocess.run(
+                [flower_bin("flwr"), "run", str(app), "bench", "--stream", "--run-config", config],
+                env=flower_env(cli),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=2400,
+                check=False,
+            ).returncode
         if code != 0 or not timing.is_file():
             raise RunFailed(f"Flower run failed ({code}); logs in {work / 'logs'}")
     finally:
@@ -325,11 +397,31 @@ def run_flower(a: argparse.Namespace, work: Path, app: Path, train_images: int, 
 def run_baseline(a: argparse.Namespace, work: Path) -> dict:
     """One radfed run from the checkout at --baseline-root, through its own copy of this bench."""
     root = a.baseline_root.resolve()
-    env = {**os.environ, "PYTHONPATH": str(root), "RADFED_HOME": str(work / "radfed-home"),
-           "FLWR_HOME": str(work / "radfed-home" / "flwr")}
-    cmd = [sys.executable, str(root / "bench" / "round_overhead.py"), "--skip-flower", "--repeats", "1",
-           "--clinics", str(a.clinics), "--rounds", str(a.rounds), "--patients", str(a.patients),
-           "--image-size", str(a.image_size), "--batch-size", str(a.batch_size), "--work", str(work)]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(root),
+        "RADFED_HOME": str(work / "radfed-home"),
+        "FLWR_HOME": str(work / "radfed-home" / "flwr"),
+    }
+    cmd = [
+        sys.executable,
+        str(root / "bench" / "round_overhead.py"),
+        "--skip-flower",
+        "--repeats",
+        "1",
+        "--clinics",
+        str(a.clinics),
+        "--rounds",
+        str(a.rounds),
+        "--patients",
+        str(a.patients),
+        "--image-size",
+        str(a.image_size),
+        "--batch-size",
+        str(a.batch_size),
+        "--work",
+        str(work),
+    ]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=3600, check=False)
     if proc.returncode != 0:
         raise RunFailed(f"baseline run failed: {proc.stderr.strip()[-500:]}")
@@ -350,20 +442,25 @@ def _twice(what: str, fn, *args) -> dict:
 
 def _show(name: str, r: dict) -> None:
     if "clinic_task_s" in r:
-        _say(f"  {name} rounds {[round(x, 1) for x in r['round_s']]} s, slowest clinic's ClientApp "
-             f"{[round(x, 1) for x in r['clinic_app_s']]} s "
-             f"(whole tasks {[round(x, 1) for x in r['clinic_task_s']]} s), "
-             f"overhead {[round(x, 1) for x in r['overhead_s']]} s")
+        _say(
+            f"  {name} rounds {[round(x, 1) for x in r['round_s']]} s, slowest clinic's ClientApp "
+            f"{[round(x, 1) for x in r['clinic_app_s']]} s "
+            f"(whole tasks {[round(x, 1) for x in r['clinic_task_s']]} s), "
+            f"overhead {[round(x, 1) for x in r['overhead_s']]} s"
+        )
     else:
         _say(f"  {name} rounds {[round(x, 1) for x in r['round_s']]} s")
 
 
 def _summary(runs: list[dict], prefix: str) -> dict:
-    return {f"{prefix}round_s": _spread([statistics.mean(r["round_s"]) for r in runs]),
-            f"{prefix}overhead_s_per_round": _spread([statistics.mean(r["overhead_s"]) for r in runs]),
-            f"{prefix}clinic_app_s_per_round": _spread([statistics.mean(r["clinic_app_s"]) for r in runs]),
-            f"{prefix}overhead_beyond_tasks_s_per_round": _spread(
-                [statistics.mean(r["overhead_beyond_tasks_s"]) for r in runs])}
+    return {
+        f"{prefix}round_s": _spread([statistics.mean(r["round_s"]) for r in runs]),
+        f"{prefix}overhead_s_per_round": _spread([statistics.mean(r["overhead_s"]) for r in runs]),
+        f"{prefix}clinic_app_s_per_round": _spread([statistics.mean(r["clinic_app_s"]) for r in runs]),
+        f"{prefix}overhead_beyond_tasks_s_per_round": _spread(
+            [statistics.mean(r["overhead_beyond_tasks_s"]) for r in runs]
+        ),
+    }
 
 
 def _raw(runs: list[dict]) -> list[dict]:
@@ -399,27 +496,42 @@ def main() -> None:
         if a.skip_flower:
             continue
         _say(f"repeat {rep + 1}/{a.repeats}: minimal Flower app (default deployment)")
-        flower_runs.append(_twice("Flower", run_flower, a, work / f"flower-{rep}", app, train_images,
-                                  max(4, train_images // 3)))
+        flower_runs.append(
+            _twice("Flower", run_flower, a, work / f"flower-{rep}", app, train_images, max(4, train_images // 3))
+        )
         _show("Flower", flower_runs[-1])
         if rep + 1 < a.repeats:
             _say(f"so far: {json.dumps(_result(a, train_images, radfed_runs, flower_runs, baseline_runs, work))}")
     print(json.dumps(_result(a, train_images, radfed_runs, flower_runs, baseline_runs, work)))
 
 
-def _result(a: argparse.Namespace, train_images: int | None, radfed_runs: list[dict], flower_runs: list[dict],
-            baseline_runs: list[dict], work: Path) -> dict:
+def _result(
+    a: argparse.Namespace,
+    train_images: int | None,
+    radfed_runs: list[dict],
+    flower_runs: list[dict],
+    baseline_runs: list[dict],
+    work: Path,
+) -> dict:
     radfed_round = [statistics.mean(r["round_s"]) for r in radfed_runs]
     flower_round = [statistics.mean(f["round_s"]) for f in flower_runs]
-    out = {"clinics": a.clinics, "rounds": a.rounds, "repeats": a.repeats, "backbone": "resnet18",
-           "image_size": a.image_size, "train_images_per_clinic": train_images,
-           **_summary(radfed_runs, "radfed_"), "flower_round_s": _spread(flower_round),
-           "ratio": _spread([r / f for r, f in zip(radfed_round, flower_round)])}
+    out = {
+        "clinics": a.clinics,
+        "rounds": a.rounds,
+        "repeats": a.repeats,
+        "backbone": "resnet18",
+        "image_size": a.image_size,
+        "train_images_per_clinic": train_images,
+        **_summary(radfed_runs, "radfed_"),
+        "flower_round_s": _spread(flower_round),
+        "ratio": _spread([r / f for r, f in zip(radfed_round, flower_round)]),
+    }
     raw = {"radfed": _raw(radfed_runs), "flower": [[round(x, 2) for x in f["round_s"]] for f in flower_runs]}
     if baseline_runs:
         out.update(_summary(baseline_runs, "baseline_"))
-        out["baseline_ratio"] = _spread([statistics.mean(b["round_s"]) / f
-                                         for b, f in zip(baseline_runs, flower_round)])
+        out["baseline_ratio"] = _spread(
+            [statistics.mean(b["round_s"]) / f for b, f in zip(baseline_runs, flower_round)]
+        )
         raw["baseline"] = _raw(baseline_runs)
     return {**out, "raw": raw, "work": str(work)}
 

@@ -39,10 +39,26 @@ def run_one(n: int, args: argparse.Namespace, work: Path) -> dict:
     """One `coordinator simulate` with n clinics; its summary (the JSON line it prints)."""
     spec = work / "experiment.toml"
     spec.write_text(SPEC.format(size=args.image_size, rounds=args.rounds))
-    cmd = [sys.executable, "-m", "server.cli", "simulate", str(spec), "--clinics", str(n),
-           "--generate", "demo", "--patients", str(n * args.patients_per_clinic),
-           "--workdir", str(work / f"n{n}"), "--db", f"sqlite:///{work / 'bench.db'}",
-           "--checkpoints", str(work / "checkpoints"), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "server.cli",
+        "simulate",
+        str(spec),
+        "--clinics",
+        str(n),
+        "--generate",
+        "demo",
+        "--patients",
+        str(n * args.patients_per_clinic),
+        "--workdir",
+        str(work / f"n{n}"),
+        "--db",
+        f"sqlite:///{work / 'bench.db'}",
+        "--checkpoints",
+        str(work / "checkpoints"),
+        "--json",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RADFED_HOME": str(work / "home")}
     t0 = time.monotonic()
     with open(work / f"n{n}.log", "w") as log:
@@ -69,18 +85,45 @@ def main() -> None:
         summary = run_one(n, args, work)
         steady = summary.get("round_s", [])[1:]
         summary["steady_round_s"] = round(sum(steady) / len(steady), 1) if steady else None
-        summary["steady_s_per_clinic"] = (round(summary["steady_round_s"] / n, 2)
-                                          if summary["steady_round_s"] else None)
-        print(f"[simulate_scale] {n}: {summary.get('status')}, rounds {summary.get('round_s')} s, "
-              f"peak {summary.get('peak_memory', {}).get('total_mb')} MB, "
-              f"command {summary['command_s']} s", file=sys.stderr, flush=True)
+        summary["steady_s_per_clinic"] = round(summary["steady_round_s"] / n, 2) if summary["steady_round_s"] else None
+        print(
+            f"[simulate_scale] {n}: {summary.get('status')}, rounds {summary.get('round_s')} s, "
+            f"peak {summary.get('peak_memory', {}).get('total_mb')} MB, "
+            f"command {summary['command_s']} s",
+            file=sys.stderr,
+            flush=True,
+        )
         runs.append(summary)
-    keep = ("clinics", "status", "error", "patients", "images", "round_s", "recorded_round_s", "steady_round_s",
-            "steady_s_per_clinic", "setup_s", "simulation_s", "command_s", "peak_memory", "final_auroc")
-    print(json.dumps({"bench": "simulate_scale", "rounds": args.rounds, "image_size": args.image_size,
-                      "patients_per_clinic": args.patients_per_clinic, "cpus": os.cpu_count(),
-                      "load_avg_1m_at_end": round(os.getloadavg()[0], 1), "workdir": str(work),
-                      "runs": [{k: r.get(k) for k in keep} for r in runs]}))
+    keep = (
+        "clinics",
+        "status",
+        "error",
+        "patients",
+        "images",
+        "round_s",
+        "recorded_round_s",
+        "steady_round_s",
+        "steady_s_per_clinic",
+        "setup_s",
+        "simulation_s",
+        "command_s",
+        "peak_memory",
+        "final_auroc",
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "simulate_scale",
+                "rounds": args.rounds,
+                "image_size": args.image_size,
+                "patients_per_clinic": args.patients_per_clinic,
+                "cpus": os.cpu_count(),
+                "load_avg_1m_at_end": round(os.getloadavg()[0], 1),
+                "workdir": str(work),
+                "runs": [{k: r.get(k) for k in keep} for r in runs],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

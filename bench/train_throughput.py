@@ -64,7 +64,7 @@ def plain_loop(model, images, labels, batch_size, lr, seed, bf16: bool):
     model.to(memory_format=torch.channels_last).train()
     order = torch.randperm(len(labels), generator=gen)
     for start in range(0, len(labels), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         x = images[idx].contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)
@@ -88,33 +88,38 @@ def interleaved(contenders: dict, reps: int, images: int) -> dict[str, list[floa
     (A, B, B, A, A, B, ...) so that neither always runs first after the other."""
     rates = {name: [] for name in contenders}
     for r in range(reps):
-        for name in (list(contenders) if r % 2 == 0 else list(contenders)[::-1]):
+        for name in list(contenders) if r % 2 == 0 else list(contenders)[::-1]:
             fn = contenders[name]
             t = time.perf_counter()
             fn(r)
             rates[name].append(images / (time.perf_counter() - t))
-            print(f"  repeat {r + 1}/{reps} {name}: {rates[name][-1]:.2f} img/s "
-                  f"(load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
+            print(
+                f"  repeat {r + 1}/{reps} {name}: {rates[name][-1]:.2f} img/s (load {os.getloadavg()[0]:.1f})",
+                file=sys.stderr,
+                flush=True,
+            )
     return rates
 
 
 def spread(rates: list[float]) -> dict:
-    return {"median": round(statistics.median(rates), 3), "min": round(min(rates), 3),
-            "max": round(max(rates), 3)}
+    return {"median": round(statistics.median(rates), 3), "min": round(min(rates), 3), "max": round(max(rates), 3)}
 
 
 def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 3) -> float:
     """Best GFLOP/s of an n x n x n torch.matmul on the current threads."""
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     torch.matmul(a, b)
-    return 2 * n ** 3 / best_of(lambda: torch.matmul(a, b), reps) / 1e9
+    return 2 * n**3 / best_of(lambda: torch.matmul(a, b), reps) / 1e9
 
 
 def train_flops_per_image(model, size: int, bf16: bool) -> float:
     """Forward FLOPs of one image x 3 (backward is about twice the forward)."""
     model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter, \
-            torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with (
+        torch.no_grad(),
+        FlopCounterMode(display=False) as counter,
+        torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16),
+    ):
         model(torch.rand(1, 1, size, size))
     return 3.0 * counter.get_total_flops()
 
@@ -131,8 +136,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--compile", action="store_true",
-                    help="also time a torch.compile'd plain loop (minutes of compiling)")
+    ap.add_argument(
+        "--compile", action="store_true", help="also time a torch.compile'd plain loop (minutes of compiling)"
+    )
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -149,8 +155,9 @@ def main() -> None:
     plain_model = copy.deepcopy(model)
     warm = images[:bs], labels[:bs]
     contenders = {
-        "radfed": lambda r: train_local(model, images, labels, epochs=1, batch_size=bs,
-                                        learning_rate=lr, seed=r, device=cpu),
+        "radfed": lambda r: train_local(
+            model, images, labels, epochs=1, batch_size=bs, learning_rate=lr, seed=r, device=cpu
+        ),
         "plain": lambda r: plain_loop(plain_model, images, labels, bs, lr, r, bf16),
     }
     if args.compile:
@@ -171,37 +178,59 @@ def main() -> None:
     peak = {"float32": matmul_peak_gflops(torch.float32), "bfloat16": matmul_peak_gflops(torch.bfloat16)}
     achieved = flops * radfed_ips / 1e9
     used_peak = peak["bfloat16" if bf16 else "float32"]
-    print(f"full step ({cpu_precision()}, channels_last): radfed {radfed_ips:.2f} img/s "
-          f"[{min(rates['radfed']):.2f}-{max(rates['radfed']):.2f}], plain {plain_ips:.2f} img/s, "
-          f"ratio {ratio:.3f}; {achieved:.1f} GFLOP/s of a {used_peak:.1f} GFLOP/s matmul peak "
-          f"({achieved / used_peak:.1%})")
+    print(
+        f"full step ({cpu_precision()}, channels_last): radfed {radfed_ips:.2f} img/s "
+        f"[{min(rates['radfed']):.2f}-{max(rates['radfed']):.2f}], plain {plain_ips:.2f} img/s, "
+        f"ratio {ratio:.3f}; {achieved:.1f} GFLOP/s of a {used_peak:.1f} GFLOP/s matmul peak "
+        f"({achieved / used_peak:.1%})"
+    )
 
     # 2. head-only round: full forward through the frozen backbone vs cached features
     apply_freeze(model, "all")
     train_local(model, *warm, epochs=1, batch_size=bs, learning_rate=lr, seed=0, device=cpu)
-    t_full = best_of(lambda: train_local(model, images, labels, epochs=1, batch_size=bs,
-                                         learning_rate=lr, seed=1, device=cpu), args.reps)
+    t_full = best_of(
+        lambda: train_local(model, images, labels, epochs=1, batch_size=bs, learning_rate=lr, seed=1, device=cpu),
+        args.reps,
+    )
     t0 = time.perf_counter()
     feats = compute_features(model, images, images[:0], batch_size=bs, device=cpu)
     t_cache = time.perf_counter() - t0
 
     def cached_round(seed: int) -> None:
-        train_head(model.head, feats.train, feats.train_flipped, labels, epochs=1,
-                   batch_size=bs, learning_rate=lr, seed=seed, device=cpu)
+        train_head(
+            model.head,
+            feats.train,
+            feats.train_flipped,
+            labels,
+            epochs=1,
+            batch_size=bs,
+            learning_rate=lr,
+            seed=seed,
+            device=cpu,
+        )
 
     cached_round(0)
     t_cached = best_of(lambda: cached_round(1), max(args.reps, 5))
     state = model.state_dict()
     head_keys, _ = split_head(model)
     sent, full = message_bytes({k: state[k] for k in head_keys}), message_bytes(state)
-    print(f"head-only round: full forward {t_full * 1e3:.0f} ms, cached {t_cached * 1e3:.2f} ms "
-          f"(+ {t_cache * 1e3:.0f} ms once to cache features), bytes {sent} of {full}")
+    print(
+        f"head-only round: full forward {t_full * 1e3:.0f} ms, cached {t_cached * 1e3:.2f} ms "
+        f"(+ {t_cache * 1e3:.0f} ms once to cache features), bytes {sent} of {full}"
+    )
     speedup = t_full / t_cached
     out = {
-        "arch": args.arch, "images": n, "size": args.size, "batch": bs,
-        "threads": args.threads, "device": "cpu", "cpu_precision": cpu_precision(),
-        "load_avg_1m": round(os.getloadavg()[0], 2), "reps": args.reps,
-        "radfed_train_img_s": spread(rates["radfed"]), "plain_train_img_s": spread(rates["plain"]),
+        "arch": args.arch,
+        "images": n,
+        "size": args.size,
+        "batch": bs,
+        "threads": args.threads,
+        "device": "cpu",
+        "cpu_precision": cpu_precision(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "reps": args.reps,
+        "radfed_train_img_s": spread(rates["radfed"]),
+        "plain_train_img_s": spread(rates["plain"]),
         "train_ratio": round(ratio, 4),
         "train_ratio_per_pair": spread(ratios),
         "goal_train_ratio_ge_0.95": ratio >= 0.95,
@@ -215,7 +244,8 @@ def main() -> None:
         "head_round_speedup": round(speedup, 1),
         "first_round_speedup_incl_cache": round(t_full / (t_cached + t_cache), 2),
         "goal_speedup_ge_20": speedup >= 20,
-        "bytes_trainable": sent, "bytes_full_state": full,
+        "bytes_trainable": sent,
+        "bytes_full_state": full,
         "bytes_fraction": round(sent / full, 6),
         "goal_bytes_le_1pct": sent / full <= 0.01,
     }

@@ -83,8 +83,7 @@ def _guarded(handler: Callable[[Message, Context], Message]) -> Callable[[Messag
         except Exception:  # noqa: BLE001 - every failure must become a clean reply
             log.exception("ClientApp failed")
             reason = "ClientApp failed at the clinic; see the clinic's client-node log"
-        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason),
-                       reply_to=msg)
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
 
     return wrapper
 
@@ -100,9 +99,13 @@ def _data(spec: ExperimentSpec, context: Context) -> ClinicData:
     manifest = str(cfg.get("manifest", "") or "")
     cache = str(cfg.get("cache-dir", "") or "")
     return load_clinic(
-        Path(str(cfg["data-path"])), spec.labels, spec.image_size,
-        manifest=Path(manifest) if manifest else None, val_fraction=spec.val_fraction,
-        seed=spec.seed, cache_dir=Path(cache) if cache else None,
+        Path(str(cfg["data-path"])),
+        spec.labels,
+        spec.image_size,
+        manifest=Path(manifest) if manifest else None,
+        val_fraction=spec.val_fraction,
+        seed=spec.seed,
+        cache_dir=Path(cache) if cache else None,
         workers=int(cfg.get("workers", 1) or 1),
         options=data_options(spec.data).with_local(json.loads(str(cfg.get("data-options", "") or "{}"))),
     )
@@ -113,8 +116,9 @@ def _model(spec: ExperimentSpec, msg: Message, context: Context) -> torch.nn.Mod
     return _model_from_state(spec, msg.content["arrays"].to_torch_state_dict(), msg.content["config"], context)
 
 
-def _model_from_state(spec: ExperimentSpec, state: dict[str, torch.Tensor], config: ConfigRecord,
-                      context: Context) -> torch.nn.Module:
+def _model_from_state(
+    spec: ExperimentSpec, state: dict[str, torch.Tensor], config: ConfigRecord, context: Context
+) -> torch.nn.Module:
     model = model_to_load(spec.backbone, len(spec.labels), str(config.get("normalisation", "radimagenet")))
     model.load_state_dict(state)  # strict: every weight is the received one
     keys = _local_keys(model, config)
@@ -130,8 +134,9 @@ def _state_dir(context: Context) -> Path:
     return Path(str(context.node_config.get("state-dir", "") or ".radfed-state"))
 
 
-def _head_model(spec: ExperimentSpec, msg: Message, context: Context,
-                data: ClinicData) -> tuple[Classifier, feat.FeatureSet]:
+def _head_model(
+    spec: ExperimentSpec, msg: Message, context: Context, data: ClinicData
+) -> tuple[Classifier, feat.FeatureSet]:
     """Head-only rounds (freeze "all"): the received head plus cached backbone features.
 
     The frozen backbone comes with the first message of a run and is kept by digest
@@ -144,21 +149,25 @@ def _head_model(spec: ExperimentSpec, msg: Message, context: Context,
     head_keys, _ = feat.split_head(model)
     received = msg.content.array_records.get("backbone")
     if received is not None:
-        feat.keep_backbone(_state_dir(context), digest, received.to_torch_state_dict(),
-                           arch=spec.backbone, normalisation=norm)
+        feat.keep_backbone(
+            _state_dir(context), digest, received.to_torch_state_dict(), arch=spec.backbone, normalisation=norm
+        )
     cache_dir = Path(str(context.node_config.get("cache-dir", "") or _state_dir(context)))
-    data_digest = feat.tensors_digest(data.train.pixels, data.train.labels,
-                                      data.val.pixels, data.val.labels)
+    data_digest = feat.tensors_digest(data.train.pixels, data.train.labels, data.val.pixels, data.val.labels)
     path = feat.feature_path(cache_dir, digest, data_digest, spec.image_size)
     feats = feat.load_features(path)
     if feats is None:
         t0 = time.monotonic()
-        backbone = (received.to_torch_state_dict() if received is not None
-                    else feat.load_backbone(_state_dir(context), digest))
+        backbone = (
+            received.to_torch_state_dict() if received is not None else feat.load_backbone(_state_dir(context), digest)
+        )
         _load_exactly(model, backbone, [k for k in model.state_dict() if k not in head_keys])
         feats = feat.compute_features(model, data.train.pixels, data.val.pixels, path=path)
-        log.info("computed backbone features once: %d images in %.1fs",
-                 len(data.train.labels) + len(data.val.labels), time.monotonic() - t0)
+        log.info(
+            "computed backbone features once: %d images in %.1fs",
+            len(data.train.labels) + len(data.val.labels),
+            time.monotonic() - t0,
+        )
     _load_exactly(model, msg.content["arrays"].to_torch_state_dict(), head_keys)
     return model, feats
 
@@ -168,6 +177,8 @@ def _load_exactly(model: torch.nn.Module, state: dict[str, torch.Tensor], keys: 
     if set(state) != set(keys):
         raise ValueError("received weights do not hold the expected tensors")
     model.load_state_dict(state, strict=False)
+
+
 def _local_keys(model: torch.nn.Module, config: ConfigRecord) -> set[str]:
     """state_dict entries that stay at this clinic between rounds of a run.
 
@@ -195,8 +206,7 @@ def _save_local(model: torch.nn.Module, keys: set[str], context: Context) -> Non
     torch.save({k: state[k] for k in keys}, path)
 
 
-def _outgoing(model: torch.nn.Module, msg: Message, context: Context,
-              keys: list[str] | None = None) -> ArrayRecord:
+def _outgoing(model: torch.nn.Module, msg: Message, context: Context, keys: list[str] | None = None) -> ArrayRecord:
     """The weights sent back (only `keys` if given, e.g. the head): local entries go back as
     received, never this clinic's own. A test-only node option can corrupt the update."""
     state = model.state_dict()
@@ -216,13 +226,21 @@ def _outgoing(model: torch.nn.Module, msg: Message, context: Context,
     return record
 
 
-def _reply(msg: Message, context: Context, metrics: dict[str, float | list[float]],
-           arrays: ArrayRecord | None = None, data_card: dict | None = None) -> Message:
-    content = RecordDict({
-        "metrics": MetricRecord(metrics),
-        "clinic": ConfigRecord({"name": str(context.node_config.get("clinic-name", "")),
-                                "device": pick_device().type}),
-    })
+def _reply(
+    msg: Message,
+    context: Context,
+    metrics: dict[str, float | list[float]],
+    arrays: ArrayRecord | None = None,
+    data_card: dict | None = None,
+) -> Message:
+    content = RecordDict(
+        {
+            "metrics": MetricRecord(metrics),
+            "clinic": ConfigRecord(
+                {"name": str(context.node_config.get("clinic-name", "")), "device": pick_device().type}
+            ),
+        }
+    )
     if arrays is not None:
         content["arrays"] = arrays
     if data_card is not None:  # a ConfigRecord: Flower aggregates MetricRecords, not this
@@ -259,19 +277,28 @@ def train(msg: Message, context: Context) -> Message:
     model = _model(spec, msg, context)
     metrics: dict[str, float] = {}
     if bool(config.get("evaluate-received", False)):
-        metrics = _val_metrics(_for_evaluation(model, spec, config, data), data, spec,
-                               count_key="val_examples")
+        metrics = _val_metrics(_for_evaluation(model, spec, config, data), data, spec, count_key="val_examples")
     t1 = time.monotonic()
     seed = spec.seed * 1000 + server_round
     torch.manual_seed(seed)
     loss = train_local(
-        model, data.train.pixels, data.train.labels, epochs=spec.local_epochs,
-        batch_size=spec.batch_size, seed=seed,
-        proximal_mu=float(config.get("proximal-mu", 0.0)), **recipe_kwargs(spec, server_round),
+        model,
+        data.train.pixels,
+        data.train.labels,
+        epochs=spec.local_epochs,
+        batch_size=spec.batch_size,
+        seed=seed,
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        **recipe_kwargs(spec, server_round),
     )
-    log.info("round %d train: %d images; process %.1fs, data+model+eval %.1fs, training %.1fs",
-             server_round, len(data.train.labels), _process_age() - (time.monotonic() - t0),
-             t1 - t0, time.monotonic() - t1)
+    log.info(
+        "round %d train: %d images; process %.1fs, data+model+eval %.1fs, training %.1fs",
+        server_round,
+        len(data.train.labels),
+        _process_age() - (time.monotonic() - t0),
+        t1 - t0,
+        time.monotonic() - t1,
+    )
     if keys := _local_keys(model, config):
         _save_local(model, keys, context)
     metrics.update({"train_loss": loss, "num-examples": len(data.train.labels)})
@@ -280,13 +307,15 @@ def train(msg: Message, context: Context) -> Message:
     return _reply(msg, context, metrics, _outgoing(model, msg, context), card)
 
 
-def _val_metrics(model: torch.nn.Module, data: ClinicData, spec: ExperimentSpec,
-                 count_key: str) -> dict[str, float | list[float]]:
+def _val_metrics(
+    model: torch.nn.Module, data: ClinicData, spec: ExperimentSpec, count_key: str
+) -> dict[str, float | list[float]]:
     return _quality_metrics(predict_logits(model, data.val.pixels), data, spec, count_key)
 
 
-def _quality_metrics(logits: torch.Tensor, data: ClinicData, spec: ExperimentSpec,
-                     count_key: str) -> dict[str, float | list[float]]:
+def _quality_metrics(
+    logits: torch.Tensor, data: ClinicData, spec: ExperimentSpec, count_key: str
+) -> dict[str, float | list[float]]:
     """Validation figures (radfed.reply.ClinicValidation): loss, accuracy, AUROC with its
     95 % CI over patients, sensitivity and specificity at Youden's threshold on this split,
     ECE, health figures, and the per-score counts (and their patient-resampled
@@ -297,8 +326,7 @@ def _quality_metrics(logits: torch.Tensor, data: ClinicData, spec: ExperimentSpe
     return split_validation(logits.numpy(), data.val, spec.seed).to_metrics(count_key)
 
 
-def _train_head_only(msg: Message, context: Context, spec: ExperimentSpec,
-                     server_round: int) -> Message:
+def _train_head_only(msg: Message, context: Context, spec: ExperimentSpec, server_round: int) -> Message:
     """A train round with a frozen backbone: the head alone trains, on cached features."""
     config = msg.content["config"]
     t0 = time.monotonic()
@@ -312,18 +340,29 @@ def _train_head_only(msg: Message, context: Context, spec: ExperimentSpec,
     torch.manual_seed(seed)
     recipe = recipe_kwargs(spec, server_round)
     recipe.pop("augment")  # cached features: the flip is the only augmentation
-    loss = train_head(model.head, feats.train, feats.train_flipped, data.train.labels,
-                      epochs=spec.local_epochs, batch_size=spec.batch_size, seed=seed,
-                      proximal_mu=float(config.get("proximal-mu", 0.0)),
-                      dropout=feat.head_dropout(model), **recipe)
-    log.info("round %d head-only train: %d images; data+features+eval %.1fs, training %.2fs",
-             server_round, len(data.train.labels), t1 - t0, time.monotonic() - t1)
+    loss = train_head(
+        model.head,
+        feats.train,
+        feats.train_flipped,
+        data.train.labels,
+        epochs=spec.local_epochs,
+        batch_size=spec.batch_size,
+        seed=seed,
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        dropout=feat.head_dropout(model),
+        **recipe,
+    )
+    log.info(
+        "round %d head-only train: %d images; data+features+eval %.1fs, training %.2fs",
+        server_round,
+        len(data.train.labels),
+        t1 - t0,
+        time.monotonic() - t1,
+    )
     metrics.update({"train_loss": loss, "num-examples": len(data.train.labels)})
     head_keys, _ = feat.split_head(model)
     card = data.shared_card() if server_round == 1 else None
     return _reply(msg, context, metrics, _outgoing(model, msg, context, head_keys), card)
-
-
 
 
 @app.evaluate(mods=[transfer_mod, legacy_format_mod])
@@ -342,8 +381,9 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     return _reply(msg, context, _val_metrics(model, data, spec, count_key="num-examples"))
 
 
-def _as_evaluated_here(model: torch.nn.Module, spec: ExperimentSpec, config: ConfigRecord,
-                       context: Context, data: ClinicData) -> torch.nn.Module:
+def _as_evaluated_here(
+    model: torch.nn.Module, spec: ExperimentSpec, config: ConfigRecord, context: Context, data: ClinicData
+) -> torch.nn.Module:
     """The final model as this clinic evaluates it (and keeps it, client_node.delivery)."""
     if _local_keys(model, config) and not _local_path(context).is_file():  # a held-out clinic
         reestimate_batchnorm(model, data.train.pixels, labels=data.train.labels)  # FedBN: none of its own yet
@@ -351,8 +391,9 @@ def _as_evaluated_here(model: torch.nn.Module, spec: ExperimentSpec, config: Con
     return _for_evaluation(model, spec, config, data)
 
 
-def _for_evaluation(model: torch.nn.Module, spec: ExperimentSpec, config: ConfigRecord,
-                    data: ClinicData) -> torch.nn.Module:
+def _for_evaluation(
+    model: torch.nn.Module, spec: ExperimentSpec, config: ConfigRecord, data: ClinicData
+) -> torch.nn.Module:
     """The global model as this clinic evaluates it (radfed.batchnorm.as_evaluated); under
     FedBN (local-bn) the clinic's own statistics are already there. Nothing of it leaves."""
     if bool(config.get("local-bn", False)):

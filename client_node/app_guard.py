@@ -26,8 +26,16 @@ from radfed.app_bundle import (
     write_shim as _write,
 )
 
-__all__ = ["APPROVED_ENV", "AppNotApproved", "approved_from_env", "approved_hashes", "check_fab",
-           "local_app_hash", "main", "write_shim"]
+__all__ = [
+    "APPROVED_ENV",
+    "AppNotApproved",
+    "approved_from_env",
+    "approved_hashes",
+    "check_fab",
+    "local_app_hash",
+    "main",
+    "write_shim",
+]
 
 
 def main() -> None:

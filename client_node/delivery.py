@@ -38,13 +38,27 @@ AsClinicModel = Callable[[dict[str, torch.Tensor]], torch.nn.Module]
 def own_figures(model: torch.nn.Module, data: ClinicData, spec: ExperimentSpec) -> dict[str, Any]:
     """This clinic's figures for a model on its validation patients (as the federation's rows)."""
     quality = split_validation(predict_logits(model, data.val.pixels).numpy(), data.val, spec.seed).quality
-    return {key: value for key, value in quality.as_dict().items()
-            if key in ("auroc", "auroc_low", "auroc_high", "threshold", "threshold_logit",
-                       "sensitivity", "specificity", "images", "patients")}
+    return {
+        key: value
+        for key, value in quality.as_dict().items()
+        if key
+        in (
+            "auroc",
+            "auroc_low",
+            "auroc_high",
+            "threshold",
+            "threshold_logit",
+            "sensitivity",
+            "specificity",
+            "images",
+            "patients",
+        )
+    }
 
 
-def keep_delivery(msg: Message, spec: ExperimentSpec, data: ClinicData, models_dir: Path,
-                  as_clinic_model: AsClinicModel) -> dict[str, str]:
+def keep_delivery(
+    msg: Message, spec: ExperimentSpec, data: ClinicData, models_dir: Path, as_clinic_model: AsClinicModel
+) -> dict[str, str]:
     """Store every delivered model of the message; returns kind -> digest of the global weights."""
     config = msg.content["config"]
     card = json.loads(str(config["card"]))
@@ -62,20 +76,40 @@ def keep_delivery(msg: Message, spec: ExperimentSpec, data: ClinicData, models_d
         model = as_clinic_model(state)
         own[kind] = own_figures(model, data, spec)
         path = folder / f"{kind}.pt"
-        sha = save_model_file(path, {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                              spec=spec.to_json(), normalisation=normalisation, kind=kind,
-                              round=int(card["rounds"][kind]), pooled=card["pooled"][kind],
-                              clinic=own[kind], global_digest=receipt[kind],
-                              experiment=spec.name, flwr_run_id=str(card["flwr_run_id"]))
+        sha = save_model_file(
+            path,
+            {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            spec=spec.to_json(),
+            normalisation=normalisation,
+            kind=kind,
+            round=int(card["rounds"][kind]),
+            pooled=card["pooled"][kind],
+            clinic=own[kind],
+            global_digest=receipt[kind],
+            experiment=spec.name,
+            flwr_run_id=str(card["flwr_run_id"]),
+        )
         files[kind] = {"file": path.name, "sha256": sha}
-        log.info("received the %s model of run %s (round %s): %s", kind, card["flwr_run_id"],
-                 card["rounds"][kind], path)
-    write_card(folder, {
-        "experiment": spec.name, "flwr_run_id": card["flwr_run_id"], "labels": list(spec.labels),
-        "backbone": spec.backbone, "weights": spec.weight_source or spec.weights,
-        "image_size": spec.image_size, "normalisation": normalisation, "bn_policy": spec.bn_policy,
-        "rounds": card["rounds"], "federation_pooled": card["pooled"], "this_clinic": own,
-        "files": files, "global_digest": receipt,
-        "intended_use": "research use only; not a medical device",
-    })
+        log.info(
+            "received the %s model of run %s (round %s): %s", kind, card["flwr_run_id"], card["rounds"][kind], path
+        )
+    write_card(
+        folder,
+        {
+            "experiment": spec.name,
+            "flwr_run_id": card["flwr_run_id"],
+            "labels": list(spec.labels),
+            "backbone": spec.backbone,
+            "weights": spec.weight_source or spec.weights,
+            "image_size": spec.image_size,
+            "normalisation": normalisation,
+            "bn_policy": spec.bn_policy,
+            "rounds": card["rounds"],
+            "federation_pooled": card["pooled"],
+            "this_clinic": own,
+            "files": files,
+            "global_digest": receipt,
+            "intended_use": "research use only; not a medical device",
+        },
+    )
     return receipt

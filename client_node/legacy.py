@@ -42,14 +42,15 @@ def legacy_format_mod(msg: Message, context: Context, call_next: ClientAppCallab
     kind = next((k for k in ("fitins", "evaluateins") if f"{k}.parameters" in records), None)
     if kind is None:
         return call_next(msg, context)
-    ins = (compat.recorddict_to_fitins if kind == "fitins" else compat.recorddict_to_evaluateins)(
-        msg.content, True)
+    ins = (compat.recorddict_to_fitins if kind == "fitins" else compat.recorddict_to_evaluateins)(msg.content, True)
     keys = json.loads(str(ins.config[KEYS_CONFIG]))
     arrays = parameters_to_ndarrays(ins.parameters)
-    msg.content = RecordDict({
-        "arrays": ArrayRecord({k: Array(a) for k, a in zip(keys, arrays, strict=True)}),
-        "config": ConfigRecord({k: v for k, v in ins.config.items() if k != KEYS_CONFIG}),
-    })
+    msg.content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(a) for k, a in zip(keys, arrays, strict=True)}),
+            "config": ConfigRecord({k: v for k, v in ins.config.items() if k != KEYS_CONFIG}),
+        }
+    )
     reply = call_next(msg, context)
     if reply.has_error():
         return reply

@@ -30,11 +30,10 @@ ENROLMENT = "enrolment"
 # (most specific first).
 REFUSALS = {
     "[code: 2004]": "the SuperLink refused this clinic's node key (not enrolled there, or revoked); "
-                    "ask the coordinator (`coordinator clinic list`) for a current bundle",
+    "ask the coordinator (`coordinator clinic list`) for a current bundle",
     "[code: 2001]": "the SuperLink requires an enrolled clinic key; start with --bundle FILE "
-                    "from the coordinator (`coordinator clinic add NAME`)",
-    "Exit Code: 305": "the SuperNode could not establish its connection to the SuperLink; "
-                      "see the lines above",
+    "from the coordinator (`coordinator clinic add NAME`)",
+    "Exit Code: 305": "the SuperNode could not establish its connection to the SuperLink; see the lines above",
 }
 
 
@@ -101,14 +100,17 @@ def resolve(opts: NodeOptions) -> NodeOptions:
         enrolled = _enrolled_clinics(opts.nodes_home)
         if len(enrolled) != 1:
             raise NodeError(
-                "no enrolment found: pass --bundle FILE from the coordinator (or run `client-node "
-                "enroll FILE` once)" if not enrolled else
-                f"several clinics are enrolled here ({', '.join(enrolled)}); pass --name")
+                "no enrolment found: pass --bundle FILE from the coordinator (or run `client-node enroll FILE` once)"
+                if not enrolled
+                else f"several clinics are enrolled here ({', '.join(enrolled)}); pass --name"
+            )
         opts.name = enrolled[0]
     info = opts.enrolment / "enrolment.json"
     if not info.is_file():
-        raise NodeError(f"clinic '{opts.name}' is not enrolled on this machine; pass --bundle FILE "
-                        "(or run `client-node enroll FILE`)")
+        raise NodeError(
+            f"clinic '{opts.name}' is not enrolled on this machine; pass --bundle FILE "
+            "(or run `client-node enroll FILE`)"
+        )
     opts.superlink = opts.superlink or json.loads(info.read_text())["superlink"]
     return opts
 
@@ -119,11 +121,17 @@ def nodes_home_for(home: Path | None, name: str | None) -> Path:
     nodes = home or radfed_home() / "nodes"
     if name:
         return nodes / name
-    found = sorted(d.name for d in nodes.glob("*") if d.is_dir() and
-                   ((d / "node-config.toml").is_file() or (d / "models").is_dir()))
+    found = sorted(
+        d.name
+        for d in nodes.glob("*")
+        if d.is_dir() and ((d / "node-config.toml").is_file() or (d / "models").is_dir())
+    )
     if len(found) != 1:
-        raise NodeError(f"no clinic has run on this machine under {nodes}; pass --home or a model file"
-                        if not found else f"several clinics run on this machine ({', '.join(found)}); pass --name")
+        raise NodeError(
+            f"no clinic has run on this machine under {nodes}; pass --home or a model file"
+            if not found
+            else f"several clinics run on this machine ({', '.join(found)}); pass --name"
+        )
     return nodes / found[0]
 
 
@@ -168,12 +176,16 @@ def check(opts: NodeOptions) -> NodeOptions:
         raise NodeError(str(err)) from None
     why = reachable(str(opts.superlink))
     if why:
-        raise NodeError(f"SuperLink {opts.superlink} is not reachable ({why}); check the address "
-                        "and that `coordinator superlink` is running there")
+        raise NodeError(
+            f"SuperLink {opts.superlink} is not reachable ({why}); check the address "
+            "and that `coordinator superlink` is running there"
+        )
     if opts.insecure:
         if speaks_tls(str(opts.superlink)):
-            raise NodeError(f"SuperLink {opts.superlink} requires TLS: a plaintext (--insecure) node "
-                            "cannot join; start with your enrolment bundle (--bundle FILE) instead")
+            raise NodeError(
+                f"SuperLink {opts.superlink} requires TLS: a plaintext (--insecure) node "
+                "cannot join; start with your enrolment bundle (--bundle FILE) instead"
+            )
         return opts
     problem = check_tls(str(opts.superlink), (opts.enrolment / "ca.crt").read_text())
     if problem:
@@ -185,14 +197,27 @@ def supernode_command(opts: NodeOptions) -> list[str]:
     """The `flower-supernode` command line for this clinic (with radfed's pacing of
     Flower's message loop, client_node/supernode.py)."""
     opts.local_port = opts.local_port or free_port()
-    cmd = [sys.executable, "-m", "client_node.supernode", "--superlink", str(opts.superlink),
-           "--node-config", str(write_node_config(opts)), "--port", str(opts.local_port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "client_node.supernode",
+        "--superlink",
+        str(opts.superlink),
+        "--node-config",
+        str(write_node_config(opts)),
+        "--port",
+        str(opts.local_port),
+    ]
     if opts.isolation == "worker":
         cmd += ["--isolation", "process"]  # client_node/worker.py serves the ClientApp tasks
     if opts.insecure:
         return cmd + ["--insecure"]
-    return cmd + ["--root-certificates", str((opts.enrolment / "ca.crt").resolve()),
-                  "--auth-supernode-private-key", str((opts.enrolment / "node.key").resolve())]
+    return cmd + [
+        "--root-certificates",
+        str((opts.enrolment / "ca.crt").resolve()),
+        "--auth-supernode-private-key",
+        str((opts.enrolment / "node.key").resolve()),
+    ]
 
 
 class _Worker:
@@ -205,8 +230,9 @@ class _Worker:
 
     def check(self) -> None:
         if self.proc.poll() is not None:
-            print(f"radfed: ClientApp worker exited ({self.proc.returncode}); restarting it",
-                  file=sys.stderr, flush=True)
+            print(
+                f"radfed: ClientApp worker exited ({self.proc.returncode}); restarting it", file=sys.stderr, flush=True
+            )
             self.proc = spawn_bound(self.cmd, env=self.env)
 
     def stop(self) -> None:
@@ -295,10 +321,12 @@ def run_supernode(opts: NodeOptions, report=print, say=None) -> int:
                 refused_since = refused_since or started
                 window = STALE_SESSION_S if crashed else RESYNC_S
                 if time.monotonic() - refused_since < window:
-                    say_once("the SuperLink still holds this clinic's previous session (a node that stopped "
-                        "abruptly counts as online for up to a minute); retrying" if crashed else
-                        "the SuperLink refused this clinic's key; retrying while the coordinator "
-                        "re-registers keys")
+                    say_once(
+                        "the SuperLink still holds this clinic's previous session (a node that stopped "
+                        "abruptly counts as online for up to a minute); retrying"
+                        if crashed
+                        else "the SuperLink refused this clinic's key; retrying while the coordinator re-registers keys"
+                    )
                     time.sleep(min(backoff, 5.0))
                     backoff = min(backoff * 2, MAX_BACKOFF_S)
                     continue

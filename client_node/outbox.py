@@ -24,10 +24,14 @@ def describe(reply: Message) -> dict:
         return entry
     content = reply.content
     entry["metrics"] = {name: dict(rec) for name, rec in content.metric_records.items()}
-    entry["configs"] = {name: {k: v if not isinstance(v, bytes) else f"<{len(v)} bytes>" for k, v in rec.items()}
-                        for name, rec in content.config_records.items()}
-    entry["arrays"] = {name: {"tensors": len(rec), "bytes": sum(len(a.data) for a in rec.values())}
-                       for name, rec in content.array_records.items()}
+    entry["configs"] = {
+        name: {k: v if not isinstance(v, bytes) else f"<{len(v)} bytes>" for k, v in rec.items()}
+        for name, rec in content.config_records.items()
+    }
+    entry["arrays"] = {
+        name: {"tensors": len(rec), "bytes": sum(len(a.data) for a in rec.values())}
+        for name, rec in content.array_records.items()
+    }
     return entry
 
 

@@ -71,8 +71,10 @@ def install(module: ModuleType | None = None) -> Pacing:
         from flwr.supernode import start_client_internal as module
     pull = getattr(module, "_pull_and_store_message", None)
     if getattr(module, "time", None) is not time or pull is None:
-        raise RuntimeError("this Flower version's SuperNode loop is not the one radfed paces "
-                           "(flwr.supernode.start_client_internal changed); pin flwr==1.42.*")
+        raise RuntimeError(
+            "this Flower version's SuperNode loop is not the one radfed paces "
+            "(flwr.supernode.start_client_internal changed); pin flwr==1.42.*"
+        )
     pacing = Pacing()
 
     def pull_and_note(*args, **kwargs):

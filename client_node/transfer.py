@@ -21,8 +21,7 @@ def transfer_mod(msg: Message, context: Context, call_next: ClientAppCallable) -
     """Decode incoming half-precision weights; send the reply's as changes in that dtype."""
     if msg.has_error():
         return call_next(msg, context)
-    received = {name: (record, decode_record(record))
-                for name, record in msg.content.array_records.items()}
+    received = {name: (record, decode_record(record)) for name, record in msg.content.array_records.items()}
     reply = call_next(msg, context)
     if reply.has_error():
         return reply

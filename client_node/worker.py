@@ -31,8 +31,12 @@ def _client(address: str, interceptors: list):
     from flwr.supercore.runtime import RuntimeHttpClient
 
     return RuntimeHttpClient.from_server_address(
-        server_address=address, insecure=True, root_certificates=None,
-        interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker())
+        server_address=address,
+        insecure=True,
+        root_certificates=None,
+        interceptors=interceptors,
+        retry_invoker=make_simple_http_retry_invoker(),
+    )
 
 
 def serve_task(address: str, token: str, approved: set[str], times: dict | None = None) -> str:
@@ -50,8 +54,9 @@ def serve_task(address: str, token: str, approved: set[str], times: dict | None 
 
     from client_node.app_guard import check_fab
 
-    client = _client(address, [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
-                               RuntimeTokenHttpInterceptor(token)])
+    client = _client(
+        address, [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"), RuntimeTokenHttpInterceptor(token)]
+    )
     heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
     heartbeat.start()
     message = context = reply = None
@@ -69,8 +74,11 @@ def serve_task(address: str, token: str, approved: set[str], times: dict | None 
         status, details = SubStatus.COMPLETED, ""
     except Exception as ex:  # noqa: BLE001 - every failure becomes an error reply, as in Flower
         log.exception("ClientApp task failed")
-        code = ErrorCode.LOAD_CLIENT_APP_EXCEPTION if isinstance(ex, LoadClientAppError) \
+        code = (
+            ErrorCode.LOAD_CLIENT_APP_EXCEPTION
+            if isinstance(ex, LoadClientAppError)
             else ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+        )
         details = f"{type(ex).__name__}: {ex}".splitlines()[0][:300]
         if message is not None:
             reply = Message(Error(code=code, reason=details), reply_to=message)
@@ -105,8 +113,13 @@ def run_worker(address: str, approved: set[str], poll: float = POLL_S) -> None:
         if res.HasField("task") and res.token:
             started, times = time.monotonic(), {}
             status = serve_task(address, res.token, approved, times)
-            log.info("task %s %s in %.2f s (%s)", res.task.task_id, status, time.monotonic() - started,
-                     ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
+            log.info(
+                "task %s %s in %.2f s (%s)",
+                res.task.task_id,
+                status,
+                time.monotonic() - started,
+                ", ".join(f"{k} {v:.2f} s" for k, v in times.items()),
+            )
         else:
             time.sleep(poll)
 

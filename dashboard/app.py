@@ -68,7 +68,8 @@ def navigation() -> dict[str, list[st.Page]]:
     sections: dict[str, list[st.Page]] = {}
     for i, (section, script, title, icon, url) in enumerate(PAGES):
         sections.setdefault(section, []).append(
-            st.Page(HERE / script, title=title, icon=icon, url_path=url, default=i == 0))
+            st.Page(HERE / script, title=title, icon=icon, url_path=url, default=i == 0)
+        )
     submit = submit_page()
     if submit is not None:
         sections.setdefault("Experiments", []).append(submit)
@@ -85,8 +86,7 @@ def sidebar_facts(context) -> None:
     else:
         where = f"PostgreSQL database {url.database} on {url.host}"
     with st.sidebar:
-        st.caption(f"{where} · {count(len(context.finished))} finished and "
-                   f"{count(len(context.running))} running runs")
+        st.caption(f"{where} · {count(len(context.finished))} finished and {count(len(context.running))} running runs")
         st.button("Refresh", key="refresh", help="Read the store again (the Live page refreshes by itself).")
 
 

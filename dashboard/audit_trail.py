@@ -22,10 +22,20 @@ from radfed.store import StoreError
 
 LIMIT = 5000
 PAGE_ROWS = 50
-KIND_WORDS = {"enrolled": "enrolled", "revoked": "revoked", "registered": "registered with the SuperLink",
-              "connected": "connected", "disconnected": "disconnected", "contributed": "contributed an update",
-              "excluded": "update excluded", "late": "replied late", "alert": "alert", "lost": "lost (no heartbeat)",
-              "failed": "failed", "delivered": "final model delivered"}
+KIND_WORDS = {
+    "enrolled": "enrolled",
+    "revoked": "revoked",
+    "registered": "registered with the SuperLink",
+    "connected": "connected",
+    "disconnected": "disconnected",
+    "contributed": "contributed an update",
+    "excluded": "update excluded",
+    "late": "replied late",
+    "alert": "alert",
+    "lost": "lost (no heartbeat)",
+    "failed": "failed",
+    "delivered": "final model delivered",
+}
 
 
 def run_names(entries: list[dict[str, Any]]) -> dict[str, str]:
@@ -39,12 +49,17 @@ def run_names(entries: list[dict[str, Any]]) -> dict[str, str]:
 
 def audit_frame(events: list[dict[str, Any]], names: dict[str, str]) -> pd.DataFrame:
     """Newest first: when, what, clinic, run, round, detail: every cell a word."""
-    rows = [{"When": when(e["at"], seconds=True), "What": KIND_WORDS.get(e["kind"], e["kind"]),
-             "Clinic": e.get("clinic") or "the federation",
-             "Run": names.get(str(e["run"]), "a run not in this store") if e.get("run") else NONE_WORD,
-             "Round": NONE_WORD if e.get("round") is None else str(e["round"]),
-             "Detail": e.get("detail") or NONE_WORD}
-            for e in reversed(events)]
+    rows = [
+        {
+            "When": when(e["at"], seconds=True),
+            "What": KIND_WORDS.get(e["kind"], e["kind"]),
+            "Clinic": e.get("clinic") or "the federation",
+            "Run": names.get(str(e["run"]), "a run not in this store") if e.get("run") else NONE_WORD,
+            "Round": NONE_WORD if e.get("round") is None else str(e["round"]),
+            "Detail": e.get("detail") or NONE_WORD,
+        }
+        for e in reversed(events)
+    ]
     return pd.DataFrame(rows, columns=["When", "What", "Clinic", "Run", "Round", "Detail"])
 
 
@@ -78,24 +93,40 @@ def render() -> None:
     frame = audit_frame(events, run_names(context.entries))
     with st.sidebar:
         st.markdown("**Filter events**")
-        kinds = st.multiselect("What happened", [k for k in EVENT_KINDS if any(e["kind"] == k for e in events)],
-                               format_func=lambda k: KIND_WORDS.get(k, k), key="audit-kinds", placeholder="all")
+        kinds = st.multiselect(
+            "What happened",
+            [k for k in EVENT_KINDS if any(e["kind"] == k for e in events)],
+            format_func=lambda k: KIND_WORDS.get(k, k),
+            key="audit-kinds",
+            placeholder="all",
+        )
         clinics = st.multiselect("Clinic", sorted(frame["Clinic"].unique()), key="audit-clinics", placeholder="all")
         runs = st.multiselect("Run", sorted(set(frame["Run"]) - {NONE_WORD}), key="audit-runs", placeholder="all")
         text = st.text_input("Containing", key="audit-text", placeholder="e.g. a node key")
     shown = filtered(frame, kinds, clinics, runs, text)
-    st.caption(f"{len(shown)} of {len(frame)} events, newest first"
-               + (f" (the newest {LIMIT} only)" if len(events) >= LIMIT else "") + ".")
+    st.caption(
+        f"{len(shown)} of {len(frame)} events, newest first"
+        + (f" (the newest {LIMIT} only)" if len(events) >= LIMIT else "")
+        + "."
+    )
     if shown.empty:
         st.info("No event matches the filters.")
         return
     pages = max(1, -(-len(shown) // PAGE_ROWS))
-    number = st.number_input(f"Page (of {pages}, {PAGE_ROWS} events each)", 1, pages, 1, key="audit-page") \
-        if pages > 1 else 1
+    number = (
+        st.number_input(f"Page (of {pages}, {PAGE_ROWS} events each)", 1, pages, 1, key="audit-page")
+        if pages > 1
+        else 1
+    )
     start = (int(number) - 1) * PAGE_ROWS
-    show_table(shown.iloc[start:start + PAGE_ROWS])
-    st.download_button("Download these events (CSV)", shown.to_csv(index=False), file_name="radfed-audit-trail.csv",
-                       mime="text/csv", key="audit-csv")
+    show_table(shown.iloc[start : start + PAGE_ROWS])
+    st.download_button(
+        "Download these events (CSV)",
+        shown.to_csv(index=False),
+        file_name="radfed-audit-trail.csv",
+        mime="text/csv",
+        key="audit-csv",
+    )
 
 
 if __name__ == "__main__":

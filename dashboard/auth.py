@@ -32,8 +32,15 @@ SESSION_MAX_AGE_S = 12 * 3600
 ANONYMOUS = "anonymous (loopback)"
 LOGIN_FORM = "radfed-login"
 
-__all__ = ["Researcher", "current_researcher", "login_form", "login_required", "logout",
-           "record_download", "require_login"]
+__all__ = [
+    "Researcher",
+    "current_researcher",
+    "login_form",
+    "login_required",
+    "logout",
+    "record_download",
+    "require_login",
+]
 
 
 @st.cache_resource(show_spinner=False)
@@ -100,8 +107,9 @@ def login_form(key: str = LOGIN_FORM) -> Researcher | None:
     auth = oidc_auth()
     email = oidc_identity() if auth else None
     if email:
-        st.error(f"{email} has no active radfed account; ask the coordinator: "
-                 f"`coordinator researcher add {email} --oidc`")
+        st.error(
+            f"{email} has no active radfed account; ask the coordinator: `coordinator researcher add {email} --oidc`"
+        )
     with st.form(key, clear_on_submit=True):
         name = st.text_input("Name", key=f"{key}.name")
         secret = st.text_input("Secret", type="password", key=f"{key}.secret")
@@ -155,8 +163,10 @@ def require_login(required: bool = False) -> Researcher | None:
                 logout(who)
         return who
     if required or login_required():
-        st.caption("Every page of this dashboard needs a login: accounts come from the coordinator "
-                   "(`coordinator researcher add NAME`).")
+        st.caption(
+            "Every page of this dashboard needs a login: accounts come from the coordinator "
+            "(`coordinator researcher add NAME`)."
+        )
         login_form()
         st.stop()
     return None

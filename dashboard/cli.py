@@ -40,14 +40,26 @@ def streamlit_command(db_url: str, host: str, port: int) -> list[str]:
     the database, go to the console)."""
     details = "full" if is_loopback(host) else "type"
     return [
-        sys.executable, "-m", "streamlit", "run", str(APP_PATH),
-        "--server.headless", "true",
-        "--browser.gatherUsageStats", "false",
-        "--client.showErrorDetails", details,
-        "--client.toolbarMode", "viewer",
-        "--server.address", host,
-        "--server.port", str(port),
-        "--", "--db", db_url,
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP_PATH),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--client.showErrorDetails",
+        details,
+        "--client.toolbarMode",
+        "viewer",
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--",
+        "--db",
+        db_url,
     ]
 
 
@@ -111,12 +123,18 @@ def stop(child: subprocess.Popen[bytes]) -> None:
 )
 def run(
     db: str = typer.Option(
-        None, "--db", metavar="URL", show_default=False,
+        None,
+        "--db",
+        metavar="URL",
+        show_default=False,
         help="Database URL (sqlite:///... or postgresql://...). Default: $DATABASE_URL, "
         "else $RADFED_HOME/radfed.db (~/.radfed).",
     ),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; beyond loopback "
-                             "(127.0.0.1, localhost, ::1) every page needs a researcher's login."),
+    host: str = typer.Option(
+        "127.0.0.1",
+        "--host",
+        help="Address to listen on; beyond loopback (127.0.0.1, localhost, ::1) every page needs a researcher's login.",
+    ),
     port: int = typer.Option(8501, "--port", min=1, max=65535, help="Port to listen on."),
 ) -> None:
     """Serve the dashboard until Ctrl-C."""

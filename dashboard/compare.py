@@ -31,12 +31,17 @@ def figures_frame(entries: list[dict[str, Any]]) -> pd.DataFrame:
     for e in entries:
         pooled = e.get("pooled") or {}
         selected = (e.get("selected") or {}).get("round")
-        rows.append({"Run": run_name(e),
-                     capitalised(POOLED_AUROC) + " [95% CI]": auroc_text(e.get("pooled_auroc"), pooled.get("auroc_low"),
-                                                                         pooled.get("auroc_high"), empty="not yet"),
-                     capitalised(CLINIC_MEAN_AUROC): number(e.get("clinic_mean_auroc"), empty="not yet"),
-                     "Selected round": NONE_WORD if selected is None else str(selected),
-                     "Rounds, time": f"{rounds_done(e)} of {e['rounds_planned']}, {run_duration(e)}"})
+        rows.append(
+            {
+                "Run": run_name(e),
+                capitalised(POOLED_AUROC) + " [95% CI]": auroc_text(
+                    e.get("pooled_auroc"), pooled.get("auroc_low"), pooled.get("auroc_high"), empty="not yet"
+                ),
+                capitalised(CLINIC_MEAN_AUROC): number(e.get("clinic_mean_auroc"), empty="not yet"),
+                "Selected round": NONE_WORD if selected is None else str(selected),
+                "Rounds, time": f"{rounds_done(e)} of {e['rounds_planned']}, {run_duration(e)}",
+            }
+        )
     return display_frame(pd.DataFrame(rows))
 
 

@@ -105,8 +105,11 @@ def run_label(entry: dict[str, Any]) -> str:
     """Picker label: name, rank or 'running', and the headline with its state."""
     auroc = entry.get("pooled_auroc")
     figure = f"pooled AUROC {auroc:.3f}" if auroc is not None else "no pooled AUROC yet"
-    where = "running" if entry["status"] == "running" else (
-        f"#{entry['rank']}" if entry["status"] == "completed" else entry["status"])
+    where = (
+        "running"
+        if entry["status"] == "running"
+        else (f"#{entry['rank']}" if entry["status"] == "completed" else entry["status"])
+    )
     flag = " ⚠" if entry.get("warnings") else ""
     return f"{run_name(entry)} ({where}, {figure}){flag}"
 
@@ -143,7 +146,8 @@ def choose_runs(entries: list[dict[str, Any]], default: int = 3, key: str = "run
     by_id = {e["run_id"]: e for e in entries}
     remembered = [i for i in st.session_state.get(RUNS_MEMORY, []) if i in by_id]
     start = remembered or [e["run_id"] for e in entries if e["status"] != "running"][:default]
-    chosen = st.multiselect("Runs to compare", list(by_id), default=start,
-                            format_func=lambda i: run_label(by_id[i]), key=key)
+    chosen = st.multiselect(
+        "Runs to compare", list(by_id), default=start, format_func=lambda i: run_label(by_id[i]), key=key
+    )
     st.session_state[RUNS_MEMORY] = list(chosen)
     return [by_id[i] for i in chosen]

@@ -29,19 +29,44 @@ def auroc_series(entry: dict[str, Any], series: str | None = None, clinic_mean: 
     rows = []
     for r in entry.get("rounds", []):
         pooled = r.get("pooled") or {}
-        rows.append({"round": r["server_round"], "series": series or POOLED_AUROC, "value": pooled.get("auroc"),
-                     "low": pooled.get("auroc_low"), "high": pooled.get("auroc_high"), "dashed": False})
+        rows.append(
+            {
+                "round": r["server_round"],
+                "series": series or POOLED_AUROC,
+                "value": pooled.get("auroc"),
+                "low": pooled.get("auroc_low"),
+                "high": pooled.get("auroc_high"),
+                "dashed": False,
+            }
+        )
         if clinic_mean:
-            rows.append({"round": r["server_round"], "series": CLINIC_MEAN_AUROC, "value": r.get("val_auroc"),
-                         "low": None, "high": None, "dashed": True})
+            rows.append(
+                {
+                    "round": r["server_round"],
+                    "series": CLINIC_MEAN_AUROC,
+                    "value": r.get("val_auroc"),
+                    "low": None,
+                    "high": None,
+                    "dashed": True,
+                }
+            )
     return _frame(rows)
 
 
 def loss_series(entry: dict[str, Any]) -> pd.DataFrame:
     """Training and validation loss per round, named in words."""
-    rows = [{"round": r["server_round"], "series": name, "value": r.get(key), "low": None, "high": None,
-             "dashed": key == "val_loss"}
-            for r in entry.get("rounds", []) for key, name in LOSS_NAMES.items()]
+    rows = [
+        {
+            "round": r["server_round"],
+            "series": name,
+            "value": r.get(key),
+            "low": None,
+            "high": None,
+            "dashed": key == "val_loss",
+        }
+        for r in entry.get("rounds", [])
+        for key, name in LOSS_NAMES.items()
+    ]
     return _frame(rows)
 
 
@@ -55,9 +80,16 @@ def clinic_series(entry: dict[str, Any], metric: str) -> pd.DataFrame:
         if c["phase"] != phase:
             continue
         q = c.get("quality") or {}
-        rows.append({"round": c["server_round"], "series": c["clinic"], "value": c.get(key),
-                     "low": q.get("auroc_low") if key == "auroc" else None,
-                     "high": q.get("auroc_high") if key == "auroc" else None, "dashed": False})
+        rows.append(
+            {
+                "round": c["server_round"],
+                "series": c["clinic"],
+                "value": c.get(key),
+                "low": q.get("auroc_low") if key == "auroc" else None,
+                "high": q.get("auroc_high") if key == "auroc" else None,
+                "dashed": False,
+            }
+        )
     return _frame(rows)
 
 

@@ -18,8 +18,13 @@ from dashboard.charts import stacked_bars
 from dashboard.tables import show_table
 from dashboard.words import NONE_WORD, display_frame
 
-KINDS = {"modalities": "Modalities", "manufacturers": "Manufacturers", "sizes": "Image sizes",
-         "transfer_syntaxes": "Transfer syntaxes", "rejected": "Rejected files, by reason"}
+KINDS = {
+    "modalities": "Modalities",
+    "manufacturers": "Manufacturers",
+    "sizes": "Image sizes",
+    "transfer_syntaxes": "Transfer syntaxes",
+    "rejected": "Rejected files, by reason",
+}
 
 
 def counted(mapping: dict[str, int] | None, unit: str = "images") -> str:
@@ -37,9 +42,12 @@ def counts_frame(cards: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for item in cards:
         card, (train, val) = item["card"], _splits(item["card"])
-        row: dict[str, Any] = {"Clinic": item["clinic"], "Training images": train.get("total_images", 0),
-                               "Validation images": val.get("total_images", 0),
-                               "Patients": train.get("total_patients", 0) + val.get("total_patients", 0)}
+        row: dict[str, Any] = {
+            "Clinic": item["clinic"],
+            "Training images": train.get("total_images", 0),
+            "Validation images": val.get("total_images", 0),
+            "Patients": train.get("total_patients", 0) + val.get("total_patients", 0),
+        }
         for label in card.get("labels", []):
             row[f"{label} images"] = sum(s.get("images", {}).get(label, 0) for s in (train, val))
         row["Rejected files"] = card.get("rejected_total", 0)
@@ -50,17 +58,29 @@ def counts_frame(cards: list[dict[str, Any]]) -> pd.DataFrame:
 
 def label_bars(cards: list[dict[str, Any]]) -> pd.DataFrame:
     """(who, part, count): images per label per clinic, for the bar chart."""
-    rows = [{"who": item["clinic"], "part": label,
-             "count": sum(s.get("images", {}).get(label, 0) for s in _splits(item["card"]))}
-            for item in cards for label in item["card"].get("labels", [])]
+    rows = [
+        {
+            "who": item["clinic"],
+            "part": label,
+            "count": sum(s.get("images", {}).get(label, 0) for s in _splits(item["card"])),
+        }
+        for item in cards
+        for label in item["card"].get("labels", [])
+    ]
     return pd.DataFrame(rows, columns=["who", "part", "count"])
 
 
 def equipment_frame(cards: list[dict[str, Any]]) -> pd.DataFrame:
     """Clinic, kind (modality, manufacturer, size, transfer syntax, rejection) and counts."""
-    rows = [{"Clinic": item["clinic"], "What": label,
-             "Counts": counted(item["card"].get(key), "files" if key == "rejected" else "images")}
-            for item in cards for key, label in KINDS.items()]
+    rows = [
+        {
+            "Clinic": item["clinic"],
+            "What": label,
+            "Counts": counted(item["card"].get(key), "files" if key == "rejected" else "images"),
+        }
+        for item in cards
+        for key, label in KINDS.items()
+    ]
     return pd.DataFrame(rows, columns=["Clinic", "What", "Counts"])
 
 

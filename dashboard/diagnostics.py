@@ -77,8 +77,10 @@ def roc_frames(series: dict[str, list[dict[str, Any]]], cut: float | None) -> tu
         if cut is not None:
             sens, spec = rates(confusion(hist, cut))
             points.append({"series": label, "fpr": 1 - spec, "tpr": sens})
-    return (pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=["fpr", "tpr", "step", "series"]),
-            pd.DataFrame(points, columns=["series", "fpr", "tpr"]))
+    return (
+        pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=["fpr", "tpr", "step", "series"]),
+        pd.DataFrame(points, columns=["series", "fpr", "tpr"]),
+    )
 
 
 def render() -> None:
@@ -93,14 +95,17 @@ def render() -> None:
         return
     rounds = sorted({r["server_round"] for r in rows}, reverse=True)
     if not rounds:
-        st.info(f"{run_name(entry)} has no score histograms: no clinic has evaluated a model yet, or the run "
-                f"was recorded by a radfed that did not keep them. ROC curves, reliability diagrams and the "
-                f"confusion matrix need them.")
+        st.info(
+            f"{run_name(entry)} has no score histograms: no clinic has evaluated a model yet, or the run "
+            f"was recorded by a radfed that did not keep them. ROC curves, reliability diagrams and the "
+            f"confusion matrix need them."
+        )
         return
     last = final_round(entry)
     start = rounds.index(last["server_round"]) if last and last["server_round"] in rounds else 0
-    chosen = st.selectbox("Model of", rounds, index=start, format_func=lambda r: round_words(entry, r),
-                          key="diagnostics-round")
+    chosen = st.selectbox(
+        "Model of", rounds, index=start, format_func=lambda r: round_words(entry, r), key="diagnostics-round"
+    )
     series = series_summaries(rows, chosen)
     shown = st.multiselect("Validation images of", list(series), default=list(series), key="diagnostics-series")
     picked = {name: series[name] for name in shown}
@@ -109,9 +114,11 @@ def render() -> None:
     if cut is None:
         st.info("No pooled threshold for this round: the pooled images hold one class only.")
     else:
-        st.markdown(f"**Threshold:** a finding is called at p({finding}) ≥ {number(p_cut, '.4f')} "
-                    f"(log-odds ≥ {cut:.3f}): the federation's operating point, the one that maximises "
-                    f"Youden's J (sensitivity + specificity − 1) on all clinics' validation images together.")
+        st.markdown(
+            f"**Threshold:** a finding is called at p({finding}) ≥ {number(p_cut, '.4f')} "
+            f"(log-odds ≥ {cut:.3f}): the federation's operating point, the one that maximises "
+            f"Youden's J (sensitivity + specificity − 1) on all clinics' validation images together."
+        )
     left, right = st.columns(2)
     with left:
         st.markdown("**ROC curve**: diamonds mark the threshold above")
@@ -140,9 +147,11 @@ def render() -> None:
         counts = confusion(pooled(summaries) if len(summaries) > 1 else histogram(summaries[0]), cut)
         sens, spec = rates(counts)
         st.altair_chart(confusion_chart(confusion_frame(counts, (negative, finding))), width="stretch")
-        st.caption(f"{whose}: sensitivity {number(sens, '.2f', empty='not defined (no findings)')}, "
-                   f"specificity {number(spec, '.2f', empty='not defined (no images without it)')} at "
-                   f"p({finding}) ≥ {number(p_cut, '.4f')}. Percentages are of each row (what the image shows).")
+        st.caption(
+            f"{whose}: sensitivity {number(sens, '.2f', empty='not defined (no findings)')}, "
+            f"specificity {number(spec, '.2f', empty='not defined (no images without it)')} at "
+            f"p({finding}) ≥ {number(p_cut, '.4f')}. Percentages are of each row (what the image shows)."
+        )
 
 
 if __name__ == "__main__":

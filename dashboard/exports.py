@@ -40,15 +40,22 @@ def show_exports(entry: dict[str, Any]) -> None:
     except ExportError as exc:
         st.caption(without_paths(str(exc)))
         return
-    st.download_button("Download model card (Markdown)", data=card, file_name=stem + ".card.md",
-                       mime="text/markdown", key=f"card-{entry['run_id']}",
-                       on_click=on_download(stem + ".card.md") or "rerun")
+    st.download_button(
+        "Download model card (Markdown)",
+        data=card,
+        file_name=stem + ".card.md",
+        mime="text/markdown",
+        key=f"card-{entry['run_id']}",
+        on_click=on_download(stem + ".card.md") or "rerun",
+    )
     for fmt, label in FORMAT_LABELS.items():
         found = existing_export(entry, fmt)
         if found is None:
-            if not st.button(f"Export {label}", key=f"export-{fmt}-{entry['run_id']}",
-                             help="Writes the file and its card to the server's export folder, "
-                                  "checked against PyTorch."):
+            if not st.button(
+                f"Export {label}",
+                key=f"export-{fmt}-{entry['run_id']}",
+                help="Writes the file and its card to the server's export folder, checked against PyTorch.",
+            ):
                 continue
             try:
                 with st.spinner(f"Exporting {label} and checking it against PyTorch..."):
@@ -61,11 +68,20 @@ def show_exports(entry: dict[str, Any]) -> None:
         model, card_md = found
         left, right = st.columns(2)
         with left:
-            st.download_button(f"Download {label} ({stem + FORMATS[fmt]})", data=_reader(model),
-                               file_name=stem + FORMATS[fmt], mime="application/octet-stream",
-                               key=f"dl-{fmt}-{entry['run_id']}", on_click=on_download(stem + FORMATS[fmt]) or "rerun")
+            st.download_button(
+                f"Download {label} ({stem + FORMATS[fmt]})",
+                data=_reader(model),
+                file_name=stem + FORMATS[fmt],
+                mime="application/octet-stream",
+                key=f"dl-{fmt}-{entry['run_id']}",
+                on_click=on_download(stem + FORMATS[fmt]) or "rerun",
+            )
         with right:
-            st.download_button(f"Download {label} model card", data=card_md.read_text(),
-                               file_name=stem + FORMATS[fmt] + ".card.md", mime="text/markdown",
-                               key=f"dl-card-{fmt}-{entry['run_id']}",
-                               on_click=on_download(stem + FORMATS[fmt] + ".card.md") or "rerun")
+            st.download_button(
+                f"Download {label} model card",
+                data=card_md.read_text(),
+                file_name=stem + FORMATS[fmt] + ".card.md",
+                mime="text/markdown",
+                key=f"dl-card-{fmt}-{entry['run_id']}",
+                on_click=on_download(stem + FORMATS[fmt] + ".card.md") or "rerun",
+            )

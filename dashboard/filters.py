@@ -22,8 +22,14 @@ from radfed.model_card import spec_values
 from radfed.reply import POOLED_AUROC
 
 FREEZE_WORDS = {"none": "train every layer", "all": "head only (backbone frozen)"}
-FACETS = {"task": "Task", "backbone": "Backbone", "weight_source": "Weight source",
-          "freeze": "Freeze policy", "strategy": "Strategy", "privacy": "Privacy"}
+FACETS = {
+    "task": "Task",
+    "backbone": "Backbone",
+    "weight_source": "Weight source",
+    "freeze": "Freeze policy",
+    "strategy": "Strategy",
+    "privacy": "Privacy",
+}
 MEMORY = "radfed-filter-"
 
 
@@ -48,10 +54,14 @@ def facets(entry: dict[str, Any]) -> dict[str, str]:
     spec = spec_values(entry.get("spec_json") or "{}")
     labels = spec.get("labels") or ["normal", "finding"]
     privacy = (entry.get("privacy") or {}).get("mode") or "none"
-    return {"task": " vs ".join(str(x) for x in labels), "backbone": str(entry.get("backbone")),
-            "weight_source": weight_source(entry), "freeze": freeze_words(spec),
-            "strategy": str(entry.get("strategy")), "privacy": "no differential privacy" if privacy == "none"
-            else f"differential privacy ({privacy})"}
+    return {
+        "task": " vs ".join(str(x) for x in labels),
+        "backbone": str(entry.get("backbone")),
+        "weight_source": weight_source(entry),
+        "freeze": freeze_words(spec),
+        "strategy": str(entry.get("strategy")),
+        "privacy": "no differential privacy" if privacy == "none" else f"differential privacy ({privacy})",
+    }
 
 
 def remembered_multiselect(label: str, options: list[str], memory: str, key: str) -> list[str]:
@@ -94,8 +104,15 @@ def group_frame(entries: list[dict[str, Any]], facet: str) -> pd.DataFrame:
         best = max(scored, key=lambda e: e["pooled_auroc"], default=None)
         mean = number(statistics.fmean(scores)) if scores else NOT_MEASURED
         spread = f" ± {statistics.stdev(scores):.3f}" if len(scores) > 1 else ""
-        rows.append({FACETS[facet]: value, "Runs": len(runs), "Completed": len(scored),
-                     f"{capitalised(POOLED_AUROC)} mean ± sd": mean + spread,
-                     "Best run": f"{best['experiment']} · run {best['run_id']} ({best['pooled_auroc']:.3f})"
-                     if best else "no completed run"})
+        rows.append(
+            {
+                FACETS[facet]: value,
+                "Runs": len(runs),
+                "Completed": len(scored),
+                f"{capitalised(POOLED_AUROC)} mean ± sd": mean + spread,
+                "Best run": f"{best['experiment']} · run {best['run_id']} ({best['pooled_auroc']:.3f})"
+                if best
+                else "no completed run",
+            }
+        )
     return pd.DataFrame(rows)

@@ -26,13 +26,15 @@ from radfed.results import rounds_done
 
 HEADLINE = capitalised(POOLED_AUROC) + " [95% CI]"
 CLINIC_MEAN = capitalised(CLINIC_MEAN_AUROC)
-CAPTION = (f"**Trust the {POOLED_AUROC}.** It is the final model's AUROC over every clinic's validation "
-           f"patients together, with its 95 % CI (bootstrap over patients, within each clinic): the figure "
-           f"one deployed model with one threshold would get, and the one runs are ranked by. The "
-           f"{CLINIC_MEAN_AUROC} averages each clinic's own AUROC (weighted by its validation images); with "
-           f"20–50 images a clinic each of those is noisy, and a model that shifts its scores from clinic to "
-           f"clinic looks better on it than it is. **≈ #1**: the run's CI overlaps the leader's, so the two "
-           f"cannot be told apart on this data. **below #1**: its CI lies below the leader's.")
+CAPTION = (
+    f"**Trust the {POOLED_AUROC}.** It is the final model's AUROC over every clinic's validation "
+    f"patients together, with its 95 % CI (bootstrap over patients, within each clinic): the figure "
+    f"one deployed model with one threshold would get, and the one runs are ranked by. The "
+    f"{CLINIC_MEAN_AUROC} averages each clinic's own AUROC (weighted by its validation images); with "
+    f"20–50 images a clinic each of those is noisy, and a model that shifts its scores from clinic to "
+    f"clinic looks better on it than it is. **≈ #1**: the run's CI overlaps the leader's, so the two "
+    f"cannot be told apart on this data. **below #1**: its CI lies below the leader's."
+)
 
 
 def tie_word(entry: dict[str, Any]) -> str:
@@ -72,19 +74,34 @@ def ranking_frame(board: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for e in ranked(board):
         pooled = e.get("pooled") or {}
-        rows.append({"#": e["rank"], "Run": run_name(e),
-                     HEADLINE: auroc_text(e.get("pooled_auroc"), pooled.get("auroc_low"), pooled.get("auroc_high"),
-                                          empty="no pooled AUROC"),
-                     "vs #1": tie_word(e), CLINIC_MEAN: number(e.get("clinic_mean_auroc"))})
+        rows.append(
+            {
+                "#": e["rank"],
+                "Run": run_name(e),
+                HEADLINE: auroc_text(
+                    e.get("pooled_auroc"), pooled.get("auroc_low"), pooled.get("auroc_high"), empty="no pooled AUROC"
+                ),
+                "vs #1": tie_word(e),
+                CLINIC_MEAN: number(e.get("clinic_mean_auroc")),
+            }
+        )
     return display_frame(pd.DataFrame(rows, columns=["#", "Run", HEADLINE, "vs #1", CLINIC_MEAN]))
 
 
 def outcome_frame(board: list[dict[str, Any]]) -> pd.DataFrame:
     """How each run went: status (⚠: warnings below), rounds, when it started, how long it took,
     and who submitted it (the experiment queue; "coordinator" for runs started on the CLI)."""
-    rows = [{"Run": run_name(e), "Status": e["status"] + (" ⚠" if e.get("warnings") else ""),
-             "Rounds": f"{rounds_done(e)} of {e['rounds_planned']}", "Started": when(e.get("started_at")),
-             "Took": run_duration(e), "Submitted by": e.get("submitted_by") or "coordinator"} for e in board]
+    rows = [
+        {
+            "Run": run_name(e),
+            "Status": e["status"] + (" ⚠" if e.get("warnings") else ""),
+            "Rounds": f"{rounds_done(e)} of {e['rounds_planned']}",
+            "Started": when(e.get("started_at")),
+            "Took": run_duration(e),
+            "Submitted by": e.get("submitted_by") or "coordinator",
+        }
+        for e in board
+    ]
     return display_frame(pd.DataFrame(rows))
 
 
@@ -93,15 +110,22 @@ def model_frame(board: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for e in board:
         selected = (e.get("selected") or {}).get("round")
-        rows.append({"Run": run_name(e), "Selected round": NONE_WORD if selected is None else str(selected),
-                     "Fed ÷ central": versus_central(e), "Held-out clinic": held_out(e)})
+        rows.append(
+            {
+                "Run": run_name(e),
+                "Selected round": NONE_WORD if selected is None else str(selected),
+                "Fed ÷ central": versus_central(e),
+                "Held-out clinic": held_out(e),
+            }
+        )
     return display_frame(pd.DataFrame(rows))
 
 
 def setup_frame(board: list[dict[str, Any]]) -> pd.DataFrame:
     """What each run trained: its facets (task, backbone, weights, freeze, strategy, privacy)."""
-    return display_frame(pd.DataFrame([{"Run": run_name(e), **{FACETS[k]: v for k, v in facets(e).items()}}
-                                       for e in board]))
+    return display_frame(
+        pd.DataFrame([{"Run": run_name(e), **{FACETS[k]: v for k, v in facets(e).items()}} for e in board])
+    )
 
 
 def render() -> None:
@@ -114,12 +138,17 @@ def render() -> None:
         return
     board = ranked(filter_sidebar(context.finished, key="leaderboard"))
     if context.running:
-        st.info(f"{len(context.running)} run(s) in progress: their rounds, clinics and time left are on the "
-                f"Live progress page.")
+        st.info(
+            f"{len(context.running)} run(s) in progress: their rounds, clinics and time left are on the "
+            f"Live progress page."
+        )
         st.page_link("live.py", label="Live progress", icon=":material/monitoring:")
     if not board:
-        st.info("No finished run matches the filters." if context.finished else
-                "No finished runs yet: the leaderboard ranks runs once they end.")
+        st.info(
+            "No finished run matches the filters."
+            if context.finished
+            else "No finished runs yet: the leaderboard ranks runs once they end."
+        )
         return
     st.subheader(f"Ranked by {POOLED_AUROC} of the final model")
     show_table(ranking_frame(board))
@@ -130,13 +159,16 @@ def render() -> None:
     st.subheader("How each run went")
     show_table(outcome_frame(board))
     show_table(model_frame(board))
-    st.caption("Selected round: the checkpoint with the best pooled AUROC (kept as the run's model). "
-               "Fed ÷ central: the pooled AUROC over that of a centralised baseline with the same model, "
-               "budget and seed (`coordinator baseline`). Held-out clinic: leave-one-clinic-out runs only.")
+    st.caption(
+        "Selected round: the checkpoint with the best pooled AUROC (kept as the run's model). "
+        "Fed ÷ central: the pooled AUROC over that of a centralised baseline with the same model, "
+        "budget and seed (`coordinator baseline`). Held-out clinic: leave-one-clinic-out runs only."
+    )
     st.subheader("What each run trained")
     show_table(setup_frame(board))
-    facet = st.selectbox("Group runs by", ["nothing"] + list(FACETS), format_func=lambda f: FACETS.get(f, f),
-                         key="group-by")
+    facet = st.selectbox(
+        "Group runs by", ["nothing"] + list(FACETS), format_func=lambda f: FACETS.get(f, f), key="group-by"
+    )
     if facet != "nothing":
         show_table(display_frame(group_frame(board, facet)))
 

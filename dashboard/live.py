@@ -43,8 +43,14 @@ def clinic_frame(entry: dict[str, Any]) -> pd.DataFrame:
             replied[c["clinic"]] = f"trained on {c['num_examples']} images"
         elif c["server_round"] == now and c["phase"] in ("late", "lost", "revoked", "failed", "excluded"):
             replied[c["clinic"]] = f"{c['phase']}: {c.get('note') or 'no reason recorded'}"
-    rows = [{"Clinic": name, f"Round {now}": replied.get(name, "waiting for its reply"),
-             "Last heard from in": f"round {round_no}"} for name, round_no in sorted(last.items())]
+    rows = [
+        {
+            "Clinic": name,
+            f"Round {now}": replied.get(name, "waiting for its reply"),
+            "Last heard from in": f"round {round_no}",
+        }
+        for name, round_no in sorted(last.items())
+    ]
     return pd.DataFrame(rows, columns=["Clinic", f"Round {now}", "Last heard from in"])
 
 
@@ -78,9 +84,13 @@ def show_run(entry: dict[str, Any]) -> None:
     done, planned = rounds_done(entry), int(entry.get("rounds_planned") or 0)
     st.subheader(run_name(entry))
     st.progress(min(done / planned, 1.0) if planned else 0.0, text=f"{done} of {planned} rounds done")
-    show_figures([("Running for", elapsed(entry), f"since {when(entry.get('started_at'))}"),
-                  ("Time left", time_left(entry), "mean round time × rounds to go"),
-                  (f"Latest {POOLED_AUROC} [95% CI]", latest_pooled(entry), "")])
+    show_figures(
+        [
+            ("Running for", elapsed(entry), f"since {when(entry.get('started_at'))}"),
+            ("Time left", time_left(entry), "mean round time × rounds to go"),
+            (f"Latest {POOLED_AUROC} [95% CI]", latest_pooled(entry), ""),
+        ]
+    )
     clinics = clinic_frame(entry)
     if clinics.empty:
         st.info("No clinic has replied yet: the first round starts once enough clinics are connected.")
@@ -101,8 +111,10 @@ def live_view() -> None:
         return
     st.caption(f"Updated {datetime.now(UTC).strftime('%H:%M:%S UTC')}; refreshes every {REFRESH_S} s.")
     if not running:
-        st.info("No run in progress. Runs started with `coordinator run` (or a sweep, or the demo) appear here "
-                "while they train.")
+        st.info(
+            "No run in progress. Runs started with `coordinator run` (or a sweep, or the demo) appear here "
+            "while they train."
+        )
         return
     for entry in running:
         show_run(entry)

@@ -63,9 +63,11 @@ def serve_refusal(host: str, has_accounts: bool, has_oidc: bool, db_hint: str) -
     """Why the dashboard must not serve on `host`, in one line with the fix; None when it may."""
     if is_loopback(host) or has_accounts or has_oidc:
         return None
-    return (f"refusing to serve on {host}: beyond loopback every page needs a login, and there is no "
-            f"researcher account and no OIDC provider. Fix: `coordinator researcher add NAME{db_hint}` "
-            "(or configure OIDC in .streamlit/secrets.toml [auth]), or serve on --host 127.0.0.1")
+    return (
+        f"refusing to serve on {host}: beyond loopback every page needs a login, and there is no "
+        f"researcher account and no OIDC provider. Fix: `coordinator researcher add NAME{db_hint}` "
+        "(or configure OIDC in .streamlit/secrets.toml [auth]), or serve on --host 127.0.0.1"
+    )
 
 
 def database_url(argv: Sequence[str]) -> str:

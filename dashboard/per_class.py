@@ -47,16 +47,21 @@ def per_class_frame(entry: dict[str, Any]) -> pd.DataFrame:
     clinics = clinic_rows(entry)
     rows = []
     for k, figures in enumerate(classes):
-        row = [figures.get("label"), figures.get("auroc"), figures.get("auroc_low"), figures.get("auroc_high"),
-               figures.get("positives")]
+        row = [
+            figures.get("label"),
+            figures.get("auroc"),
+            figures.get("auroc_low"),
+            figures.get("auroc_high"),
+            figures.get("positives"),
+        ]
         for _, theirs in clinics:
             mine = (theirs.get("classes") or [])[k] if k < len(theirs.get("classes") or []) else {}
             row.append(format_auroc(mine.get("auroc"), mine.get("auroc_low"), mine.get("auroc_high")))
         rows.append(row)
-    rows.append([MACRO_ROW, pooled.get("macro_auroc"), pooled.get("macro_auroc_low"),
-                 pooled.get("macro_auroc_high"), None]
-                + [format_auroc(t.get("macro_auroc"), t.get("macro_auroc_low"), t.get("macro_auroc_high"))
-                   for _, t in clinics])
+    rows.append(
+        [MACRO_ROW, pooled.get("macro_auroc"), pooled.get("macro_auroc_low"), pooled.get("macro_auroc_high"), None]
+        + [format_auroc(t.get("macro_auroc"), t.get("macro_auroc_low"), t.get("macro_auroc_high")) for _, t in clinics]
+    )
     return pd.DataFrame(rows, columns=POOLED_COLUMNS + [name for name, _ in clinics])
 
 
@@ -77,8 +82,10 @@ def show_per_class(entry: dict[str, Any]) -> None:
         return
     st.markdown("**Per-class AUROC (one class against the others): final model, pooled and per clinic**")
     show_table(display_per_class(frame))
-    st.caption(f"Each class's score is the model's log-odds of that class against all others. "
-               f"{MACRO_AUROC}: the mean of the classes' AUROCs; its CI averages the classes' "
-               f"bootstrap replicates over the same resampled patients. 'no AUROC: one class only': "
-               f"the class has no positives (or no negatives) among that clinic's validation images. The "
-               f"leaderboard still ranks by the pooled AUROC of any finding.")
+    st.caption(
+        f"Each class's score is the model's log-odds of that class against all others. "
+        f"{MACRO_AUROC}: the mean of the classes' AUROCs; its CI averages the classes' "
+        f"bootstrap replicates over the same resampled patients. 'no AUROC: one class only': "
+        f"the class has no positives (or no negatives) among that clinic's validation images. The "
+        f"leaderboard still ranks by the pooled AUROC of any finding."
+    )

@@ -32,14 +32,23 @@ def register_frame(clinics: list[Any], events: list[dict[str, Any]]) -> pd.DataF
     rows = []
     for c in clinics:
         event = last.get(c.name)
-        rows.append({"Clinic": c.name, "Status": STATUS_WORDS.get(c.status, c.status),
-                     "Node key": c.fingerprint, "Enrolled": when(c.enrolled_at),
-                     "Revoked": when(c.revoked_at, empty=NONE_WORD),
-                     "Registered with the SuperLink": "yes" if c.node_id else NOT_YET,
-                     "Last event": f"{KIND_WORDS.get(event['kind'], event['kind'])}, {when(event['at'])}"
-                     if event else NONE_WORD})
-    return pd.DataFrame(rows, columns=["Clinic", "Status", "Node key", "Enrolled", "Revoked",
-                                       "Registered with the SuperLink", "Last event"])
+        rows.append(
+            {
+                "Clinic": c.name,
+                "Status": STATUS_WORDS.get(c.status, c.status),
+                "Node key": c.fingerprint,
+                "Enrolled": when(c.enrolled_at),
+                "Revoked": when(c.revoked_at, empty=NONE_WORD),
+                "Registered with the SuperLink": "yes" if c.node_id else NOT_YET,
+                "Last event": f"{KIND_WORDS.get(event['kind'], event['kind'])}, {when(event['at'])}"
+                if event
+                else NONE_WORD,
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=["Clinic", "Status", "Node key", "Enrolled", "Revoked", "Registered with the SuperLink", "Last event"],
+    )
 
 
 def render() -> None:
@@ -54,8 +63,10 @@ def render() -> None:
         st.error(str(exc))
         return
     if not clinics:
-        st.info("No clinic enrolled yet: `coordinator clinic add NAME` enrols one and writes its bundle "
-                "(`coordinator demo` enrols its own).")
+        st.info(
+            "No clinic enrolled yet: `coordinator clinic add NAME` enrols one and writes its bundle "
+            "(`coordinator demo` enrols its own)."
+        )
         return
     frame = register_frame(clinics, events)
     with st.sidebar:
@@ -71,8 +82,10 @@ def render() -> None:
         st.info("No clinic matches the filters.")
         return
     show_table(shown)
-    st.caption("Node key: the fingerprint of the clinic's public node key (its bundle shows the same). "
-               "Registered: the SuperLink knows the key and gave the clinic a node id.")
+    st.caption(
+        "Node key: the fingerprint of the clinic's public node key (its bundle shows the same). "
+        "Registered: the SuperLink knows the key and gave the clinic a node id."
+    )
 
 
 if __name__ == "__main__":

@@ -47,9 +47,11 @@ from radfed.results import rounds_done
 def summary_line(entry: dict[str, Any]) -> str:
     """'resnet18 · random init · fedavg · no differential privacy · 2 of 2 rounds · started … · took …'."""
     f = facets(entry)
-    return (f"{f['backbone']} · {f['weight_source']} · {f['freeze']} · {f['strategy']} · {f['privacy']} · "
-            f"{rounds_done(entry)} of {entry['rounds_planned']} rounds · started {when(entry.get('started_at'))} · "
-            f"{'took ' if entry.get('finished_at') else ''}{run_duration(entry)}")
+    return (
+        f"{f['backbone']} · {f['weight_source']} · {f['freeze']} · {f['strategy']} · {f['privacy']} · "
+        f"{rounds_done(entry)} of {entry['rounds_planned']} rounds · started {when(entry.get('started_at'))} · "
+        f"{'took ' if entry.get('finished_at') else ''}{run_duration(entry)}"
+    )
 
 
 def final_frame(entry: dict[str, Any]) -> pd.DataFrame:
@@ -61,17 +63,23 @@ def final_frame(entry: dict[str, Any]) -> pd.DataFrame:
         rows.append(figures_row("federated, all clinics pooled", pooled, pooled.get("images"), None))
     base = entry.get("baseline") or {}
     if base:
-        rows.append(figures_row("centralised baseline, pooled", base, base.get("num_examples"),
-                                base.get("num_patients")))
+        rows.append(
+            figures_row("centralised baseline, pooled", base, base.get("num_examples"), base.get("num_patients"))
+        )
     return display_frame(pd.DataFrame(rows))
 
 
 def figures_row(model: str, q: dict[str, Any], images: Any, patients: Any) -> dict[str, str]:
-    return {"Model": model, "AUROC [95% CI]": auroc_text(q.get("auroc"), q.get("auroc_low"), q.get("auroc_high")),
-            "Threshold p(finding)": number(q.get("threshold")),
-            "Sensitivity": number(q.get("sensitivity"), ".2f"), "Specificity": number(q.get("specificity"), ".2f"),
-            "ECE": number(q.get("ece")), "Images": count(images),
-            "Patients": count(patients, empty="not sent (pooled from counts)")}
+    return {
+        "Model": model,
+        "AUROC [95% CI]": auroc_text(q.get("auroc"), q.get("auroc_low"), q.get("auroc_high")),
+        "Threshold p(finding)": number(q.get("threshold")),
+        "Sensitivity": number(q.get("sensitivity"), ".2f"),
+        "Specificity": number(q.get("specificity"), ".2f"),
+        "ECE": number(q.get("ece")),
+        "Images": count(images),
+        "Patients": count(patients, empty="not sent (pooled from counts)"),
+    }
 
 
 OPERATING = ["Model", "AUROC [95% CI]", "Threshold p(finding)", "Sensitivity", "Specificity"]
@@ -80,20 +88,32 @@ COUNTS = ["Model", "ECE", "Images", "Patients"]
 
 def traffic_frame(entry: dict[str, Any]) -> pd.DataFrame:
     """Per training round: how long it took and the model megabytes sent each way."""
-    rows = [{"Round": r["server_round"], "Took": duration(r.get("duration_s"), empty=NOT_MEASURED),
-             "Sent to clinics": megabytes(r.get("bytes_down")), "Sent back": megabytes(r.get("bytes_up"))}
-            for r in entry.get("rounds", []) if r["server_round"] > 0]
+    rows = [
+        {
+            "Round": r["server_round"],
+            "Took": duration(r.get("duration_s"), empty=NOT_MEASURED),
+            "Sent to clinics": megabytes(r.get("bytes_down")),
+            "Sent back": megabytes(r.get("bytes_up")),
+        }
+        for r in entry.get("rounds", [])
+        if r["server_round"] > 0
+    ]
     return display_frame(pd.DataFrame(rows, columns=["Round", "Took", "Sent to clinics", "Sent back"]))
 
 
 def checkpoint_frame(entry: dict[str, Any]) -> pd.DataFrame:
     """Round, its pooled AUROC, whether it is the selected model, a short digest, where the file is."""
     selected = (entry.get("selected") or {}).get("round")
-    rows = [{"Round": c["server_round"], POOLED_AUROC: number(c.get("metric_value"), empty="not evaluated"),
-             "Kept as": "selected (best pooled AUROC)" if c["server_round"] == selected else "not selected",
-             "SHA-256 (first 12)": str(c["sha256"])[:12],
-             "File": "on this server" if Path(c["path"]).is_file() else "not on this server"}
-            for c in entry.get("checkpoints", [])]
+    rows = [
+        {
+            "Round": c["server_round"],
+            POOLED_AUROC: number(c.get("metric_value"), empty="not evaluated"),
+            "Kept as": "selected (best pooled AUROC)" if c["server_round"] == selected else "not selected",
+            "SHA-256 (first 12)": str(c["sha256"])[:12],
+            "File": "on this server" if Path(c["path"]).is_file() else "not on this server",
+        }
+        for c in entry.get("checkpoints", [])
+    ]
     return display_frame(pd.DataFrame(rows))
 
 
@@ -121,8 +141,14 @@ def show_checkpoints(entry: dict[str, Any]) -> None:
         name = file_stem(entry, c["server_round"]) + ".pt"
         label = f"Download the {kind} checkpoint (round {c['server_round']})"
         if path.is_file():
-            st.download_button(label, data=path.read_bytes, file_name=name, mime="application/octet-stream",
-                               key=f"dl-{c['id']}", on_click=on_download(name) or "rerun")
+            st.download_button(
+                label,
+                data=path.read_bytes,
+                file_name=name,
+                mime="application/octet-stream",
+                key=f"dl-{c['id']}",
+                on_click=on_download(name) or "rerun",
+            )
         else:
             st.caption(f"{label}: the file is not on this server (moved, deleted, or the run trained elsewhere).")
 
@@ -133,8 +159,7 @@ def show_curves(entry: dict[str, Any]) -> None:
         return
     left, right = st.columns(2)
     with left:
-        st.markdown(f"**Validation AUROC per round**: {POOLED_AUROC} with its 95 % CI band; "
-                    f"{CLINIC_MEAN_AUROC} dashed")
+        st.markdown(f"**Validation AUROC per round**: {POOLED_AUROC} with its 95 % CI band; {CLINIC_MEAN_AUROC} dashed")
         frame = auroc_series(entry)
         if frame.empty:
             st.info("No validation AUROC recorded yet.")
@@ -152,13 +177,24 @@ def show_curves(entry: dict[str, Any]) -> None:
 def show_headline(entry: dict[str, Any]) -> None:
     pooled = entry.get("pooled") or {}
     selected = (entry.get("selected") or {}).get("round")
-    show_figures([
-        (f"{POOLED_AUROC} [95% CI]", auroc_text(entry.get("pooled_auroc"), pooled.get("auroc_low"),
-                                                pooled.get("auroc_high"), empty="not yet"), "the headline"),
-        (CLINIC_MEAN_AUROC, number(entry.get("clinic_mean_auroc"), empty="not measured"), "secondary"),
-        ("Selected round", NONE_WORD if selected is None else str(selected), "best pooled AUROC"),
-        ("Fed ÷ central", NO_BASELINE if entry.get("vs_central") is None else f"{entry['vs_central']:.2f}",
-         "pooled AUROC over the centralised baseline's")])
+    show_figures(
+        [
+            (
+                f"{POOLED_AUROC} [95% CI]",
+                auroc_text(
+                    entry.get("pooled_auroc"), pooled.get("auroc_low"), pooled.get("auroc_high"), empty="not yet"
+                ),
+                "the headline",
+            ),
+            (CLINIC_MEAN_AUROC, number(entry.get("clinic_mean_auroc"), empty="not measured"), "secondary"),
+            ("Selected round", NONE_WORD if selected is None else str(selected), "best pooled AUROC"),
+            (
+                "Fed ÷ central",
+                NO_BASELINE if entry.get("vs_central") is None else f"{entry['vs_central']:.2f}",
+                "pooled AUROC over the centralised baseline's",
+            ),
+        ]
+    )
 
 
 def render() -> None:
@@ -175,8 +211,10 @@ def render() -> None:
     for warning in entry.get("warnings") or []:
         st.warning(f"Model warning: {warning}")
     show_headline(entry)
-    st.caption(f"Trust the {POOLED_AUROC}: every clinic's validation patients together, as one deployed model "
-               f"would see them; the {CLINIC_MEAN_AUROC} averages small, noisy per-clinic figures.")
+    st.caption(
+        f"Trust the {POOLED_AUROC}: every clinic's validation patients together, as one deployed model "
+        f"would see them; the {CLINIC_MEAN_AUROC} averages small, noisy per-clinic figures."
+    )
     st.subheader("Learning curves")
     show_curves(entry)
     st.subheader("Final model")
@@ -186,13 +224,17 @@ def render() -> None:
     else:
         show_table(final[OPERATING])
         show_table(final[COUNTS])
-        st.caption("Sensitivity and specificity are read at the stated threshold on p(finding): the one that "
-                   "maximises Youden's J (sensitivity + specificity − 1) on all clinics' validation images. "
-                   "Patients: the pooled figures are made from the clinics' score counts, which carry no "
-                   "patient, so only the centralised baseline counts patients.")
+        st.caption(
+            "Sensitivity and specificity are read at the stated threshold on p(finding): the one that "
+            "maximises Youden's J (sensitivity + specificity − 1) on all clinics' validation images. "
+            "Patients: the pooled figures are made from the clinics' score counts, which carry no "
+            "patient, so only the centralised baseline counts patients."
+        )
     if not entry.get("baseline"):
-        st.caption("No centralised baseline yet: `coordinator baseline` trains one on the union of the clinics' "
-                   "data with the same model, budget and seed, and the ratio appears here.")
+        st.caption(
+            "No centralised baseline yet: `coordinator baseline` trains one on the union of the clinics' "
+            "data with the same model, budget and seed, and the ratio appears here."
+        )
     show_per_class(entry)
     st.subheader("Settings")
     show_settings(entry)

@@ -23,8 +23,11 @@ Histogram = tuple[np.ndarray, np.ndarray, np.ndarray]  # (score keys, negatives,
 
 def histogram(scores: dict[str, Any]) -> Histogram:
     """(keys, negatives, positives) of one stored summary."""
-    return (np.asarray(scores["hist_keys"], dtype=np.int64), np.asarray(scores["hist_neg"], dtype=np.float64),
-            np.asarray(scores["hist_pos"], dtype=np.float64))
+    return (
+        np.asarray(scores["hist_keys"], dtype=np.int64),
+        np.asarray(scores["hist_neg"], dtype=np.float64),
+        np.asarray(scores["hist_pos"], dtype=np.float64),
+    )
 
 
 def pooled(summaries: list[dict[str, Any]]) -> Histogram:
@@ -55,28 +58,39 @@ def confusion(hist: Histogram, threshold_logit: float) -> dict[str, int]:
     as radfed.pooled.operating_point): true/false positives and negatives."""
     keys, neg, pos = hist
     called = key_scores(keys) >= threshold_logit
-    return {"tp": int(pos[called].sum()), "fn": int(pos[~called].sum()),
-            "fp": int(neg[called].sum()), "tn": int(neg[~called].sum())}
+    return {
+        "tp": int(pos[called].sum()),
+        "fn": int(pos[~called].sum()),
+        "fp": int(neg[called].sum()),
+        "tn": int(neg[~called].sum()),
+    }
 
 
 def rates(counts: dict[str, int]) -> tuple[float, float]:
     """(sensitivity, specificity) of confusion counts (NaN where a class is absent)."""
     positives, negatives = counts["tp"] + counts["fn"], counts["tn"] + counts["fp"]
-    return (counts["tp"] / positives if positives else float("nan"),
-            counts["tn"] / negatives if negatives else float("nan"))
+    return (
+        counts["tp"] / positives if positives else float("nan"),
+        counts["tn"] / negatives if negatives else float("nan"),
+    )
 
 
 def confusion_frame(counts: dict[str, int], labels: tuple[str, str]) -> pd.DataFrame:
     """The matrix as four rows for the heat map: truth, call, images, text, share of the row."""
     negative, finding = labels
-    cells = [(finding, f"called {finding}", counts["tp"]), (finding, f"called {negative}", counts["fn"]),
-             (negative, f"called {finding}", counts["fp"]), (negative, f"called {negative}", counts["tn"])]
+    cells = [
+        (finding, f"called {finding}", counts["tp"]),
+        (finding, f"called {negative}", counts["fn"]),
+        (negative, f"called {finding}", counts["fp"]),
+        (negative, f"called {negative}", counts["tn"]),
+    ]
     totals = {finding: counts["tp"] + counts["fn"], negative: counts["fp"] + counts["tn"]}
     rows = []
     for truth, call, images in cells:
         share = images / totals[truth] if totals[truth] else 0.0
-        rows.append({"truth": truth, "call": call, "images": images, "share": share,
-                     "text": f"{images} ({100 * share:.0f} %)"})
+        rows.append(
+            {"truth": truth, "call": call, "images": images, "share": share, "text": f"{images} ({100 * share:.0f} %)"}
+        )
     return pd.DataFrame(rows)
 
 
@@ -87,5 +101,11 @@ def reliability_frame(summaries: list[dict[str, Any]]) -> pd.DataFrame:
     findings = np.sum([np.asarray(s["cal_findings"], dtype=np.float64) for s in summaries], axis=0)
     score_sum = np.sum([np.asarray(s["cal_score_sum"], dtype=np.float64) for s in summaries], axis=0)
     kept = count > 0
-    return pd.DataFrame({"bin": np.flatnonzero(kept), "images": count[kept].astype(int),
-                         "predicted": score_sum[kept] / count[kept], "observed": findings[kept] / count[kept]})
+    return pd.DataFrame(
+        {
+            "bin": np.flatnonzero(kept),
+            "images": count[kept].astype(int),
+            "predicted": score_sum[kept] / count[kept],
+            "observed": findings[kept] / count[kept],
+        }
+    )

@@ -23,8 +23,16 @@ from radfed.weight_files import RANDOM, weight_files
 
 KEY = "submit."  # widget keys: unique across the dashboard's pages
 DEFAULTS = ExperimentSpec(name="defaults")
-QUEUE_COLUMNS = {"id": "#", "name": "Experiment", "submitted_at": "Submitted", "status": "Status",
-                 "reviewer": "Reviewer", "reason": "Reason", "run": "Run", "error": "Error"}
+QUEUE_COLUMNS = {
+    "id": "#",
+    "name": "Experiment",
+    "submitted_at": "Submitted",
+    "status": "Status",
+    "reviewer": "Reviewer",
+    "reason": "Reason",
+    "run": "Run",
+    "error": "Error",
+}
 
 
 @st.cache_resource(show_spinner=False)
@@ -68,17 +76,31 @@ def submission_form() -> dict[str, Any]:
     modes = {row["mode"]: row for row in describe_privacy()}
     left, right = st.columns(2)
     with left:
-        name = st.text_input("Experiment name", key=KEY + "name", placeholder="pneumonia-resnet50",
-                             help="Letters, digits, . _ - (64 at most).")
-        labels = st.text_input("Task labels (comma-separated)", value=", ".join(DEFAULTS.labels),
-                               key=KEY + "labels", help="The classes, as the clinics map their data to them.")
+        name = st.text_input(
+            "Experiment name",
+            key=KEY + "name",
+            placeholder="pneumonia-resnet50",
+            help="Letters, digits, . _ - (64 at most).",
+        )
+        labels = st.text_input(
+            "Task labels (comma-separated)",
+            value=", ".join(DEFAULTS.labels),
+            key=KEY + "labels",
+            help="The classes, as the clinics map their data to them.",
+        )
         backbone = st.selectbox("Backbone", BACKBONES, index=BACKBONES.index("resnet50"), key=KEY + "backbone")
-        weights = st.selectbox("Weights (the coordinator's weights registry)", [RANDOM, *weight_files()],
-                               key=KEY + "weights")
+        weights = st.selectbox(
+            "Weights (the coordinator's weights registry)", [RANDOM, *weight_files()], key=KEY + "weights"
+        )
         image_size = _number("Image size (px)", DEFAULTS.image_size, "image_size", min_value=16, max_value=1024)
         freeze = st.selectbox("Freeze policy", FREEZE_POLICIES, key=KEY + "freeze")
-        unfreeze_top = _number("Unfrozen top layers (top-k)", DEFAULTS.unfreeze_top, "unfreeze_top",
-                               min_value=1, disabled=freeze != "top-k")
+        unfreeze_top = _number(
+            "Unfrozen top layers (top-k)",
+            DEFAULTS.unfreeze_top,
+            "unfreeze_top",
+            min_value=1,
+            disabled=freeze != "top-k",
+        )
     with right:
         rounds = _number("Rounds", DEFAULTS.rounds, "rounds", min_value=1)
         local_epochs = _number("Local epochs per round", DEFAULTS.local_epochs, "local_epochs", min_value=1)
@@ -86,20 +108,37 @@ def submission_form() -> dict[str, Any]:
         learning_rate = _number("Learning rate", DEFAULTS.learning_rate, "learning_rate", min_value=0.0)
         min_clinics = _number("Clinics needed (min_clinics)", DEFAULTS.min_clinics, "min_clinics", min_value=1)
         augment = st.selectbox("Augmentation", AUGMENTATIONS, key=KEY + "augment")
-        bn_policy = st.selectbox("BatchNorm statistics", BN_POLICIES, index=BN_POLICIES.index(DEFAULTS.bn_policy),
-                                 key=KEY + "bn_policy")
+        bn_policy = st.selectbox(
+            "BatchNorm statistics", BN_POLICIES, index=BN_POLICIES.index(DEFAULTS.bn_policy), key=KEY + "bn_policy"
+        )
         seed = _number("Seed", DEFAULTS.seed, "seed", min_value=0)
-    strategy = st.selectbox("Strategy", list(strategies), key=KEY + "strategy",
-                            format_func=lambda s: f"{s}: {strategies[s]['summary']}")
+    strategy = st.selectbox(
+        "Strategy", list(strategies), key=KEY + "strategy", format_func=lambda s: f"{s}: {strategies[s]['summary']}"
+    )
     strategy_params = _params("Strategy parameters", strategies[strategy]["params"], f"strategy.{strategy}")
-    mode = st.selectbox("Privacy", list(modes), key=KEY + "privacy",
-                        format_func=lambda m: f"{m}: {modes[m]['summary']}")
+    mode = st.selectbox(
+        "Privacy", list(modes), key=KEY + "privacy", format_func=lambda m: f"{m}: {modes[m]['summary']}"
+    )
     privacy = _params("Privacy parameters", modes[mode]["params"], f"privacy.{mode}")
-    form = dict(name=name.strip(), labels=[x.strip() for x in labels.split(",") if x.strip()],
-                backbone=backbone, weights=weights, image_size=image_size, freeze=freeze,
-                rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, learning_rate=learning_rate,
-                min_clinics=min_clinics, augment=augment, bn_policy=bn_policy, seed=seed, strategy=strategy,
-                strategy_params=strategy_params, privacy={"mode": mode, **privacy})
+    form = dict(
+        name=name.strip(),
+        labels=[x.strip() for x in labels.split(",") if x.strip()],
+        backbone=backbone,
+        weights=weights,
+        image_size=image_size,
+        freeze=freeze,
+        rounds=rounds,
+        local_epochs=local_epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        min_clinics=min_clinics,
+        augment=augment,
+        bn_policy=bn_policy,
+        seed=seed,
+        strategy=strategy,
+        strategy_params=strategy_params,
+        privacy={"mode": mode, **privacy},
+    )
     if freeze == "top-k":
         form["unfreeze_top"] = unfreeze_top
     return form
@@ -129,8 +168,10 @@ def submit_page() -> None:
     except StoreError as e:
         st.error(str(e))
         return
-    st.caption(f"As **{who.name}**. The coordinator reviews each submission "
-               "(`coordinator queue approve ID`); approved ones run in order.")
+    st.caption(
+        f"As **{who.name}**. The coordinator reviews each submission "
+        "(`coordinator queue approve ID`); approved ones run in order."
+    )
     form = submission_form()
     if st.button("Submit for review", type="primary", key=KEY + "submit"):
         try:

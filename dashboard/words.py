@@ -109,8 +109,9 @@ def megabytes(value: Any, empty: str = NOT_MEASURED) -> str:
     return empty if missing(value) else f"{float(value) / 1e6:.2f} MB"
 
 
-def display_frame(frame: pd.DataFrame, empty: dict[str, str] | None = None,
-                  default: str = NOT_MEASURED) -> pd.DataFrame:
+def display_frame(
+    frame: pd.DataFrame, empty: dict[str, str] | None = None, default: str = NOT_MEASURED
+) -> pd.DataFrame:
     """The frame with every missing cell replaced by a word: `empty[column]` where given,
     else `default`. Columns with a missing cell become text (Streamlit would print None)."""
     out = frame.copy()

@@ -47,7 +47,8 @@ def check_fab(content: bytes, approved: set[str], who: str = "this clinic") -> s
     if digest not in approved:
         raise AppNotApproved(
             f"app bundle sha256:{digest[:16]} is not approved by {who}; it runs only the "
-            "radfed app of its own installation (or hashes it approved with --approve-app)")
+            "radfed app of its own installation (or hashes it approved with --approve-app)"
+        )
     return digest
 
 

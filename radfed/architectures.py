@@ -74,16 +74,21 @@ class LoadReport:
 
     def as_dict(self) -> dict:
         return {
-            "format": self.source_format, "normalisation": self.normalisation,
+            "format": self.source_format,
+            "normalisation": self.normalisation,
             "complete": self.complete,
-            "counts": {k: len(getattr(self, k)) for k in
-                       ("matched", "missing", "unexpected", "mismatched", "head_skipped")},
-            "missing": self.missing, "unexpected": self.unexpected,
-            "mismatched": self.mismatched, "head_skipped": self.head_skipped,
+            "counts": {
+                k: len(getattr(self, k)) for k in ("matched", "missing", "unexpected", "mismatched", "head_skipped")
+            },
+            "missing": self.missing,
+            "unexpected": self.unexpected,
+            "mismatched": self.mismatched,
+            "head_skipped": self.head_skipped,
         }
 
 
 # ---------------------------------------------------------------- architectures
+
 
 def _resnet(builder: Callable[..., nn.Module]) -> Callable[[int], nn.Module]:
     def make(num_classes: int) -> nn.Module:
@@ -101,8 +106,7 @@ def _densenet121(num_classes: int) -> nn.Module:
 
 
 def _inception_v3(num_classes: int) -> nn.Module:
-    net = tvm.inception_v3(weights=None, aux_logits=False, init_weights=False,
-                           transform_input=False)
+    net = tvm.inception_v3(weights=None, aux_logits=False, init_weights=False, transform_input=False)
     net.fc = nn.Linear(net.fc.in_features, num_classes)
     return net
 
@@ -148,6 +152,7 @@ def default_input_size(arch: str) -> int:
 
 # --------------------------------------------------------- Keras-compatible layout
 
+
 def _avg_pool_excl_pad(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
 
@@ -159,8 +164,7 @@ def _patched_forward(module: nn.Module) -> Callable:
     shim = types.SimpleNamespace(**{n: getattr(F, n) for n in dir(F) if not n.startswith("__")})
     shim.avg_pool2d = lambda x, kernel_size, stride, padding: _avg_pool_excl_pad(x)
     globs["F"] = shim
-    new = types.FunctionType(fwd.__code__, globs, fwd.__name__, fwd.__defaults__,
-                             fwd.__closure__)
+    new = types.FunctionType(fwd.__code__, globs, fwd.__name__, fwd.__defaults__, fwd.__closure__)
     return types.MethodType(new, module)
 
 
@@ -185,8 +189,7 @@ def keras_layout(net: nn.Module, family: str) -> None:
                 m.eps = 1.001e-5
     elif family == "inception":
         for m in net.modules():
-            if isinstance(m, (tvm.inception.InceptionA, tvm.inception.InceptionC,
-                              tvm.inception.InceptionE)):
+            if isinstance(m, (tvm.inception.InceptionA, tvm.inception.InceptionC, tvm.inception.InceptionE)):
                 m._forward = _patched_forward(m)
             if isinstance(m, nn.BatchNorm2d):
                 m.eps = 1e-3

@@ -19,11 +19,29 @@ from sqlmodel import Field, SQLModel, select
 
 from radfed.store import Store
 
-EVENT_KINDS = ("enrolled", "revoked", "registered", "connected", "disconnected",
-               "contributed", "excluded", "late", "alert", "lost", "failed", "delivered",
-               # researchers (dashboard) and the coordinator's review of their submissions
-               "login", "login-failed", "logout", "downloaded", "submitted", "approved", "rejected",
-               "account")
+EVENT_KINDS = (
+    "enrolled",
+    "revoked",
+    "registered",
+    "connected",
+    "disconnected",
+    "contributed",
+    "excluded",
+    "late",
+    "alert",
+    "lost",
+    "failed",
+    "delivered",
+    # researchers (dashboard) and the coordinator's review of their submissions
+    "login",
+    "login-failed",
+    "logout",
+    "downloaded",
+    "submitted",
+    "approved",
+    "rejected",
+    "account",
+)
 CLINIC_STATUSES = ("active", "revoked")
 
 
@@ -97,8 +115,9 @@ class Registry:
 
     def readmit(self, name: str, public_key: str, fingerprint: str) -> None:
         """A revoked clinic active again with a new key (the old one stays unregistered)."""
-        self._update(name, status="active", public_key=public_key, fingerprint=fingerprint,
-                     node_id=None, revoked_at=None)
+        self._update(
+            name, status="active", public_key=public_key, fingerprint=fingerprint, node_id=None, revoked_at=None
+        )
         self.event("enrolled", clinic=name, detail=f"re-admitted with a new node key {fingerprint}")
 
     def revoke(self, name: str) -> None:
@@ -119,19 +138,35 @@ class Registry:
 
     # -- audit ---------------------------------------------------------------------
 
-    def event(self, kind: str, clinic: str | None = None, node_id: int | str | None = None,
-              flwr_run_id: str | None = None, server_round: int | None = None,
-              detail: str | None = None, researcher: str | None = None) -> None:
+    def event(
+        self,
+        kind: str,
+        clinic: str | None = None,
+        node_id: int | str | None = None,
+        flwr_run_id: str | None = None,
+        server_round: int | None = None,
+        detail: str | None = None,
+        researcher: str | None = None,
+    ) -> None:
         if kind not in EVENT_KINDS:
             raise ValueError(f"unknown audit event kind {kind!r}; one of {', '.join(EVENT_KINDS)}")
         with self._session() as s:
-            s.add(AuditEvent(kind=kind, clinic=clinic, node_id=None if node_id is None else str(node_id),
-                             flwr_run_id=flwr_run_id, server_round=server_round, detail=detail,
-                             researcher=researcher))
+            s.add(
+                AuditEvent(
+                    kind=kind,
+                    clinic=clinic,
+                    node_id=None if node_id is None else str(node_id),
+                    flwr_run_id=flwr_run_id,
+                    server_round=server_round,
+                    detail=detail,
+                    researcher=researcher,
+                )
+            )
             s.commit()
 
-    def events(self, kind: str | None = None, clinic: str | None = None,
-               limit: int = 1000, researcher: str | None = None) -> list[dict[str, Any]]:
+    def events(
+        self, kind: str | None = None, clinic: str | None = None, limit: int = 1000, researcher: str | None = None
+    ) -> list[dict[str, Any]]:
         with self._session() as s:
             query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)  # type: ignore[union-attr]
             if kind:
@@ -141,7 +176,16 @@ class Registry:
             if researcher:
                 query = query.where(AuditEvent.researcher == researcher)
             rows = list(s.exec(query))
-        return [{"at": r.at.isoformat(), "kind": r.kind, "clinic": r.clinic, "node_id": r.node_id,
-                 "run": r.flwr_run_id, "round": r.server_round, "detail": r.detail,
-                 "researcher": r.researcher}
-                for r in reversed(rows)]
+        return [
+            {
+                "at": r.at.isoformat(),
+                "kind": r.kind,
+                "clinic": r.clinic,
+                "node_id": r.node_id,
+                "run": r.flwr_run_id,
+                "round": r.server_round,
+                "detail": r.detail,
+                "researcher": r.researcher,
+            }
+            for r in reversed(rows)
+        ]

@@ -66,8 +66,9 @@ def class_balanced_order(labels: torch.Tensor, seed: int = 0) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reestimate_batchnorm(model: nn.Module, images: Images, batch_size: int = 64,
-                         labels: torch.Tensor | None = None) -> None:
+def reestimate_batchnorm(
+    model: nn.Module, images: Images, batch_size: int = 64, labels: torch.Tensor | None = None
+) -> None:
     """Replace every BatchNorm layer's running statistics by those of `images`.
 
     Averaged across clinics (FedAvg), the statistics describe no scanner in particular:
@@ -95,7 +96,7 @@ def reestimate_batchnorm(model: nn.Module, images: Images, batch_size: int = 64,
     model.train()
     total = len(order) if order is not None else len(images)
     for start in range(0, total, batch_size):
-        batch = images[order[start:start + batch_size]] if order is not None else images[start:start + batch_size]
+        batch = images[order[start : start + batch_size]] if order is not None else images[start : start + batch_size]
         if len(batch) > 1:
             model(batch)
     for layer, momentum in zip(layers, momenta):
@@ -103,8 +104,7 @@ def reestimate_batchnorm(model: nn.Module, images: Images, batch_size: int = 64,
     model.train(was_training)
 
 
-def as_evaluated(model: nn.Module, images: Images, bn_policy: str,
-                 labels: torch.Tensor | None = None) -> nn.Module:
+def as_evaluated(model: nn.Module, images: Images, bn_policy: str, labels: torch.Tensor | None = None) -> nn.Module:
     """The global model as a clinic evaluates it: with bn_policy "clinic", a copy whose
     BatchNorm statistics are re-estimated on that clinic's training `images`,
     class-balanced by their `labels` when given (`reestimate_batchnorm`); with "global",

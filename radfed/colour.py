@@ -28,8 +28,17 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut
 from pydicom.uid import JPEG2000TransferSyntaxes
 
-__all__ = ["LUMA_WEIGHTS", "MONOCHROME", "PALETTE", "RGB_DECODABLE", "palette_problem", "palette_to_luma",
-           "photometric_of", "photometric_problem", "rgb_to_luma"]
+__all__ = [
+    "LUMA_WEIGHTS",
+    "MONOCHROME",
+    "PALETTE",
+    "RGB_DECODABLE",
+    "palette_problem",
+    "palette_to_luma",
+    "photometric_of",
+    "photometric_problem",
+    "rgb_to_luma",
+]
 
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 PALETTE = "PALETTE COLOR"

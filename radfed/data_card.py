@@ -7,5 +7,16 @@ Kept apart from radfed.data (which imports torch and pydicom) so that the server
 # The ConfigRecord of a clinic's first train reply of a run that holds shared_card() as JSON.
 DATA_CARD_RECORD = "data-card"
 # The keys of ClinicData.shared_card(): all a coordinator keeps of a clinic's data card.
-SHARED_CARD_KEYS = ("labels", "train", "val", "rejected", "rejected_total", "modalities", "manufacturers",
-                    "sizes", "transfer_syntaxes", "filtered", "unit")
+SHARED_CARD_KEYS = (
+    "labels",
+    "train",
+    "val",
+    "rejected",
+    "rejected_total",
+    "modalities",
+    "manufacturers",
+    "sizes",
+    "transfer_syntaxes",
+    "filtered",
+    "unit",
+)

@@ -49,16 +49,21 @@ def load_model_file(path: Path) -> dict[str, Any]:
     """A delivered model file's dict; ModelFileError (one line) when it is not one."""
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError(f"model file {path} not found; pass a delivered model "
-                             f"(NODE_HOME/{MODELS_FOLDER}/run-ID/final.pt) or a run id")
+        raise ModelFileError(
+            f"model file {path} not found; pass a delivered model "
+            f"(NODE_HOME/{MODELS_FOLDER}/run-ID/final.pt) or a run id"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a damaged or foreign file
-        raise ModelFileError(f"model file {path} is not readable ({type(err).__name__}); "
-                             "use a model delivered by a radfed run") from None
+        raise ModelFileError(
+            f"model file {path} is not readable ({type(err).__name__}); use a model delivered by a radfed run"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != "radfed-delivered-1":
-        raise ModelFileError(f"model file {path} was not delivered by a radfed run (no model card in it); "
-                             "use NODE_HOME/models/run-ID/final.pt")
+        raise ModelFileError(
+            f"model file {path} was not delivered by a radfed run (no model card in it); "
+            "use NODE_HOME/models/run-ID/final.pt"
+        )
     payload["spec_json"] = payload.get("spec", "{}")
     return payload
 

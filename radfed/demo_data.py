@@ -44,23 +44,60 @@ __all__ = ["LABELS", "PHI_FIELDS", "PREVALENCES", "phi_values", "render_chest", 
 LABELS = ("normal", "opacity")
 PREVALENCES = (0.3, 0.5, 0.7)  # cycled over clinics: non-IID label mix
 PHI_FIELDS = (
-    "PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
-    "InstitutionName", "ReferringPhysicianName",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "AccessionNumber",
+    "InstitutionName",
+    "ReferringPhysicianName",
 )
 
 _FAMILY = (
-    "Vantongeren", "Quillfeather", "Okonkwo", "Haldorsen", "Brightwater", "Castellanos",
-    "Zielinska", "Marchetti", "Abernathy", "Nakashima", "Oyelaran", "Lindqvist",
-    "Petrossian", "Delacroix", "Wojcikowski", "Esterhazy", "Ramachandran", "Thorvaldsen",
+    "Vantongeren",
+    "Quillfeather",
+    "Okonkwo",
+    "Haldorsen",
+    "Brightwater",
+    "Castellanos",
+    "Zielinska",
+    "Marchetti",
+    "Abernathy",
+    "Nakashima",
+    "Oyelaran",
+    "Lindqvist",
+    "Petrossian",
+    "Delacroix",
+    "Wojcikowski",
+    "Esterhazy",
+    "Ramachandran",
+    "Thorvaldsen",
 )
 _GIVEN = (
-    "Amelia", "Bartholomew", "Consuelo", "Dmitri", "Eleanor", "Fernando", "Greta",
-    "Hiroshi", "Ingrid", "Jasper", "Katarina", "Leopold", "Marisol", "Nikolai",
-    "Ophelia", "Priyanka", "Quentin", "Rosalind",
+    "Amelia",
+    "Bartholomew",
+    "Consuelo",
+    "Dmitri",
+    "Eleanor",
+    "Fernando",
+    "Greta",
+    "Hiroshi",
+    "Ingrid",
+    "Jasper",
+    "Katarina",
+    "Leopold",
+    "Marisol",
+    "Nikolai",
+    "Ophelia",
+    "Priyanka",
+    "Quentin",
+    "Rosalind",
 )
 _INSTITUTIONS = (
-    "Riverside Hollow General Hospital", "St. Aldhelm Medical Centre", "Northgate Lakeview Clinic",
-    "Hollybrook Community Hospital", "Marrowfield University Hospital",
+    "Riverside Hollow General Hospital",
+    "St. Aldhelm Medical Centre",
+    "Northgate Lakeview Clinic",
+    "Hollybrook Community Hospital",
+    "Marrowfield University Hospital",
 )
 
 
@@ -81,14 +118,54 @@ class _Profile:
 
 
 _PROFILES = (
-    _Profile(224, 224, 16, "MONOCHROME2", "DX", "Initech Healthcare", "IH-Flat 43", ((0.50, 0.95),),
-             ImplicitVRLittleEndian, ".dcm"),
-    _Profile(288, 240, 12, "MONOCHROME2", "DX", "Northwind Medical Systems", "NW-DR 500", ((0.48, 0.90),),
-             ExplicitVRLittleEndian, ""),
-    _Profile(256, 256, 16, "MONOCHROME1", "CR", "Contoso Radiography", "CR-Reader 9", ((0.52, 1.00),),
-             ExplicitVRLittleEndian, ".dcm"),
-    _Profile(320, 288, 12, "MONOCHROME2", "CR", "ACME Imaging", "Phosphor 2", ((0.50, 0.92), (0.45, 0.60)),
-             RLELossless, ".dcm"),
+    _Profile(
+        224,
+        224,
+        16,
+        "MONOCHROME2",
+        "DX",
+        "Initech Healthcare",
+        "IH-Flat 43",
+        ((0.50, 0.95),),
+        ImplicitVRLittleEndian,
+        ".dcm",
+    ),
+    _Profile(
+        288,
+        240,
+        12,
+        "MONOCHROME2",
+        "DX",
+        "Northwind Medical Systems",
+        "NW-DR 500",
+        ((0.48, 0.90),),
+        ExplicitVRLittleEndian,
+        "",
+    ),
+    _Profile(
+        256,
+        256,
+        16,
+        "MONOCHROME1",
+        "CR",
+        "Contoso Radiography",
+        "CR-Reader 9",
+        ((0.52, 1.00),),
+        ExplicitVRLittleEndian,
+        ".dcm",
+    ),
+    _Profile(
+        320,
+        288,
+        12,
+        "MONOCHROME2",
+        "CR",
+        "ACME Imaging",
+        "Phosphor 2",
+        ((0.50, 0.92), (0.45, 0.60)),
+        RLELossless,
+        ".dcm",
+    ),
 )
 
 
@@ -126,9 +203,15 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) 
 def _anatomy(rng: np.random.Generator) -> dict[str, float]:
     """One patient's body habitus (kept across that patient's images)."""
     return {
-        "body_w": rng.uniform(0.80, 0.93), "lung_x": rng.uniform(0.37, 0.43), "lung_y": rng.uniform(-0.12, -0.04),
-        "lung_rx": rng.uniform(0.25, 0.29), "lung_ry": rng.uniform(0.52, 0.60), "heart_x": rng.uniform(0.10, 0.17),
-        "heart_r": rng.uniform(0.24, 0.30), "rib_gap": rng.uniform(0.125, 0.145), "rib_top": rng.uniform(-0.70, -0.64),
+        "body_w": rng.uniform(0.80, 0.93),
+        "lung_x": rng.uniform(0.37, 0.43),
+        "lung_y": rng.uniform(-0.12, -0.04),
+        "lung_rx": rng.uniform(0.25, 0.29),
+        "lung_ry": rng.uniform(0.52, 0.60),
+        "heart_x": rng.uniform(0.10, 0.17),
+        "heart_r": rng.uniform(0.24, 0.30),
+        "rib_gap": rng.uniform(0.125, 0.145),
+        "rib_top": rng.uniform(-0.70, -0.64),
         "lung_dark": rng.uniform(0.30, 0.36),
     }
 
@@ -215,8 +298,11 @@ def render_chest(
     an optional lesion and detector noise."""
     rows, cols = shape
     shift_u, shift_v = rng.normal(0, 0.02, size=2)  # patient positioning differs per image
-    v, u = np.meshgrid(np.linspace(-1, 1, rows, dtype=np.float32) - np.float32(shift_v),
-                       np.linspace(-1, 1, cols, dtype=np.float32) - np.float32(shift_u), indexing="ij")
+    v, u = np.meshgrid(
+        np.linspace(-1, 1, rows, dtype=np.float32) - np.float32(shift_v),
+        np.linspace(-1, 1, cols, dtype=np.float32) - np.float32(shift_u),
+        indexing="ij",
+    )
     body = _body(u, v, anatomy)
     lungs = _lung(u, v, anatomy, -1.0) + _lung(u, v, anatomy, 1.0)
     heart = _soft_ellipse(u, v, anatomy["heart_x"], 0.30, anatomy["heart_r"], anatomy["heart_r"] * 0.85, 0.07)
@@ -228,8 +314,11 @@ def render_chest(
     if lesion is not None:
         density += _lesion(u, v, cols, rows, lesion) * np.clip(body, 0, 1)
         # where it was drawn, in pixels (radfed.demo_findings: does a heat map point there?)
-        lesion["drawn"] = ((float(lesion["v"] + shift_v) + 1) / 2 * (rows - 1),
-                           (float(lesion["u"] + shift_u) + 1) / 2 * (cols - 1), float(lesion["radius"] * cols))
+        lesion["drawn"] = (
+            (float(lesion["v"] + shift_v) + 1) / 2 * (rows - 1),
+            (float(lesion["u"] + shift_u) + 1) / 2 * (cols - 1),
+            float(lesion["radius"] * cols),
+        )
     gain, offset = rng.uniform(0.92, 1.08), rng.normal(0, 0.02)
     density = density * gain + offset + rng.normal(0, 0.012, size=shape)
     return np.clip(density, 0.0, 1.0)
@@ -379,16 +468,27 @@ def _write_patient(
         ctx["series"] += 1
         study = studies[min(k, len(studies) - 1)]
         uid = _uid(ctx["seed"], ctx["clinic_index"], patient, "image", k)
-        tags = {**identity, **study, "InstitutionName": ctx["institution"], "SOPInstanceUID": uid,
-                "SeriesInstanceUID": _uid(ctx["seed"], ctx["clinic_index"], patient, "series", k),
-                "SeriesNumber": k + 1, "InstanceNumber": 1}
+        tags = {
+            **identity,
+            **study,
+            "InstitutionName": ctx["institution"],
+            "SOPInstanceUID": uid,
+            "SeriesInstanceUID": _uid(ctx["seed"], ctx["clinic_index"], patient, "series", k),
+            "SeriesNumber": k + 1,
+            "InstanceNumber": 1,
+        }
         drawn = _jitter(rng, lesion)
         density = render_chest(rng, (profile.rows, profile.columns), anatomy, drawn)
         relpath = f"study-{patient + 1:04d}/series-{ctx['series']}/IM{k + 1}{profile.extension}"
         if drawn is not None:
             row, col, radius = drawn["drawn"]
-            ctx["findings"][relpath] = {"row": row, "col": col, "radius": radius,
-                                        "rows": profile.rows, "cols": profile.columns}
+            ctx["findings"][relpath] = {
+                "row": row,
+                "col": col,
+                "radius": radius,
+                "rows": profile.rows,
+                "cols": profile.columns,
+            }
         _save(_image_dataset(profile, _stored_values(density, profile), tags), out_dir / relpath, profile.syntax)
         written.append((relpath, uid, label))
     return written
@@ -434,9 +534,15 @@ def write_clinic(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, clinic_index])
-    ctx = {"profile": _profile(clinic_index), "clinic_index": clinic_index, "seed": seed, "series": 0,
-           "used_ids": set(), "institution": _INSTITUTIONS[clinic_index % len(_INSTITUTIONS)],
-           "findings": {}}
+    ctx = {
+        "profile": _profile(clinic_index),
+        "clinic_index": clinic_index,
+        "seed": seed,
+        "series": 0,
+        "used_ids": set(),
+        "institution": _INSTITUTIONS[clinic_index % len(_INSTITUTIONS)],
+        "findings": {},
+    }
     entries: list[tuple[str, str, int]] = []
     patient_labels = _patient_labels(rng, n_patients, prevalence)
     for patient, label in enumerate(patient_labels):

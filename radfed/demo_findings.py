@@ -21,8 +21,9 @@ FINDINGS_FILE = "findings.json"
 def write_findings(folder: Path, findings: dict[str, dict[str, float]]) -> Path:
     """findings.json: relative path -> {"row", "col", "radius" (pixels), "rows", "cols"}."""
     path = Path(folder) / FINDINGS_FILE
-    path.write_text(json.dumps({"format": "radfed-demo-findings-1", "images": findings},
-                               indent=1, sort_keys=True) + "\n")
+    path.write_text(
+        json.dumps({"format": "radfed-demo-findings-1", "images": findings}, indent=1, sort_keys=True) + "\n"
+    )
     return path
 
 

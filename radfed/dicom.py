@@ -525,9 +525,17 @@ def _has_voi(view: Dataset) -> bool:
 
 # Attributes pydicom's LUT functions read; enhanced multi-frame keeps them in functional groups.
 _LUT_KEYWORDS = (
-    "PhotometricInterpretation", "BitsStored", "PixelRepresentation",
-    "RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLUTSequence",
-    "WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence",
+    "PhotometricInterpretation",
+    "BitsStored",
+    "PixelRepresentation",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "RescaleType",
+    "ModalityLUTSequence",
+    "WindowCenter",
+    "WindowWidth",
+    "VOILUTFunction",
+    "VOILUTSequence",
 )
 _FRAME_MACROS = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
 

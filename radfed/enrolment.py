@@ -68,8 +68,10 @@ def read_bundle(path: Path) -> Bundle:
     except (OSError, ValueError):
         raise BundleError(f"{path}: not a radfed enrolment bundle (unreadable or not JSON); {fix}") from None
     if not isinstance(body, dict) or body.get("format") != FORMAT:
-        raise BundleError(f"{path}: not a radfed enrolment bundle (format {body.get('format')!r}"
-                          f" if isinstance(body, dict) else 'none'); {fix}")
+        raise BundleError(
+            f"{path}: not a radfed enrolment bundle (format {body.get('format')!r}"
+            f" if isinstance(body, dict) else 'none'); {fix}"
+        )
     try:
         bundle = Bundle(**{k: str(body[k]) for k in Bundle.__dataclass_fields__})
     except KeyError as missing:
@@ -91,14 +93,27 @@ def read_bundle(path: Path) -> Bundle:
 def install_bundle(bundle: Bundle, folder: Path) -> dict[str, Path]:
     """Unpack a verified bundle into a clinic's node folder: ca.crt, node.key, node.pub."""
     folder.mkdir(parents=True, exist_ok=True)
-    files = {"ca": folder / "ca.crt", "key": folder / "node.key", "pub": folder / "node.pub",
-             "info": folder / "enrolment.json"}
+    files = {
+        "ca": folder / "ca.crt",
+        "key": folder / "node.key",
+        "pub": folder / "node.pub",
+        "info": folder / "enrolment.json",
+    }
     files["ca"].write_text(bundle.ca_pem)
     write_private(files["key"], bundle.private_key.encode())
     files["pub"].write_text(bundle.public_key.strip() + "\n")
-    files["info"].write_text(json.dumps({"clinic": bundle.clinic, "superlink": bundle.superlink,
-                                         "fingerprint": bundle.fingerprint,
-                                         "created_at": bundle.created_at}, indent=1) + "\n")
+    files["info"].write_text(
+        json.dumps(
+            {
+                "clinic": bundle.clinic,
+                "superlink": bundle.superlink,
+                "fingerprint": bundle.fingerprint,
+                "created_at": bundle.created_at,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     return files
 
 
@@ -127,8 +142,7 @@ def speaks_tls(address: str, timeout: float = 5.0) -> bool:
     return _peer_cert(host, port, timeout) is not None
 
 
-def check_tls(address: str, ca_pem: str, timeout: float = 5.0,
-              now: dt.datetime | None = None) -> str | None:
+def check_tls(address: str, ca_pem: str, timeout: float = 5.0, now: dt.datetime | None = None) -> str | None:
     """Why a TLS connection to the SuperLink would fail with this CA, or None if it works.
 
     Distinguishes the cases an IT admin fixes differently: unreachable, plaintext server,
@@ -148,26 +162,37 @@ def check_tls(address: str, ca_pem: str, timeout: float = 5.0,
         return _explain(e, _peer_cert(host, port, timeout), ca_pem, now)
     except (ssl.SSLError, OSError) as e:
         reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
-        return (f"TLS handshake with {address} failed ({reason}); the SuperLink may be running "
-                "without TLS (--insecure) or something else answers on that port")
+        return (
+            f"TLS handshake with {address} failed ({reason}); the SuperLink may be running "
+            "without TLS (--insecure) or something else answers on that port"
+        )
     finally:
         raw.close()
 
 
-def _explain(err: ssl.SSLCertVerificationError, cert: x509.Certificate | None, ca_pem: str,
-             now: dt.datetime | None) -> str:
+def _explain(
+    err: ssl.SSLCertVerificationError, cert: x509.Certificate | None, ca_pem: str, now: dt.datetime | None
+) -> str:
     now = now or dt.datetime.now(dt.UTC)
     msg = str(err.verify_message or err)
     if cert is not None and "not yet valid" in msg:
-        return (f"the SuperLink's certificate is valid only from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC "
-                f"but this machine's clock says {now:%Y-%m-%d %H:%M} UTC: clock skew; fix the clock (NTP)")
+        return (
+            f"the SuperLink's certificate is valid only from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC "
+            f"but this machine's clock says {now:%Y-%m-%d %H:%M} UTC: clock skew; fix the clock (NTP)"
+        )
     if cert is not None and "expired" in msg:
-        return (f"the SuperLink's certificate expired on {cert.not_valid_after_utc:%Y-%m-%d} (this machine's "
-                f"clock: {now:%Y-%m-%d}); ask the coordinator to renew it (`coordinator certs init --force`)"
-                " or fix the clock")
+        return (
+            f"the SuperLink's certificate expired on {cert.not_valid_after_utc:%Y-%m-%d} (this machine's "
+            f"clock: {now:%Y-%m-%d}); ask the coordinator to renew it (`coordinator certs init --force`)"
+            " or fix the clock"
+        )
     if "hostname" in msg or "IP address mismatch" in msg:
-        return (f"the SuperLink's certificate does not name this address ({msg}); ask the coordinator to "
-                "re-create it with `coordinator certs init --hosts NAME,IP`")
+        return (
+            f"the SuperLink's certificate does not name this address ({msg}); ask the coordinator to "
+            "re-create it with `coordinator certs init --hosts NAME,IP`"
+        )
     issuer = cert.issuer.rfc4514_string() if cert is not None else "unknown"
-    return (f"the SuperLink's certificate does not chain to the CA in your enrolment bundle (issuer "
-            f"{issuer}): wrong CA or wrong server; ask the coordinator for a current bundle")
+    return (
+        f"the SuperLink's certificate does not chain to the CA in your enrolment bundle (issuer "
+        f"{issuer}): wrong CA or wrong server; ask the coordinator for a current bundle"
+    )

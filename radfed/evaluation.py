@@ -121,12 +121,10 @@ def finding_auroc(logits: np.ndarray, labels: np.ndarray) -> float:
     """AUROC of a finding against the first label from N x C logits (NaN with one class)."""
     scores = finding_scores(logits)
     finite = ~np.isnan(scores)
-    return float(weighted_auroc(scores[finite], finding_labels(labels)[finite],
-                                np.ones((1, int(finite.sum()))))[0])
+    return float(weighted_auroc(scores[finite], finding_labels(labels)[finite], np.ones((1, int(finite.sum()))))[0])
 
 
-def resample_counts(groups: np.ndarray, strata: np.ndarray | None, n_boot: int,
-                    rng: np.random.Generator) -> np.ndarray:
+def resample_counts(groups: np.ndarray, strata: np.ndarray | None, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """B x G draw counts per group: G groups drawn with replacement (within each stratum)."""
     n_groups = int(groups.max()) + 1
     counts = np.zeros((n_boot, n_groups), dtype=np.int64)
@@ -163,9 +161,15 @@ def contain(point: float, low: float, high: float) -> tuple[float, float]:
 
 
 def bootstrap_auroc(
-    scores: np.ndarray, positive: np.ndarray, groups: np.ndarray | None = None, *,
-    strata: np.ndarray | None = None, n_boot: int = N_BOOTSTRAP, seed: int = 0,
-    level: float = CI_LEVEL, chunk: int = 250,
+    scores: np.ndarray,
+    positive: np.ndarray,
+    groups: np.ndarray | None = None,
+    *,
+    strata: np.ndarray | None = None,
+    n_boot: int = N_BOOTSTRAP,
+    seed: int = 0,
+    level: float = CI_LEVEL,
+    chunk: int = 250,
 ) -> tuple[float, float, float]:
     """(AUROC, CI low, CI high): percentile bootstrap resampling whole groups (patients).
 
@@ -219,8 +223,11 @@ def score_counts(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, 
     values, which = np.unique(np.asarray(scores, dtype=np.float64), return_inverse=True)
     positive = np.asarray(positive, dtype=bool)
     which = which.reshape(-1)
-    return (values, np.bincount(which[~positive], minlength=values.size),
-            np.bincount(which[positive], minlength=values.size))
+    return (
+        values,
+        np.bincount(which[~positive], minlength=values.size),
+        np.bincount(which[positive], minlength=values.size),
+    )
 
 
 def youden_threshold(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -300,13 +307,17 @@ class QualityReport:
 
     def as_dict(self) -> dict[str, float | None]:
         """JSON-ready: NaN becomes None."""
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                for k, v in asdict(self).items()}
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
 
 
 def quality_report(
-    logits: np.ndarray, labels: np.ndarray, patients: np.ndarray | None = None, *,
-    threshold_logit: float | None = None, strata: np.ndarray | None = None, seed: int = 0,
+    logits: np.ndarray,
+    labels: np.ndarray,
+    patients: np.ndarray | None = None,
+    *,
+    threshold_logit: float | None = None,
+    strata: np.ndarray | None = None,
+    seed: int = 0,
     n_boot: int = N_BOOTSTRAP,
 ) -> QualityReport:
     """AUROC [95 % CI over patients], sensitivity/specificity and ECE for one evaluation set.
@@ -331,8 +342,18 @@ def quality_report(
     n_patients = len(np.unique(patients)) if patients is not None else len(scores)
     n = len(scores)
     return QualityReport(
-        auroc, low, high, sens, spec, float(finding_probability(cut)) if not math.isnan(cut) else math.nan,
-        expected_calibration_error(scores, positive) if n else math.nan, int(n), int(n_patients),
-        threshold_logit=cut, prevalence=float(positive.mean()) if n else math.nan,
+        auroc,
+        low,
+        high,
+        sens,
+        spec,
+        float(finding_probability(cut)) if not math.isnan(cut) else math.nan,
+        expected_calibration_error(scores, positive) if n else math.nan,
+        int(n),
+        int(n_patients),
+        threshold_logit=cut,
+        prevalence=float(positive.mean()) if n else math.nan,
         called_positive=float((scores > 0).mean()) if n else math.nan,
-        distinct_scores=int(np.unique(scores).size), nonfinite=nonfinite)
+        distinct_scores=int(np.unique(scores).size),
+        nonfinite=nonfinite,
+    )

@@ -28,10 +28,32 @@ from radfed.weight_files import WeightsChoiceError, in_registry, resolve_weights
 
 # What a researcher may set; the rest keeps the spec's defaults (timeouts, data options,
 # sweep tags are the coordinator's business).
-FORM_KEYS = ("name", "labels", "backbone", "weights", "image_size", "rounds", "local_epochs",
-             "batch_size", "learning_rate", "weight_decay", "label_smoothing", "warmup_rounds",
-             "augment", "bn_policy", "freeze", "unfreeze_top", "strategy", "strategy_params",
-             "min_clinics", "min_accept", "val_fraction", "seed", "patience", "privacy")
+FORM_KEYS = (
+    "name",
+    "labels",
+    "backbone",
+    "weights",
+    "image_size",
+    "rounds",
+    "local_epochs",
+    "batch_size",
+    "learning_rate",
+    "weight_decay",
+    "label_smoothing",
+    "warmup_rounds",
+    "augment",
+    "bn_policy",
+    "freeze",
+    "unfreeze_top",
+    "strategy",
+    "strategy_params",
+    "min_clinics",
+    "min_accept",
+    "val_fraction",
+    "seed",
+    "patience",
+    "privacy",
+)
 EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
 MAX_LABELS = 32
@@ -69,17 +91,23 @@ def spec_from_form(form: dict[str, Any]) -> ExperimentSpec:
     source = "submission"
     unknown = sorted(set(form) - set(FORM_KEYS))
     if unknown:
-        raise QueueError(f"{source}: {unknown[0]!r} cannot be set from a submission; "
-                         f"allowed: {', '.join(FORM_KEYS)}")
+        raise QueueError(f"{source}: {unknown[0]!r} cannot be set from a submission; allowed: {', '.join(FORM_KEYS)}")
     name = form.get("name")
     if not isinstance(name, str) or not EXPERIMENT_NAME.match(name):
-        raise QueueError(f"{source}: experiment name {name!r}: use 1-64 letters, digits and . _ - "
-                         "(starting with a letter or digit), e.g. pneumonia-resnet50")
+        raise QueueError(
+            f"{source}: experiment name {name!r}: use 1-64 letters, digits and . _ - "
+            "(starting with a letter or digit), e.g. pneumonia-resnet50"
+        )
     labels = form.get("labels", ("normal", "opacity"))
-    if not isinstance(labels, (list, tuple)) or not all(isinstance(x, str) and LABEL.match(x) for x in labels) \
-            or not 2 <= len(labels) <= MAX_LABELS:
-        raise QueueError(f"{source}: task labels {labels!r}: give 2-{MAX_LABELS} distinct names of letters, "
-                         "digits, _ and - (e.g. normal, opacity)")
+    if (
+        not isinstance(labels, (list, tuple))
+        or not all(isinstance(x, str) and LABEL.match(x) for x in labels)
+        or not 2 <= len(labels) <= MAX_LABELS
+    ):
+        raise QueueError(
+            f"{source}: task labels {labels!r}: give 2-{MAX_LABELS} distinct names of letters, "
+            "digits, _ and - (e.g. normal, opacity)"
+        )
     try:
         weights = resolve_weights(str(form.get("weights", "random")))
         spec = from_mapping({**form, "weights": weights}, source=source, check_files=True)
@@ -103,11 +131,16 @@ class ExperimentQueue:
         """Validate a form and queue it as pending; returns the submission id."""
         spec = spec_from_form(form)
         with self.store.session() as s:
-            pending = s.exec(select(func.count()).select_from(Submission).where(
-                Submission.submitted_by == researcher, Submission.status == "pending")).one()
+            pending = s.exec(
+                select(func.count())
+                .select_from(Submission)
+                .where(Submission.submitted_by == researcher, Submission.status == "pending")
+            ).one()
             if pending >= MAX_PENDING:
-                raise QueueError(f"{researcher} has {pending} submissions waiting for review already "
-                                 f"(at most {MAX_PENDING}); wait for the coordinator to review them")
+                raise QueueError(
+                    f"{researcher} has {pending} submissions waiting for review already "
+                    f"(at most {MAX_PENDING}); wait for the coordinator to review them"
+                )
             row = Submission(submitted_by=researcher, name=spec.name, spec_json=spec.to_json())
             s.add(row)
             s.commit()
@@ -139,18 +172,31 @@ class ExperimentQueue:
     @staticmethod
     def as_dict(row: Submission) -> dict[str, Any]:
         spec = json.loads(row.spec_json)
-        return {"id": row.id, "name": row.name, "submitted_by": row.submitted_by,
-                "submitted_at": _iso(row.submitted_at), "status": row.status, "reviewer": row.reviewer,
-                "reviewed_at": _iso(row.reviewed_at), "reason": row.reason, "run": row.flwr_run_id,
-                "started_at": _iso(row.started_at), "finished_at": _iso(row.finished_at),
-                "error": row.error, "backbone": spec.get("backbone"), "strategy": spec.get("strategy"),
-                "rounds": spec.get("rounds"), "spec": spec}
+        return {
+            "id": row.id,
+            "name": row.name,
+            "submitted_by": row.submitted_by,
+            "submitted_at": _iso(row.submitted_at),
+            "status": row.status,
+            "reviewer": row.reviewer,
+            "reviewed_at": _iso(row.reviewed_at),
+            "reason": row.reason,
+            "run": row.flwr_run_id,
+            "started_at": _iso(row.started_at),
+            "finished_at": _iso(row.finished_at),
+            "error": row.error,
+            "backbone": spec.get("backbone"),
+            "strategy": spec.get("strategy"),
+            "rounds": spec.get("rounds"),
+            "spec": spec,
+        }
 
     def reconcile(self) -> None:
         """Running submissions whose run finished in the store take its outcome."""
         with self.store.session() as s:
-            running = list(s.exec(select(Submission).where(Submission.status == "running",
-                                                           Submission.flwr_run_id.is_not(None))))  # type: ignore[union-attr]
+            running = list(
+                s.exec(select(Submission).where(Submission.status == "running", Submission.flwr_run_id.is_not(None)))
+            )  # type: ignore[union-attr]
         for row in running:
             status = self.store.run_status(row.flwr_run_id) or {}  # type: ignore[arg-type]
             if status.get("status") in ("completed", "failed"):
@@ -161,8 +207,7 @@ class ExperimentQueue:
     def approve(self, sid: int, reviewer: str) -> Submission:
         """pending -> approved; QueueError for an unknown id or one already reviewed."""
         row = self._move(sid, ("pending",), "approved", reviewer=reviewer, reviewed_at=_utcnow())
-        self.audit.event("approved", researcher=row.submitted_by,
-                         detail=f"submission {sid}: {row.name}; by {reviewer}")
+        self.audit.event("approved", researcher=row.submitted_by, detail=f"submission {sid}: {row.name}; by {reviewer}")
         return row
 
     def reject(self, sid: int, reviewer: str, reason: str) -> Submission:
@@ -172,10 +217,12 @@ class ExperimentQueue:
             raise QueueError("give a reason: --reason TEXT (the researcher reads it on the dashboard)")
         if len(reason) > MAX_REASON:
             raise QueueError(f"the reason is {len(reason)} characters; at most {MAX_REASON}")
-        row = self._move(sid, ("pending", "approved"), "rejected", reviewer=reviewer,
-                         reviewed_at=_utcnow(), reason=reason)
-        self.audit.event("rejected", researcher=row.submitted_by,
-                         detail=f"submission {sid}: {row.name}; by {reviewer}: {reason}")
+        row = self._move(
+            sid, ("pending", "approved"), "rejected", reviewer=reviewer, reviewed_at=_utcnow(), reason=reason
+        )
+        self.audit.event(
+            "rejected", researcher=row.submitted_by, detail=f"submission {sid}: {row.name}; by {reviewer}: {reason}"
+        )
         return row
 
     def claim(self, sid: int | None = None) -> Submission | None:
@@ -227,17 +274,21 @@ class ExperimentQueue:
         except (SpecError, ValueError) as e:
             raise QueueError(str(e)) from None
         if not in_registry(spec.weights):
-            raise QueueError(f"{source}: weights {spec.weights!r} are no longer in the coordinator's "
-                             "weights registry (`coordinator weights list`)")
+            raise QueueError(
+                f"{source}: weights {spec.weights!r} are no longer in the coordinator's "
+                "weights registry (`coordinator weights list`)"
+            )
         _check_strategy_and_privacy(spec, source)
         return spec
 
     def _move(self, sid: int, allowed: tuple[str, ...], status: str, **values: Any) -> Submission:
         """One conditional UPDATE: the move happens only from an allowed status."""
         with self.store.session() as s:
-            done = s.execute(update(Submission)
-                             .where(Submission.id == sid, Submission.status.in_(allowed))  # type: ignore[attr-defined]
-                             .values(status=status, **values))
+            done = s.execute(
+                update(Submission)
+                .where(Submission.id == sid, Submission.status.in_(allowed))  # type: ignore[attr-defined]
+                .values(status=status, **values)
+            )
             s.commit()
         if done.rowcount != 1:
             self._refuse(sid, allowed)

@@ -57,8 +57,7 @@ def state_digest(state: dict[str, torch.Tensor], *, arch: str, normalisation: st
     for key in sorted(state):
         tensor = state[key].detach().cpu().contiguous()
         digest.update(f"|{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes()
-                      if tensor.numel() else b"")
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 
@@ -88,8 +87,9 @@ def backbone_path(state_dir: Path, digest: str) -> Path:
     return Path(state_dir) / "backbones" / f"{digest[:32]}.pt"
 
 
-def keep_backbone(state_dir: Path, digest: str, state: dict[str, torch.Tensor], *,
-                  arch: str, normalisation: str) -> None:
+def keep_backbone(
+    state_dir: Path, digest: str, state: dict[str, torch.Tensor], *, arch: str, normalisation: str
+) -> None:
     """Store a received backbone under its digest, after checking the digest matches."""
     path = backbone_path(state_dir, digest)
     if path.is_file():
@@ -103,8 +103,9 @@ def keep_backbone(state_dir: Path, digest: str, state: dict[str, torch.Tensor], 
 def load_backbone(state_dir: Path, digest: str) -> dict[str, torch.Tensor]:
     path = backbone_path(state_dir, digest)
     if not path.is_file():
-        raise BackboneMissing("frozen backbone not cached at this clinic; the server sends it "
-                              "with the first message of a run")
+        raise BackboneMissing(
+            "frozen backbone not cached at this clinic; the server sends it with the first message of a run"
+        )
     return torch.load(path, weights_only=True)
 
 
@@ -119,8 +120,7 @@ class FeatureSet:
 
 
 def feature_path(cache_dir: Path, backbone_digest: str, data_digest: str, image_size: int) -> Path:
-    return Path(cache_dir) / "features" / (
-        f"{backbone_digest[:16]}-{data_digest[:16]}-s{image_size}.feats")
+    return Path(cache_dir) / "features" / (f"{backbone_digest[:16]}-{data_digest[:16]}-s{image_size}.feats")
 
 
 def load_features(path: Path) -> FeatureSet | None:
@@ -131,8 +131,11 @@ def load_features(path: Path) -> FeatureSet | None:
         with open(path, "rb") as fh:
             header = json.loads(fh.read(_HEADER_BYTES).rstrip(b"\0"))
         counts, dim = [int(c) for c in header["counts"]], int(header["dim"])
-        if header["version"] != FEATURE_VERSION or len(counts) != 3 or \
-                path.stat().st_size != _HEADER_BYTES + sum(counts) * dim * 4:
+        if (
+            header["version"] != FEATURE_VERSION
+            or len(counts) != 3
+            or path.stat().st_size != _HEADER_BYTES + sum(counts) * dim * 4
+        ):
             raise ValueError("feature file of another version or size")
         blocks, offset = [], _HEADER_BYTES
         for count in counts:  # one descriptor per block: each closes with its rows
@@ -181,7 +184,7 @@ def save_features(path: Path, feats: FeatureSet) -> None:
     try:
         for block in blocks:
             for start in range(0, len(block), 4096):
-                writer.append(block[start:start + 4096])
+                writer.append(block[start : start + 4096])
         writer.finish()
     except BaseException:
         writer.abort()
@@ -189,8 +192,14 @@ def save_features(path: Path, feats: FeatureSet) -> None:
 
 
 @torch.no_grad()
-def compute_features(model: Classifier, train: Images, val: Images, batch_size: int = 64,
-                     device: torch.device | None = None, path: Path | None = None) -> FeatureSet:
+def compute_features(
+    model: Classifier,
+    train: Images,
+    val: Images,
+    batch_size: int = 64,
+    device: torch.device | None = None,
+    path: Path | None = None,
+) -> FeatureSet:
     """Features of the train images, of their horizontal flips, and of the val images,
     reading one batch of images at a time. With ``path`` each batch's features go
     straight to that feature file and the rows of it are returned (nothing grows with

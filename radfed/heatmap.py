@@ -48,10 +48,12 @@ def cam_layer(model: nn.Module, image_size: int, name: str | None = None) -> tup
     order: list[str] = []
     hooks = []
     for name, module in stages:
+
         def record(_m, _i, output, name=name):
             if isinstance(output, torch.Tensor) and name not in shapes:
                 shapes[name] = tuple(output.shape)
                 order.append(name)
+
         hooks.append(module.register_forward_hook(record))
     was_training = model.training
     try:
@@ -70,8 +72,15 @@ def cam_layer(model: nn.Module, image_size: int, name: str | None = None) -> tup
     return chosen, dict(stages)[chosen]
 
 
-def heatmaps(model: nn.Module, images: torch.Tensor, targets: list[int], *, batch_size: int = 16,
-             layer_name: str | None = None, progress: Callable[[int], None] | None = None) -> np.ndarray:
+def heatmaps(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: list[int],
+    *,
+    batch_size: int = 16,
+    layer_name: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
     """N × H × W Grad-CAM maps in [0, 1] (the input's size) for class `targets[i]` of image i."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -81,8 +90,8 @@ def heatmaps(model: nn.Module, images: torch.Tensor, targets: list[int], *, batc
     out = []
     with GradCAM(model=model, target_layers=[layer]) as cam:
         for start in range(0, len(images), batch_size):
-            batch = images[start:start + batch_size].float()
-            wanted = [ClassifierOutputTarget(int(t)) for t in targets[start:start + batch_size]]
+            batch = images[start : start + batch_size].float()
+            wanted = [ClassifierOutputTarget(int(t)) for t in targets[start : start + batch_size]]
             out.append(np.asarray(cam(input_tensor=batch, targets=wanted), dtype=np.float32))
             if progress is not None:
                 progress(len(batch))
@@ -96,8 +105,9 @@ def overlay(image: np.ndarray, cam: np.ndarray, size: int | None = None) -> np.n
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
     grey = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
-    rgb = show_cam_on_image(np.repeat(grey[..., None], 3, axis=2), np.clip(cam, 0.0, 1.0),
-                            use_rgb=True, image_weight=0.6)
+    rgb = show_cam_on_image(
+        np.repeat(grey[..., None], 3, axis=2), np.clip(cam, 0.0, 1.0), use_rgb=True, image_weight=0.6
+    )
     if size and size != rgb.shape[0]:
         from PIL import Image
 

@@ -82,8 +82,10 @@ def load_checkpoint_model(path: Path, spec_json: str) -> tuple[Classifier, str]:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:  # keys or shapes that do not fit the spec's model
-        raise ExportError(f"{path}: does not fit a {spec.backbone} with {len(spec.labels)} classes "
-                          f"({' '.join(str(err).split())[:160]})") from None
+        raise ExportError(
+            f"{path}: does not fit a {spec.backbone} with {len(spec.labels)} classes "
+            f"({' '.join(str(err).split())[:160]})"
+        ) from None
     return model.eval(), info["normalisation"]
 
 
@@ -106,25 +108,40 @@ def _max_diff(got: np.ndarray, want: np.ndarray) -> float:
 
 # --------------------------------------------------------------------------- ONNX
 
+
 def _onnx_export(model: Classifier, example: torch.Tensor, path: Path) -> str:
     """torch.onnx.export with a dynamic batch axis; the dynamo exporter, else the TorchScript
     one (a backbone torch.export cannot capture). Returns which exporter wrote the file."""
     try:
-        torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], opset_version=ONNX_OPSET, dynamo=True,
-                          dynamic_shapes=({0: torch.export.Dim("batch")},),
-                          external_data=False, verbose=False)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=ONNX_OPSET,
+            dynamo=True,
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            external_data=False,
+            verbose=False,
+        )
         return "torch.onnx (dynamo)"
     except Exception:  # noqa: BLE001 - the exporter raises many kinds; the legacy one may work
         path.unlink(missing_ok=True)
-    torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME],
-                      output_names=[OUTPUT_NAME], opset_version=ONNX_OPSET, dynamo=False,
-                      dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        opset_version=ONNX_OPSET,
+        dynamo=False,
+        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+    )
     return "torch.onnx (torchscript)"
 
 
-def check_onnx(path: Path, model: Classifier, image_size: int,
-               tolerance: float = TOLERANCE) -> ExportCheck:
+def check_onnx(path: Path, model: Classifier, image_size: int, tolerance: float = TOLERANCE) -> ExportCheck:
     """onnx.checker on the file, then onnxruntime (CPU) against PyTorch on `check_batch`."""
     import onnx
     import onnxruntime as ort
@@ -138,12 +155,12 @@ def check_onnx(path: Path, model: Classifier, image_size: int,
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     batch = check_batch(image_size)
     got = session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})[0]
-    return ExportCheck(f"onnxruntime {ort.__version__} (CPU)", tuple(batch.shape),
-                       _max_diff(got, _reference(model, batch)), tolerance)
+    return ExportCheck(
+        f"onnxruntime {ort.__version__} (CPU)", tuple(batch.shape), _max_diff(got, _reference(model, batch)), tolerance
+    )
 
 
-def export_onnx(model: Classifier, path: Path, image_size: int,
-                tolerance: float = TOLERANCE) -> ExportedModel:
+def export_onnx(model: Classifier, path: Path, image_size: int, tolerance: float = TOLERANCE) -> ExportedModel:
     """`path` as ONNX (opset ONNX_OPSET, input `image` N x 1 x S x S, output `logits`)."""
     path = Path(path)
     with warnings.catch_warnings():
@@ -154,8 +171,8 @@ def export_onnx(model: Classifier, path: Path, image_size: int,
 
 # -------------------------------------------------------------------- TorchScript
 
-def check_torchscript(path: Path, model: Classifier, image_size: int,
-                      tolerance: float = TOLERANCE) -> ExportCheck:
+
+def check_torchscript(path: Path, model: Classifier, image_size: int, tolerance: float = TOLERANCE) -> ExportCheck:
     """`torch.jit.load` the file and compare with PyTorch on `check_batch`."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still shipped
@@ -163,12 +180,12 @@ def check_torchscript(path: Path, model: Classifier, image_size: int,
     batch = check_batch(image_size)
     with torch.no_grad():
         got = loaded(batch).numpy()
-    return ExportCheck(f"torch.jit {torch.__version__} (CPU)", tuple(batch.shape),
-                       _max_diff(got, _reference(model, batch)), tolerance)
+    return ExportCheck(
+        f"torch.jit {torch.__version__} (CPU)", tuple(batch.shape), _max_diff(got, _reference(model, batch)), tolerance
+    )
 
 
-def export_torchscript(model: Classifier, path: Path, image_size: int,
-                       tolerance: float = TOLERANCE) -> ExportedModel:
+def export_torchscript(model: Classifier, path: Path, image_size: int, tolerance: float = TOLERANCE) -> ExportedModel:
     """`path` as a traced TorchScript module (input N x 1 x S x S, output logits).
 
     Traced with one-channel input, which is what the model is given: the grey to 3
@@ -178,25 +195,26 @@ def export_torchscript(model: Classifier, path: Path, image_size: int,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarning on that branch; jit deprecation notes
         traced = torch.jit.trace(model, check_batch(image_size, batch=2, seed=1), check_trace=False)
-        extra = {"radfed.json": json.dumps({"input": [None, 1, image_size, image_size],
-                                            "output": OUTPUT_NAME})}
+        extra = {"radfed.json": json.dumps({"input": [None, 1, image_size, image_size], "output": OUTPUT_NAME})}
         torch.jit.save(traced, str(path), _extra_files=extra)
-    return _kept(path, "torchscript", "torch.jit.trace", None,
-                 check_torchscript(path, model, image_size, tolerance))
+    return _kept(path, "torchscript", "torch.jit.trace", None, check_torchscript(path, model, image_size, tolerance))
 
 
 def _kept(path: Path, fmt: str, exporter: str, opset: int | None, check: ExportCheck) -> ExportedModel:
     """The export, or ExportError (and no file) when it does not match PyTorch."""
     if not check.passed:
         path.unlink(missing_ok=True)
-        raise ExportError(f"{fmt} export differs from PyTorch by {check.max_abs_diff:.3g} "
-                          f"(tolerance {check.tolerance:g}) on a {tuple(check.batch_shape)} batch; "
-                          "the file was not kept")
+        raise ExportError(
+            f"{fmt} export differs from PyTorch by {check.max_abs_diff:.3g} "
+            f"(tolerance {check.tolerance:g}) on a {tuple(check.batch_shape)} batch; "
+            "the file was not kept"
+        )
     return ExportedModel(fmt, path, path.stat().st_size, exporter, opset, check)
 
 
-def export_model(model: Classifier, fmt: str, path: Path, image_size: int,
-                 tolerance: float = TOLERANCE) -> ExportedModel:
+def export_model(
+    model: Classifier, fmt: str, path: Path, image_size: int, tolerance: float = TOLERANCE
+) -> ExportedModel:
     """Export in `fmt` ("onnx" or "torchscript") and verify; see the module doc."""
     if fmt == "onnx":
         return export_onnx(model, path, image_size, tolerance)

@@ -53,9 +53,23 @@ from radfed.weights import load_weights
 
 # Re-exported: callers build models from here and catch `WeightsError` from here.
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "KERAS_CAFFE_MEAN", "NORMALISATIONS", "FREEZE_POLICIES",
-    "ArchInfo", "LoadReport", "WeightsError", "Classifier", "arch_info", "default_input_size",
-    "list_models", "create_model", "model_to_load", "apply_freeze", "set_train_mode", "trainable_state_keys",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "KERAS_CAFFE_MEAN",
+    "NORMALISATIONS",
+    "FREEZE_POLICIES",
+    "ArchInfo",
+    "LoadReport",
+    "WeightsError",
+    "Classifier",
+    "arch_info",
+    "default_input_size",
+    "list_models",
+    "create_model",
+    "model_to_load",
+    "apply_freeze",
+    "set_train_mode",
+    "trainable_state_keys",
 ]
 FREEZE_POLICIES = ("none", "all", "top-k")
 
@@ -63,8 +77,16 @@ FREEZE_POLICIES = ("none", "all", "top-k")
 class Classifier(nn.Module):
     """A backbone with its input conversion; `net` keeps torchvision's/timm's key names."""
 
-    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...],
-                 *, arch: str = "", head_name: str = "fc", normalisation: str = "radimagenet"):
+    def __init__(
+        self,
+        net: nn.Module,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        *,
+        arch: str = "",
+        head_name: str = "fc",
+        normalisation: str = "radimagenet",
+    ):
         super().__init__()
         self.net = net
         self.arch = arch
@@ -97,8 +119,15 @@ class Classifier(nn.Module):
 
 # ---------------------------------------------------------------------- factory
 
-def create_model(arch: str, num_classes: int, weights: str | Path = "random", *,
-                 normalisation: str | None = None, allow_partial: bool = False) -> Classifier:
+
+def create_model(
+    arch: str,
+    num_classes: int,
+    weights: str | Path = "random",
+    *,
+    normalisation: str | None = None,
+    allow_partial: bool = False,
+) -> Classifier:
     """Build `arch` with a fresh `num_classes` head; `weights` is "random" or a local file.
 
     The file may be a RadImageNet PyTorch checkpoint, a RadImageNet Keras ``*_notop.h5``
@@ -109,8 +138,7 @@ def create_model(arch: str, num_classes: int, weights: str | Path = "random", *,
     """
     info = arch_info(arch)
     if normalisation is not None and normalisation not in NORMALISATIONS:
-        raise WeightsError(f"unknown normalisation '{normalisation}'; allowed: "
-                           f"{', '.join(NORMALISATIONS)}")
+        raise WeightsError(f"unknown normalisation '{normalisation}'; allowed: {', '.join(NORMALISATIONS)}")
     if num_classes < 1:
         raise WeightsError(f"num_classes must be at least 1, got {num_classes}")
     if str(weights) == "random":
@@ -119,20 +147,20 @@ def create_model(arch: str, num_classes: int, weights: str | Path = "random", *,
         if norm == "keras":
             keras_layout(net, info.family)
     else:
-        net, report = load_weights(arch, num_classes, Path(weights),
-                                   allow_partial=allow_partial)
-        if normalisation is not None and (normalisation == "keras") != (
-                report.normalisation == "keras"):
+        net, report = load_weights(arch, num_classes, Path(weights), allow_partial=allow_partial)
+        if normalisation is not None and (normalisation == "keras") != (report.normalisation == "keras"):
             raise WeightsError(
                 f"{Path(weights).name}: normalisation '{normalisation}' does not fit a "
                 f"{report.source_format} file: the 'keras' convention also sets the network "
-                "layout, so it goes with Keras h5 weights only")
+                "layout, so it goes with Keras h5 weights only"
+            )
         norm = normalisation or report.normalisation
     mean, std = NORMALISATIONS[norm]
     return Classifier(net, mean, std, arch=arch, head_name=info.head, normalisation=norm)
 
 
 # --------------------------------------------------------------- freeze policies
+
 
 def model_to_load(arch: str, num_classes: int, normalisation: str = "radimagenet") -> Classifier:
     """A network of this shape whose every weight the caller is about to overwrite (a
@@ -176,7 +204,7 @@ def apply_freeze(model: Classifier, policy: str, unfreeze_top: int = 10) -> None
     elif policy == "all":
         trainable = set()
     else:
-        trainable = {id(m) for m in body[max(0, len(body) - unfreeze_top):]}
+        trainable = {id(m) for m in body[max(0, len(body) - unfreeze_top) :]}
     trainable |= head_ids
     for module in model.net.modules():
         for p in module.parameters(recurse=False):

@@ -41,5 +41,4 @@ def quicker_object_pulls(module: ModuleType) -> None:
             setattr(module, name, functools.partial(original, initial_backoff=FIRST_S, backoff_cap=CAP_S))
         found = found or isinstance(getattr(module, name, None), functools.partial)
     if not found:
-        raise RuntimeError(f"{module.__name__} no longer pulls objects through Flower's pull_objects; "
-                           "pin flwr==1.42.*")
+        raise RuntimeError(f"{module.__name__} no longer pulls objects through Flower's pull_objects; pin flwr==1.42.*")

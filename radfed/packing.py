@@ -31,8 +31,11 @@ class PackingError(ValueError):
 
 def is_packed(record: ArrayRecord) -> bool:
     keys = list(record.keys())
-    return keys == [INDEX_KEY, DATA_KEY] and record[DATA_KEY].stype == DATA_STYPE \
+    return (
+        keys == [INDEX_KEY, DATA_KEY]
+        and record[DATA_KEY].stype == DATA_STYPE
         and record[INDEX_KEY].stype == INDEX_STYPE
+    )
 
 
 def _bytes_array(data: bytes, stype: str) -> Array:
@@ -55,8 +58,12 @@ def unpack_record(packed: ArrayRecord) -> ArrayRecord:
         data = memoryview(packed[DATA_KEY].data)
         record, offset = ArrayRecord(), 0
         for key, dtype, shape, stype, length in index:
-            record[str(key)] = Array(dtype=str(dtype), shape=tuple(int(n) for n in shape), stype=str(stype),
-                                     data=bytes(data[offset:offset + int(length)]))
+            record[str(key)] = Array(
+                dtype=str(dtype),
+                shape=tuple(int(n) for n in shape),
+                stype=str(stype),
+                data=bytes(data[offset : offset + int(length)]),
+            )
             offset += int(length)
     except (KeyError, TypeError, ValueError) as err:
         raise PackingError(f"a packed model record does not decode ({type(err).__name__})") from None

@@ -76,15 +76,18 @@ def parse_partition(text: str) -> Partitioning:
     raise PartitionError(f"unknown partition {text!r}; use one of {', '.join(KINDS)}")
 
 
-def partition(patients: Sequence[Patient], n_clinics: int, how: Partitioning | str, seed: int = 0,
-              n_sites: int | None = None) -> list[list[int]]:
+def partition(
+    patients: Sequence[Patient], n_clinics: int, how: Partitioning | str, seed: int = 0, n_sites: int | None = None
+) -> list[list[int]]:
     """Indices into `patients` for each of `n_clinics` clinics; every patient in exactly one."""
     how = parse_partition(how) if isinstance(how, str) else how
     if n_clinics < 1:
         raise PartitionError("--clinics must be at least 1")
     if len(patients) < n_clinics * MIN_PATIENTS:
-        raise PartitionError(f"{len(patients)} patients cannot make {n_clinics} clinics of at least "
-                             f"{MIN_PATIENTS} patients; use more patients or fewer clinics")
+        raise PartitionError(
+            f"{len(patients)} patients cannot make {n_clinics} clinics of at least "
+            f"{MIN_PATIENTS} patients; use more patients or fewer clinics"
+        )
     rng = np.random.default_rng([seed, 20_18])
     if how.kind == "iid":
         clinics = _deal(list(rng.permutation(len(patients))), n_clinics)
@@ -109,8 +112,7 @@ def _dirichlet(patients: Sequence[Patient], n: int, alpha: float, rng: np.random
     filled in a random order so that no clinic always gets the leftovers.
     """
     classes = sorted({p.label for p in patients})
-    pools = {c: [int(i) for i in rng.permutation([i for i, p in enumerate(patients) if p.label == c])]
-             for c in classes}
+    pools = {c: [int(i) for i in rng.permutation([i for i, p in enumerate(patients) if p.label == c])] for c in classes}
     sizes = [len(chunk) for chunk in np.array_split(np.arange(len(patients)), n)]
     clinics: list[list[int]] = [[] for _ in range(n)]
     for k in rng.permutation(n):
@@ -134,8 +136,10 @@ def _by_site(patients: Sequence[Patient], n: int, n_sites: int | None, rng: np.r
     for site in range(sites):
         members = [i for i, p in enumerate(patients) if p.site == site]
         if len(members) < per_site * MIN_PATIENTS:
-            raise PartitionError(f"site {site + 1} has {len(members)} patients, too few for {per_site} clinics "
-                                 f"of at least {MIN_PATIENTS}; use fewer clinics or more patients")
+            raise PartitionError(
+                f"site {site + 1} has {len(members)} patients, too few for {per_site} clinics "
+                f"of at least {MIN_PATIENTS}; use fewer clinics or more patients"
+            )
         clinics += _deal([members[int(i)] for i in rng.permutation(len(members))], per_site)
     return clinics
 

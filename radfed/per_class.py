@@ -72,8 +72,15 @@ def class_scores(logits: np.ndarray) -> np.ndarray:
         return out.astype(np.float32).astype(np.float64)
 
 
-def class_bootstrap(scores: np.ndarray, positive: np.ndarray, patients: np.ndarray | None = None, *,
-                    n_boot: int = N_BOOTSTRAP, seed: int = 0, chunk: int = 250) -> tuple[np.ndarray, np.ndarray]:
+def class_bootstrap(
+    scores: np.ndarray,
+    positive: np.ndarray,
+    patients: np.ndarray | None = None,
+    *,
+    n_boot: int = N_BOOTSTRAP,
+    seed: int = 0,
+    chunk: int = 250,
+) -> tuple[np.ndarray, np.ndarray]:
     """(K point AUROCs, K x B replicate AUROCs) of K questions asked of the same N images
     (`scores`, `positive`: K x N), each replicate drawing whole patients once for all K.
 
@@ -148,14 +155,24 @@ class PerClass:
             head = f"{prefix}class{k}_"
             value = {name: float(metrics.get(head + name, math.nan)) for name in CLASS_FIGURES}
             summary = {name: lists[head + name] for name in SUMMARY_KEYS + REPLICATE_KEYS if head + name in lists}
-            classes.append(ClassFigures(value["auroc"], value["auroc_low"], value["auroc_high"],
-                                        _count(value["images"]), _count(value["positives"]), summary))
+            classes.append(
+                ClassFigures(
+                    value["auroc"],
+                    value["auroc_low"],
+                    value["auroc_high"],
+                    _count(value["images"]),
+                    _count(value["positives"]),
+                    summary,
+                )
+            )
         return cls(classes, *(float(metrics.get(f"{prefix}{name}", math.nan)) for name in MACRO))
 
     def stored(self, labels: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
         """What the clinic's row keeps (JSON): each class's figures by name, and the macro mean."""
-        classes = [{"label": label_of(k, labels), **{name: _number(getattr(c, name)) for name in CLASS_FIGURES}}
-                   for k, c in enumerate(self.classes)]
+        classes = [
+            {"label": label_of(k, labels), **{name: _number(getattr(c, name)) for name in CLASS_FIGURES}}
+            for k, c in enumerate(self.classes)
+        ]
         return {"classes": classes, **{name: _number(getattr(self, name)) for name in MACRO}}
 
 
@@ -163,8 +180,15 @@ def _count(value: float) -> int:
     return int(value) if math.isfinite(value) else 0
 
 
-def per_class_figures(logits: np.ndarray, labels: np.ndarray, patients: np.ndarray | None = None, *,
-                      seed: int = 0, n_boot: int = N_BOOTSTRAP, replicates: int = REPLICATES) -> PerClass | None:
+def per_class_figures(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    patients: np.ndarray | None = None,
+    *,
+    seed: int = 0,
+    n_boot: int = N_BOOTSTRAP,
+    replicates: int = REPLICATES,
+) -> PerClass | None:
     """A clinic's per-class figures from its N x K validation logits (None for K <= 2).
 
     Images with a NaN class score (a broken model) are left out of every class, so every
@@ -186,12 +210,15 @@ def per_class_figures(logits: np.ndarray, labels: np.ndarray, patients: np.ndarr
     for i in range(k):
         low, high = contain(float(points[i]), *percentile_interval(values[i]))
         answer = positive[i].astype(np.int64)
-        summary = {**score_summary(scores[:, i], answer),
-                   **bootstrap_summary(scores[:, i], answer, patients, n_boot=replicates, seed=shared)}
+        summary = {
+            **score_summary(scores[:, i], answer),
+            **bootstrap_summary(scores[:, i], answer, patients, n_boot=replicates, seed=shared),
+        }
         classes.append(ClassFigures(float(points[i]), low, high, int(answer.size), int(answer.sum()), summary))
     macro = float(points.mean()) if np.isfinite(points).all() else math.nan
-    low, high = contain(macro, *percentile_interval(values.mean(axis=0))) if math.isfinite(macro) \
-        else (math.nan, math.nan)
+    low, high = (
+        contain(macro, *percentile_interval(values.mean(axis=0))) if math.isfinite(macro) else (math.nan, math.nan)
+    )
     return PerClass(classes, macro, low, high)
 
 
@@ -221,10 +248,17 @@ def pooled_per_class(clinics: list[PerClass], labels: tuple[str, ...] | list[str
         pooled = pooled_quality(summaries)
         point = pooled.get("auroc")
         with_images = [s for s in summaries if np.sum(s["cal_count"]) > 0]
-        classes.append({"label": label_of(i, labels), "auroc": point, "auroc_low": pooled.get("auroc_low"),
-                        "auroc_high": pooled.get("auroc_high"), "images": int(pooled.get("images") or 0),
-                        "positives": int(sum(np.sum(s["hist_pos"]) for s in summaries)),
-                        "clinics": len(with_images)})
+        classes.append(
+            {
+                "label": label_of(i, labels),
+                "auroc": point,
+                "auroc_low": pooled.get("auroc_low"),
+                "auroc_high": pooled.get("auroc_high"),
+                "images": int(pooled.get("images") or 0),
+                "positives": int(sum(np.sum(s["hist_pos"]) for s in summaries)),
+                "clinics": len(with_images),
+            }
+        )
         replicates.append(_shifted_replicates(with_images, point))
     out: dict[str, Any] = {"classes": classes, **{name: None for name in MACRO}}
     points = [c["auroc"] for c in classes]
@@ -237,5 +271,13 @@ def pooled_per_class(clinics: list[PerClass], labels: tuple[str, ...] | list[str
     return out
 
 
-__all__ = ["MACRO", "ClassFigures", "PerClass", "class_bootstrap", "class_scores", "label_of",
-           "per_class_figures", "pooled_per_class"]
+__all__ = [
+    "MACRO",
+    "ClassFigures",
+    "PerClass",
+    "class_bootstrap",
+    "class_scores",
+    "label_of",
+    "per_class_figures",
+    "pooled_per_class",
+]

@@ -79,10 +79,14 @@ def score_summary(scores: np.ndarray, labels: np.ndarray) -> dict[str, list[floa
     keys, which = np.unique(score_keys(scores), return_inverse=True)
     which = which.reshape(-1)
     cal = calibration_bins(scores, positive)
-    return {"hist_keys": keys.tolist(),
-            "hist_neg": np.bincount(which[~positive], minlength=keys.size).tolist(),
-            "hist_pos": np.bincount(which[positive], minlength=keys.size).tolist(),
-            "cal_count": cal["count"], "cal_findings": cal["findings"], "cal_score_sum": cal["score_sum"]}
+    return {
+        "hist_keys": keys.tolist(),
+        "hist_neg": np.bincount(which[~positive], minlength=keys.size).tolist(),
+        "hist_pos": np.bincount(which[positive], minlength=keys.size).tolist(),
+        "cal_count": cal["count"],
+        "cal_findings": cal["findings"],
+        "cal_score_sum": cal["score_sum"],
+    }
 
 
 def private_seed(scores: np.ndarray, salt: int = 0) -> int:
@@ -106,8 +110,15 @@ def bin_groups(bins: np.ndarray, n_groups: int = REPLICATE_GROUPS) -> tuple[np.n
     return groups, ranked[(starts + ends - 1) // 2].astype(np.int64)
 
 
-def bootstrap_summary(scores: np.ndarray, labels: np.ndarray, patients: np.ndarray | None = None, *,
-                      n_boot: int = REPLICATES, salt: int = 0, seed: int | None = None) -> dict[str, list[int]]:
+def bootstrap_summary(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    patients: np.ndarray | None = None,
+    *,
+    n_boot: int = REPLICATES,
+    salt: int = 0,
+    seed: int | None = None,
+) -> dict[str, list[int]]:
     """What a clinic sends for the pooled CI: `n_boot` patient-resampled score histograms
     per class, as flattened B x G counts on G groups of neighbouring scores (`bin_groups`)
     placed at keys `boot_bins`.
@@ -126,8 +137,11 @@ def bootstrap_summary(scores: np.ndarray, labels: np.ndarray, patients: np.ndarr
         patients = None if patients is None else np.asarray(patients)[finite]
     if scores.size == 0:
         return {}
-    patient = np.arange(scores.size) if patients is None else \
-        np.unique(np.asarray(patients), return_inverse=True)[1].reshape(-1)
+    patient = (
+        np.arange(scores.size)
+        if patients is None
+        else np.unique(np.asarray(patients), return_inverse=True)[1].reshape(-1)
+    )
     rng = np.random.default_rng(private_seed(scores, salt) if seed is None else seed)
     groups, bins = bin_groups(score_keys(scores))
     cell = groups * 2 + positive  # (group, class) of each image
@@ -137,10 +151,13 @@ def bootstrap_summary(scores: np.ndarray, labels: np.ndarray, patients: np.ndarr
     counts = np.zeros((n_boot, bins.size * 2), dtype=np.int64)
     for start in range(0, n_boot, 100):  # B x N image weights in chunks: bounded memory
         weights = resample_counts(patient, None, min(100, n_boot - start), rng)[:, patient[order]]
-        counts[start:start + len(weights), filled] = np.add.reduceat(weights, starts, axis=1)
+        counts[start : start + len(weights), filled] = np.add.reduceat(weights, starts, axis=1)
     counts = counts.reshape(n_boot, bins.size, 2)
-    return {"boot_bins": bins.tolist(), "boot_neg": counts[:, :, 0].reshape(-1).tolist(),
-            "boot_pos": counts[:, :, 1].reshape(-1).tolist()}
+    return {
+        "boot_bins": bins.tolist(),
+        "boot_neg": counts[:, :, 0].reshape(-1).tolist(),
+        "boot_pos": counts[:, :, 1].reshape(-1).tolist(),
+    }
 
 
 def histogram_auroc(neg: np.ndarray, pos: np.ndarray) -> np.ndarray:
@@ -175,8 +192,9 @@ def _replicate_arrays(summary: dict[str, list[float]]) -> tuple[np.ndarray, np.n
     return bins, neg.reshape(-1, bins.size), pos.reshape(-1, bins.size)
 
 
-def pooled_interval(replicates: list[dict[str, list[float]]], point: float,
-                    level: float = CI_LEVEL) -> tuple[float, float]:
+def pooled_interval(
+    replicates: list[dict[str, list[float]]], point: float, level: float = CI_LEVEL
+) -> tuple[float, float]:
     """The pooled AUROC's CI from every clinic's `bootstrap_summary` (NaN if one is missing).
 
     Replicate b is the sum of the clinics' replicates b: a bootstrap over patients
@@ -207,8 +225,11 @@ def replicate_aurocs(replicates: list[dict[str, list[float]]]) -> tuple[np.ndarr
 
 
 def _counts(summary: dict[str, list[float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return (np.asarray(summary["hist_keys"], dtype=np.int64), np.asarray(summary["hist_neg"], dtype=np.float64),
-            np.asarray(summary["hist_pos"], dtype=np.float64))
+    return (
+        np.asarray(summary["hist_keys"], dtype=np.int64),
+        np.asarray(summary["hist_neg"], dtype=np.float64),
+        np.asarray(summary["hist_pos"], dtype=np.float64),
+    )
 
 
 def usable(summary: dict[str, list[float]]) -> bool:
@@ -230,27 +251,46 @@ def pooled_quality(summaries: list[dict[str, list[float]]]) -> dict[str, float |
     kept = [s for s in summaries if usable(s)]
     if not kept:
         return {}
-    cal = {k: np.sum([np.asarray(s[k], dtype=np.float64) for s in kept], axis=0)
-           for k in ("cal_count", "cal_findings", "cal_score_sum")}
+    cal = {
+        k: np.sum([np.asarray(s[k], dtype=np.float64) for s in kept], axis=0)
+        for k in ("cal_count", "cal_findings", "cal_score_sum")
+    }
     keys, neg, pos = on_union([_counts(s) for s in kept])
     n_neg, n_pos = float(neg.sum()), float(pos.sum())
     n = n_neg + n_pos
     values = key_scores(keys)
     out: dict[str, float | None] = {"images": n, "clinics": float(len(kept))}
-    out["ece"] = ece_from_bins({"count": cal["cal_count"], "findings": cal["cal_findings"],
-                                "score_sum": cal["cal_score_sum"]}) if n else None
-    out.update(prevalence=n_pos / n if n else None, distinct_scores=float(keys.size),
-               called_positive=float((neg + pos)[values > 0].sum() / n) if n else None)
+    out["ece"] = (
+        ece_from_bins({"count": cal["cal_count"], "findings": cal["cal_findings"], "score_sum": cal["cal_score_sum"]})
+        if n
+        else None
+    )
+    out.update(
+        prevalence=n_pos / n if n else None,
+        distinct_scores=float(keys.size),
+        called_positive=float((neg + pos)[values > 0].sum() / n) if n else None,
+    )
     if n_neg == 0 or n_pos == 0:
-        out.update(auroc=None, auroc_low=None, auroc_high=None, sensitivity=None, specificity=None,
-                   threshold=None, threshold_logit=None)
+        out.update(
+            auroc=None,
+            auroc_low=None,
+            auroc_high=None,
+            sensitivity=None,
+            specificity=None,
+            threshold=None,
+            threshold_logit=None,
+        )
         return out
     out["auroc"] = float(histogram_auroc(neg, pos))
     low, high = pooled_interval([s for s in kept if np.sum(s["cal_count"]) > 0], out["auroc"])
     out.update(auroc_low=low if math.isfinite(low) else None, auroc_high=high if math.isfinite(high) else None)
     best = youden_from_counts(neg, pos)
-    out.update(sensitivity=float(pos[best:].sum() / n_pos), specificity=float(neg[:best].sum() / n_neg),
-               threshold_logit=float(values[best]), threshold=float(finding_probability(values[best])))
+    out.update(
+        sensitivity=float(pos[best:].sum() / n_pos),
+        specificity=float(neg[:best].sum() / n_neg),
+        threshold_logit=float(values[best]),
+        threshold=float(finding_probability(values[best])),
+    )
     return out
 
 

@@ -46,7 +46,7 @@ def cpu_has_native_bf16() -> bool:
 
 
 def cpu_precision() -> str:
-    """"bfloat16" or "float32": what CPU passes run in (RADFED_CPU_PRECISION, default auto)."""
+    """ "bfloat16" or "float32": what CPU passes run in (RADFED_CPU_PRECISION, default auto)."""
     choice = os.environ.get("RADFED_CPU_PRECISION", "auto").strip().lower() or "auto"
     if choice not in CPU_PRECISIONS:
         raise ValueError(f"RADFED_CPU_PRECISION={choice!r}; allowed: {', '.join(CPU_PRECISIONS)}")

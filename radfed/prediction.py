@@ -51,8 +51,10 @@ def resolve_model_file(model: str, models_dir: Path, kind: str = "final") -> Pat
     if candidate.is_file():
         return candidate
     held = sorted(p.name.removeprefix("run-") for p in models_dir.glob("run-*") if p.is_dir())
-    raise ModelFileError(f"no model {model!r}: not a file, and no {kind} model of run {run} in "
-                         f"{models_dir} (runs delivered here: {', '.join(held) or 'none'})")
+    raise ModelFileError(
+        f"no model {model!r}: not a file, and no {kind} model of run {run} in "
+        f"{models_dir} (runs delivered here: {', '.join(held) or 'none'})"
+    )
 
 
 def _has_labels(data_dir: Path, manifest: Path | None, options: DataOptions, labels: list[str]) -> bool:
@@ -70,11 +72,21 @@ def _targets(logits: np.ndarray) -> list[int]:
     return [1 + int(np.argmax(row[1:])) for row in logits] if logits.shape[1] > 1 else [0] * len(logits)
 
 
-def predict_folder(model_file: Path, data_dir: Path, out_dir: Path, *, manifest: Path | None = None,
-                   local_options: dict[str, Any] | None = None, cam: bool = True,
-                   cache_dir: Path | None = None, workers: int = 1, dicom_out: bool = False,
-                   cam_layer: str | None = None,
-                   dicomweb: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
+def predict_folder(
+    model_file: Path,
+    data_dir: Path,
+    out_dir: Path,
+    *,
+    manifest: Path | None = None,
+    local_options: dict[str, Any] | None = None,
+    cam: bool = True,
+    cache_dir: Path | None = None,
+    workers: int = 1,
+    dicom_out: bool = False,
+    cam_layer: str | None = None,
+    dicomweb: str | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Predict every usable image of data_dir with a delivered model; returns the summary.
     `dicom_out` / `dicomweb`: also the results as DICOM SC + SR (radfed.prediction_dicom)."""
     payload = load_model_file(model_file)
@@ -86,13 +98,23 @@ def predict_folder(model_file: Path, data_dir: Path, out_dir: Path, *, manifest:
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     labelled = _has_labels(data_dir, manifest, options, list(spec.labels))
     if labelled:
-        data: ClinicData = load_clinic(data_dir, spec.labels, spec.image_size, manifest=manifest,
-                                       val_fraction=spec.val_fraction, seed=spec.seed, cache_dir=cache_dir,
-                                       workers=workers, options=options, progress=progress)
+        data: ClinicData = load_clinic(
+            data_dir,
+            spec.labels,
+            spec.image_size,
+            manifest=manifest,
+            val_fraction=spec.val_fraction,
+            seed=spec.seed,
+            cache_dir=cache_dir,
+            workers=workers,
+            options=options,
+            progress=progress,
+        )
         parts, rejected = [("train", data.train), ("val", data.val)], data.rejected
     else:
-        split, rejected = unlabelled_images(data_dir, spec.image_size, options, cache_dir=cache_dir,
-                                            workers=workers, progress=progress)
+        split, rejected = unlabelled_images(
+            data_dir, spec.image_size, options, cache_dir=cache_dir, workers=workers, progress=progress
+        )
         parts = [("", split)]
     pooled_cut = _number((payload.get("pooled") or {}).get("threshold_logit"))
     own_cut = _number((payload.get("clinic") or {}).get("threshold_logit"))
@@ -100,11 +122,17 @@ def predict_folder(model_file: Path, data_dir: Path, out_dir: Path, *, manifest:
     rows: list[dict[str, Any]] = []
     unit_rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {
-        "model": str(model_file), "model_sha256": sha256_file(Path(model_file)),
-        "experiment": payload.get("experiment"), "flwr_run_id": payload.get("flwr_run_id"),
-        "kind": payload.get("kind"), "round": payload.get("round"), "labels": list(spec.labels),
+        "model": str(model_file),
+        "model_sha256": sha256_file(Path(model_file)),
+        "experiment": payload.get("experiment"),
+        "flwr_run_id": payload.get("flwr_run_id"),
+        "kind": payload.get("kind"),
+        "round": payload.get("round"),
+        "labels": list(spec.labels),
         "threshold_logit": {"federation": pooled_cut, "clinic": own_cut},
-        "labelled": labelled, "rejected": len(rejected), "heatmaps": 0,
+        "labelled": labelled,
+        "rejected": len(rejected),
+        "heatmaps": 0,
     }
     total = sum(len(part) for _, part in parts)
     done = 0
@@ -125,15 +153,32 @@ def predict_folder(model_file: Path, data_dir: Path, out_dir: Path, *, manifest:
     if dicom_out or dicomweb:
         from radfed.prediction_dicom import write_dicom_results
 
-        summary["dicom_files"] = write_dicom_results(rows, data_dir, out_dir, summary, list(spec.labels),
-                                                     str(payload.get("global_digest", "")), dicomweb, progress)
+        summary["dicom_files"] = write_dicom_results(
+            rows,
+            data_dir,
+            out_dir,
+            summary,
+            list(spec.labels),
+            str(payload.get("global_digest", "")),
+            dicomweb,
+            progress,
+        )
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 
 
-def _heatmaps(model: torch.nn.Module, part: Split, logits: np.ndarray, out_dir: Path, name: str, cam: bool,
-              progress: Progress | None, done: int, total: int,
-              layer_name: str | None = None) -> list[tuple[str, int, int]]:
+def _heatmaps(
+    model: torch.nn.Module,
+    part: Split,
+    logits: np.ndarray,
+    out_dir: Path,
+    name: str,
+    cam: bool,
+    progress: Progress | None,
+    done: int,
+    total: int,
+    layer_name: str | None = None,
+) -> list[tuple[str, int, int]]:
     """(png name, peak row, peak column) per image; empty names without --cam."""
     if not cam or not len(part):
         return [("", -1, -1)] * len(part)
@@ -147,6 +192,7 @@ def _heatmaps(model: torch.nn.Module, part: Split, logits: np.ndarray, out_dir: 
         counted[0] += n
         if progress is not None:
             progress("heat maps", counted[0], total)
+
     maps = heatmaps(model, part.pixels, _targets(logits), layer_name=layer_name, progress=step)
     folder = out_dir / "heatmaps"
     folder.mkdir(parents=True, exist_ok=True)
@@ -159,8 +205,15 @@ def _heatmaps(model: torch.nn.Module, part: Split, logits: np.ndarray, out_dir: 
     return out
 
 
-def _rows(name: str, part: Split, logits: np.ndarray, spec: ExperimentSpec, pooled_cut: float | None,
-          own_cut: float | None, maps: list[tuple[str, int, int]]) -> list[dict[str, Any]]:
+def _rows(
+    name: str,
+    part: Split,
+    logits: np.ndarray,
+    spec: ExperimentSpec,
+    pooled_cut: float | None,
+    own_cut: float | None,
+    maps: list[tuple[str, int, int]],
+) -> list[dict[str, Any]]:
     scores = finding_scores(logits)
     probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
     files = part.files or [""] * len(part)
@@ -169,8 +222,12 @@ def _rows(name: str, part: Split, logits: np.ndarray, spec: ExperimentSpec, pool
     for i in range(len(part)):
         sample = seen[files[i]] = seen.get(files[i], -1) + 1
         label = int(part.labels[i])
-        row: dict[str, Any] = {"file": files[i], "sample": sample, "split": name,
-                               "label": spec.labels[label] if label >= 0 else ""}
+        row: dict[str, Any] = {
+            "file": files[i],
+            "sample": sample,
+            "split": name,
+            "label": spec.labels[label] if label >= 0 else "",
+        }
         row.update({f"p_{c}": f"{probs[i, k]:.6f}" for k, c in enumerate(spec.labels)})
         row["p_finding"] = f"{1.0 / (1.0 + math.exp(-float(np.clip(scores[i], -700, 700)))):.6f}"
         row["finding_logodds"] = f"{float(scores[i]):.7g}"
@@ -181,8 +238,9 @@ def _rows(name: str, part: Split, logits: np.ndarray, spec: ExperimentSpec, pool
     return rows
 
 
-def _unit_rows(name: str, part: Split, logits: np.ndarray, spec: ExperimentSpec,
-               pooled_cut: float | None) -> list[dict[str, Any]]:
+def _unit_rows(
+    name: str, part: Split, logits: np.ndarray, spec: ExperimentSpec, pooled_cut: float | None
+) -> list[dict[str, Any]]:
     """One row per labelled unit (study, series, folder) when the data options group slices:
     its score is the federation's (radfed.unit_scores: mean of the slices' log-probabilities)."""
     if part.units is None or len(set(part.units.tolist())) == len(part):
@@ -197,11 +255,18 @@ def _unit_rows(name: str, part: Split, logits: np.ndarray, spec: ExperimentSpec,
     out = []
     for k, (unit, i) in enumerate(sorted(first.items(), key=lambda item: item[1])):
         label = int(labels[k])
-        out.append({"split": name, "unit": k, "first_file": files[i],
-                    "samples": int((units == unit).sum()), "label": spec.labels[label] if label >= 0 else "",
-                    "p_finding": f"{1.0 / (1.0 + math.exp(-float(np.clip(scores[k], -700, 700)))):.6f}",
-                    "finding_logodds": f"{float(scores[k]):.7g}",
-                    "call_federation": "" if pooled_cut is None else int(scores[k] >= pooled_cut)})
+        out.append(
+            {
+                "split": name,
+                "unit": k,
+                "first_file": files[i],
+                "samples": int((units == unit).sum()),
+                "label": spec.labels[label] if label >= 0 else "",
+                "p_finding": f"{1.0 / (1.0 + math.exp(-float(np.clip(scores[k], -700, 700)))):.6f}",
+                "finding_logodds": f"{float(scores[k]):.7g}",
+                "call_federation": "" if pooled_cut is None else int(scores[k] >= pooled_cut),
+            }
+        )
     return out
 
 

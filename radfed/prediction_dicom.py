@@ -28,9 +28,16 @@ def _probability(logodds: float | None) -> float | None:
     return 1.0 / (1.0 + math.exp(-max(-700.0, min(700.0, logodds))))
 
 
-def write_dicom_results(rows: list[dict[str, Any]], data_dir: Path, out_dir: Path, summary: dict[str, Any],
-                        labels: list[str], global_digest: str, dicomweb: str | None = None,
-                        progress: Callable[[str, int, int], None] | None = None) -> int:
+def write_dicom_results(
+    rows: list[dict[str, Any]],
+    data_dir: Path,
+    out_dir: Path,
+    summary: dict[str, Any],
+    labels: list[str],
+    global_digest: str,
+    dicomweb: str | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> int:
     """Write (and optionally store) an SC and an SR per predicted file; returns files written."""
     from PIL import Image
     from pydicom import dcmread
@@ -51,14 +58,22 @@ def write_dicom_results(rows: list[dict[str, Any]], data_dir: Path, out_dir: Pat
         made = []
         if row.get("heatmap"):
             overlay = np.asarray(Image.open(out_dir / "heatmaps" / row["heatmap"]).convert("RGB"))
-            made.append(secondary_capture(source, overlay, instance_number=i + 1,
-                                          model_name=str(summary.get("experiment") or "radfed")))
+            made.append(
+                secondary_capture(
+                    source, overlay, instance_number=i + 1, model_name=str(summary.get("experiment") or "radfed")
+                )
+            )
         report = structured_report(
-            source, finding=labels[target], probability=float(row["p_finding"]),
+            source,
+            finding=labels[target],
+            probability=float(row["p_finding"]),
             threshold=threshold if threshold is not None else 0.5,
-            model_name=str(summary.get("experiment") or "radfed"), model_digest=global_digest,
+            model_name=str(summary.get("experiment") or "radfed"),
+            model_digest=global_digest,
             model_version=f"{summary.get('kind')} round {summary.get('round')}",
-            sc=made[0] if made else None, instance_number=i + 1)
+            sc=made[0] if made else None,
+            instance_number=i + 1,
+        )
         made.append(report)
         for dataset, kind in zip(made, ("sc", "sr") if len(made) == 2 else ("sr",)):
             dataset.save_as(folder / f"{i:05d}-{kind}.dcm", enforce_file_format=True)

@@ -131,9 +131,13 @@ def reachable(address: str, timeout: float = 3.0) -> str | None:
         return err.strerror or type(err).__name__
 
 
-def run_foreground(cmd: list[str], env: dict[str, str],
-                   on_line: Callable[[str], None] | None = None,
-                   tick: Callable[[], None] | None = None, every: float = 5.0) -> int:
+def run_foreground(
+    cmd: list[str],
+    env: dict[str, str],
+    on_line: Callable[[str], None] | None = None,
+    tick: Callable[[], None] | None = None,
+    every: float = 5.0,
+) -> int:
     """Run `cmd` until it exits; Ctrl-C or SIGTERM stop it and all its descendants.
 
     With `on_line`, the child's output is passed through line by line and shown to
@@ -146,8 +150,14 @@ def run_foreground(cmd: list[str], env: dict[str, str],
     import threading
 
     pipe = subprocess.PIPE if on_line else None
-    proc = spawn_bound(cmd, env=env, stdout=pipe, stderr=subprocess.STDOUT if on_line else None,
-                       text=bool(on_line), errors="replace" if on_line else None)
+    proc = spawn_bound(
+        cmd,
+        env=env,
+        stdout=pipe,
+        stderr=subprocess.STDOUT if on_line else None,
+        text=bool(on_line),
+        errors="replace" if on_line else None,
+    )
 
     def _forward(signum: int, _frame: object) -> None:
         stop_tree(proc)

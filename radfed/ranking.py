@@ -41,8 +41,9 @@ def _finite(value: Any) -> float | None:
 def final_round(entry: dict[str, Any]) -> dict[str, Any] | None:
     """The final model's evaluation: the last round with pooled figures, else (runs
     recorded before them) the last round with a clinic mean AUROC."""
-    rounds = [r for r in entry.get("rounds", []) if r.get("pooled")] or \
-        [r for r in entry.get("rounds", []) if r.get("val_auroc") is not None]
+    rounds = [r for r in entry.get("rounds", []) if r.get("pooled")] or [
+        r for r in entry.get("rounds", []) if r.get("val_auroc") is not None
+    ]
     return rounds[-1] if rounds else None
 
 
@@ -88,8 +89,13 @@ def selected_checkpoint(entry: dict[str, Any]) -> dict[str, Any] | None:
     r, score = best
     ckpt = next((c for c in entry.get("checkpoints", []) if c["server_round"] == r["server_round"]), None)
     ci = interval(r.get("pooled"))
-    return {"round": r["server_round"], "pooled_auroc": score, "ci95": list(ci) if ci else None,
-            "path": ckpt["path"] if ckpt else None, "sha256": ckpt["sha256"] if ckpt else None}
+    return {
+        "round": r["server_round"],
+        "pooled_auroc": score,
+        "ci95": list(ci) if ci else None,
+        "path": ckpt["path"] if ckpt else None,
+        "sha256": ckpt["sha256"] if ckpt else None,
+    }
 
 
 def _rising(losses: list[tuple[int, float]], k: int) -> tuple[int, int, float, float] | None:
@@ -103,8 +109,9 @@ def _rising(losses: list[tuple[int, float]], k: int) -> tuple[int, int, float, f
     return None
 
 
-def model_warnings(entry: dict[str, Any], labels: tuple[str, ...] | list[str] = ("normal", "finding"),
-                   k: int = LOSS_RISE_ROUNDS) -> list[str]:
+def model_warnings(
+    entry: dict[str, Any], labels: tuple[str, ...] | list[str] = ("normal", "finding"), k: int = LOSS_RISE_ROUNDS
+) -> list[str]:
     """What is wrong with the final model, one sentence each (empty when nothing is)."""
     out = []
     last = final_round(entry)
@@ -119,20 +126,28 @@ def model_warnings(entry: dict[str, Any], labels: tuple[str, ...] | list[str] = 
         what = f"'{finding}'" if called == 1.0 else f"'{labels[0]}'"
         out.append(f"calls every validation image {what}: accuracy {share:.2f} = the prevalence of that class")
     if last is not None:
-        rows = [c for c in entry.get("clinics", []) if c["phase"] == "evaluate"
-                and c["server_round"] == last["server_round"]]
+        rows = [
+            c
+            for c in entry.get("clinics", [])
+            if c["phase"] == "evaluate" and c["server_round"] == last["server_round"]
+        ]
         broken = sum(int((c.get("quality") or {}).get("nonfinite") or 0) for c in rows)
         if broken:
             out.append(f"non-finite scores for {broken} validation images (left out of every figure)")
-        constant = sorted(c["clinic"] for c in rows if (c.get("quality") or {}).get("distinct_scores") == 1
-                          and (c.get("quality") or {}).get("images", 0) > 1)
+        constant = sorted(
+            c["clinic"]
+            for c in rows
+            if (c.get("quality") or {}).get("distinct_scores") == 1 and (c.get("quality") or {}).get("images", 0) > 1
+        )
         if constant and not constant_everywhere:
             out.append(f"constant predictions at {', '.join(constant)}")
     losses = [(r["server_round"], v) for r in entry.get("rounds", []) if (v := _finite(r.get("val_loss"))) is not None]
     rise = _rising(losses, k)
     if rise:
-        out.append(f"validation loss rose {rise[1] - rise[0]} rounds in a row "
-                   f"(round {rise[0]} → {rise[1]}: {rise[2]:.2f} → {rise[3]:.2f}): over-fitting or diverging")
+        out.append(
+            f"validation loss rose {rise[1] - rise[0]} rounds in a row "
+            f"(round {rise[0]} → {rise[1]}: {rise[2]:.2f} → {rise[3]:.2f}): over-fitting or diverging"
+        )
     ci = interval(pooled)
     if ci is not None and ci[1] < 0.5:
         out.append("pooled AUROC CI lies below 0.5: the model ranks findings backwards")

@@ -32,11 +32,22 @@ PREFIX = "val_"
 QUALITY_FIELDS = tuple(f.name for f in fields(QualityReport))
 # What a person reads for each figure (dashboard, leaderboard): one wording everywhere.
 LABELS = {
-    "auroc": "AUROC", "auroc_low": "95% CI low", "auroc_high": "95% CI high", "sensitivity": "Sensitivity",
-    "specificity": "Specificity", "threshold": "Threshold p(finding)", "threshold_logit": "Threshold (log-odds)",
-    "ece": "ECE", "images": "Images", "patients": "Patients", "prevalence": "Prevalence",
-    "called_positive": "Called positive", "distinct_scores": "Distinct scores", "nonfinite": "Non-finite scores",
-    "loss": "Loss", "accuracy": "Accuracy",
+    "auroc": "AUROC",
+    "auroc_low": "95% CI low",
+    "auroc_high": "95% CI high",
+    "sensitivity": "Sensitivity",
+    "specificity": "Specificity",
+    "threshold": "Threshold p(finding)",
+    "threshold_logit": "Threshold (log-odds)",
+    "ece": "ECE",
+    "images": "Images",
+    "patients": "Patients",
+    "prevalence": "Prevalence",
+    "called_positive": "Called positive",
+    "distinct_scores": "Distinct scores",
+    "nonfinite": "Non-finite scores",
+    "loss": "Loss",
+    "accuracy": "Accuracy",
 }
 POOLED_AUROC = "pooled AUROC"  # the headline: over every clinic's validation patients, with its 95 % CI
 CLINIC_MEAN_AUROC = "clinic mean AUROC"  # the clinics' AUROCs averaged, weighted by validation images
@@ -82,8 +93,11 @@ class ClinicValidation:
 
     def to_metrics(self, count_key: str) -> dict[str, float | list[float]]:
         """Flower metrics: every figure as `val_<name>`, the counts as lists."""
-        out: dict[str, float | list[float]] = {f"{PREFIX}loss": self.loss, f"{PREFIX}accuracy": self.accuracy,
-                                               count_key: self.examples}
+        out: dict[str, float | list[float]] = {
+            f"{PREFIX}loss": self.loss,
+            f"{PREFIX}accuracy": self.accuracy,
+            count_key: self.examples,
+        }
         for name in QUALITY_FIELDS:
             out[f"{PREFIX}{name}"] = getattr(self.quality, name)
         out.update({f"{PREFIX}{k}": v for k, v in self.summary.items()})
@@ -101,8 +115,13 @@ class ClinicValidation:
             raw = _float(metrics.get(f"{PREFIX}{f.name}", math.nan))
             values[f.name] = (int(raw) if math.isfinite(raw) else 0) if f.type in ("int", int) else raw
         summary = {k: lists[f"{PREFIX}{k}"] for k in SUMMARY_KEYS + REPLICATE_KEYS if f"{PREFIX}{k}" in lists}
-        return cls(_float(metrics.get(f"{PREFIX}loss")), _float(metrics.get(f"{PREFIX}accuracy")),
-                   QualityReport(**values), summary, PerClass.from_metrics(metrics, lists, PREFIX))
+        return cls(
+            _float(metrics.get(f"{PREFIX}loss")),
+            _float(metrics.get(f"{PREFIX}accuracy")),
+            QualityReport(**values),
+            summary,
+            PerClass.from_metrics(metrics, lists, PREFIX),
+        )
 
     def stored_quality(self) -> dict[str, float | None]:
         """The quality figures as the store keeps them with the clinic's row."""
@@ -113,8 +132,9 @@ class ClinicValidation:
         return self.per_class.stored(labels) if self.per_class is not None else None
 
 
-def from_logits(logits: np.ndarray, labels: np.ndarray, patients: np.ndarray | None = None, *,
-                seed: int = 0) -> ClinicValidation:
+def from_logits(
+    logits: np.ndarray, labels: np.ndarray, patients: np.ndarray | None = None, *, seed: int = 0
+) -> ClinicValidation:
     """Every figure a clinic sends about a model, from its N x C logits on the validation
     split: cross-entropy loss from the logits themselves (exact however confident the
     model is), argmax accuracy, the quality report and the pooled counts with their
@@ -129,5 +149,15 @@ def from_logits(logits: np.ndarray, labels: np.ndarray, patients: np.ndarray | N
     return ClinicValidation(loss, accuracy, report, summary, per_class_figures(logits, labels, patients, seed=seed))
 
 
-__all__ = ["ClinicValidation", "from_logits", "format_auroc", "finding_labels", "LABELS", "POOLED_AUROC",
-           "CLINIC_MEAN_AUROC", "MACRO_AUROC", "QUALITY_FIELDS", "PREFIX"]
+__all__ = [
+    "ClinicValidation",
+    "from_logits",
+    "format_auroc",
+    "finding_labels",
+    "LABELS",
+    "POOLED_AUROC",
+    "CLINIC_MEAN_AUROC",
+    "MACRO_AUROC",
+    "QUALITY_FIELDS",
+    "PREFIX",
+]

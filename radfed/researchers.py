@@ -116,8 +116,9 @@ def new_secret() -> str:
 def hash_secret(secret: str, salt: bytes | None = None) -> str:
     """The stored form of a secret: scrypt with a random 16-byte salt and its parameters."""
     salt = salt or secrets.token_bytes(16)
-    digest = hashlib.scrypt(secret.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
-                            maxmem=SCRYPT_MAXMEM, dklen=32)
+    digest = hashlib.scrypt(
+        secret.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, maxmem=SCRYPT_MAXMEM, dklen=32
+    )
     b64 = base64.b64encode
     return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
 
@@ -127,8 +128,15 @@ def verify_secret(secret: str, stored: str) -> bool:
     try:
         scheme, n, r, p, salt, digest = stored.split("$")
         expected = base64.b64decode(digest)
-        actual = hashlib.scrypt(secret.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r),
-                                p=int(p), maxmem=SCRYPT_MAXMEM, dklen=len(expected))
+        actual = hashlib.scrypt(
+            secret.encode(),
+            salt=base64.b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            maxmem=SCRYPT_MAXMEM,
+            dklen=len(expected),
+        )
     except (ValueError, TypeError):
         return False
     return scheme == "scrypt" and hmac.compare_digest(actual, expected)
@@ -145,8 +153,10 @@ def delay_after(failures: int) -> float:
 def check_name(name: str) -> str:
     """The name, if it is one an account may have; else AccountError."""
     if not isinstance(name, str) or not NAME.match(name):
-        raise AccountError(f"researcher name {name!r}: use 1-128 letters, digits and . _ @ + - "
-                           "(starting with a letter or digit), e.g. alice or alice@hospital.org")
+        raise AccountError(
+            f"researcher name {name!r}: use 1-128 letters, digits and . _ @ + - "
+            "(starting with a letter or digit), e.g. alice or alice@hospital.org"
+        )
     return name
 
 
@@ -166,8 +176,7 @@ class Researchers:
         store.ensure_tables(_TABLES)
         self.audit = Registry(store)
 
-    def add(self, name: str, secret: str | None = None, kind: str = "password",
-            replace: bool = False) -> str | None:
+    def add(self, name: str, secret: str | None = None, kind: str = "password", replace: bool = False) -> str | None:
         """Create a password account (or, with `replace`, give one a new secret, re-enable
         it and clear its failed logins); returns the secret (generated when None given).
         An OIDC account has no secret: its identity provider vouches for the name."""
@@ -177,16 +186,19 @@ class Researchers:
         if kind == "password":
             secret = new_secret() if secret is None else secret
             if not MIN_SECRET_LENGTH <= len(secret) <= MAX_SECRET_LENGTH:
-                raise AccountError(f"a secret needs {MIN_SECRET_LENGTH} to {MAX_SECRET_LENGTH} "
-                                   "characters; leave --stdin out to have one generated")
+                raise AccountError(
+                    f"a secret needs {MIN_SECRET_LENGTH} to {MAX_SECRET_LENGTH} "
+                    "characters; leave --stdin out to have one generated"
+                )
         else:
             secret = None
         stored = hash_secret(secret) if secret is not None else None
         with self.store.session() as s:
             row = s.exec(select(ResearcherAccount).where(ResearcherAccount.name == name)).first()
             if row is not None and not replace:
-                raise AccountError(f"researcher {name} exists; `coordinator researcher add {name} "
-                                   "--reset` gives it a new secret")
+                raise AccountError(
+                    f"researcher {name} exists; `coordinator researcher add {name} --reset` gives it a new secret"
+                )
             row = row or ResearcherAccount(name=name)
             row.kind, row.secret_hash, row.status, row.disabled_at = kind, stored, "active", None
             s.add(row)
@@ -195,8 +207,7 @@ class Researchers:
             except IntegrityError:
                 raise AccountError(f"researcher {name} exists (added just now by someone else)") from None
         self._forget_failures(name)
-        self.audit.event("account", researcher=name,
-                         detail=f"{'reset' if replace else 'added'} ({kind} account)")
+        self.audit.event("account", researcher=name, detail=f"{'reset' if replace else 'added'} ({kind} account)")
         return secret
 
     def disable(self, name: str) -> None:
@@ -233,10 +244,17 @@ class Researchers:
         with self.store.session() as s:
             rows = list(s.exec(select(ResearcherAccount).order_by(ResearcherAccount.name)))
             throttle = {t.name: t.failures for t in s.exec(select(LoginThrottle))}
-        return [{"name": r.name, "kind": r.kind, "status": r.status,
-                 "created_at": _aware(r.created_at).isoformat(),
-                 "last_login_at": _aware(r.last_login_at).isoformat() if r.last_login_at else None,
-                 "failed_logins": throttle.get(r.name, 0)} for r in rows]
+        return [
+            {
+                "name": r.name,
+                "kind": r.kind,
+                "status": r.status,
+                "created_at": _aware(r.created_at).isoformat(),
+                "last_login_at": _aware(r.last_login_at).isoformat() if r.last_login_at else None,
+                "failed_logins": throttle.get(r.name, 0),
+            }
+            for r in rows
+        ]
 
     def any_active(self) -> bool:
         with self.store.session() as s:
@@ -248,8 +266,12 @@ class Researchers:
         """Check a password login; the Researcher, or LoginRefused (audited either way)."""
         now = now or _utcnow()
         shown = _printable(name)
-        if not isinstance(name, str) or not NAME.match(name) or not isinstance(secret, str) \
-                or len(secret) > MAX_SECRET_LENGTH:
+        if (
+            not isinstance(name, str)
+            or not NAME.match(name)
+            or not isinstance(secret, str)
+            or len(secret) > MAX_SECRET_LENGTH
+        ):
             self.audit.event("login-failed", researcher=shown, detail="not an account name")
             raise LoginRefused(REFUSED)
         wait = self._reserve(name, now)
@@ -260,8 +282,15 @@ class Researchers:
         usable = row is not None and row.kind == "password" and row.secret_hash is not None
         matches = verify_secret(secret, row.secret_hash if usable else _DUMMY_HASH)  # type: ignore[union-attr,arg-type]
         if not (usable and matches and row.status == "active"):  # type: ignore[union-attr]
-            why = ("unknown name" if row is None else "not a password account" if not usable
-                   else "wrong secret" if not matches else "account disabled")
+            why = (
+                "unknown name"
+                if row is None
+                else "not a password account"
+                if not usable
+                else "wrong secret"
+                if not matches
+                else "account disabled"
+            )
             failures = self._failed(name, now)
             self.audit.event("login-failed", researcher=name, detail=f"{why} ({failures} in a row)")
             raise LoginRefused(REFUSED)
@@ -271,8 +300,11 @@ class Researchers:
     def logged_in(self, name: str, via: str, now: datetime | None = None) -> Researcher:
         """Record a successful login (password here, or OIDC checked by the dashboard)."""
         with self.store.session() as s:
-            s.execute(update(ResearcherAccount).where(ResearcherAccount.name == name)  # type: ignore[arg-type]
-                      .values(last_login_at=now or _utcnow()))
+            s.execute(
+                update(ResearcherAccount)
+                .where(ResearcherAccount.name == name)  # type: ignore[arg-type]
+                .values(last_login_at=now or _utcnow())
+            )
             s.commit()
         self.audit.event("login", researcher=name, detail=via)
         return Researcher(name, via)
@@ -285,8 +317,11 @@ class Researchers:
             s.execute(delete(LoginThrottle).where(LoginThrottle.updated_at < now - STALE_THROTTLE))  # type: ignore[arg-type]
             row = s.get(LoginThrottle, name)
             if row is None:
-                s.add(LoginThrottle(name=name, failures=0, locked_until=now + timedelta(seconds=delay_after(1)),
-                                    updated_at=now))
+                s.add(
+                    LoginThrottle(
+                        name=name, failures=0, locked_until=now + timedelta(seconds=delay_after(1)), updated_at=now
+                    )
+                )
                 try:
                     s.commit()
                     return 0.0
@@ -299,7 +334,8 @@ class Researchers:
             took = s.execute(
                 update(LoginThrottle)
                 .where(LoginThrottle.name == name, LoginThrottle.locked_until <= now)  # type: ignore[arg-type]
-                .values(locked_until=now + timedelta(seconds=delay_after(failures + 1)), updated_at=now))
+                .values(locked_until=now + timedelta(seconds=delay_after(failures + 1)), updated_at=now)
+            )
             s.commit()
             if took.rowcount == 1:
                 return 0.0
@@ -310,8 +346,11 @@ class Researchers:
     def _failed(self, name: str, now: datetime) -> int:
         """Count one more failure; the lock already covers it (taken by _reserve)."""
         with self.store.session() as s:
-            s.execute(update(LoginThrottle).where(LoginThrottle.name == name)  # type: ignore[arg-type]
-                      .values(failures=LoginThrottle.failures + 1, updated_at=now))
+            s.execute(
+                update(LoginThrottle)
+                .where(LoginThrottle.name == name)  # type: ignore[arg-type]
+                .values(failures=LoginThrottle.failures + 1, updated_at=now)
+            )
             s.commit()
             row = s.get(LoginThrottle, name)
             return row.failures if row else 1

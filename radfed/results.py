@@ -35,17 +35,24 @@ def summary(entries: list[dict[str, Any]], sweep: str | None = None) -> list[dic
         groups.setdefault(key, []).append(entry)
     rows = []
     for (name, backbone, source), runs in sorted(groups.items(), key=_group_order):
-        scores = [e["pooled_auroc"] for e in runs
-                  if e["status"] == "completed" and e.get("pooled_auroc") is not None
-                  and math.isfinite(e["pooled_auroc"])]
-        rows.append({
-            "sweep": name, "backbone": backbone, "weight_source": source,
-            "runs": len(runs), "scored": len(scores),
-            "failed": sum(1 for e in runs if e["status"] == "failed"),
-            "auroc_mean": statistics.fmean(scores) if scores else None,
-            "auroc_sd": statistics.stdev(scores) if len(scores) > 1 else None,
-            "best": max(scores) if scores else None,
-        })
+        scores = [
+            e["pooled_auroc"]
+            for e in runs
+            if e["status"] == "completed" and e.get("pooled_auroc") is not None and math.isfinite(e["pooled_auroc"])
+        ]
+        rows.append(
+            {
+                "sweep": name,
+                "backbone": backbone,
+                "weight_source": source,
+                "runs": len(runs),
+                "scored": len(scores),
+                "failed": sum(1 for e in runs if e["status"] == "failed"),
+                "auroc_mean": statistics.fmean(scores) if scores else None,
+                "auroc_sd": statistics.stdev(scores) if len(scores) > 1 else None,
+                "best": max(scores) if scores else None,
+            }
+        )
     return rows
 
 
@@ -56,7 +63,7 @@ def _group_order(item: tuple[tuple[str, str, str], Any]) -> tuple:
 
 
 def mean_sd(row: dict[str, Any]) -> str:
-    """"0.812 ± 0.034" (or "-" when nothing was scored)."""
+    """ "0.812 ± 0.034" (or "-" when nothing was scored)."""
     if row["auroc_mean"] is None:
         return "-"
     sd = f" ± {row['auroc_sd']:.3f}" if row["auroc_sd"] is not None else ""
@@ -83,8 +90,15 @@ def pair_key(entry: dict[str, Any]) -> tuple | None:
         return None
     if not entry.get("sweep") or not isinstance(spec, dict):
         return None
-    return (entry["sweep"], entry["backbone"], spec.get("freeze"), spec.get("unfreeze_top"),
-            spec.get("learning_rate"), tuple(spec.get("labels") or ()), entry.get("holdout"))
+    return (
+        entry["sweep"],
+        entry["backbone"],
+        spec.get("freeze"),
+        spec.get("unfreeze_top"),
+        spec.get("learning_rate"),
+        tuple(spec.get("labels") or ()),
+        entry.get("holdout"),
+    )
 
 
 def _se(entry: dict[str, Any]) -> float | None:
@@ -96,8 +110,9 @@ def _se(entry: dict[str, Any]) -> float | None:
     return (high - low) / (2 * Z95)
 
 
-def paired_differences(entries: list[dict[str, Any]], first: str = "radimagenet",
-                       second: str = "imagenet") -> list[dict[str, Any]]:
+def paired_differences(
+    entries: list[dict[str, Any]], first: str = "radimagenet", second: str = "imagenet"
+) -> list[dict[str, Any]]:
     """One row per scenario run with both weight sources (the newest completed run of
     each): both pooled AUROCs, their difference first − second and its 95 % CI.
 
@@ -122,9 +137,19 @@ def paired_differences(entries: list[dict[str, Any]], first: str = "radimagenet"
         diff = a["pooled_auroc"] - b["pooled_auroc"]
         se_a, se_b = _se(a), _se(b)
         half = Z95 * math.hypot(se_a, se_b) if se_a is not None and se_b is not None else None
-        rows.append({"sweep": key[0], "backbone": key[1], "freeze": key[2], "learning_rate": key[4],
-                     "first": a, "second": b, "diff": diff,
-                     "low": None if half is None else diff - half, "high": None if half is None else diff + half})
+        rows.append(
+            {
+                "sweep": key[0],
+                "backbone": key[1],
+                "freeze": key[2],
+                "learning_rate": key[4],
+                "first": a,
+                "second": b,
+                "diff": diff,
+                "low": None if half is None else diff - half,
+                "high": None if half is None else diff + half,
+            }
+        )
     return rows
 
 
@@ -146,8 +171,17 @@ def mean_difference(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (sweep, backbone), diffs in groups.items():
         mean = statistics.fmean(diffs)
-        half = (t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-                if len(diffs) > 1 else None)
-        out.append({"sweep": sweep, "backbone": backbone, "pairs": len(diffs), "diff": mean,
-                    "low": None if half is None else mean - half, "high": None if half is None else mean + half})
+        half = (
+            t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else None
+        )
+        out.append(
+            {
+                "sweep": sweep,
+                "backbone": backbone,
+                "pairs": len(diffs),
+                "diff": mean,
+                "low": None if half is None else mean - half,
+                "high": None if half is None else mean + half,
+            }
+        )
     return out

@@ -118,9 +118,7 @@ def load_spec(path: Path) -> ExperimentSpec:
     return from_mapping(data, source=str(path))
 
 
-def from_mapping(
-    data: dict[str, Any], source: str = "spec", check_files: bool = True
-) -> ExperimentSpec:
+def from_mapping(data: dict[str, Any], source: str = "spec", check_files: bool = True) -> ExperimentSpec:
     """Build a spec from a dict, refusing unknown keys and out-of-range values.
 
     `check_files` is off where the spec arrives by message: a clinic never has the
@@ -136,8 +134,10 @@ def from_mapping(
     values = {key: _check(source, key, value, known[key]) for key, value in data.items()}
     spec = ExperimentSpec(**values)
     if spec.transfer_dtype != "float32" and spec.privacy.get("mode") == "secagg+":
-        raise SpecError(f"{source}: key 'transfer_dtype' = {spec.transfer_dtype!r} does not work with "
-                        "privacy mode secagg+ (it quantises updates itself); use transfer_dtype = \"float32\"")
+        raise SpecError(
+            f"{source}: key 'transfer_dtype' = {spec.transfer_dtype!r} does not work with "
+            'privacy mode secagg+ (it quantises updates itself); use transfer_dtype = "float32"'
+        )
     if check_files:
         _check_files(source, spec)
     return spec
@@ -147,9 +147,12 @@ def _check(source: str, key: str, value: Any, fld: Any) -> Any:
     """Validate one key's type and range; returns the normalised value."""
     default = fld.default
     if key == "labels":
-        if not isinstance(value, (list, tuple)) or len(value) < 2 or not all(
-            isinstance(v, str) and v for v in value
-        ) or len(set(value)) != len(value):
+        if (
+            not isinstance(value, (list, tuple))
+            or len(value) < 2
+            or not all(isinstance(v, str) and v for v in value)
+            or len(set(value)) != len(value)
+        ):
             raise SpecError(
                 f"{source}: key 'labels' = {value!r}; give a list of 2 or more distinct names,"
                 ' e.g. labels = ["normal", "opacity"]'
@@ -157,16 +160,14 @@ def _check(source: str, key: str, value: Any, fld: Any) -> Any:
         return tuple(value)
     if key in _CHOICES:
         if value not in _CHOICES[key]:
-            raise SpecError(
-                f"{source}: key '{key}' = {value!r} is not allowed; allowed: {', '.join(_CHOICES[key])}"
-            )
+            raise SpecError(f"{source}: key '{key}' = {value!r} is not allowed; allowed: {', '.join(_CHOICES[key])}")
         return value
     if key == "strategy_params":
-        if not isinstance(value, dict) or not all(
-            isinstance(v, (int, float, str, bool)) for v in value.values()
-        ):
-            raise SpecError(f"{source}: key 'strategy_params' must be a table of numbers, "
-                            "e.g. strategy_params = { eta = 0.01 }; see `coordinator strategies`")
+        if not isinstance(value, dict) or not all(isinstance(v, (int, float, str, bool)) for v in value.values()):
+            raise SpecError(
+                f"{source}: key 'strategy_params' must be a table of numbers, "
+                "e.g. strategy_params = { eta = 0.01 }; see `coordinator strategies`"
+            )
         return dict(value)
     if key == "data":
         return _check_data_options(source, value)
@@ -174,9 +175,11 @@ def _check(source: str, key: str, value: Any, fld: Any) -> Any:
         if not isinstance(value, dict) or not all(
             isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in value.values()
         ):
-            raise SpecError(f"{source}: key 'privacy' must be a table of numbers and a mode, "
-                            'e.g. privacy = { mode = "client-fixed", noise_multiplier = 1.0 }; '
-                            "see `coordinator strategies`")
+            raise SpecError(
+                f"{source}: key 'privacy' must be a table of numbers and a mode, "
+                'e.g. privacy = { mode = "client-fixed", noise_multiplier = 1.0 }; '
+                "see `coordinator strategies`"
+            )
         return dict(value)
     if key in ("name", "weights", "strategy"):
         if not isinstance(value, str) or not value.strip():
@@ -234,8 +237,7 @@ def _check_files(source: str, spec: ExperimentSpec) -> None:
 def _toml_value(value: Any) -> str:
     """A JSON-like value as TOML (inline tables and arrays; None is left out)."""
     if isinstance(value, dict):
-        items = ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()
-                          if v is not None)
+        items = ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items() if v is not None)
         return f"{{ {items} }}" if items else "{}"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"

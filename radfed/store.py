@@ -276,7 +276,7 @@ def _normalise_url(url: str) -> str:
     """Route plain `postgresql://` / `postgres://` URLs to the psycopg 3 driver."""
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
 
@@ -317,8 +317,22 @@ def _row_dict(row: SQLModel, drop: tuple[str, ...] = ()) -> dict[str, Any]:
 
 # What makes a centralised baseline comparable to a run: the same task, model, policy,
 # budget, split and seed (the strategy and the deployment settings may differ).
-BUDGET_KEYS = ("name", "labels", "backbone", "weights", "image_size", "rounds", "local_epochs",
-               "batch_size", "learning_rate", "freeze", "unfreeze_top", "val_fraction", "seed", "data")
+BUDGET_KEYS = (
+    "name",
+    "labels",
+    "backbone",
+    "weights",
+    "image_size",
+    "rounds",
+    "local_epochs",
+    "batch_size",
+    "learning_rate",
+    "freeze",
+    "unfreeze_top",
+    "val_fraction",
+    "seed",
+    "data",
+)
 
 
 def budget_key(spec_json: str) -> str:
@@ -466,8 +480,10 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             fix = "check that the folder exists and is writable, or pass another --db / DATABASE_URL"
         else:
-            fix = ("check that PostgreSQL is running at that host and port, the database "
-                   "exists and the user may log in, or pass another --db / DATABASE_URL")
+            fix = (
+                "check that PostgreSQL is running at that host and port, the database "
+                "exists and the user may log in, or pass another --db / DATABASE_URL"
+            )
         return f"cannot open database {self.safe_url!r}: {_first_line(exc)}. Fix: {fix}"
 
     @contextmanager
@@ -505,8 +521,14 @@ class Store:
             return row.id  # type: ignore[attr-defined,no-any-return]
 
     def create_experiment(
-        self, name: str, spec_json: str, backbone: str, weights: str, strategy: str,
-        sweep: str | None = None, weight_source: str | None = None,
+        self,
+        name: str,
+        spec_json: str,
+        backbone: str,
+        weights: str,
+        strategy: str,
+        sweep: str | None = None,
+        weight_source: str | None = None,
         privacy: dict[str, Any] | None = None,
     ) -> int:
         """Record an experiment spec; returns its id for `start_run`.
@@ -515,21 +537,38 @@ class Store:
         leaderboard groups them exactly (not by parsing names). `privacy` is the resolved
         differential-privacy table (mode and every parameter).
         """
-        return self._add(Experiment(
-            name=name, spec_json=spec_json, backbone=backbone,
-            weights=str(weights), strategy=strategy,
-            sweep=sweep or None, weight_source=weight_source or None,
-            privacy=json.dumps(privacy or {"mode": "none"}, sort_keys=True),
-        ))
+        return self._add(
+            Experiment(
+                name=name,
+                spec_json=spec_json,
+                backbone=backbone,
+                weights=str(weights),
+                strategy=strategy,
+                sweep=sweep or None,
+                weight_source=weight_source or None,
+                privacy=json.dumps(privacy or {"mode": "none"}, sort_keys=True),
+            )
+        )
 
-    def start_run(self, experiment_id: int, flwr_run_id: int | str, rounds_planned: int,
-                  holdout: str | None = None, simulated: str | None = None) -> int:
+    def start_run(
+        self,
+        experiment_id: int,
+        flwr_run_id: int | str,
+        rounds_planned: int,
+        holdout: str | None = None,
+        simulated: str | None = None,
+    ) -> int:
         """Record a run as "running"; returns the run id the other writes take.
         `simulated` describes the virtual clinics of a `coordinator simulate` run."""
-        return self._add(Run(
-            experiment_id=experiment_id, flwr_run_id=str(flwr_run_id),
-            rounds_planned=int(rounds_planned), holdout=holdout or None, simulated=simulated or None,
-        ))
+        return self._add(
+            Run(
+                experiment_id=experiment_id,
+                flwr_run_id=str(flwr_run_id),
+                rounds_planned=int(rounds_planned),
+                holdout=holdout or None,
+                simulated=simulated or None,
+            )
+        )
 
     def finish_run(
         self,
@@ -542,9 +581,9 @@ class Store:
         if status not in FINISHED_STATUSES:
             raise ValueError(f"status must be one of {FINISHED_STATUSES}, not {status!r}")
         stmt = (
-            update(Run).where(Run.id == run_id)  # type: ignore[arg-type]
-            .values(status=status, final_auroc=_float(final_auroc), error=error,
-                    finished_at=_utcnow())
+            update(Run)
+            .where(Run.id == run_id)  # type: ignore[arg-type]
+            .values(status=status, final_auroc=_float(final_auroc), error=error, finished_at=_utcnow())
         )
         self._execute_update(stmt, f"no run with id {run_id}")
 
@@ -570,12 +609,12 @@ class Store:
         unknown = set(metrics) - set(ROUND_FLOAT_FIELDS) - set(ROUND_INT_FIELDS) - set(ROUND_JSON_FIELDS)
         if unknown:
             raise ValueError(f"unknown round metrics: {sorted(unknown)}")
-        values = {k: _json_ready(v) if k in ROUND_JSON_FIELDS else _float(v) if k in ROUND_FLOAT_FIELDS
-                  else _int(v) for k, v in metrics.items()}
+        values = {
+            k: _json_ready(v) if k in ROUND_JSON_FIELDS else _float(v) if k in ROUND_FLOAT_FIELDS else _int(v)
+            for k, v in metrics.items()
+        }
         insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-        stmt = insert(RoundResult).values(
-            run_id=run_id, server_round=int(server_round), created_at=_utcnow(), **values
-        )
+        stmt = insert(RoundResult).values(run_id=run_id, server_round=int(server_round), created_at=_utcnow(), **values)
         known = {k: v for k, v in values.items() if v is not None}
         if known:
             stmt = stmt.on_conflict_do_update(index_elements=["run_id", "server_round"], set_=known)
@@ -615,30 +654,54 @@ class Store:
         """
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, not {phase!r}")
-        return self._add(ClinicRoundResult(
-            run_id=run_id, server_round=int(server_round), clinic=str(clinic),
-            node_id=str(node_id), phase=phase, loss=_float(loss),
-            accuracy=_float(accuracy), auroc=_float(auroc),
-            num_examples=int(num_examples), device=device, note=note,
-            quality=_json_ready(quality) if quality else None,
-            bytes_down=_int(bytes_down), bytes_up=_int(bytes_up),
-            per_class=_json_ready(per_class) if per_class else None,
-            scores=_json_ready(scores) if scores else None,
-        ))
+        return self._add(
+            ClinicRoundResult(
+                run_id=run_id,
+                server_round=int(server_round),
+                clinic=str(clinic),
+                node_id=str(node_id),
+                phase=phase,
+                loss=_float(loss),
+                accuracy=_float(accuracy),
+                auroc=_float(auroc),
+                num_examples=int(num_examples),
+                device=device,
+                note=note,
+                quality=_json_ready(quality) if quality else None,
+                bytes_down=_int(bytes_down),
+                bytes_up=_int(bytes_up),
+                per_class=_json_ready(per_class) if per_class else None,
+                scores=_json_ready(scores) if scores else None,
+            )
+        )
 
-    def record_baseline(self, experiment_id: int, pooled: dict[str, Any], clinics: dict[str, Any],
-                        holdout: str | None = None, duration_s: float | None = None) -> int:
+    def record_baseline(
+        self,
+        experiment_id: int,
+        pooled: dict[str, Any],
+        clinics: dict[str, Any],
+        holdout: str | None = None,
+        duration_s: float | None = None,
+    ) -> int:
         """Record a centralised baseline: pooled figures (radfed.evaluation.QualityReport
         keys) and each clinic's, for the leaderboard's federated ÷ centralised ratio."""
-        return self._add(Baseline(
-            experiment_id=experiment_id, holdout=holdout or None,
-            auroc=_float(pooled.get("auroc")), auroc_low=_float(pooled.get("auroc_low")),
-            auroc_high=_float(pooled.get("auroc_high")), sensitivity=_float(pooled.get("sensitivity")),
-            specificity=_float(pooled.get("specificity")), threshold=_float(pooled.get("threshold")),
-            ece=_float(pooled.get("ece")), num_examples=int(pooled.get("images") or 0),
-            num_patients=int(pooled.get("patients") or 0), clinics=_json_ready(clinics),
-            duration_s=_float(duration_s),
-        ))
+        return self._add(
+            Baseline(
+                experiment_id=experiment_id,
+                holdout=holdout or None,
+                auroc=_float(pooled.get("auroc")),
+                auroc_low=_float(pooled.get("auroc_low")),
+                auroc_high=_float(pooled.get("auroc_high")),
+                sensitivity=_float(pooled.get("sensitivity")),
+                specificity=_float(pooled.get("specificity")),
+                threshold=_float(pooled.get("threshold")),
+                ece=_float(pooled.get("ece")),
+                num_examples=int(pooled.get("images") or 0),
+                num_patients=int(pooled.get("patients") or 0),
+                clinics=_json_ready(clinics),
+                duration_s=_float(duration_s),
+            )
+        )
 
     def baselines(self) -> list[dict[str, Any]]:
         """Every baseline with its experiment's name, newest first."""
@@ -654,10 +717,12 @@ class Store:
         """Store a clinic's data card for a run; a second card from the same clinic replaces the first."""
         card_json = json.dumps(card, sort_keys=True, separators=(",", ":"))
         insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-        stmt = insert(ClinicDataCard).values(run_id=run_id, clinic=str(clinic), node_id=str(node_id),
-                                             card_json=card_json, created_at=_utcnow())
-        stmt = stmt.on_conflict_do_update(index_elements=["run_id", "clinic"],
-                                          set_={"node_id": str(node_id), "card_json": card_json})
+        stmt = insert(ClinicDataCard).values(
+            run_id=run_id, clinic=str(clinic), node_id=str(node_id), card_json=card_json, created_at=_utcnow()
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["run_id", "clinic"], set_={"node_id": str(node_id), "card_json": card_json}
+        )
         with self._session() as session:
             session.execute(stmt)
             session.commit()
@@ -672,20 +737,34 @@ class Store:
         metric_value: float | None = None,
     ) -> int:
         """Record a saved global model; the metric may follow via `set_checkpoint_metric`."""
-        return self._add(Checkpoint(
-            run_id=run_id, server_round=int(server_round), path=str(path),
-            sha256=sha256, metric_name=metric_name, metric_value=_float(metric_value),
-        ))
+        return self._add(
+            Checkpoint(
+                run_id=run_id,
+                server_round=int(server_round),
+                path=str(path),
+                sha256=sha256,
+                metric_name=metric_name,
+                metric_value=_float(metric_value),
+            )
+        )
 
     def select_round(self, run_id: int, server_round: int) -> None:
         """Mark the round whose checkpoint is the run's selected model (best pooled AUROC)."""
-        self._execute_update(update(Run).where(Run.id == run_id)  # type: ignore[arg-type]
-                             .values(selected_round=int(server_round)), f"no run with id {run_id}")
+        self._execute_update(
+            update(Run)
+            .where(Run.id == run_id)  # type: ignore[arg-type]
+            .values(selected_round=int(server_round)),
+            f"no run with id {run_id}",
+        )
 
     def stop_early(self, run_id: int, server_round: int, note: str) -> None:
         """Record that early stopping made `server_round` the run's last (with why)."""
-        self._execute_update(update(Run).where(Run.id == run_id)  # type: ignore[arg-type]
-                             .values(stopped_early=note[:500]), f"no run with id {run_id}")
+        self._execute_update(
+            update(Run)
+            .where(Run.id == run_id)  # type: ignore[arg-type]
+            .values(stopped_early=note[:500]),
+            f"no run with id {run_id}",
+        )
 
     def selected_round(self, run_id: int) -> int | None:
         """The round `select_round` marked (None before any)."""
@@ -730,10 +809,12 @@ class Store:
     def checkpoints_of(self, run_id: int) -> list[dict[str, Any]]:
         """Every checkpoint row of a run, newest round first."""
         with self._session() as session:
-            rows = session.exec(select(Checkpoint).where(Checkpoint.run_id == run_id)
-                                .order_by(Checkpoint.server_round.desc())).all()  # type: ignore[attr-defined]
-        return [{"round": r.server_round, "path": r.path, "sha256": r.sha256, "metric_value": r.metric_value}
-                for r in rows]
+            rows = session.exec(
+                select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.server_round.desc())
+            ).all()  # type: ignore[attr-defined]
+        return [
+            {"round": r.server_round, "path": r.path, "sha256": r.sha256, "metric_value": r.metric_value} for r in rows
+        ]
 
     def score_histograms(self, run_id: int, server_round: int | None = None) -> list[dict[str, Any]]:
         """The score histograms the clinics sent with their evaluations of a run (one round,
@@ -746,8 +827,11 @@ class Store:
             query = query.where(crr.server_round == int(server_round))
         with self._session() as session:
             rows = session.exec(query.order_by(crr.server_round, crr.phase, crr.clinic, crr.id)).all()  # type: ignore[arg-type]
-        return [{"server_round": r.server_round, "clinic": r.clinic, "phase": r.phase, "scores": r.scores}
-                for r in rows if r.scores]  # JSON null and SQL NULL alike: none sent
+        return [
+            {"server_round": r.server_round, "clinic": r.clinic, "phase": r.phase, "scores": r.scores}
+            for r in rows
+            if r.scores
+        ]  # JSON null and SQL NULL alike: none sent
 
     def resume_run(self, run_id: int, flwr_run_id: int | str, from_round: int) -> None:
         """Continue a run after round `from_round` under a new Flower run id.
@@ -767,8 +851,15 @@ class Store:
             run.status, run.error, run.finished_at, run.final_auroc = "running", None, None, None
             session.add(run)
             crr, rr, ck = ClinicRoundResult, RoundResult, Checkpoint
-            session.exec(delete(crr).where(crr.run_id == run_id, (crr.server_round > from_round) | (  # type: ignore[call-overload]
-                (crr.server_round == from_round) & (crr.phase == "evaluate"))))
+            session.exec(
+                delete(crr).where(
+                    crr.run_id == run_id,
+                    (crr.server_round > from_round)
+                    | (  # type: ignore[call-overload]
+                        (crr.server_round == from_round) & (crr.phase == "evaluate")
+                    ),
+                )
+            )
             session.exec(delete(rr).where(rr.run_id == run_id, rr.server_round > from_round))  # type: ignore[call-overload]
             session.exec(delete(ck).where(ck.run_id == run_id, ck.server_round > from_round))  # type: ignore[call-overload]
             session.commit()
@@ -792,15 +883,21 @@ class Store:
             if run is None:
                 return None
             rounds = session.exec(
-                select(func.count()).select_from(RoundResult)
+                select(func.count())
+                .select_from(RoundResult)
                 .where(RoundResult.run_id == run.id, RoundResult.server_round > 0)
             ).one()
         return {
-            "run_id": run.id, "flwr_run_id": run.flwr_run_id,
-            "experiment_id": run.experiment_id, "status": run.status,
-            "rounds_recorded": int(rounds), "rounds_planned": run.rounds_planned,
-            "error": run.error, "final_auroc": run.final_auroc,
-            "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
+            "run_id": run.id,
+            "flwr_run_id": run.flwr_run_id,
+            "experiment_id": run.experiment_id,
+            "status": run.status,
+            "rounds_recorded": int(rounds),
+            "rounds_planned": run.rounds_planned,
+            "error": run.error,
+            "final_auroc": run.final_auroc,
+            "started_at": _iso(run.started_at),
+            "finished_at": _iso(run.finished_at),
         }
 
     def leaderboard(self, include_running: bool = False, running_only: bool = False) -> list[dict[str, Any]]:
@@ -820,8 +917,11 @@ class Store:
             ).all()
             run_ids = [run.id for run, _ in pairs]
             children = self._children(session, run_ids)
-            who = submitters(session, [run.flwr_run_id for run, _ in pairs] + [
-                earlier for run, _ in pairs for earlier in (run.resumed_from or "").split(",") if earlier])
+            who = submitters(
+                session,
+                [run.flwr_run_id for run, _ in pairs]
+                + [earlier for run, _ in pairs for earlier in (run.resumed_from or "").split(",") if earlier],
+            )
         entries = [self._entry(run, exp, children) for run, exp in pairs]
         for entry in entries:  # a resumed run keeps its submitter: look its earlier ids up too
             ids = [entry["flwr_run_id"], *(entry["resumed_from"] or "").split(",")]
@@ -834,8 +934,15 @@ class Store:
         """Rounds, clinic results, checkpoints and data cards of the given runs, grouped by run id."""
         tables = {
             "rounds": (RoundResult, (RoundResult.server_round,)),
-            "clinics": (ClinicRoundResult, (ClinicRoundResult.server_round, ClinicRoundResult.phase,
-                                            ClinicRoundResult.clinic, ClinicRoundResult.id)),
+            "clinics": (
+                ClinicRoundResult,
+                (
+                    ClinicRoundResult.server_round,
+                    ClinicRoundResult.phase,
+                    ClinicRoundResult.clinic,
+                    ClinicRoundResult.id,
+                ),
+            ),
             "checkpoints": (Checkpoint, (Checkpoint.server_round, Checkpoint.id)),
             "data_cards": (ClinicDataCard, (ClinicDataCard.clinic, ClinicDataCard.id)),
         }
@@ -859,17 +966,29 @@ class Store:
     def _entry(run: Run, exp: Experiment, children: dict[str, dict[int, list[dict[str, Any]]]]) -> dict[str, Any]:
         """One leaderboard entry (rank is filled in after sorting)."""
         return {
-            "rank": None, "run_id": run.id, "flwr_run_id": run.flwr_run_id,
-            "experiment_id": exp.id, "experiment": exp.name, "backbone": exp.backbone,
-            "weights": exp.weights, "strategy": exp.strategy, "spec_json": exp.spec_json,
-            "sweep": exp.sweep, "weight_source": exp.weight_source,
+            "rank": None,
+            "run_id": run.id,
+            "flwr_run_id": run.flwr_run_id,
+            "experiment_id": exp.id,
+            "experiment": exp.name,
+            "backbone": exp.backbone,
+            "weights": exp.weights,
+            "strategy": exp.strategy,
+            "spec_json": exp.spec_json,
+            "sweep": exp.sweep,
+            "weight_source": exp.weight_source,
             "privacy": json.loads(exp.privacy),
-            "status": run.status, "final_auroc": run.final_auroc, "error": run.error,
-            "rounds_planned": run.rounds_planned, "holdout": run.holdout,
-            "resumed_from": run.resumed_from, "selected_round": run.selected_round,
+            "status": run.status,
+            "final_auroc": run.final_auroc,
+            "error": run.error,
+            "rounds_planned": run.rounds_planned,
+            "holdout": run.holdout,
+            "resumed_from": run.resumed_from,
+            "selected_round": run.selected_round,
             "simulated": run.simulated,
             "stopped_early": run.stopped_early,
-            "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
+            "started_at": _iso(run.started_at),
+            "finished_at": _iso(run.finished_at),
             "rounds": children["rounds"][run.id],  # type: ignore[index]
             "clinics": children["clinics"][run.id],  # type: ignore[index]
             "checkpoints": children["checkpoints"][run.id],  # type: ignore[index]

@@ -51,6 +51,7 @@ def submitters(session: Session, flwr_run_ids: list[Any]) -> dict[str, str]:
     ids = sorted({str(i) for i in flwr_run_ids if i})
     if not ids:
         return {}
-    rows = session.exec(select(Submission.flwr_run_id, Submission.submitted_by)
-                        .where(Submission.flwr_run_id.in_(ids))).all()  # type: ignore[union-attr]
+    rows = session.exec(
+        select(Submission.flwr_run_id, Submission.submitted_by).where(Submission.flwr_run_id.in_(ids))
+    ).all()  # type: ignore[union-attr]
     return {str(run): who for run, who in rows}

@@ -48,12 +48,13 @@ def _release(model: nn.Module) -> None:
     model.to("cpu", memory_format=torch.contiguous_format)
 
 
-def _batches(images: Images, labels: torch.Tensor, batch_size: int,
-             shuffle: bool, generator: torch.Generator | None = None):
+def _batches(
+    images: Images, labels: torch.Tensor, batch_size: int, shuffle: bool, generator: torch.Generator | None = None
+):
     """(images, labels) of one batch at a time; with rows on disk, only that batch is read."""
     order = torch.randperm(len(labels), generator=generator) if shuffle else torch.arange(len(labels))
     for start in range(0, len(labels), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         yield images[idx], labels[idx]
 
 
@@ -94,7 +95,8 @@ def recipe_kwargs(spec, server_round: int) -> dict:
     (`train_head` takes the same but `augment`)."""
     return {
         "learning_rate": round_learning_rate(spec.learning_rate, server_round, spec.warmup_rounds),
-        "weight_decay": spec.weight_decay, "label_smoothing": spec.label_smoothing,
+        "weight_decay": spec.weight_decay,
+        "label_smoothing": spec.label_smoothing,
         "augment": spec.augment,
     }
 
@@ -162,8 +164,9 @@ def proximal_term(params: list[torch.Tensor], anchor: list[torch.Tensor], mu: fl
 
 
 @torch.no_grad()
-def predict_logits(model: Classifier, images: Images, batch_size: int = 64,
-                   device: torch.device | None = None) -> torch.Tensor:
+def predict_logits(
+    model: Classifier, images: Images, batch_size: int = 64, device: torch.device | None = None
+) -> torch.Tensor:
     """Raw class logits for `images` (N x C, float32), computed in eval mode.
 
     Figures are computed from logits (radfed.evaluation.finding_scores), never from
@@ -181,14 +184,16 @@ def predict_logits(model: Classifier, images: Images, batch_size: int = 64,
     return torch.cat(out) if out else torch.zeros(0, 2)
 
 
-def predict(model: Classifier, images: Images, batch_size: int = 64,
-            device: torch.device | None = None) -> torch.Tensor:
+def predict(
+    model: Classifier, images: Images, batch_size: int = 64, device: torch.device | None = None
+) -> torch.Tensor:
     """Class probabilities for `images` (N x C), computed in eval mode."""
     return torch.softmax(predict_logits(model, images, batch_size, device), dim=1)
 
 
-def evaluate(model: Classifier, images: Images, labels: torch.Tensor,
-             batch_size: int = 64, device: torch.device | None = None) -> EvalResult:
+def evaluate(
+    model: Classifier, images: Images, labels: torch.Tensor, batch_size: int = 64, device: torch.device | None = None
+) -> EvalResult:
     """Loss, accuracy and AUROC on a clinic's validation split."""
     return metrics_from_logits(predict_logits(model, images, batch_size, device), labels)
 
@@ -255,7 +260,7 @@ def train_head(
         total, count = 0.0, 0
         order = torch.randperm(len(labels), generator=gen)
         for start in range(0, len(labels), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             if len(idx) < 2:  # as train_local: BatchNorm below would not train on one image
                 continue
             flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device)
@@ -281,8 +286,9 @@ def predict_head_logits(head: nn.Module, features: Features, batch_size: int = 4
     head.eval()
     if not len(features):
         return torch.zeros(0, 2)
-    return torch.cat([head(features[start:start + batch_size].float())
-                      for start in range(0, len(features), batch_size)])
+    return torch.cat(
+        [head(features[start : start + batch_size].float()) for start in range(0, len(features), batch_size)]
+    )
 
 
 def evaluate_head(head: nn.Module, features: Features, labels: torch.Tensor) -> EvalResult:

@@ -62,8 +62,10 @@ def to_half(x: np.ndarray, dtype: str, toward_zero: bool = False) -> np.ndarray:
             grew = np.abs(half.astype(np.float32)) > np.abs(x)
             half[grew] = np.nextafter(half[grew], np.float16(0))
         elif not np.isfinite(half[np.isfinite(x)]).all():
-            raise TransferError("transfer_dtype float16: a weight is beyond float16's range "
-                                f"(±{FLOAT16_MAX:g}); use transfer_dtype = \"bfloat16\"")
+            raise TransferError(
+                "transfer_dtype float16: a weight is beyond float16's range "
+                f'(±{FLOAT16_MAX:g}); use transfer_dtype = "bfloat16"'
+            )
         return half
     raise TransferError(f"transfer dtype {dtype!r} is not one of {', '.join(TRANSFER_DTYPES[1:])}")
 
@@ -77,8 +79,12 @@ def from_half(codes: np.ndarray, dtype: str) -> np.ndarray:
 
 def _encoded(stype: str, dtype: str, x: np.ndarray, toward_zero: bool) -> Array:
     codes = to_half(x, dtype, toward_zero)
-    return Array(dtype=dtype, shape=tuple(int(n) for n in x.shape), stype=stype + dtype,
-                 data=codes.astype(codes.dtype.newbyteorder("<"), copy=False).tobytes())
+    return Array(
+        dtype=dtype,
+        shape=tuple(int(n) for n in x.shape),
+        stype=stype + dtype,
+        data=codes.astype(codes.dtype.newbyteorder("<"), copy=False).tobytes(),
+    )
 
 
 def cast_array(x: np.ndarray, dtype: str) -> Array:
@@ -94,8 +100,8 @@ def delta_array(new: np.ndarray, reference: np.ndarray, dtype: str) -> Array:
 def encoding(array: Array) -> tuple[str, str] | None:
     """("cast" or "delta", dtype) for an encoded array; None for anything else."""
     for kind, prefix in (("cast", CAST), ("delta", DELTA)):
-        if array.stype.startswith(prefix) and array.stype[len(prefix):] in TRANSFER_DTYPES[1:]:
-            return kind, array.stype[len(prefix):]
+        if array.stype.startswith(prefix) and array.stype[len(prefix) :] in TRANSFER_DTYPES[1:]:
+            return kind, array.stype[len(prefix) :]
     return None
 
 

@@ -31,8 +31,13 @@ class TreeMemory:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def as_dict(self) -> dict[str, float | int]:
-        return {"driver_mb": round(self.driver_mb), "children_mb": round(self.children_mb),
-                "total_mb": round(self.total_mb), "processes": self.processes, "samples": self.samples}
+        return {
+            "driver_mb": round(self.driver_mb),
+            "children_mb": round(self.children_mb),
+            "total_mb": round(self.total_mb),
+            "processes": self.processes,
+            "samples": self.samples,
+        }
 
 
 class TreeSampler:
@@ -76,4 +81,3 @@ class TreeSampler:
         self._stop.set()
         self._thread.join(timeout=5)
         self.sample()
-

@@ -30,7 +30,10 @@ import numpy as np
 
 
 def unit_outputs(
-    logits: np.ndarray, labels: np.ndarray, patients: np.ndarray | None, units: np.ndarray | None,
+    logits: np.ndarray,
+    labels: np.ndarray,
+    patients: np.ndarray | None,
+    units: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(U x C unit log-probabilities, U labels, U patient indices or None) from N x C slice
     logits; units in order of first appearance. Without ``units`` (or with each sample its
@@ -45,8 +48,9 @@ def unit_outputs(
         return logits, labels, patients
     units = np.asarray(units).astype(np.int64)
     if units.shape != labels.shape or logits.shape[:1] != labels.shape:
-        raise ValueError(f"units ({units.shape}), labels ({labels.shape}) and logits ({logits.shape}) "
-                         "must have one entry per sample")
+        raise ValueError(
+            f"units ({units.shape}), labels ({labels.shape}) and logits ({logits.shape}) must have one entry per sample"
+        )
     _, first, inverse = np.unique(units, return_index=True, return_inverse=True)
     if len(first) == len(units):  # every sample its own unit: per-image figures as they are
         return logits, labels, patients

@@ -35,8 +35,11 @@ def weight_files(folder: Path | None = None) -> list[str]:
     """Names of the weight files in the registry: regular files (or links the coordinator
     made to them) directly in the folder, with a weight-file suffix, not hidden."""
     folder = folder or weights_dir()
-    return sorted(p.name for p in folder.iterdir()
-                  if p.suffix.lower() in WEIGHT_SUFFIXES and not p.name.startswith(".") and p.is_file())
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.suffix.lower() in WEIGHT_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
 
 
 def resolve_weights(choice: str, folder: Path | None = None) -> str:
@@ -47,8 +50,9 @@ def resolve_weights(choice: str, folder: Path | None = None) -> str:
     names = weight_files(folder)
     if choice not in names:
         offered = ", ".join([RANDOM, *names])
-        raise WeightsChoiceError(f"weights {choice!r} are not in the coordinator's weights registry "
-                                 f"({folder}); choose one of: {offered}")
+        raise WeightsChoiceError(
+            f"weights {choice!r} are not in the coordinator's weights registry ({folder}); choose one of: {offered}"
+        )
     return str(folder / choice)
 
 

@@ -36,8 +36,7 @@ from radfed.architectures import (
 )
 
 H5_MAGIC = b"\x89HDF\r\n\x1a\n"
-FORMAT_NORMALISATION = {"radimagenet-torch": "radimagenet", "torch": "imagenet",
-                        "keras-h5": "keras"}
+FORMAT_NORMALISATION = {"radimagenet-torch": "radimagenet", "torch": "imagenet", "keras-h5": "keras"}
 
 
 class WeightsRefused(WeightsError):
@@ -50,6 +49,7 @@ class WeightsRefused(WeightsError):
 
 # ------------------------------------------------------------------ detection
 
+
 def _is_h5(path: Path) -> bool:
     with open(path, "rb") as fh:
         head = fh.read(8)
@@ -60,7 +60,7 @@ CHECKPOINT_FORMAT = "radfed-checkpoint"
 
 
 def detect_format(path: str | Path) -> str:
-    """"keras-h5", "radfed-checkpoint", "radimagenet-torch" or "torch", from the file's
+    """ "keras-h5", "radfed-checkpoint", "radimagenet-torch" or "torch", from the file's
     bytes and key names."""
     path = Path(path).expanduser()
     if not path.is_file():
@@ -93,8 +93,9 @@ def checkpoint_info(path: str | Path) -> dict | None:
 
 
 def _torch_format(keys: list[str]) -> str:
-    if keys and (all(k.startswith("backbone.") for k in keys)
-                 or all(_strip(k).split(".", 1)[0].isdigit() for k in keys)):
+    if keys and (
+        all(k.startswith("backbone.") for k in keys) or all(_strip(k).split(".", 1)[0].isdigit() for k in keys)
+    ):
         return "radimagenet-torch"
     return "torch"
 
@@ -112,6 +113,7 @@ def weights_normalisation(path: str | Path) -> str:
 
 # -------------------------------------------------------------- torch files
 
+
 def _torch_load(path: Path):
     """torch.load with weights_only (never executes code), memory-mapped where it can be."""
     try:
@@ -122,9 +124,11 @@ def _torch_load(path: Path):
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-        raise WeightsError(f"{path}: cannot read weights ({type(err).__name__}: "
-                           f"{str(err).splitlines()[0][:120] if str(err) else ''}); "
-                           "give a PyTorch state_dict (.pt/.pth) or a Keras .h5 file") from None
+        raise WeightsError(
+            f"{path}: cannot read weights ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:120] if str(err) else ''}); "
+            "give a PyTorch state_dict (.pt/.pth) or a Keras .h5 file"
+        ) from None
     return obj
 
 
@@ -135,8 +139,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     for key in ("state_dict", "model", "model_state", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
-    if not isinstance(obj, dict) or not obj or not all(
-            isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path}: not a state_dict of tensors")
     if checkpoint:  # radfed's Classifier wraps the network as `net`
         obj = {k.removeprefix("net."): v for k, v in obj.items()}
@@ -146,12 +149,13 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def _strip(key: str) -> str:
     for prefix in STRIP_PREFIXES:
         if key.startswith(prefix):
-            return key[len(prefix):]
+            return key[len(prefix) :]
     return key
 
 
 _DENSE_OLD = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
 
 
 def _child_layouts(net: nn.Module, arch: str | None) -> list[list[str]]:
@@ -168,7 +172,7 @@ def _map_keys(state: dict[str, torch.Tensor], names: list[str]) -> dict[str, tor
     """Strip wrapper prefixes shared by all keys and map child indices to child names."""
     for prefix in STRIP_PREFIXES:
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     out = {}
     for key, value in state.items():
         head, _, rest = key.partition(".")
@@ -180,12 +184,10 @@ def _map_keys(state: dict[str, torch.Tensor], names: list[str]) -> dict[str, tor
 
 
 def _is_head(key: str, head_name: str | None) -> bool:
-    return key.startswith(HEAD_PREFIXES) or (head_name is not None
-                                            and key.startswith(head_name + "."))
+    return key.startswith(HEAD_PREFIXES) or (head_name is not None and key.startswith(head_name + "."))
 
 
-def _compare(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
-             head_name: str | None) -> LoadReport:
+def _compare(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], head_name: str | None) -> LoadReport:
     report = LoadReport()
     for key, value in source.items():
         if _is_head(key, head_name):
@@ -197,24 +199,33 @@ def _compare(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
         else:
             report.matched.append(key)
     # num_batches_tracked is a counter, not a weight: old checkpoints lack it.
-    report.missing = [k for k in target if k not in source and not _is_head(k, head_name)
-                      and not k.endswith("num_batches_tracked")]
+    report.missing = [
+        k for k in target if k not in source and not _is_head(k, head_name) and not k.endswith("num_batches_tracked")
+    ]
     return report
 
 
-def _finish(net: nn.Module, source: dict[str, torch.Tensor], report: LoadReport, *,
-            allow_partial: bool, what: str) -> LoadReport:
+def _finish(
+    net: nn.Module, source: dict[str, torch.Tensor], report: LoadReport, *, allow_partial: bool, what: str
+) -> LoadReport:
     if not report.complete and not (allow_partial and report.matched):
-        raise WeightsRefused(f"{what}: refused, not the whole backbone: {report.summary()}"
-                             + ("" if allow_partial else "; use allow_partial to load anyway"),
-                             report)
+        raise WeightsRefused(
+            f"{what}: refused, not the whole backbone: {report.summary()}"
+            + ("" if allow_partial else "; use allow_partial to load anyway"),
+            report,
+        )
     net.load_state_dict({k: source[k] for k in report.matched}, strict=False)
     return report
 
 
-def load_torch_into(net: nn.Module, state: dict[str, torch.Tensor], *,
-                    allow_partial: bool = False, arch: str | None = None,
-                    what: str = "weights") -> LoadReport:
+def load_torch_into(
+    net: nn.Module,
+    state: dict[str, torch.Tensor],
+    *,
+    allow_partial: bool = False,
+    arch: str | None = None,
+    what: str = "weights",
+) -> LoadReport:
     """Match `state` against `net`'s backbone; load it only when it fits (see module doc)."""
     head_name = arch_info(arch).head if arch else None
     target = net.state_dict()
@@ -231,6 +242,7 @@ def load_torch_into(net: nn.Module, state: dict[str, torch.Tensor], *,
 
 
 # -------------------------------------------------------------- Keras files
+
 
 def _attr_list(group, name: str) -> list[str]:
     """A Keras h5 string-list attribute, possibly split into `name0`, `name1`, ..."""
@@ -253,9 +265,11 @@ def read_keras_h5(path: Path) -> dict[str, dict[str, np.ndarray]]:
             root = f["model_weights"] if "model_weights" in f else f
             if "layers" in root and "layer_names" not in root.attrs:
                 # Keras 3 names these groups by class and graph order, not by layer name.
-                raise WeightsError(f"{path}: Keras 3 '.weights.h5' layout is not supported "
-                                   "(it drops layer names); save with tf.keras 2 "
-                                   "`save_weights('x.h5')` or legacy `model.save('x.h5')`")
+                raise WeightsError(
+                    f"{path}: Keras 3 '.weights.h5' layout is not supported "
+                    "(it drops layer names); save with tf.keras 2 "
+                    "`save_weights('x.h5')` or legacy `model.save('x.h5')`"
+                )
             layers: dict[str, dict[str, np.ndarray]] = {}
             for name in _attr_list(root, "layer_names") or list(root.keys()):
                 group = root[name]
@@ -268,8 +282,9 @@ def read_keras_h5(path: Path) -> dict[str, dict[str, np.ndarray]]:
     except WeightsError:
         raise
     except Exception as err:  # noqa: BLE001 - h5py raises OSError/KeyError/... on bad files
-        raise WeightsError(f"{path}: cannot read Keras h5 weights ({type(err).__name__}: "
-                           f"{str(err)[:120]}); the file may be truncated") from None
+        raise WeightsError(
+            f"{path}: cannot read Keras h5 weights ({type(err).__name__}: {str(err)[:120]}); the file may be truncated"
+        ) from None
     if not layers:
         raise WeightsError(f"{path}: no layer weights in this h5 file")
     return layers
@@ -309,8 +324,7 @@ class _Converter:
         self.used.add(kname)
         arr = self.layers[kname]
         if "kernel" in arr:
-            self.state[f"{prefix}.weight"] = torch.from_numpy(
-                np.ascontiguousarray(arr["kernel"].transpose(3, 2, 0, 1)))
+            self.state[f"{prefix}.weight"] = torch.from_numpy(np.ascontiguousarray(arr["kernel"].transpose(3, 2, 0, 1)))
         if "bias" in arr:
             if fold_into is None:
                 self.state[f"{prefix}.bias"] = torch.from_numpy(arr["bias"].copy())
@@ -373,20 +387,26 @@ def _pair_auto(c: _Converter, modules: list[str]) -> None:
 def _convert_inception_v3(c: _Converter, net: nn.Module) -> None:
     from torchvision.models.inception import BasicConv2d  # noqa: PLC0415
 
-    _pair_auto(c, [n for n, m in net.named_modules()
-                   if isinstance(m, BasicConv2d) and not n.startswith("AuxLogits")])
+    _pair_auto(c, [n for n, m in net.named_modules() if isinstance(m, BasicConv2d) and not n.startswith("AuxLogits")])
 
 
 def _convert_inception_resnet_v2(c: _Converter, net: nn.Module) -> None:
-    cna = [n for n, m in net.named_modules()
-           if isinstance(getattr(m, "conv", None), nn.Conv2d)
-           and isinstance(getattr(m, "bn", None), nn.BatchNorm2d) and n != "conv2d_7b"]
+    cna = [
+        n
+        for n, m in net.named_modules()
+        if isinstance(getattr(m, "conv", None), nn.Conv2d)
+        and isinstance(getattr(m, "bn", None), nn.BatchNorm2d)
+        and n != "conv2d_7b"
+    ]
     _pair_auto(c, cna)
-    projections = [n for n, m in net.named_modules()
-                   if n.endswith("conv2d") and isinstance(m, nn.Conv2d) and m.bias is not None]
-    keras_proj = [f"block35_{i}_conv" for i in range(1, 11)] + \
-                 [f"block17_{i}_conv" for i in range(1, 21)] + \
-                 [f"block8_{i}_conv" for i in range(1, 11)]
+    projections = [
+        n for n, m in net.named_modules() if n.endswith("conv2d") and isinstance(m, nn.Conv2d) and m.bias is not None
+    ]
+    keras_proj = (
+        [f"block35_{i}_conv" for i in range(1, 11)]
+        + [f"block17_{i}_conv" for i in range(1, 21)]
+        + [f"block8_{i}_conv" for i in range(1, 11)]
+    )
     for prefix, kname in zip(projections, keras_proj):
         c.conv(kname, prefix)
     c.conv_bn("conv_7b", "conv_7b_bn", "conv2d_7b.conv", "conv2d_7b.bn")
@@ -400,12 +420,14 @@ _KERAS_CONVERTERS = {
 }
 
 
-def convert_keras(arch: str, layers: dict[str, dict[str, np.ndarray]],
-                  net: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+def convert_keras(
+    arch: str, layers: dict[str, dict[str, np.ndarray]], net: nn.Module
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Torch state (for `net` in Keras layout) and the Keras layers left unused."""
     if arch not in _KERAS_CONVERTERS:
-        raise WeightsError(f"no Keras converter for '{arch}'; Keras files are supported for "
-                           f"{', '.join(_KERAS_CONVERTERS)}")
+        raise WeightsError(
+            f"no Keras converter for '{arch}'; Keras files are supported for {', '.join(_KERAS_CONVERTERS)}"
+        )
     c = _Converter(layers)
     _KERAS_CONVERTERS[arch](c, net)
     target = net.state_dict()
@@ -417,8 +439,10 @@ def convert_keras(arch: str, layers: dict[str, dict[str, np.ndarray]],
 
 # ------------------------------------------------------------------ loading
 
-def load_weights(arch: str, num_classes: int, path: str | Path, *,
-                 allow_partial: bool = False) -> tuple[nn.Module, LoadReport]:
+
+def load_weights(
+    arch: str, num_classes: int, path: str | Path, *, allow_partial: bool = False
+) -> tuple[nn.Module, LoadReport]:
     """A fresh `arch` net with a new `num_classes` head and the backbone from `path`.
 
     Raises `WeightsRefused` (a `WeightsError`, with `.report`) when the file does not
@@ -430,8 +454,7 @@ def load_weights(arch: str, num_classes: int, path: str | Path, *,
     what = f"{path.name} ({fmt}) into {arch}"
     net = info.build(num_classes)
     if fmt != "keras-h5":
-        report = load_torch_into(net, read_state_dict(path), allow_partial=allow_partial,
-                                 arch=arch, what=what)
+        report = load_torch_into(net, read_state_dict(path), allow_partial=allow_partial, arch=arch, what=what)
         if fmt == CHECKPOINT_FORMAT:
             report.source_format, report.normalisation = fmt, weights_normalisation(path)
         return net, report
@@ -450,8 +473,9 @@ def load_weights(arch: str, num_classes: int, path: str | Path, *,
     return net, report
 
 
-def inspect_weights(path: str | Path, arch: str, *,
-                    allow_partial: bool = False) -> tuple[LoadReport | None, str | None]:
+def inspect_weights(
+    path: str | Path, arch: str, *, allow_partial: bool = False
+) -> tuple[LoadReport | None, str | None]:
     """(report, refusal line or None); the report is None when the file cannot be read."""
     try:
         _, report = load_weights(arch, 2, path, allow_partial=allow_partial)

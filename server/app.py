@@ -78,11 +78,17 @@ def main(grid: Grid, context: Context) -> None:
         run_id = int(cfg["resume-run"])
         store.resume_run(run_id, str(context.run_id), start_round)
     else:
-        exp_id = store.create_experiment(spec.name, spec.to_json(), spec.backbone,
-                                         weights_name, spec.strategy, sweep=spec.sweep,
-                                         weight_source=spec.weight_source, privacy=privacy)
-        run_id = store.start_run(exp_id, str(context.run_id), spec.rounds, holdout=holdout,
-                                 simulated=simulated)
+        exp_id = store.create_experiment(
+            spec.name,
+            spec.to_json(),
+            spec.backbone,
+            weights_name,
+            spec.strategy,
+            sweep=spec.sweep,
+            weight_source=spec.weight_source,
+            privacy=privacy,
+        )
+        run_id = store.start_run(exp_id, str(context.run_id), spec.rounds, holdout=holdout, simulated=simulated)
     todo = spec.rounds - start_round  # the strategy's rounds 1..todo are rounds start+1..N
     try:
         # models travel packed (server.packing_grid); under node auth only the register's active clinics
@@ -104,44 +110,82 @@ def main(grid: Grid, context: Context) -> None:
         if spec.freeze == "all" and privacy["mode"] != SECAGG_MODE:
             # head-only rounds: only the head travels after each clinic's first message
             head_keys, frozen = split_head(model)
-            shared.update({"head-only": True, "backbone-sha": state_digest(
-                frozen, arch=spec.backbone, normalisation=model.normalisation)})
+            shared.update(
+                {
+                    "head-only": True,
+                    "backbone-sha": state_digest(frozen, arch=spec.backbone, normalisation=model.normalisation),
+                }
+            )
             backbone = ArrayRecord(frozen)
             initial = {k: initial[k] for k in head_keys}
-        recorder = RunRecorder(store, run_id, spec, ckpt_dir, Registry(store), str(context.run_id),
-                               frozen=frozen, key_order=list(model.state_dict()),
-                               normalisation=model.normalisation, round_offset=start_round)
+        recorder = RunRecorder(
+            store,
+            run_id,
+            spec,
+            ckpt_dir,
+            Registry(store),
+            str(context.run_id),
+            frozen=frozen,
+            key_order=list(model.state_dict()),
+            normalisation=model.normalisation,
+            round_offset=start_round,
+        )
         if privacy["mode"] == SECAGG_MODE:
             if holdout:
                 raise ValueError("--holdout is not available with privacy mode secagg+")
             arrays = ArrayRecord(initial)
-            secure = secure_strategy(recorder, list(arrays.keys()), arrays, trainable_keys(model, spec),
-                                     todo, spec.min_clinics, shared)
+            secure = secure_strategy(
+                recorder, list(arrays.keys()), arrays, trainable_keys(model, spec), todo, spec.min_clinics, shared
+            )
             run_secure(train_grid, context, secure, privacy, todo, spec.round_timeout)
         else:
-            strategy = build_strategy(replace(spec, rounds=todo), recorder, bn_keys=batchnorm_state_keys(model),
-                                      backbone=backbone, trainable_keys=trainable_keys(model, spec),
-                                      statistics_keys=batchnorm_statistics_keys(model))
-            result = strategy.start(train_grid, ArrayRecord(initial), num_rounds=todo,
-                                    timeout=spec.round_timeout, train_config=ConfigRecord(dict(shared)),
-                                    evaluate_config=ConfigRecord(dict(shared)),
-                                    evaluate_fn=recorder.checkpoint)
+            strategy = build_strategy(
+                replace(spec, rounds=todo),
+                recorder,
+                bn_keys=batchnorm_state_keys(model),
+                backbone=backbone,
+                trainable_keys=trainable_keys(model, spec),
+                statistics_keys=batchnorm_statistics_keys(model),
+            )
+            result = strategy.start(
+                train_grid,
+                ArrayRecord(initial),
+                num_rounds=todo,
+                timeout=spec.round_timeout,
+                train_config=ConfigRecord(dict(shared)),
+                evaluate_config=ConfigRecord(dict(shared)),
+                evaluate_fn=recorder.checkpoint,
+            )
             if holdout:  # it never received the backbone: it gets the full model
                 final_state = {**(frozen or {}), **result.arrays.to_torch_state_dict()}
                 final_arrays = ArrayRecord({k: final_state[k] for k in model.state_dict()})
                 plain = {k: v for k, v in shared.items() if k not in ("head-only", "backbone-sha")}
-                config = ConfigRecord({**plain, "server-round": todo,
-                                       "local-bn": isinstance(getattr(strategy, "strategy", strategy), FedBN),
-                                       "local-stats": privacy["mode"] != "none"})
+                config = ConfigRecord(
+                    {
+                        **plain,
+                        "server-round": todo,
+                        "local-bn": isinstance(getattr(strategy, "strategy", strategy), FedBN),
+                        "local-stats": privacy["mode"] != "none",
+                    }
+                )
                 reply = evaluate_holdout(train_grid, holdout_node, final_arrays, config, spec.round_timeout)
                 recorder.holdout((recorder.stopped_at - start_round) if recorder.stopped_at else todo, reply)
         final = recorder.val_auroc.get(recorder.stopped_at or spec.rounds)
         fedbn = privacy["mode"] != SECAGG_MODE and isinstance(getattr(strategy, "strategy", strategy), FedBN)
         try:  # the clinics get the model back (not virtual ones); a failed delivery leaves the run completed
             if not simulated:
-                deliver(grid, store, run_id, str(context.run_id), spec, model.normalisation, recorder.pooled,
-                        {**shared, "local-bn": fedbn, "local-stats": privacy["mode"] != "none"},
-                        audit=Registry(store), timeout=spec.round_timeout)
+                deliver(
+                    grid,
+                    store,
+                    run_id,
+                    str(context.run_id),
+                    spec,
+                    model.normalisation,
+                    recorder.pooled,
+                    {**shared, "local-bn": fedbn, "local-stats": privacy["mode"] != "none"},
+                    audit=Registry(store),
+                    timeout=spec.round_timeout,
+                )
         except Exception as err:  # noqa: BLE001 - reported, never fatal to a trained run
             log.warning("delivering the models failed: %s", f"{type(err).__name__}: {err}".splitlines()[0])
         store.finish_run(run_id, "completed", final_auroc=final)

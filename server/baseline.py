@@ -53,8 +53,10 @@ def clinic_folders(items: list[str]) -> dict[str, Path]:
         if name in folders:
             raise BaselineError(f"clinic name {name!r} is given twice; name them with --data NAME=DIR")
         if not folder.is_dir():
-            raise BaselineError(f"data folder {folder}: does not exist or is not a folder; "
-                                "pass a clinic's data folder (DICOM files and labels.csv)")
+            raise BaselineError(
+                f"data folder {folder}: does not exist or is not a folder; "
+                "pass a clinic's data folder (DICOM files and labels.csv)"
+            )
         folders[name] = folder
     return folders
 
@@ -62,21 +64,31 @@ def clinic_folders(items: list[str]) -> dict[str, Path]:
 def check_holdout(folders: dict[str, Path], holdout: str | None) -> None:
     """A hold-out must be one of the clinics and leave at least one to train on."""
     if holdout and holdout not in folders:
-        raise BaselineError(f"holdout clinic {holdout!r} is not one of the --data clinics "
-                            f"({', '.join(folders)}); fix --holdout or add --data {holdout}=DIR")
+        raise BaselineError(
+            f"holdout clinic {holdout!r} is not one of the --data clinics "
+            f"({', '.join(folders)}); fix --holdout or add --data {holdout}=DIR"
+        )
     if len([n for n in folders if n != holdout]) < 1:
         raise BaselineError("no clinic left to train on; pass --data for at least one more clinic")
 
 
-def load_clinics(spec: ExperimentSpec, folders: dict[str, Path], workers: int = 1,
-                 step: Step | None = None) -> dict[str, ClinicData]:
+def load_clinics(
+    spec: ExperimentSpec, folders: dict[str, Path], workers: int = 1, step: Step | None = None
+) -> dict[str, ClinicData]:
     """Each clinic's data exactly as its node loads it (same labels, size, split, options)."""
     from radfed.data import load_clinic
 
     clinics = {}
     for name, folder in folders.items():
-        clinics[name] = load_clinic(folder, spec.labels, spec.image_size, val_fraction=spec.val_fraction,
-                                    seed=spec.seed, workers=workers, options=data_options(spec.data))
+        clinics[name] = load_clinic(
+            folder,
+            spec.labels,
+            spec.image_size,
+            val_fraction=spec.val_fraction,
+            seed=spec.seed,
+            workers=workers,
+            options=data_options(spec.data),
+        )
         if step:
             step(name)
     return clinics
@@ -94,8 +106,9 @@ def initial_model(spec: ExperimentSpec) -> torch.nn.Module:
     return model
 
 
-def train_centralised(spec: ExperimentSpec, model: torch.nn.Module, clinics: list[ClinicData],
-                      step: Step | None = None) -> None:
+def train_centralised(
+    spec: ExperimentSpec, model: torch.nn.Module, clinics: list[ClinicData], step: Step | None = None
+) -> None:
     """`rounds` blocks of `local_epochs` epochs over the pooled training splits."""
     import torch
 
@@ -107,14 +120,22 @@ def train_centralised(spec: ExperimentSpec, model: torch.nn.Module, clinics: lis
     for server_round in range(1, spec.rounds + 1):
         seed = spec.seed * 1000 + server_round  # the clinics' seed for that round
         torch.manual_seed(seed)
-        train_local(model, images, labels, epochs=spec.local_epochs, batch_size=spec.batch_size,
-                    seed=seed, **recipe_kwargs(spec, server_round))
+        train_local(
+            model,
+            images,
+            labels,
+            epochs=spec.local_epochs,
+            batch_size=spec.batch_size,
+            seed=seed,
+            **recipe_kwargs(spec, server_round),
+        )
         if step:
             step(f"round {server_round}")
 
 
-def evaluate_centralised(spec: ExperimentSpec, model: torch.nn.Module, clinics: dict[str, ClinicData],
-                         holdout: str | None) -> tuple[dict[str, float | None], dict[str, dict[str, float | None]]]:
+def evaluate_centralised(
+    spec: ExperimentSpec, model: torch.nn.Module, clinics: dict[str, ClinicData], holdout: str | None
+) -> tuple[dict[str, float | None], dict[str, dict[str, float | None]]]:
     """(pooled over the training clinics, per clinic). Each clinic's threshold is its own
     Youden's J; a held-out clinic gets the pooled one, as in a federated hold-out run. The
     pooled CI resamples patients within their clinic, as the federated pooled CI does."""
@@ -125,19 +146,23 @@ def evaluate_centralised(spec: ExperimentSpec, model: torch.nn.Module, clinics: 
     from radfed.training import predict_logits
     from radfed.unit_scores import unit_outputs
 
-    outputs = {name: unit_outputs(  # per labelled unit (study, series, image), as the clinics report
-                   predict_logits(as_evaluated(model, c.train.pixels, spec.bn_policy, c.train.labels),
-                                  c.val.pixels).numpy(),
-                   c.val.labels.numpy(),
-                   c.val.patients.numpy() if c.val.patients is not None else np.arange(len(c.val)),
-                   c.val.units.numpy() if c.val.units is not None else None)
-               for name, c in clinics.items()}
+    outputs = {
+        name: unit_outputs(  # per labelled unit (study, series, image), as the clinics report
+            predict_logits(as_evaluated(model, c.train.pixels, spec.bn_policy, c.train.labels), c.val.pixels).numpy(),
+            c.val.labels.numpy(),
+            c.val.patients.numpy() if c.val.patients is not None else np.arange(len(c.val)),
+            c.val.units.numpy() if c.val.units is not None else None,
+        )
+        for name, c in clinics.items()
+    }
     inside = [name for name in outputs if name != holdout]
-    pooled = quality_report(np.concatenate([outputs[n][0] for n in inside]),
-                            np.concatenate([outputs[n][1] for n in inside]),
-                            np.concatenate([outputs[n][2] for n in inside]),
-                            strata=np.concatenate([np.full(len(outputs[n][1]), i) for i, n in enumerate(inside)]),
-                            seed=spec.seed).as_dict()
+    pooled = quality_report(
+        np.concatenate([outputs[n][0] for n in inside]),
+        np.concatenate([outputs[n][1] for n in inside]),
+        np.concatenate([outputs[n][2] for n in inside]),
+        strata=np.concatenate([np.full(len(outputs[n][1]), i) for i, n in enumerate(inside)]),
+        seed=spec.seed,
+    ).as_dict()
     per_clinic = {}
     for name, (logits, labels, patients) in outputs.items():
         cut = pooled["threshold_logit"] if name == holdout else None
@@ -145,8 +170,13 @@ def evaluate_centralised(spec: ExperimentSpec, model: torch.nn.Module, clinics: 
     return pooled, per_clinic
 
 
-def run_baseline(spec: ExperimentSpec, folders: dict[str, Path], holdout: str | None = None,
-                 workers: int = 1, step: Step | None = None) -> BaselineResult:
+def run_baseline(
+    spec: ExperimentSpec,
+    folders: dict[str, Path],
+    holdout: str | None = None,
+    workers: int = 1,
+    step: Step | None = None,
+) -> BaselineResult:
     """Load, train and evaluate; `holdout` is a clinic left out of training (evaluated only)."""
     check_holdout(folders, holdout)
     started = time.monotonic()

@@ -26,8 +26,7 @@ from rich.console import Console
 from radfed.cli_errors import fail as _fail
 from radfed.flower_env import radfed_home
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
-                  rich_markup_mode="markdown")
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, rich_markup_mode="markdown")
 
 
 def _mount_subcommands() -> None:
@@ -47,8 +46,9 @@ def _mount_subcommands() -> None:
 out = Console()
 err = Console(stderr=True)
 
-DbOption = Annotated[str | None, typer.Option(
-    "--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")]
+DbOption = Annotated[
+    str | None, typer.Option("--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")
+]
 
 
 def _store(db: str | None):
@@ -64,20 +64,32 @@ def _store(db: str | None):
 def superlink(
     host: Annotated[str, typer.Option(help="Address of the clinics' door (0.0.0.0 for other machines).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the clinics' door: the Fleet API only.")] = 9092,
-    control_port: Annotated[int | None, typer.Option(
-        help="Port of the control door on 127.0.0.1: Control and Runtime APIs (default: --port + 1).")] = None,
-    remote_control: Annotated[str | None, typer.Option(
-        help="HOST:PORT of a control door for other machines; mutual TLS: clients need a "
-             "`coordinator certs credential`.")] = None,
+    control_port: Annotated[
+        int | None,
+        typer.Option(help="Port of the control door on 127.0.0.1: Control and Runtime APIs (default: --port + 1)."),
+    ] = None,
+    remote_control: Annotated[
+        str | None,
+        typer.Option(
+            help="HOST:PORT of a control door for other machines; mutual TLS: clients need a "
+            "`coordinator certs credential`."
+        ),
+    ] = None,
     insecure: Annotated[bool, typer.Option(help="Plaintext, no node authentication; loopback only.")] = False,
-    certs: Annotated[Path | None, typer.Option(help="Folder from `coordinator certs init` (default ~/.radfed/pki).")] = None,
-    database: Annotated[Path | None, typer.Option(
-        help="SuperLink state file: nodes and runs survive a restart (default: state.db in --flwr-home).")] = None,
+    certs: Annotated[
+        Path | None, typer.Option(help="Folder from `coordinator certs init` (default ~/.radfed/pki).")
+    ] = None,
+    database: Annotated[
+        Path | None,
+        typer.Option(help="SuperLink state file: nodes and runs survive a restart (default: state.db in --flwr-home)."),
+    ] = None,
     flwr_home: Annotated[Path | None, typer.Option(help="Flower's home for this SuperLink.")] = None,
-    approve_app: Annotated[list[str] | None, typer.Option(
-        help="Also run ServerApp bundles with this SHA-256; repeatable.")] = None,
-    sync_every: Annotated[float, typer.Option(hidden=True, min=0.2,
-                                              help="Seconds between enrolment syncs (tests).")] = 2.0,
+    approve_app: Annotated[
+        list[str] | None, typer.Option(help="Also run ServerApp bundles with this SHA-256; repeatable.")
+    ] = None,
+    sync_every: Annotated[
+        float, typer.Option(hidden=True, min=0.2, help="Seconds between enrolment syncs (tests).")
+    ] = 2.0,
     db: DbOption = None,
 ) -> None:
     """Run the Flower SuperLink clinics connect to (foreground; Ctrl-C stops it).
@@ -100,8 +112,18 @@ def superlink(
     """
     from server.superlink import SuperLinkError, SuperLinkOptions, check_ports, run_superlink, superlink_command
 
-    opts = SuperLinkOptions(host, port, insecure, certs, database, flwr_home or radfed_home() / "superlink",
-                            db, control_port, list(approve_app or []), remote_control)
+    opts = SuperLinkOptions(
+        host,
+        port,
+        insecure,
+        certs,
+        database,
+        flwr_home or radfed_home() / "superlink",
+        db,
+        control_port,
+        list(approve_app or []),
+        remote_control,
+    )
     try:
         superlink_command(opts)
         check_ports(opts)
@@ -110,27 +132,41 @@ def superlink(
     if insecure:
         err.print(f"[yellow]warning:[/] SuperLink on {host}:{port} WITHOUT TLS (loopback demo only)")
     remote = f"; remote control door {remote_control} (mutual TLS)" if remote_control else ""
-    err.print(f"clinics' door {opts.address} (Fleet API only); control door {opts.control}{remote}",
-              highlight=False)
+    err.print(f"clinics' door {opts.address} (Fleet API only); control door {opts.control}{remote}", highlight=False)
     raise typer.Exit(run_superlink(opts, every=sync_every))
 
 
 @app.command()
 def run(
-    experiment: Annotated[Path | None, typer.Argument(help="Experiment TOML file (not with --attach/--resume).")] = None,
-    control: Annotated[str, typer.Option(
-        help="The SuperLink's control door HOST:PORT (`coordinator superlink` prints it).")] = "127.0.0.1:9093",
+    experiment: Annotated[
+        Path | None, typer.Argument(help="Experiment TOML file (not with --attach/--resume).")
+    ] = None,
+    control: Annotated[
+        str, typer.Option(help="The SuperLink's control door HOST:PORT (`coordinator superlink` prints it).")
+    ] = "127.0.0.1:9093",
     db: DbOption = None,
     checkpoints: Annotated[Path | None, typer.Option(help="Checkpoint folder (default ~/.radfed/checkpoints).")] = None,
     insecure: Annotated[bool, typer.Option(help="Plaintext connection to a loopback SuperLink.")] = False,
-    root_certificates: Annotated[Path | None, typer.Option(help="CA certificate of the SuperLink (default ~/.radfed/pki/ca.crt).")] = None,
-    credential: Annotated[Path | None, typer.Option(
-        help="Coordinator credential (NAME.pem from `coordinator certs credential`) for a remote control door.")] = None,
-    holdout: Annotated[str | None, typer.Option(
-        help="Leave-one-clinic-out: train without this clinic (its --name), then evaluate the final model there.")] = None,
+    root_certificates: Annotated[
+        Path | None, typer.Option(help="CA certificate of the SuperLink (default ~/.radfed/pki/ca.crt).")
+    ] = None,
+    credential: Annotated[
+        Path | None,
+        typer.Option(
+            help="Coordinator credential (NAME.pem from `coordinator certs credential`) for a remote control door."
+        ),
+    ] = None,
+    holdout: Annotated[
+        str | None,
+        typer.Option(
+            help="Leave-one-clinic-out: train without this clinic (its --name), then evaluate the final model there."
+        ),
+    ] = None,
     attach: Annotated[str | None, typer.Option(help="Follow a run already submitted (its run id).")] = None,
-    resume: Annotated[str | None, typer.Option(
-        help="Continue a failed or interrupted run (its run id) from its last intact checkpoint.")] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(help="Continue a failed or interrupted run (its run id) from its last intact checkpoint."),
+    ] = None,
 ) -> None:
     """Launch a federated experiment and show its rounds until it finishes.
 
@@ -158,8 +194,15 @@ def run(
     else:
         spec, extra, rounds = _submission(experiment, resume, store, holdout)
         what = f"continuing run {resume} after round {extra['resume-round']} as" if resume else "submitted"
-        run_id = start(conn, store, spec, checkpoints, holdout=extra.pop("holdout", (holdout or "").strip()),
-                       extra=extra, what=what)
+        run_id = start(
+            conn,
+            store,
+            spec,
+            checkpoints,
+            holdout=extra.pop("holdout", (holdout or "").strip()),
+            extra=extra,
+            what=what,
+        )
     report(store, follow_to_end(conn, store, run_id, rounds), run_id)
 
 
@@ -176,8 +219,11 @@ def _submission(experiment: Path | None, resume: str | None, store, holdout: str
             point = resume_point(store, resume)
         except ResumeError as e:
             _fail(str(e), 2)
-        return (ExperimentSpec.from_json(point.spec_json), {**point.run_config(), "holdout": point.holdout},
-                point.rounds_planned)
+        return (
+            ExperimentSpec.from_json(point.spec_json),
+            {**point.run_config(), "holdout": point.holdout},
+            point.rounds_planned,
+        )
     try:
         spec = load_spec(experiment)  # type: ignore[arg-type]
     except SpecError as e:

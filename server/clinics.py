@@ -32,14 +32,18 @@ class EnrolmentError(RuntimeError):
 def add_clinic(registry: Registry, name: str, superlink: str, certs: CertPaths, out: Path | None) -> Path:
     """Create a clinic's key pair and bundle, and put it in the register (active)."""
     if not NAME.match(name):
-        raise EnrolmentError(f"clinic name '{name}' must be 1-63 letters, digits, '-' or '_' "
-                             "(it names the clinic in every record; no patient data)")
+        raise EnrolmentError(
+            f"clinic name '{name}' must be 1-63 letters, digits, '-' or '_' "
+            "(it names the clinic in every record; no patient data)"
+        )
     if not certs.complete():
         raise EnrolmentError(f"no federation CA in {certs.folder}; run `coordinator certs init` first")
     existing = registry.clinic(name)
     if existing is not None:
-        raise EnrolmentError(f"clinic '{name}' is already enrolled ({existing.status}); "
-                             "pick another name, or revoke it first to issue a new key")
+        raise EnrolmentError(
+            f"clinic '{name}' is already enrolled ({existing.status}); "
+            "pick another name, or revoke it first to issue a new key"
+        )
     path, public = _issue_bundle(name, superlink, certs, out)
     registry.add_clinic(name, public, fingerprint(public))
     return path
@@ -48,9 +52,14 @@ def add_clinic(registry: Registry, name: str, superlink: str, certs: CertPaths, 
 def _issue_bundle(name: str, superlink: str, certs: CertPaths, out: Path | None) -> tuple[Path, str]:
     """A fresh node key pair written into the clinic's bundle; returns (path, public key)."""
     private, public = node_keypair()
-    bundle = Bundle(clinic=name, superlink=superlink, ca_pem=certs.ca_cert.read_text(),
-                    private_key=private, public_key=public,
-                    created_at=datetime.now(UTC).isoformat(timespec="seconds"))
+    bundle = Bundle(
+        clinic=name,
+        superlink=superlink,
+        ca_pem=certs.ca_cert.read_text(),
+        private_key=private,
+        public_key=public,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
     path = out or Path(f"{name}{SUFFIX}")
     if path.is_dir():
         path = path / f"{name}{SUFFIX}"
@@ -68,8 +77,10 @@ def readmit_clinic(registry: Registry, name: str, superlink: str, certs: CertPat
     if clinic is None:
         raise EnrolmentError(f"no clinic named '{name}' is enrolled; use `coordinator clinic add {name}`")
     if clinic.status != "revoked":
-        raise EnrolmentError(f"clinic '{name}' is {clinic.status}; revoke it first "
-                             f"(`coordinator clinic revoke {name}`) to issue a new key")
+        raise EnrolmentError(
+            f"clinic '{name}' is {clinic.status}; revoke it first "
+            f"(`coordinator clinic revoke {name}`) to issue a new key"
+        )
     if not certs.complete():
         raise EnrolmentError(f"no federation CA in {certs.folder}; run `coordinator certs init` first")
     path, public = _issue_bundle(name, superlink, certs, out)
@@ -152,10 +163,12 @@ class Enrolment:
                 raise ControlError(  # Flower keeps an unregistered key and refuses it again
                     f"its node key was unregistered outside radfed and the SuperLink refuses it now; "
                     f"issue a new key: `coordinator clinic revoke {clinic.name}`, then "
-                    f"`coordinator clinic readmit {clinic.name}`") from None
+                    f"`coordinator clinic readmit {clinic.name}`"
+                ) from None
             self.registry.set_node_id(clinic.name, node_id)
-            self.registry.event("registered", clinic=clinic.name, node_id=node_id,
-                                detail=f"node key {clinic.fingerprint}")
+            self.registry.event(
+                "registered", clinic=clinic.name, node_id=node_id, detail=f"node key {clinic.fingerprint}"
+            )
             nodes[node_id] = "registered"
             return f"registered {clinic.name}"
         if clinic.status == "revoked" and registered:
@@ -170,8 +183,9 @@ class Enrolment:
         self.control.unregister(node_id)
         if node_id not in self.alerted and node_id not in revoked:
             self.alerted.add(node_id)
-            self.registry.event("alert", node_id=node_id,
-                                detail=f"node key not in the clinic register ({status}); unregistered")
+            self.registry.event(
+                "alert", node_id=node_id, detail=f"node key not in the clinic register ({status}); unregistered"
+            )
         return f"removed unknown node {node_id}"
 
     def _connections(self, nodes: dict[int, str]) -> None:
@@ -181,8 +195,7 @@ class Enrolment:
             if status == "online" and before != "online":
                 self.registry.event("connected", clinic=names.get(str(node_id)), node_id=node_id)
             elif before == "online" and status != "online":
-                self.registry.event("disconnected", clinic=names.get(str(node_id)), node_id=node_id,
-                                    detail=status)
+                self.registry.event("disconnected", clinic=names.get(str(node_id)), node_id=node_id, detail=status)
             self.known[node_id] = status
 
     def try_sync(self) -> str | None:

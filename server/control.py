@@ -41,8 +41,11 @@ class ControlClient:
             self.flwr_home.mkdir(parents=True, exist_ok=True)
             os.environ["FLWR_HOME"] = str(self.flwr_home)
         conn = SuperLinkConnection(
-            name="radfed", address=self.address, insecure=self.insecure,
-            root_certificates=None if self.insecure else str(Path(self.root_certificates).resolve()))
+            name="radfed",
+            address=self.address,
+            insecure=self.insecure,
+            root_certificates=None if self.insecure else str(Path(self.root_certificates).resolve()),
+        )
         with contextlib.redirect_stdout(io.StringIO()):  # "Using SuperLink: ..." banner
             return init_http_client_from_connection(conn)
 

@@ -32,19 +32,16 @@ def use_credential(cert: Path | None = None) -> bool:
 
     original = ProtobufClient.from_server_address.__func__  # type: ignore[attr-defined]
 
-    def from_server_address(cls, server_address, insecure, root_certificates, interceptors, *,
-                            retry_invoker=None):
+    def from_server_address(cls, server_address, insecure, root_certificates, interceptors, *, retry_invoker=None):
         if insecure:
-            return original(cls, server_address, insecure, root_certificates, interceptors,
-                            retry_invoker=retry_invoker)
+            return original(cls, server_address, insecure, root_certificates, interceptors, retry_invoker=retry_invoker)
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
         if isinstance(root_certificates, str):
             context.load_verify_locations(cafile=root_certificates)
         elif root_certificates is not None:
             context.load_verify_locations(cadata=root_certificates.decode("ascii"))
         context.load_cert_chain(str(path), str(key_of(path)))
-        return cls(f"https://{server_address}", interceptors=interceptors, verify=context,
-                   retry_invoker=retry_invoker)
+        return cls(f"https://{server_address}", interceptors=interceptors, verify=context, retry_invoker=retry_invoker)
 
     ProtobufClient.from_server_address = classmethod(from_server_address)  # type: ignore[method-assign]
     return True

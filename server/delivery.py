@@ -54,13 +54,32 @@ def delivery_models(store: Store, run_id: int) -> dict[str, int]:
 
 def _figures(pooled: dict[int, dict[str, Any]], server_round: int) -> dict[str, Any]:
     figures = pooled.get(server_round, {})
-    return {key: figures.get(key) for key in ("auroc", "auroc_ci_low", "auroc_ci_high", "threshold",
-                                              "threshold_logit", "sensitivity", "specificity")}
+    return {
+        key: figures.get(key)
+        for key in (
+            "auroc",
+            "auroc_ci_low",
+            "auroc_ci_high",
+            "threshold",
+            "threshold_logit",
+            "sensitivity",
+            "specificity",
+        )
+    }
 
 
-def deliver(grid: Grid, store: Store, run_id: int, flwr_run_id: str, spec: ExperimentSpec,
-            normalisation: str, pooled: dict[int, dict[str, Any]], shared: dict[str, Any],
-            audit: Registry | None = None, timeout: float = 300.0) -> dict[str, str]:
+def deliver(
+    grid: Grid,
+    store: Store,
+    run_id: int,
+    flwr_run_id: str,
+    spec: ExperimentSpec,
+    normalisation: str,
+    pooled: dict[int, dict[str, Any]],
+    shared: dict[str, Any],
+    audit: Registry | None = None,
+    timeout: float = 300.0,
+) -> dict[str, str]:
     """Send the run's final (and selected) model to every connected clinic; returns
     clinic -> "ok" or the reason it does not hold them. Never raises for a clinic's sake:
     a run whose training completed stays completed."""
@@ -77,13 +96,21 @@ def deliver(grid: Grid, store: Store, run_id: int, flwr_run_id: str, spec: Exper
         digests[kind] = state_digest(state, arch=spec.backbone, normalisation=normalisation)
         content[MODEL_RECORD.format(kind=kind)] = ArrayRecord(state)
     card = {
-        "experiment": spec.name, "flwr_run_id": str(flwr_run_id), "run_id": run_id,
+        "experiment": spec.name,
+        "flwr_run_id": str(flwr_run_id),
+        "run_id": run_id,
         "rounds": {kind: r for kind, r in models.items()},
         "pooled": {kind: _figures(pooled, r) for kind, r in models.items()},
-        "digests": digests, "checkpoint_sha256": {kind: by_round[r]["sha256"] for kind, r in models.items()},
+        "digests": digests,
+        "checkpoint_sha256": {kind: by_round[r]["sha256"] for kind, r in models.items()},
     }
-    config = {**shared, DELIVERY_KEY: True, "spec": spec.to_json(), "normalisation": normalisation,
-              "card": json.dumps(card, sort_keys=True)}
+    config = {
+        **shared,
+        DELIVERY_KEY: True,
+        "spec": spec.to_json(),
+        "normalisation": normalisation,
+        "card": json.dumps(card, sort_keys=True),
+    }
     content["config"] = ConfigRecord(config)
     messages = [Message(content=content, message_type="query", dst_node_id=node) for node in nodes]
     outcome: dict[str, str] = {}
@@ -98,7 +125,11 @@ def deliver(grid: Grid, store: Store, run_id: int, flwr_run_id: str, spec: Exper
         detail = ", ".join(f"{kind} round {models[kind]} ({digests[kind][:12]})" for kind in models)
         log.info("delivery to %s: %s (%s)", reply.clinic, outcome[reply.clinic], detail)
         if audit is not None:
-            audit.event("delivered" if outcome[reply.clinic] == "ok" else "failed", clinic=reply.clinic,
-                        node_id=reply.node_id, flwr_run_id=str(flwr_run_id),
-                        detail=detail if outcome[reply.clinic] == "ok" else outcome[reply.clinic][:200])
+            audit.event(
+                "delivered" if outcome[reply.clinic] == "ok" else "failed",
+                clinic=reply.clinic,
+                node_id=reply.node_id,
+                flwr_run_id=str(flwr_run_id),
+                detail=detail if outcome[reply.clinic] == "ok" else outcome[reply.clinic][:200],
+            )
     return outcome

@@ -36,10 +36,17 @@ def demo_spec(opts: DemoOptions) -> ExperimentSpec:
     spec's default training recipe (chosen by bench/recipe.py; resnet18 rather than a
     random-init resnet50: on 2 cores it learns more per minute from 60 patients a clinic)."""
     return ExperimentSpec(
-        name=f"demo-{opts.backbone}-{opts.clinics}clinics", backbone=opts.backbone,
-        image_size=opts.image_size, rounds=opts.rounds, local_epochs=2, batch_size=16,
-        freeze="none", strategy="fedavg", min_clinics=opts.clinics,
-        clinic_timeout=180.0, seed=opts.seed,
+        name=f"demo-{opts.backbone}-{opts.clinics}clinics",
+        backbone=opts.backbone,
+        image_size=opts.image_size,
+        rounds=opts.rounds,
+        local_epochs=2,
+        batch_size=16,
+        freeze="none",
+        strategy="fedavg",
+        min_clinics=opts.clinics,
+        clinic_timeout=180.0,
+        seed=opts.seed,
     )
 
 
@@ -79,8 +86,10 @@ def enrol_demo_clinics(work: Path, names: list[str], address: str, store) -> tup
         bundle = work / "bundles" / f"{name}.radfed"
         if registry.clinic(name) is None or not bundle.is_file():
             if registry.clinic(name) is not None:
-                raise RuntimeError(f"clinic {name} is enrolled in {store.safe_url} but its bundle "
-                                   f"{bundle} is gone; use a fresh --workdir")
+                raise RuntimeError(
+                    f"clinic {name} is enrolled in {store.safe_url} but its bundle "
+                    f"{bundle} is gone; use a fresh --workdir"
+                )
             bundle.parent.mkdir(parents=True, exist_ok=True)
             add_clinic(registry, name, address, certs, bundle)
         bundles.append(bundle)
@@ -116,8 +125,7 @@ def run_demo(opts: DemoOptions, console: Console) -> int:
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with console.status("writing generated DICOM clinics (skipped where present)"):
-        folders = write_federation(work / "data", opts.clinics, n_patients=opts.patients,
-                                   seed=opts.seed)
+        folders = write_federation(work / "data", opts.clinics, n_patients=opts.patients, seed=opts.seed)
     db_url = f"sqlite:///{work / 'radfed.db'}"
     store = Store(db_url)
     port, control_port = free_port(), free_port()
@@ -127,26 +135,62 @@ def run_demo(opts: DemoOptions, console: Console) -> int:
     try:
         names = [f"clinic-{i}" for i in range(1, len(folders) + 1)]
         certs, bundles = enrol_demo_clinics(work, names, address, store)
-        console.print(f"TLS and node authentication on {address}: a fresh CA in {certs.folder}, "
-                      f"{len(bundles)} enrolled clinics")
+        console.print(
+            f"TLS and node authentication on {address}: a fresh CA in {certs.folder}, {len(bundles)} enrolled clinics"
+        )
         link_log = work / "logs" / "superlink.log"
-        procs.append(_spawn(_script("coordinator") + [
-            "superlink", "--host", "127.0.0.1", "--port", str(port), "--control-port", str(control_port),
-            "--certs", str(certs.folder),
-            "--db", db_url, "--flwr-home", str(work / "flwr" / "superlink")], link_log))
+        procs.append(
+            _spawn(
+                _script("coordinator")
+                + [
+                    "superlink",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--control-port",
+                    str(control_port),
+                    "--certs",
+                    str(certs.folder),
+                    "--db",
+                    db_url,
+                    "--flwr-home",
+                    str(work / "flwr" / "superlink"),
+                ],
+                link_log,
+            )
+        )
         _wait_reachable(address, procs[0], link_log)
         _wait_reachable(control, procs[0], link_log)
         wait_registered(control, certs.ca_cert, len(names), work / "flwr" / "control")
         for name, folder, bundle in zip(names, folders, bundles):
-            procs.append(_spawn(_script("client-node") + [
-                "start", "--bundle", str(bundle), "--superlink", address, "--data", str(folder),
-                "--threads", str(threads), "--home", str(work / "nodes")], work / "logs" / f"{name}.log"))
+            procs.append(
+                _spawn(
+                    _script("client-node")
+                    + [
+                        "start",
+                        "--bundle",
+                        str(bundle),
+                        "--superlink",
+                        address,
+                        "--data",
+                        str(folder),
+                        "--threads",
+                        str(threads),
+                        "--home",
+                        str(work / "nodes"),
+                    ],
+                    work / "logs" / f"{name}.log",
+                )
+            )
         spec = demo_spec(opts)
         (work / "experiment.toml").write_text(spec_to_toml(spec))
         conn = Connection(control, work / "flwr" / "cli", root_certificates=certs.ca_cert)
         run_id = submit(conn, spec, db_url, work / "checkpoints")
-        console.print(f"run {run_id}: {opts.clinics} clinics x {opts.rounds} rounds, {spec.backbone} "
-                      f"at {spec.image_size}px (logs in {work / 'logs'})")
+        console.print(
+            f"run {run_id}: {opts.clinics} clinics x {opts.rounds} rounds, {spec.backbone} "
+            f"at {spec.image_size}px (logs in {work / 'logs'})"
+        )
         status = follow(conn, store, run_id, spec.rounds)
     except (LaunchError, RuntimeError, EnrolmentError) as e:
         console.print(f"[bold red]error:[/] {e}")
@@ -162,10 +206,14 @@ def run_demo(opts: DemoOptions, console: Console) -> int:
         console.print(f"run {run_id}: {result_line(entry)}", soft_wrap=True, highlight=False)
         for line in warning_lines(entry):
             console.print(line, style="yellow", soft_wrap=True, highlight=False)
-    console.print(f"database: {db_url}\ncheckpoints: {work / 'checkpoints'}\n"
-                  f"leaderboard JSON: coordinator leaderboard --db {db_url} --json\n"
-                  f"dashboard: dashboard --db {db_url}\n"
-                  f"demo took {time.monotonic() - started:.0f} s", soft_wrap=True, highlight=False)
+    console.print(
+        f"database: {db_url}\ncheckpoints: {work / 'checkpoints'}\n"
+        f"leaderboard JSON: coordinator leaderboard --db {db_url} --json\n"
+        f"dashboard: dashboard --db {db_url}\n"
+        f"demo took {time.monotonic() - started:.0f} s",
+        soft_wrap=True,
+        highlight=False,
+    )
     if status.get("status") != "completed":
         console.print(f"[bold red]error:[/] run {run_id} failed: {status.get('error')}")
         return 1

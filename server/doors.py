@@ -49,7 +49,7 @@ def public_path(path: str) -> bool:
         return True
     if not path.startswith(PUBLIC_PREFIX):
         return False
-    rest = path[len(PUBLIC_PREFIX):]
+    rest = path[len(PUBLIC_PREFIX) :]
     # one route segment, no dot segments or encoded separators that a router might fold
     return bool(rest) and all(c.isalnum() or c == "-" for c in rest)
 
@@ -67,9 +67,13 @@ class FleetOnly:
         if scope["type"] == "lifespan":  # the control door owns Flower's lifespan
             return
         if scope["type"] == "http":
-            await send({"type": "http.response.start", "status": 404,
-                        "headers": [(b"content-type", b"text/plain"),
-                                    (b"content-length", str(len(REFUSED_BODY)).encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 404,
+                    "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(REFUSED_BODY)).encode())],
+                }
+            )
             await send({"type": "http.response.body", "body": REFUSED_BODY})
 
 
@@ -79,12 +83,13 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--public-port", type=int, required=True)
     parser.add_argument("--remote-host", default=None)
     parser.add_argument("--remote-port", type=int, default=None)
-    parser.add_argument("--client-ca", default=None,
-                        help="CA whose client certificates the remote control door requires (mutual TLS).")
+    parser.add_argument(
+        "--client-ca", default=None, help="CA whose client certificates the remote control door requires (mutual TLS)."
+    )
     if "--" not in argv:
         parser.error("Flower's SuperLink arguments follow '--'")
     split = argv.index("--")
-    return parser.parse_args(argv[:split]), argv[split + 1:]
+    return parser.parse_args(argv[:split]), argv[split + 1 :]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,17 +109,39 @@ def main(argv: list[str] | None = None) -> None:
     log_config = flower.get_uvicorn_log_config(flower.console_handler.level)
     tls = {"ssl_keyfile": config.ssl_keyfile, "ssl_certfile": config.ssl_certfile}
     servers = [
-        _Server(uvicorn.Config(app, host=config.host, port=config.port, access_log=False,
-                               log_config=log_config, **tls)),
-        _Server(uvicorn.Config(FleetOnly(app), host=args.public_host, port=args.public_port,
-                               lifespan="off", access_log=False, log_config=log_config, **tls)),
+        _Server(
+            uvicorn.Config(app, host=config.host, port=config.port, access_log=False, log_config=log_config, **tls)
+        ),
+        _Server(
+            uvicorn.Config(
+                FleetOnly(app),
+                host=args.public_host,
+                port=args.public_port,
+                lifespan="off",
+                access_log=False,
+                log_config=log_config,
+                **tls,
+            )
+        ),
     ]
     if args.remote_host:
         if not (args.client_ca and config.ssl_certfile):
             sys.exit("server.doors: a remote control door needs TLS and --client-ca")
-        servers.append(_Server(uvicorn.Config(
-            app, host=args.remote_host, port=args.remote_port, lifespan="off", access_log=False,
-            log_config=log_config, ssl_ca_certs=args.client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED, **tls)))
+        servers.append(
+            _Server(
+                uvicorn.Config(
+                    app,
+                    host=args.remote_host,
+                    port=args.remote_port,
+                    lifespan="off",
+                    access_log=False,
+                    log_config=log_config,
+                    ssl_ca_certs=args.client_ca,
+                    ssl_cert_reqs=ssl.CERT_REQUIRED,
+                    **tls,
+                )
+            )
+        )
     asyncio.run(_serve_all(servers))
 
 
@@ -134,7 +161,8 @@ def patient_state_database() -> None:
 
     sql_mixin.SQLITE_PRAGMAS = tuple(
         (name, str(STATE_BUSY_TIMEOUT_MS) if name == "busy_timeout" else value)
-        for name, value in sql_mixin.SQLITE_PRAGMAS)
+        for name, value in sql_mixin.SQLITE_PRAGMAS
+    )
 
 
 class _Server:

@@ -26,9 +26,22 @@ from radfed.reply import POOLED_AUROC, format_auroc
 from radfed.store import Store
 from server.recorder import sha256_file
 
-__all__ = ["ExportError", "ExportOutcome", "FORMATS", "card_normalisation", "card_paths", "checked_file",
-           "checkpoint_card", "choose_checkpoint", "default_export_dir", "existing_export", "export_entry",
-           "export_run", "export_stem", "find_run"]
+__all__ = [
+    "ExportError",
+    "ExportOutcome",
+    "FORMATS",
+    "card_normalisation",
+    "card_paths",
+    "checked_file",
+    "checkpoint_card",
+    "choose_checkpoint",
+    "default_export_dir",
+    "existing_export",
+    "export_entry",
+    "export_run",
+    "export_stem",
+    "find_run",
+]
 
 
 @dataclass(frozen=True)
@@ -58,9 +71,11 @@ def find_run(store: Store, key: str) -> dict[str, Any]:
     by_flower = next((e for e in entries if row is not None and e["run_id"] == row.id), None)
     by_store = next((e for e in entries if str(e["run_id"]) == key), None)
     if by_flower and by_store and by_flower["run_id"] != by_store["run_id"]:
-        raise ExportError(f"run {key} is both Flower run {key} ({by_flower['experiment']}) and store run "
-                          f"{key} ({by_store['experiment']}, Flower run {by_store['flwr_run_id']}); "
-                          f"name the second by its Flower run id")
+        raise ExportError(
+            f"run {key} is both Flower run {key} ({by_flower['experiment']}) and store run "
+            f"{key} ({by_store['experiment']}, Flower run {by_store['flwr_run_id']}); "
+            f"name the second by its Flower run id"
+        )
     entry = by_flower or by_store
     if entry is None:
         raise ExportError(f"no run {key} in {store.safe_url}; `coordinator leaderboard` lists them")
@@ -83,12 +98,16 @@ def choose_checkpoint(entry: dict[str, Any], server_round: int | None = None) ->
         raise ExportError(f"run {run} has no checkpoints recorded; nothing to export")
     selected = (entry.get("selected") or {}).get("round")
     last = max(rows)
-    best = (f"the run's selected checkpoint: the best {POOLED_AUROC} on the clinics' validation patients "
-            f"({_selection_text(entry, selected)} in round {selected}; the earliest round on ties)")
+    best = (
+        f"the run's selected checkpoint: the best {POOLED_AUROC} on the clinics' validation patients "
+        f"({_selection_text(entry, selected)} in round {selected}; the earliest round on ties)"
+    )
     if server_round is not None:
         if server_round not in rows:
-            raise ExportError(f"run {run} has no checkpoint for round {server_round}; rounds with one: "
-                              f"{', '.join(str(r) for r in sorted(rows))}")
+            raise ExportError(
+                f"run {run} has no checkpoint for round {server_round}; rounds with one: "
+                f"{', '.join(str(r) for r in sorted(rows))}"
+            )
         why = f"Round {server_round}, asked for with --round"
         if server_round == selected:
             why += f"; it is also {best}"
@@ -120,11 +139,14 @@ def checked_file(row: dict[str, Any]) -> Path:
     """The checkpoint file, present and unchanged since it was recorded, or ExportError."""
     path = Path(row["path"])
     if not path.is_file():
-        raise ExportError(f"checkpoint of round {row['server_round']} is missing: {path} "
-                          "(moved, deleted or on another machine)")
+        raise ExportError(
+            f"checkpoint of round {row['server_round']} is missing: {path} (moved, deleted or on another machine)"
+        )
     if sha256_file(path) != row["sha256"]:
-        raise ExportError(f"checkpoint of round {row['server_round']} changed since it was recorded "
-                          f"(sha256 mismatch): {path}; not exporting it")
+        raise ExportError(
+            f"checkpoint of round {row['server_round']} changed since it was recorded "
+            f"(sha256 mismatch): {path}; not exporting it"
+        )
     return path
 
 
@@ -132,16 +154,27 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def export_run(store: Store, key: str, fmt: str, server_round: int | None = None, out: Path | None = None,
-               tolerance: float = TOLERANCE) -> ExportOutcome:
+def export_run(
+    store: Store,
+    key: str,
+    fmt: str,
+    server_round: int | None = None,
+    out: Path | None = None,
+    tolerance: float = TOLERANCE,
+) -> ExportOutcome:
     """Export one round of run `key` as `fmt` into `out` with its model card (JSON, Markdown)."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format '{fmt}'; allowed: {', '.join(FORMATS)}")
     return export_entry(find_run(store, key), fmt, server_round, out, tolerance)
 
 
-def export_entry(entry: dict[str, Any], fmt: str, server_round: int | None = None, out: Path | None = None,
-                 tolerance: float = TOLERANCE) -> ExportOutcome:
+def export_entry(
+    entry: dict[str, Any],
+    fmt: str,
+    server_round: int | None = None,
+    out: Path | None = None,
+    tolerance: float = TOLERANCE,
+) -> ExportOutcome:
     """`export_run` for a leaderboard entry already at hand (the dashboard's)."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format '{fmt}'; allowed: {', '.join(FORMATS)}")
@@ -154,14 +187,28 @@ def export_entry(entry: dict[str, Any], fmt: str, server_round: int | None = Non
     exported = export_model(model, fmt, target, int(spec_values(entry["spec_json"])["image_size"]), tolerance)
     digest = sha256_file(target)
     card = build_card(
-        entry, server_round=row["server_round"], reason=reason, normalisation=normalisation,
+        entry,
+        server_round=row["server_round"],
+        reason=reason,
+        normalisation=normalisation,
         checkpoint=_checkpoint_facts(row),
-        export={"format": fmt, "file": target.name, "sha256": digest, "size_bytes": exported.size_bytes,
-                "exporter": exported.exporter, "opset": exported.opset,
-                "check": {"runtime": exported.check.runtime, "batch_shape": list(exported.check.batch_shape),
-                          "max_abs_diff": exported.check.max_abs_diff, "tolerance": exported.check.tolerance,
-                          "passed": exported.check.passed}},
-        created_at=_now())
+        export={
+            "format": fmt,
+            "file": target.name,
+            "sha256": digest,
+            "size_bytes": exported.size_bytes,
+            "exporter": exported.exporter,
+            "opset": exported.opset,
+            "check": {
+                "runtime": exported.check.runtime,
+                "batch_shape": list(exported.check.batch_shape),
+                "max_abs_diff": exported.check.max_abs_diff,
+                "tolerance": exported.check.tolerance,
+                "passed": exported.check.passed,
+            },
+        },
+        created_at=_now(),
+    )
     card_json, card_md = card_paths(target)
     card_json.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
     card_md.write_text(card_markdown(card))
@@ -208,7 +255,12 @@ def checkpoint_card(entry: dict[str, Any]) -> tuple[str, str]:
     """(file name, Markdown) of the card of the round `export_run` would export, without
     exporting: for the dashboard's download before any file is made."""
     row, reason = choose_checkpoint(entry)
-    card = build_card(entry, server_round=row["server_round"], reason=reason,
-                      normalisation=card_normalisation(entry, row), checkpoint=_checkpoint_facts(row),
-                      created_at=_now())
+    card = build_card(
+        entry,
+        server_round=row["server_round"],
+        reason=reason,
+        normalisation=card_normalisation(entry, row),
+        checkpoint=_checkpoint_facts(row),
+        created_at=_now(),
+    )
     return export_stem(entry, row["server_round"]) + ".card.md", card_markdown(card)

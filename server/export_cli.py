@@ -18,16 +18,30 @@ err = Console(stderr=True)
 
 
 def export_command(
-    run: Annotated[str, typer.Argument(help="The run: its Flower run id (as `coordinator run` prints it) "
-                                            "or its store id (`run_id` in `coordinator leaderboard --json`).")],
-    fmt: Annotated[str, typer.Option("--format", help="onnx (opset 18, dynamic batch) or torchscript (traced).")] = "onnx",
-    server_round: Annotated[int | None, typer.Option(
-        "--round", min=1, help="Round to export (default: the run's selected checkpoint, else the last).")] = None,
-    out: Annotated[Path | None, typer.Option(
-        help="Folder for the model and its card (default ~/.radfed/exports, where the dashboard looks).")] = None,
-    tolerance: Annotated[float, typer.Option(
-        min=0.0, help="Largest abs difference of logits allowed between the file and PyTorch.")] = 1e-4,
-    db: Annotated[str | None, typer.Option("--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")] = None,
+    run: Annotated[
+        str,
+        typer.Argument(
+            help="The run: its Flower run id (as `coordinator run` prints it) "
+            "or its store id (`run_id` in `coordinator leaderboard --json`)."
+        ),
+    ],
+    fmt: Annotated[
+        str, typer.Option("--format", help="onnx (opset 18, dynamic batch) or torchscript (traced).")
+    ] = "onnx",
+    server_round: Annotated[
+        int | None,
+        typer.Option("--round", min=1, help="Round to export (default: the run's selected checkpoint, else the last)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for the model and its card (default ~/.radfed/exports, where the dashboard looks)."),
+    ] = None,
+    tolerance: Annotated[
+        float, typer.Option(min=0.0, help="Largest abs difference of logits allowed between the file and PyTorch.")
+    ] = 1e-4,
+    db: Annotated[
+        str | None, typer.Option("--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")
+    ] = None,
 ) -> None:
     """Export a run's checkpoint as ONNX or TorchScript, checked against PyTorch, with a model card.
 
@@ -64,9 +78,13 @@ def export_command(
         _fail(str(e))
     check = done.exported.check
     err.print(f"round {done.server_round}: {done.reason}", highlight=False, soft_wrap=True)
-    err.print(f"{done.exported.format} checked with {check.runtime} on a {check.batch_shape} batch: "
-              f"max abs difference from PyTorch {check.max_abs_diff:.3g} (tolerance {check.tolerance:g}); "
-              f"sha256 {done.sha256}", highlight=False, soft_wrap=True)
+    err.print(
+        f"{done.exported.format} checked with {check.runtime} on a {check.batch_shape} batch: "
+        f"max abs difference from PyTorch {check.max_abs_diff:.3g} (tolerance {check.tolerance:g}); "
+        f"sha256 {done.sha256}",
+        highlight=False,
+        soft_wrap=True,
+    )
     for path in (done.model, done.card_md, done.card_json):
         print(path)
 

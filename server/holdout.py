@@ -38,14 +38,15 @@ class ExcludingGrid(WrappedGrid):
     def get_node_ids(self) -> Iterable[int]:
         return [n for n in self._grid.get_node_ids() if n not in self._excluded]
 
-    def send_and_receive(self, messages: Iterable[Message], *,
-                         timeout: float | None = None) -> Iterable[Message]:
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Evaluate broadcasts also go to the excluded nodes; their replies are kept aside."""
         messages = list(messages)
         riders = []
         if messages and all(m.metadata.message_type == "evaluate" for m in messages):
-            riders = [Message(content=messages[0].content, message_type="evaluate", dst_node_id=node)
-                      for node in sorted(self._excluded)]
+            riders = [
+                Message(content=messages[0].content, message_type="evaluate", dst_node_id=node)
+                for node in sorted(self._excluded)
+            ]
         replies = list(self._grid.send_and_receive(messages + riders, timeout=timeout))
         if riders:
             self.held_out_replies = [r for r in replies if r.metadata.src_node_id in self._excluded]
@@ -54,8 +55,10 @@ class ExcludingGrid(WrappedGrid):
 
 def ask_names(grid: Grid, node_ids: Iterable[int], timeout: float) -> dict[int, str]:
     """Clinic name of each node that answers within `timeout` seconds."""
-    messages = [Message(content=RecordDict({"config": ConfigRecord({})}), message_type="query",
-                        dst_node_id=node) for node in node_ids]
+    messages = [
+        Message(content=RecordDict({"config": ConfigRecord({})}), message_type="query", dst_node_id=node)
+        for node in node_ids
+    ]
     if not messages:
         return {}
     replies = [parse_reply(m) for m in grid.send_and_receive(messages, timeout=timeout)]
@@ -79,15 +82,18 @@ def find_holdout(grid: Grid, name: str, min_clinics: int, timeout: float) -> int
             return found[0]
         if time.monotonic() > deadline:
             seen = ", ".join(sorted(set(names.values()))) or "none answered"
-            problem = (f"holdout clinic {name!r} is not connected (connected clinics: {seen})" if not found
-                       else f"only {len(nodes) - 1} clinics besides holdout {name!r} connected, "
-                            f"min_clinics is {min_clinics}")
+            problem = (
+                f"holdout clinic {name!r} is not connected (connected clinics: {seen})"
+                if not found
+                else f"only {len(nodes) - 1} clinics besides holdout {name!r} connected, min_clinics is {min_clinics}"
+            )
             raise HoldoutMissing(f"{problem}; start `client-node start --name {name}` or fix --holdout")
         time.sleep(1)
 
 
-def evaluate_holdout(grid: Grid, node_id: int, arrays: ArrayRecord, config: ConfigRecord,
-                     timeout: float) -> ClinicReply:
+def evaluate_holdout(
+    grid: Grid, node_id: int, arrays: ArrayRecord, config: ConfigRecord, timeout: float
+) -> ClinicReply:
     """The held-out clinic's evaluation of the final model: the reply that rode along with
     the final evaluate broadcast, or one sent now."""
     if isinstance(grid, ExcludingGrid):
@@ -95,10 +101,10 @@ def evaluate_holdout(grid: Grid, node_id: int, arrays: ArrayRecord, config: Conf
         if ridden:
             return parse_reply(ridden[0])
         grid = grid._grid
-    message = Message(content=RecordDict({"arrays": arrays, "config": config}),
-                      message_type="evaluate", dst_node_id=node_id)
+    message = Message(
+        content=RecordDict({"arrays": arrays, "config": config}), message_type="evaluate", dst_node_id=node_id
+    )
     replies = [parse_reply(m) for m in grid.send_and_receive([message], timeout=timeout)]
     if not replies:
-        return ClinicReply(str(node_id), f"node-{node_id}", None, {},
-                           "no reply before the round timeout")
+        return ClinicReply(str(node_id), f"node-{node_id}", None, {}, "no reply before the round timeout")
     return replies[0]

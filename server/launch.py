@@ -44,8 +44,14 @@ class Connection:
 
     def write(self) -> None:
         """Write FLWR_HOME/config.toml so `flwr` commands find the `radfed` connection."""
-        lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]",
-                 f'address = "{self.address}"', f"insecure = {str(self.insecure).lower()}"]
+        lines = [
+            "[superlink]",
+            f'default = "{CONNECTION}"',
+            "",
+            f"[superlink.{CONNECTION}]",
+            f'address = "{self.address}"',
+            f"insecure = {str(self.insecure).lower()}",
+        ]
         if self.root_certificates:
             lines.append(f'root-certificates = "{Path(self.root_certificates).resolve()}"')
         self.flwr_home.mkdir(parents=True, exist_ok=True)
@@ -55,39 +61,58 @@ class Connection:
         """Run a `flwr` subcommand against this connection."""
         self.write()
         if not self.credential:
-            return subprocess.run([flower_bin("flwr"), *args], capture_output=True, text=True,
-                                  env=flower_env(self.flwr_home), timeout=timeout)
+            return subprocess.run(
+                [flower_bin("flwr"), *args],
+                capture_output=True,
+                text=True,
+                env=flower_env(self.flwr_home),
+                timeout=timeout,
+            )
         from server.control_tls import CERT_ENV
 
         env = flower_env(self.flwr_home, **{CERT_ENV: str(Path(self.credential).resolve())})
-        return subprocess.run([sys.executable, "-m", "server.control_tls", *args], capture_output=True,
-                              text=True, env=env, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "server.control_tls", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+        )
 
 
 def _toml_string(value: str) -> str:
     return json.dumps(value)  # JSON string escapes are valid TOML basic-string escapes
 
 
-def submit(conn: Connection, spec: ExperimentSpec, database_url: str, checkpoint_dir: Path,
-           holdout: str = "", extra: dict[str, str | int] | None = None) -> str:
+def submit(
+    conn: Connection,
+    spec: ExperimentSpec,
+    database_url: str,
+    checkpoint_dir: Path,
+    holdout: str = "",
+    extra: dict[str, str | int] | None = None,
+) -> str:
     """Submit the experiment; returns Flower's run id. `holdout` names a clinic kept out
     of training and evaluated on the final model (leave-one-clinic-out); `extra`: more
     run-config keys (a resumed run's, server.resume)."""
     why = reachable(conn.address)
     if why:
-        raise LaunchError(f"SuperLink {conn.address} is not reachable ({why}); "
-                          "start it with `coordinator superlink` or fix --control (its control door)")
+        raise LaunchError(
+            f"SuperLink {conn.address} is not reachable ({why}); "
+            "start it with `coordinator superlink` or fix --control (its control door)"
+        )
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as fh:
-        fh.write(f"spec = {_toml_string(spec.to_json())}\n"
-                 f"database-url = {_toml_string(database_url)}\n"
-                 f"checkpoint-dir = {_toml_string(str(Path(checkpoint_dir).resolve()))}\n"
-                 f"holdout = {_toml_string(holdout)}\n")
+        fh.write(
+            f"spec = {_toml_string(spec.to_json())}\n"
+            f"database-url = {_toml_string(database_url)}\n"
+            f"checkpoint-dir = {_toml_string(str(Path(checkpoint_dir).resolve()))}\n"
+            f"holdout = {_toml_string(holdout)}\n"
+        )
         for key, value in (extra or {}).items():
             fh.write(f"{key} = {value if isinstance(value, int) else _toml_string(str(value))}\n")
         overrides = fh.name
     try:
-        proc = conn.flwr("run", str(FAB_DIR), CONNECTION, "--run-config", overrides,
-                         "--format", "json")
+        proc = conn.flwr("run", str(FAB_DIR), CONNECTION, "--run-config", overrides, "--format", "json")
     finally:
         Path(overrides).unlink(missing_ok=True)
     reply = _json_reply(proc.stdout)
@@ -123,8 +148,9 @@ def stop(conn: Connection, run_id: str) -> None:
     conn.flwr("stop", run_id, CONNECTION, timeout=60)
 
 
-def follow(conn: Connection, store: Store, run_id: str, rounds: int,
-           poll: float = 1.0, flower_every: float | None = None) -> dict:
+def follow(
+    conn: Connection, store: Store, run_id: str, rounds: int, poll: float = 1.0, flower_every: float | None = None
+) -> dict:
     """Show round progress until the run ends; returns the store's final status dict.
 
     Flower's own view is checked every `flower_every` seconds: a run Flower reports
@@ -136,8 +162,13 @@ def follow(conn: Connection, store: Store, run_id: str, rounds: int,
     if flower_every is None:  # each look costs a `flwr` process (~1 s of CPU)
         flower_every = float(os.environ.get("RADFED_FOLLOW_EVERY", "15"))
 
-    columns = (TextColumn("[bold]run {task.fields[run]}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("rounds  {task.fields[note]}"), TimeElapsedColumn())
+    columns = (
+        TextColumn("[bold]run {task.fields[run]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rounds  {task.fields[note]}"),
+        TimeElapsedColumn(),
+    )
     last_flower, suspect = time.monotonic(), None
     with Progress(*columns, transient=False) as bar:
         task = bar.add_task("rounds", total=rounds, run=run_id, note="waiting for clinics")

@@ -92,12 +92,15 @@ class _RunsView:
             return
         yield Text(table.title or "", style="italic")
         for rank, row in enumerate(self.board, start=1):
-            yield Text(f"{rank}. {row['experiment']}: {row['backbone']} ({row['weights']}), "
-                       f"{row['strategy']}, {rounds_done(row)} rounds, {row['status']}; "
-                       f"{result_line(row)}" + (f"; held out {holdout_text(row)}" if holdout_rows(row) else "")
-                       + (f"; simulated: {row['simulated']}" if row.get("simulated") else "")
-                       + "".join(f"; ⚠ {w}" for w in row.get("warnings", []))
-                       + (f"; submitted by {row['submitted_by']}" if row.get("submitted_by") else ""))
+            yield Text(
+                f"{rank}. {row['experiment']}: {row['backbone']} ({row['weights']}), "
+                f"{row['strategy']}, {rounds_done(row)} rounds, {row['status']}; "
+                f"{result_line(row)}"
+                + (f"; held out {holdout_text(row)}" if holdout_rows(row) else "")
+                + (f"; simulated: {row['simulated']}" if row.get("simulated") else "")
+                + "".join(f"; ⚠ {w}" for w in row.get("warnings", []))
+                + (f"; submitted by {row['submitted_by']}" if row.get("submitted_by") else "")
+            )
 
 
 def overlap_text(entry: dict[str, Any]) -> str:
@@ -118,29 +121,75 @@ def selected_text(entry: dict[str, Any]) -> str:
 def _runs_table(board: list[dict]) -> Table:
     """One row per run; columns empty for every run (no privacy mode, no baseline, no
     held-out clinic, no warning) are left out."""
-    columns = ("#", "experiment", "backbone", "weights", "strategy", "privacy", "rounds", "clinics",
-               POOLED_AUROC + " [95 % CI]", MACRO_AUROC + " [95 % CI]", "vs #1", CLINIC_MEAN_AUROC,
-               "selected", "÷ central",
-               "held-out clinic", "simulated", "warnings", "submitted by", "status")
+    columns = (
+        "#",
+        "experiment",
+        "backbone",
+        "weights",
+        "strategy",
+        "privacy",
+        "rounds",
+        "clinics",
+        POOLED_AUROC + " [95 % CI]",
+        MACRO_AUROC + " [95 % CI]",
+        "vs #1",
+        CLINIC_MEAN_AUROC,
+        "selected",
+        "÷ central",
+        "held-out clinic",
+        "simulated",
+        "warnings",
+        "submitted by",
+        "status",
+    )
     rows = []
     for row in board:
         clinics = {c["clinic"] for c in row.get("clinics", []) if c["phase"] != "holdout"}
-        rows.append([str(row["rank"]), row["experiment"], row["backbone"], row["weights"],
-                     row["strategy"], row.get("privacy", {}).get("mode", "none"),
-                     str(rounds_done(row)), str(len(clinics)),
-                     with_ci(row.get("pooled_auroc"), row.get("pooled")), macro_text(row), overlap_text(row),
-                     _num(row.get("clinic_mean_auroc")), selected_text(row), _num(row.get("vs_central")),
-                     holdout_text(row), row.get("simulated") or "-",
-                     "⚠ " + "; ".join(row["warnings"]) if row.get("warnings") else "-",
-                     row.get("submitted_by") or "-", row["status"]])
-    optional = {"privacy", MACRO_AUROC + " [95 % CI]", "÷ central", "held-out clinic", "simulated", "warnings",
-                "submitted by"}
-    keep = [i for i, col in enumerate(columns)
-            if col not in optional or any(r[i] not in ("-", "none") for r in rows)]
-    table = Table(title=f"radfed leaderboard (ranked by {POOLED_AUROC} of the final model; "
-                        f"≈ #1: its CI overlaps the leader's)")
-    numeric = ("#", "rounds", "clinics", POOLED_AUROC + " [95 % CI]", MACRO_AUROC + " [95 % CI]",
-               CLINIC_MEAN_AUROC, "÷ central")
+        rows.append(
+            [
+                str(row["rank"]),
+                row["experiment"],
+                row["backbone"],
+                row["weights"],
+                row["strategy"],
+                row.get("privacy", {}).get("mode", "none"),
+                str(rounds_done(row)),
+                str(len(clinics)),
+                with_ci(row.get("pooled_auroc"), row.get("pooled")),
+                macro_text(row),
+                overlap_text(row),
+                _num(row.get("clinic_mean_auroc")),
+                selected_text(row),
+                _num(row.get("vs_central")),
+                holdout_text(row),
+                row.get("simulated") or "-",
+                "⚠ " + "; ".join(row["warnings"]) if row.get("warnings") else "-",
+                row.get("submitted_by") or "-",
+                row["status"],
+            ]
+        )
+    optional = {
+        "privacy",
+        MACRO_AUROC + " [95 % CI]",
+        "÷ central",
+        "held-out clinic",
+        "simulated",
+        "warnings",
+        "submitted by",
+    }
+    keep = [i for i, col in enumerate(columns) if col not in optional or any(r[i] not in ("-", "none") for r in rows)]
+    table = Table(
+        title=f"radfed leaderboard (ranked by {POOLED_AUROC} of the final model; ≈ #1: its CI overlaps the leader's)"
+    )
+    numeric = (
+        "#",
+        "rounds",
+        "clinics",
+        POOLED_AUROC + " [95 % CI]",
+        MACRO_AUROC + " [95 % CI]",
+        CLINIC_MEAN_AUROC,
+        "÷ central",
+    )
     for i in keep:
         figure = columns[i] in numeric
         table.add_column(columns[i], justify="right" if figure else "left", no_wrap=figure)
@@ -179,7 +228,14 @@ def sweep_table(rows: list[dict], title: str = "sweep results") -> Table:
     for col in ("sweep", "backbone", "weights", "runs", "scored", "failed", "AUROC mean ± sd", "best"):
         table.add_column(col, justify="right" if col in ("runs", "scored", "failed", "best") else "left")
     for row in rows:
-        table.add_row(row["sweep"], row["backbone"], row["weight_source"], str(row["runs"]),
-                      str(row["scored"]), str(row["failed"]), mean_sd(row),
-                      f"{row['best']:.3f}" if row["best"] is not None else "-")
+        table.add_row(
+            row["sweep"],
+            row["backbone"],
+            row["weight_source"],
+            str(row["runs"]),
+            str(row["scored"]),
+            str(row["failed"]),
+            mean_sd(row),
+            f"{row['best']:.3f}" if row["best"] is not None else "-",
+        )
     return table

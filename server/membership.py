@@ -58,8 +58,7 @@ class MemberGrid(WrappedGrid):
         """Node id → clinic name of every active clinic with a registered key (None: anyone)."""
         if self.registry is None:
             return None
-        return {int(c.node_id): c.name for c in self.registry.clinics()
-                if c.status == "active" and c.node_id}
+        return {int(c.node_id): c.name for c in self.registry.clinics() if c.status == "active" and c.node_id}
 
     def get_node_ids(self) -> Iterable[int]:
         members = self.members()
@@ -74,8 +73,7 @@ class MemberGrid(WrappedGrid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return self._from_members(self._grid.pull_messages(message_ids))
 
-    def send_and_receive(self, messages: Iterable[Message], *,
-                         timeout: float | None = None) -> Iterable[Message]:
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Flower's exchange, pulling replies within half a second (server.round_trip)."""
         messages = self._to_members(messages)
         replies = send_and_receive(self._grid, messages, timeout=timeout)
@@ -100,8 +98,9 @@ class MemberGrid(WrappedGrid):
             if members is None or message.metadata.dst_node_id in members:
                 kept.append(message)
             else:
-                log.warning("not sending to node %s: not an active clinic in the register",
-                            message.metadata.dst_node_id)
+                log.warning(
+                    "not sending to node %s: not an active clinic in the register", message.metadata.dst_node_id
+                )
         return kept
 
     def _from_members(self, replies: Iterable[Message]) -> list[Message]:
@@ -114,8 +113,9 @@ class MemberGrid(WrappedGrid):
                 continue
             name = members.get(int(reply.metadata.src_node_id))
             if name is None:
-                log.warning("dropped a reply from node %s: not an active clinic in the register",
-                            reply.metadata.src_node_id)
+                log.warning(
+                    "dropped a reply from node %s: not an active clinic in the register", reply.metadata.src_node_id
+                )
                 continue
             if not reply.has_error():
                 relabel(reply.content, name)

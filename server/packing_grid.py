@@ -45,6 +45,5 @@ class PackingGrid(WrappedGrid):
                     del reply.content[name]
         return replies
 
-    def send_and_receive(self, messages: Iterable[Message], *,
-                         timeout: float | None = None) -> Iterable[Message]:
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return send_and_receive(self, messages, timeout=timeout)

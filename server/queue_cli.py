@@ -25,26 +25,35 @@ from rich.table import Table
 
 from radfed.cli_errors import fail as _fail
 
-HELP = "\n\n".join([
-    "Review and run the experiments researchers submitted from the dashboard.", "Examples:",
-    *(f"`{line.strip()}`" for line in __doc__.split("Examples:")[1].strip().splitlines())])
-queue_app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False,
-                        rich_markup_mode="markdown")
+HELP = "\n\n".join(
+    [
+        "Review and run the experiments researchers submitted from the dashboard.",
+        "Examples:",
+        *(f"`{line.strip()}`" for line in __doc__.split("Examples:")[1].strip().splitlines()),
+    ]
+)
+queue_app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, rich_markup_mode="markdown")
 out = Console()
 err = Console(stderr=True)
 
-DbOption = Annotated[str | None, typer.Option(
-    "--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")]
-ReviewerOption = Annotated[str | None, typer.Option(
-    "--reviewer", help="Who decides, for the record (default: this login's user name).")]
-ControlOption = Annotated[str, typer.Option(
-    help="The SuperLink's control door HOST:PORT (`coordinator superlink` prints it).")]
+DbOption = Annotated[
+    str | None, typer.Option("--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")
+]
+ReviewerOption = Annotated[
+    str | None, typer.Option("--reviewer", help="Who decides, for the record (default: this login's user name).")
+]
+ControlOption = Annotated[
+    str, typer.Option(help="The SuperLink's control door HOST:PORT (`coordinator superlink` prints it).")
+]
 CheckpointsOption = Annotated[Path | None, typer.Option(help="Checkpoint folder (default ~/.radfed/checkpoints).")]
 InsecureOption = Annotated[bool, typer.Option(help="Plaintext connection to a loopback SuperLink.")]
-CaOption = Annotated[Path | None, typer.Option(
-    help="CA certificate of the SuperLink (default ~/.radfed/pki/ca.crt).")]
-CredentialOption = Annotated[Path | None, typer.Option(
-    help="Coordinator credential (NAME.pem from `coordinator certs credential`) for a remote control door.")]
+CaOption = Annotated[Path | None, typer.Option(help="CA certificate of the SuperLink (default ~/.radfed/pki/ca.crt).")]
+CredentialOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Coordinator credential (NAME.pem from `coordinator certs credential`) for a remote control door."
+    ),
+]
 
 
 def _queue(db: str | None):
@@ -64,8 +73,9 @@ def _reviewer(name: str | None) -> str:
 @queue_app.command("list")
 def queue_list(
     db: DbOption = None,
-    status: Annotated[str | None, typer.Option(
-        help="Only this status: pending, approved, rejected, running, completed or failed.")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="Only this status: pending, approved, rejected, running, completed or failed.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable, with each spec.")] = False,
 ) -> None:
     """Submissions, oldest first: who, when, what, status, reviewer, the run once started.
@@ -91,15 +101,29 @@ def queue_list(
     for r in rows:
         when = (r["submitted_at"] or "")[:16].replace("T", " ")
         what = f"{r['backbone']}, {r['strategy']}, {r['rounds']} rounds"
-        table.add_row(*(escape(str(cell)) for cell in (
-            r["id"], r["name"], r["submitted_by"], when, what, r["status"], r["reviewer"] or "",
-            r["reason"] or r["error"] or "", r["run"] or "")))
+        table.add_row(
+            *(
+                escape(str(cell))
+                for cell in (
+                    r["id"],
+                    r["name"],
+                    r["submitted_by"],
+                    when,
+                    what,
+                    r["status"],
+                    r["reviewer"] or "",
+                    r["reason"] or r["error"] or "",
+                    r["run"] or "",
+                )
+            )
+        )
     out.print(table)
 
 
 @queue_app.command("show")
-def queue_show(sid: Annotated[int, typer.Argument(metavar="ID", help="The submission's id.")],
-               db: DbOption = None) -> None:
+def queue_show(
+    sid: Annotated[int, typer.Argument(metavar="ID", help="The submission's id.")], db: DbOption = None
+) -> None:
     """One submission with its whole spec (JSON), to review before approving.
 
     Example: `coordinator queue show 3`
@@ -197,8 +221,15 @@ def _check_connection(control, insecure, root_certificates, credential) -> None:
     connection(control, insecure, root_certificates, credential)
 
 
-def _run(queue, sid: int | None, control: str, checkpoints: Path | None, insecure: bool,
-         root_certificates: Path | None, credential: Path | None) -> None:
+def _run(
+    queue,
+    sid: int | None,
+    control: str,
+    checkpoints: Path | None,
+    insecure: bool,
+    root_certificates: Path | None,
+    credential: Path | None,
+) -> None:
     """Claim the submission (approved -> running), start and follow its run, record the outcome."""
     from radfed.experiment_queue import QueueError
     from server.run_steps import connection, follow_to_end, report, start
@@ -209,8 +240,11 @@ def _run(queue, sid: int | None, control: str, checkpoints: Path | None, insecur
     except QueueError as e:
         _fail(str(e), 2)
     if row is None:
-        err.print("no approved submission is waiting; `coordinator queue list --status pending` "
-                  "shows those to review", highlight=False, soft_wrap=True)
+        err.print(
+            "no approved submission is waiting; `coordinator queue list --status pending` shows those to review",
+            highlight=False,
+            soft_wrap=True,
+        )
         return
     sid = int(row.id)
     try:
@@ -218,13 +252,27 @@ def _run(queue, sid: int | None, control: str, checkpoints: Path | None, insecur
     except QueueError as e:
         queue.finish(sid, "failed", str(e))
         _fail(f"submission {sid} cannot run: {e}")
-    err.print(f"submission {sid} ({spec.name}) by {row.submitted_by}, approved by {row.reviewer}",
-              highlight=False, soft_wrap=True)
-    run_id = start(conn, queue.store, spec, checkpoints, what=f"submission {sid}: submitted",
-                   on_error=lambda _message: queue.release(sid))
+    err.print(
+        f"submission {sid} ({spec.name}) by {row.submitted_by}, approved by {row.reviewer}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    run_id = start(
+        conn,
+        queue.store,
+        spec,
+        checkpoints,
+        what=f"submission {sid}: submitted",
+        on_error=lambda _message: queue.release(sid),
+    )
     queue.link(sid, run_id)
-    status = follow_to_end(conn, queue.store, run_id, spec.rounds,
-                           on_interrupt=lambda: queue.finish(sid, "failed", "interrupted by the coordinator"))
+    status = follow_to_end(
+        conn,
+        queue.store,
+        run_id,
+        spec.rounds,
+        on_interrupt=lambda: queue.finish(sid, "failed", "interrupted by the coordinator"),
+    )
     queue.finish(sid, "completed" if status.get("status") == "completed" else "failed", status.get("error"))
     report(queue.store, status, run_id)
 

@@ -22,8 +22,10 @@ def stale_reason(flower_status: str | None) -> str | None:
     if flower_status is None:
         return LOST
     if flower_status.startswith("finished"):
-        return (f"Flower reports {flower_status} but the ServerApp did not record the end "
-                "(killed with the SuperLink?); `coordinator run --resume` continues it")
+        return (
+            f"Flower reports {flower_status} but the ServerApp did not record the end "
+            "(killed with the SuperLink?); `coordinator run --resume` continues it"
+        )
     return None
 
 

@@ -51,8 +51,9 @@ def pooled_validation(replies: list[ClinicReply]) -> dict[str, float | None]:
 
 def pooled_classes(replies: list[ClinicReply], labels: tuple[str, ...] | list[str]) -> dict | None:
     """Pooled per-class figures and their macro mean (None for a binary task)."""
-    return pooled_per_class([v.per_class for r in replies
-                             if (v := r.validation()) is not None and v.per_class is not None], labels)
+    return pooled_per_class(
+        [v.per_class for r in replies if (v := r.validation()) is not None and v.per_class is not None], labels
+    )
 
 
 def stored_scores(figures: ClinicValidation | None) -> dict[str, list[float]] | None:
@@ -69,8 +70,11 @@ def weighted_validation(replies: list[ClinicReply]) -> dict[str, float | None]:
     (the "clinic mean"; the headline is the pooled AUROC)."""
     out: dict[str, float | None] = {}
     figures = [v for r in replies if (v := r.validation()) is not None and v.examples > 0]
-    for key, read in (("val_loss", lambda v: v.loss), ("val_accuracy", lambda v: v.accuracy),
-                      ("val_auroc", lambda v: v.auroc)):
+    for key, read in (
+        ("val_loss", lambda v: v.loss),
+        ("val_accuracy", lambda v: v.accuracy),
+        ("val_auroc", lambda v: v.auroc),
+    ):
         pairs = [(read(v), v.examples) for v in figures if _finite(read(v)) is not None]
         total = sum(w for _, w in pairs)
         out[key] = sum(x * w for x, w in pairs) / total if total else None
@@ -80,10 +84,19 @@ def weighted_validation(replies: list[ClinicReply]) -> dict[str, float | None]:
 class RunRecorder:
     """Store writer for one run; implements strategies.recording.RoundRecorder."""
 
-    def __init__(self, store: Store, run_id: int, spec: ExperimentSpec, checkpoint_dir: Path,
-                 audit: Registry | None = None, flwr_run_id: str = "",
-                 frozen: dict[str, torch.Tensor] | None = None, key_order: list[str] | None = None,
-                 normalisation: str = "radimagenet", round_offset: int = 0):
+    def __init__(
+        self,
+        store: Store,
+        run_id: int,
+        spec: ExperimentSpec,
+        checkpoint_dir: Path,
+        audit: Registry | None = None,
+        flwr_run_id: str = "",
+        frozen: dict[str, torch.Tensor] | None = None,
+        key_order: list[str] | None = None,
+        normalisation: str = "radimagenet",
+        round_offset: int = 0,
+    ):
         """`frozen` (head-only rounds): the backbone tensors merged into every checkpoint,
         which then holds the full model in `key_order`."""
         self.store, self.run_id, self.spec = store, run_id, spec
@@ -102,8 +115,11 @@ class RunRecorder:
         self.normalisation = normalisation
         self.offset = round_offset  # a resumed run: the strategy's round 1 is round offset + 1
         if round_offset:  # a resumed run keeps the selection of its earlier rounds
-            kept = [(c["round"], c["metric_value"]) for c in store.checkpoints_of(run_id)
-                    if c["round"] == store.selected_round(run_id) and c["metric_value"] is not None]
+            kept = [
+                (c["round"], c["metric_value"])
+                for c in store.checkpoints_of(run_id)
+                if c["round"] == store.selected_round(run_id) and c["metric_value"] is not None
+            ]
             self.best = kept[0] if kept else None
         self._down: dict[tuple[int, str], dict[str, int]] = {}
         self._traffic: dict[int, list[int]] = {}  # round -> [bytes down, bytes up]
@@ -129,7 +145,8 @@ class RunRecorder:
 
     def _revoked(self, node_id: str) -> bool:
         return self.audit is not None and any(
-            c.node_id == str(node_id) and c.status == "revoked" for c in self.audit.clinics())
+            c.node_id == str(node_id) and c.status == "revoked" for c in self.audit.clinics()
+        )
 
     def clinic_replies(self, server_round: int, phase: str, replies: list[ClinicReply]) -> None:
         server_round += self.offset
@@ -146,8 +163,7 @@ class RunRecorder:
                 self._clinic_row(server_round, "train", reply, reply.num_examples, traffic=True)
                 self._audit("contributed", server_round, reply.clinic, reply.node_id, pending=True)
                 if "val_examples" in reply.metrics:
-                    self._clinic_row(server_round - 1, "evaluate", reply,
-                                     int(reply.metrics["val_examples"]))
+                    self._clinic_row(server_round - 1, "evaluate", reply, int(reply.metrics["val_examples"]))
             else:
                 self._clinic_row(server_round, "evaluate", reply, reply.num_examples, traffic=True)
 
@@ -164,12 +180,15 @@ class RunRecorder:
             if self._revoked(node_id):
                 kind, note = "revoked", f"revoked; not sent round {server_round}"
             else:
-                kind, note = "lost", (f"not connected when round {server_round} started "
-                                      f"(last reply in round {last}): no heartbeat")
+                kind, note = (
+                    "lost",
+                    (f"not connected when round {server_round} started (last reply in round {last}): no heartbeat"),
+                )
             log.warning("round %d: %s %s", server_round, name, note)
             self._audit(kind, server_round, name, node_id, detail=note)
-            self.store.record_clinic_result(self.run_id, server_round, name, node_id, kind, loss=None,
-                                            num_examples=0, note=note)
+            self.store.record_clinic_result(
+                self.run_id, server_round, name, node_id, kind, loss=None, num_examples=0, note=note
+            )
 
     def _data_card(self, reply: ClinicReply) -> None:
         """Keep a clinic's data mix for the dashboard: only the known card keys, as sent."""
@@ -185,9 +204,17 @@ class RunRecorder:
         log.warning("round %d: excluded %s: %s", server_round, reply.clinic, reason)
         self._excluded.add(str(reply.node_id))
         self._audit("excluded", server_round, reply.clinic, reply.node_id, detail=reason)
-        self.store.record_clinic_result(self.run_id, server_round, reply.clinic, reply.node_id,
-                                        "excluded", loss=None, num_examples=reply.num_examples,
-                                        device=reply.device, note=reason)
+        self.store.record_clinic_result(
+            self.run_id,
+            server_round,
+            reply.clinic,
+            reply.node_id,
+            "excluded",
+            loss=None,
+            num_examples=reply.num_examples,
+            device=reply.device,
+            note=reason,
+        )
 
     def late(self, server_round: int, node_id: str) -> None:
         """A clinic without a reply: revoked during the round, or late (the round timed out)."""
@@ -200,8 +227,9 @@ class RunRecorder:
             kind, note = "late", "no reply before the round timeout; not aggregated"
         log.warning("round %d: %s %s", server_round, name, note)
         self._audit(kind, server_round, name, node_id, detail=note)
-        self.store.record_clinic_result(self.run_id, server_round, name, node_id, kind, loss=None,
-                                        num_examples=0, note=note)
+        self.store.record_clinic_result(
+            self.run_id, server_round, name, node_id, kind, loss=None, num_examples=0, note=note
+        )
 
     def _failed(self, server_round: int, phase: str, reply: ClinicReply) -> None:
         """A clinic the SuperLink lost (no heartbeat) or whose ClientApp failed, by name."""
@@ -216,19 +244,28 @@ class RunRecorder:
             kind, note = "failed", f"{phase} failed at {at}: {' '.join(str(reply.error).split())[:200]}"
         log.warning("round %d: %s %s", server_round, name, note)
         self._audit(kind, server_round, name, reply.node_id, detail=note)
-        self.store.record_clinic_result(self.run_id, server_round, name, reply.node_id, kind, loss=None,
-                                        num_examples=0, note=note)
+        self.store.record_clinic_result(
+            self.run_id, server_round, name, reply.node_id, kind, loss=None, num_examples=0, note=note
+        )
 
-    def _audit(self, kind: str, server_round: int, clinic: str | None, node_id: str,
-               detail: str | None = None, pending: bool = False) -> None:
+    def _audit(
+        self,
+        kind: str,
+        server_round: int,
+        clinic: str | None,
+        node_id: str,
+        detail: str | None = None,
+        pending: bool = False,
+    ) -> None:
         """Audit trail rows; contributions wait until the guards have screened the round."""
         if self.audit is None:
             return
         if pending:
             self._pending.append((kind, server_round, clinic, node_id))
             return
-        self.audit.event(kind, clinic=clinic, node_id=node_id, flwr_run_id=self.flwr_run_id,
-                         server_round=server_round, detail=detail)
+        self.audit.event(
+            kind, clinic=clinic, node_id=node_id, flwr_run_id=self.flwr_run_id, server_round=server_round, detail=detail
+        )
 
     def _flush_contributions(self) -> None:
         for kind, server_round, clinic, node_id in self._pending:
@@ -236,18 +273,26 @@ class RunRecorder:
                 self._audit(kind, server_round, clinic, node_id)
         self._pending, self._excluded = [], set()
 
-    def _clinic_row(self, server_round: int, phase: str, reply: ClinicReply, examples: int,
-                    traffic: bool = False) -> None:
+    def _clinic_row(
+        self, server_round: int, phase: str, reply: ClinicReply, examples: int, traffic: bool = False
+    ) -> None:
         """One clinic's row; `traffic`: the row of the message exchange itself (bytes)."""
         figures = reply.validation() if phase == "evaluate" else None
         down = self._down.get((server_round, phase), {}).get(reply.node_id) if traffic else None
         self.store.record_clinic_result(
-            self.run_id, server_round, reply.clinic, reply.node_id, phase,
-            loss=_finite(figures.loss if figures else reply.metrics.get("train_loss")), num_examples=examples,
+            self.run_id,
+            server_round,
+            reply.clinic,
+            reply.node_id,
+            phase,
+            loss=_finite(figures.loss if figures else reply.metrics.get("train_loss")),
+            num_examples=examples,
             accuracy=_finite(figures.accuracy) if figures else None,
-            auroc=_finite(figures.auroc) if figures else None, device=reply.device,
+            auroc=_finite(figures.auroc) if figures else None,
+            device=reply.device,
             quality=figures.stored_quality() if figures else None,
-            bytes_down=down, bytes_up=reply.bytes_up if traffic else None,
+            bytes_down=down,
+            bytes_up=reply.bytes_up if traffic else None,
             per_class=figures.stored_per_class(self.spec.labels) if figures else None,
             scores=stored_scores(figures),
         )
@@ -258,8 +303,16 @@ class RunRecorder:
         server_round += self.offset
         if reply.error:
             log.warning("holdout evaluation at %s failed: %s", reply.clinic, reply.error)
-            self.store.record_clinic_result(self.run_id, server_round, reply.clinic, reply.node_id,
-                                            "holdout", loss=None, num_examples=0, note=reply.error)
+            self.store.record_clinic_result(
+                self.run_id,
+                server_round,
+                reply.clinic,
+                reply.node_id,
+                "holdout",
+                loss=None,
+                num_examples=0,
+                note=reply.error,
+            )
             return
         figures = reply.validation()
         quality = figures.stored_quality() if figures else {}
@@ -268,27 +321,37 @@ class RunRecorder:
         if cut is not None and figures and figures.summary.get("hist_keys"):
             # the federation's operating point, not the clinic's own
             sens, spec = operating_point(figures.summary, cut)
-            quality.update(threshold=pooled.get("threshold"), threshold_logit=cut,
-                           sensitivity=_finite(sens), specificity=_finite(spec))
+            quality.update(
+                threshold=pooled.get("threshold"),
+                threshold_logit=cut,
+                sensitivity=_finite(sens),
+                specificity=_finite(spec),
+            )
         self.store.record_clinic_result(
-            self.run_id, server_round, reply.clinic, reply.node_id, "holdout",
-            loss=_finite(figures.loss) if figures else None, num_examples=reply.num_examples,
+            self.run_id,
+            server_round,
+            reply.clinic,
+            reply.node_id,
+            "holdout",
+            loss=_finite(figures.loss) if figures else None,
+            num_examples=reply.num_examples,
             accuracy=_finite(figures.accuracy) if figures else None,
             auroc=_finite(figures.auroc) if figures else None,
-            device=reply.device, quality=quality or None,
+            device=reply.device,
+            quality=quality or None,
             per_class=figures.stored_per_class(self.spec.labels) if figures else None,
             scores=stored_scores(figures),
         )
 
-    def round_metrics(self, server_round: int, phase: str, metrics: MetricRecord | None,
-                      replies: list[ClinicReply]) -> None:
+    def round_metrics(
+        self, server_round: int, phase: str, metrics: MetricRecord | None, replies: list[ClinicReply]
+    ) -> None:
         server_round += self.offset
         ok = [r for r in replies if not r.error]
         if phase == "train":
             self._flush_contributions()
             if metrics is not None and "train_loss" in metrics:
-                self.store.record_round(self.run_id, server_round,
-                                        train_loss=_finite(float(metrics["train_loss"])))
+                self.store.record_round(self.run_id, server_round, train_loss=_finite(float(metrics["train_loss"])))
             received = [r for r in ok if "val_examples" in r.metrics]
             if received:
                 self._validation(server_round - 1, received)
@@ -303,9 +366,14 @@ class RunRecorder:
         self.val_auroc[server_round] = pooled.get("auroc")
         self.pooled[server_round] = pooled
         self.store.record_round(
-            self.run_id, server_round, **values, pooled=pooled or None,
-            per_class=pooled_classes(replies, self.spec.labels), num_clinics=len(replies),
-            num_examples=int(sum(v.examples for r in replies if (v := r.validation()) is not None)))
+            self.run_id,
+            server_round,
+            **values,
+            pooled=pooled or None,
+            per_class=pooled_classes(replies, self.spec.labels),
+            num_clinics=len(replies),
+            num_examples=int(sum(v.examples for r in replies if (v := r.validation()) is not None)),
+        )
         self.store.set_checkpoint_metric(self.run_id, server_round, pooled.get("auroc"))
         score = pooled.get("auroc")
         self._evaluated = max(self._evaluated, server_round)
@@ -320,9 +388,11 @@ class RunRecorder:
         if self.best is None or self._evaluated - self.best[0] < patience:
             return False
         self.stopped_at = server_round
-        note = (f"stopped early after round {server_round}: pooled AUROC not better than round "
-                f"{self.best[0]}'s {self.best[1]:.3f} for {self._evaluated - self.best[0]} rounds "
-                f"(patience {patience})")
+        note = (
+            f"stopped early after round {server_round}: pooled AUROC not better than round "
+            f"{self.best[0]}'s {self.best[1]:.3f} for {self._evaluated - self.best[0]} rounds "
+            f"(patience {patience})"
+        )
         log.info("%s", note)
         self.store.stop_early(self.run_id, server_round, note)
         return True
@@ -340,15 +410,20 @@ class RunRecorder:
         if self.frozen:  # head-only rounds: the checkpoint is still the whole model
             merged = {**self.frozen, **state}
             state = {k: merged[k] for k in (self.key_order or merged)}
-        torch.save({"state_dict": state, "round": server_round, "spec": self.spec.to_json(),
-                    "normalisation": self.normalisation}, path)
+        torch.save(
+            {
+                "state_dict": state,
+                "round": server_round,
+                "spec": self.spec.to_json(),
+                "normalisation": self.normalisation,
+            },
+            path,
+        )
         metric = self.val_auroc.get(server_round)
-        self.store.record_checkpoint(self.run_id, server_round, str(path), sha256_file(path),
-                                     "pooled_auroc", metric)
+        self.store.record_checkpoint(self.run_id, server_round, str(path), sha256_file(path), "pooled_auroc", metric)
         duration = time.monotonic() - self._round_started
         down, up = self._traffic.get(server_round, (None, None))
-        self.store.record_round(self.run_id, server_round, duration_s=duration,
-                                bytes_down=down, bytes_up=up)
+        self.store.record_round(self.run_id, server_round, duration_s=duration, bytes_down=down, bytes_up=up)
         self._round_started = time.monotonic()
         log.info("round %d checkpoint %s (pooled AUROC=%s, %.1f s)", server_round, path, metric, duration)
         return None

@@ -29,16 +29,20 @@ from rich.table import Table
 
 from radfed.cli_errors import fail as _fail
 
-HELP = "\n\n".join([
-    "Dashboard accounts: who may look at results and submit experiments.", "Examples:",
-    *(f"`{line.strip()}`" for line in __doc__.split("Examples:")[1].strip().splitlines())])
-researcher_app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False,
-                             rich_markup_mode="markdown")
+HELP = "\n\n".join(
+    [
+        "Dashboard accounts: who may look at results and submit experiments.",
+        "Examples:",
+        *(f"`{line.strip()}`" for line in __doc__.split("Examples:")[1].strip().splitlines()),
+    ]
+)
+researcher_app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, rich_markup_mode="markdown")
 out = Console()
 err = Console(stderr=True)
 
-DbOption = Annotated[str | None, typer.Option(
-    "--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")]
+DbOption = Annotated[
+    str | None, typer.Option("--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")
+]
 NameArgument = Annotated[str, typer.Argument(help="Login name (or the e-mail address an OIDC provider vouches for).")]
 
 
@@ -55,12 +59,23 @@ def _researchers(db: str | None):
 @researcher_app.command("add")
 def researcher_add(
     name: NameArgument,
-    stdin: Annotated[bool, typer.Option("--stdin", help="Read the secret from the first line of stdin "
-                                        "(12+ characters) instead of generating one.")] = False,
-    oidc: Annotated[bool, typer.Option("--oidc", help="An OIDC account: no secret; the identity provider "
-                                       "configured in .streamlit/secrets.toml [auth] vouches for NAME (its e-mail).")] = False,
-    reset: Annotated[bool, typer.Option("--reset", help="The account exists: new secret, enabled again, "
-                                        "failed logins forgotten.")] = False,
+    stdin: Annotated[
+        bool,
+        typer.Option(
+            "--stdin", help="Read the secret from the first line of stdin (12+ characters) instead of generating one."
+        ),
+    ] = False,
+    oidc: Annotated[
+        bool,
+        typer.Option(
+            "--oidc",
+            help="An OIDC account: no secret; the identity provider "
+            "configured in .streamlit/secrets.toml [auth] vouches for NAME (its e-mail).",
+        ),
+    ] = False,
+    reset: Annotated[
+        bool, typer.Option("--reset", help="The account exists: new secret, enabled again, failed logins forgotten.")
+    ] = False,
     db: DbOption = None,
 ) -> None:
     """Create a researcher account; a generated secret is printed once (stdout).
@@ -87,12 +102,19 @@ def researcher_add(
     except AccountError as e:
         _fail(str(e), 2)
     if oidc:
-        err.print(f"researcher {name}: OIDC account; logs in with the identity provider", highlight=False, soft_wrap=True)
+        err.print(
+            f"researcher {name}: OIDC account; logs in with the identity provider", highlight=False, soft_wrap=True
+        )
     elif stdin:
-        err.print(f"researcher {name}: secret from stdin stored (as a salted hash only)", highlight=False, soft_wrap=True)
+        err.print(
+            f"researcher {name}: secret from stdin stored (as a salted hash only)", highlight=False, soft_wrap=True
+        )
     else:
-        err.print(f"researcher {name}: this secret is shown once; hand it over like a password:",
-                  highlight=False, soft_wrap=True)
+        err.print(
+            f"researcher {name}: this secret is shown once; hand it over like a password:",
+            highlight=False,
+            soft_wrap=True,
+        )
         print(given)
 
 
@@ -114,8 +136,9 @@ def researcher_list(
     for col in columns:
         table.add_column(col)
     for r in rows:
-        table.add_row(*(escape("" if r[c] is None else str(r[c])[:19] if c.endswith("_at") else str(r[c]))
-                        for c in columns))
+        table.add_row(
+            *(escape("" if r[c] is None else str(r[c])[:19] if c.endswith("_at") else str(r[c])) for c in columns)
+        )
     out.print(table)
 
 

@@ -41,8 +41,12 @@ class ResumePoint:
 
     def run_config(self) -> dict[str, str | int]:
         """The extra run-config keys the ServerApp reads to continue the run."""
-        return {"resume-run": self.run_id, "resume-round": self.round,
-                "resume-checkpoint": str(self.checkpoint), "resume-sha256": self.sha256}
+        return {
+            "resume-run": self.run_id,
+            "resume-round": self.round,
+            "resume-checkpoint": str(self.checkpoint),
+            "resume-sha256": self.sha256,
+        }
 
 
 def resume_point(store: Store, flwr_run_id: str) -> ResumePoint:
@@ -55,19 +59,32 @@ def resume_point(store: Store, flwr_run_id: str) -> ResumePoint:
     if run.status == "completed":
         raise ResumeError(f"run {flwr_run_id} completed; nothing to resume")
     if run.status == "running":
-        raise ResumeError(f"run {flwr_run_id} is still running; follow it with `coordinator run --attach "
-                          f"{run.flwr_run_id}`, or wait until the SuperLink marks it failed")
+        raise ResumeError(
+            f"run {flwr_run_id} is still running; follow it with `coordinator run --attach "
+            f"{run.flwr_run_id}`, or wait until the SuperLink marks it failed"
+        )
     spec_json = store.experiment_spec(run.experiment_id)
     for ckpt in store.checkpoints_of(int(run.id)):  # type: ignore[arg-type]
         path = Path(ckpt["path"])
         if path.is_file() and sha256_file(path) == ckpt["sha256"]:
             if ckpt["round"] >= run.rounds_planned:
-                raise ResumeError(f"run {flwr_run_id} has all {run.rounds_planned} rounds checkpointed; "
-                                  "nothing to resume")
-            return ResumePoint(int(run.id), run.flwr_run_id, spec_json, run.holdout or "",  # type: ignore[arg-type]
-                               ckpt["round"], run.rounds_planned, path, ckpt["sha256"])
-    raise ResumeError(f"run {flwr_run_id} has no intact checkpoint (none written, or the files are "
-                      "missing or changed); start it again with `coordinator run`")
+                raise ResumeError(
+                    f"run {flwr_run_id} has all {run.rounds_planned} rounds checkpointed; nothing to resume"
+                )
+            return ResumePoint(
+                int(run.id),
+                run.flwr_run_id,
+                spec_json,
+                run.holdout or "",  # type: ignore[arg-type]
+                ckpt["round"],
+                run.rounds_planned,
+                path,
+                ckpt["sha256"],
+            )
+    raise ResumeError(
+        f"run {flwr_run_id} has no intact checkpoint (none written, or the files are "
+        "missing or changed); start it again with `coordinator run`"
+    )
 
 
 def load_checkpoint(path: str | Path, sha256: str) -> dict[str, torch.Tensor]:

@@ -24,8 +24,9 @@ MAX_PAUSE_S = 0.5
 GROWTH = 1.5
 
 
-def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float | None = None,
-                     sleep=time.sleep) -> list[Message]:
+def send_and_receive(
+    grid: Grid, messages: Iterable[Message], timeout: float | None = None, sleep=time.sleep
+) -> list[Message]:
     """Push `messages`, then pull until every one has a reply or `timeout` seconds pass
     (None: wait for all, as Flower does). Returns the replies received."""
     waiting = set(grid.push_messages(messages))

@@ -22,8 +22,7 @@ from server.launch import Connection, LaunchError, follow, stop, submit
 err = Console(stderr=True)
 
 
-def connection(control: str, insecure: bool, root_certificates: Path | None,
-               credential: Path | None) -> Connection:
+def connection(control: str, insecure: bool, root_certificates: Path | None, credential: Path | None) -> Connection:
     """How to reach the control door: the coordinator's CA by default, a credential for a
     remote door; exits 2 when neither TLS material nor --insecure is there."""
     if not insecure and not root_certificates:
@@ -31,11 +30,17 @@ def connection(control: str, insecure: bool, root_certificates: Path | None,
 
         root_certificates = default_certs() / "ca.crt"
         if not root_certificates.is_file():
-            fail("pass --root-certificates CA.crt for a TLS SuperLink (none in ~/.radfed/pki), "
-                 "or --insecure for a loopback one", 2)
+            fail(
+                "pass --root-certificates CA.crt for a TLS SuperLink (none in ~/.radfed/pki), "
+                "or --insecure for a loopback one",
+                2,
+            )
     if credential and not (credential.is_file() and credential.with_suffix(".key").is_file()):
-        fail(f"{credential}: no coordinator credential there (NAME.pem with NAME.key beside it); "
-             "issue one with `coordinator certs credential NAME`", 2)
+        fail(
+            f"{credential}: no coordinator credential there (NAME.pem with NAME.key beside it); "
+            "issue one with `coordinator certs credential NAME`",
+            2,
+        )
     return Connection(control, radfed_home() / "flwr-cli", insecure, root_certificates, credential)
 
 
@@ -50,14 +55,22 @@ def check_spec(spec: ExperimentSpec, source: str) -> None:
         fail(f"{source}: {e}", 2)
 
 
-def start(conn: Connection, store: Store, spec: ExperimentSpec, checkpoints: Path | None,
-          holdout: str = "", extra: dict | None = None, what: str = "submitted",
-          on_error: Callable[[str], None] | None = None) -> str:
+def start(
+    conn: Connection,
+    store: Store,
+    spec: ExperimentSpec,
+    checkpoints: Path | None,
+    holdout: str = "",
+    extra: dict | None = None,
+    what: str = "submitted",
+    on_error: Callable[[str], None] | None = None,
+) -> str:
     """Submit the run; returns Flower's run id. A refusal (SuperLink down...) calls
     `on_error(message)` first, then exits 1."""
     try:
-        run_id = submit(conn, spec, store.url, checkpoints or radfed_home() / "checkpoints",
-                        holdout=holdout, extra=extra)
+        run_id = submit(
+            conn, spec, store.url, checkpoints or radfed_home() / "checkpoints", holdout=holdout, extra=extra
+        )
     except LaunchError as e:
         if on_error:
             on_error(str(e))
@@ -66,8 +79,9 @@ def start(conn: Connection, store: Store, spec: ExperimentSpec, checkpoints: Pat
     return run_id
 
 
-def follow_to_end(conn: Connection, store: Store, run_id: str, rounds: int,
-                  on_interrupt: Callable[[], None] | None = None) -> dict:
+def follow_to_end(
+    conn: Connection, store: Store, run_id: str, rounds: int, on_interrupt: Callable[[], None] | None = None
+) -> dict:
     """Rounds as a progress bar until the run ends; Ctrl-C stops the run (and exits 130)."""
     try:
         return follow(conn, store, run_id, rounds)

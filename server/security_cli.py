@@ -24,17 +24,21 @@ from rich.table import Table
 
 from radfed.cli_errors import fail as _fail
 
-certs_app = typer.Typer(help="The federation's private CA and the SuperLink's TLS certificate.",
-                        no_args_is_help=True, add_completion=False)
-clinic_app = typer.Typer(help="Enrol, list and revoke clinics (node keys for SuperNode authentication).",
-                         no_args_is_help=True, add_completion=False)
+certs_app = typer.Typer(
+    help="The federation's private CA and the SuperLink's TLS certificate.", no_args_is_help=True, add_completion=False
+)
+clinic_app = typer.Typer(
+    help="Enrol, list and revoke clinics (node keys for SuperNode authentication).",
+    no_args_is_help=True,
+    add_completion=False,
+)
 out = Console()
 err = Console(stderr=True)
 
-CertsOption = Annotated[Path | None, typer.Option(
-    "--certs", help="Certificate folder (default ~/.radfed/pki).")]
-DbOption = Annotated[str | None, typer.Option(
-    "--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")]
+CertsOption = Annotated[Path | None, typer.Option("--certs", help="Certificate folder (default ~/.radfed/pki).")]
+DbOption = Annotated[
+    str | None, typer.Option("--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")
+]
 
 
 def _certs(folder: Path | None):
@@ -73,13 +77,18 @@ def certs_init(
     except PkiError as e:
         _fail(str(e))
     info = cert_summary(load_cert(paths.server_cert.read_bytes(), str(paths.server_cert)))
-    err.print(f"CA and SuperLink certificate written to {paths.folder} (valid until {info['not_after']}, "
-              f"hosts {info['hosts']})", highlight=False, soft_wrap=True)
+    err.print(
+        f"CA and SuperLink certificate written to {paths.folder} (valid until {info['not_after']}, "
+        f"hosts {info['hosts']})",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @certs_app.command("show")
-def certs_show(certs: CertsOption = None,
-               as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False) -> None:
+def certs_show(
+    certs: CertsOption = None, as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False
+) -> None:
     """Show the CA and SuperLink certificates: subject, validity, hosts, fingerprint.
 
     Example: `coordinator certs show --json`
@@ -89,8 +98,10 @@ def certs_show(certs: CertsOption = None,
     paths = _certs(certs)
     if not paths.complete():
         _fail(f"no certificates in {paths.folder}; run `coordinator certs init` first")
-    info = {name: cert_summary(load_cert(p.read_bytes(), str(p)))
-            for name, p in (("ca", paths.ca_cert), ("superlink", paths.server_cert))}
+    info = {
+        name: cert_summary(load_cert(p.read_bytes(), str(p)))
+        for name, p in (("ca", paths.ca_cert), ("superlink", paths.server_cert))
+    }
     print(json.dumps(info, indent=2)) if as_json else out.print_json(data=info)
 
 
@@ -127,8 +138,12 @@ def certs_credential(
 @clinic_app.command("add")
 def clinic_add(
     name: Annotated[str, typer.Argument(help="The clinic's name (letters, digits, '-', '_').")],
-    superlink: Annotated[str, typer.Option(help="Address HOST:PORT clinics dial (must be in the certificate).")] = "127.0.0.1:9092",
-    out_path: Annotated[Path | None, typer.Option("--out", help="Bundle file or folder (default ./NAME.radfed).")] = None,
+    superlink: Annotated[
+        str, typer.Option(help="Address HOST:PORT clinics dial (must be in the certificate).")
+    ] = "127.0.0.1:9092",
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="Bundle file or folder (default ./NAME.radfed).")
+    ] = None,
     certs: CertsOption = None,
     db: DbOption = None,
 ) -> None:
@@ -145,15 +160,23 @@ def clinic_add(
         path = add_clinic(_registry(db), name, superlink, _certs(certs), out_path)
     except EnrolmentError as e:
         _fail(str(e))
-    err.print(f"enrolled clinic [bold]{name}[/]: bundle {path} (0600); at the clinic run "
-              f"`client-node start --bundle {path.name} --data DIR`", highlight=False, soft_wrap=True)
+    err.print(
+        f"enrolled clinic [bold]{name}[/]: bundle {path} (0600); at the clinic run "
+        f"`client-node start --bundle {path.name} --data DIR`",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @clinic_app.command("readmit")
 def clinic_readmit(
     name: Annotated[str, typer.Argument(help="The revoked clinic to let back in.")],
-    superlink: Annotated[str, typer.Option(help="Address HOST:PORT clinics dial (must be in the certificate).")] = "127.0.0.1:9092",
-    out_path: Annotated[Path | None, typer.Option("--out", help="Bundle file or folder (default ./NAME.radfed).")] = None,
+    superlink: Annotated[
+        str, typer.Option(help="Address HOST:PORT clinics dial (must be in the certificate).")
+    ] = "127.0.0.1:9092",
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="Bundle file or folder (default ./NAME.radfed).")
+    ] = None,
     certs: CertsOption = None,
     db: DbOption = None,
 ) -> None:
@@ -169,21 +192,33 @@ def clinic_readmit(
         path = readmit_clinic(_registry(db), name, superlink, _certs(certs), out_path)
     except EnrolmentError as e:
         _fail(str(e))
-    err.print(f"re-admitted clinic [bold]{name}[/] with a new key: bundle {path} (0600); at the clinic run "
-              f"`client-node start --bundle {path.name} --data DIR`", highlight=False, soft_wrap=True)
+    err.print(
+        f"re-admitted clinic [bold]{name}[/] with a new key: bundle {path} (0600); at the clinic run "
+        f"`client-node start --bundle {path.name} --data DIR`",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @clinic_app.command("list")
-def clinic_list(db: DbOption = None,
-                as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False) -> None:
+def clinic_list(
+    db: DbOption = None, as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False
+) -> None:
     """Every enrolled clinic with its key fingerprint, status and SuperLink node id.
 
     Example: `coordinator clinic list --json`
     """
-    rows = [{"name": c.name, "status": c.status, "fingerprint": c.fingerprint, "node_id": c.node_id,
-             "enrolled_at": c.enrolled_at.isoformat(),
-             "revoked_at": c.revoked_at.isoformat() if c.revoked_at else None}
-            for c in _registry(db).clinics()]
+    rows = [
+        {
+            "name": c.name,
+            "status": c.status,
+            "fingerprint": c.fingerprint,
+            "node_id": c.node_id,
+            "enrolled_at": c.enrolled_at.isoformat(),
+            "revoked_at": c.revoked_at.isoformat() if c.revoked_at else None,
+        }
+        for c in _registry(db).clinics()
+    ]
     _print_rows(rows, ("name", "status", "fingerprint", "node_id", "enrolled_at"), "clinics", as_json)
 
 
@@ -208,8 +243,10 @@ def audit(
     db: DbOption = None,
     kind: Annotated[str | None, typer.Option(help="Only this kind of event (e.g. excluded, connected).")] = None,
     clinic: Annotated[str | None, typer.Option(help="Only this clinic's events.")] = None,
-    researcher: Annotated[str | None, typer.Option(
-        help="Only this researcher's events (logins, downloads, submissions and their review).")] = None,
+    researcher: Annotated[
+        str | None,
+        typer.Option(help="Only this researcher's events (logins, downloads, submissions and their review)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
 ) -> None:
     """The audit trail: enrolments, revocations, connections, contributions, exclusions;
@@ -250,4 +287,3 @@ def mount(app: typer.Typer) -> None:
     app.add_typer(certs_app, name="certs")
     app.add_typer(clinic_app, name="clinic")
     app.command("audit")(audit)
-

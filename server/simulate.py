@@ -116,8 +116,13 @@ def _environment(map_path: Path):
 
 def _follow(store: Store, clock: RoundClock, rounds: int, peak, done: threading.Event, console: Console) -> None:
     """Progress bar: rounds recorded, last round's wall time, peak memory of the tree."""
-    columns = (TextColumn("[bold]simulate"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("rounds  {task.fields[note]}"), TimeElapsedColumn())
+    columns = (
+        TextColumn("[bold]simulate"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rounds  {task.fields[note]}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("rounds", total=rounds, note="starting Ray and the ServerApp")
         while True:
@@ -131,8 +136,11 @@ def _follow(store: Store, clock: RoundClock, rounds: int, peak, done: threading.
             while len(clock.rounds_done_at) < min(recorded, rounds):
                 clock.rounds_done_at.append(time.monotonic())
             last = clock.round_seconds()[-1:] or ["-"]
-            bar.update(task, completed=min(recorded, rounds),
-                       note=f"last round {last[0]} s, peak memory {peak.total_mb / 1024:.1f} GB")
+            bar.update(
+                task,
+                completed=min(recorded, rounds),
+                note=f"last round {last[0]} s, peak memory {peak.total_mb / 1024:.1f} GB",
+            )
             if finished:
                 return
 
@@ -144,33 +152,54 @@ def run_simulation_here(opts: SimulateOptions, console: Console) -> dict:
     from client_node.app import app as client_app
 
     if opts.spec.min_clinics > opts.clinics:
-        raise ValueError(f"the experiment needs min_clinics = {opts.spec.min_clinics}; "
-                         f"simulate at least that many clinics (--clinics)")
+        raise ValueError(
+            f"the experiment needs min_clinics = {opts.spec.min_clinics}; "
+            f"simulate at least that many clinics (--clinics)"
+        )
     t0 = time.monotonic()
     sites = pooled_sites(opts, console.print)
     with console.status("reading the pooled data and writing the virtual clinics") as status:
-        fed = prepare(sites, opts.spec, opts.clinics, opts.partition, opts.workdir / "federation",
-                      seed=opts.seed, threads=max(1, int(opts.cpus_per_clinic)),
-                      progress=lambda text: status.update(text))
+        fed = prepare(
+            sites,
+            opts.spec,
+            opts.clinics,
+            opts.partition,
+            opts.workdir / "federation",
+            seed=opts.seed,
+            threads=max(1, int(opts.cpus_per_clinic)),
+            progress=lambda text: status.update(text),
+        )
     setup_s = time.monotonic() - t0
-    console.print(f"{fed.describe(opts.partition)}: {fed.n_patients} patients from {fed.n_sites} sites, "
-                  f"{min(c['patients'] for c in fed.clinics)}-{max(c['patients'] for c in fed.clinics)} "
-                  f"patients a clinic; partition map {fed.map_path}", highlight=False)
+    console.print(
+        f"{fed.describe(opts.partition)}: {fed.n_patients} patients from {fed.n_sites} sites, "
+        f"{min(c['patients'] for c in fed.clinics)}-{max(c['patients'] for c in fed.clinics)} "
+        f"patients a clinic; partition map {fed.map_path}",
+        highlight=False,
+    )
     store = Store(opts.db_url)
     clock = RoundClock()
-    run_config = {"spec": opts.spec.to_json(), "database-url": store.url,
-                  "checkpoint-dir": str(Path(opts.checkpoints).resolve()), "holdout": "",
-                  "simulated": fed.describe(opts.partition)}
+    run_config = {
+        "spec": opts.spec.to_json(),
+        "database-url": store.url,
+        "checkpoint-dir": str(Path(opts.checkpoints).resolve()),
+        "holdout": "",
+        "simulated": fed.describe(opts.partition),
+    }
     backend = {"client_resources": {"num_cpus": opts.cpus_per_clinic, "num_gpus": 0.0}}
     done, error = threading.Event(), ""
     t1 = time.monotonic()
     with _environment(fed.map_path), TreeSampler() as peak:
-        follower = threading.Thread(target=_follow, args=(store, clock, opts.spec.rounds, peak, done, console),
-                                    daemon=True)
+        follower = threading.Thread(
+            target=_follow, args=(store, clock, opts.spec.rounds, peak, done, console), daemon=True
+        )
         follower.start()
         try:
-            run_simulation(server_app=simulation_server_app(run_config, clock), client_app=client_app,
-                           num_supernodes=opts.clinics, backend_config=backend)
+            run_simulation(
+                server_app=simulation_server_app(run_config, clock),
+                client_app=client_app,
+                num_supernodes=opts.clinics,
+                backend_config=backend,
+            )
         except Exception as err:  # noqa: BLE001 - the store says what failed; summarised below
             error = f"{type(err).__name__}: {err}".splitlines()[0]
         finally:
@@ -179,21 +208,38 @@ def run_simulation_here(opts: SimulateOptions, console: Console) -> dict:
     return _summary(opts, fed, store, clock, peak.as_dict(), setup_s, time.monotonic() - t1, error)
 
 
-def _summary(opts: SimulateOptions, fed: VirtualFederation, store: Store, clock: RoundClock,
-             memory: dict, setup_s: float, simulation_s: float, error: str) -> dict:
+def _summary(
+    opts: SimulateOptions,
+    fed: VirtualFederation,
+    store: Store,
+    clock: RoundClock,
+    memory: dict,
+    setup_s: float,
+    simulation_s: float,
+    error: str,
+) -> dict:
     status = store.run_status(clock.flwr_run_id) if clock.flwr_run_id else None
     status = status or {}
     entry = run_entry(store, clock.flwr_run_id) if status else None
     recorded = [r.get("duration_s") for r in (entry or {}).get("rounds", []) if r.get("server_round", 0) > 0]
     return {
-        "clinics": opts.clinics, "partition": str(opts.partition), "rounds": opts.spec.rounds,
-        "backbone": opts.spec.backbone, "image_size": opts.spec.image_size,
-        "patients": fed.n_patients, "images": sum(c["images"] for c in fed.clinics),
-        "flwr_run_id": clock.flwr_run_id, "run_id": status.get("run_id"),
-        "status": status.get("status", "failed"), "error": status.get("error") or error or None,
+        "clinics": opts.clinics,
+        "partition": str(opts.partition),
+        "rounds": opts.spec.rounds,
+        "backbone": opts.spec.backbone,
+        "image_size": opts.spec.image_size,
+        "patients": fed.n_patients,
+        "images": sum(c["images"] for c in fed.clinics),
+        "flwr_run_id": clock.flwr_run_id,
+        "run_id": status.get("run_id"),
+        "status": status.get("status", "failed"),
+        "error": status.get("error") or error or None,
         "final_auroc": status.get("final_auroc"),
-        "setup_s": round(setup_s, 1), "simulation_s": round(simulation_s, 1),
+        "setup_s": round(setup_s, 1),
+        "simulation_s": round(simulation_s, 1),
         "round_s": clock.round_seconds(),
         "recorded_round_s": [round(d, 1) if d is not None else None for d in recorded],
-        "peak_memory": memory, "cpus_per_clinic": opts.cpus_per_clinic, "cpus": os.cpu_count(),
+        "peak_memory": memory,
+        "cpus_per_clinic": opts.cpus_per_clinic,
+        "cpus": os.cpu_count(),
     }

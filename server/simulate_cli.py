@@ -21,22 +21,33 @@ err = Console(stderr=True)
 def simulate_command(
     experiment: Annotated[Path, typer.Argument(help="Experiment TOML file (as for `coordinator run`).")],
     clinics: Annotated[int, typer.Option(min=1, help="Number of virtual clinics.")] = 10,
-    partition: Annotated[str, typer.Option(
-        help="How patients are dealt into clinics: iid, dirichlet:ALPHA (label skew; 0.1 strong, "
-             "100 mild) or by-site (each --data folder kept apart; --clinics a multiple of the sites).")] = "iid",
-    data: Annotated[list[Path] | None, typer.Option(
-        help="A site's folder of consented pooled DICOM (labels.csv or class folders); repeatable.")] = None,
-    generate: Annotated[str | None, typer.Option(
-        help="Generate the pooled data instead: demo, nodules or effusion (3 sites).")] = None,
+    partition: Annotated[
+        str,
+        typer.Option(
+            help="How patients are dealt into clinics: iid, dirichlet:ALPHA (label skew; 0.1 strong, "
+            "100 mild) or by-site (each --data folder kept apart; --clinics a multiple of the sites)."
+        ),
+    ] = "iid",
+    data: Annotated[
+        list[Path] | None,
+        typer.Option(help="A site's folder of consented pooled DICOM (labels.csv or class folders); repeatable."),
+    ] = None,
+    generate: Annotated[
+        str | None, typer.Option(help="Generate the pooled data instead: demo, nodules or effusion (3 sites).")
+    ] = None,
     patients: Annotated[int, typer.Option(min=2, help="Generated patients in all (with --generate).")] = 300,
-    workdir: Annotated[Path | None, typer.Option(
-        help="Folder for generated data and the virtual clinics (default ~/.radfed/simulate).")] = None,
-    checkpoints: Annotated[Path | None, typer.Option(
-        help="Checkpoint folder (default ~/.radfed/checkpoints).")] = None,
-    cpus_per_clinic: Annotated[float, typer.Option(
-        min=0.1, help="CPU cores Ray gives each ClientApp worker (and its torch threads).")] = 1.0,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(help="Folder for generated data and the virtual clinics (default ~/.radfed/simulate)."),
+    ] = None,
+    checkpoints: Annotated[Path | None, typer.Option(help="Checkpoint folder (default ~/.radfed/checkpoints).")] = None,
+    cpus_per_clinic: Annotated[
+        float, typer.Option(min=0.1, help="CPU cores Ray gives each ClientApp worker (and its torch threads).")
+    ] = 1.0,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the partition (and of generated data).")] = 0,
-    db: Annotated[str | None, typer.Option("--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")] = None,
+    db: Annotated[
+        str | None, typer.Option("--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary (times, memory) as JSON.")] = False,
 ) -> None:
     """Run an experiment on N virtual clinics with Flower's simulation engine (Ray).
@@ -78,22 +89,35 @@ def simulate_command(
         _fail(str(e), 2)
     check_spec(spec, str(experiment))
     home = radfed_home()
-    opts = SimulateOptions(spec, clinics, how, list(data or []), generate, patients,
-                           (workdir or home / "simulate").resolve(), db,
-                           checkpoints or home / "checkpoints", cpus_per_clinic, seed)
+    opts = SimulateOptions(
+        spec,
+        clinics,
+        how,
+        list(data or []),
+        generate,
+        patients,
+        (workdir or home / "simulate").resolve(),
+        db,
+        checkpoints or home / "checkpoints",
+        cpus_per_clinic,
+        seed,
+    )
     try:
         summary = run_simulation_here(opts, err)
     except (ValueError, PartitionError, StoreError, OSError) as e:
         _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     rounds = ", ".join(f"{s:g}" for s in summary["round_s"]) or "-"
     memory = summary["peak_memory"]
-    err.print(f"run {summary['flwr_run_id']}: {summary['status']}"
-              + (f" ({summary['error']})" if summary["error"] else "")
-              + f"; pooled AUROC {summary['final_auroc'] if summary['final_auroc'] is not None else '-'}"
-              f"\nwall time per round: {rounds} s (setup {summary['setup_s']:g} s)"
-              f"\npeak memory: {memory['total_mb']} MB in all ({memory['driver_mb']} MB this process, "
-              f"{memory['children_mb']} MB in {memory['processes']} Ray processes, RSS summed)",
-              highlight=False, soft_wrap=True)
+    err.print(
+        f"run {summary['flwr_run_id']}: {summary['status']}"
+        + (f" ({summary['error']})" if summary["error"] else "")
+        + f"; pooled AUROC {summary['final_auroc'] if summary['final_auroc'] is not None else '-'}"
+        f"\nwall time per round: {rounds} s (setup {summary['setup_s']:g} s)"
+        f"\npeak memory: {memory['total_mb']} MB in all ({memory['driver_mb']} MB this process, "
+        f"{memory['children_mb']} MB in {memory['processes']} Ray processes, RSS summed)",
+        highlight=False,
+        soft_wrap=True,
+    )
     if as_json:
         print(json.dumps(summary))
     if summary["status"] != "completed":

@@ -113,31 +113,42 @@ def superlink_command(opts: SuperLinkOptions) -> list[str]:
     doors_open = opts.listeners()
     ports = [(host, port) for host, port, _ in doors_open]
     if len(set(p for _, p in ports)) < len(ports):
-        raise SuperLinkError("--port, --control-port and --remote-control need different ports: "
-                             "each door is a listener of its own")
+        raise SuperLinkError(
+            "--port, --control-port and --remote-control need different ports: each door is a listener of its own"
+        )
     doors = [sys.executable, "-m", "server.doors", "--public-host", opts.host, "--public-port", str(opts.port)]
-    flower = ["--host", "127.0.0.1", "--port", str(doors_open[1][1]),
-              "--disable-runtime-dependency-installation"]
+    flower = ["--host", "127.0.0.1", "--port", str(doors_open[1][1]), "--disable-runtime-dependency-installation"]
     flower += ["--database", str(state_file(opts))]
     if opts.insecure:
         if not is_loopback(opts.host):
-            raise SuperLinkError(f"--insecure is only allowed on a loopback address, not {opts.host}; "
-                                 "use TLS (the default) for a SuperLink other machines reach")
+            raise SuperLinkError(
+                f"--insecure is only allowed on a loopback address, not {opts.host}; "
+                "use TLS (the default) for a SuperLink other machines reach"
+            )
         if opts.remote_control:
-            raise SuperLinkError("--remote-control needs TLS (mutual TLS with the federation CA); "
-                                 "drop --insecure")
+            raise SuperLinkError("--remote-control needs TLS (mutual TLS with the federation CA); drop --insecure")
         return doors + ["--", *flower, "--insecure"]
     certs = opts.cert_paths
     if not certs.complete():
-        raise SuperLinkError(f"no federation certificates in {certs.folder} (need ca.crt, ca.key, "
-                             "server.pem, server.key): run `coordinator certs init --hosts NAME,IP` "
-                             "first, or pass --insecure for a loopback-only demo")
+        raise SuperLinkError(
+            f"no federation certificates in {certs.folder} (need ca.crt, ca.key, "
+            "server.pem, server.key): run `coordinator certs init --hosts NAME,IP` "
+            "first, or pass --insecure for a loopback-only demo"
+        )
     if opts.remote_control:  # the control door for other machines: mutual TLS with the federation CA
         host, port = split_address(opts.remote_control)
         doors += ["--remote-host", host, "--remote-port", str(port), "--client-ca", str(certs.ca_cert.resolve())]
-    return doors + ["--", *flower, "--ssl-ca-certfile", str(certs.ca_cert.resolve()), "--ssl-certfile",
-                    str(certs.server_cert.resolve()), "--ssl-keyfile", str(certs.server_key.resolve()),
-                    "--enable-supernode-auth"]
+    return doors + [
+        "--",
+        *flower,
+        "--ssl-ca-certfile",
+        str(certs.ca_cert.resolve()),
+        "--ssl-certfile",
+        str(certs.server_cert.resolve()),
+        "--ssl-keyfile",
+        str(certs.server_key.resolve()),
+        "--enable-supernode-auth",
+    ]
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -155,8 +166,10 @@ def port_in_use(host: str, port: int) -> bool:
 def check_ports(opts: SuperLinkOptions) -> None:
     for host, port, what in opts.listeners():
         if port_in_use(host, port):
-            raise SuperLinkError(f"{host}:{port} ({what}) is already in use: another `coordinator superlink` "
-                                 "or another server holds it; stop it or pick another port")
+            raise SuperLinkError(
+                f"{host}:{port} ({what}) is already in use: another `coordinator superlink` "
+                "or another server holds it; stop it or pick another port"
+            )
 
 
 def superlink_env(opts: SuperLinkOptions) -> dict[str, str]:
@@ -180,8 +193,8 @@ def absolute_url(db: str | None) -> str:
 
     url = db or default_database_url()
     prefix = "sqlite:///"
-    if url.startswith(prefix) and not url[len(prefix):].startswith("/"):
-        url = prefix + str(Path(url[len(prefix):]).resolve())
+    if url.startswith(prefix) and not url[len(prefix) :].startswith("/"):
+        url = prefix + str(Path(url[len(prefix) :]).resolve())
     return url
 
 
@@ -194,8 +207,12 @@ def _supervisor(opts: SuperLinkOptions, reconcile_every: int = 5):
     from server.control import ControlClient, ControlError
     from server.reconcile import Reconciler
 
-    control = ControlClient(opts.control, opts.cert_paths.ca_cert, insecure=opts.insecure,
-                            flwr_home=(opts.flwr_home or radfed_home() / "superlink") / "control")
+    control = ControlClient(
+        opts.control,
+        opts.cert_paths.ca_cert,
+        insecure=opts.insecure,
+        flwr_home=(opts.flwr_home or radfed_home() / "superlink") / "control",
+    )
     store = Store(opts.db)
     enrolment = None if opts.insecure else Enrolment(Registry(store), control)
     reconciler = Reconciler(store)

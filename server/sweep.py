@@ -35,13 +35,11 @@ from radfed.results import PAPER_BACKBONES
 from radfed.spec import BACKBONES, ExperimentSpec, SpecError, from_mapping
 
 # (freeze policy, learning rate), in the paper's order
-PAPER_SCENARIOS = (("none", 1e-3), ("none", 1e-4), ("all", 1e-2), ("all", 1e-3),
-                   ("top-k", 1e-2), ("top-k", 1e-3))
+PAPER_SCENARIOS = (("none", 1e-3), ("none", 1e-4), ("all", 1e-2), ("all", 1e-3), ("top-k", 1e-2), ("top-k", 1e-3))
 UNFREEZE_TOP = 10
 FREEZE_LABELS = {"none": "unfreeze-all", "all": "freeze-all", "top-k": f"top{UNFREEZE_TOP}"}
 SWEEP_KEYS = ("name", "backbones", "weights")
-SET_BY_SWEEP = ("name", "backbone", "weights", "freeze", "learning_rate", "unfreeze_top",
-                "sweep", "weight_source")
+SET_BY_SWEEP = ("name", "backbone", "weights", "freeze", "learning_rate", "unfreeze_top", "sweep", "weight_source")
 
 
 class SweepError(ValueError):
@@ -70,9 +68,15 @@ class Scenario:
     spec: ExperimentSpec
 
     def row(self) -> dict[str, Any]:
-        return {"experiment": self.spec.name, "source": self.source, "backbone": self.backbone,
-                "freeze": FREEZE_LABELS[self.freeze], "learning_rate": self.learning_rate,
-                "weights": self.spec.weights, "image_size": self.spec.image_size}
+        return {
+            "experiment": self.spec.name,
+            "source": self.source,
+            "backbone": self.backbone,
+            "freeze": FREEZE_LABELS[self.freeze],
+            "learning_rate": self.learning_rate,
+            "weights": self.spec.weights,
+            "image_size": self.spec.image_size,
+        }
 
 
 def load_task(path: Path) -> Task:
@@ -86,8 +90,10 @@ def load_task(path: Path) -> Task:
         raise SweepError(f"{path}: not valid TOML ({err}); fix the syntax") from None
     sweep = data.get("sweep")
     if not isinstance(sweep, dict):
-        raise SweepError(f"{path}: no [sweep] table; add [sweep] with name and "
-                         "[sweep.weights.radimagenet] (see `coordinator sweep --help`)")
+        raise SweepError(
+            f"{path}: no [sweep] table; add [sweep] with name and "
+            "[sweep.weights.radimagenet] (see `coordinator sweep --help`)"
+        )
     unknown = sorted(set(sweep) - set(SWEEP_KEYS))
     if unknown:
         raise SweepError(f"{path}: unknown key 'sweep.{unknown[0]}'; allowed: {', '.join(SWEEP_KEYS)}")
@@ -97,20 +103,28 @@ def load_task(path: Path) -> Task:
     backbones = tuple(sweep.get("backbones", PAPER_BACKBONES))
     _check_backbones(path, "sweep.backbones", backbones)
     weights = sweep.get("weights")
-    if not isinstance(weights, dict) or not weights or not all(
-            isinstance(t, dict) and all(isinstance(v, str) for v in t.values())
-            for t in weights.values()):
-        raise SweepError(f"{path}: key 'sweep.weights' must hold one table per weight source, "
-                         "e.g. [sweep.weights.radimagenet] resnet50 = \"/models/r50.pth\"")
+    if (
+        not isinstance(weights, dict)
+        or not weights
+        or not all(isinstance(t, dict) and all(isinstance(v, str) for v in t.values()) for t in weights.values())
+    ):
+        raise SweepError(
+            f"{path}: key 'sweep.weights' must hold one table per weight source, "
+            'e.g. [sweep.weights.radimagenet] resnet50 = "/models/r50.pth"'
+        )
     base = data.get("experiment", {})
     if not isinstance(base, dict):
         raise SweepError(f"{path}: [experiment] must be a table of experiment keys")
     fixed = sorted(set(base) & set(SET_BY_SWEEP) - {"name"})
     if fixed:
-        raise SweepError(f"{path}: key 'experiment.{fixed[0]}' is set by the sweep for each "
-                         "scenario; remove it")
-    return Task(path, name.strip(), backbones, {k: dict(v) for k, v in weights.items()},
-                {k: v for k, v in base.items() if k != "name"})
+        raise SweepError(f"{path}: key 'experiment.{fixed[0]}' is set by the sweep for each scenario; remove it")
+    return Task(
+        path,
+        name.strip(),
+        backbones,
+        {k: dict(v) for k, v in weights.items()},
+        {k: v for k, v in base.items() if k != "name"},
+    )
 
 
 def _check_backbones(path: Path, key: str, backbones: tuple[str, ...]) -> None:
@@ -119,8 +133,13 @@ def _check_backbones(path: Path, key: str, backbones: tuple[str, ...]) -> None:
         raise SweepError(f"{path}: {key} = {list(backbones)!r}; allowed: {', '.join(BACKBONES)}")
 
 
-def expand(task: Task, sources: list[str], backbones: list[str] | None = None,
-           freeze: str | None = None, limit: int | None = None) -> list[Scenario]:
+def expand(
+    task: Task,
+    sources: list[str],
+    backbones: list[str] | None = None,
+    freeze: str | None = None,
+    limit: int | None = None,
+) -> list[Scenario]:
     """The scenarios in run order: per source, per backbone, the paper's six.
 
     Every weight file is checked before any scenario is returned, so a sweep never
@@ -133,8 +152,10 @@ def expand(task: Task, sources: list[str], backbones: list[str] | None = None,
     for source in sources:
         table = task.weights.get(source)
         if table is None:
-            raise SweepError(f"{task.path}: no [sweep.weights.{source}] table; add one with a "
-                             f"local weight file per backbone, or drop that source")
+            raise SweepError(
+                f"{task.path}: no [sweep.weights.{source}] table; add one with a "
+                f"local weight file per backbone, or drop that source"
+            )
         for backbone in chosen:
             _check_weight_file(task.path, source, backbone, table.get(backbone))
     scenarios = []
@@ -149,11 +170,14 @@ def expand(task: Task, sources: list[str], backbones: list[str] | None = None,
 def _check_weight_file(task: Path, source: str, backbone: str, value: str | None) -> None:
     key = f"[sweep.weights.{source}] {backbone}"
     if value is None:
-        raise SweepError(f"{task}: {key} is missing; add {backbone} = \"/path/to/file\" "
-                         "(a local weight file, or \"random\")")
+        raise SweepError(
+            f'{task}: {key} is missing; add {backbone} = "/path/to/file" (a local weight file, or "random")'
+        )
     if value != "random" and not Path(value).expanduser().is_file():
-        raise SweepError(f"{task}: {key} = {value!r}: no such file; put the {source} weights "
-                         f"for {backbone} there (nothing is downloaded) or fix the path")
+        raise SweepError(
+            f"{task}: {key} = {value!r}: no such file; put the {source} weights "
+            f"for {backbone} there (nothing is downloaded) or fix the path"
+        )
 
 
 def _scenario(task: Task, source: str, backbone: str, policy: str, lr: float) -> Scenario:
@@ -164,10 +188,13 @@ def _scenario(task: Task, source: str, backbone: str, policy: str, lr: float) ->
         values["image_size"] = default_input_size(backbone)
     values.update(
         name=f"{task.name}-{source}-{backbone}-{FREEZE_LABELS[policy]}-lr{lr:g}",
-        backbone=backbone, weights=str(Path(w).expanduser()) if (
-            w := task.weights[source][backbone]) != "random" else w,
-        freeze=policy, learning_rate=lr, unfreeze_top=UNFREEZE_TOP,
-        sweep=task.name, weight_source=source,
+        backbone=backbone,
+        weights=str(Path(w).expanduser()) if (w := task.weights[source][backbone]) != "random" else w,
+        freeze=policy,
+        learning_rate=lr,
+        unfreeze_top=UNFREEZE_TOP,
+        sweep=task.name,
+        weight_source=source,
     )
     try:
         spec = from_mapping(values, source=str(task.path))

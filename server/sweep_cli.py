@@ -25,33 +25,51 @@ def _split(value: str | None) -> list[str] | None:
 
 def scenario_table(rows: list[dict]) -> Table:
     """The expanded sweep, one row per experiment, in run order."""
-    table = Table(title=f"sweep: {len(rows)} scenarios",
-                  caption="experiment name: SWEEP-SOURCE-BACKBONE-FREEZE-lrLR")
+    table = Table(title=f"sweep: {len(rows)} scenarios", caption="experiment name: SWEEP-SOURCE-BACKBONE-FREEZE-lrLR")
     for col in ("#", "source", "backbone", "freeze", "lr", "size", "weights"):
-        table.add_column(col, justify="right" if col in ("#", "lr", "size") else "left",
-                         overflow="fold")
+        table.add_column(col, justify="right" if col in ("#", "lr", "size") else "left", overflow="fold")
     for i, row in enumerate(rows, start=1):
-        table.add_row(str(i), row["source"], row["backbone"], row["freeze"],
-                      f"{row['learning_rate']:g}", str(row["image_size"]), Path(row["weights"]).name)
+        table.add_row(
+            str(i),
+            row["source"],
+            row["backbone"],
+            row["freeze"],
+            f"{row['learning_rate']:g}",
+            str(row["image_size"]),
+            Path(row["weights"]).name,
+        )
     return table
 
 
 def sweep_command(
-    task: Annotated[Path, typer.Argument(help="Sweep task TOML: [sweep] name and weight files, [experiment] base keys.")],
+    task: Annotated[
+        Path, typer.Argument(help="Sweep task TOML: [sweep] name and weight files, [experiment] base keys.")
+    ],
     source: Annotated[str, typer.Option(help="Weight source to sweep ([sweep.weights.SOURCE]).")] = "radimagenet",
     compare: Annotated[str | None, typer.Option(help="A second weight source run the same way, e.g. imagenet.")] = None,
     backbones: Annotated[str | None, typer.Option(help="Only these backbones, comma-separated.")] = None,
-    freeze: Annotated[str | None, typer.Option(help="Only scenarios with this freeze policy: none, all or top-k.")] = None,
+    freeze: Annotated[
+        str | None, typer.Option(help="Only scenarios with this freeze policy: none, all or top-k.")
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Run only the first N scenarios.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the scenario table and exit.")] = False,
-    control: Annotated[str, typer.Option(
-        help="The SuperLink's control door HOST:PORT (`coordinator superlink` prints it).")] = "127.0.0.1:9093",
-    db: Annotated[str | None, typer.Option("--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")] = None,
+    control: Annotated[
+        str, typer.Option(help="The SuperLink's control door HOST:PORT (`coordinator superlink` prints it).")
+    ] = "127.0.0.1:9093",
+    db: Annotated[
+        str | None, typer.Option("--db", help="Database URL (default: $DATABASE_URL or ~/.radfed/radfed.db).")
+    ] = None,
     checkpoints: Annotated[Path | None, typer.Option(help="Checkpoint folder (default ~/.radfed/checkpoints).")] = None,
     insecure: Annotated[bool, typer.Option(help="Plaintext connection to a loopback SuperLink.")] = False,
-    root_certificates: Annotated[Path | None, typer.Option(help="CA certificate of the SuperLink (default ~/.radfed/pki/ca.crt).")] = None,
-    credential: Annotated[Path | None, typer.Option(
-        help="Coordinator credential (NAME.pem from `coordinator certs credential`) for a remote control door.")] = None,
+    root_certificates: Annotated[
+        Path | None, typer.Option(help="CA certificate of the SuperLink (default ~/.radfed/pki/ca.crt).")
+    ] = None,
+    credential: Annotated[
+        Path | None,
+        typer.Option(
+            help="Coordinator credential (NAME.pem from `coordinator certs credential`) for a remote control door."
+        ),
+    ] = None,
 ) -> None:
     """Run the RadImageNet paper's scenarios for a task (4 backbones x 6 = 24 per weight source).
 
@@ -83,13 +101,23 @@ def sweep_command(
 
         root_certificates = default_certs() / "ca.crt"
         if not root_certificates.is_file():
-            _fail("pass --root-certificates CA.crt for a TLS SuperLink (none in ~/.radfed/pki), "
-                  "or --insecure for a loopback one", 2)
+            _fail(
+                "pass --root-certificates CA.crt for a TLS SuperLink (none in ~/.radfed/pki), "
+                "or --insecure for a loopback one",
+                2,
+            )
     raise typer.Exit(_run_all(scenarios, control, db, checkpoints, insecure, root_certificates, credential))
 
 
-def _run_all(scenarios: list, control: str, db: str | None, checkpoints: Path | None,
-             insecure: bool, root_certificates: Path | None, credential: Path | None = None) -> int:
+def _run_all(
+    scenarios: list,
+    control: str,
+    db: str | None,
+    checkpoints: Path | None,
+    insecure: bool,
+    root_certificates: Path | None,
+    credential: Path | None = None,
+) -> int:
     """Submit and follow each scenario; 0 when all completed, 1 otherwise."""
     from radfed.flower_env import radfed_home
     from radfed.results import summary
@@ -120,16 +148,20 @@ def _run_all(scenarios: list, control: str, db: str | None, checkpoints: Path | 
             status = follow(conn, store, run_id, spec.rounds)
         except KeyboardInterrupt:
             stop(conn, run_id)
-            _fail(f"interrupted; asked the SuperLink to stop run {run_id}; "
-                  f"{i - 1} of {len(scenarios)} scenarios finished", 130)
+            _fail(
+                f"interrupted; asked the SuperLink to stop run {run_id}; "
+                f"{i - 1} of {len(scenarios)} scenarios finished",
+                130,
+            )
         if status.get("status") != "completed":
             failed += 1
-            err.print(f"[{i}/{len(scenarios)}] run {run_id} failed: "
-                      f"{status.get('error') or 'unknown reason'}", highlight=False)
+            err.print(
+                f"[{i}/{len(scenarios)}] run {run_id} failed: {status.get('error') or 'unknown reason'}",
+                highlight=False,
+            )
     out.print(sweep_table(summary(store.leaderboard(), sweep), title=f"sweep {sweep}"))
     if failed:
-        err.print(f"{failed} of {len(scenarios)} scenarios failed; see `coordinator leaderboard`",
-                  highlight=False)
+        err.print(f"{failed} of {len(scenarios)} scenarios failed; see `coordinator leaderboard`", highlight=False)
     return 1 if failed else 0
 
 

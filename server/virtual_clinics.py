@@ -63,16 +63,19 @@ def generate(kind: str, folder: Path, patients: int, seed: int, sites: int = 3) 
         try:  # not part of an installed radfed: only a checkout has the test suite
             from tests.generators import GENERATORS
         except ImportError:
-            raise ValueError(f"--generate {kind} needs a radfed source checkout (tests/generators.py); "
-                             "--generate demo works anywhere") from None
+            raise ValueError(
+                f"--generate {kind} needs a radfed source checkout (tests/generators.py); "
+                "--generate demo works anywhere"
+            ) from None
         writer = GENERATORS[kind]
     else:
         raise ValueError(f"--generate must be one of {', '.join(GENERATED)}, not {kind!r}")
     return writer(folder / f"{kind}-{patients}p-seed{seed}", sites, n_patients=per_site, seed=seed)
 
 
-def read_patients(sites: list[Path], spec: ExperimentSpec, progress: Callable[[str], None] | None = None
-                  ) -> tuple[list[Patient], dict[tuple[int, str], str]]:
+def read_patients(
+    sites: list[Path], spec: ExperimentSpec, progress: Callable[[str], None] | None = None
+) -> tuple[list[Patient], dict[tuple[int, str], str]]:
     """The labelled images of every site grouped by patient (a patient's files stay together,
     even across sites), and each image's task label name by (site, relative path).
     Unreadable or unlabelled files are left out, as a clinic would leave them out."""
@@ -100,8 +103,16 @@ def read_patients(sites: list[Path], spec: ExperimentSpec, progress: Callable[[s
     return patients, labels
 
 
-def prepare(sites: list[Path], spec: ExperimentSpec, n_clinics: int, how: Partitioning, out: Path,
-            seed: int = 0, threads: int = 1, progress: Callable[[str], None] | None = None) -> VirtualFederation:
+def prepare(
+    sites: list[Path],
+    spec: ExperimentSpec,
+    n_clinics: int,
+    how: Partitioning,
+    out: Path,
+    seed: int = 0,
+    threads: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> VirtualFederation:
     """Write `out/clinic-NNN` folders and `out/partitions.json` for `n_clinics` clinics."""
     sites = [Path(s).resolve() for s in sites]
     patients, labels = read_patients(sites, spec, progress)
@@ -117,21 +128,34 @@ def prepare(sites: list[Path], spec: ExperimentSpec, n_clinics: int, how: Partit
         name = f"virtual-{k + 1:0{width}d}"
         folder = out / "clinics" / name
         images = _write_clinic(folder / "data", [patients[i] for i in members], sites, labels)
-        node = {"data-path": str(folder / "data"), "cache-dir": str(folder / "cache"),
-                "state-dir": str(folder / "state"), "models-dir": str(folder / "models"),
-                "clinic-name": name, "threads": int(threads)}
-        row = {"name": name, "patients": len(members), "images": images,
-               "patients_per_label": dict(zip(spec.labels, counts[k]))}
+        node = {
+            "data-path": str(folder / "data"),
+            "cache-dir": str(folder / "cache"),
+            "state-dir": str(folder / "state"),
+            "models-dir": str(folder / "models"),
+            "clinic-name": name,
+            "threads": int(threads),
+        }
+        row = {
+            "name": name,
+            "patients": len(members),
+            "images": images,
+            "patients_per_label": dict(zip(spec.labels, counts[k])),
+        }
         entries.append({**row, "node_config": node})
         rows.append(row)
     map_path = out / MAP_NAME
-    map_path.write_text(json.dumps({"version": MAP_VERSION, "partition": str(how), "seed": seed,
-                                    "sites": len(sites), "clinics": entries}, indent=1), encoding="utf-8")
+    map_path.write_text(
+        json.dumps(
+            {"version": MAP_VERSION, "partition": str(how), "seed": seed, "sites": len(sites), "clinics": entries},
+            indent=1,
+        ),
+        encoding="utf-8",
+    )
     return VirtualFederation(map_path, rows, len(patients), len(sites))
 
 
-def _write_clinic(folder: Path, patients: list[Patient], sites: list[Path],
-                  labels: dict[tuple[int, str], str]) -> int:
+def _write_clinic(folder: Path, patients: list[Patient], sites: list[Path], labels: dict[tuple[int, str], str]) -> int:
     """Links to the patients' files and a labels.csv (file,label) written last; returns images."""
     if folder.exists():  # a fresh folder each time: links from an earlier partition must not stay
         for path in sorted(folder.rglob("*"), reverse=True):

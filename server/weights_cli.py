@@ -27,8 +27,7 @@ from rich.table import Table
 
 from radfed.cli_errors import fail as _fail
 
-weights_app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
-                          rich_markup_mode="markdown")
+weights_app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, rich_markup_mode="markdown")
 out = Console()
 err = Console(stderr=True)
 
@@ -41,11 +40,14 @@ def _group() -> None:
 @weights_app.command("inspect")
 def inspect(
     path: Annotated[Path, typer.Argument(help="Local weight file (.pt/.pth or .h5).")],
-    arch: Annotated[str, typer.Option("--arch", help="Backbone: resnet50, densenet121, "
-                                      "inception_v3, inception_resnet_v2, resnet18.")],
+    arch: Annotated[
+        str,
+        typer.Option("--arch", help="Backbone: resnet50, densenet121, inception_v3, inception_resnet_v2, resnet18."),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    allow_partial: Annotated[bool, typer.Option(
-        "--allow-partial", help="Accept a file that covers only part of the backbone.")] = False,
+    allow_partial: Annotated[
+        bool, typer.Option("--allow-partial", help="Accept a file that covers only part of the backbone.")
+    ] = False,
 ) -> None:
     """Load PATH into a fresh ARCH model and report matched/missing/unexpected keys.
 
@@ -63,12 +65,10 @@ def inspect(
     if report is None:
         _fail(refusal or f"{path}: cannot read")
     if as_json:
-        data = {"path": str(path), "arch": arch, "accepted": refusal is None,
-                **report.as_dict()}
+        data = {"path": str(path), "arch": arch, "accepted": refusal is None, **report.as_dict()}
         out.print_json(json.dumps(data))
     else:
-        table = Table(title=f"{path.name} -> {arch} ({report.source_format}, "
-                            f"inputs: {report.normalisation})")
+        table = Table(title=f"{path.name} -> {arch} ({report.source_format}, inputs: {report.normalisation})")
         table.add_column("keys")
         table.add_column("count", justify="right")
         table.add_column("first few")

@@ -18,10 +18,14 @@ from strategies.registry import REGISTRY, StrategyError, check_strategy, describ
 from strategies.utils import NUM_EXAMPLES, finite_weighted_mean
 
 
-def build_strategy(spec: ExperimentSpec, recorder: RoundRecorder,
-                   bn_keys: list[str] | None = None, backbone: ArrayRecord | None = None,
-                   trainable_keys: set[str] | None = None,
-                   statistics_keys: list[str] | None = None) -> Strategy:
+def build_strategy(
+    spec: ExperimentSpec,
+    recorder: RoundRecorder,
+    bn_keys: list[str] | None = None,
+    backbone: ArrayRecord | None = None,
+    trainable_keys: set[str] | None = None,
+    statistics_keys: list[str] | None = None,
+) -> Strategy:
     """The spec's strategy, waiting for `min_clinics` and recording to `recorder`.
 
     With `backbone` (head-only rounds) the global model the strategy holds is the head
@@ -37,9 +41,13 @@ def build_strategy(spec: ExperimentSpec, recorder: RoundRecorder,
     private = privacy["mode"] not in ("none", "secagg+")  # secagg+: strategies.secagg
     norm_factor = float(params.pop("norm_factor"))
     common = dict(
-        fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=spec.min_clinics,
-        min_evaluate_nodes=spec.min_clinics, min_available_nodes=spec.min_clinics,
-        weighted_by_key=NUM_EXAMPLES, train_metrics_aggr_fn=finite_weighted_mean,
+        fraction_train=1.0,
+        fraction_evaluate=1.0,
+        min_train_nodes=spec.min_clinics,
+        min_evaluate_nodes=spec.min_clinics,
+        min_available_nodes=spec.min_clinics,
+        weighted_by_key=NUM_EXAMPLES,
+        train_metrics_aggr_fn=finite_weighted_mean,
         evaluate_metrics_aggr_fn=finite_weighted_mean,
     )
     if spec.strategy == "fedbn":
@@ -68,5 +76,13 @@ def build_strategy(spec: ExperimentSpec, recorder: RoundRecorder,
     return wrapper
 
 
-__all__ = ["REGISTRY", "NoClinicResult", "StrategyError", "build_strategy", "check_privacy",
-           "check_strategy", "describe", "describe_privacy"]
+__all__ = [
+    "REGISTRY",
+    "NoClinicResult",
+    "StrategyError",
+    "build_strategy",
+    "check_privacy",
+    "check_strategy",
+    "describe",
+    "describe_privacy",
+]

@@ -38,6 +38,7 @@ class MeanStatisticsMixin:
         current = self.current_arrays or {}  # type: ignore[attr-defined]
         for key in keys:
             dtype = current[key].dtype if key in current else arrays[key].numpy().dtype
-            arrays[key] = Array(np.asarray(np.rint(mean[key].numpy()) if dtype.kind in "iu"
-                                           else mean[key].numpy()).astype(dtype))
+            arrays[key] = Array(
+                np.asarray(np.rint(mean[key].numpy()) if dtype.kind in "iu" else mean[key].numpy()).astype(dtype)
+            )
         return arrays, metrics

@@ -26,8 +26,9 @@ class GuardMixin:
     norm_factor: float = 10.0
     min_accept: int = 1
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self._global = arrays
         messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
         self._sent = {m.metadata.dst_node_id for m in messages}
@@ -39,21 +40,25 @@ class GuardMixin:
         replies = in_clinic_order(list(replies))
         failed = [parse_reply(m) for m in replies if m.has_error()]
         replies = [m for m in replies if not m.has_error()]
-        late = self._sent - {m.metadata.src_node_id for m in replies} - {
-            int(r.node_id) for r in failed}
+        late = self._sent - {m.metadata.src_node_id for m in replies} - {int(r.node_id) for r in failed}
         reasons = self._screen(replies)
         for node in late:
             self.recorder.late(server_round, str(node))  # type: ignore[attr-defined]
         kept = [m for m in replies if str(m.metadata.src_node_id) not in reasons]
         for m in replies:
             if str(m.metadata.src_node_id) in reasons:
-                self.recorder.excluded(server_round, parse_reply(m),  # type: ignore[attr-defined]
-                                       reasons[str(m.metadata.src_node_id)])
+                self.recorder.excluded(
+                    server_round,
+                    parse_reply(m),  # type: ignore[attr-defined]
+                    reasons[str(m.metadata.src_node_id)],
+                )
         if len(kept) < self.min_accept:
             problems = sorted(set(reasons.values())) + [f"{r.clinic}: {r.error}" for r in failed]
             detail = "; ".join(problems) or "no clinic replied before the round timeout"
-            raise NoClinicResult(f"round {server_round}: only {len(kept)} of {len(self._sent)} "
-                                 f"clinic updates usable (need {self.min_accept}): {detail}")
+            raise NoClinicResult(
+                f"round {server_round}: only {len(kept)} of {len(self._sent)} "
+                f"clinic updates usable (need {self.min_accept}): {detail}"
+            )
         return super().aggregate_train(server_round, kept)  # type: ignore[misc]
 
     def _screen(self, replies: list[Message]) -> dict[str, str]:

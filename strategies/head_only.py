@@ -32,8 +32,7 @@ class HeadOnlyMixin:
             node = msg.metadata.dst_node_id
             if self.backbone is not None and node not in have:
                 content = RecordDict({**dict(msg.content.items()), BACKBONE_KEY: self.backbone})
-                msg = Message(content=content, message_type=msg.metadata.message_type,
-                              dst_node_id=node)
+                msg = Message(content=content, message_type=msg.metadata.message_type, dst_node_id=node)
             out.append(msg)
         return out
 
@@ -42,12 +41,14 @@ class HeadOnlyMixin:
         have = self.__dict__.setdefault("_have_backbone", set())
         have.update(m.metadata.src_node_id for m in replies if not m.has_error())
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return self._with_backbone(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return self._with_backbone(super().configure_evaluate(server_round, arrays, config, grid))  # type: ignore[misc]
 
     def aggregate_train(

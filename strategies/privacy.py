@@ -42,41 +42,67 @@ from strategies.registry import StrategyError
 from strategies.transfer import TransferMixin
 
 CLIPPING_MODE_KEY = "dp-clipping"  # train config: "fixed" or "adaptive" (client-side modes)
-LOCAL_STATE_KEY = "local-stats"    # train/evaluate config: clinics keep their buffers
+LOCAL_STATE_KEY = "local-stats"  # train/evaluate config: clinics keep their buffers
 
-_NOISE = {"noise_multiplier": (1.0, "Gaussian noise std as a multiple of the clipping norm "
-                                    "(per sampled clinic); 1.0 or more for strong privacy")}
-_SAMPLED = {"num_sampled_clients": (0, "clinics per round the noise is calibrated for "
-                                       "(0: min_clinics)")}
+_NOISE = {
+    "noise_multiplier": (
+        1.0,
+        "Gaussian noise std as a multiple of the clipping norm (per sampled clinic); 1.0 or more for strong privacy",
+    )
+}
+_SAMPLED = {"num_sampled_clients": (0, "clinics per round the noise is calibrated for (0: min_clinics)")}
 _FIXED = {**_NOISE, "clipping_norm": (1.0, "L2 bound on each clinic's update"), **_SAMPLED}
-_ADAPTIVE = {**_NOISE, **_SAMPLED,
-             "initial_clipping_norm": (0.1, "starting L2 bound, adapted every round"),
-             "target_clipped_quantile": (0.5, "fraction of updates meant to be clipped"),
-             "clip_norm_lr": (0.2, "learning rate of the bound's geometric update"),
-             "clipped_count_stddev": (0.0, "noise on the clipped count (0: Flower's default, "
-                                           "num_sampled_clients/20)")}
+_ADAPTIVE = {
+    **_NOISE,
+    **_SAMPLED,
+    "initial_clipping_norm": (0.1, "starting L2 bound, adapted every round"),
+    "target_clipped_quantile": (0.5, "fraction of updates meant to be clipped"),
+    "clip_norm_lr": (0.2, "learning rate of the bound's geometric update"),
+    "clipped_count_stddev": (0.0, "noise on the clipped count (0: Flower's default, num_sampled_clients/20)"),
+}
 
-_SECAGG = {"num_shares": (3, "clinics each clinic's secrets are shared with (3 or more)"),
-           "reconstruction_threshold": (2, "shares needed to reconstruct a dropped clinic's mask"),
-           "max_weight": (1000.0, "largest num-examples a clinic may have (quantised weight)"),
-           "clipping_range": (8.0, "weights are clipped to ±this before quantisation"),
-           "quantization_range": (4194304, "quantisation levels over the clipping range")}
+_SECAGG = {
+    "num_shares": (3, "clinics each clinic's secrets are shared with (3 or more)"),
+    "reconstruction_threshold": (2, "shares needed to reconstruct a dropped clinic's mask"),
+    "max_weight": (1000.0, "largest num-examples a clinic may have (quantised weight)"),
+    "clipping_range": (8.0, "weights are clipped to ±this before quantisation"),
+    "quantization_range": (4194304, "quantisation levels over the clipping range"),
+}
 
 # mode -> (Flower wrapper or workflow, where clipping happens, what it does, parameters)
 MODES: dict[str, tuple[type[Strategy] | str | None, str, str, dict[str, tuple[Any, str]]]] = {
     "none": (None, "", "no differential privacy", {}),
-    "server-fixed": (DifferentialPrivacyServerSideFixedClipping, "server",
-                     "server clips each update to clipping_norm, adds noise to the mean", _FIXED),
-    "client-fixed": (DifferentialPrivacyClientSideFixedClipping, "client",
-                     "clinics clip (fixedclipping_mod), server adds noise to the mean", _FIXED),
-    "server-adaptive": (DifferentialPrivacyServerSideAdaptiveClipping, "server",
-                        "server clips with a bound adapted to a target quantile, adds noise",
-                        _ADAPTIVE),
-    "client-adaptive": (DifferentialPrivacyClientSideAdaptiveClipping, "client",
-                        "clinics clip (adaptiveclipping_mod) with an adapted bound, server "
-                        "adds noise", _ADAPTIVE),
-    "secagg+": ("SecAggPlusWorkflow", "", "secure aggregation: the server sees only the masked "
-                "sum of the clinics' updates (FedAvg only, 3+ clinics, no guards)", _SECAGG),
+    "server-fixed": (
+        DifferentialPrivacyServerSideFixedClipping,
+        "server",
+        "server clips each update to clipping_norm, adds noise to the mean",
+        _FIXED,
+    ),
+    "client-fixed": (
+        DifferentialPrivacyClientSideFixedClipping,
+        "client",
+        "clinics clip (fixedclipping_mod), server adds noise to the mean",
+        _FIXED,
+    ),
+    "server-adaptive": (
+        DifferentialPrivacyServerSideAdaptiveClipping,
+        "server",
+        "server clips with a bound adapted to a target quantile, adds noise",
+        _ADAPTIVE,
+    ),
+    "client-adaptive": (
+        DifferentialPrivacyClientSideAdaptiveClipping,
+        "client",
+        "clinics clip (adaptiveclipping_mod) with an adapted bound, server adds noise",
+        _ADAPTIVE,
+    ),
+    "secagg+": (
+        "SecAggPlusWorkflow",
+        "",
+        "secure aggregation: the server sees only the masked "
+        "sum of the clinics' updates (FedAvg only, 3+ clinics, no guards)",
+        _SECAGG,
+    ),
 }
 
 
@@ -93,11 +119,16 @@ def check_privacy(table: dict[str, Any], min_clinics: int, strategy: str = "feda
         if key == "mode":
             continue
         if key not in allowed:
-            raise StrategyError(f"privacy: {key!r} is not a parameter of mode {mode}; "
-                                f"allowed: {', '.join(allowed) or 'none'}")
+            raise StrategyError(
+                f"privacy: {key!r} is not a parameter of mode {mode}; allowed: {', '.join(allowed) or 'none'}"
+            )
         default = allowed[key][0]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                isinstance(default, int) and not isinstance(value, int)) or value < 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (isinstance(default, int) and not isinstance(value, int))
+            or value < 0
+        ):
             kind = "a non-negative integer" if isinstance(default, int) else "a non-negative number"
             raise StrategyError(f"privacy: {key} = {value!r}; allowed: {kind} (default {default})")
     resolved: dict[str, Any] = {"mode": mode, **{k: table.get(k, d) for k, (d, _) in allowed.items()}}
@@ -114,15 +145,20 @@ def check_privacy(table: dict[str, Any], min_clinics: int, strategy: str = "feda
 
 def _check_secagg(resolved: dict[str, Any], min_clinics: int, strategy: str) -> None:
     if strategy != "fedavg":
-        raise StrategyError(f"privacy: mode secagg+ works with strategy fedavg only, not {strategy}; "
-                            "set strategy = \"fedavg\" or pick a differential-privacy mode")
+        raise StrategyError(
+            f"privacy: mode secagg+ works with strategy fedavg only, not {strategy}; "
+            'set strategy = "fedavg" or pick a differential-privacy mode'
+        )
     shares, threshold = resolved["num_shares"], resolved["reconstruction_threshold"]
     if min_clinics < 3 or shares < 3:
-        raise StrategyError(f"privacy: mode secagg+ needs min_clinics >= 3 and num_shares >= 3 "
-                            f"(got {min_clinics} and {shares})")
+        raise StrategyError(
+            f"privacy: mode secagg+ needs min_clinics >= 3 and num_shares >= 3 (got {min_clinics} and {shares})"
+        )
     if not 1 <= threshold <= shares or resolved["clipping_range"] <= 0 or resolved["max_weight"] <= 0:
-        raise StrategyError(f"privacy: secagg+ needs 1 <= reconstruction_threshold <= num_shares "
-                            f"(got {threshold} and {shares}) and positive clipping_range, max_weight")
+        raise StrategyError(
+            f"privacy: secagg+ needs 1 <= reconstruction_threshold <= num_shares "
+            f"(got {threshold} and {shares}) and positive clipping_range, max_weight"
+        )
 
 
 def _wrap(cls: type[Strategy], inner: Strategy, resolved: dict[str, Any]) -> Strategy:
@@ -138,16 +174,18 @@ class PrivateParametersMixin:
     shared_keys: set[str]
     clipping: str = ""  # "fixed"/"adaptive" when clinics clip
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self._before = arrays
         config[LOCAL_STATE_KEY] = True
         if self.clipping:
             config[CLIPPING_MODE_KEY] = self.clipping
         return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         config[LOCAL_STATE_KEY] = True
         return super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]
 
@@ -159,7 +197,8 @@ class PrivateParametersMixin:
         if failed:  # Flower's wrappers refuse the round; say why instead of "no result"
             raise NoClinicResult(
                 f"round {server_round}: {len(failed)} clinic(s) failed ({failed[0].error.reason}); "
-                "with differential privacy a round is aggregated only when every clinic replies")
+                "with differential privacy a round is aggregated only when every clinic replies"
+            )
         for msg in replies:  # clipping must see only what may change, whatever a clinic sent
             for record in msg.content.array_records.values():
                 for key in set(record.keys()) - self.shared_keys:
@@ -186,6 +225,12 @@ def wrap_private(inner: Strategy, resolved: dict[str, Any], shared_keys: set[str
 
 def describe_privacy() -> list[dict[str, Any]]:
     """The modes as data (for `coordinator strategies [--json]`)."""
-    return [{"mode": mode, "flower_class": getattr(cls, "__name__", cls), "summary": summary,
-             "params": {k: {"default": d, "doc": doc} for k, (d, doc) in params.items()}}
-            for mode, (cls, _, summary, params) in MODES.items()]
+    return [
+        {
+            "mode": mode,
+            "flower_class": getattr(cls, "__name__", cls),
+            "summary": summary,
+            "params": {k: {"default": d, "doc": doc} for k, (d, doc) in params.items()},
+        }
+        for mode, (cls, _, summary, params) in MODES.items()
+    ]

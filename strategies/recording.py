@@ -32,8 +32,9 @@ class RoundRecorder(Protocol):
 
     def clinic_replies(self, server_round: int, phase: str, replies: list[ClinicReply]) -> None: ...
 
-    def round_metrics(self, server_round: int, phase: str, metrics: MetricRecord | None,
-                      replies: list[ClinicReply]) -> None: ...
+    def round_metrics(
+        self, server_round: int, phase: str, metrics: MetricRecord | None, replies: list[ClinicReply]
+    ) -> None: ...
 
     def sent(self, server_round: int, phase: str, bytes_by_node: dict[str, int]) -> None: ...
 
@@ -63,8 +64,9 @@ class RecordingMixin:
     def _last(self, server_round: int) -> bool:
         return server_round == (self.stopped_at or self.final_round)
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         if self._done(server_round):
             return []
         config["evaluate-received"] = True  # round 1: the initial model, recorded as round 0
@@ -72,8 +74,9 @@ class RecordingMixin:
         messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
         return self._report_sent(server_round, "train", messages)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         if not self._last(server_round):
             return []
         self.recorder.roll_call(server_round, [str(n) for n in grid.get_node_ids()])
@@ -83,9 +86,11 @@ class RecordingMixin:
     def _report_sent(self, server_round: int, phase: str, messages: list[Message]) -> list[Message]:
         """Report the model bytes going to each clinic (messages may share one payload)."""
         sizes: dict[int, int] = {}
-        self.recorder.sent(server_round, phase, {
-            str(m.metadata.dst_node_id): sizes.setdefault(id(m.content), model_bytes(m.content))
-            for m in messages})
+        self.recorder.sent(
+            server_round,
+            phase,
+            {str(m.metadata.dst_node_id): sizes.setdefault(id(m.content), model_bytes(m.content)) for m in messages},
+        )
         return messages
 
     def aggregate_train(
@@ -99,14 +104,11 @@ class RecordingMixin:
         self.recorder.round_metrics(server_round, "train", metrics, parsed)
         if arrays is None:
             raise NoClinicResult(_why_empty(server_round, "training", parsed))
-        if self.patience and server_round < self.final_round and \
-                self.recorder.stop_after(server_round, self.patience):
+        if self.patience and server_round < self.final_round and self.recorder.stop_after(server_round, self.patience):
             self.stopped_at = server_round
         return arrays, metrics
 
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
         if not self._last(server_round):
             return None  # this round's model is evaluated on receipt, in the next round

@@ -47,32 +47,48 @@ def _reply(proxy: Any, res: Any) -> ClinicReply:
 
 def _mean(replies: list[ClinicReply]) -> MetricRecord:
     """Example-weighted mean of the clinics' metrics (what the other strategies record)."""
-    return finite_weighted_mean([RecordDict({"m": MetricRecord(r.metrics)}) for r in replies],
-                                NUM_EXAMPLES)
+    return finite_weighted_mean([RecordDict({"m": MetricRecord(r.metrics)}) for r in replies], NUM_EXAMPLES)
 
 
-def secure_strategy(recorder: RoundRecorder, keys: list[str], initial: ArrayRecord,
-                    shared_keys: set[str], rounds: int, min_clinics: int, config: dict[str, Any]):
+def secure_strategy(
+    recorder: RoundRecorder,
+    keys: list[str],
+    initial: ArrayRecord,
+    shared_keys: set[str],
+    rounds: int,
+    min_clinics: int,
+    config: dict[str, Any],
+):
     """A legacy FedAvg that records every clinic and keeps non-shared entries fixed."""
     base = _legacy_fedavg()
 
     class SecureFedAvg(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
             super().__init__(
-                fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=min_clinics,
-                min_evaluate_clients=min_clinics, min_available_clients=min_clinics,
+                fraction_fit=1.0,
+                fraction_evaluate=1.0,
+                min_fit_clients=min_clinics,
+                min_evaluate_clients=min_clinics,
+                min_available_clients=min_clinics,
                 initial_parameters=ndarrays_to_parameters([initial[k].numpy() for k in keys]),
-                on_fit_config_fn=self._fit_config, on_evaluate_config_fn=self._evaluate_config,
-                evaluate_fn=self._checkpoint, accept_failures=False)
+                on_fit_config_fn=self._fit_config,
+                on_evaluate_config_fn=self._evaluate_config,
+                evaluate_fn=self._checkpoint,
+                accept_failures=False,
+            )
             self._previous = [initial[k].numpy() for k in keys]
 
         def _fit_config(self, server_round: int) -> dict[str, Any]:
-            return {**config, "server-round": server_round, "evaluate-received": True,
-                    "local-stats": True, KEYS_CONFIG: json.dumps(keys)}
+            return {
+                **config,
+                "server-round": server_round,
+                "evaluate-received": True,
+                "local-stats": True,
+                KEYS_CONFIG: json.dumps(keys),
+            }
 
         def _evaluate_config(self, server_round: int) -> dict[str, Any]:
-            return {**config, "server-round": server_round, "local-stats": True,
-                    KEYS_CONFIG: json.dumps(keys)}
+            return {**config, "server-round": server_round, "local-stats": True, KEYS_CONFIG: json.dumps(keys)}
 
         def configure_evaluate(self, server_round, parameters, client_manager):
             if server_round != rounds:  # evaluated on receipt during the next round
@@ -83,8 +99,10 @@ def secure_strategy(recorder: RoundRecorder, keys: list[str], initial: ArrayReco
             replies = [_reply(proxy, res) for proxy, res in results]
             recorder.clinic_replies(server_round, "train", replies)
             if failures or not results:
-                raise NoClinicResult(f"round {server_round}: {len(failures)} clinic(s) failed; "
-                                     "secure aggregation needs every sampled clinic")
+                raise NoClinicResult(
+                    f"round {server_round}: {len(failures)} clinic(s) failed; "
+                    "secure aggregation needs every sampled clinic"
+                )
             parameters, _ = super().aggregate_fit(server_round, results, failures)
             recorder.round_metrics(server_round, "train", _mean(replies), replies)
             arrays = parameters_to_ndarrays(parameters)
@@ -105,26 +123,28 @@ def secure_strategy(recorder: RoundRecorder, keys: list[str], initial: ArrayReco
             return None, dict(_mean(replies))
 
         def _checkpoint(self, server_round: int, ndarrays, _config):
-            recorder.checkpoint(server_round, ArrayRecord(
-                {k: Array(np.asarray(a)) for k, a in zip(keys, ndarrays)}))
+            recorder.checkpoint(server_round, ArrayRecord({k: Array(np.asarray(a)) for k, a in zip(keys, ndarrays)}))
             return None
 
     return SecureFedAvg()
 
 
-def run_secure(grid: Grid, context: Context, strategy: Any, resolved: dict[str, Any],
-               rounds: int, round_timeout: float) -> None:
+def run_secure(
+    grid: Grid, context: Context, strategy: Any, resolved: dict[str, Any], rounds: int, round_timeout: float
+) -> None:
     """Flower's DefaultWorkflow with SecAgg+ as the fit workflow."""
     from flwr.server import LegacyContext, ServerConfig
     from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
-    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=rounds,
-                                                                round_timeout=round_timeout),
-                           strategy=strategy)
+    legacy = LegacyContext(
+        context=context, config=ServerConfig(num_rounds=rounds, round_timeout=round_timeout), strategy=strategy
+    )
     fit = SecAggPlusWorkflow(
-        num_shares=resolved["num_shares"], reconstruction_threshold=resolved["reconstruction_threshold"],
-        max_weight=resolved["max_weight"], clipping_range=resolved["clipping_range"],
-        quantization_range=resolved["quantization_range"], timeout=round_timeout)
+        num_shares=resolved["num_shares"],
+        reconstruction_threshold=resolved["reconstruction_threshold"],
+        max_weight=resolved["max_weight"],
+        clipping_range=resolved["clipping_range"],
+        quantization_range=resolved["quantization_range"],
+        timeout=round_timeout,
+    )
     DefaultWorkflow(fit_workflow=fit)(grid, legacy)
-
-

@@ -34,13 +34,15 @@ class TransferMixin:
     transfer_dtype: str = "float32"
     transfer_keep: set[str] = set()
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self._reference = arrays
         return self._encode(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return self._encode(super().configure_evaluate(server_round, arrays, config, grid))  # type: ignore[misc]
 
     def _encode(self, messages: Iterable[Message]) -> list[Message]:

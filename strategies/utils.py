@@ -51,8 +51,7 @@ class ClinicReply:
 
 def model_bytes(content: RecordDict) -> int:
     """Bytes of every tensor a message carries (serialised array payloads, as sent)."""
-    return sum(len(array.data) for record in content.array_records.values()
-               for array in record.values())
+    return sum(len(array.data) for record in content.array_records.values() for array in record.values())
 
 
 def in_clinic_order(replies: list[Message]) -> list[Message]:
@@ -62,6 +61,7 @@ def in_clinic_order(replies: list[Message]) -> list[Message]:
     the last bits, and a few rounds of training amplify that. Sorting makes a run with
     the same seed, clinics and data give the same model again.
     """
+
     def key(msg: Message) -> tuple[str, int]:
         name = "" if msg.has_error() else str(msg.content.config_records.get("clinic", {}).get("name", ""))
         return name, int(msg.metadata.src_node_id)
@@ -77,10 +77,16 @@ def parse_reply(msg: Message) -> ClinicReply:
     content = msg.content
     metrics, lists = split_metrics(list(content.metric_records.values()))
     info = content.config_records.get("clinic", {})
-    return ClinicReply(node_id, str(info.get("name", f"node-{node_id}")),
-                       info.get("device"), metrics, lists=lists,
-                       bytes_up=model_bytes(content), data_card=_data_card(content),
-                       receipt=_receipt(content))
+    return ClinicReply(
+        node_id,
+        str(info.get("name", f"node-{node_id}")),
+        info.get("device"),
+        metrics,
+        lists=lists,
+        bytes_up=model_bytes(content),
+        data_card=_data_card(content),
+        receipt=_receipt(content),
+    )
 
 
 def split_metrics(records: list[MetricRecord]) -> tuple[dict[str, float], dict[str, list[float]]]:
@@ -132,9 +138,7 @@ def finite_weighted_mean(contents: list[RecordDict], weighted_by_key: str) -> Me
                     sums[key] = sums.get(key, 0.0) + float(value) * weight
                     weights[key] = weights.get(key, 0.0) + weight
     out = MetricRecord({k: sums[k] / weights[k] for k in sums})
-    out[weighted_by_key] = int(sum(
-        r.get(weighted_by_key, 0) for c in contents for r in c.metric_records.values()
-    ))
+    out[weighted_by_key] = int(sum(r.get(weighted_by_key, 0) for c in contents for r in c.metric_records.values()))
     return out
 
 
@@ -158,7 +162,7 @@ def array_view(array) -> np.ndarray:
     data = array.data
     if array.stype == "numpy.ndarray" and data[:6] == b"\x93NUMPY" and data[6] in (1, 2):
         size = 2 if data[6] == 1 else 4
-        offset = 8 + size + int.from_bytes(data[8:8 + size], "little")
+        offset = 8 + size + int.from_bytes(data[8 : 8 + size], "little")
         parsed = _npy_header(data[:offset])
         if parsed is not None:
             shape, fortran, dtype = parsed
@@ -205,7 +209,7 @@ def _squared_change(new, old, buffers: dict) -> float:
     with np.errstate(invalid="ignore", over="ignore"):
         for start in range(0, new.size, _CHUNK):
             part = buf[: min(_CHUNK, new.size - start)]
-            np.subtract(new[start:start + _CHUNK], old[start:start + _CHUNK], out=part)
+            np.subtract(new[start : start + _CHUNK], old[start : start + _CHUNK], out=part)
             total += float(np.dot(part, part))
     return total
 
@@ -292,11 +296,11 @@ def _accumulate(acc, views: list, factors: list[float], scratch: dict) -> None:
     if tmp is None:
         tmp = scratch[acc.dtype] = np.empty(_CHUNK, acc.dtype)
     for start in range(0, acc.size, _CHUNK):
-        out = acc[start:start + _CHUNK]
+        out = acc[start : start + _CHUNK]
         part = tmp[: out.size]
-        np.multiply(views[0][start:start + _CHUNK], factors[0], out=out, casting="unsafe")
+        np.multiply(views[0][start : start + _CHUNK], factors[0], out=out, casting="unsafe")
         for view, factor in zip(views[1:], factors[1:]):
-            np.multiply(view[start:start + _CHUNK], factor, out=part, casting="unsafe")
+            np.multiply(view[start : start + _CHUNK], factor, out=part, casting="unsafe")
             out += part
 
 

@@ -39,8 +39,15 @@ def federation(tmp_path: Path):
 # Modules whose module-scoped fixture (a running federation, an imported Keras) their tests
 # share: each is dealt to one worker as a whole, so the fixture is set up once.  Every other
 # test is dealt out on its own, to whichever worker is free.
-SHARED_FIXTURE_MODULES = {"test_security", "test_outsider", "test_strategies_e2e", "test_weights",
-                          "test_demo_data", "test_dashboard", "test_dashboard_browser"}
+SHARED_FIXTURE_MODULES = {
+    "test_security",
+    "test_outsider",
+    "test_strategies_e2e",
+    "test_weights",
+    "test_demo_data",
+    "test_dashboard",
+    "test_dashboard_browser",
+}
 
 # The slow ones first, so that no long test starts last and keeps one worker busy while
 # the others idle.  Measured serially on 2 busy cores (seconds): recovery 284 and 248, the

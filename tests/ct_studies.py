@@ -36,8 +36,19 @@ def corner_hu(slice_index: int) -> float:
     return -900.0 + 10.0 * slice_index
 
 
-def ct_slice(path: Path, *, patient: str, study: str, series: str, index: int, n_slices: int,
-             positive: bool, size: int, rng: np.random.Generator, series_number: int = 1) -> None:
+def ct_slice(
+    path: Path,
+    *,
+    patient: str,
+    study: str,
+    series: str,
+    index: int,
+    n_slices: int,
+    positive: bool,
+    size: int,
+    rng: np.random.Generator,
+    series_number: int = 1,
+) -> None:
     """One CT slice at z = index * SPACING; a blob of 200 HU in the middle slices of a positive study."""
     hu = np.full((size, size), -1000.0)
     yy, xx = np.mgrid[:size, :size]
@@ -70,9 +81,16 @@ def ct_slice(path: Path, *, patient: str, study: str, series: str, index: int, n
         ds.save_as(path, enforce_file_format=True)
 
 
-def write_ct_studies(folder: Path, n_patients: int, *, seed: int = 0, size: int = 32,
-                     slices: tuple[int, int] = (8, 12), studies: tuple[int, int] = (1, 2),
-                     manifest: str = "study_instance_uid") -> list[Study]:
+def write_ct_studies(
+    folder: Path,
+    n_patients: int,
+    *,
+    seed: int = 0,
+    size: int = 32,
+    slices: tuple[int, int] = (8, 12),
+    studies: tuple[int, int] = (1, 2),
+    manifest: str = "study_instance_uid",
+) -> list[Study]:
     """Write the set under folder (random names in a few random subfolders, written in a
     shuffled order) and labels.csv keyed by `manifest` ("study_instance_uid",
     "series_instance_uid" or "folder": one folder per study, named in a "file" column).
@@ -87,14 +105,28 @@ def write_ct_studies(folder: Path, n_patients: int, *, seed: int = 0, size: int 
             home = folder / (f"study-{rng.integers(1 << 30):08x}" if manifest == "folder" else "")
             for number in (1, 2):
                 series, n = generate_uid(), int(rng.integers(slices[0], slices[1] + 1))
-                study.series[series] = [home / f"{rng.integers(1 << 40):010x}" / f"{rng.integers(1 << 40):010x}.dcm"
-                                        if manifest == "folder" else
-                                        folder / f"d{rng.integers(4)}" / f"{rng.integers(1 << 40):010x}.dcm"
-                                        for _ in range(n)]
+                study.series[series] = [
+                    home / f"{rng.integers(1 << 40):010x}" / f"{rng.integers(1 << 40):010x}.dcm"
+                    if manifest == "folder"
+                    else folder / f"d{rng.integers(4)}" / f"{rng.integers(1 << 40):010x}.dcm"
+                    for _ in range(n)
+                ]
                 for index, path in enumerate(study.series[series]):
-                    jobs.append((path, dict(patient=patient, study=study.uid, series=series, index=index,
-                                            n_slices=n, positive=study.label != LABELS[0], size=size,
-                                            series_number=number)))
+                    jobs.append(
+                        (
+                            path,
+                            dict(
+                                patient=patient,
+                                study=study.uid,
+                                series=series,
+                                index=index,
+                                n_slices=n,
+                                positive=study.label != LABELS[0],
+                                size=size,
+                                series_number=number,
+                            ),
+                        )
+                    )
             made.append(study)
     for i in rng.permutation(len(jobs)):
         path, kwargs = jobs[i]

@@ -28,16 +28,41 @@ SERVER_PATH = "/srv/radfed-models"  # a weight file's folder on the "server": ne
 UNWANTED = re.compile(r"\bNone\b|\bnan\b|\bNaN\b|<NA>|\bNaT\b")
 FLOWER_ID = re.compile(r"\d{16,}")
 # the fields of Streamlit's element messages that a person reads (not ids, urls, hashes)
-SHOWN_FIELDS = {"body", "label", "options", "value", "text", "help", "placeholder", "caption", "title",
-                "delta", "display_value"}
-CARD = {"labels": ["normal", "pneumonia"],
-        "train": {"images": {"normal": 12, "pneumonia": 8}, "patients": {"normal": 6, "pneumonia": 4},
-                  "total_images": 20, "total_patients": 10},
-        "val": {"images": {"normal": 6, "pneumonia": 4}, "patients": {"normal": 3, "pneumonia": 2},
-                "total_images": 10, "total_patients": 5},
-        "rejected": {"corrupt": 2}, "rejected_total": 2, "modalities": {"CR": 21, "DX": 9},
-        "manufacturers": {"Acme": 30}, "sizes": {"1024-2047 px": 30},
-        "transfer_syntaxes": {"JPEG-LS Lossless Image Compression": 30}, "filtered": 1}
+SHOWN_FIELDS = {
+    "body",
+    "label",
+    "options",
+    "value",
+    "text",
+    "help",
+    "placeholder",
+    "caption",
+    "title",
+    "delta",
+    "display_value",
+}
+CARD = {
+    "labels": ["normal", "pneumonia"],
+    "train": {
+        "images": {"normal": 12, "pneumonia": 8},
+        "patients": {"normal": 6, "pneumonia": 4},
+        "total_images": 20,
+        "total_patients": 10,
+    },
+    "val": {
+        "images": {"normal": 6, "pneumonia": 4},
+        "patients": {"normal": 3, "pneumonia": 2},
+        "total_images": 10,
+        "total_patients": 5,
+    },
+    "rejected": {"corrupt": 2},
+    "rejected_total": 2,
+    "modalities": {"CR": 21, "DX": 9},
+    "manufacturers": {"Acme": 30},
+    "sizes": {"1024-2047 px": 30},
+    "transfer_syntaxes": {"JPEG-LS Lossless Image Compression": 30},
+    "filtered": 1,
+}
 
 
 @dataclass
@@ -69,44 +94,74 @@ def clinic_reply(name: str, node: int, separation: float, seed: int, n: int = 24
 def spec(name: str, **values: Any):
     from radfed.spec import ExperimentSpec
 
-    base = {"labels": ("normal", "pneumonia"), "backbone": "resnet50", "image_size": 224, "rounds": 2,
-            "weights": f"{SERVER_PATH}/resnet50.pth"}
+    base = {
+        "labels": ("normal", "pneumonia"),
+        "backbone": "resnet50",
+        "image_size": 224,
+        "rounds": 2,
+        "weights": f"{SERVER_PATH}/resnet50.pth",
+    }
     return ExperimentSpec(name=name, **{**base, **values})
 
 
-def record_run(store, registry, folder: Path, spec_, flower_id: str, separation: float, seed: int,
-               rounds: int, finish: str | None = "completed") -> int:
+def record_run(
+    store,
+    registry,
+    folder: Path,
+    spec_,
+    flower_id: str,
+    separation: float,
+    seed: int,
+    rounds: int,
+    finish: str | None = "completed",
+) -> int:
     """One run: per round, both clinics train (train rows, traffic) and evaluate the
     model (through the RunRecorder, pooled figures and histograms included)."""
     from server.recorder import RunRecorder
 
-    exp = store.create_experiment(spec_.name, spec_.to_json(), spec_.backbone, spec_.weights, spec_.strategy,
-                                  sweep=spec_.sweep or None, weight_source=spec_.weight_source or None)
+    exp = store.create_experiment(
+        spec_.name,
+        spec_.to_json(),
+        spec_.backbone,
+        spec_.weights,
+        spec_.strategy,
+        sweep=spec_.sweep or None,
+        weight_source=spec_.weight_source or None,
+    )
     run = store.start_run(exp, flower_id, rounds_planned=spec_.rounds)
     recorder = RunRecorder(store, run, spec_, folder / "ckpt" / str(run), audit=registry, flwr_run_id=flower_id)
     clinics = [("clinic-a", 7_900_000_000_000_000_001), ("clinic-b", 15_000_000_000_000_000_002)]
     for rnd in range(rounds + 1):
         if rnd > 0:
             for name, node in clinics:
-                store.record_clinic_result(run, rnd, name, node, "train", 0.9 / rnd, 20, device="cpu",
-                                           bytes_down=2_500_000, bytes_up=2_400_000)
+                store.record_clinic_result(
+                    run, rnd, name, node, "train", 0.9 / rnd, 20, device="cpu", bytes_down=2_500_000, bytes_up=2_400_000
+                )
                 registry.event("contributed", clinic=name, node_id=node, flwr_run_id=flower_id, server_round=rnd)
-            store.record_round(run, rnd, train_loss=0.9 / rnd, duration_s=42.0 + rnd, bytes_down=5_000_000,
-                               bytes_up=4_800_000)
+            store.record_round(
+                run, rnd, train_loss=0.9 / rnd, duration_s=42.0 + rnd, bytes_down=5_000_000, bytes_up=4_800_000
+            )
             path = folder / f"run{run}-round-{rnd:03d}.pt"
             path.write_bytes(b"weights")
             store.record_checkpoint(run, rnd, path, "ab" * 32, "pooled_auroc")
-        replies = [clinic_reply(name, node, separation * (rnd + 1) / (rounds + 1), seed + 10 * rnd + i)
-                   for i, (name, node) in enumerate(clinics)]
+        replies = [
+            clinic_reply(name, node, separation * (rnd + 1) / (rounds + 1), seed + 10 * rnd + i)
+            for i, (name, node) in enumerate(clinics)
+        ]
         recorder.clinic_replies(rnd, "evaluate", replies)
         recorder.round_metrics(rnd, "evaluate", None, replies)
         if rnd == 0:
             for name, node in clinics:
                 store.record_data_card(run, name, node, CARD)
     if finish:
-        store.finish_run(run, finish, final_auroc=recorder.val_auroc.get(rounds),
-                         error=f"CUDA out of memory in round 2 (see {SERVER_PATH}/logs/serverapp.log)"
-                         if finish == "failed" else None)
+        store.finish_run(
+            run,
+            finish,
+            final_auroc=recorder.val_auroc.get(rounds),
+            error=f"CUDA out of memory in round 2 (see {SERVER_PATH}/logs/serverapp.log)"
+            if finish == "failed"
+            else None,
+        )
     return run
 
 
@@ -120,32 +175,49 @@ def fill(db_url: str, folder: Path) -> Filled:
     filled = Filled(db_url, checkpoints=folder)
     with Store(db_url) as store:
         registry = Registry(store)
-        for name, key in (("clinic-a", "sha256:aaaa000011112222"), ("clinic-b", "sha256:bbbb000011112222"),
-                          ("clinic-c", "sha256:cccc000011112222")):
+        for name, key in (
+            ("clinic-a", "sha256:aaaa000011112222"),
+            ("clinic-b", "sha256:bbbb000011112222"),
+            ("clinic-c", "sha256:cccc000011112222"),
+        ):
             registry.add_clinic(name, f"ecdsa-sha2-nistp384 KEY{name}", key)
         registry.set_node_id("clinic-a", 7_900_000_000_000_000_001)
         registry.revoke("clinic-c")
-        plan = [("pneu-radimagenet-resnet50-unfreeze-all-lr0.001", "radimagenet", "none", 1e-3, 2.0),
-                ("pneu-imagenet-resnet50-unfreeze-all-lr0.001", "imagenet", "none", 1e-3, 1.5),
-                ("pneu-radimagenet-resnet50-freeze-all-lr0.01", "radimagenet", "all", 1e-2, 1.0),
-                ("pneu-imagenet-resnet50-freeze-all-lr0.01", "imagenet", "all", 1e-2, 0.5)]
+        plan = [
+            ("pneu-radimagenet-resnet50-unfreeze-all-lr0.001", "radimagenet", "none", 1e-3, 2.0),
+            ("pneu-imagenet-resnet50-unfreeze-all-lr0.001", "imagenet", "none", 1e-3, 1.5),
+            ("pneu-radimagenet-resnet50-freeze-all-lr0.01", "radimagenet", "all", 1e-2, 1.0),
+            ("pneu-imagenet-resnet50-freeze-all-lr0.01", "imagenet", "all", 1e-2, 0.5),
+        ]
         for i, (name, source, freeze, lr, separation) in enumerate(plan):
             flower = str(1_234_567_890_123_456_000 + i)
             s = spec(name, freeze=freeze, learning_rate=lr, sweep="pneu", weight_source=source)
             filled.runs[name] = record_run(store, registry, folder, s, flower, separation, seed=100 * i, rounds=2)
             filled.flower_ids[name] = flower
         crashed = spec("densenet-crashed", backbone="densenet121", weights="random", strategy="fedprox")
-        filled.runs["densenet-crashed"] = record_run(store, registry, folder, crashed, "9876543210987654321",
-                                                     0.2, seed=7, rounds=1, finish="failed")
+        filled.runs["densenet-crashed"] = record_run(
+            store, registry, folder, crashed, "9876543210987654321", 0.2, seed=7, rounds=1, finish="failed"
+        )
         live = spec("live-resnet18", backbone="resnet18", weights="random", rounds=3)
         run = record_run(store, registry, folder, live, "5555555555555555555", 2.0, seed=9, rounds=1, finish=None)
         store.record_clinic_result(run, 2, "clinic-a", 7_900_000_000_000_000_001, "train", 0.3, 20, device="cpu")
         filled.runs["live-resnet18"] = run
         first = plan[0][0]
         exp_id = next(e["experiment_id"] for e in store.leaderboard() if e["experiment"] == first)
-        store.record_baseline(exp_id, {"auroc": 0.95, "auroc_low": 0.9, "auroc_high": 0.99, "images": 20,
-                                       "patients": 10, "threshold": 0.5, "sensitivity": 0.9, "specificity": 0.8},
-                              {"clinic-a": {"auroc": 0.96}, "clinic-b": {"auroc": 0.94}})
+        store.record_baseline(
+            exp_id,
+            {
+                "auroc": 0.95,
+                "auroc_low": 0.9,
+                "auroc_high": 0.99,
+                "images": 20,
+                "patients": 10,
+                "threshold": 0.5,
+                "sensitivity": 0.9,
+                "specificity": 0.8,
+            },
+            {"clinic-a": {"auroc": 0.96}, "clinic-b": {"auroc": 0.94}},
+        )
     return filled
 
 
@@ -159,8 +231,11 @@ def walk(node):
 
 
 def frame_texts(frame) -> list[str]:
-    return ([str(c) for c in frame.columns] + [str(i) for i in frame.index]
-            + [str(v) for v in frame.astype(object).values.ravel()])
+    return (
+        [str(c) for c in frame.columns]
+        + [str(i) for i in frame.index]
+        + [str(v) for v in frame.astype(object).values.ravel()]
+    )
 
 
 def chart_texts(proto) -> list[str]:
@@ -211,5 +286,8 @@ def visible_texts(at) -> list[str]:
 def unreadable(at) -> list[str]:
     """Texts showing None/NaN, a Flower run id or a path on the server, and blank cells
     (an empty value must read as a word too)."""
-    return [t[:200] or "(a blank cell)" for t in visible_texts(at)
-            if UNWANTED.search(t) or FLOWER_ID.search(t) or SERVER_PATH in t or "/tmp/" in t or not t.strip()]
+    return [
+        t[:200] or "(a blank cell)"
+        for t in visible_texts(at)
+        if UNWANTED.search(t) or FLOWER_ID.search(t) or SERVER_PATH in t or "/tmp/" in t or not t.strip()
+    ]

@@ -20,8 +20,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def cli(module: str, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run a radfed CLI (`server.cli`, `client_node.cli`, ...) to completion."""
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env or os.environ.copy(), timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env or os.environ.copy(),
+        timeout=timeout,
+    )
 
 
 def spawn(module: str, *args: str, log: Path) -> subprocess.Popen:
@@ -31,8 +37,13 @@ def spawn(module: str, *args: str, log: Path) -> subprocess.Popen:
     fixtures' teardown (Ctrl-C of a parallel run), its federation does not live on."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as fh:
-        return spawn_bound([sys.executable, "-m", module, *args], stdout=fh,
-                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
+        return spawn_bound(
+            [sys.executable, "-m", module, *args],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+        )
 
 
 @contextmanager
@@ -77,9 +88,21 @@ class Federation:
             mode = ["--certs", str(self.certs), "--db", self.db]
         else:
             mode = ["--insecure"]
-        proc = spawn("server.cli", "superlink", *mode, "--host", "127.0.0.1", "--port", str(self.port),
-                     "--control-port", str(self.control_port), "--flwr-home", str(self.work / "flwr-link"),
-                     *extra, log=log)
+        proc = spawn(
+            "server.cli",
+            "superlink",
+            *mode,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--control-port",
+            str(self.control_port),
+            "--flwr-home",
+            str(self.work / "flwr-link"),
+            *extra,
+            log=log,
+        )
         self.procs.append(proc)
         self.superlink = proc
         deadline = time.monotonic() + 180  # a loaded 2-core machine starts it slowly
@@ -92,8 +115,21 @@ class Federation:
         """`coordinator clinic add NAME`: the clinic's bundle (key registered by the supervisor)."""
         bundle = self.work / "bundles" / f"{name}.radfed"
         bundle.parent.mkdir(parents=True, exist_ok=True)
-        proc = cli("server.cli", "clinic", "add", name, "--superlink", self.address, "--out", str(bundle),
-                   "--certs", str(self.certs), "--db", self.db, timeout=60)
+        proc = cli(
+            "server.cli",
+            "clinic",
+            "add",
+            name,
+            "--superlink",
+            self.address,
+            "--out",
+            str(bundle),
+            "--certs",
+            str(self.certs),
+            "--db",
+            self.db,
+            timeout=60,
+        )
         assert proc.returncode == 0, proc.stderr
         return bundle
 
@@ -109,16 +145,28 @@ class Federation:
             assert time.monotonic() < deadline, f"timed out waiting for {what}\n{self.logs()}"
             time.sleep(0.5)
 
-    def start_clinic(self, name: str, data: Path, fault: str = "", bundle: Path | None = None,
-                     *extra: str) -> subprocess.Popen:
+    def start_clinic(
+        self, name: str, data: Path, fault: str = "", bundle: Path | None = None, *extra: str
+    ) -> subprocess.Popen:
         options = ["--fault", fault] if fault else []
         if self.secure:
             target = ["--bundle", str(bundle or self.work / "bundles" / f"{name}.radfed")]
         else:
             target = ["--superlink", self.address, "--insecure", "--name", name]
-        proc = spawn("client_node.cli", "start", *target, "--data", str(data), "--threads", "1",
-                     "--home", str(self.work / "nodes"), *options, *extra,
-                     log=self.work / "logs" / f"{name}.log")
+        proc = spawn(
+            "client_node.cli",
+            "start",
+            *target,
+            "--data",
+            str(data),
+            "--threads",
+            "1",
+            "--home",
+            str(self.work / "nodes"),
+            *options,
+            *extra,
+            log=self.work / "logs" / f"{name}.log",
+        )
         self.procs.append(proc)
         return proc
 
@@ -128,8 +176,7 @@ class Federation:
         return proc
 
     def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-3000:]
-                         for p in sorted((self.work / "logs").glob("*.log")))
+        return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted((self.work / "logs").glob("*.log")))
 
     def all_pids(self) -> list[int]:
         from radfed.processes import descendants

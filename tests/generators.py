@@ -42,8 +42,9 @@ class Site:
 def _grid(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(v, u) in [-1, 1]: the coordinates render_chest draws anatomy in."""
     rows, cols = shape
-    return np.meshgrid(np.linspace(-1, 1, rows, dtype=np.float32),
-                       np.linspace(-1, 1, cols, dtype=np.float32), indexing="ij")
+    return np.meshgrid(
+        np.linspace(-1, 1, rows, dtype=np.float32), np.linspace(-1, 1, cols, dtype=np.float32), indexing="ij"
+    )
 
 
 # ----------------------------------------------------------------------------- findings
@@ -93,8 +94,9 @@ def _scanner(density: np.ndarray, site: Site, rng: np.random.Generator) -> np.nd
     return np.clip(shifted + rng.normal(0, site.noise, size=density.shape), 0.0, 1.0)
 
 
-def _write_site(out_dir: Path, index: int, site: Site, finding: Callable, n_patients: int,
-                seed: int, salt: str) -> None:
+def _write_site(
+    out_dir: Path, index: int, site: Site, finding: Callable, n_patients: int, seed: int, salt: str
+) -> None:
     """One clinic: 2 images per patient (one study, two series), labels.csv written last."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, index, sum(map(ord, salt))])
@@ -109,9 +111,15 @@ def _write_site(out_dir: Path, index: int, site: Site, finding: Callable, n_pati
         lesion = finding(rng, shape, anatomy) if label else None
         for k in range(2):
             uid = dd._uid(salt, seed, index, patient, "image", k)
-            tags = {**identity, **study, "InstitutionName": institution, "SOPInstanceUID": uid,
-                    "SeriesInstanceUID": dd._uid(salt, seed, index, patient, "series", k),
-                    "SeriesNumber": k + 1, "InstanceNumber": 1}
+            tags = {
+                **identity,
+                **study,
+                "InstitutionName": institution,
+                "SOPInstanceUID": uid,
+                "SeriesInstanceUID": dd._uid(salt, seed, index, patient, "series", k),
+                "SeriesNumber": k + 1,
+                "InstanceNumber": 1,
+            }
             density = dd.render_chest(rng, shape, anatomy, None)
             if lesion is not None:  # the same finding on both images, a little dimmer or brighter
                 density = density + lesion * rng.uniform(0.93, 1.07)
@@ -122,8 +130,9 @@ def _write_site(out_dir: Path, index: int, site: Site, finding: Callable, n_pati
     dd._write_manifest(out_dir, index, entries)
 
 
-def _federation(workdir: Path, sites: tuple[Site, ...], finding: Callable, n_clinics: int,
-                n_patients: int, seed: int, salt: str) -> list[Path]:
+def _federation(
+    workdir: Path, sites: tuple[Site, ...], finding: Callable, n_clinics: int, n_patients: int, seed: int, salt: str
+) -> list[Path]:
     workdir = Path(workdir)
     folders = []
     for index in range(1, n_clinics + 1):
@@ -134,28 +143,60 @@ def _federation(workdir: Path, sites: tuple[Site, ...], finding: Callable, n_cli
     return folders
 
 
-def _profile(rows: int, cols: int, bits: int, photometric: str, modality: str, maker: str,
-             syntax: str, ext: str = ".dcm") -> dd._Profile:
-    return dd._Profile(rows, cols, bits, photometric, modality, maker, f"{maker.split()[0]}-1",
-                       ((0.5, 0.95),), syntax, ext)
+def _profile(
+    rows: int, cols: int, bits: int, photometric: str, modality: str, maker: str, syntax: str, ext: str = ".dcm"
+) -> dd._Profile:
+    return dd._Profile(
+        rows, cols, bits, photometric, modality, maker, f"{maker.split()[0]}-1", ((0.5, 0.95),), syntax, ext
+    )
 
 
 NODULE_SITES = (
-    Site(_profile(192, 160, 10, "MONOCHROME2", "DX", "Globex Digital", ExplicitVRLittleEndian),
-         prevalence=0.2, brightness=0.06, gamma=0.85, noise=0.010),
-    Site(_profile(352, 352, 14, "MONOCHROME1", "CR", "Umbrella Radiology", ImplicitVRLittleEndian, ""),
-         prevalence=0.5, brightness=-0.05, gamma=1.25, noise=0.025),
-    Site(_profile(256, 224, 16, "MONOCHROME2", "DX", "Vandelay Imaging", RLELossless),
-         prevalence=0.35, brightness=0.0, gamma=1.0, noise=0.004),
+    Site(
+        _profile(192, 160, 10, "MONOCHROME2", "DX", "Globex Digital", ExplicitVRLittleEndian),
+        prevalence=0.2,
+        brightness=0.06,
+        gamma=0.85,
+        noise=0.010,
+    ),
+    Site(
+        _profile(352, 352, 14, "MONOCHROME1", "CR", "Umbrella Radiology", ImplicitVRLittleEndian, ""),
+        prevalence=0.5,
+        brightness=-0.05,
+        gamma=1.25,
+        noise=0.025,
+    ),
+    Site(
+        _profile(256, 224, 16, "MONOCHROME2", "DX", "Vandelay Imaging", RLELossless),
+        prevalence=0.35,
+        brightness=0.0,
+        gamma=1.0,
+        noise=0.004,
+    ),
 )
 
 EFFUSION_SITES = (
-    Site(_profile(240, 240, 12, "MONOCHROME1", "CR", "Hooli Medical", RLELossless),
-         prevalence=0.6, brightness=-0.03, gamma=1.15, noise=0.020),
-    Site(_profile(320, 256, 16, "MONOCHROME2", "DX", "Wayne Diagnostics", ExplicitVRLittleEndian, ""),
-         prevalence=0.25, brightness=0.08, gamma=0.80, noise=0.006),
-    Site(_profile(160, 200, 10, "MONOCHROME2", "DX", "Stark Detectors", ImplicitVRLittleEndian),
-         prevalence=0.4, brightness=0.02, gamma=1.05, noise=0.030),
+    Site(
+        _profile(240, 240, 12, "MONOCHROME1", "CR", "Hooli Medical", RLELossless),
+        prevalence=0.6,
+        brightness=-0.03,
+        gamma=1.15,
+        noise=0.020,
+    ),
+    Site(
+        _profile(320, 256, 16, "MONOCHROME2", "DX", "Wayne Diagnostics", ExplicitVRLittleEndian, ""),
+        prevalence=0.25,
+        brightness=0.08,
+        gamma=0.80,
+        noise=0.006,
+    ),
+    Site(
+        _profile(160, 200, 10, "MONOCHROME2", "DX", "Stark Detectors", ImplicitVRLittleEndian),
+        prevalence=0.4,
+        brightness=0.02,
+        gamma=1.05,
+        noise=0.030,
+    ),
 )
 
 

@@ -26,9 +26,13 @@ from tests.federation import ROOT, cli
 from tests.test_store import pg_schema_url, store_url  # noqa: F401 - fixtures: SQLite and PostgreSQL
 
 APP = ROOT / "dashboard" / "app.py"
-OIDC = {"redirect_uri": "https://radfed.example.org/oauth2callback", "cookie_secret": "x" * 32,
-        "client_id": "radfed", "client_secret": "s", "server_metadata_url":
-        "https://idp.example.org/.well-known/openid-configuration"}
+OIDC = {
+    "redirect_uri": "https://radfed.example.org/oauth2callback",
+    "cookie_secret": "x" * 32,
+    "client_id": "radfed",
+    "client_secret": "s",
+    "server_metadata_url": "https://idp.example.org/.well-known/openid-configuration",
+}
 
 
 @pytest.fixture
@@ -73,8 +77,13 @@ def test_only_a_salted_hash_is_stored(researchers: Researchers, tmp_path: Path) 
 def test_wrong_secret_and_unknown_name_get_the_same_answer(researchers: Researchers, db: str) -> None:
     researchers.add("alice", secret="correct horse battery")
     answers = []
-    for name, secret in [("alice", "wrong secret here"), ("mallory", "correct horse battery"),
-                         ("../etc", "x" * 20), ("alice", "x" * 5000), ("[/bold] [red]x", "y" * 20)]:
+    for name, secret in [
+        ("alice", "wrong secret here"),
+        ("mallory", "correct horse battery"),
+        ("../etc", "x" * 20),
+        ("alice", "x" * 5000),
+        ("[/bold] [red]x", "y" * 20),
+    ]:
         with pytest.raises(LoginRefused) as refused:
             researchers.login(name, secret)
         answers.append(refused.value.message)
@@ -138,8 +147,14 @@ def test_researcher_cli_prints_the_secret_once_and_lists_no_hash(db: str, tmp_pa
     Researchers(Store(db)).login("alice", secret)
     again = cli("server.cli", "researcher", "add", "alice", "--db", db, timeout=60)
     assert again.returncode == 2 and again.stderr.count("\n") == 1 and "--reset" in again.stderr
-    proc = subprocess.run([sys.executable, "-m", "server.cli", "researcher", "add", "bob", "--stdin", "--db", db],
-                          input="a secret from stdin\n", capture_output=True, text=True, cwd=ROOT, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "server.cli", "researcher", "add", "bob", "--stdin", "--db", db],
+        input="a secret from stdin\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert proc.returncode == 0 and proc.stdout == "", proc.stderr
     Researchers(Store(db)).login("bob", "a secret from stdin")
     listed = cli("server.cli", "researcher", "list", "--json", "--db", db, timeout=60)
@@ -301,8 +316,10 @@ def test_beyond_loopback_a_browser_sees_no_tracebacks() -> None:
 def test_oidc_is_configured_by_an_auth_table(tmp_path: Path) -> None:
     secrets = tmp_path / "secrets.toml"
     assert not oidc_configured([secrets])
-    secrets.write_text('[auth]\nredirect_uri = "https://x/oauth2callback"\ncookie_secret = "c"\n'
-                       '[auth.microsoft]\nclient_id = "id"\nclient_secret = "s"\n')
+    secrets.write_text(
+        '[auth]\nredirect_uri = "https://x/oauth2callback"\ncookie_secret = "c"\n'
+        '[auth.microsoft]\nclient_id = "id"\nclient_secret = "s"\n'
+    )
     assert oidc_configured([secrets])
     secrets.write_text('[auth]\nredirect_uri = "https://x/oauth2callback"\n')
     assert not oidc_configured([secrets])
@@ -330,9 +347,14 @@ def _free_port() -> int:
 def test_dashboard_refuses_beyond_loopback_without_accounts(db: str, tmp_path: Path) -> None:
     Store(db).close()
     env = {**os.environ, "HOME": str(tmp_path)}  # no ~/.streamlit/secrets.toml
-    proc = subprocess.run([sys.executable, "-m", "dashboard.cli", "--db", db, "--host", "0.0.0.0",
-                           "--port", str(_free_port())], cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)},
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dashboard.cli", "--db", db, "--host", "0.0.0.0", "--port", str(_free_port())],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "refusing to serve on 0.0.0.0" in lines[0], proc.stderr
@@ -352,9 +374,13 @@ def test_dashboard_serves_beyond_loopback_once_an_account_exists(db: str, tmp_pa
     port = _free_port()
     log = tmp_path / "dashboard.log"
     with log.open("wb") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "dashboard.cli", "--db", db, "--host", address,
-                                 "--port", str(port)], cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", "HOME": str(tmp_path)})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dashboard.cli", "--db", db, "--host", address, "--port", str(port)],
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "HOME": str(tmp_path)},
+        )
     try:
         deadline = time.monotonic() + 120
         while True:

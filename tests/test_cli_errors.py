@@ -56,17 +56,29 @@ def test_unreachable_superlink_for_a_clinic(tmp_path, dead_link):
 def test_unreachable_superlink_for_a_run(tmp_path, dead_link):
     spec = tmp_path / "exp.toml"
     spec.write_text('name = "x"\nbackbone = "resnet18"\n')
-    proc = cli("server.cli", "run", str(spec), "--control", dead_link, "--insecure",
-               "--db", f"sqlite:///{tmp_path / 'db.sqlite'}", timeout=120)
+    proc = cli(
+        "server.cli",
+        "run",
+        str(spec),
+        "--control",
+        dead_link,
+        "--insecure",
+        "--db",
+        f"sqlite:///{tmp_path / 'db.sqlite'}",
+        timeout=120,
+    )
     _one_line_error(proc, dead_link, "not reachable")
 
 
-@pytest.mark.parametrize("line, needles", [
-    ('strategy = "fedbest"', ("'strategy'", "fedavg")),
-    ("rounds = 0", ("'rounds'", "from 1")),
-    ('colour = "blue"', ("unknown key 'colour'", "backbone")),
-    ('weights = "/no/such/weights.pt"', ("'weights'", "no such file")),
-])
+@pytest.mark.parametrize(
+    "line, needles",
+    [
+        ('strategy = "fedbest"', ("'strategy'", "fedavg")),
+        ("rounds = 0", ("'rounds'", "from 1")),
+        ('colour = "blue"', ("unknown key 'colour'", "backbone")),
+        ('weights = "/no/such/weights.pt"', ("'weights'", "no such file")),
+    ],
+)
 def test_bad_spec_names_the_key(tmp_path, line, needles):
     spec = tmp_path / "exp.toml"
     spec.write_text(f'name = "x"\n{line}\n')
@@ -81,8 +93,10 @@ def test_insecure_superlink_refused_off_loopback():
 
 
 def test_every_command_has_help_with_an_example():
-    for module, commands in {"server.cli": ["superlink", "run", "leaderboard", "demo", "strategies", "baseline"],
-                             "client_node.cli": ["start", "demo-data", "check-data"]}.items():
+    for module, commands in {
+        "server.cli": ["superlink", "run", "leaderboard", "demo", "strategies", "baseline"],
+        "client_node.cli": ["start", "demo-data", "check-data"],
+    }.items():
         for command in commands:
             proc = cli(module, command, "--help", timeout=60)
             assert proc.returncode == 0 and "Example" in proc.stdout, (module, command)
@@ -96,6 +110,16 @@ def test_baseline_bad_data_and_holdout(tmp_path):
     proc = cli("server.cli", "baseline", str(spec), "--data", str(tmp_path / "nope"), timeout=60)
     _one_line_error(proc, "nope", "does not exist")
     (tmp_path / "a").mkdir()
-    proc = cli("server.cli", "baseline", str(spec), "--data", str(tmp_path / "a"), "--holdout", "zz",
-               "--db", f"sqlite:///{tmp_path / 'db.sqlite'}", timeout=60)
+    proc = cli(
+        "server.cli",
+        "baseline",
+        str(spec),
+        "--data",
+        str(tmp_path / "a"),
+        "--holdout",
+        "zz",
+        "--db",
+        f"sqlite:///{tmp_path / 'db.sqlite'}",
+        timeout=60,
+    )
     _one_line_error(proc, "holdout clinic 'zz' is not one of the --data clinics (a)")

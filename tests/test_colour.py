@@ -134,11 +134,13 @@ def test_palette_whose_table_is_missing_or_damaged(tmp_path: Path) -> None:
 
 def test_rgb_8_and_16_bit_give_bt601_luma(tmp_path: Path) -> None:
     rgb = np.random.default_rng(1).integers(0, 256, (5, 7, 3)).astype(np.uint8)
-    np.testing.assert_allclose(read_pixels(save(colour_dataset(rgb, "RGB"), tmp_path / "a.dcm")),
-                               luma(rgb, 255), atol=1e-5)
+    np.testing.assert_allclose(
+        read_pixels(save(colour_dataset(rgb, "RGB"), tmp_path / "a.dcm")), luma(rgb, 255), atol=1e-5
+    )
     wide = rgb.astype(np.uint16) * 257
-    np.testing.assert_allclose(read_pixels(save(colour_dataset(wide, "RGB"), tmp_path / "b.dcm")),
-                               luma(wide, 65535), atol=1e-5)
+    np.testing.assert_allclose(
+        read_pixels(save(colour_dataset(wide, "RGB"), tmp_path / "b.dcm")), luma(wide, 65535), atol=1e-5
+    )
 
 
 def test_ybr_full_matches_its_rgb_twin_in_every_frame(tmp_path: Path) -> None:
@@ -150,17 +152,20 @@ def test_ybr_full_matches_its_rgb_twin_in_every_frame(tmp_path: Path) -> None:
         np.testing.assert_allclose(image, luma(frame, 255), atol=2 / 255)  # two 8-bit roundings
 
 
-@pytest.mark.parametrize(("photometric", "samples", "bits", "why"), [
-    ("HSV", 3, 8, "no conversion"),
-    ("CMYK", 4, 8, "no conversion"),
-    ("ARGB", 4, 8, "no conversion"),
-    ("YBR_PARTIAL_422", 3, 8, "no conversion"),
-    ("YBR_PARTIAL_420", 3, 8, "no conversion"),
-    ("RGB", 2, 8, "no conversion"),
-    ("MONOCHROME2", 3, 8, "no conversion"),
-    ("YBR_FULL", 3, 16, "8 bits only"),
-    ("YBR_ICT", 3, 8, "outside JPEG 2000"),
-])
+@pytest.mark.parametrize(
+    ("photometric", "samples", "bits", "why"),
+    [
+        ("HSV", 3, 8, "no conversion"),
+        ("CMYK", 4, 8, "no conversion"),
+        ("ARGB", 4, 8, "no conversion"),
+        ("YBR_PARTIAL_422", 3, 8, "no conversion"),
+        ("YBR_PARTIAL_420", 3, 8, "no conversion"),
+        ("RGB", 2, 8, "no conversion"),
+        ("MONOCHROME2", 3, 8, "no conversion"),
+        ("YBR_FULL", 3, 16, "8 bits only"),
+        ("YBR_ICT", 3, 8, "outside JPEG 2000"),
+    ],
+)
 def test_what_pydicom_cannot_convert_is_refused_from_the_header(
     tmp_path: Path, photometric: str, samples: int, bits: int, why: str
 ) -> None:
@@ -172,8 +177,14 @@ def test_what_pydicom_cannot_convert_is_refused_from_the_header(
 
 
 def test_photometric_problem_accepts_what_pydicom_converts() -> None:
-    for photometric, samples in (("MONOCHROME1", 1), ("MONOCHROME2", 1), ("PALETTE COLOR", 1),
-                                 ("RGB", 3), ("YBR_FULL", 3), ("YBR_FULL_422", 3)):
+    for photometric, samples in (
+        ("MONOCHROME1", 1),
+        ("MONOCHROME2", 1),
+        ("PALETTE COLOR", 1),
+        ("RGB", 3),
+        ("YBR_FULL", 3),
+        ("YBR_FULL_422", 3),
+    ):
         ds = Dataset()
         ds.PhotometricInterpretation, ds.SamplesPerPixel, ds.BitsAllocated = photometric, samples, 8
         assert photometric_problem(ds) == "", photometric

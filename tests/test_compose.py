@@ -9,8 +9,7 @@ import yaml
 
 from tests.federation import ROOT, cli
 
-SCRIPT_MODULES = {"coordinator": "server.cli", "client-node": "client_node.cli",
-                  "dashboard": "dashboard.cli"}
+SCRIPT_MODULES = {"coordinator": "server.cli", "client-node": "client_node.cli", "dashboard": "dashboard.cli"}
 
 
 def _compose() -> dict:
@@ -43,8 +42,7 @@ def test_build_context_has_a_dockerfile():
     assert (ROOT / "Dockerfile").is_file()
     for service in _compose()["services"].values():
         if service.get("build"):
-            assert (ROOT / service["build"] / "Dockerfile").is_file() if isinstance(
-                service["build"], str) else True
+            assert (ROOT / service["build"] / "Dockerfile").is_file() if isinstance(service["build"], str) else True
 
 
 def test_superlink_publishes_only_the_clinics_door():

@@ -54,8 +54,11 @@ def texts(at: AppTest) -> str:
 
 
 def frame_with(at: AppTest, column: str):
-    return next(n.value for n in walk(at._tree) if n.type in ("dataframe", "table")
-                and column in list(n.value.columns) + [n.value.index.name])
+    return next(
+        n.value
+        for n in walk(at._tree)
+        if n.type in ("dataframe", "table") and column in list(n.value.columns) + [n.value.index.name]
+    )
 
 
 def charts(at: AppTest) -> list[dict]:
@@ -82,7 +85,8 @@ def test_leaderboard_ranks_by_the_pooled_auroc_with_its_ci(monkeypatch, filled: 
     assert board.index.tolist() == ["1", "2", "3", "4", "5"]
     assert board["Run"].tolist() == [f"{e['experiment']} · run {e['run_id']}" for e in finished]
     assert [float(h.split()[0]) for h in board["Pooled AUROC [95% CI]"]] == [
-        round(e["pooled_auroc"], 3) for e in finished]
+        round(e["pooled_auroc"], 3) for e in finished
+    ]
     assert all(re.fullmatch(r"0\.\d{3} \[0\.\d{3}–[01]\.\d{3}\]", h) for h in board["Pooled AUROC [95% CI]"])
     ties = board["vs #1"].tolist()
     assert ties[0] == "#1" and ties[1] == "≈ #1" and ties[-1] == "below #1"  # as radfed.ranking says
@@ -108,8 +112,10 @@ def test_filters_and_grouping(monkeypatch, filled: Filled) -> None:
     assert {m.label for m in at.sidebar.multiselect} >= {"Backbone", "Weight source", "Freeze policy", "Strategy"}
     at.sidebar.multiselect(key="leaderboard-weight_source").select("imagenet").run()
     board = frame_with(at, "vs #1")
-    assert sorted(r.split(" · ")[0] for r in board["Run"]) == ["pneu-imagenet-resnet50-freeze-all-lr0.01",
-                                                               "pneu-imagenet-resnet50-unfreeze-all-lr0.001"]
+    assert sorted(r.split(" · ")[0] for r in board["Run"]) == [
+        "pneu-imagenet-resnet50-freeze-all-lr0.01",
+        "pneu-imagenet-resnet50-unfreeze-all-lr0.001",
+    ]
     assert board.index.tolist() == ["1", "2"] and board["vs #1"].tolist()[0] == "#1"  # ranked among those shown
     at.selectbox(key="group-by").select("freeze").run()
     groups = frame_with(at, "Runs")
@@ -213,8 +219,13 @@ def test_per_clinic_forest_plot_and_separate_tables(monkeypatch, filled: Filled)
     at = open_app(monkeypatch, filled.url, "per_clinic.py")
     forest = charts(at)[0]
     assert {"rule", "point"} <= marks(forest)
-    who = next(v for n in walk(at._tree) if n.type == "vega_lite_chart"
-               for v in [visible_texts_of(n)] if "all clinics pooled" in v)
+    who = next(
+        v
+        for n in walk(at._tree)
+        if n.type == "vega_lite_chart"
+        for v in [visible_texts_of(n)]
+        if "all clinics pooled" in v
+    )
     assert "clinic-a" in who and "clinic-b" in who
     evaluations = frame_with(at, "AUROC [95% CI]")
     assert set(frame_with(at, "Training loss")["Clinic"]) == {"clinic-a", "clinic-b"}
@@ -245,8 +256,7 @@ def test_diagnostics_roc_reliability_and_confusion(monkeypatch, filled: Filled) 
         entry = next(e for e in store.leaderboard() if e["run_id"] == 1)
     pooled = entry["pooled"]
     assert f"all clinics pooled (AUROC {pooled['auroc']:.3f})" in text  # the curve's area is the headline
-    confusion = next(n for n in walk(at._tree) if n.type == "vega_lite_chart"
-                     and "called" in visible_texts_of(n))
+    confusion = next(n for n in walk(at._tree) if n.type == "vega_lite_chart" and "called" in visible_texts_of(n))
     cells = visible_texts_of(confusion)
     images = int(pooled["images"])
     assert cells.count("(") >= 4 and str(images) not in ("0",)
@@ -291,8 +301,16 @@ def test_clinic_register(monkeypatch, filled: Filled) -> None:
 def test_empty_database_shows_friendly_message_on_every_page(monkeypatch, tmp_path: Path) -> None:
     at = open_app(monkeypatch, f"sqlite:///{tmp_path / 'empty.db'}")
     assert any("No experiments yet" in i.value and "coordinator demo" in i.value for i in at.info)
-    for page in ("compare.py", "sweeps.py", "live.py", "run.py", "per_clinic.py", "diagnostics.py",
-                 "audit_trail.py", "register.py"):
+    for page in (
+        "compare.py",
+        "sweeps.py",
+        "live.py",
+        "run.py",
+        "per_clinic.py",
+        "diagnostics.py",
+        "audit_trail.py",
+        "register.py",
+    ):
         at.switch_page(page).run()
         assert not at.exception and at.info, page
         assert not unreadable(at), page
@@ -382,8 +400,7 @@ def test_paired_differences_pair_runs_that_differ_only_in_weights(filled: Filled
     with Store(filled.url) as store:
         board = store.leaderboard()
     rows = paired_differences(board)
-    assert [(r["freeze"], r["first"]["run_id"], r["second"]["run_id"]) for r in rows] == [
-        ("none", 1, 2), ("all", 3, 4)]
+    assert [(r["freeze"], r["first"]["run_id"], r["second"]["run_id"]) for r in rows] == [("none", 1, 2), ("all", 3, 4)]
     for r in rows:
         assert r["diff"] == pytest.approx(r["first"]["pooled_auroc"] - r["second"]["pooled_auroc"])
         assert r["low"] < r["diff"] < r["high"]
@@ -454,7 +471,9 @@ def test_cli_serves_and_stops_cleanly(tmp_path: Path, stop_signal: signal.Signal
     with log.open("wb") as sink:
         proc = subprocess.Popen(
             [sys.executable, "-m", "dashboard.cli", "--db", db_url, "--port", str(port)],
-            cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     try:
@@ -478,9 +497,11 @@ def test_cli_serves_and_stops_cleanly(tmp_path: Path, stop_signal: signal.Signal
 @pytest.mark.e2e
 def test_cli_bad_database_exits_1_before_streamlit(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "dashboard.cli", "--db", "postgresql://u:pw@127.0.0.1:1/db",
-         "--port", str(free_port())],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "dashboard.cli", "--db", "postgresql://u:pw@127.0.0.1:1/db", "--port", str(free_port())],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()

@@ -98,8 +98,24 @@ def demo_database(tmp_path_factory: pytest.TempPathFactory) -> str:
     work = tmp_path_factory.mktemp("demo")
     env = {**os.environ, "RADFED_HOME": str(work / "home"), "FLWR_HOME": str(work / "home" / "flwr")}
     env.pop("DATABASE_URL", None)
-    proc = cli("server.cli", "demo", "--clinics", "2", "--rounds", "2", "--patients", "8", "--image-size", "32",
-               "--backbone", "resnet18", "--workdir", str(work / "w"), env=env, timeout=600)
+    proc = cli(
+        "server.cli",
+        "demo",
+        "--clinics",
+        "2",
+        "--rounds",
+        "2",
+        "--patients",
+        "8",
+        "--image-size",
+        "32",
+        "--backbone",
+        "resnet18",
+        "--workdir",
+        str(work / "w"),
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return f"sqlite:///{work / 'w' / 'radfed.db'}"
 
@@ -132,8 +148,9 @@ def dashboard_url(demo_database: str, tmp_path_factory: pytest.TempPathFactory):
 def browser(demo_database: str):
     sync_playwright = browser_or_skip()
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).is_file()
-                                              else shutil.which("chromium"), headless=True)
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium"), headless=True
+        )
         try:
             yield chromium
         finally:
@@ -190,7 +207,6 @@ def test_page_in_browser(browser, dashboard_url: str, path: str, width: int, tmp
         assert not cut, f"cut off at {width} px: {cut} (see {shot})"
     finally:
         page.close()
-
 
 
 @pytest.mark.timeout(300)

@@ -167,8 +167,11 @@ def test_unusable_manifest(tmp_path: Path, content: str, message: str) -> None:
 
 def test_all_rows_name_missing_files(tmp_path: Path) -> None:
     write_manifest(tmp_path, ["file", "label"], [("studies/x.dcm", "normal"), ("studies/y.dcm", "opacity")])
-    with pytest.raises(DataError, match=r"all 2 rows of labels.csv name files that do not exist; "
-                                        r"first: labels.csv line 2;") as info:
+    with pytest.raises(
+        DataError,
+        match=r"all 2 rows of labels.csv name files that do not exist; "
+        r"first: labels.csv line 2;",
+    ) as info:
         load_clinic(tmp_path, LABELS, SIZE)
     assert "studies" not in str(info.value)  # paths below the folder stay out of exception text
     assert info.value.rejected[0] == ("labels.csv line 2: studies/x.dcm", "missing-file")  # ... but reach the card
@@ -177,8 +180,11 @@ def test_all_rows_name_missing_files(tmp_path: Path) -> None:
 def test_nothing_usable_names_reasons(tmp_path: Path) -> None:
     write_image(tmp_path / "a.dcm", "P1", 100)
     write_manifest(tmp_path, ["file", "label"], [("a.dcm", "pneumonia"), ("b.dcm", "normal")])
-    with pytest.raises(DataError, match=r"no usable image: 2 rejected \(1 unknown-label, 1 missing-file\); "
-                                        r"first: labels.csv line 2"):
+    with pytest.raises(
+        DataError,
+        match=r"no usable image: 2 rejected \(1 unknown-label, 1 missing-file\); "
+        r"first: labels.csv line 2",
+    ):
         load_clinic(tmp_path, LABELS, SIZE)
 
 
@@ -212,11 +218,14 @@ def test_unknown_and_duplicate_sop_instance_uids(tmp_path: Path) -> None:
     uid = write_image(tmp_path / "a" / "IM1", "P1", 100)
     write_image(tmp_path / "b" / "IM1", "P1", 100, uid=uid)  # the same image exported twice
     other = write_image(tmp_path / "c" / "IM1", "P2", 300)
-    write_manifest(tmp_path, ["sop_instance_uid", "label"],
-                   [(uid, "normal"), ("1.2.3.999", "normal"), (other, "opacity")])
+    write_manifest(
+        tmp_path, ["sop_instance_uid", "label"], [(uid, "normal"), ("1.2.3.999", "normal"), (other, "opacity")]
+    )
     clinic = load_clinic(tmp_path, LABELS, SIZE)
-    assert clinic.rejected == [("b/IM1", "duplicate-sop-instance-uid"),
-                               ("labels.csv line 3", "unknown-sop-instance-uid")]
+    assert clinic.rejected == [
+        ("b/IM1", "duplicate-sop-instance-uid"),
+        ("labels.csv line 3", "unknown-sop-instance-uid"),
+    ]
     assert len(clinic.train) + len(clinic.val) == 2
 
 
@@ -255,7 +264,9 @@ def test_unreadable_files_are_rejected_with_their_reason(tmp_path: Path) -> None
         handle.write("cut.dcm,normal\nnotes.dcm,normal\nempty.dcm,opacity\nanon.dcm,normal\n")
     clinic = load_clinic(tmp_path, LABELS, SIZE)
     assert sorted(clinic.rejected) == [
-        ("anon.dcm", "no-patient-id"), ("cut.dcm", "truncated"), ("empty.dcm", "empty-file"),
+        ("anon.dcm", "no-patient-id"),
+        ("cut.dcm", "truncated"),
+        ("empty.dcm", "empty-file"),
         ("notes.dcm", "not-dicom"),
     ]
     assert len(clinic.train) + len(clinic.val) == 4
@@ -389,6 +400,7 @@ def test_corrupt_cache_file_is_a_miss(tmp_path: Path) -> None:
 
 def refuse_dicom(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make every way radfed opens a DICOM file fail loudly."""
+
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("opened a DICOM file despite a warm cache")
 

@@ -34,10 +34,11 @@ def test_recorder_keeps_known_keys_of_train_replies_only(tmp_path: Path) -> None
         run = store.start_run(store.create_experiment("x", "{}", "resnet18", "random", "fedavg"), "1", 1)
         recorder = RunRecorder(store, run, ExperimentSpec(name="x"), tmp_path / "ckpt")
         sent = {**CARD, "PatientID": "SMITH", "paths": ["a/b.dcm"]}
-        replies = [ClinicReply("11", "clinic-a", "cpu", {"num-examples": 3.0, "train_loss": 0.5}, data_card=sent),
-                   ClinicReply("12", "clinic-b", "cpu", {"num-examples": 2.0, "train_loss": 0.4}),
-                   ClinicReply("13", "clinic-c", "cpu", {"num-examples": 1.0, "train_loss": 0.4},
-                               data_card={"unknown": 1})]
+        replies = [
+            ClinicReply("11", "clinic-a", "cpu", {"num-examples": 3.0, "train_loss": 0.5}, data_card=sent),
+            ClinicReply("12", "clinic-b", "cpu", {"num-examples": 2.0, "train_loss": 0.4}),
+            ClinicReply("13", "clinic-c", "cpu", {"num-examples": 1.0, "train_loss": 0.4}, data_card={"unknown": 1}),
+        ]
         recorder.clinic_replies(1, "train", replies)
         [entry] = store.leaderboard(include_running=True)
     [stored] = entry["data_cards"]

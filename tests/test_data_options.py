@@ -35,17 +35,23 @@ def folder_clinic(root: Path, n_patients: int = 4) -> None:
 # ----------------------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize(("kwargs", "start"), [
-    ({"window": "liver"}, "window must be one of lung"),
-    ({"window": (40, -1)}, "window must be one of"),
-    ({"frame_policy": "first"}, "frame_policy must be one of middle, all"),
-    ({"label_source": "csv"}, "label_source must be one of manifest, folders, tag"),
-    ({"label_source": "tag"}, "label_tag must name a DICOM keyword"),
-    ({"label_source": "tag", "label_tag": "SeriesDescriptoin"}, "label_tag must be a DICOM keyword"),
-    ({"filters": {"PatientName": ["x"]}}, "filters keys must be one of Modality, BodyPartExamined, SeriesDescription"),
-    ({"filters": {"Modality": "CT"}}, "filters['Modality'] must be a list of strings"),
-    ({"label_map": ["a"]}, "label_map must be a dict"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "start"),
+    [
+        ({"window": "liver"}, "window must be one of lung"),
+        ({"window": (40, -1)}, "window must be one of"),
+        ({"frame_policy": "first"}, "frame_policy must be one of middle, all"),
+        ({"label_source": "csv"}, "label_source must be one of manifest, folders, tag"),
+        ({"label_source": "tag"}, "label_tag must name a DICOM keyword"),
+        ({"label_source": "tag", "label_tag": "SeriesDescriptoin"}, "label_tag must be a DICOM keyword"),
+        (
+            {"filters": {"PatientName": ["x"]}},
+            "filters keys must be one of Modality, BodyPartExamined, SeriesDescription",
+        ),
+        ({"filters": {"Modality": "CT"}}, "filters['Modality'] must be a list of strings"),
+        ({"label_map": ["a"]}, "label_map must be a dict"),
+    ],
+)
 def test_invalid_options_raise_one_line(kwargs: dict, start: str) -> None:
     with pytest.raises(ValueError) as info:
         DataOptions(**kwargs)
@@ -89,8 +95,11 @@ def test_labels_from_a_tag_mapping(tmp_path: Path) -> None:
         write_image(path, f"PID-{p}", 100 + 40 * p)
         retag(path, SeriesDescription=series)
     (tmp_path / "README.txt").write_text("viewer")  # skipped silently: PACS exports carry these
-    options = DataOptions(label_source="tag", label_tag="SeriesDescription",
-                          label_map={"chest pa": "normal", "CHEST PA OPACITY": "opacity"})
+    options = DataOptions(
+        label_source="tag",
+        label_tag="SeriesDescription",
+        label_map={"chest pa": "normal", "CHEST PA OPACITY": "opacity"},
+    )
     clinic = load_clinic(tmp_path, LABELS, SIZE, val_fraction=0.0, options=options)
     assert sorted(clinic.train.labels.tolist()) == [0, 0, 1, 1]
     assert clinic.rejected == [("s4.dcm", "no-label")]
@@ -183,7 +192,9 @@ def test_check_data_prints_card_and_rejections_with_fixes(tmp_path: Path) -> Non
     card = json.loads(result.stdout)
     assert card["summary"]["sizes"] == {"20x12": 4} and card["shared"]["sizes"] == {"<256 px": 4}
     assert {(r["where"], r["reason"]) for r in card["rejected"]} == {
-        ("cut.dcm", "empty-file"), ("labels.csv line 7: nope.dcm", "missing-file")}
+        ("cut.dcm", "empty-file"),
+        ("labels.csv line 7: nope.dcm", "missing-file"),
+    }
     assert all(r["fix"] for r in card["rejected"])
     text = run_check_data(str(tmp_path), "--image-size", "16")
     assert text.exit_code == 0 and "transfer syntaxes: Explicit VR Little Endian 4" in text.output
@@ -204,10 +215,26 @@ def test_check_data_tag_labels_filters_and_frames_options(tmp_path: Path) -> Non
         path = tmp_path / f"s{p}.dcm"
         write_image(path, f"PID-{p}", 100 + 40 * p)
         retag(path, SeriesDescription=series)
-    result = run_check_data(str(tmp_path), "--image-size", "16", "--json", "--label-source", "tag",
-                            "--label-tag", "SeriesDescription", "--label-map", "pa=normal",
-                            "--label-map", "PA OPACITY=opacity", "--filter", "SeriesDescription=PA,pa opacity",
-                            "--frame-policy", "all", "--window", "40/400")
+    result = run_check_data(
+        str(tmp_path),
+        "--image-size",
+        "16",
+        "--json",
+        "--label-source",
+        "tag",
+        "--label-tag",
+        "SeriesDescription",
+        "--label-map",
+        "pa=normal",
+        "--label-map",
+        "PA OPACITY=opacity",
+        "--filter",
+        "SeriesDescription=PA,pa opacity",
+        "--frame-policy",
+        "all",
+        "--window",
+        "40/400",
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)["summary"]
     assert summary["filtered"] == 1 and summary["rejected_total"] == 0
@@ -248,8 +275,10 @@ def test_options_manifest_and_card_load_without_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; import radfed.data.options, radfed.data.card, radfed.data.manifest; "
-            "from radfed.data import DataOptions, DataError, format_card, REJECTION_HELP; "
-            "DataOptions(frame_policy='all'); print('torch' in sys.modules)")
+    code = (
+        "import sys; import radfed.data.options, radfed.data.card, radfed.data.manifest; "
+        "from radfed.data import DataOptions, DataError, format_card, REJECTION_HELP; "
+        "DataOptions(frame_policy='all'); print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-2000:]

@@ -100,8 +100,9 @@ def test_cache_entry_is_rows_plus_index_and_replaces_old_and_broken_entries(clin
     second = load_clinic(clinic, LABELS, SIZE, cache_dir=cache)
     assert torch.equal(second.train.images, expected)
     assert rows[0].stat().st_size == (len(first.train) + len(first.val)) * SIZE * SIZE * 2
-    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith("headers.json")) == \
-        sorted([rows[0].name, rows[0].with_suffix(".index.npz").name])
+    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith("headers.json")) == sorted(
+        [rows[0].name, rows[0].with_suffix(".index.npz").name]
+    )
     changed = load_clinic(clinic, LABELS, SIZE + 8, cache_dir=cache)  # another size: its own entry
     assert changed.train.pixels.shape[-1] == SIZE + 8 and len(list(cache.glob("*.pixels"))) == 2
 
@@ -188,13 +189,23 @@ def _compare(rows: ImageRows, tensor: torch.Tensor, labels: torch.Tensor, counti
 
     on_rows, on_tensor = model(), model()
     for net, images in ((on_rows, rows), (on_tensor, tensor)):
-        train_local(net, images, labels, epochs=2, batch_size=batch, learning_rate=1e-3, seed=3,
-                    augment="intensity", device=torch.device("cpu"))
+        train_local(
+            net,
+            images,
+            labels,
+            epochs=2,
+            batch_size=batch,
+            learning_rate=1e-3,
+            seed=3,
+            augment="intensity",
+            device=torch.device("cpu"),
+        )
     assert counting.most <= batch
     for a, b in zip(on_rows.state_dict().values(), on_tensor.state_dict().values()):
         assert torch.equal(a, b)  # same batches, same augmentation, same weights
-    assert torch.equal(predict_logits(on_rows, rows, batch_size=batch),
-                       predict_logits(on_rows, tensor, batch_size=batch))
+    assert torch.equal(
+        predict_logits(on_rows, rows, batch_size=batch), predict_logits(on_rows, tensor, batch_size=batch)
+    )
     reestimate_batchnorm(on_rows, rows, batch_size=batch)
     reestimate_batchnorm(on_tensor, tensor, batch_size=batch)
     assert all(torch.equal(a, b) for a, b in zip(on_rows.state_dict().values(), on_tensor.state_dict().values()))
@@ -222,15 +233,27 @@ def test_head_only_features_stream_to_their_file_and_train_the_head_as_tensors_d
     in_memory = feat.compute_features(model, images, images[:5], batch_size=4, device=torch.device("cpu"))
     on_disk = feat.compute_features(model, images, images[:5], batch_size=4, device=torch.device("cpu"), path=path)
     assert isinstance(on_disk.train, StoredRows) and not (tmp_path / "features" / "old.pt").exists()
-    for a, b in ((on_disk.train, in_memory.train), (on_disk.train_flipped, in_memory.train_flipped),
-                 (on_disk.val, in_memory.val)):
+    for a, b in (
+        (on_disk.train, in_memory.train),
+        (on_disk.train_flipped, in_memory.train_flipped),
+        (on_disk.val, in_memory.val),
+    ):
         assert torch.equal(a[:], b)
     heads = []
     for feats in (on_disk, in_memory):
         torch.manual_seed(1)
         head = torch.nn.Linear(model.head.in_features, 2)
-        train_head(head, feats.train, feats.train_flipped, labels, epochs=2, batch_size=4, learning_rate=1e-2,
-                   seed=5, device=torch.device("cpu"))
+        train_head(
+            head,
+            feats.train,
+            feats.train_flipped,
+            labels,
+            epochs=2,
+            batch_size=4,
+            learning_rate=1e-2,
+            seed=5,
+            device=torch.device("cpu"),
+        )
         heads.append(head)
     assert all(torch.equal(a, b) for a, b in zip(heads[0].state_dict().values(), heads[1].state_dict().values()))
     assert torch.equal(predict_head_logits(heads[0], on_disk.val), predict_head_logits(heads[0], in_memory.val))

@@ -32,10 +32,19 @@ def _radfed_processes(marker: str) -> set[int]:
             continue
         if marker.encode() not in environ:
             continue
-        if any(name in text for name in ("flower-superlink", "flower-supernode", "flower-superexec",
-                                         "flwr-clientapp", "flwr-serverapp", "client-node start",
-                                         "client_node.supernode",
-                                         "client_node.worker")):
+        if any(
+            name in text
+            for name in (
+                "flower-superlink",
+                "flower-supernode",
+                "flower-superexec",
+                "flwr-clientapp",
+                "flwr-serverapp",
+                "client-node start",
+                "client_node.supernode",
+                "client_node.worker",
+            )
+        ):
             if int(cmdline.parent.name) != os.getpid():
                 found.add(int(cmdline.parent.name))
     return found
@@ -50,12 +59,28 @@ def test_small_demo_two_clinics_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv(*marker.split("=", 1))
     before = _radfed_processes(marker)
     work = tmp_path / "demo"
-    proc = cli("server.cli", "demo", "--clinics", "2", "--rounds", "2", "--patients", "12",
-               "--image-size", "32", "--backbone", "resnet18", "--workdir", str(work), timeout=400)
+    proc = cli(
+        "server.cli",
+        "demo",
+        "--clinics",
+        "2",
+        "--rounds",
+        "2",
+        "--patients",
+        "12",
+        "--image-size",
+        "32",
+        "--backbone",
+        "resnet18",
+        "--workdir",
+        str(work),
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert f"database: sqlite:///{work / 'radfed.db'}" in proc.stdout
-    assert re.search(r"run \d+: pooled AUROC \S+( \[\S+\])? \(2 clinics\); clinic mean AUROC \S+",
-                     proc.stdout), proc.stdout[-2000:]
+    assert re.search(r"run \d+: pooled AUROC \S+( \[\S+\])? \(2 clinics\); clinic mean AUROC \S+", proc.stdout), (
+        proc.stdout[-2000:]
+    )
     assert sorted(p.name for p in (work / "data").iterdir()) == ["clinic-1", "clinic-2"]
     assert _radfed_processes(marker) - before == set()
 
@@ -78,8 +103,7 @@ def test_small_demo_two_clinics_end_to_end(tmp_path, monkeypatch):
     assert [c["server_round"] for c in ckpts] == [1, 2]
     assert all(len(c["sha256"]) == 64 for c in ckpts)
     states = [torch.load(c["path"], weights_only=True)["state_dict"] for c in ckpts]
-    changed = [k for k in states[0] if states[0][k].is_floating_point()
-               and not torch.equal(states[0][k], states[1][k])]
+    changed = [k for k in states[0] if states[0][k].is_floating_point() and not torch.equal(states[0][k], states[1][k])]
     assert "net.fc.weight" in changed and len(changed) > 10  # the global model changed
     assert all(torch.isfinite(v).all() for v in states[1].values() if v.is_floating_point())
 
@@ -88,8 +112,7 @@ def test_small_demo_two_clinics_end_to_end(tmp_path, monkeypatch):
     audit = json.loads(cli("server.cli", "audit", "--db", db, "--json").stdout)
     kinds = {(e["kind"], e["clinic"]) for e in audit}
     for clinic in ("clinic-1", "clinic-2"):
-        assert {("enrolled", clinic), ("registered", clinic), ("connected", clinic),
-                ("contributed", clinic)} <= kinds
+        assert {("enrolled", clinic), ("registered", clinic), ("connected", clinic), ("contributed", clinic)} <= kinds
     _assert_no_phi_left_the_clinics(work)
     _check_delivery_and_predict(entry, work, tmp_path)
 
@@ -111,12 +134,27 @@ def _check_delivery_and_predict(entry: dict, work, tmp_path) -> None:
         card = json.loads((folder / "model-card.json").read_text())
         assert load_model_file(folder / "final.pt")["round"] == final and card["files"]["final"]["sha256"]
         out = tmp_path / f"predict-{name}"
-        proc = cli("client_node.cli", "predict", "--model", entry["flwr_run_id"], "--name", name,
-                   "--home", str(work / "nodes"), "--data", str(work / "data" / name), "--out", str(out))
+        proc = cli(
+            "client_node.cli",
+            "predict",
+            "--model",
+            entry["flwr_run_id"],
+            "--name",
+            name,
+            "--home",
+            str(work / "nodes"),
+            "--data",
+            str(work / "data" / name),
+            "--out",
+            str(out),
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         summary = json.loads((out / "summary.json").read_text())
-        recorded = [c["auroc"] for c in entry["clinics"] if c["clinic"] == name and c["phase"] == "evaluate"
-                    and c["server_round"] == final]
+        recorded = [
+            c["auroc"]
+            for c in entry["clinics"]
+            if c["clinic"] == name and c["phase"] == "evaluate" and c["server_round"] == final
+        ]
         assert len(recorded) == 1
         if recorded[0] is None:  # one class among its validation patients: undefined both ways
             assert summary["validation"]["auroc"] is None
@@ -130,8 +168,20 @@ def _check_delivery_and_predict(entry: dict, work, tmp_path) -> None:
         assert all((out / "heatmaps" / r["heatmap"]).is_file() and 0.0 <= float(r["p_finding"]) <= 1.0 for r in rows)
         hits = heatmap_hits(work / "data" / name, out / "predictions.csv", 32)
         assert hits["images"] > 0 and 0 <= hits["hits"] <= hits["images"]
-    bad = cli("client_node.cli", "predict", "--model", "999", "--name", "clinic-1", "--home", str(work / "nodes"),
-              "--data", str(work / "data" / "clinic-1"), "--out", str(tmp_path / "x"))
+    bad = cli(
+        "client_node.cli",
+        "predict",
+        "--model",
+        "999",
+        "--name",
+        "clinic-1",
+        "--home",
+        str(work / "nodes"),
+        "--data",
+        str(work / "data" / "clinic-1"),
+        "--out",
+        str(tmp_path / "x"),
+    )
     assert bad.returncode == 1 and "no model '999'" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -170,8 +220,14 @@ def _check_data_cards(entry: dict, work) -> None:
     assert sorted(cards) == ["clinic-1", "clinic-2"] and len(entry["data_cards"]) == 2
     for name, card in cards.items():
         folder = work / "data" / name
-        local = load_clinic(folder, spec.labels, spec.image_size, val_fraction=spec.val_fraction,
-                            seed=spec.seed, options=data_options(spec.data))
+        local = load_clinic(
+            folder,
+            spec.labels,
+            spec.image_size,
+            val_fraction=spec.val_fraction,
+            seed=spec.seed,
+            options=data_options(spec.data),
+        )
         assert card == json.loads(json.dumps(local.shared_card()))
         assert card["train"]["total_patients"] + card["val"]["total_patients"] == 12
         secrets = phi_values(folder)

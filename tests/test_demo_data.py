@@ -54,8 +54,10 @@ def test_valid_chest_radiograph_headers(demo_federation: list[Path]) -> None:
         for ds in headers(folder):
             assert ds.file_meta.MediaStorageSOPClassUID == ds.SOPClassUID
             assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
-            assert ds.SOPClassUID.name in ("Digital X-Ray Image Storage - For Presentation",
-                                           "Computed Radiography Image Storage")
+            assert ds.SOPClassUID.name in (
+                "Digital X-Ray Image Storage - For Presentation",
+                "Computed Radiography Image Storage",
+            )
             assert ds.Modality in ("CR", "DX") and ds.BodyPartExamined == "CHEST"
             uids.add(ds.SOPInstanceUID)
     assert len(uids) == sum(len(dicom_files(f)) for f in demo_federation)
@@ -66,8 +68,9 @@ def test_sites_differ(demo_federation: list[Path]) -> None:
     facts = []
     for folder in demo_federation:
         ds = headers(folder)[0]
-        facts.append((ds.Rows, ds.Columns, ds.BitsStored, ds.PhotometricInterpretation, ds.Manufacturer,
-                      str(ds.WindowWidth)))
+        facts.append(
+            (ds.Rows, ds.Columns, ds.BitsStored, ds.PhotometricInterpretation, ds.Manufacturer, str(ds.WindowWidth))
+        )
     assert len(set(facts)) == 3
     assert {f[3] for f in facts} == {"MONOCHROME1", "MONOCHROME2"}
     assert {f[2] for f in facts} == {12, 16}

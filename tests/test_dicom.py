@@ -78,8 +78,9 @@ def test_monochrome1_is_inverse_of_monochrome2_twin(tmp_path: Path) -> None:
     pixels = ramp()
     window = {"WindowCenter": 500, "WindowWidth": 800}
     mono2 = read_pixels(save(make_dataset(pixels, **window), tmp_path / "m2.dcm"))
-    mono1 = read_pixels(save(make_dataset(pixels, PhotometricInterpretation="MONOCHROME1", **window),
-                             tmp_path / "m1.dcm"))
+    mono1 = read_pixels(
+        save(make_dataset(pixels, PhotometricInterpretation="MONOCHROME1", **window), tmp_path / "m1.dcm")
+    )
     np.testing.assert_allclose(mono1, 1.0 - mono2, atol=1e-6)
     assert mono2.min() == 0.0 and mono2.max() == 1.0  # the 800-wide window clips both ends
 
@@ -182,8 +183,9 @@ def test_zero_length_file(tmp_path: Path) -> None:
     assert rejected(tmp_path / "empty.dcm").reason == "empty-file"
 
 
-@pytest.mark.parametrize("content", [b"file,label\nx.dcm,normal\n", b"\x89PNG\r\n\x1a\n" + bytes(300),
-                                     bytes(range(256)) * 4])
+@pytest.mark.parametrize(
+    "content", [b"file,label\nx.dcm,normal\n", b"\x89PNG\r\n\x1a\n" + bytes(300), bytes(range(256)) * 4]
+)
 def test_non_dicom_file(tmp_path: Path, content: bytes) -> None:
     (tmp_path / "notes.txt").write_bytes(content)
     assert rejected(tmp_path / "notes.txt").reason == "not-dicom"
@@ -284,6 +286,11 @@ def test_header_summary_has_no_identifiers(tmp_path: Path) -> None:
     ds = make_dataset(ramp(), Manufacturer="ACME", BitsStored=12, InstitutionName="St. Nowhere Hospital")
     summary = header_summary(read_header(save(ds, tmp_path / "h.dcm")))
     assert summary == {
-        "Modality": "CR", "Manufacturer": "ACME", "Rows": 8, "Columns": 10,
-        "PhotometricInterpretation": "MONOCHROME2", "BitsStored": 12, "TransferSyntaxUID": ExplicitVRLittleEndian,
+        "Modality": "CR",
+        "Manufacturer": "ACME",
+        "Rows": 8,
+        "Columns": 10,
+        "PhotometricInterpretation": "MONOCHROME2",
+        "BitsStored": 12,
+        "TransferSyntaxUID": ExplicitVRLittleEndian,
     }

@@ -71,9 +71,17 @@ def test_jpeg_baseline_is_close_to_its_uncompressed_twin() -> None:
 # ----------------------------------------------------------------------------- windows
 
 
-@pytest.mark.parametrize(("window", "hu"), [
-    ("abdomen", 40), ((40, 400), 40), ("lung", -600), ("brain", 40), ("mediastinum", 50), ("bone", 400),
-])
+@pytest.mark.parametrize(
+    ("window", "hu"),
+    [
+        ("abdomen", 40),
+        ((40, 400), 40),
+        ("lung", -600),
+        ("brain", 40),
+        ("mediastinum", 50),
+        ("bone", 400),
+    ],
+)
 def test_task_window_puts_its_centre_at_mid_grey(tmp_path: Path, window: object, hu: int) -> None:
     # The file's own window (1000/100) is what the radiologist used last: the task's wins.
     path = save(ct(np.array([[hu, -3000 + 1024, 3000]]), WindowCenter=1000, WindowWidth=100), tmp_path / "ct.dcm")
@@ -114,8 +122,13 @@ def test_invalid_window_is_one_line_naming_the_option(tmp_path: Path, bad: objec
 
 
 def test_presets_are_the_documented_ones() -> None:
-    assert WINDOW_PRESETS == {"lung": (-600, 1500), "mediastinum": (50, 350), "brain": (40, 80),
-                              "bone": (400, 1800), "abdomen": (40, 400)}
+    assert WINDOW_PRESETS == {
+        "lung": (-600, 1500),
+        "mediastinum": (50, 350),
+        "brain": (40, 80),
+        "bone": (400, 1800),
+        "abdomen": (40, 400),
+    }
     assert resolve_window(" Lung ") == (-600, 1500) and resolve_window(None) is None
 
 
@@ -126,8 +139,9 @@ def rgb_twin(tmp_path: Path, photometric: str) -> Path:
     """A colour ultrasound-like image written as RGB or (converted by pydicom) YBR_FULL."""
     rng = np.random.default_rng(3)
     rgb = rng.integers(0, 256, size=(16, 12, 3), dtype=np.uint8)
-    ds = make_dataset(np.zeros((16, 12)), SamplesPerPixel=3, PhotometricInterpretation=photometric,
-                      PlanarConfiguration=0)
+    ds = make_dataset(
+        np.zeros((16, 12)), SamplesPerPixel=3, PhotometricInterpretation=photometric, PlanarConfiguration=0
+    )
     ds.Modality = "US"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
     stored = rgb if photometric == "RGB" else convert_color_space(rgb, "RGB", "YBR_FULL")
@@ -211,12 +225,21 @@ def test_colour_multiframe_all_frames(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- lookup-table fast path
 
 
-@pytest.mark.parametrize("tags", [
-    {},  # min-max
-    {"WindowCenter": 300, "WindowWidth": 500},
-    {"RescaleSlope": 0.5, "RescaleIntercept": -100, "PhotometricInterpretation": "MONOCHROME1"},
-    {"RescaleSlope": 2, "RescaleIntercept": -1024, "WindowCenter": 40, "WindowWidth": 400, "VOILUTFunction": "SIGMOID"},
-])
+@pytest.mark.parametrize(
+    "tags",
+    [
+        {},  # min-max
+        {"WindowCenter": 300, "WindowWidth": 500},
+        {"RescaleSlope": 0.5, "RescaleIntercept": -100, "PhotometricInterpretation": "MONOCHROME1"},
+        {
+            "RescaleSlope": 2,
+            "RescaleIntercept": -1024,
+            "WindowCenter": 40,
+            "WindowWidth": 400,
+            "VOILUTFunction": "SIGMOID",
+        },
+    ],
+)
 def test_lookup_table_path_equals_per_pixel_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tags: dict) -> None:
     from radfed import dicom
 

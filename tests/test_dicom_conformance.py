@@ -38,8 +38,9 @@ def write_every_demo_profile(out: Path) -> list[Path]:
     folders, seen = [], []
     for index in range(1, 17):
         summary = write_clinic(out / f"clinic-{index}", clinic_index=index, n_patients=1, seed=0)
-        facts = {k: summary[k] for k in ("modality", "photometric", "bits_stored", "rows", "columns",
-                                         "transfer_syntax")}
+        facts = {
+            k: summary[k] for k in ("modality", "photometric", "bits_stored", "rows", "columns", "transfer_syntax")
+        }
         if facts in seen:
             break
         seen.append(facts)

@@ -42,8 +42,11 @@ from radfed.pacs import (
 )
 from radfed.processes import free_port, spawn_bound, stop_tree
 
-PLUGIN_CANDIDATES = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so", "/usr/lib/orthanc/libOrthancDicomWeb.so*",
-                     "/usr/local/share/orthanc/plugins/libOrthancDicomWeb.so")
+PLUGIN_CANDIDATES = (
+    "/usr/share/orthanc/plugins/libOrthancDicomWeb.so",
+    "/usr/lib/orthanc/libOrthancDicomWeb.so*",
+    "/usr/local/share/orthanc/plugins/libOrthancDicomWeb.so",
+)
 STARTUP_TIMEOUT_S = 60.0
 
 
@@ -52,8 +55,12 @@ def orthanc_binary() -> str | None:
     named = os.environ.get("RADFED_ORTHANC")
     if named:
         return named if os.access(named, os.X_OK) else None
-    for candidate in (shutil.which("Orthanc"), "/usr/sbin/Orthanc", "/usr/local/sbin/Orthanc",
-                      "/usr/local/bin/Orthanc"):
+    for candidate in (
+        shutil.which("Orthanc"),
+        "/usr/sbin/Orthanc",
+        "/usr/local/sbin/Orthanc",
+        "/usr/local/bin/Orthanc",
+    ):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None
@@ -172,8 +179,15 @@ def test_store_search_and_retrieve_source_sc_and_sr(orthanc: Orthanc, dx_source:
     source = dx_source
     heat_map = np.random.default_rng(1).integers(0, 256, (source.Rows, source.Columns, 3), dtype=np.uint8)
     sc = secondary_capture(source, heat_map, model_name="resnet18-chest")
-    sr = structured_report(source, finding="opacity", probability=0.7321, threshold=0.6, model_name="resnet18-chest",
-                           model_digest="sha256:" + "9" * 64, sc=sc)
+    sr = structured_report(
+        source,
+        finding="opacity",
+        probability=0.7321,
+        threshold=0.6,
+        model_name="resnet18-chest",
+        model_digest="sha256:" + "9" * 64,
+        sc=sc,
+    )
 
     reply = store_instances(orthanc.url, [source, sc, sr])
     stored = {item.ReferencedSOPInstanceUID for item in reply.ReferencedSOPSequence}
@@ -184,7 +198,10 @@ def test_store_search_and_retrieve_source_sc_and_sr(orthanc: Orthanc, dx_source:
     assert [s.StudyInstanceUID for s in studies] == [source.StudyInstanceUID]
     series = search_series(orthanc.url, source.StudyInstanceUID)
     assert {(s.Modality, s.SeriesInstanceUID) for s in series} == {
-        ("DX", source.SeriesInstanceUID), ("OT", sc.SeriesInstanceUID), ("SR", sr.SeriesInstanceUID)}
+        ("DX", source.SeriesInstanceUID),
+        ("OT", sc.SeriesInstanceUID),
+        ("SR", sr.SeriesInstanceUID),
+    }
     [sr_series] = search_series(orthanc.url, source.StudyInstanceUID, filters={"Modality": "SR"})
     assert sr_series.SeriesInstanceUID == sr.SeriesInstanceUID
 
@@ -232,9 +249,11 @@ def test_http_errors_name_the_server_and_the_fix(orthanc: Orthanc, dx_source: py
 def test_unreachable_server_is_one_line_and_quick(dx_source: pydicom.Dataset) -> None:
     url = f"http://127.0.0.1:{free_port()}/dicom-web"
     started = time.monotonic()
-    for call in (lambda: store_instances(url, [dx_source]),
-                 lambda: search_studies(url, filters={"PatientID": str(dx_source.PatientID)}),
-                 lambda: retrieve_study(url, dx_source.StudyInstanceUID)):
+    for call in (
+        lambda: store_instances(url, [dx_source]),
+        lambda: search_studies(url, filters={"PatientID": str(dx_source.PatientID)}),
+        lambda: retrieve_study(url, dx_source.StudyInstanceUID),
+    ):
         with pytest.raises(DicomWebError) as caught:
             call()
         message = str(caught.value)

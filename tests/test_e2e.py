@@ -19,8 +19,18 @@ pytestmark = pytest.mark.e2e
 
 
 def _spec(**kw) -> ExperimentSpec:
-    base = dict(name="e2e", backbone="resnet18", image_size=32, rounds=2, local_epochs=1,
-                batch_size=8, learning_rate=1e-3, min_clinics=2, clinic_timeout=90.0, seed=1)
+    base = dict(
+        name="e2e",
+        backbone="resnet18",
+        image_size=32,
+        rounds=2,
+        local_epochs=1,
+        batch_size=8,
+        learning_rate=1e-3,
+        min_clinics=2,
+        clinic_timeout=90.0,
+        seed=1,
+    )
     base.update(kw)
     return ExperimentSpec(**base)
 
@@ -39,8 +49,7 @@ def test_too_few_clinics_fails_cleanly_and_keeps_records(tmp_path, federation):
     spec_file = tmp_path / "exp.toml"
     spec_file.write_text(spec_to_toml(_spec(name="needs-three", min_clinics=3, clinic_timeout=8.0)))
     started = time.monotonic()
-    proc = cli("server.cli", "run", str(spec_file), "--control", federation.control,
-               "--insecure", "--db", db)
+    proc = cli("server.cli", "run", str(spec_file), "--control", federation.control, "--insecure", "--db", db)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert "of 3 clinics connected within 8 s" in proc.stderr
@@ -75,14 +84,16 @@ def test_exports_as_they_come_join_with_their_own_names_for_labels(tmp_path, fed
         writer = csv.writer(fh, delimiter=";")
         writer.writerow(["sop_uid", "Diagnosis"])
         writer.writerows([key, {"normal": "0", "opacity": "1"}[label]] for key, label in rows)
-    federation.start_clinic("clinic-1", folders, "", None, "--label-map", "no finding=normal",
-                            "--label-map", "pneumonia=opacity")
+    federation.start_clinic(
+        "clinic-1", folders, "", None, "--label-map", "no finding=normal", "--label-map", "pneumonia=opacity"
+    )
     federation.start_clinic("clinic-2", numeric, "", None, "--label-map", "0=normal", "--label-map", "1=opacity")
     spec_file = tmp_path / "exp.toml"
     spec_file.write_text(spec_to_toml(_spec(name="as-exported", rounds=1)))
     db = f"sqlite:///{tmp_path / 'radfed.db'}"
-    proc = cli("server.cli", "run", str(spec_file), "--control", federation.control, "--insecure", "--db", db,
-               timeout=240)
+    proc = cli(
+        "server.cli", "run", str(spec_file), "--control", federation.control, "--insecure", "--db", db, timeout=240
+    )
     assert proc.returncode == 0, proc.stderr[-3000:] + federation.logs()
     entry = Store(db).leaderboard()[0]
     trained = sorted(c["clinic"] for c in entry["clinics"] if c["phase"] == "train")

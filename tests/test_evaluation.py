@@ -127,10 +127,14 @@ def test_federated_pooled_interval_matches_the_centralised_stratified_bootstrap(
     summaries = [{**pl.score_summary(p, y), **pl.bootstrap_summary(p, y, g)} for p, y, g in clinics]
     pooled = pl.pooled_quality(summaries)
     probs = np.concatenate([p for p, _, _ in clinics])
-    central = ev.quality_report(probs, np.concatenate([y for _, y, _ in clinics]),
-                                np.concatenate([g for _, _, g in clinics]),
-                                strata=np.concatenate([np.full(len(y), i) for i, (_, y, _) in enumerate(clinics)]),
-                                n_boot=4000, seed=1)
+    central = ev.quality_report(
+        probs,
+        np.concatenate([y for _, y, _ in clinics]),
+        np.concatenate([g for _, _, g in clinics]),
+        strata=np.concatenate([np.full(len(y), i) for i, (_, y, _) in enumerate(clinics)]),
+        n_boot=4000,
+        seed=1,
+    )
     assert pooled["auroc"] == pytest.approx(central.auroc, abs=0.003)
     assert pooled["auroc_low"] == pytest.approx(central.auroc_low, abs=0.015)
     assert pooled["auroc_high"] == pytest.approx(central.auroc_high, abs=0.015)
@@ -173,8 +177,7 @@ def _agrees(figures: dict, scores: np.ndarray, labels: np.ndarray) -> None:
         assert figures["auroc_low"] <= figures["auroc"] <= figures["auroc_high"]
     cut = figures["threshold_logit"]
     assert cut in set(scores)  # an operating point the model actually produced
-    assert (figures["sensitivity"], figures["specificity"]) == \
-        ev.sensitivity_specificity(scores, positive, cut)
+    assert (figures["sensitivity"], figures["specificity"]) == ev.sensitivity_specificity(scores, positive, cut)
     assert figures["threshold"] == pytest.approx(1 / (1 + np.exp(-np.float64(cut))))
     assert figures["called_positive"] == pytest.approx(np.mean(scores > 0))
 
@@ -213,8 +216,9 @@ def test_every_figure_agrees_for_any_score_range(kind):
         report = ev.quality_report(logits, labels, patients, n_boot=200).as_dict()
         scores = ev.finding_scores(logits)
         _agrees(report, scores, labels)
-        alone = pl.pooled_quality([{**pl.score_summary(scores, labels),
-                                    **pl.bootstrap_summary(scores, labels, patients)}])
+        alone = pl.pooled_quality(
+            [{**pl.score_summary(scores, labels), **pl.bootstrap_summary(scores, labels, patients)}]
+        )
         for key in ("auroc", "threshold_logit", "sensitivity", "specificity", "called_positive", "distinct_scores"):
             assert alone[key] == report[key], key  # a federation of one clinic is that clinic
         summaries.append({**pl.score_summary(scores, labels), **pl.bootstrap_summary(scores, labels, patients)})

@@ -27,14 +27,28 @@ from strategies.utils import ClinicReply, split_metrics
 pytestmark = pytest.mark.e2e
 
 FLWR_RUN = "8577920735297922023"
-CARD = {"labels": ["normal", "opacity"],
-        "train": {"images": {"normal": 12, "opacity": 8}, "patients": {"normal": 6, "opacity": 4},
-                  "total_images": 20, "total_patients": 10},
-        "val": {"images": {"normal": 4, "opacity": 4}, "patients": {"normal": 2, "opacity": 2},
-                "total_images": 8, "total_patients": 4},
-        "rejected": {"corrupt": 1}, "rejected_total": 1, "modalities": {"CR": 28},
-        "manufacturers": {"Acme": 28}, "sizes": {"1024-2047 px": 28},
-        "transfer_syntaxes": {"Explicit VR Little Endian": 28}, "filtered": 0}
+CARD = {
+    "labels": ["normal", "opacity"],
+    "train": {
+        "images": {"normal": 12, "opacity": 8},
+        "patients": {"normal": 6, "opacity": 4},
+        "total_images": 20,
+        "total_patients": 10,
+    },
+    "val": {
+        "images": {"normal": 4, "opacity": 4},
+        "patients": {"normal": 2, "opacity": 2},
+        "total_images": 8,
+        "total_patients": 4,
+    },
+    "rejected": {"corrupt": 1},
+    "rejected_total": 1,
+    "modalities": {"CR": 28},
+    "manufacturers": {"Acme": 28},
+    "sizes": {"1024-2047 px": 28},
+    "transfer_syntaxes": {"Explicit VR Little Endian": 28},
+    "filtered": 0,
+}
 
 
 def _reply(name: str, model: torch.nn.Module, seed: int, n: int = 16) -> ClinicReply:
@@ -55,8 +69,9 @@ def tiny_run(tmp_path_factory) -> tuple[str, Path]:
     tmp = tmp_path_factory.mktemp("export")
     db = f"sqlite:///{tmp / 'radfed.db'}"
     store = Store(db)
-    spec = ExperimentSpec(name="tiny chest", labels=("normal", "opacity"), backbone="resnet18",
-                          image_size=32, rounds=2, strategy="fedavg")
+    spec = ExperimentSpec(
+        name="tiny chest", labels=("normal", "opacity"), backbone="resnet18", image_size=32, rounds=2, strategy="fedavg"
+    )
     exp = store.create_experiment(spec.name, spec.to_json(), spec.backbone, spec.weights, spec.strategy)
     run = store.start_run(exp, FLWR_RUN, rounds_planned=2, holdout="clinic-3")
     recorder = RunRecorder(store, run, spec, tmp / "ckpt", flwr_run_id=FLWR_RUN)
@@ -93,7 +108,8 @@ def test_export_matches_pytorch_and_the_card_matches_the_store(tiny_run, tmp_pat
     pooled, clinics, entry = _store_numbers(db, done.server_round)
     assert done.server_round == entry["selected"]["round"]  # default: the selected checkpoint
     assert done.model.name == f"tiny-chest-run-{FLWR_RUN}-round-{done.server_round}" + (
-        ".onnx" if fmt == "onnx" else ".pt")
+        ".onnx" if fmt == "onnx" else ".pt"
+    )
     assert done.exported.check.max_abs_diff <= 1e-4
     print(f"{fmt}: max abs difference {done.exported.check.max_abs_diff:.3g}")
 
@@ -134,8 +150,9 @@ def test_export_matches_pytorch_and_the_card_matches_the_store(tiny_run, tmp_pat
     assert ev["headline"]["ci95"] == [pooled["auroc_low"], pooled["auroc_high"]]
     assert ev["pooled"]["sensitivity"] == pooled["sensitivity"] and ev["pooled"]["ece"] == pooled["ece"]
     assert {c["clinic"]: c["auroc"] for c in ev["per_clinic"]} == {c["clinic"]: c["auroc"] for c in clinics}
-    assert {c["clinic"]: c["auroc_low"] for c in ev["per_clinic"]} == \
-        {c["clinic"]: c["quality"]["auroc_low"] for c in clinics}
+    assert {c["clinic"]: c["auroc_low"] for c in ev["per_clinic"]} == {
+        c["clinic"]: c["quality"]["auroc_low"] for c in clinics
+    }
     assert ev["run_headline"]["auroc"] == entry["pooled_auroc"]
     [held] = ev["holdout"]
     store_held = next(c for c in entry["clinics"] if c["phase"] == "holdout")
@@ -180,24 +197,28 @@ def _one_error_line(result, *words: str) -> None:
 def test_refusals_are_one_line(tiny_run, tmp_path):
     db, tmp = tiny_run
     _one_error_line(_invoke("999999", "--db", db, "--out", str(tmp_path)), "no run 999999")
-    _one_error_line(_invoke(FLWR_RUN, "--round", "7", "--db", db, "--out", str(tmp_path)),
-                    "no checkpoint for round 7", "1, 2")
+    _one_error_line(
+        _invoke(FLWR_RUN, "--round", "7", "--db", db, "--out", str(tmp_path)), "no checkpoint for round 7", "1, 2"
+    )
     moved = tmp / "ckpt" / "round-001.pt"
     moved.rename(moved.with_suffix(".bak"))
     try:
-        _one_error_line(_invoke(FLWR_RUN, "--round", "1", "--db", db, "--out", str(tmp_path)),
-                        "round 1 is missing", "round-001.pt")
+        _one_error_line(
+            _invoke(FLWR_RUN, "--round", "1", "--db", db, "--out", str(tmp_path)), "round 1 is missing", "round-001.pt"
+        )
     finally:
         moved.with_suffix(".bak").rename(moved)
     original = moved.read_bytes()
     moved.write_bytes(original + b"x")
     try:
-        _one_error_line(_invoke(FLWR_RUN, "--round", "1", "--db", db, "--out", str(tmp_path)),
-                        "changed since it was recorded")
+        _one_error_line(
+            _invoke(FLWR_RUN, "--round", "1", "--db", db, "--out", str(tmp_path)), "changed since it was recorded"
+        )
     finally:
         moved.write_bytes(original)
-    _one_error_line(_invoke(FLWR_RUN, "--format", "tflite", "--db", db, "--out", str(tmp_path)),
-                    "unknown format 'tflite'")
+    _one_error_line(
+        _invoke(FLWR_RUN, "--format", "tflite", "--db", db, "--out", str(tmp_path)), "unknown format 'tflite'"
+    )
     assert not list(tmp_path.iterdir())  # nothing written by a refusal
     with pytest.raises(ExportError, match="no checkpoints recorded"):
         from server.export import choose_checkpoint
@@ -211,9 +232,11 @@ def test_cli_prints_the_paths_and_the_difference(tiny_run, tmp_path):
     result = _invoke(FLWR_RUN, "--round", "1", "--db", db, "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
     paths = [Path(line) for line in result.stdout.splitlines() if line.strip()]
-    assert [p.name for p in paths] == [f"tiny-chest-run-{FLWR_RUN}-round-1.onnx",
-                                       f"tiny-chest-run-{FLWR_RUN}-round-1.onnx.card.md",
-                                       f"tiny-chest-run-{FLWR_RUN}-round-1.onnx.card.json"]
+    assert [p.name for p in paths] == [
+        f"tiny-chest-run-{FLWR_RUN}-round-1.onnx",
+        f"tiny-chest-run-{FLWR_RUN}-round-1.onnx.card.md",
+        f"tiny-chest-run-{FLWR_RUN}-round-1.onnx.card.json",
+    ]
     assert all(p.is_file() for p in paths)
     assert "max abs difference from PyTorch" in result.stderr and "asked for with --round" in result.stderr
     assert json.loads(paths[2].read_text())["selection"]["round"] == 1

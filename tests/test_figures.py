@@ -99,8 +99,10 @@ def test_saturated_shifted_model_gives_consistent_figures_and_is_flagged(tmp_pat
         q, own, y = row["quality"], scores[row["clinic"]], clinics[row["clinic"]][1]
         assert row["auroc"] == pytest.approx(roc_auc_score(y, own), abs=1e-12) == q["auroc"]
         assert q["auroc_low"] <= row["auroc"] <= q["auroc_high"]
-        assert (q["sensitivity"], q["specificity"]) == (np.mean(own[y == 1] >= q["threshold_logit"]),
-                                                        np.mean(own[y == 0] < q["threshold_logit"]))
+        assert (q["sensitivity"], q["specificity"]) == (
+            np.mean(own[y == 1] >= q["threshold_logit"]),
+            np.mean(own[y == 0] < q["threshold_logit"]),
+        )
         assert q["threshold_logit"] > 50 and q["threshold"] == 1.0  # the probability says 1.0; the log-odds say where
     # the clinic mean is the clinics' AUROCs weighted by images; the headline is pooled
     weights = [r["num_examples"] for r in final]
@@ -121,8 +123,14 @@ def _entry(pooled: dict, losses: list[float], clinics: list[dict] | None = None)
 
 
 def test_each_warning_rule_and_a_healthy_model():
-    healthy = {"auroc": 0.9, "auroc_low": 0.8, "auroc_high": 0.96, "distinct_scores": 80,
-               "called_positive": 0.45, "prevalence": 0.4}
+    healthy = {
+        "auroc": 0.9,
+        "auroc_low": 0.8,
+        "auroc_high": 0.96,
+        "distinct_scores": 80,
+        "called_positive": 0.45,
+        "prevalence": 0.4,
+    }
     assert model_warnings(_entry(healthy, [0.7, 0.5, 0.45, 0.5])) == []
     constant = {**healthy, "distinct_scores": 1, "auroc": 0.5, "called_positive": 0.0}
     assert any("constant predictions" in w for w in model_warnings(_entry(constant, [0.7])))

@@ -62,7 +62,12 @@ def test_prevalences_and_headers_as_stated(name: str, federations: dict[str, lis
         ds = _first_header(folder)
         p = site.profile
         assert (ds.Rows, ds.Columns, ds.BitsStored, ds.PhotometricInterpretation, ds.Modality) == (
-            p.rows, p.columns, p.bits_stored, p.photometric, p.modality)
+            p.rows,
+            p.columns,
+            p.bits_stored,
+            p.photometric,
+            p.modality,
+        )
         assert ds.file_meta.TransferSyntaxUID == p.syntax
         facts.append((ds.Rows, ds.Columns, ds.BitsStored, ds.file_meta.TransferSyntaxUID))
     assert len(set(facts)) == len(facts)  # no two clinics share size, depth and syntax

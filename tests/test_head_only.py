@@ -27,12 +27,20 @@ def test_head_on_cached_features_equals_training_with_a_frozen_backbone():
     images, labels = torch.rand(13, 1, 16, 16), torch.arange(13) % 2
     train_local(model, images, labels, epochs=2, batch_size=4, learning_rate=1e-2, seed=5, device=CPU)
     cached = feat.compute_features(twin, images, images[:9], device=CPU)
-    train_head(twin.head, cached.train, cached.train_flipped, labels, epochs=2, batch_size=4,
-               learning_rate=1e-2, seed=5, device=CPU)
+    train_head(
+        twin.head,
+        cached.train,
+        cached.train_flipped,
+        labels,
+        epochs=2,
+        batch_size=4,
+        learning_rate=1e-2,
+        seed=5,
+        device=CPU,
+    )
     assert not torch.equal(twin.head.weight, create_model("resnet18", 2).head.weight)
     assert torch.allclose(model.head.weight, twin.head.weight, atol=1e-6)
-    full, head = evaluate(model, images[:9], labels[:9], device=CPU), evaluate_head(
-        twin.head, cached.val, labels[:9])
+    full, head = evaluate(model, images[:9], labels[:9], device=CPU), evaluate_head(twin.head, cached.val, labels[:9])
     assert full.loss == pytest.approx(head.loss, abs=1e-5) and full.auroc == pytest.approx(head.auroc)
 
 

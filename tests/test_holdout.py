@@ -29,5 +29,7 @@ def test_missing_holdout_clinic_is_one_clear_line():
     with pytest.raises(HoldoutMissing) as err:
         find_holdout(_NoClinics(), "clinic-9", min_clinics=1, timeout=0)
     message = str(err.value)
-    assert message == ("holdout clinic 'clinic-9' is not connected (connected clinics: none answered); "
-                       "start `client-node start --name clinic-9` or fix --holdout")
+    assert message == (
+        "holdout clinic 'clinic-9' is not connected (connected clinics: none answered); "
+        "start `client-node start --name clinic-9` or fix --holdout"
+    )

@@ -13,8 +13,14 @@ def _store(tmp_path) -> Store:
     exp = store.create_experiment("demo-resnet50-3clinics", "{}", "resnet50", "random", "fedavg")
     run = store.start_run(exp, "42", rounds_planned=3)
     for rnd in range(4):  # round 0 is the initial evaluation, not a training round
-        store.record_round(run, rnd, val_auroc=0.6 + 0.1 * rnd, num_clinics=3, num_examples=90,
-                           pooled={"auroc": 0.886, "auroc_low": 0.79, "auroc_high": 0.95} if rnd == 3 else None)
+        store.record_round(
+            run,
+            rnd,
+            val_auroc=0.6 + 0.1 * rnd,
+            num_clinics=3,
+            num_examples=90,
+            pooled={"auroc": 0.886, "auroc_low": 0.79, "auroc_high": 0.95} if rnd == 3 else None,
+        )
     store.finish_run(run, "completed", final_auroc=0.936)
     return store
 
@@ -38,8 +44,9 @@ def test_narrow_terminal_gets_one_readable_line_per_run(tmp_path):
     text = _render(_store(tmp_path), 80)
     flat = " ".join(text.split())
     assert "1. demo-resnet50-3clinics: resnet50 (random), fedavg, 3 rounds, completed" in flat
-    assert ("pooled AUROC 0.886 [0.790–0.950] (0 clinics); clinic mean AUROC 0.900; "
-            "selected checkpoint round 3: 0.886") in flat
+    assert (
+        "pooled AUROC 0.886 [0.790–0.950] (0 clinics); clinic mean AUROC 0.900; selected checkpoint round 3: 0.886"
+    ) in flat
     assert "…" not in text
 
 

@@ -29,8 +29,9 @@ def _rewrite(folder, rows, header, delimiter=",", bom=False, newline="\r\n", lab
     import io
 
     buffer = io.StringIO()
-    writer = csv.writer(buffer, delimiter=delimiter, lineterminator=newline,
-                        quoting=csv.QUOTE_ALL if quote else csv.QUOTE_MINIMAL)
+    writer = csv.writer(
+        buffer, delimiter=delimiter, lineterminator=newline, quoting=csv.QUOTE_ALL if quote else csv.QUOTE_MINIMAL
+    )
     writer.writerow(header)
     for r in rows[1:]:
         writer.writerow([r[0], (labels or {}).get(r[1], r[1]), *r[2:]])
@@ -105,18 +106,29 @@ def test_labels_come_from_the_manifest_values_when_the_task_names_none(clinic, t
         _rewrite(folder, rows, ["file", "label"])
 
 
-@pytest.mark.parametrize("label_map, words", [
-    ({"1": "opacity", "1.0": "normal"}, "ambiguous"),
-    ({"Yes": "opacity", " yes ": "normal"}, "ambiguous"),
-    ({"1": "pneumonia"}, "not one of the task's labels"),
-])
+@pytest.mark.parametrize(
+    "label_map, words",
+    [
+        ({"1": "opacity", "1.0": "normal"}, "ambiguous"),
+        ({"Yes": "opacity", " yes ": "normal"}, "ambiguous"),
+        ({"1": "pneumonia"}, "not one of the task's labels"),
+    ],
+)
 def test_a_label_map_that_cannot_be_meant_is_one_line(clinic, label_map, words):
     folder, _ = clinic
     with pytest.raises(DataError) as err:
         load_clinic(folder, TASK, 32, options=DataOptions(label_map=label_map))
     assert words in str(err.value) and "\n" not in str(err.value)
-    result = CliRunner().invoke(_app(), ["check-data", str(folder), "--task-labels", "normal,opacity",
-                                         *[f"--label-map={k}={v}" for k, v in label_map.items()]])
+    result = CliRunner().invoke(
+        _app(),
+        [
+            "check-data",
+            str(folder),
+            "--task-labels",
+            "normal,opacity",
+            *[f"--label-map={k}={v}" for k, v in label_map.items()],
+        ],
+    )
     assert result.exit_code == 1 and words in result.output
 
 
@@ -162,7 +174,7 @@ def test_a_folder_without_labels_is_audited_exit_0(clinic, tmp_path):
     assert result.exit_code == 0, result.output
     import json
 
-    card = json.loads(result.output[result.output.index("{"):])
+    card = json.loads(result.output[result.output.index("{") :])
     summary = card["summary"]
     assert summary["images"] == len(rows) - 1 and summary["not_images"] == 2 and summary["labels"] == []
     assert summary["rejected_total"] == 1 and card["rejected"][0]["where"] == "broken.dcm"
@@ -187,4 +199,4 @@ def test_two_columns_of_one_meaning_are_refused_in_one_line(clinic):
     finally:
         _rewrite(folder, rows, ["file", "label"])
     message = str(err.value)
-    assert "\n" not in message and "'class', 'target'" in message and '--label-column' in message
+    assert "\n" not in message and "'class', 'target'" in message and "--label-column" in message

@@ -22,8 +22,7 @@ from radfed.training import train_local
 
 
 def test_registry() -> None:
-    assert list_models() == ["densenet121", "inception_resnet_v2", "inception_v3",
-                             "resnet18", "resnet50"]
+    assert list_models() == ["densenet121", "inception_resnet_v2", "inception_v3", "resnet18", "resnet50"]
     assert default_input_size("resnet50") == 224
     assert default_input_size("inception_v3") == default_input_size("inception_resnet_v2") == 299
     with pytest.raises(WeightsError, match="unknown backbone"):
@@ -71,8 +70,7 @@ def test_freeze_policies_resnet18() -> None:
     apply_freeze(model, "top-k", 10)
     assert _trainable(model) == {n for n in names if n.startswith(("net.layer4.", "net.fc."))}
     apply_freeze(model, "top-k", 1)  # only layer4.1.bn2 below the head
-    assert _trainable(model) == {"net.fc.weight", "net.fc.bias",
-                                 "net.layer4.1.bn2.weight", "net.layer4.1.bn2.bias"}
+    assert _trainable(model) == {"net.fc.weight", "net.fc.bias", "net.layer4.1.bn2.weight", "net.layer4.1.bn2.bias"}
     apply_freeze(model, "top-k", 0)
     assert _trainable(model) == {"net.fc.weight", "net.fc.bias"}
     apply_freeze(model, "top-k", 1000)  # more than there are: everything trains
@@ -108,8 +106,7 @@ def _step(model) -> None:
     g = torch.Generator().manual_seed(0)
     images = torch.rand(4, 1, 32, 32, generator=g)
     labels = torch.tensor([0, 1, 0, 1])
-    train_local(model, images, labels, epochs=1, batch_size=4, learning_rate=1e-2, seed=0,
-                device=torch.device("cpu"))
+    train_local(model, images, labels, epochs=1, batch_size=4, learning_rate=1e-2, seed=0, device=torch.device("cpu"))
 
 
 @pytest.mark.e2e
@@ -155,6 +152,7 @@ def test_client_rebuild_roundtrip() -> None:
 
 # ---------------------------------------------------------------------- CLI
 
+
 @pytest.mark.e2e
 def test_cli_inspect_ok_and_json(tmp_path) -> None:
     from torchvision import models as tvm
@@ -163,8 +161,7 @@ def test_cli_inspect_ok_and_json(tmp_path) -> None:
 
     torch.save(tvm.resnet18().state_dict(), tmp_path / "r18.pth")
     runner = CliRunner()
-    result = runner.invoke(weights_app, ["inspect", str(tmp_path / "r18.pth"),
-                                         "--arch", "resnet18", "--json"])
+    result = runner.invoke(weights_app, ["inspect", str(tmp_path / "r18.pth"), "--arch", "resnet18", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["accepted"] and data["counts"]["matched"] == 120
@@ -182,8 +179,7 @@ def test_cli_inspect_refusals(tmp_path) -> None:
 
     torch.save(tvm.resnet18().state_dict(), tmp_path / "r18.pth")
     runner = CliRunner()
-    result = runner.invoke(weights_app, ["inspect", str(tmp_path / "r18.pth"),
-                                         "--arch", "resnet50", "--json"])
+    result = runner.invoke(weights_app, ["inspect", str(tmp_path / "r18.pth"), "--arch", "resnet50", "--json"])
     assert result.exit_code == 1
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "refused" in lines[0] and "missing 165" in lines[0]
@@ -192,8 +188,9 @@ def test_cli_inspect_refusals(tmp_path) -> None:
     result = runner.invoke(weights_app, ["inspect", str(tmp_path / "junk.pt"), "--arch", "resnet18"])
     assert result.exit_code == 1 and "cannot read" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    partial = runner.invoke(weights_app, ["inspect", str(tmp_path / "r18.pth"),
-                                          "--arch", "resnet50", "--allow-partial"])
+    partial = runner.invoke(
+        weights_app, ["inspect", str(tmp_path / "r18.pth"), "--arch", "resnet50", "--allow-partial"]
+    )
     assert partial.exit_code == 0
 
 

@@ -72,8 +72,9 @@ def test_clinic_figures_are_scikit_learns_one_vs_rest_with_their_patient_interva
         assert c.auroc_low <= c.auroc <= c.auroc_high
         assert (c.images, c.positives) == (60, int(np.sum(labels == k)))
     # the log-odds rank images as softmax probabilities do: scikit-learn's macro one-vs-rest
-    assert figures.macro_auroc == pytest.approx(roc_auc_score(labels, softmax(logits, axis=1), multi_class="ovr"),
-                                                abs=EXACT)
+    assert figures.macro_auroc == pytest.approx(
+        roc_auc_score(labels, softmax(logits, axis=1), multi_class="ovr"), abs=EXACT
+    )
     assert figures.macro_auroc_low <= figures.macro_auroc <= figures.macro_auroc_high
     # class 0 against the rest is the headline "any finding" question, score for score
     assert from_logits(logits, labels, patients).auroc == pytest.approx(figures.classes[0].auroc, abs=EXACT)
@@ -120,7 +121,8 @@ def test_pooled_figures_are_scikit_learns_on_the_pooled_raw_scores():
     # the macro mean's interval is narrower than its widest class's: the classes' replicates
     # come from the same resampled patients, and averaging them averages their noise
     assert pooled["macro_auroc_high"] - pooled["macro_auroc_low"] < max(
-        c["auroc_high"] - c["auroc_low"] for c in pooled["classes"])
+        c["auroc_high"] - c["auroc_low"] for c in pooled["classes"]
+    )
     # the headline is class 0 against the rest, pooled the same way
     from server.recorder import pooled_validation
 
@@ -135,8 +137,14 @@ def test_a_class_absent_at_one_clinic_has_no_auroc_there_but_a_pooled_one():
     assert math.isnan(mine.classes[2].auroc) and mine.classes[2].positives == 0
     assert math.isnan(mine.macro_auroc)  # a mean over the classes present would not compare
     stored = mine.stored(LABELS)
-    assert stored["classes"][2] == {"label": "effusion", "auroc": None, "auroc_low": None, "auroc_high": None,
-                                    "images": 30, "positives": 0}
+    assert stored["classes"][2] == {
+        "label": "effusion",
+        "auroc": None,
+        "auroc_low": None,
+        "auroc_high": None,
+        "images": 30,
+        "positives": 0,
+    }
     assert stored["macro_auroc"] is None and stored["classes"][1]["auroc"] is not None
     json.dumps(stored)
     pooled = pooled_per_class([mine, _wire(from_logits(*other)).per_class], LABELS)
@@ -203,7 +211,8 @@ def test_recorded_per_class_figures_reach_the_leaderboard_and_its_table(tmp_path
     rows = {r["clinic"]: r["per_class"] for r in entry["clinics"]}
     assert rows["clinic-2"]["classes"][2]["auroc"] is None and rows["clinic-2"]["macro_auroc"] is None
     assert rows["clinic-1"]["classes"][2]["auroc"] == pytest.approx(
-        roc_auc_score(data["clinic-1"][1] == 2, class_scores(data["clinic-1"][0])[:, 2]), abs=EXACT)
+        roc_auc_score(data["clinic-1"][1] == 2, class_scores(data["clinic-1"][0])[:, 2]), abs=EXACT
+    )
     with open(os.devnull, "w") as sink:
         console = Console(width=400, record=True, file=sink)
         console.print(leaderboard_table(store))
@@ -261,8 +270,10 @@ def write_three_class_clinics(work: Path, n_patients: int, seed: int) -> list[Pa
     (subfolders nod/ and eff/), under one labels.csv with the experiment's three names."""
     from tests.generators import write_effusion, write_nodules
 
-    parts = {"nod": ("nodule", write_nodules(work / "nodules", 2, n_patients=n_patients, seed=seed)),
-             "eff": ("effusion", write_effusion(work / "effusion", 2, n_patients=n_patients, seed=seed))}
+    parts = {
+        "nod": ("nodule", write_nodules(work / "nodules", 2, n_patients=n_patients, seed=seed)),
+        "eff": ("effusion", write_effusion(work / "effusion", 2, n_patients=n_patients, seed=seed)),
+    }
     folders = []
     for i in range(2):
         clinic = work / f"clinic-{i + 1}"
@@ -273,8 +284,10 @@ def write_three_class_clinics(work: Path, n_patients: int, seed: int) -> list[Pa
             with open(clinic / part / "labels.csv", newline="", encoding="utf-8") as fh:
                 (key, _), *entries = list(csv.reader(fh))
             (clinic / part / "labels.csv").unlink()
-            rows += [(f"{part}/{where}" if key == "file" else where, "normal" if label == "normal" else finding)
-                     for where, label in entries]
+            rows += [
+                (f"{part}/{where}" if key == "file" else where, "normal" if label == "normal" else finding)
+                for where, label in entries
+            ]
         with open(clinic / "labels.csv", "w", newline="", encoding="utf-8") as fh:
             csv.writer(fh).writerows([(key, "label"), *rows])
         folders.append(clinic)
@@ -290,13 +303,34 @@ def test_a_three_class_task_on_a_real_federation_reports_per_class_aurocs(tmp_pa
         # seed 1: clinic-2's validation patients have no effusion (its effusion AUROC is None)
         for i, folder in enumerate(write_three_class_clinics(tmp_path / "data", n_patients=12, seed=1), 1):
             federation.start_clinic(f"clinic-{i}", folder)
-        spec = ExperimentSpec(name="three-class", labels=LABELS, backbone="resnet18", image_size=32, rounds=2,
-                              local_epochs=1, batch_size=8, learning_rate=1e-3, min_clinics=2,
-                              clinic_timeout=120.0, val_fraction=0.4, seed=1)
+        spec = ExperimentSpec(
+            name="three-class",
+            labels=LABELS,
+            backbone="resnet18",
+            image_size=32,
+            rounds=2,
+            local_epochs=1,
+            batch_size=8,
+            learning_rate=1e-3,
+            min_clinics=2,
+            clinic_timeout=120.0,
+            val_fraction=0.4,
+            seed=1,
+        )
         path = tmp_path / "three.toml"
         path.write_text(spec_to_toml(spec))
-        run = cli("server.cli", "run", str(path), "--control", federation.control, "--insecure",
-                  "--db", federation.db, "--checkpoints", str(tmp_path / "ckpt"))
+        run = cli(
+            "server.cli",
+            "run",
+            str(path),
+            "--control",
+            federation.control,
+            "--insecure",
+            "--db",
+            federation.db,
+            "--checkpoints",
+            str(tmp_path / "ckpt"),
+        )
         assert run.returncode == 0, run.stderr + federation.logs()
         assert "macro AUROC" in run.stderr, run.stderr
         board = cli("server.cli", "leaderboard", "--db", federation.db, "--json")

@@ -35,10 +35,27 @@ from tests.federation import Federation, cli, secure_federation
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-CONTROL_ROUTES = ["register-node", "unregister-node", "list-nodes", "list-runs", "start-run", "stop-run",
-                  "stream-logs", "get-login-details", "pull-artifacts"]
-RUNTIME_ROUTES = ["get-nodes", "push-messages", "pull-messages", "get-run", "get-fab", "list-apps-to-launch",
-                  "request-token", "responses"]
+CONTROL_ROUTES = [
+    "register-node",
+    "unregister-node",
+    "list-nodes",
+    "list-runs",
+    "start-run",
+    "stop-run",
+    "stream-logs",
+    "get-login-details",
+    "pull-artifacts",
+]
+RUNTIME_ROUTES = [
+    "get-nodes",
+    "push-messages",
+    "pull-messages",
+    "get-run",
+    "get-fab",
+    "list-apps-to-launch",
+    "request-token",
+    "responses",
+]
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +67,7 @@ def fed(tmp_path_factory):
 def _post(address: str, path: str, body: bytes = b"") -> httpx.Response:
     """What an outsider sends: HTTPS with certificate checks off, a protobuf body."""
     with httpx.Client(verify=False, timeout=10) as client:
-        return client.post(f"https://{address}{path}", content=body,
-                           headers={"Content-Type": "application/protobuf"})
+        return client.post(f"https://{address}{path}", content=body, headers={"Content-Type": "application/protobuf"})
 
 
 def _register_request() -> bytes:
@@ -65,9 +81,19 @@ def _register_request() -> bytes:
 
 def test_public_door_refuses_every_control_and_runtime_call(fed):
     body = _register_request()
-    paths = ([f"/v1/control/{r}" for r in CONTROL_ROUTES] + [f"/v1/runtime/{r}" for r in RUNTIME_ROUTES]
-             + ["/docs", "/openapi.json", "/v1/fleet/../control/list-nodes", "/v1/fleet/%2e%2e/control/list-nodes",
-                "/v1/fleet//v1/control/list-nodes", "/V1/CONTROL/LIST-NODES", "/v1/control/list-nodes?x=/v1/fleet/"])
+    paths = (
+        [f"/v1/control/{r}" for r in CONTROL_ROUTES]
+        + [f"/v1/runtime/{r}" for r in RUNTIME_ROUTES]
+        + [
+            "/docs",
+            "/openapi.json",
+            "/v1/fleet/../control/list-nodes",
+            "/v1/fleet/%2e%2e/control/list-nodes",
+            "/v1/fleet//v1/control/list-nodes",
+            "/V1/CONTROL/LIST-NODES",
+            "/v1/control/list-nodes?x=/v1/fleet/",
+        ]
+    )
     for path in paths:
         res = _post(fed.address, path, body)
         assert res.status_code == 404 and res.content == REFUSED_BODY, (path, res.status_code, res.text[:200])
@@ -111,16 +137,30 @@ def test_key_registered_behind_the_register_is_removed_and_alerted(fed, tmp_path
     control = ControlClient(fed.control, fed.certs / "ca.crt", flwr_home=tmp_path / "control")
     rogue_id = control.register(rogue_key, "clinic-1")  # through the coordinator's own door
     registered_at = time.monotonic()
-    fed.wait_for(lambda: fed.node_status().get(rogue_id) == "unregistered",
-                 "the supervisor to remove the unknown key", timeout=20)
+    fed.wait_for(
+        lambda: fed.node_status().get(rogue_id) == "unregistered",
+        "the supervisor to remove the unknown key",
+        timeout=20,
+    )
     assert time.monotonic() - registered_at < 10
     alerts = [e for e in registry.events(kind="alert") if e["node_id"] == str(rogue_id)]
     assert len(alerts) == 1 and "not in the clinic register" in alerts[0]["detail"]
     listed = cli("server.cli", "audit", "--db", fed.db, "--kind", "alert", "--json")
     assert listed.returncode == 0 and f'"node_id": "{rogue_id}"' in listed.stdout
     # the rogue node is refused (its key is gone), in one line
-    proc = cli("client_node.cli", "start", "--bundle", str(bundle), "--data", str(fed.work / "data"),
-               "--threads", "1", "--home", str(tmp_path / "nodes"), timeout=120)
+    proc = cli(
+        "client_node.cli",
+        "start",
+        "--bundle",
+        str(bundle),
+        "--data",
+        str(fed.work / "data"),
+        "--threads",
+        "1",
+        "--home",
+        str(tmp_path / "nodes"),
+        timeout=120,
+    )
     assert proc.returncode != 0 and "refused this clinic's node key" in proc.stderr, proc.stderr[-1500:]
 
 
@@ -135,12 +175,13 @@ def test_forced_unregister_of_one_clinic_does_not_stop_revoking_another(fed, tmp
     control.unregister(x_first)  # forced from behind the register's back
     assert cli("server.cli", "clinic", "revoke", "clinic-y", "--db", fed.db).returncode == 0
     y = int(node("clinic-y"))
-    fed.wait_for(lambda: fed.node_status().get(y) == "unregistered", "clinic-y's key to be unregistered",
-                 timeout=20)
+    fed.wait_for(lambda: fed.node_status().get(y) == "unregistered", "clinic-y's key to be unregistered", timeout=20)
     # Flower refuses clinic-x's key from now on: the supervisor says so, with the fix, and goes on
     log = fed.work / "logs" / "superlink.log"
-    fed.wait_for(lambda: "clinic-x: its node key was unregistered outside radfed" in log.read_text(),
-                 "the supervisor to report clinic-x")
+    fed.wait_for(
+        lambda: "clinic-x: its node key was unregistered outside radfed" in log.read_text(),
+        "the supervisor to report clinic-x",
+    )
     assert "coordinator clinic revoke clinic-x" in log.read_text()
     assert any(e["kind"] == "revoked" for e in registry.events(clinic="clinic-y"))
 
@@ -154,11 +195,11 @@ def test_foreign_serverapp_bundle_is_refused_before_it_is_unpacked(fed, tmp_path
     conn = Connection(fed.control, tmp_path / "flwr", root_certificates=fed.certs / "ca.crt")
     submitted = conn.flwr("run", str(foreign), CONNECTION, "--format", "json", timeout=120)
     assert '"success": true' in submitted.stdout, submitted.stdout + submitted.stderr
-    run_id = json.loads(submitted.stdout[submitted.stdout.find("{"):])["run-id"]
+    run_id = json.loads(submitted.stdout[submitted.stdout.find("{") :])["run-id"]
 
     def refused() -> bool:
         listed = conn.flwr("ls", CONNECTION, "--run-id", str(run_id), "--format", "json", timeout=60).stdout
-        run = json.loads(listed[listed.find("{"):])["runs"][0]
+        run = json.loads(listed[listed.find("{") :])["runs"][0]
         return run["status"] == "finished:failed" and "not approved by this coordinator" in run["status-details"]
 
     fed.wait_for(refused, "the ServerApp gate to refuse the bundle", timeout=90)
@@ -183,8 +224,19 @@ def test_superlink_dies_with_its_supervisor_and_restarts_on_the_same_ports(tmp_p
         fed.procs.remove(fed.superlink)
         fed.start_superlink()  # same ports, at once
         assert reachable(fed.address) is None and reachable(fed.control) is None
-        busy = cli("server.cli", "superlink", "--certs", str(fed.certs), "--port", str(fed.port),
-                   "--control-port", str(fed.control_port), "--db", fed.db, timeout=60)
+        busy = cli(
+            "server.cli",
+            "superlink",
+            "--certs",
+            str(fed.certs),
+            "--port",
+            str(fed.port),
+            "--control-port",
+            str(fed.control_port),
+            "--db",
+            fed.db,
+            timeout=60,
+        )
         assert busy.returncode != 0 and "already in use" in busy.stderr
     finally:
         fed.close()
@@ -219,29 +271,53 @@ def test_run_samples_only_the_register_and_names_clinics_by_key(tmp_path):
         control = ControlClient(fed.control, fed.certs / "ca.crt", flwr_home=tmp_path / "control")
         other = Registry(Store(f"sqlite:///{tmp_path / 'other.db'}"))
         certs = CertPaths(fed.certs)
-        bundles = {"clinic-a": fed.enrol("clinic-a"),
-                   "clinic-b": add_clinic(other, "clinic-a", fed.address, certs, tmp_path / "b.radfed")}
+        bundles = {
+            "clinic-a": fed.enrol("clinic-a"),
+            "clinic-b": add_clinic(other, "clinic-a", fed.address, certs, tmp_path / "b.radfed"),
+        }
         registry.add_clinic("clinic-b", other.clinic("clinic-a").public_key, "sha256:test")
         other.revoke("clinic-a")
         bundles["rogue"] = add_clinic(other, "rogue", fed.address, certs, tmp_path / "rogue.radfed")
         ids = {}
-        for name, key in (("clinic-a", registry.clinic("clinic-a").public_key),
-                          ("clinic-b", registry.clinic("clinic-b").public_key),
-                          ("rogue", other.clinic("rogue").public_key)):
+        for name, key in (
+            ("clinic-a", registry.clinic("clinic-a").public_key),
+            ("clinic-b", registry.clinic("clinic-b").public_key),
+            ("rogue", other.clinic("rogue").public_key),
+        ):
             ids[name] = control.register(key, "clinic-a")  # every node claims to be clinic-a
             if name != "rogue":
                 registry.set_node_id(name, ids[name])
         for i, (name, bundle) in enumerate(bundles.items()):
             write_clinic(tmp_path / name, clinic_index=i, n_patients=6, prevalence=0.5)
             fed.start_clinic(name, tmp_path / name, "", bundle, "--home", str(tmp_path / "homes" / name))
-        fed.wait_for(lambda: all(fed.node_status().get(n) == "online" for n in ids.values()),
-                     "three nodes online", timeout=120)
-        spec = ExperimentSpec(name="members-only", backbone="resnet18", image_size=32, rounds=1,
-                              local_epochs=1, batch_size=8, learning_rate=1e-3, min_clinics=2,
-                              clinic_timeout=60.0, seed=0)
+        fed.wait_for(
+            lambda: all(fed.node_status().get(n) == "online" for n in ids.values()), "three nodes online", timeout=120
+        )
+        spec = ExperimentSpec(
+            name="members-only",
+            backbone="resnet18",
+            image_size=32,
+            rounds=1,
+            local_epochs=1,
+            batch_size=8,
+            learning_rate=1e-3,
+            min_clinics=2,
+            clinic_timeout=60.0,
+            seed=0,
+        )
         (tmp_path / "exp.toml").write_text(spec_to_toml(spec))
-        proc = cli("server.cli", "run", str(tmp_path / "exp.toml"), "--control", fed.control,
-                   "--root-certificates", str(fed.certs / "ca.crt"), "--db", fed.db, timeout=300)
+        proc = cli(
+            "server.cli",
+            "run",
+            str(tmp_path / "exp.toml"),
+            "--control",
+            fed.control,
+            "--root-certificates",
+            str(fed.certs / "ca.crt"),
+            "--db",
+            fed.db,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:] + fed.logs()
         assert fed.node_status().get(ids["rogue"]) == "online"  # Flower offered it all along
         with Session(Store(fed.db).engine) as s:
@@ -296,10 +372,12 @@ def test_remote_control_door_needs_a_credential_from_the_federation_ca(tmp_path)
         # a coordinator credential works for the Control API and for `flwr` (run submission's path)
         assert isinstance(ControlClient(remote, ca, flwr_home=tmp_path / "c1", credential=good).nodes(), dict)
         listed = Connection(remote, tmp_path / "flwr", root_certificates=ca, credential=good).flwr(
-            "ls", CONNECTION, "--format", "json", timeout=60)
+            "ls", CONNECTION, "--format", "json", timeout=60
+        )
         assert listed.returncode == 0 and '"runs"' in listed.stdout, listed.stdout + listed.stderr
         refused = Connection(remote, tmp_path / "flwr2", root_certificates=ca).flwr(
-            "ls", CONNECTION, "--format", "json", timeout=60)
+            "ls", CONNECTION, "--format", "json", timeout=60
+        )
         assert '"runs"' not in refused.stdout
     finally:
         fed.close()

@@ -68,8 +68,15 @@ def overlay(rows: int, columns: int, seed: int = 0) -> np.ndarray:
 
 
 def report(source: Dataset, sc: Dataset | None = None, **changes) -> Dataset:
-    arguments = {"finding": "opacity", "probability": 0.8125, "threshold": 0.5, "model_name": "resnet18-chest",
-                 "model_digest": DIGEST, "model_version": "round 12", "sc": sc}
+    arguments = {
+        "finding": "opacity",
+        "probability": 0.8125,
+        "threshold": 0.5,
+        "model_name": "resnet18-chest",
+        "model_digest": DIGEST,
+        "model_version": "round 12",
+        "sc": sc,
+    }
     arguments.update(changes)
     return structured_report(source, **arguments)
 
@@ -103,8 +110,9 @@ def test_secondary_capture_passes_dciodvfy(kind: str, sources: dict[str, Dataset
 @pytest.mark.e2e
 @pytest.mark.parametrize("finding", ["opacity", "pleural effusion"])  # standard code, private code
 @pytest.mark.parametrize("kind", KINDS)
-def test_structured_report_passes_dciodvfy(kind: str, finding: str, sources: dict[str, Dataset],
-                                           tmp_path: Path) -> None:
+def test_structured_report_passes_dciodvfy(
+    kind: str, finding: str, sources: dict[str, Dataset], tmp_path: Path
+) -> None:
     sc = secondary_capture(sources[kind], overlay(64, 64))
     sr = report(sources[kind], sc, finding=finding)
     errors, warnings = dciodvfy_errors(sr, tmp_path)
@@ -129,8 +137,18 @@ def test_non_ascii_patient_name_keeps_its_character_set(sources: dict[str, Datas
 # ----------------------------------------------------------------------------- SC content
 
 
-PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
-                 "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName")
+PATIENT_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -203,12 +221,15 @@ def test_source_burned_in_annotation_carries_over(sources: dict[str, Dataset]) -
     assert secondary_capture(source, overlay(8, 8)).BurnedInAnnotation == "YES"
 
 
-@pytest.mark.parametrize("bad, words", [
-    (np.zeros((8, 8), np.uint8), "H x W x 3"),
-    (np.zeros((8, 8, 4), np.uint8), "H x W x 3"),
-    (np.zeros((8, 8, 3), np.float32), "uint8"),
-    (np.zeros((0, 8, 3), np.uint8), "H x W x 3"),
-])
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        (np.zeros((8, 8), np.uint8), "H x W x 3"),
+        (np.zeros((8, 8, 4), np.uint8), "H x W x 3"),
+        (np.zeros((8, 8, 3), np.float32), "uint8"),
+        (np.zeros((0, 8, 3), np.uint8), "H x W x 3"),
+    ],
+)
 def test_bad_overlay_is_refused_in_one_line(bad: np.ndarray, words: str, sources: dict[str, Dataset]) -> None:
     with pytest.raises(ValueError, match=words) as caught:
         secondary_capture(sources["dx"], bad)
@@ -218,15 +239,22 @@ def test_bad_overlay_is_refused_in_one_line(bad: np.ndarray, words: str, sources
 # ----------------------------------------------------------------------------- awkward sources
 
 
-@pytest.mark.parametrize("keyword, value", [
-    ("PatientSex", "X"),  # not an enumerated value: highdicom alone refuses it
-    ("PatientBirthDate", "1955-02-30"),  # not a DA: highdicom alone quotes it in its error
-    ("PatientName", "Vantongeren"),  # one component: highdicom alone warns, quoting the name
-    ("PatientID", None), ("PatientSex", None), ("StudyID", None), ("StudyDate", None),
-    ("AccessionNumber", None),  # Type 2 but missing: highdicom's SR alone raises AttributeError
-])
-def test_awkward_source_headers_are_kept_as_they_are(keyword: str, value: str | None,
-                                                     sources: dict[str, Dataset], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "keyword, value",
+    [
+        ("PatientSex", "X"),  # not an enumerated value: highdicom alone refuses it
+        ("PatientBirthDate", "1955-02-30"),  # not a DA: highdicom alone quotes it in its error
+        ("PatientName", "Vantongeren"),  # one component: highdicom alone warns, quoting the name
+        ("PatientID", None),
+        ("PatientSex", None),
+        ("StudyID", None),
+        ("StudyDate", None),
+        ("AccessionNumber", None),  # Type 2 but missing: highdicom's SR alone raises AttributeError
+    ],
+)
+def test_awkward_source_headers_are_kept_as_they_are(
+    keyword: str, value: str | None, sources: dict[str, Dataset], tmp_path: Path
+) -> None:
     source = sources["ct"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -259,15 +287,19 @@ def test_source_without_uids_is_refused_naming_no_value(sources: dict[str, Datas
 
 def test_non_images_are_refused(sources: dict[str, Dataset]) -> None:
     plan = pydicom.dcmread(PYDICOM_FILES / "rtplan.dcm")
-    for build in (lambda: secondary_capture(plan, overlay(8, 8)), lambda: report(plan),
-                  lambda: report(sources["ct"], evidence=[plan])):
+    for build in (
+        lambda: secondary_capture(plan, overlay(8, 8)),
+        lambda: report(plan),
+        lambda: report(sources["ct"], evidence=[plan]),
+    ):
         with pytest.raises(ValueError, match="not an image"):
             build()
 
 
 @pytest.mark.parametrize("kind", ["ct", "mr"])
-def test_source_silent_on_laterality_and_body_part_gets_unknown_laterality(kind: str, sources: dict[str, Dataset],
-                                                                           tmp_path: Path) -> None:
+def test_source_silent_on_laterality_and_body_part_gets_unknown_laterality(
+    kind: str, sources: dict[str, Dataset], tmp_path: Path
+) -> None:
     source = sources[kind]
     del source.Laterality  # now nothing says which side, nor which body part
     sc = secondary_capture(source, overlay(8, 8))
@@ -333,8 +365,10 @@ def test_structured_report_content(kind: str, sources: dict[str, Dataset], tmp_p
     [threshold] = named(items, "122411")
     assert float(threshold.MeasuredValueSequence[0].NumericValue) == 0.5
     [finding_type] = named(items, "121071")
-    assert (finding_type.ConceptCodeSequence[0].CodeValue, finding_type.ConceptCodeSequence[0].CodingSchemeDesignator) \
-        == ("112001", "DCM")
+    assert (
+        finding_type.ConceptCodeSequence[0].CodeValue,
+        finding_type.ConceptCodeSequence[0].CodingSchemeDesignator,
+    ) == ("112001", "DCM")
     [evaluation] = named(items, "112001")
     assert evaluation.ConceptCodeSequence[0].CodeValue == "52101004"  # Present
     assert named(items, "111001")[0].TextValue == "resnet18-chest"  # Algorithm Name
@@ -346,21 +380,28 @@ def test_structured_report_content(kind: str, sources: dict[str, Dataset], tmp_p
     assert referenced == {source.SOPInstanceUID, sc.SOPInstanceUID}
     [study] = back.CurrentRequestedProcedureEvidenceSequence
     assert study.StudyInstanceUID == source.StudyInstanceUID
-    evidence = {(s.SeriesInstanceUID, i.ReferencedSOPInstanceUID)
-                for s in study.ReferencedSeriesSequence for i in s.ReferencedSOPSequence}
+    evidence = {
+        (s.SeriesInstanceUID, i.ReferencedSOPInstanceUID)
+        for s in study.ReferencedSeriesSequence
+        for i in s.ReferencedSOPSequence
+    }
     assert evidence == {(source.SeriesInstanceUID, source.SOPInstanceUID), (sc.SeriesInstanceUID, sc.SOPInstanceUID)}
 
     result = read_report(back)
-    assert (result.finding, result.finding_code, result.probability, result.threshold, result.present) \
-        == ("Opacity", ("DCM", "112001"), 0.8125, 0.5, True)
+    assert (result.finding, result.finding_code, result.probability, result.threshold, result.present) == (
+        "Opacity",
+        ("DCM", "112001"),
+        0.8125,
+        0.5,
+        True,
+    )
     assert (result.model_name, result.model_digest) == ("resnet18-chest", DIGEST)
     assert result.source_instance_uids == (source.SOPInstanceUID,)
     assert set(result.library_instance_uids) == {source.SOPInstanceUID, sc.SOPInstanceUID}
 
 
 @pytest.mark.parametrize("probability, present", [(0.49, False), (0.5, True), (0.0, False), (1.0, True)])
-def test_present_means_at_or_above_threshold(probability: float, present: bool,
-                                             sources: dict[str, Dataset]) -> None:
+def test_present_means_at_or_above_threshold(probability: float, present: bool, sources: dict[str, Dataset]) -> None:
     result = read_report(report(sources["ct"], probability=probability))
     assert result.present is present and result.probability == probability
 
@@ -402,14 +443,17 @@ def test_same_model_same_observer_device(sources: dict[str, Dataset]) -> None:
     assert device_uid(first) == device_uid(second) != device_uid(other)
 
 
-@pytest.mark.parametrize("changes, words", [
-    ({"probability": 1.5}, "probability must be a number in"),
-    ({"probability": float("nan")}, "probability must be a number in"),
-    ({"threshold": -0.1}, "threshold must be a number in"),
-    ({"probability": "high"}, "probability must be a number in"),
-    ({"model_digest": " "}, "model_digest"),
-    ({"finding": "  "}, "finding"),
-])
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"probability": 1.5}, "probability must be a number in"),
+        ({"probability": float("nan")}, "probability must be a number in"),
+        ({"threshold": -0.1}, "threshold must be a number in"),
+        ({"probability": "high"}, "probability must be a number in"),
+        ({"model_digest": " "}, "model_digest"),
+        ({"finding": "  "}, "finding"),
+    ],
+)
 def test_bad_report_arguments_are_refused(changes: dict, words: str, sources: dict[str, Dataset]) -> None:
     with pytest.raises(ValueError, match=words):
         report(sources["dx"], **changes)

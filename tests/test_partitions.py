@@ -18,8 +18,15 @@ from radfed.partitions import (
 
 def _patients(n: int, prevalence: float = 0.5, sites: int = 1, seed: int = 0) -> list[Patient]:
     rng = np.random.default_rng(seed)
-    return [Patient(key=f"p{i}", label=int(rng.random() < prevalence), site=i % sites,
-                    files=((i % sites, f"p{i}/a.dcm"), (i % sites, f"p{i}/b.dcm"))) for i in range(n)]
+    return [
+        Patient(
+            key=f"p{i}",
+            label=int(rng.random() < prevalence),
+            site=i % sites,
+            files=((i % sites, f"p{i}/a.dcm"), (i % sites, f"p{i}/b.dcm")),
+        )
+        for i in range(n)
+    ]
 
 
 def test_parse_partition():

@@ -30,9 +30,19 @@ def delivered(tmp_path_factory):
     torch.manual_seed(0)
     model = create_model("resnet18", 2, "random")
     path = folder / "final.pt"
-    save_model_file(path, model.state_dict(), spec=spec.to_json(), normalisation=model.normalisation, kind="final",
-                    round=1, pooled={"threshold_logit": 0.0}, clinic={"threshold_logit": 0.1},
-                    global_digest="ab" * 32, experiment="pred", flwr_run_id="77")
+    save_model_file(
+        path,
+        model.state_dict(),
+        spec=spec.to_json(),
+        normalisation=model.normalisation,
+        kind="final",
+        round=1,
+        pooled={"threshold_logit": 0.0},
+        clinic={"threshold_logit": 0.1},
+        global_digest="ab" * 32,
+        experiment="pred",
+        flwr_run_id="77",
+    )
     return folder, path
 
 
@@ -46,8 +56,17 @@ def test_predict_labelled_folder_with_dicom_results(delivered, tmp_path):
 
     folder, model = delivered
     out = tmp_path / "out"
-    proc = cli("client_node.cli", "predict", "--model", str(model), "--data", str(folder / "clinic"),
-               "--out", str(out), "--dicom-out")
+    proc = cli(
+        "client_node.cli",
+        "predict",
+        "--model",
+        str(model),
+        "--data",
+        str(folder / "clinic"),
+        "--out",
+        str(out),
+        "--dicom-out",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows, summary = _rows(out), json.loads((out / "summary.json").read_text())
     assert summary["labelled"] and summary["images"] == len(rows) == summary["heatmaps"] > 0
@@ -83,10 +102,12 @@ def test_predict_unlabelled_folder_and_errors(delivered, tmp_path):
     assert rows and {r["split"] for r in rows} == {""} and {r["label"] for r in rows} == {""}
     assert not (out / "heatmaps").exists() and "validation" not in json.loads((out / "summary.json").read_text())
     (tmp_path / "junk.pt").write_bytes(b"not a model")
-    bad = cli("client_node.cli", "predict", "--model", str(tmp_path / "junk.pt"), "--data", str(bare),
-              "--out", str(out))
+    bad = cli(
+        "client_node.cli", "predict", "--model", str(tmp_path / "junk.pt"), "--data", str(bare), "--out", str(out)
+    )
     assert bad.returncode == 1 and "not readable" in bad.stderr and "Traceback" not in bad.stderr
     torch.save({"state_dict": {}}, tmp_path / "plain.pt")
-    bad = cli("client_node.cli", "predict", "--model", str(tmp_path / "plain.pt"), "--data", str(bare),
-              "--out", str(out))
+    bad = cli(
+        "client_node.cli", "predict", "--model", str(tmp_path / "plain.pt"), "--data", str(bare), "--out", str(out)
+    )
     assert bad.returncode == 1 and "not delivered by a radfed run" in bad.stderr

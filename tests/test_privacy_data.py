@@ -25,9 +25,13 @@ from radfed.data import DataError, DataOptions, load_clinic
 
 NAME = "QUILLFEATHER^Rosalind"
 PHI = {
-    "PatientName": NAME, "PatientID": "MRN-PRIV-55501", "PatientBirthDate": "19610203",
-    "AccessionNumber": "ACC-PRIV-9931", "InstitutionName": "Marrowfield Secret Hospital",
-    "ReferringPhysicianName": "SECRETDOC^Otto", "OtherPatientIDs": "OTHER-PRIV-1",
+    "PatientName": NAME,
+    "PatientID": "MRN-PRIV-55501",
+    "PatientBirthDate": "19610203",
+    "AccessionNumber": "ACC-PRIV-9931",
+    "InstitutionName": "Marrowfield Secret Hospital",
+    "ReferringPhysicianName": "SECRETDOC^Otto",
+    "OtherPatientIDs": "OTHER-PRIV-1",
 }
 NEEDLES = ("QUILLFEATHER", "Rosalind", "MRN-PRIV", "19610203", "ACC-PRIV", "Marrowfield", "SECRETDOC", "OTHER-PRIV")
 LABELS = ("normal", "opacity")
@@ -81,8 +85,12 @@ def bad_files(root: Path) -> list[str]:
     longid = phi_image(root / "QUILLFEATHER_Rosalind" / "longid.dcm", patient="MRN-PRIV-" + "9" * 80)  # bad LO: warns
     (root / "QUILLFEATHER_Rosalind" / "full.dcm").unlink()
     assert longid.exists()
-    return sorted(made) + ["QUILLFEATHER_Rosalind/huge.dcm", "QUILLFEATHER_Rosalind/sr.dcm",
-                           "QUILLFEATHER_Rosalind/pr.dcm", "QUILLFEATHER_Rosalind/longid.dcm"]
+    return sorted(made) + [
+        "QUILLFEATHER_Rosalind/huge.dcm",
+        "QUILLFEATHER_Rosalind/sr.dcm",
+        "QUILLFEATHER_Rosalind/pr.dcm",
+        "QUILLFEATHER_Rosalind/longid.dcm",
+    ]
 
 
 def assert_clean(text: str) -> None:
@@ -110,10 +118,14 @@ def test_dicom_errors_carry_no_phi(tmp_path: Path, capture) -> None:
             reasons[rel] = exc.reason
             assert_clean(str(exc) + repr(exc) + repr(exc.args))
     assert reasons == {
-        "MRN-PRIV-55501/empty.dcm": "empty-file", "MRN-PRIV-55501/notes.dcm": "not-dicom",
-        "QUILLFEATHER_Rosalind/cut.dcm": "truncated", "QUILLFEATHER_Rosalind/tail.dcm": "corrupt",
-        "QUILLFEATHER_Rosalind/huge.dcm": "too-large", "QUILLFEATHER_Rosalind/sr.dcm": "no-pixel-data",
-        "QUILLFEATHER_Rosalind/pr.dcm": "no-pixel-data", "QUILLFEATHER_Rosalind/longid.dcm": "ok",
+        "MRN-PRIV-55501/empty.dcm": "empty-file",
+        "MRN-PRIV-55501/notes.dcm": "not-dicom",
+        "QUILLFEATHER_Rosalind/cut.dcm": "truncated",
+        "QUILLFEATHER_Rosalind/tail.dcm": "corrupt",
+        "QUILLFEATHER_Rosalind/huge.dcm": "too-large",
+        "QUILLFEATHER_Rosalind/sr.dcm": "no-pixel-data",
+        "QUILLFEATHER_Rosalind/pr.dcm": "no-pixel-data",
+        "QUILLFEATHER_Rosalind/longid.dcm": "ok",
     }
     assert_clean(capture())
 

@@ -19,8 +19,12 @@ from flwr.supercore.task_identity import TaskIdentity
 from radfed.spec import ExperimentSpec, SpecError, from_mapping
 from strategies import NoClinicResult, StrategyError, build_strategy, check_privacy
 
-GLOBAL = {"w": np.zeros(4, np.float32), "frozen": np.ones(2, np.float32),
-          "bn.running_var": np.ones(3, np.float32), "bn.num_batches_tracked": np.array(0, np.int64)}
+GLOBAL = {
+    "w": np.zeros(4, np.float32),
+    "frozen": np.ones(2, np.float32),
+    "bn.running_var": np.ones(3, np.float32),
+    "bn.num_batches_tracked": np.array(0, np.int64),
+}
 
 
 @pytest.fixture(autouse=True)
@@ -78,20 +82,30 @@ def _replies(messages: list[Message], deltas: list[np.ndarray]) -> list[Message]
     """Clinic replies: the trained weight moved by `delta`, buffers changed locally."""
     out = []
     for msg, delta in zip(messages, deltas):
-        local = dict(GLOBAL, w=GLOBAL["w"] + delta, **{
-            "bn.running_var": np.full(3, 5.0, np.float32), "bn.num_batches_tracked": np.array(16)})
-        out.append(Message(RecordDict({"arrays": _record(local),
-                                       "metrics": MetricRecord({"num-examples": 10, "train_loss": 0.5})}),
-                           reply_to=msg))
+        local = dict(
+            GLOBAL,
+            w=GLOBAL["w"] + delta,
+            **{"bn.running_var": np.full(3, 5.0, np.float32), "bn.num_batches_tracked": np.array(16)},
+        )
+        out.append(
+            Message(
+                RecordDict(
+                    {"arrays": _record(local), "metrics": MetricRecord({"num-examples": 10, "train_loss": 0.5})}
+                ),
+                reply_to=msg,
+            )
+        )
     return out
 
 
 def test_modes_and_parameters_are_checked_in_one_line():
-    for table, needle in (({"mode": "local"}, "allowed: none, server-fixed"),
-                          ({"mode": "client-fixed", "epsilon": 1}, "allowed: noise_multiplier"),
-                          ({"mode": "server-fixed", "clipping_norm": "big"}, "non-negative number"),
-                          ({"mode": "server-fixed", "clipping_norm": 0}, "clipping norm"),
-                          ({"mode": "client-adaptive", "noise_multiplier": 1.0}, "clipped_count_stddev")):
+    for table, needle in (
+        ({"mode": "local"}, "allowed: none, server-fixed"),
+        ({"mode": "client-fixed", "epsilon": 1}, "allowed: noise_multiplier"),
+        ({"mode": "server-fixed", "clipping_norm": "big"}, "non-negative number"),
+        ({"mode": "server-fixed", "clipping_norm": 0}, "clipping norm"),
+        ({"mode": "client-adaptive", "noise_multiplier": 1.0}, "clipped_count_stddev"),
+    ):
         with pytest.raises(StrategyError, match=needle) as info:
             check_privacy(table, min_clinics=2)
         assert "\n" not in str(info.value)
@@ -102,7 +116,11 @@ def test_modes_and_parameters_are_checked_in_one_line():
 def test_defaults_are_resolved_for_the_record():
     assert check_privacy({}, 3) == {"mode": "none"}
     assert check_privacy({"mode": "client-fixed", "noise_multiplier": 0.5}, 3) == {
-        "mode": "client-fixed", "noise_multiplier": 0.5, "clipping_norm": 1.0, "num_sampled_clients": 3}
+        "mode": "client-fixed",
+        "noise_multiplier": 0.5,
+        "clipping_norm": 1.0,
+        "num_sampled_clients": 3,
+    }
 
 
 def test_wrappers_are_flowers_around_the_guarded_strategy():
@@ -147,7 +165,8 @@ def test_client_side_mode_asks_clinics_to_clip_and_a_failed_clinic_stops_the_rou
     from flwr.app import Error
 
     replies = _replies(messages[:1], [np.full(4, 0.1, np.float32)]) + [
-        Message(Error(code=0, reason="ClientApp failed at the clinic"), reply_to=messages[1])]
+        Message(Error(code=0, reason="ClientApp failed at the clinic"), reply_to=messages[1])
+    ]
     with pytest.raises(NoClinicResult, match="every clinic replies"):
         strategy.aggregate_train(1, replies)
 
@@ -159,14 +178,21 @@ def test_clinic_mod_clips_only_when_asked():
 
     def train(msg, context):
         update = dict(GLOBAL, w=np.array([3.0, 4.0, 0, 0], np.float32))
-        return Message(RecordDict({"arrays": _record(update),
-                                   "metrics": MetricRecord({"num-examples": 1})}), reply_to=msg)
+        return Message(
+            RecordDict({"arrays": _record(update), "metrics": MetricRecord({"num-examples": 1})}), reply_to=msg
+        )
 
     context = Context(run_id=1, node_id=11, node_config={}, state=RecordDict(), run_config={})
-    for config, norm in (({}, 5.0), ({"clipping_norm": 1.0}, 1.0),
-                         ({"clipping_norm": 1.0, "dp-clipping": "adaptive"}, 1.0)):
-        msg = Message(RecordDict({"arrays": received, "config": ConfigRecord(config)}),
-                      dst_node_id=11, message_type=MessageType.TRAIN)
+    for config, norm in (
+        ({}, 5.0),
+        ({"clipping_norm": 1.0}, 1.0),
+        ({"clipping_norm": 1.0, "dp-clipping": "adaptive"}, 1.0),
+    ):
+        msg = Message(
+            RecordDict({"arrays": received, "config": ConfigRecord(config)}),
+            dst_node_id=11,
+            message_type=MessageType.TRAIN,
+        )
         reply = clipping_mod(msg, context, train)
         assert not reply.has_error(), reply.error
         assert np.linalg.norm(reply.content["arrays"]["w"].numpy()) == pytest.approx(norm, rel=1e-5)
@@ -175,8 +201,7 @@ def test_clinic_mod_clips_only_when_asked():
 
 def test_secure_aggregation_needs_fedavg_and_three_clinics():
     assert check_privacy({"mode": "secagg+"}, 3)["num_shares"] == 3
-    for min_clinics, strategy, needle in ((2, "fedavg", "min_clinics >= 3"),
-                                          (3, "fedmedian", "fedavg only")):
+    for min_clinics, strategy, needle in ((2, "fedavg", "min_clinics >= 3"), (3, "fedmedian", "fedavg only")):
         with pytest.raises(StrategyError, match=needle):
             check_privacy({"mode": "secagg+"}, min_clinics, strategy)
     with pytest.raises(StrategyError, match="reconstruction_threshold"):
@@ -195,20 +220,23 @@ def test_legacy_messages_reach_the_handlers_keyed_and_return_as_fitres():
 
     assert KEYS_CONFIG == SERVER_KEYS
     keys = list(GLOBAL)
-    fitins = FitIns(ndarrays_to_parameters([GLOBAL[k] for k in keys]),
-                    {"spec": "{}", KEYS_CONFIG: json.dumps(keys)})
-    msg = Message(compat.fitins_to_recorddict(fitins, True), dst_node_id=11,
-                  message_type=MessageType.TRAIN)
+    fitins = FitIns(ndarrays_to_parameters([GLOBAL[k] for k in keys]), {"spec": "{}", KEYS_CONFIG: json.dumps(keys)})
+    msg = Message(compat.fitins_to_recorddict(fitins, True), dst_node_id=11, message_type=MessageType.TRAIN)
     seen = {}
 
     def train(msg, context):
         seen.update(arrays=msg.content["arrays"], config=msg.content["config"])
         update = dict(GLOBAL, w=np.ones(4, np.float32))
-        return Message(RecordDict({"arrays": _record(dict(reversed(list(update.items())))),
-                                   "metrics": MetricRecord({"num-examples": 7, "train_loss": 0.5,
-                                                            "val_hist_pos": [1.0, 2.0]}),
-                                   "clinic": ConfigRecord({"name": "clinic-a", "device": "cpu"})}),
-                       reply_to=msg)
+        return Message(
+            RecordDict(
+                {
+                    "arrays": _record(dict(reversed(list(update.items())))),
+                    "metrics": MetricRecord({"num-examples": 7, "train_loss": 0.5, "val_hist_pos": [1.0, 2.0]}),
+                    "clinic": ConfigRecord({"name": "clinic-a", "device": "cpu"}),
+                }
+            ),
+            reply_to=msg,
+        )
 
     context = Context(run_id=1, node_id=11, node_config={}, state=RecordDict(), run_config={})
     reply = legacy_format_mod(msg, context, train)
@@ -218,8 +246,7 @@ def test_legacy_messages_reach_the_handlers_keyed_and_return_as_fitres():
     assert "val_hist_pos" not in fitres.metrics  # legacy results hold scalars only
     returned = parameters_to_ndarrays(fitres.parameters)  # in the server's key order
     np.testing.assert_array_equal(returned[keys.index("w")], np.ones(4, np.float32))
-    untouched = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=11,
-                        message_type=MessageType.TRAIN)
+    untouched = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=11, message_type=MessageType.TRAIN)
     assert legacy_format_mod(untouched, context, lambda m, c: "called") == "called"
 
 
@@ -231,14 +258,18 @@ def test_secure_round_records_each_clinic_and_keeps_fixed_entries():
     from strategies.secagg import secure_strategy
 
     recorder, keys = Recorder(), list(GLOBAL)
-    strategy = secure_strategy(recorder, keys, _record(GLOBAL), {"w"}, rounds=1, min_clinics=3,
-                               config={"spec": "{}"})
-    summed = dict(GLOBAL, w=np.full(4, 0.5, np.float32),
-                  **{"bn.running_var": np.full(3, 1.0000001, np.float32)})  # quantisation error
+    strategy = secure_strategy(recorder, keys, _record(GLOBAL), {"w"}, rounds=1, min_clinics=3, config={"spec": "{}"})
+    summed = dict(
+        GLOBAL, w=np.full(4, 0.5, np.float32), **{"bn.running_var": np.full(3, 1.0000001, np.float32)}
+    )  # quantisation error
     parameters = ndarrays_to_parameters([summed[k] for k in keys])
-    results = [(GridClientProxy(node, None, 1), FitRes(Status(Code.OK, ""), parameters, 10 * node,
-                                                      {"train_loss": 0.5, "clinic-name": f"c{node}"}))
-               for node in (1, 2, 3)]
+    results = [
+        (
+            GridClientProxy(node, None, 1),
+            FitRes(Status(Code.OK, ""), parameters, 10 * node, {"train_loss": 0.5, "clinic-name": f"c{node}"}),
+        )
+        for node in (1, 2, 3)
+    ]
     aggregated, metrics = strategy.aggregate_fit(1, results, [])
     arrays = dict(zip(keys, parameters_to_ndarrays(aggregated)))
     np.testing.assert_array_equal(arrays["w"], summed["w"])

@@ -29,8 +29,13 @@ NOT_DATA = {".py", ".pyc", ".json"}
 GENERIC = {"decode-error"}
 # The wheel's files that never decode: genuinely broken (see /work/shared/notes/dicom.md).
 BROKEN = {
-    "JPEG-lossy.dcm", "JPEG2000-embedded-sequence-delimiter.dcm", "MR_truncated.dcm", "badVR.dcm",
-    "meta_missing_tsyntax.dcm", "nested_priv_SQ.dcm", "emri_small_jpeg_2k_lossless_too_short.dcm",
+    "JPEG-lossy.dcm",
+    "JPEG2000-embedded-sequence-delimiter.dcm",
+    "MR_truncated.dcm",
+    "badVR.dcm",
+    "meta_missing_tsyntax.dcm",
+    "nested_priv_SQ.dcm",
+    "emri_small_jpeg_2k_lossless_too_short.dcm",
 }
 
 
@@ -109,14 +114,17 @@ def test_no_colour_file_is_refused_for_its_colours(outcomes: dict) -> None:
             assert outcome.reason not in {"unsupported-photometric", "bad-palette"}, (path.name, str(outcome))
 
 
-@pytest.mark.parametrize(("name", "frames"), [
-    ("examples_palette.dcm", 1),  # PALETTE COLOR
-    ("examples_ybr_color.dcm", 30),  # YBR_FULL_422, JPEG baseline, multi-frame
-    ("SC_rgb_rle_16bit_2frame.dcm", 2),  # RGB 16-bit, RLE
-    ("examples_jpeg2k.dcm", 1),  # YBR_RCT, JPEG 2000
-    ("SC_ybr_full_422_uncompressed.dcm", 1),
-    ("SC_rgb_small_odd_big_endian.dcm", 1),
-])
+@pytest.mark.parametrize(
+    ("name", "frames"),
+    [
+        ("examples_palette.dcm", 1),  # PALETTE COLOR
+        ("examples_ybr_color.dcm", 30),  # YBR_FULL_422, JPEG baseline, multi-frame
+        ("SC_rgb_rle_16bit_2frame.dcm", 2),  # RGB 16-bit, RLE
+        ("examples_jpeg2k.dcm", 1),  # YBR_RCT, JPEG 2000
+        ("SC_ybr_full_422_uncompressed.dcm", 1),
+        ("SC_rgb_small_odd_big_endian.dcm", 1),
+    ],
+)
 def test_colour_samples_become_grey_frames(name: str, frames: int) -> None:
     images = read_frames(DATA / "test_files" / name, frame_policy="all")
     assert len(images) == frames and all(image.ndim == 2 and image.std() > 0.01 for image in images)
@@ -131,16 +139,19 @@ def test_palette_file_looks_like_its_rgb_rendering() -> None:
     np.testing.assert_allclose(read_frames(path)[0], expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", [
-    "SC_rgb_jpeg_dcmtk.dcm",  # JPEG baseline, YBR
-    "JPGExtended.dcm",  # JPEG extended 12-bit (pylibjpeg only)
-    "JPEGLSNearLossless_16.dcm",  # JPEG-LS
-    "MR_small_jp2klossless.dcm",  # JPEG 2000
-    "MR_small_RLE.dcm",  # RLE
-    "image_dfl.dcm",  # deflated
-    "SC_ybr_full_422_uncompressed.dcm",
-    "MR_small_jpeg_ls_lossless.dcm",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "SC_rgb_jpeg_dcmtk.dcm",  # JPEG baseline, YBR
+        "JPGExtended.dcm",  # JPEG extended 12-bit (pylibjpeg only)
+        "JPEGLSNearLossless_16.dcm",  # JPEG-LS
+        "MR_small_jp2klossless.dcm",  # JPEG 2000
+        "MR_small_RLE.dcm",  # RLE
+        "image_dfl.dcm",  # deflated
+        "SC_ybr_full_422_uncompressed.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+    ],
+)
 def test_compressed_and_deflated_samples_decode(name: str) -> None:
     image = read_frames(DATA / "test_files" / name)[0]
     assert image.std() > 0.01
@@ -177,7 +188,7 @@ def test_check_data_audits_every_shipped_file_without_a_manifest(tmp_path: Path)
             pass
     result = CliRunner().invoke(app, ["check-data", str(tmp_path), "--image-size", "32", "--json"])
     assert result.exit_code == 0, result.output[-3000:]
-    card = json.loads(result.output[result.output.index("{"):])
+    card = json.loads(result.output[result.output.index("{") :])
     s = card["summary"]
     assert s["files"] == len(files)
     duplicates = s["rejected"].get("duplicate-sop-instance-uid", 0)

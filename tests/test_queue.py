@@ -20,8 +20,17 @@ from tests.accounts import add_researcher, log_in_app, served_on
 from tests.federation import cli
 from tests.test_store import pg_schema_url, store_url  # noqa: F401 - fixtures: SQLite and PostgreSQL
 
-SMALL = dict(name="queued-small", labels=["normal", "opacity"], backbone="resnet18", image_size=32,
-             rounds=1, local_epochs=1, batch_size=8, min_clinics=2, seed=1)
+SMALL = dict(
+    name="queued-small",
+    labels=["normal", "opacity"],
+    backbone="resnet18",
+    image_size=32,
+    rounds=1,
+    local_epochs=1,
+    batch_size=8,
+    min_clinics=2,
+    seed=1,
+)
 
 
 @pytest.fixture
@@ -56,24 +65,27 @@ def test_a_valid_form_is_queued_as_pending(queue: ExperimentQueue) -> None:
     assert [e["kind"] for e in queue.audit.events(researcher="alice")] == ["submitted"]
 
 
-@pytest.mark.parametrize("change, says", [
-    ({"name": "../../etc/passwd"}, "experiment name"),
-    ({"name": "x; rm -rf /"}, "experiment name"),
-    ({"labels": ["normal", "../opacity"]}, "task labels"),
-    ({"labels": ["only-one"]}, "task labels"),
-    ({"weights": "/etc/passwd"}, "weights registry"),
-    ({"weights": "../radfed.db"}, "weights registry"),
-    ({"data": {"window": "lung"}}, "cannot be set from a submission"),
-    ({"sweep": "x"}, "cannot be set from a submission"),
-    ({"backbone": "vit_huge"}, "key 'backbone'"),
-    ({"freeze": "__import__('os')"}, "key 'freeze'"),
-    ({"rounds": 0}, "key 'rounds'"),
-    ({"learning_rate": 0.0}, "key 'learning_rate'"),
-    ({"strategy": "fedprox", "strategy_params": {"proximal_mu": -1.0}}, "proximal_mu"),
-    ({"strategy": "fedavg", "strategy_params": {"eval": 1}}, "not a parameter of fedavg"),
-    ({"privacy": {"mode": "secagg+"}}, "secagg+ needs min_clinics >= 3"),
-    ({"privacy": {"mode": "client-fixed", "clipping_norm": 0.0}}, "privacy"),
-])
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        ({"name": "../../etc/passwd"}, "experiment name"),
+        ({"name": "x; rm -rf /"}, "experiment name"),
+        ({"labels": ["normal", "../opacity"]}, "task labels"),
+        ({"labels": ["only-one"]}, "task labels"),
+        ({"weights": "/etc/passwd"}, "weights registry"),
+        ({"weights": "../radfed.db"}, "weights registry"),
+        ({"data": {"window": "lung"}}, "cannot be set from a submission"),
+        ({"sweep": "x"}, "cannot be set from a submission"),
+        ({"backbone": "vit_huge"}, "key 'backbone'"),
+        ({"freeze": "__import__('os')"}, "key 'freeze'"),
+        ({"rounds": 0}, "key 'rounds'"),
+        ({"learning_rate": 0.0}, "key 'learning_rate'"),
+        ({"strategy": "fedprox", "strategy_params": {"proximal_mu": -1.0}}, "proximal_mu"),
+        ({"strategy": "fedavg", "strategy_params": {"eval": 1}}, "not a parameter of fedavg"),
+        ({"privacy": {"mode": "secagg+"}}, "secagg+ needs min_clinics >= 3"),
+        ({"privacy": {"mode": "client-fixed", "clipping_norm": 0.0}}, "privacy"),
+    ],
+)
 def test_an_invalid_form_is_refused_in_one_line_and_nothing_is_queued(queue, change, says) -> None:
     with pytest.raises(QueueError) as refused:
         queue.submit({**SMALL, **change}, "alice")
@@ -214,7 +226,9 @@ def test_queue_cli_list_approve_reject_with_one_line_errors(queue: ExperimentQue
     assert late.returncode == 2 and "is rejected by carl" in _one_line(late)
     listed = json.loads(_coordinator("queue", "list", "--json", db=db).stdout)
     assert [(r["id"], r["status"], r["reviewer"], r["reason"]) for r in listed] == [
-        (first, "approved", "carl", None), (second, "rejected", "carl", "too many rounds")]
+        (first, "approved", "carl", None),
+        (second, "rejected", "carl", "too many rounds"),
+    ]
     pending = json.loads(_coordinator("queue", "list", "--status", "pending", "--json", db=db).stdout)
     assert pending == []
     assert "unknown status" in _one_line(_coordinator("queue", "list", "--status", "weird", db=db))
@@ -243,8 +257,9 @@ def test_run_next_with_the_superlink_down_puts_the_submission_back(queue: Experi
     assert proc.returncode == 1 and "not reachable" in proc.stderr.strip().splitlines()[-1]
     assert queue.get(sid).status == "approved"
     other = queue.submit({**SMALL, "name": "other"}, "bob")
-    now = _coordinator("queue", "approve", str(other), "--run", "--insecure", "--control",
-                       f"127.0.0.1:{free_port()}", db=db)
+    now = _coordinator(
+        "queue", "approve", str(other), "--run", "--insecure", "--control", f"127.0.0.1:{free_port()}", db=db
+    )
     assert now.returncode == 1 and "not reachable" in now.stderr.strip().splitlines()[-1]
     assert f"approved submission {other}" in now.stderr and queue.get(other).status == "approved"
 

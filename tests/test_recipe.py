@@ -15,8 +15,9 @@ from radfed.training import _augment, train_local
 
 def _tiny() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(4, 2))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    )
 
 
 def _separable(n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,8 +40,17 @@ def test_label_smoothing_bounds_the_logits():
     margins = {}
     for smoothing in (0.0, 0.1):
         model = _tiny()
-        train_local(model, images, labels, epochs=60, batch_size=8, learning_rate=0.05, seed=0,
-                    label_smoothing=smoothing, device=torch.device("cpu"))
+        train_local(
+            model,
+            images,
+            labels,
+            epochs=60,
+            batch_size=8,
+            learning_rate=0.05,
+            seed=0,
+            label_smoothing=smoothing,
+            device=torch.device("cpu"),
+        )
         margins[smoothing] = _max_margin(model, images)
     assert margins[0.1] < 6.0 < margins[0.0]  # ln(0.95 / 0.05) = 2.9 is the optimum at 0.1
 
@@ -112,8 +122,7 @@ def test_balanced_statistics_do_not_follow_the_case_mix():
 def _scorer() -> nn.Module:
     """A model whose finding score is its BatchNorm-normalised mean intensity (no training:
     what the statistics do to the scores is all there is to see)."""
-    model = nn.Sequential(nn.Conv2d(3, 1, 1), nn.BatchNorm2d(1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(1, 2))
+    model = nn.Sequential(nn.Conv2d(3, 1, 1), nn.BatchNorm2d(1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1, 2))
     with torch.no_grad():
         model[0].weight.fill_(1 / 3)
         model[0].bias.zero_()

@@ -27,9 +27,19 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 
 def _spec(**kw) -> ExperimentSpec:
-    base = dict(name="recovery", backbone="resnet18", image_size=32, rounds=3, local_epochs=1,
-                batch_size=8, learning_rate=1e-3, min_clinics=2, clinic_timeout=120.0,
-                round_timeout=300.0, seed=0)
+    base = dict(
+        name="recovery",
+        backbone="resnet18",
+        image_size=32,
+        rounds=3,
+        local_epochs=1,
+        batch_size=8,
+        learning_rate=1e-3,
+        min_clinics=2,
+        clinic_timeout=120.0,
+        round_timeout=300.0,
+        seed=0,
+    )
     base.update(kw)
     return ExperimentSpec(**base)
 
@@ -38,9 +48,24 @@ def _run(fed: Federation, spec_file: Path, *args: str) -> subprocess.Popen:
     """`coordinator run` in the background (its output in fed.work/logs/run.log)."""
     log = open(fed.work / "logs" / "run.log", "ab")  # noqa: SIM115 - closed with the process
     mode = ["--root-certificates", str(fed.certs / "ca.crt")] if fed.secure else ["--insecure"]
-    return subprocess.Popen([sys.executable, "-m", "server.cli", "run", *([str(spec_file)] if spec_file else []),
-                             "--control", fed.control, *mode, "--db", fed.db, *args],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "run",
+            *([str(spec_file)] if spec_file else []),
+            "--control",
+            fed.control,
+            *mode,
+            "--db",
+            fed.db,
+            *args,
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _alive(pids: list[int]) -> list[int]:
@@ -79,13 +104,17 @@ def test_superlink_killed_mid_run_then_resumed(tmp_path, monkeypatch):
         spec_file.write_text(spec_to_toml(_spec(rounds=3, round_timeout=240.0)))
         follower = fed.track(_run(fed, spec_file))
         store = Store(fed.db)
-        fed.wait_for(lambda: (store.leaderboard(include_running=True) or [{}])[0].get("checkpoints"),
-                     "round 1 checkpointed", timeout=300)
+        fed.wait_for(
+            lambda: (store.leaderboard(include_running=True) or [{}])[0].get("checkpoints"),
+            "round 1 checkpointed",
+            timeout=300,
+        )
         link_tree = [fed.superlink.pid, *descendants(fed.superlink.pid)]
         os.kill(fed.superlink.pid, signal.SIGKILL)  # the coordinator machine loses its SuperLink
         fed.superlink.wait(timeout=10)
-        fed.wait_for(lambda: not _alive(link_tree + descendants_of(link_tree)),
-                     "the SuperLink's processes to go", timeout=30)
+        fed.wait_for(
+            lambda: not _alive(link_tree + descendants_of(link_tree)), "the SuperLink's processes to go", timeout=30
+        )
         fed.procs.remove(fed.superlink)
         # `coordinator run` does not hang: the run is lost, it says so and exits non-zero
         fed.start_superlink()  # same ports, same state folder
@@ -98,11 +127,22 @@ def test_superlink_killed_mid_run_then_resumed(tmp_path, monkeypatch):
         from server.control import ControlClient
 
         control = ControlClient(fed.control, insecure=True, flwr_home=tmp_path / "control")
-        fed.wait_for(lambda: sum(s == "online" for s in control.nodes().values()) >= 2,
-                     "both clinics online again", timeout=120)
+        fed.wait_for(
+            lambda: sum(s == "online" for s in control.nodes().values()) >= 2, "both clinics online again", timeout=120
+        )
         done = len(row["checkpoints"])
-        resumed = cli("server.cli", "run", "--resume", flwr_run_id, "--control", fed.control,
-                      "--insecure", "--db", fed.db, timeout=500)
+        resumed = cli(
+            "server.cli",
+            "run",
+            "--resume",
+            flwr_run_id,
+            "--control",
+            fed.control,
+            "--insecure",
+            "--db",
+            fed.db,
+            timeout=500,
+        )
         assert resumed.returncode == 0, resumed.stderr[-2000:] + log[-2000:] + fed.logs()
         assert f"continuing run {flwr_run_id} after round {done}" in resumed.stderr
         entries = store.leaderboard()
@@ -140,12 +180,16 @@ def test_clinic_killed_and_clinic_revoked_mid_run(tmp_path):
             clinics[name] = fed.start_clinic(name, tmp_path / name, "", fed.enrol(name))
         spec_file = tmp_path / "exp.toml"
         spec_file.write_text(spec_to_toml(_spec(rounds=3, min_clinics=2, min_accept=2)))
-        fed.wait_for(lambda: sum(s == "online" for s in fed.node_status().values()) == 4,
-                     "four clinics online", timeout=120)
+        fed.wait_for(
+            lambda: sum(s == "online" for s in fed.node_status().values()) == 4, "four clinics online", timeout=120
+        )
         follower = fed.track(_run(fed, spec_file))
         store = Store(fed.db)
-        fed.wait_for(lambda: (store.leaderboard(include_running=True) or [{}])[0].get("checkpoints"),
-                     "round 1 checkpointed", timeout=300)
+        fed.wait_for(
+            lambda: (store.leaderboard(include_running=True) or [{}])[0].get("checkpoints"),
+            "round 1 checkpointed",
+            timeout=300,
+        )
         victim = clinics["clinic-4"]
         tree = [victim.pid, *descendants(victim.pid)]
         assert len(tree) >= 3  # client-node, its SuperNode, its warm ClientApp worker
@@ -172,8 +216,11 @@ def test_clinic_killed_and_clinic_revoked_mid_run(tmp_path):
         assert any(e["clinic"] == "clinic-4" for e in Registry(store).events(kind="lost"))
 
         log4 = fed.work / "logs" / "clinic-4.log"
-        fed.wait_for(lambda: "SuperNode ID" in log4.read_text().split("joining")[-1],
-                     "the restarted clinic-4 to connect", timeout=150)
+        fed.wait_for(
+            lambda: "SuperNode ID" in log4.read_text().split("joining")[-1],
+            "the restarted clinic-4 to connect",
+            timeout=150,
+        )
         assert again.poll() is None and "error:" not in log4.read_text().split("joining")[-1]
     finally:
         fed.close()

@@ -54,16 +54,25 @@ def test_pacing_is_fast_during_a_run_and_flowers_own_when_idle():
 
 def test_supernode_wrapper_installs_pacing_and_is_flowers_cli():
     """`python -m client_node.supernode` replaces the loop's `time` and is flower-supernode."""
-    code = ("from client_node.supernode import install, Pacing\n"
-            "from flwr.supernode import start_client_internal as m\n"
-            "p = install()\n"
-            "assert m.time is p and isinstance(p, Pacing) and m.time.monotonic() > 0\n"
-            "assert m._pull_and_store_message.__name__ == 'pull_and_note'\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, check=False)
+    code = (
+        "from client_node.supernode import install, Pacing\n"
+        "from flwr.supernode import start_client_internal as m\n"
+        "p = install()\n"
+        "assert m.time is p and isinstance(p, Pacing) and m.time.monotonic() > 0\n"
+        "assert m._pull_and_store_message.__name__ == 'pull_and_note'\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
     assert proc.returncode == 0, proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "client_node.supernode", "--help"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "client_node.supernode", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0 and "--superlink" in proc.stdout, proc.stderr
 
 

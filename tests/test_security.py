@@ -36,8 +36,18 @@ def fed(tmp_path_factory):
 
 
 def _start(fed: Federation, *args: str, timeout: float = 120):
-    return cli("client_node.cli", "start", "--data", str(fed.work / "data"), "--threads", "1",
-               "--home", str(fed.work / "nodes"), *args, timeout=timeout)
+    return cli(
+        "client_node.cli",
+        "start",
+        "--data",
+        str(fed.work / "data"),
+        "--threads",
+        "1",
+        "--home",
+        str(fed.work / "nodes"),
+        *args,
+        timeout=timeout,
+    )
 
 
 def _one_error_line(proc) -> str:
@@ -67,8 +77,11 @@ def test_revoked_clinic_is_cut_off_and_refused(fed):
     fed.wait_for(lambda: node() is not None, "the supervisor to register clinic-r")
     proc = fed.start_clinic("clinic-r", fed.work / "data", bundle=bundle)
     fed.wait_for(lambda: fed.node_status().get(int(node())) == "online", "clinic-r to connect")
-    fed.wait_for(lambda: any(e["kind"] == "connected" for e in registry.events(clinic="clinic-r")),
-                 "the supervisor to audit the connection", timeout=20)
+    fed.wait_for(
+        lambda: any(e["kind"] == "connected" for e in registry.events(clinic="clinic-r")),
+        "the supervisor to audit the connection",
+        timeout=20,
+    )
 
     listed = json.loads(cli("server.cli", "clinic", "list", "--db", fed.db, "--json").stdout)
     assert [(c["name"], c["status"]) for c in listed] == [("clinic-r", "active")]
@@ -105,8 +118,7 @@ def test_superlink_refuses_plaintext_off_loopback_and_missing_certs(tmp_path):
 
 
 def test_certs_init_keys_private_and_hosts_in_certificate(tmp_path):
-    proc = cli("server.cli", "certs", "init", "--hosts", "coord.example.org,10.1.2.3",
-               "--certs", str(tmp_path / "pki"))
+    proc = cli("server.cli", "certs", "init", "--hosts", "coord.example.org,10.1.2.3", "--certs", str(tmp_path / "pki"))
     assert proc.returncode == 0, proc.stderr
     for key in ("ca.key", "server.key"):
         assert (tmp_path / "pki" / key).stat().st_mode & 0o777 == 0o600
@@ -132,8 +144,18 @@ def test_bundle_is_verified_and_damage_detected(tmp_path):
     path.write_text("not json")
     with pytest.raises(BundleError, match="not a radfed enrolment bundle"):
         read_bundle(path)
-    dup = cli("server.cli", "clinic", "add", "clinic-a", "--certs", str(tmp_path / "pki"),
-              "--db", f"sqlite:///{tmp_path / 'r.db'}", "--out", str(tmp_path / "x.radfed"))
+    dup = cli(
+        "server.cli",
+        "clinic",
+        "add",
+        "clinic-a",
+        "--certs",
+        str(tmp_path / "pki"),
+        "--db",
+        f"sqlite:///{tmp_path / 'r.db'}",
+        "--out",
+        str(tmp_path / "x.radfed"),
+    )
     assert dup.returncode != 0 and "already enrolled" in dup.stderr
 
 
@@ -177,8 +199,12 @@ def test_tls_check_names_the_problem(tmp_path, case):
     server = _TlsServer(None if case == "plaintext" else certs)
     try:
         problem = check_tls(server.address, certs.ca_cert.read_text())
-        expected = {"expired": "expired on", "not-yet-valid": "clock skew",
-                    "plaintext": "running without TLS", "valid": None}[case]
+        expected = {
+            "expired": "expired on",
+            "not-yet-valid": "clock skew",
+            "plaintext": "running without TLS",
+            "valid": None,
+        }[case]
         if expected is None:
             assert problem is None and speaks_tls(server.address)
         else:
@@ -219,13 +245,25 @@ def test_revoked_clinic_is_readmitted_with_a_new_key(fed, tmp_path):
     old_node = int(registry.clinic("clinic-back").node_id)
     assert cli("server.cli", "clinic", "revoke", "clinic-back", "--db", fed.db).returncode == 0
     fed.wait_for(lambda: fed.node_status().get(old_node) == "unregistered", "the old key unregistered")
-    proc = cli("server.cli", "clinic", "readmit", "clinic-back", "--superlink", fed.address, "--out",
-               str(tmp_path / "new.radfed"), "--certs", str(fed.certs), "--db", fed.db, timeout=60)
+    proc = cli(
+        "server.cli",
+        "clinic",
+        "readmit",
+        "clinic-back",
+        "--superlink",
+        fed.address,
+        "--out",
+        str(tmp_path / "new.radfed"),
+        "--certs",
+        str(fed.certs),
+        "--db",
+        fed.db,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     new = read_bundle(tmp_path / "new.radfed")
     assert new.clinic == "clinic-back" and new.public_key != old.public_key
-    fed.wait_for(lambda: registry.clinic("clinic-back").node_id not in (None, str(old_node)),
-                 "the new key registered")
+    fed.wait_for(lambda: registry.clinic("clinic-back").node_id not in (None, str(old_node)), "the new key registered")
     assert fed.node_status()[int(registry.clinic("clinic-back").node_id)] == "registered"
     assert fed.node_status()[old_node] == "unregistered"
     again = cli("server.cli", "clinic", "readmit", "clinic-back", "--db", fed.db, "--certs", str(fed.certs))

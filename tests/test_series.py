@@ -26,10 +26,27 @@ from tests.ct_studies import LABELS, SPACING, corner_hu, write_ct_studies
 WIDE = (0.0, 4000.0)  # a window that keeps the corner pixels' HU (slice index) apart
 
 
-def _facts(relpath: str, position: str = "", number: str = "", unit: str = "u", series: str = "s",
-           patient: str = "p", label: int = 1) -> ImageFacts:
-    return ImageFacts(relpath=relpath, label=label, patient=patient, uid=relpath, modality="CT", manufacturer="x",
-                      series_key=series, slice_position=position, instance_number=number, unit=unit)
+def _facts(
+    relpath: str,
+    position: str = "",
+    number: str = "",
+    unit: str = "u",
+    series: str = "s",
+    patient: str = "p",
+    label: int = 1,
+) -> ImageFacts:
+    return ImageFacts(
+        relpath=relpath,
+        label=label,
+        patient=patient,
+        uid=relpath,
+        modality="CT",
+        manufacturer="x",
+        series_key=series,
+        slice_position=position,
+        instance_number=number,
+        unit=unit,
+    )
 
 
 # ----------------------------------------------------------------------------- header facts
@@ -69,19 +86,32 @@ def test_slices_are_ordered_by_position_then_instance_number_then_name():
     assert [f.relpath for f in slice_order(neither)] == ["a", "b", "c"]
 
 
-@pytest.mark.parametrize("n, policy, want", [
-    (10, "middle", [5]), (1, "middle", [0]), (10, "even:3", [1, 5, 8]), (10, "even:1", [5]),
-    (4, "even:6", [0, 1, 2, 3]), (5, "all", [0, 1, 2, 3, 4]), (10, "EVEN:2", [2, 7]),
-])
+@pytest.mark.parametrize(
+    "n, policy, want",
+    [
+        (10, "middle", [5]),
+        (1, "middle", [0]),
+        (10, "even:3", [1, 5, 8]),
+        (10, "even:1", [5]),
+        (4, "even:6", [0, 1, 2, 3]),
+        (5, "all", [0, 1, 2, 3, 4]),
+        (10, "EVEN:2", [2, 7]),
+    ],
+)
 def test_slice_policies_pick_evenly_and_symmetrically(n, policy, want):
     assert pick_indices(n, policy) == want
 
 
-@pytest.mark.parametrize("options, message", [
-    (dict(slice_policy="even:0"), "slice_policy must be one of"), (dict(slice_policy="stack:3"), "even:K"),
-    (dict(slice_policy="some"), "slice_policy"), (dict(slice_stack=2), "slice_stack must be 1 or 3"),
-    (dict(slice_stack=True), "slice_stack"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(slice_policy="even:0"), "slice_policy must be one of"),
+        (dict(slice_policy="stack:3"), "even:K"),
+        (dict(slice_policy="some"), "slice_policy"),
+        (dict(slice_stack=2), "slice_stack must be 1 or 3"),
+        (dict(slice_stack=True), "slice_stack"),
+    ],
+)
 def test_bad_slice_options_are_refused_in_one_line(options, message):
     with pytest.raises(ValueError, match=message):
         DataOptions(**options)
@@ -150,8 +180,7 @@ def ct_set(tmp_path_factory):
 
 
 def _load(folder: Path, **options) -> object:
-    return load_clinic(folder, LABELS, 32, val_fraction=0.34, seed=0,
-                       options=DataOptions(window=WIDE, **options))
+    return load_clinic(folder, LABELS, 32, val_fraction=0.34, seed=0, options=DataOptions(window=WIDE, **options))
 
 
 def test_a_study_manifest_labels_every_slice_and_counts_studies(ct_set):
@@ -219,10 +248,12 @@ def test_unknown_and_foreign_studies_are_rejected_by_line(ct_set, tmp_path):
 def test_no_uid_reaches_the_cache_the_card_or_a_log(ct_set, tmp_path, caplog):
     folder, studies = ct_set
     caplog.set_level(logging.DEBUG)
-    data = load_clinic(folder, LABELS, 32, cache_dir=tmp_path / "cache",
-                       options=DataOptions(slice_policy="even:2", slice_stack=3))
-    again = load_clinic(folder, LABELS, 32, cache_dir=tmp_path / "cache",
-                        options=DataOptions(slice_policy="even:2", slice_stack=3))
+    data = load_clinic(
+        folder, LABELS, 32, cache_dir=tmp_path / "cache", options=DataOptions(slice_policy="even:2", slice_stack=3)
+    )
+    again = load_clinic(
+        folder, LABELS, 32, cache_dir=tmp_path / "cache", options=DataOptions(slice_policy="even:2", slice_stack=3)
+    )
     assert np.array_equal(again.val.units.numpy(), data.val.units.numpy())
     secrets = {s.uid for s in studies} | {u for s in studies for u in s.series} | {s.patient for s in studies}
     texts = [p.read_bytes().decode("latin-1") for p in (tmp_path / "cache").iterdir()]

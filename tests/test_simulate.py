@@ -38,10 +38,30 @@ def _simulate(tmp: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "experiment.toml").write_text(SPEC)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RADFED_HOME": str(tmp / "home"), "COLUMNS": "200"}
-    proc = subprocess.run([sys.executable, "-m", "server.cli", "simulate", str(tmp / "experiment.toml"),
-                           "--clinics", "4", "--workdir", str(tmp / "work"), "--db", f"sqlite:///{tmp / 'r.db'}",
-                           "--checkpoints", str(tmp / "ckpt"), "--json", *args],
-                          capture_output=True, text=True, env=env, cwd=tmp, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "simulate",
+            str(tmp / "experiment.toml"),
+            "--clinics",
+            "4",
+            "--workdir",
+            str(tmp / "work"),
+            "--db",
+            f"sqlite:///{tmp / 'r.db'}",
+            "--checkpoints",
+            str(tmp / "ckpt"),
+            "--json",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -92,15 +112,20 @@ def test_simulate_iid_generated_then_dirichlet_on_data_folders(tmp_path):
     skewed = _clinic_patients(tmp_path / "dir" / "work" / "federation" / "partitions.json")
     every = [p for patients in skewed.values() for p in patients]
     assert len(every) == len(set(every)) == 36
-    pooled = {str(pydicom.dcmread(f, stop_before_pixels=True).PatientID)
-              for site in sites for f in site.rglob("*") if f.is_file() and f.name != "labels.csv"
-              and f.name != "findings.json"}
+    pooled = {
+        str(pydicom.dcmread(f, stop_before_pixels=True).PatientID)
+        for site in sites
+        for f in site.rglob("*")
+        if f.is_file() and f.name != "labels.csv" and f.name != "findings.json"
+    }
     assert set(every) == pooled  # every pooled patient is in exactly one clinic
 
 
 def test_simulation_mod_fills_only_virtual_nodes(tmp_path, monkeypatch):
-    clinics = [{"name": "virtual-001", "node_config": {"data-path": "/sim/a", "clinic-name": "virtual-001"}},
-               {"name": "virtual-002", "node_config": {"data-path": "/sim/b", "clinic-name": "virtual-002"}}]
+    clinics = [
+        {"name": "virtual-001", "node_config": {"data-path": "/sim/a", "clinic-name": "virtual-001"}},
+        {"name": "virtual-002", "node_config": {"data-path": "/sim/b", "clinic-name": "virtual-002"}},
+    ]
     path = tmp_path / "partitions.json"
     path.write_text(json.dumps({"version": 1, "clinics": clinics}))
     seen, sentinel = [], object()

@@ -21,19 +21,22 @@ def test_experiment_table_or_top_level(tmp_path):
     assert load_spec(path).rounds == 2
 
 
-@pytest.mark.parametrize("data, key", [
-    ({"name": "x", "backbone": "vgg"}, "'backbone'"),
-    ({"name": "x", "freeze": "some"}, "'freeze'"),
-    ({"name": "x", "batch_size": 1.5}, "'batch_size'"),
-    ({"name": "x", "learning_rate": True}, "'learning_rate'"),
-    ({"name": "x", "labels": ["only"]}, "'labels'"),
-    ({"rounds": 1}, "'name'"),
-    ({"name": "x", "label_smoothing": 0.7}, "'label_smoothing'"),
-    ({"name": "x", "weight_decay": -1}, "'weight_decay'"),
-    ({"name": "x", "warmup_rounds": 1.5}, "'warmup_rounds'"),
-    ({"name": "x", "augment": "mixup"}, "'augment'"),
-    ({"name": "x", "bn_policy": "fedbn"}, "'bn_policy'"),
-])
+@pytest.mark.parametrize(
+    "data, key",
+    [
+        ({"name": "x", "backbone": "vgg"}, "'backbone'"),
+        ({"name": "x", "freeze": "some"}, "'freeze'"),
+        ({"name": "x", "batch_size": 1.5}, "'batch_size'"),
+        ({"name": "x", "learning_rate": True}, "'learning_rate'"),
+        ({"name": "x", "labels": ["only"]}, "'labels'"),
+        ({"rounds": 1}, "'name'"),
+        ({"name": "x", "label_smoothing": 0.7}, "'label_smoothing'"),
+        ({"name": "x", "weight_decay": -1}, "'weight_decay'"),
+        ({"name": "x", "warmup_rounds": 1.5}, "'warmup_rounds'"),
+        ({"name": "x", "augment": "mixup"}, "'augment'"),
+        ({"name": "x", "bn_policy": "fedbn"}, "'bn_policy'"),
+    ],
+)
 def test_refusals_name_the_key(data, key):
     with pytest.raises(SpecError) as info:
         from_mapping(data)
@@ -54,8 +57,7 @@ def test_not_toml(tmp_path):
 
 def test_data_options_table_round_trips_and_is_checked(tmp_path):
     path = tmp_path / "exp.toml"
-    path.write_text('[experiment]\nname = "ct"\n[experiment.data]\nwindow = "lung"\n'
-                    'filters = { Modality = ["CT"] }\n')
+    path.write_text('[experiment]\nname = "ct"\n[experiment.data]\nwindow = "lung"\nfilters = { Modality = ["CT"] }\n')
     spec = load_spec(path)
     assert spec.data == {"window": "lung", "filters": {"Modality": ["CT"]}}
     path.write_text(spec_to_toml(spec))
@@ -78,10 +80,14 @@ def test_recipe_keys_round_trip_and_old_specs_stay_valid(tmp_path):
     path.write_text('[experiment]\nname = "old"\nlearning_rate = 1e-3\nrounds = 4\n')
     old = load_spec(path)
     assert (old.weight_decay, old.label_smoothing, old.augment, old.bn_policy) == (
-        ExperimentSpec.weight_decay, ExperimentSpec.label_smoothing, ExperimentSpec.augment,
-        ExperimentSpec.bn_policy)
-    spec = ExperimentSpec(name="r", weight_decay=0.0, label_smoothing=0.0, warmup_rounds=2,
-                          augment="flip", bn_policy="global")
+        ExperimentSpec.weight_decay,
+        ExperimentSpec.label_smoothing,
+        ExperimentSpec.augment,
+        ExperimentSpec.bn_policy,
+    )
+    spec = ExperimentSpec(
+        name="r", weight_decay=0.0, label_smoothing=0.0, warmup_rounds=2, augment="flip", bn_policy="global"
+    )
     path.write_text(spec_to_toml(spec))
     assert load_spec(path) == spec == ExperimentSpec.from_json(spec.to_json())
 

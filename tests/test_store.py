@@ -199,8 +199,9 @@ def test_uint64_ids_round_trip_as_strings(store: Store) -> None:
     exp = store.create_experiment("e", "{}", "resnet50", "random", "fedavg")
     run = store.start_run(exp, BIG_RUN_ID, rounds_planned=1)
     store.record_clinic_result(run, 1, "clinic-a", BIG_NODE_ID, "train", 0.4, 120, device="cuda:0")
-    store.record_clinic_result(run, 1, "clinic-b", str(2**63), "evaluate", 0.5, 80,
-                               accuracy=0.7, auroc=0.75, device="cpu")
+    store.record_clinic_result(
+        run, 1, "clinic-b", str(2**63), "evaluate", 0.5, 80, accuracy=0.7, auroc=0.75, device="cpu"
+    )
     store.finish_run(run, "completed", final_auroc=0.75)
 
     status = store.run_status(str(BIG_RUN_ID))
@@ -335,18 +336,32 @@ def test_quality_pooled_holdout_and_baseline_ratio(store: Store) -> None:
     spec = json.dumps({"name": "q", "backbone": "resnet18", "rounds": 2, "strategy": "fedavg"})
     exp = store.create_experiment("q", spec, "resnet18", "random", "fedavg")
     run = store.start_run(exp, "11", rounds_planned=2, holdout="clinic-3")
-    store.record_clinic_result(run, 2, "clinic-1", "1", "evaluate", loss=0.3, num_examples=20,
-                               auroc=0.9, quality={"auroc_low": 0.8, "auroc_high": math.nan})
-    store.record_clinic_result(run, 2, "clinic-3", "3", "holdout", loss=0.5, num_examples=12,
-                               auroc=0.7, quality={"sensitivity": 0.6})
+    store.record_clinic_result(
+        run,
+        2,
+        "clinic-1",
+        "1",
+        "evaluate",
+        loss=0.3,
+        num_examples=20,
+        auroc=0.9,
+        quality={"auroc_low": 0.8, "auroc_high": math.nan},
+    )
+    store.record_clinic_result(
+        run, 2, "clinic-3", "3", "holdout", loss=0.5, num_examples=12, auroc=0.7, quality={"sensitivity": 0.6}
+    )
     store.record_round(run, 2, val_auroc=0.9, pooled={"auroc": 0.88, "ece": 0.05})
     store.record_round(run, 2, train_loss=0.1)  # a later partial write keeps the pooled figures
     store.finish_run(run, "completed", final_auroc=0.9)
     other = json.dumps({"name": "q", "backbone": "resnet18", "rounds": 3})  # another budget
     for spec_json, auroc, holdout in ((spec, 0.9, None), (other, 0.5, "clinic-3"), (spec, 0.8, "clinic-3")):
         base_exp = store.create_experiment("q", spec_json, "resnet18", "random", "centralized")
-        store.record_baseline(base_exp, {"auroc": auroc, "auroc_low": auroc - 0.1, "images": 50,
-                                         "patients": 20}, {"clinic-1": {"auroc": auroc}}, holdout=holdout)
+        store.record_baseline(
+            base_exp,
+            {"auroc": auroc, "auroc_low": auroc - 0.1, "images": 50, "patients": 20},
+            {"clinic-1": {"auroc": auroc}},
+            holdout=holdout,
+        )
 
     [entry] = store.leaderboard()
     assert entry["holdout"] == "clinic-3"
@@ -358,18 +373,26 @@ def test_quality_pooled_holdout_and_baseline_ratio(store: Store) -> None:
     assert entry["baseline"]["clinics"] == {"clinic-1": {"auroc": 0.8}}
     assert entry["vs_central"] == pytest.approx(0.88 / 0.8)
     json.dumps(entry)
+
+
 # ------------------------------------------------------------ traffic and sweeps
 
 
 def test_bytes_per_round_and_clinic_and_sweep_tags_reach_the_leaderboard(store: Store) -> None:
-    exp = store.create_experiment("s-radimagenet-resnet50-freeze-all-lr0.01", "{}", "resnet50",
-                                  "r50.pth", "fedavg", sweep="s", weight_source="radimagenet")
+    exp = store.create_experiment(
+        "s-radimagenet-resnet50-freeze-all-lr0.01",
+        "{}",
+        "resnet50",
+        "r50.pth",
+        "fedavg",
+        sweep="s",
+        weight_source="radimagenet",
+    )
     run = store.start_run(exp, "1", rounds_planned=1)
     big = 3 * 2**31  # a round of a large model with many clinics passes 32 bits
     store.record_round(run, 1, bytes_down=big, bytes_up=4096, duration_s=2.5)
     store.record_round(run, 1, val_auroc=0.7)  # later writes keep the bytes
-    store.record_clinic_result(run, 1, "clinic-a", BIG_NODE_ID, "train", 0.4, 10,
-                               bytes_down=big // 2, bytes_up=2048)
+    store.record_clinic_result(run, 1, "clinic-a", BIG_NODE_ID, "train", 0.4, 10, bytes_down=big // 2, bytes_up=2048)
     store.finish_run(run, "completed", final_auroc=0.7)
     (entry,) = store.leaderboard()
     assert (entry["sweep"], entry["weight_source"]) == ("s", "radimagenet")
@@ -389,6 +412,8 @@ def test_a_database_from_before_a_new_column_gets_it(store_url: str) -> None:
         reopened.record_round(run, 1, bytes_down=123)
         reopened.finish_run(run, "completed")
         assert reopened.leaderboard()[0]["rounds"][0]["bytes_down"] == 123
+
+
 def test_data_cards_are_stored_once_per_clinic_and_listed(store: Store) -> None:
     run = _finished_run(store, "cards", 0.8)
     card = {"labels": ["normal", "opacity"], "train": {"total_images": 10}, "modalities": {"CR": 12}}

@@ -37,14 +37,35 @@ def fed(tmp_path_factory):
 
 
 def _submit(fed: Federation, name: str, *args: str, **spec):
-    base = dict(name=name, backbone="resnet18", image_size=64, rounds=1, local_epochs=2,
-                batch_size=8, learning_rate=1e-3, min_clinics=HONEST, clinic_timeout=120.0,
-                val_fraction=0.35, seed=3)
+    base = dict(
+        name=name,
+        backbone="resnet18",
+        image_size=64,
+        rounds=1,
+        local_epochs=2,
+        batch_size=8,
+        learning_rate=1e-3,
+        min_clinics=HONEST,
+        clinic_timeout=120.0,
+        val_fraction=0.35,
+        seed=3,
+    )
     base.update(spec)
     path = fed.work / f"{name}.toml"
     path.write_text(spec_to_toml(ExperimentSpec(**base)))
-    return cli("server.cli", "run", str(path), "--control", fed.control, "--insecure",
-               "--db", _db(fed), "--checkpoints", str(fed.work / "ckpt"), *args)
+    return cli(
+        "server.cli",
+        "run",
+        str(path),
+        "--control",
+        fed.control,
+        "--insecure",
+        "--db",
+        _db(fed),
+        "--checkpoints",
+        str(fed.work / "ckpt"),
+        *args,
+    )
 
 
 def _db(fed: Federation) -> str:
@@ -62,9 +83,13 @@ def _auroc(entry: dict, server_round: int) -> float:
 
 
 @pytest.mark.timeout(450)
-@pytest.mark.parametrize("strategy, params", [
-    ("fedadam", {"eta": 0.01}), ("fedbn", {}),
-])
+@pytest.mark.parametrize(
+    "strategy, params",
+    [
+        ("fedadam", {"eta": 0.01}),
+        ("fedbn", {}),
+    ],
+)
 def test_strategy_family_completes_and_improves(fed, strategy, params):
     entry = _run(fed, f"family-{strategy}", strategy=strategy, strategy_params=params)
     assert entry["status"] == "completed"
@@ -93,9 +118,11 @@ def _assert_bn_stays_local(fed: Federation, entry: dict) -> None:
     from radfed.batchnorm import batchnorm_state_keys
     from radfed.models import create_model
 
-    states = [torch.load(p, weights_only=True)
-              for p in sorted((fed.work / "nodes").glob("*/state/local/run-*.pt"))
-              if str(entry["flwr_run_id"]) in p.name]
+    states = [
+        torch.load(p, weights_only=True)
+        for p in sorted((fed.work / "nodes").glob("*/state/local/run-*.pt"))
+        if str(entry["flwr_run_id"]) in p.name
+    ]
     assert len(states) == HONEST
     key = next(k for k in batchnorm_state_keys(create_model("resnet18", 2)) if k.endswith("running_mean"))
     assert not torch.allclose(states[0][key], states[1][key])
@@ -134,8 +161,10 @@ def test_client_side_clipping_bounds_the_round_and_is_recorded(fed):
     for name, _ in model.named_buffers():
         if name in initial:
             assert torch.equal(final[name].to(initial[name].dtype), initial[name]), name
-    local = [torch.load(p, weights_only=True) for p in (fed.work / "nodes").glob(
-        f"*/state/local/run-{entry['flwr_run_id']}.pt")]
+    local = [
+        torch.load(p, weights_only=True)
+        for p in (fed.work / "nodes").glob(f"*/state/local/run-{entry['flwr_run_id']}.pt")
+    ]
     assert len(local) == HONEST
     key = "net.bn1.running_var"
     assert all(not torch.equal(state[key], initial[key]) for state in local)
@@ -169,9 +198,20 @@ def test_leave_one_clinic_out_with_quality_figures_and_centralised_baseline(fed)
     board = cli("server.cli", "leaderboard", "--db", _db(fed), env={**os.environ, "COLUMNS": "400"})
     assert f"{pooled['auroc']:.3f} [{pooled['auroc_low']:.3f}–{pooled['auroc_high']:.3f}]" in board.stdout
 
-    proc = cli("server.cli", "baseline", str(fed.work / "holdout.toml"), "--holdout", "clinic-2",
-               "--data", f"clinic-1={fed.work / 'data-1'}", "--data", f"clinic-2={fed.work / 'data-2'}",
-               "--db", _db(fed), "--json")
+    proc = cli(
+        "server.cli",
+        "baseline",
+        str(fed.work / "holdout.toml"),
+        "--holdout",
+        "clinic-2",
+        "--data",
+        f"clinic-1={fed.work / 'data-1'}",
+        "--data",
+        f"clinic-2={fed.work / 'data-2'}",
+        "--db",
+        _db(fed),
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     central = json.loads(proc.stdout.splitlines()[-1])
     assert set(central["clinics"]) == {"clinic-1", "clinic-2"}
@@ -179,6 +219,7 @@ def test_leave_one_clinic_out_with_quality_figures_and_centralised_baseline(fed)
     entry = {e["experiment"]: e for e in Store(_db(fed)).leaderboard()}["holdout"]
     assert entry["baseline"]["auroc"] == central["pooled"]["auroc"]
     assert entry["vs_central"] == pytest.approx(entry["pooled"]["auroc"] / central["pooled"]["auroc"])
+
 
 @pytest.mark.timeout(450)
 def test_early_stopping_keeps_the_best_round_and_stops_when_it_stops_improving(fed):
@@ -214,19 +255,47 @@ def test_sweep_head_only_rounds_send_only_the_head(fed):
     task = fed.work / "sweep-task.toml"
     task.write_text(
         '[sweep]\nname = "tiny-sweep"\n[sweep.weights.radimagenet]\nresnet18 = "random"\n'
-        "[experiment]\n" + "\n".join(f"{k} = {v}" for k, v in dict(
-            labels='["normal", "opacity"]', image_size=64, rounds=1, local_epochs=2, batch_size=8,
-            min_clinics=HONEST, clinic_timeout=120.0, val_fraction=0.35, seed=seed).items()) + "\n")
+        "[experiment]\n"
+        + "\n".join(
+            f"{k} = {v}"
+            for k, v in dict(
+                labels='["normal", "opacity"]',
+                image_size=64,
+                rounds=1,
+                local_epochs=2,
+                batch_size=8,
+                min_clinics=HONEST,
+                clinic_timeout=120.0,
+                val_fraction=0.35,
+                seed=seed,
+            ).items()
+        )
+        + "\n"
+    )
     db = f"sqlite:///{fed.work / 'radfed.db'}"
-    proc = cli("server.cli", "sweep", str(task), "--backbones", "resnet18", "--freeze", "all",
-               "--limit", "1", "--control", fed.control, "--insecure", "--db", db,
-               "--checkpoints", str(fed.work / "ckpt"))
+    proc = cli(
+        "server.cli",
+        "sweep",
+        str(task),
+        "--backbones",
+        "resnet18",
+        "--freeze",
+        "all",
+        "--limit",
+        "1",
+        "--control",
+        fed.control,
+        "--insecure",
+        "--db",
+        db,
+        "--checkpoints",
+        str(fed.work / "ckpt"),
+    )
     assert proc.returncode == 0, proc.stderr + fed.logs()
     board = Store(db).leaderboard()
     entry = next(e for e in board if e["sweep"] == "tiny-sweep")
     assert entry["status"] == "completed" and entry["weight_source"] == "radimagenet"
-    assert [(g["backbone"], g["runs"], g["scored"]) for g in summary(board, "tiny-sweep")] == [
-        ("resnet18", 1, 1)]
+    assert [(g["backbone"], g["runs"], g["scored"]) for g in summary(board, "tiny-sweep")] == [("resnet18", 1, 1)]
 
     torch.manual_seed(seed)
     initial = create_model("resnet18", 2).state_dict()
@@ -239,8 +308,7 @@ def test_sweep_head_only_rounds_send_only_the_head(fed):
     rows = [c for c in entry["clinics"] if c["server_round"] == 1 and c["bytes_down"] is not None]
     assert sorted(c["phase"] for c in rows) == ["evaluate"] * HONEST + ["train"] * HONEST
     for c in rows:  # the backbone only in the first message; replies: the head or nothing
-        assert (full <= c["bytes_down"] < full * 1.01) if c["phase"] == "train" else (
-            c["bytes_down"] < small)
+        assert (full <= c["bytes_down"] < full * 1.01) if c["phase"] == "train" else (c["bytes_down"] < small)
         assert (0 < c["bytes_up"] < small) if c["phase"] == "train" else c["bytes_up"] == 0
 
     final = torch.load(entry["checkpoints"][-1]["path"], weights_only=True)["state_dict"]
@@ -263,8 +331,14 @@ def test_faulty_clinics_are_excluded_or_bounded(fed):
         write_clinic(fed.work / f"data-{name}", clinic_index=0, n_patients=12, prevalence=0.5, seed=9)
         fed.start_clinic(name, fed.work / f"data-{name}", fault=fault)
     # norm_factor disabled: the x100 update reaches FedMedian, which must bound it itself.
-    faulty = _run(fed, "robust-fedmedian", strategy="fedmedian", min_clinics=HONEST + 2,
-                  min_accept=HONEST + 1, strategy_params={"norm_factor": 1e9})
+    faulty = _run(
+        fed,
+        "robust-fedmedian",
+        strategy="fedmedian",
+        min_clinics=HONEST + 2,
+        min_accept=HONEST + 1,
+        strategy_params={"norm_factor": 1e9},
+    )
     excluded = [c for c in faulty["clinics"] if c["phase"] == "excluded"]
     assert {c["clinic"] for c in excluded} == {"faulty-nan"}
     assert all("non-finite" in c["note"] for c in excluded)

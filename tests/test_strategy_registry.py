@@ -27,12 +27,15 @@ def test_every_registered_strategy_builds_with_defaults():
         assert strategy.min_accept == 3 and strategy.final_round == 3
 
 
-@pytest.mark.parametrize("name, params, needle", [
-    ("fedbest", {}, "allowed: fedavg"),
-    ("fedadam", {"lr": 0.1}, "allowed: eta"),
-    ("fedtrimmedavg", {"beta": "x"}, "non-negative number"),
-    ("krum", {"num_malicious_nodes": 1.5}, "non-negative integer"),
-])
+@pytest.mark.parametrize(
+    "name, params, needle",
+    [
+        ("fedbest", {}, "allowed: fedavg"),
+        ("fedadam", {"lr": 0.1}, "allowed: eta"),
+        ("fedtrimmedavg", {"beta": "x"}, "non-negative number"),
+        ("krum", {"num_malicious_nodes": 1.5}, "non-negative integer"),
+    ],
+)
 def test_bad_names_and_parameters_are_refused_in_one_line(name, params, needle):
     with pytest.raises(StrategyError, match=needle) as info:
         check_strategy(name, params)
@@ -73,16 +76,20 @@ def test_coordinator_strategies_json_lists_every_strategy():
     assert rows[[r["name"] for r in rows].index("fedprox")]["params"]["proximal_mu"]["default"] == 0.01
     modes = {m["mode"]: m for m in listed["privacy"]}
     assert modes["client-fixed"]["flower_class"] == "DifferentialPrivacyClientSideFixedClipping"
-    assert set(modes) == {"none", "server-fixed", "client-fixed", "server-adaptive", "client-adaptive",
-                          "secagg+"}
+    assert set(modes) == {"none", "server-fixed", "client-fixed", "server-adaptive", "client-adaptive", "secagg+"}
     assert modes["secagg+"]["flower_class"] == "SecAggPlusWorkflow"
 
 
 def test_array_views_read_what_flower_wrote():
     from strategies.utils import array_view
 
-    for value in (np.float16(3).reshape(()), np.zeros((0, 3), np.float32), np.array([True, False]),
-                  np.arange(6, dtype=np.int64).reshape(2, 3).T, np.ones((2, 3), ">f4")):
+    for value in (
+        np.float16(3).reshape(()),
+        np.zeros((0, 3), np.float32),
+        np.array([True, False]),
+        np.arange(6, dtype=np.int64).reshape(2, 3).T,
+        np.ones((2, 3), ">f4"),
+    ):
         view = array_view(Array(np.asarray(value)))
         assert view.dtype == value.dtype and view.shape == value.shape
         np.testing.assert_array_equal(view, value)
@@ -93,10 +100,15 @@ def test_weighted_mean_matches_flowers_aggregation():
     from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
     rng = np.random.default_rng(0)
-    contents = [RecordDict({"arrays": _record(w=rng.standard_normal((3, 4)).astype(np.float32),
-                                              steps=np.array(i, dtype=np.int64)),
-                            "metrics": MetricRecord({"num-examples": 10 * (i + 1)})})
-                for i in range(3)]
+    contents = [
+        RecordDict(
+            {
+                "arrays": _record(w=rng.standard_normal((3, 4)).astype(np.float32), steps=np.array(i, dtype=np.int64)),
+                "metrics": MetricRecord({"num-examples": 10 * (i + 1)}),
+            }
+        )
+        for i in range(3)
+    ]
     ours, flowers = weighted_mean(contents, "num-examples"), aggregate_arrayrecords(contents, "num-examples")
     for key in ("w", "steps"):
         np.testing.assert_allclose(ours[key].numpy(), flowers[key].numpy(), rtol=1e-6)
@@ -128,9 +140,19 @@ def _replies(strategy, start: ArrayRecord, updates: list[dict], examples: list[i
     from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
     sent = list(strategy.configure_train(1, start, ConfigRecord(), _Grid()))
-    return [Message(RecordDict({"arrays": _record(**update), "metrics": MetricRecord({"num-examples": n}),
-                                "clinic": ConfigRecord({"name": f"clinic-{i}"})}), reply_to=m)
-            for i, (m, update, n) in enumerate(zip(sent, updates, examples))]
+    return [
+        Message(
+            RecordDict(
+                {
+                    "arrays": _record(**update),
+                    "metrics": MetricRecord({"num-examples": n}),
+                    "clinic": ConfigRecord({"name": f"clinic-{i}"}),
+                }
+            ),
+            reply_to=m,
+        )
+        for i, (m, update, n) in enumerate(zip(sent, updates, examples))
+    ]
 
 
 def test_aggregation_does_not_depend_on_arrival_order(server_process):
@@ -141,8 +163,7 @@ def test_aggregation_does_not_depend_on_arrival_order(server_process):
     rng = np.random.default_rng(0)
     start = _record(w=np.zeros(5000, np.float32))
     strategy = build_strategy(ExperimentSpec(name="x", strategy="fedavg", min_clinics=4), _Recorder(), [])
-    updates = [{"w": (rng.standard_normal(5000) * 10 ** rng.uniform(-3, 3, 5000)).astype(np.float32)}
-               for _ in range(4)]
+    updates = [{"w": (rng.standard_normal(5000) * 10 ** rng.uniform(-3, 3, 5000)).astype(np.float32)} for _ in range(4)]
     replies = _replies(strategy, start, updates, [7, 10, 13, 16])
     orders = ([0, 1, 2, 3], [3, 1, 0, 2], [2, 3, 1, 0])
     results = []
@@ -161,10 +182,17 @@ def test_server_optimisers_average_batchnorm_statistics(server_process, name):
     """FedAdam & co. step the parameters, but BatchNorm running statistics take the
     clinics' weighted mean (an Adam step would leave them near their initial values)."""
     start = _record(w=np.zeros(4, np.float32), var=np.ones(3, np.float32), seen=np.array(0, np.int64))
-    strategy = build_strategy(ExperimentSpec(name="x", strategy=name, min_clinics=4), _Recorder(), [],
-                              statistics_keys=["var", "seen"])
-    updates = [{"w": np.full(4, 0.5 * (i + 1), np.float32), "var": np.full(3, 10.0 * (i + 1), np.float32),
-                "seen": np.array(4 * (i + 1), np.int64)} for i in range(4)]
+    strategy = build_strategy(
+        ExperimentSpec(name="x", strategy=name, min_clinics=4), _Recorder(), [], statistics_keys=["var", "seen"]
+    )
+    updates = [
+        {
+            "w": np.full(4, 0.5 * (i + 1), np.float32),
+            "var": np.full(3, 10.0 * (i + 1), np.float32),
+            "seen": np.array(4 * (i + 1), np.int64),
+        }
+        for i in range(4)
+    ]
     arrays, _ = strategy.aggregate_train(1, _replies(strategy, start, updates, [1, 1, 1, 1]))
     np.testing.assert_allclose(arrays["var"].numpy(), 25.0)
     assert arrays["seen"].numpy().dtype == np.int64 and arrays["seen"].numpy() == 10

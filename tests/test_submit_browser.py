@@ -96,15 +96,20 @@ def test_log_in_submit_in_the_browser_approve_run_and_rank(tmp_path: Path, feder
                 (row,) = json.loads(coordinator("queue", "list", "--json", db=db).stdout)
                 assert row["name"] == EXPERIMENT and row["status"] == "pending"
                 spec = json.loads(coordinator("queue", "show", str(row["id"]), db=db).stdout)["spec"]
-                assert (spec["backbone"], spec["image_size"], spec["rounds"], spec["batch_size"]) == \
-                    ("resnet18", 32, 1, 8), spec
+                assert (spec["backbone"], spec["image_size"], spec["rounds"], spec["batch_size"]) == (
+                    "resnet18",
+                    32,
+                    1,
+                    8,
+                ), spec
                 approved = coordinator("queue", "approve", str(row["id"]), db=db)
                 assert approved.returncode == 0, approved.stderr
                 for i in (1, 2):
                     write_clinic(tmp_path / f"clinic-{i}", clinic_index=i - 1, n_patients=6, prevalence=0.5, seed=i)
                     federation.start_clinic(f"clinic-{i}", tmp_path / f"clinic-{i}")
-                run = coordinator("queue", "run-next", "--control", federation.control, "--insecure",
-                                  db=db, timeout=420)
+                run = coordinator(
+                    "queue", "run-next", "--control", federation.control, "--insecure", db=db, timeout=420
+                )
                 assert run.returncode == 0, run.stderr[-3000:] + federation.logs()
                 (done,) = json.loads(coordinator("queue", "list", "--json", db=db).stdout)
                 assert done["status"] == "completed" and done["run"]

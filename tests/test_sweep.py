@@ -19,7 +19,7 @@ PAPER = ("resnet50", "densenet121", "inception_v3", "inception_resnet_v2")
 
 
 def _task(tmp_path: Path, *, imagenet: bool = True, missing: str = "", base: str = "") -> Path:
-    lines = ['[sweep]', 'name = "pneu"']
+    lines = ["[sweep]", 'name = "pneu"']
     for source in ("radimagenet", "imagenet") if imagenet else ("radimagenet",):
         lines.append(f"[sweep.weights.{source}]")
         for arch in PAPER:
@@ -38,24 +38,32 @@ def test_the_paper_grid_per_source_in_order(tmp_path):
     one = expand(task, ["radimagenet"])
     assert len(one) == 24
     assert [(s.backbone, s.freeze, s.learning_rate) for s in one[:6]] == [
-        ("resnet50", f, lr) for f, lr in PAPER_SCENARIOS]
+        ("resnet50", f, lr) for f, lr in PAPER_SCENARIOS
+    ]
     assert [s.backbone for s in one[::6]] == list(PAPER)
     both = expand(task, ["radimagenet", "imagenet"])
     assert len(both) == 48 and len({s.spec.name for s in both}) == 48
     assert {s.spec.weight_source for s in both[24:]} == {"imagenet"}
-    assert all(s.spec.sweep == "pneu" and s.spec.unfreeze_top == 10 and s.spec.rounds == 2
-               for s in both)
+    assert all(s.spec.sweep == "pneu" and s.spec.unfreeze_top == 10 and s.spec.rounds == 2 for s in both)
     assert both[30].spec.weights.endswith("imagenet-densenet121.pth")
     assert {s.spec.image_size for s in one if s.backbone.startswith("inception")} == {299}
     assert {(s.freeze, s.learning_rate) for s in one} == {
-        ("none", 1e-3), ("none", 1e-4), ("all", 1e-2), ("all", 1e-3), ("top-k", 1e-2), ("top-k", 1e-3)}
+        ("none", 1e-3),
+        ("none", 1e-4),
+        ("all", 1e-2),
+        ("all", 1e-3),
+        ("top-k", 1e-2),
+        ("top-k", 1e-3),
+    }
 
 
 def test_subsets(tmp_path):
     task = load_task(_task(tmp_path, base="image_size = 64"))
     picked = expand(task, ["radimagenet"], backbones=["densenet121"], freeze="all")
     assert [(s.backbone, s.freeze, s.learning_rate) for s in picked] == [
-        ("densenet121", "all", 1e-2), ("densenet121", "all", 1e-3)]
+        ("densenet121", "all", 1e-2),
+        ("densenet121", "all", 1e-3),
+    ]
     assert len(expand(task, ["radimagenet", "imagenet"], limit=7)) == 7
     assert {s.spec.image_size for s in expand(task, ["radimagenet"])} == {64}
     with pytest.raises(SweepError, match="allowed"):
@@ -63,24 +71,40 @@ def test_subsets(tmp_path):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("problem, needle", [
-    ("missing", "[sweep.weights.imagenet] inception_v3"),
-    ("no-source", "no [sweep.weights.imagenet] table"),
-    ("sweep-sets", "experiment.learning_rate"),
-    ("bad-base", "experiment.rounds"),
-])
+@pytest.mark.parametrize(
+    "problem, needle",
+    [
+        ("missing", "[sweep.weights.imagenet] inception_v3"),
+        ("no-source", "no [sweep.weights.imagenet] table"),
+        ("sweep-sets", "experiment.learning_rate"),
+        ("bad-base", "experiment.rounds"),
+    ],
+)
 def test_bad_task_is_refused_before_anything_runs(tmp_path, problem, needle):
-    task = _task(tmp_path, imagenet=problem != "no-source",
-                 missing="inception_v3" if problem == "missing" else "",
-                 base={"sweep-sets": "learning_rate = 0.1", "bad-base": "rounds = 0"}.get(
-                     problem, "") + "\nimage_size = 64")
+    task = _task(
+        tmp_path,
+        imagenet=problem != "no-source",
+        missing="inception_v3" if problem == "missing" else "",
+        base={"sweep-sets": "learning_rate = 0.1", "bad-base": "rounds = 0"}.get(problem, "") + "\nimage_size = 64",
+    )
     if problem == "missing":  # the radimagenet file of that backbone is there
         (tmp_path / "radimagenet-inception_v3.pth").write_bytes(b"weights")
     if problem == "bad-base":
         task.write_text(task.read_text().replace("rounds = 2\n", ""))
     db = f"sqlite:///{tmp_path / 'radfed.db'}"
-    proc = cli("server.cli", "sweep", str(task), "--compare", "imagenet", "--control",
-               "127.0.0.1:1", "--insecure", "--db", db, timeout=120)
+    proc = cli(
+        "server.cli",
+        "sweep",
+        str(task),
+        "--compare",
+        "imagenet",
+        "--control",
+        "127.0.0.1:1",
+        "--insecure",
+        "--db",
+        db,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and needle in lines[0], proc.stderr
@@ -89,17 +113,34 @@ def test_bad_task_is_refused_before_anything_runs(tmp_path, problem, needle):
 
 @pytest.mark.e2e
 def test_dry_run_prints_the_table_and_runs_nothing(tmp_path):
-    proc = cli("server.cli", "sweep", str(_task(tmp_path, base="image_size = 64")), "--compare", "imagenet",
-               "--backbones", "resnet50,densenet121", "--dry-run", env=WIDE, timeout=120)
+    proc = cli(
+        "server.cli",
+        "sweep",
+        str(_task(tmp_path, base="image_size = 64")),
+        "--compare",
+        "imagenet",
+        "--backbones",
+        "resnet50,densenet121",
+        "--dry-run",
+        env=WIDE,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "24 scenarios" in proc.stdout and "densenet121" in proc.stdout
     assert "imagenet-resnet50.pth" in proc.stdout and "freeze-all" in proc.stdout
 
 
-def _run(store: Store, name: str, backbone: str, auroc: float | None, *, sweep: str | None,
-         source: str | None, status: str = "completed") -> None:
-    exp = store.create_experiment(name, "{}", backbone, "w.pth", "fedavg", sweep=sweep,
-                                  weight_source=source)
+def _run(
+    store: Store,
+    name: str,
+    backbone: str,
+    auroc: float | None,
+    *,
+    sweep: str | None,
+    source: str | None,
+    status: str = "completed",
+) -> None:
+    exp = store.create_experiment(name, "{}", backbone, "w.pth", "fedavg", sweep=sweep, weight_source=source)
     run = store.start_run(exp, str(abs(hash(name))), rounds_planned=1)
     store.finish_run(run, status, final_auroc=auroc)
 
@@ -117,8 +158,7 @@ def test_results_are_grouped_by_tags_with_mean_and_sd(tmp_path):
         _run(store, "d0", "densenet121", 0.5, sweep="pneu", source="radimagenet")
         rows = summary(store.leaderboard(), "pneu")
     got = {(r["backbone"], r["weight_source"]): r for r in rows}
-    assert list(got) == [("resnet50", "imagenet"), ("resnet50", "radimagenet"),
-                         ("densenet121", "radimagenet")]
+    assert list(got) == [("resnet50", "imagenet"), ("resnet50", "radimagenet"), ("densenet121", "radimagenet")]
     ours = got[("resnet50", "radimagenet")]
     assert (ours["runs"], ours["scored"], ours["failed"]) == (7, 6, 1)
     assert ours["auroc_mean"] == pytest.approx(statistics.fmean(r50))

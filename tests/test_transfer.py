@@ -28,7 +28,7 @@ from radfed.transfer import (
 RNG = np.random.default_rng(0)
 WEIGHTS = (RNG.standard_normal(50_000) * 0.1).astype(np.float32)
 # unit roundoff of each format: nearest is within half a step, toward zero within one step
-STEP = {"bfloat16": 2.0 ** -7, "float16": 2.0 ** -10}
+STEP = {"bfloat16": 2.0**-7, "float16": 2.0**-10}
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -65,7 +65,7 @@ def test_a_small_update_survives_as_a_change_but_not_as_rounded_weights():
     as_weights = decode_array(cast_array(new, "bfloat16"))
     assert np.array_equal(as_weights, reference)  # the update is gone
     as_change = decode_array(delta_array(new, reference, "bfloat16"), reference) - reference
-    assert np.allclose(as_change, 1e-4, rtol=2 ** -7)
+    assert np.allclose(as_change, 1e-4, rtol=2**-7)
 
 
 def test_special_values_and_float16_range():
@@ -80,8 +80,11 @@ def test_special_values_and_float16_range():
 
 
 def test_records_cast_only_float_tensors_not_kept():
-    state = {"conv.weight": WEIGHTS[:64].reshape(4, 16), "bn.running_var": np.ones(4, np.float32),
-             "bn.num_batches_tracked": np.array(7, np.int64)}
+    state = {
+        "conv.weight": WEIGHTS[:64].reshape(4, 16),
+        "bn.running_var": np.ones(4, np.float32),
+        "bn.num_batches_tracked": np.array(7, np.int64),
+    }
     record = ArrayRecord({k: Array(v) for k, v in state.items()})
     sent = encode_record(record, "float16", keep={"bn.running_var"})
     assert sent["conv.weight"].stype == "radfed.cast/float16" and len(sent["conv.weight"].data) == 128
@@ -107,9 +110,13 @@ def test_spec_field_is_checked_in_one_line():
     spec = from_mapping({"name": "x", "transfer_dtype": "bfloat16"})
     assert ExperimentSpec.from_json(spec.to_json()).transfer_dtype == "bfloat16"
     assert 'transfer_dtype = "bfloat16"' in spec_to_toml(spec)
-    for table, needle in (({"transfer_dtype": "int8"}, "allowed: float32, bfloat16, float16"),
-                          ({"transfer_dtype": "float16", "min_clinics": 3, "privacy": {"mode": "secagg+"}},
-                           "does not work with privacy mode secagg"),):
+    for table, needle in (
+        ({"transfer_dtype": "int8"}, "allowed: float32, bfloat16, float16"),
+        (
+            {"transfer_dtype": "float16", "min_clinics": 3, "privacy": {"mode": "secagg+"}},
+            "does not work with privacy mode secagg",
+        ),
+    ):
         with pytest.raises(SpecError, match=needle) as info:
             from_mapping({"name": "x", **table})
         assert "\n" not in str(info.value) and "transfer_dtype" in str(info.value)
@@ -117,8 +124,11 @@ def test_spec_field_is_checked_in_one_line():
 
 # --- both ends on real Flower messages -------------------------------------------------
 
-GLOBAL = {"w": (RNG.standard_normal(4096) * 0.1).astype(np.float32),
-          "bn.running_var": np.full(3, 0.5, np.float32), "bn.num_batches_tracked": np.array(3, np.int64)}
+GLOBAL = {
+    "w": (RNG.standard_normal(4096) * 0.1).astype(np.float32),
+    "bn.running_var": np.full(3, 0.5, np.float32),
+    "bn.num_batches_tracked": np.array(3, np.int64),
+}
 
 
 @pytest.fixture()
@@ -163,24 +173,39 @@ class Recorder:
 
 def _over_the_wire(msg: Message) -> Message:
     """What a clinic receives: its own copy of the records (a SuperLink serialises them)."""
-    content = RecordDict({name: ArrayRecord(dict(rec.items())) if isinstance(rec, ArrayRecord) else rec
-                          for name, rec in msg.content.items()})
+    content = RecordDict(
+        {
+            name: ArrayRecord(dict(rec.items())) if isinstance(rec, ArrayRecord) else rec
+            for name, rec in msg.content.items()
+        }
+    )
     return Message(content, dst_node_id=msg.metadata.dst_node_id, message_type=MessageType.TRAIN)
 
 
 def _clinic(step: np.ndarray):
     """A train handler: checks it gets float32, moves w by `step`, and its buffers by its
     own data (under DP they go back as received, as radfed's ClientApp does)."""
+
     def train(msg: Message, context: Context) -> Message:
         got = msg.content["arrays"]
         assert all(a.stype == "numpy.ndarray" for a in got.values())
-        trained = {"w": got["w"].numpy() + step, "bn.running_var": np.full(3, 0.7, np.float32),
-                   "bn.num_batches_tracked": np.array(9, np.int64)}
+        trained = {
+            "w": got["w"].numpy() + step,
+            "bn.running_var": np.full(3, 0.7, np.float32),
+            "bn.num_batches_tracked": np.array(9, np.int64),
+        }
         if msg.content["config"].get("local-stats", False):
             trained.update({k: got[k].numpy() for k in ("bn.running_var", "bn.num_batches_tracked")})
-        return Message(RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in trained.items()}),
-                                   "metrics": MetricRecord({"num-examples": 10, "train_loss": 0.5})}),
-                       reply_to=msg)
+        return Message(
+            RecordDict(
+                {
+                    "arrays": ArrayRecord({k: Array(v) for k, v in trained.items()}),
+                    "metrics": MetricRecord({"num-examples": 10, "train_loss": 0.5}),
+                }
+            ),
+            reply_to=msg,
+        )
+
     return train
 
 
@@ -200,26 +225,29 @@ def test_a_round_travels_in_half_the_bytes_and_aggregates_in_float32(server_iden
     recorder = Recorder()
     keep = ["bn.running_var", "bn.num_batches_tracked"]
     strategy = build_strategy(spec, recorder, trainable_keys={"w"}, statistics_keys=keep)
-    sent = list(strategy.configure_train(1, ArrayRecord({k: Array(v) for k, v in GLOBAL.items()}),
-                                         ConfigRecord(), NodeList()))
+    sent = list(
+        strategy.configure_train(1, ArrayRecord({k: Array(v) for k, v in GLOBAL.items()}), ConfigRecord(), NodeList())
+    )
     full = sum(len(Array(v).data) for v in GLOBAL.values())  # as float32 (.npy) would travel
     half = GLOBAL["w"].size * 2 + full - len(Array(GLOBAL["w"]).data)  # buffers stay float32
     assert list(recorder.down.values()) == [half, half] and half < 0.51 * full
     steps = [np.full(4096, 2.5e-4, np.float32), np.full(4096, -7.5e-4, np.float32)]
     context = Context(run_id=1, node_id=11, node_config={}, state=RecordDict(), run_config={})
-    replies = [transfer_mod(_over_the_wire(m), context, lambda msg, ctx, s=s: clipping_mod(msg, ctx, _clinic(s)))
-               for m, s in zip(sent, steps)]
+    replies = [
+        transfer_mod(_over_the_wire(m), context, lambda msg, ctx, s=s: clipping_mod(msg, ctx, _clinic(s)))
+        for m, s in zip(sent, steps)
+    ]
     assert all(r.content["arrays"]["w"].stype == "radfed.delta/bfloat16" for r in replies)
     arrays, _ = strategy.aggregate_train(1, replies)
     assert recorder.up == [half, half]
     result = arrays["w"].numpy()
     assert result.dtype == np.float32
     if mode == "none":
-        np.testing.assert_allclose(result - GLOBAL["w"], np.mean(steps, axis=0), rtol=2 ** -7)
+        np.testing.assert_allclose(result - GLOBAL["w"], np.mean(steps, axis=0), rtol=2**-7)
     else:  # each change clipped to norm 0.05 (their norms are 0.016 and 0.048: under it)
         change = result - GLOBAL["w"]
         assert np.linalg.norm(change) <= 0.05
-        np.testing.assert_allclose(change, np.mean(steps, axis=0), rtol=2 ** -6)
+        np.testing.assert_allclose(change, np.mean(steps, axis=0), rtol=2**-6)
     if mode == "none":  # buffers travel float32: the clinics' mean
         np.testing.assert_allclose(arrays["bn.running_var"].numpy(), 0.7)
 
@@ -243,8 +271,9 @@ def test_head_only_rounds_cast_the_head_and_send_the_backbone_float32(server_ide
     def train(msg, context):
         seen.update({name: {k: a.stype for k, a in rec.items()} for name, rec in msg.content.array_records.items()})
         trained = {"net.fc.weight": Array(msg.content["arrays"]["net.fc.weight"].numpy() + 1e-3)}
-        return Message(RecordDict({"arrays": ArrayRecord(trained),
-                                   "metrics": MetricRecord({"num-examples": 5})}), reply_to=msg)
+        return Message(
+            RecordDict({"arrays": ArrayRecord(trained), "metrics": MetricRecord({"num-examples": 5})}), reply_to=msg
+        )
 
     context = Context(run_id=1, node_id=11, node_config={}, state=RecordDict(), run_config={})
     reply = transfer_mod(_over_the_wire(first[0]), context, train)
@@ -260,13 +289,23 @@ def test_clinic_clipping_bound_survives_the_cast(server_identity):
 
     received = ArrayRecord({"w": cast_array(GLOBAL["w"], "bfloat16")})
     base = decode_array(received["w"])
-    msg = Message(RecordDict({"arrays": received, "config": ConfigRecord({"clipping_norm": 0.01})}),
-                  dst_node_id=11, message_type=MessageType.TRAIN)
+    msg = Message(
+        RecordDict({"arrays": received, "config": ConfigRecord({"clipping_norm": 0.01})}),
+        dst_node_id=11,
+        message_type=MessageType.TRAIN,
+    )
     big = RNG.standard_normal(GLOBAL["w"].size).astype(np.float32)
 
     def train(msg, context):
-        return Message(RecordDict({"arrays": ArrayRecord({"w": Array(msg.content["arrays"]["w"].numpy() + big)}),
-                                   "metrics": MetricRecord({"num-examples": 1})}), reply_to=msg)
+        return Message(
+            RecordDict(
+                {
+                    "arrays": ArrayRecord({"w": Array(msg.content["arrays"]["w"].numpy() + big)}),
+                    "metrics": MetricRecord({"num-examples": 1}),
+                }
+            ),
+            reply_to=msg,
+        )
 
     context = Context(run_id=1, node_id=11, node_config={}, state=RecordDict(), run_config={})
     reply = transfer_mod(msg, context, lambda m, c: clipping_mod(m, c, train))
@@ -275,6 +314,7 @@ def test_clinic_clipping_bound_survives_the_cast(server_identity):
 
 
 # --- one real federation ---------------------------------------------------------------
+
 
 @pytest.mark.e2e
 @pytest.mark.timeout(1500)
@@ -293,13 +333,34 @@ def test_a_bfloat16_federation_sends_half_the_bytes_and_completes(tmp_path):
         for i, prevalence in enumerate((0.35, 0.65), start=1):
             write_clinic(tmp_path / f"data-{i}", clinic_index=i, n_patients=16, prevalence=prevalence, seed=i)
             fed.start_clinic(f"clinic-{i}", tmp_path / f"data-{i}")
-        spec = ExperimentSpec(name="bf16", backbone="resnet18", image_size=32, rounds=2, local_epochs=1,
-                              batch_size=8, min_clinics=2, clinic_timeout=120.0, val_fraction=0.35,
-                              seed=3, transfer_dtype="bfloat16")
+        spec = ExperimentSpec(
+            name="bf16",
+            backbone="resnet18",
+            image_size=32,
+            rounds=2,
+            local_epochs=1,
+            batch_size=8,
+            min_clinics=2,
+            clinic_timeout=120.0,
+            val_fraction=0.35,
+            seed=3,
+            transfer_dtype="bfloat16",
+        )
         (tmp_path / "bf16.toml").write_text(spec_to_toml(spec))
         db = f"sqlite:///{tmp_path / 'radfed.db'}"
-        proc = cli("server.cli", "run", str(tmp_path / "bf16.toml"), "--control", fed.control, "--insecure",
-                   "--db", db, "--checkpoints", str(tmp_path / "ckpt"), timeout=1200)
+        proc = cli(
+            "server.cli",
+            "run",
+            str(tmp_path / "bf16.toml"),
+            "--control",
+            fed.control,
+            "--insecure",
+            "--db",
+            db,
+            "--checkpoints",
+            str(tmp_path / "ckpt"),
+            timeout=1200,
+        )
         assert proc.returncode == 0, proc.stderr + fed.logs()
     finally:
         fed.close()
@@ -313,7 +374,13 @@ def test_a_bfloat16_federation_sends_half_the_bytes_and_completes(tmp_path):
     headers = 256 * len(state)  # .npy headers of the tensors that stay float32, at most
     rows = [c for c in entry["clinics"] if c["server_round"] >= 1 and c["bytes_down"] is not None]
     assert sorted((c["server_round"], c["phase"]) for c in rows) == [
-        (1, "train"), (1, "train"), (2, "evaluate"), (2, "evaluate"), (2, "train"), (2, "train")]
+        (1, "train"),
+        (1, "train"),
+        (2, "evaluate"),
+        (2, "evaluate"),
+        (2, "train"),
+        (2, "train"),
+    ]
     for c in rows:
         assert full / 2 <= c["bytes_down"] < full / 2 * 1.01 + headers, c
         if c["phase"] == "train":

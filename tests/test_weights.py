@@ -64,6 +64,7 @@ def _radimagenet_file(path: Path, src: nn.Module, k: int) -> Path:
 
 # ----------------------------------------------------------- PyTorch sources
 
+
 @pytest.mark.e2e
 def test_radimagenet_resnet50(tmp_path: Path) -> None:
     src = _randomise_bn(tvm.resnet50())
@@ -121,8 +122,7 @@ def test_torchvision_resnet18_state_dict(tmp_path: Path) -> None:
     _, report = load_weights("resnet18", 4, tmp_path / "r18.pth")
     assert report.complete and report.head_skipped == ["fc.weight", "fc.bias"]
     model = create_model("resnet18", 4, tmp_path / "r18.pth")
-    assert create_model("resnet18", 4, tmp_path / "r18.pth",
-                        normalisation="radimagenet").normalisation == "radimagenet"
+    assert create_model("resnet18", 4, tmp_path / "r18.pth", normalisation="radimagenet").normalisation == "radimagenet"
     with pytest.raises(WeightsError, match="'keras' convention"):
         create_model("resnet18", 4, tmp_path / "r18.pth", normalisation="keras")
     assert weights_normalisation("random") == "radimagenet"
@@ -131,6 +131,7 @@ def test_torchvision_resnet18_state_dict(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ refusals
+
 
 def test_wrong_arch_refused_with_report(tmp_path: Path) -> None:
     path = _radimagenet_file(tmp_path / "r18.pt", tvm.resnet18(), 9)
@@ -174,8 +175,10 @@ def test_unknown_arch_and_missing_file(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ Keras h5
 
 # pyproject registers no "slow" marker (not this file's to edit): opt in by environment.
-slow = pytest.mark.skipif(not os.environ.get("RADFED_SLOW_TESTS"),
-                          reason="slow (~1 min on 2 cores): set RADFED_SLOW_TESTS=1")
+slow = pytest.mark.skipif(
+    not os.environ.get("RADFED_SLOW_TESTS"), reason="slow (~1 min on 2 cores): set RADFED_SLOW_TESTS=1"
+)
+
 
 @pytest.fixture(scope="module")
 def keras():
@@ -215,8 +218,7 @@ def _save_h5(keras, model, path: Path, full: bool = False) -> Path:
     return path
 
 
-def _check_keras(keras, tmp_path, kname, arch, head, size, full=False, rtol=1e-4,
-                 rebuild=True):
+def _check_keras(keras, tmp_path, kname, arch, head, size, full=False, rtol=1e-4, rebuild=True):
     kmodel = _keras_model(keras, kname, size)
     path = _save_h5(keras, kmodel, tmp_path / f"{kname}_notop.h5", full=full)
     assert detect_format(path) == "keras-h5"
@@ -248,8 +250,7 @@ def test_keras_resnet50(keras, tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 def test_keras_densenet121(keras, tmp_path: Path) -> None:
-    path = _check_keras(keras, tmp_path, "DenseNet121", "densenet121", "classifier", 64,
-                        rebuild=False)
+    path = _check_keras(keras, tmp_path, "DenseNet121", "densenet121", "classifier", 64, rebuild=False)
     with pytest.raises(WeightsRefused) as err:  # a Keras file of another model
         create_model("resnet50", 2, path)
     assert "looks like a Keras densenet121" in str(err.value) and "missing" in str(err.value)
@@ -283,8 +284,15 @@ def test_round_checkpoint_seeds_an_experiment_and_passes_inspect(tmp_path):
     torch.manual_seed(3)
     model = build("resnet18", 2, "random")
     path = tmp_path / "round-003.pt"
-    torch.save({"state_dict": model.state_dict(), "round": 3,
-                "spec": _json.dumps({"weights": "random"}), "normalisation": model.normalisation}, path)
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "round": 3,
+            "spec": _json.dumps({"weights": "random"}),
+            "normalisation": model.normalisation,
+        },
+        path,
+    )
     assert detect_format(path) == "radfed-checkpoint"
     assert weights_normalisation(path) == "radimagenet"
     report, refusal = inspect_weights(path, "resnet18")

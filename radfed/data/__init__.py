@@ -43,10 +43,17 @@ from radfed.data_card import DATA_CARD_RECORD, SHARED_CARD_KEYS
 
 # Names whose modules import torch are loaded on first use, so that options, manifests and
 # cards (the coordinator's and dashboard's side) can be used without torch.
-_TORCH_NAMES = {"ClinicData": "clinic", "preflight": "clinic", "task_labels": "clinic",
-                "audit_folder": "audit", "format_audit": "audit",
-                "unlabelled_images": "audit", "load_clinic": "clinic",
-                "Split": "split", "patient_split": "split"}
+_TORCH_NAMES = {
+    "ClinicData": "clinic",
+    "preflight": "clinic",
+    "task_labels": "clinic",
+    "audit_folder": "audit",
+    "format_audit": "audit",
+    "unlabelled_images": "audit",
+    "load_clinic": "clinic",
+    "Split": "split",
+    "patient_split": "split",
+}
 
 
 def __getattr__(name: str):

@@ -26,8 +26,14 @@ from radfed.data.workers import Progress, Workers
 NOT_IMAGES = ("not-dicom", "empty-file")
 
 
-def _scan(data_dir: Path, image_size: int, options: DataOptions, cache_dir: Path | None, workers: int,
-          progress: Progress | None) -> dict[str, Any]:
+def _scan(
+    data_dir: Path,
+    image_size: int,
+    options: DataOptions,
+    cache_dir: Path | None,
+    workers: int,
+    progress: Progress | None,
+) -> dict[str, Any]:
     """Every file's header, then the pixels of those that look usable (as a labelled load would)."""
     skip = {Path(cache_dir).resolve()} if cache_dir is not None else set()
     relpaths = [p.relative_to(data_dir).as_posix() for p in walk_files(data_dir, skip)]
@@ -60,14 +66,28 @@ def _scan(data_dir: Path, image_size: int, options: DataOptions, cache_dir: Path
     finally:
         pool.close()
     rejected += [(im.relpath, r) for im, r in zip(plan.files, reasons) if r]
-    return {"files": relpaths, "images": plan.files, "pixels": pixels, "reasons": reasons, "counts": counts,
-            "rejected": rejected, "other": other, "filtered": filtered,
-            "samples": assemble(plan, reasons, counts, options.slice_stack)}
+    return {
+        "files": relpaths,
+        "images": plan.files,
+        "pixels": pixels,
+        "reasons": reasons,
+        "counts": counts,
+        "rejected": rejected,
+        "other": other,
+        "filtered": filtered,
+        "samples": assemble(plan, reasons, counts, options.slice_stack),
+    }
 
 
-def unlabelled_images(data_dir: Path, image_size: int, options: DataOptions | None = None, *,
-                      cache_dir: Path | None = None, workers: int = 1,
-                      progress: Progress | None = None) -> tuple[Split, list[tuple[str, str]]]:
+def unlabelled_images(
+    data_dir: Path,
+    image_size: int,
+    options: DataOptions | None = None,
+    *,
+    cache_dir: Path | None = None,
+    workers: int = 1,
+    progress: Progress | None = None,
+) -> tuple[Split, list[tuple[str, str]]]:
     """Every usable image of a folder, without labels (label -1), for prediction: its
     samples in file order with their files and patient indices, and the rejections."""
     data_dir = Path(data_dir)
@@ -78,9 +98,15 @@ def unlabelled_images(data_dir: Path, image_size: int, options: DataOptions | No
     return split, found["rejected"]
 
 
-def audit_folder(data_dir: Path, image_size: int, options: DataOptions | None = None, *,
-                 cache_dir: Path | None = None, workers: int = 1,
-                 progress: Progress | None = None) -> dict[str, Any]:
+def audit_folder(
+    data_dir: Path,
+    image_size: int,
+    options: DataOptions | None = None,
+    *,
+    cache_dir: Path | None = None,
+    workers: int = 1,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """The local card of an unlabelled folder: {"summary": counts, "rejected": [...], "note": ...}.
 
     Every file is opened (headers, then pixels of those that look usable), exactly as a
@@ -107,28 +133,37 @@ def audit_folder(data_dir: Path, image_size: int, options: DataOptions | None = 
         "rejected_total": len(rejected),
         "filtered": found["filtered"],
     }
-    note = ("labels are missing: add labels.csv (columns file,label), or put each label's images in a "
-            "folder named after it")
+    note = (
+        "labels are missing: add labels.csv (columns file,label), or put each label's images in a folder named after it"
+    )
     if len(folders) >= 2:
         note += f" (if the {len(folders)} folders here are classes, run with --label-source folders)"
-    return {"summary": summary, "note": note,
-            "rejected": [{"where": where, "reason": reason, "fix": REJECTION_HELP.get(reason, "")}
-                         for where, reason in rejected]}
+    return {
+        "summary": summary,
+        "note": note,
+        "rejected": [
+            {"where": where, "reason": reason, "fix": REJECTION_HELP.get(reason, "")} for where, reason in rejected
+        ],
+    }
 
 
 def format_audit(card: dict[str, Any]) -> str:
     """An audit card as plain text lines for a terminal."""
     s = card["summary"]
-    lines = ["data audit (no labels)",
-             f"  files: {s['files']} ({s['images']} decodable DICOM images giving {s['samples']} samples, "
-             f"{s['patients']} patients; {s['not_images']} not DICOM images, skipped)"]
+    lines = [
+        "data audit (no labels)",
+        f"  files: {s['files']} ({s['images']} decodable DICOM images giving {s['samples']} samples, "
+        f"{s['patients']} patients; {s['not_images']} not DICOM images, skipped)",
+    ]
     for key in ("modalities", "manufacturers", "sizes", "transfer_syntaxes"):
         shown = ", ".join(f"{name} {count}" for name, count in sorted(s[key].items(), key=lambda kv: -kv[1]))
         lines.append(f"  {key.replace('_', ' ')}: {shown or '-'}")
     if s["filtered"]:
         lines.append(f"  filtered out by the filters: {s['filtered']}")
-    lines.append(f"  rejected: {s['rejected_total']}"
-                 + (f" ({', '.join(f'{r} {n}' for r, n in s['rejected'].items())})" if s["rejected"] else ""))
+    lines.append(
+        f"  rejected: {s['rejected_total']}"
+        + (f" ({', '.join(f'{r} {n}' for r, n in s['rejected'].items())})" if s["rejected"] else "")
+    )
     lines += [f"  rejected {item['where']}: {item['reason']}; {item['fix']}" for item in card["rejected"]]
     lines.append(f"note: {card['note']}")
     return "\n".join(lines)

@@ -43,8 +43,9 @@ def format_card(card: dict[str, Any]) -> str:
             for label in summary["labels"]
         )
         in_units = f" in {counts.get('total_units', 0)} {plural}" if plural else ""
-        lines.append(f"  {split}: {counts['total_images']} images{in_units}, {counts['total_patients']} patients "
-                     f"({per_label})")
+        lines.append(
+            f"  {split}: {counts['total_images']} images{in_units}, {counts['total_patients']} patients ({per_label})"
+        )
     for key in ("modalities", "manufacturers", "sizes", "transfer_syntaxes"):
         shown = ", ".join(f"{name} {count}" for name, count in sorted(summary[key].items(), key=lambda kv: -kv[1]))
         lines.append(f"  {key.replace('_', ' ')}: {shown or '-'}")
@@ -55,6 +56,7 @@ def format_card(card: dict[str, Any]) -> str:
         lines.append(f"  rejected {item['where']}: {item['reason']}; {item['fix']}")
     if "shared" in card:
         sizes = ", ".join(f"{name} {count}" for name, count in card["shared"]["sizes"].items()) or "-"
-        lines.append(f"  sent to the coordinator once per run: the counts above (no file names), "
-                     f"sizes bucketed: {sizes}")
+        lines.append(
+            f"  sent to the coordinator once per run: the counts above (no file names), sizes bucketed: {sizes}"
+        )
     return "\n".join(lines)

@@ -71,7 +71,6 @@ class ClinicData:
             "unit": self.unit,
         }
 
-
     def shared_card(self) -> dict[str, Any]:
         """The data card the coordinator may see, once per run: summary() with image sizes
         bucketed by their longer side (SIZE_BUCKETS), so the dashboard can show each
@@ -88,8 +87,9 @@ class ClinicData:
         Rejections carry relative paths, so the card is for the clinic's own
         screen (client-node check-data), never for logs or the coordinator.
         """
-        rejected = [{"where": where, "reason": reason, "fix": REJECTION_HELP.get(reason, "")}
-                    for where, reason in self.rejected]
+        rejected = [
+            {"where": where, "reason": reason, "fix": REJECTION_HELP.get(reason, "")} for where, reason in self.rejected
+        ]
         return {"summary": self.summary(), "rejected": rejected, "shared": self.shared_card()}
 
 
@@ -149,8 +149,9 @@ def load_clinic(
         headers = HeaderCache(data_dir, options.label_tag, cache, pool)
         if not headers.stored:  # nothing cached: everything will be read, so start the helpers now
             pool.start()
-        source, images, rejected, n_items = labelled_images(data_dir, _lookup(data_dir, labels, options),
-                                                            manifest, cache, options, headers, progress)
+        source, images, rejected, n_items = labelled_images(
+            data_dir, _lookup(data_dir, labels, options), manifest, cache, options, headers, progress
+        )
         headers.save()
         plan, mixed = plan_slices(images, options)
         pixels, reasons, counts = load_pixels(headers, plan.files, image_size, cache, pool, options, progress)
@@ -215,16 +216,22 @@ def preflight(data_dir: Path, manifest: Path | None = None, options: DataOptions
     if options.label_source == "folders" or (manifest is None and not default.exists()):
         folders = [d for d in subfolders(data_dir) if walk_files(d, set())]
         if len(folders) >= 2 or (folders and options.label_source == "folders"):
-            return (f"no {MANIFEST_NAME}: labels from {len(folders)} class folders (their names, "
-                    "or --label-map FOLDER=LABEL, must be the task's labels)")
-        raise folder_error(data_dir, f"no {MANIFEST_NAME} and no class folders; add a manifest "
-                           '("file,label", or pass --labels FILE), put each label\'s images in a folder '
-                           "named after it, or take labels from a tag (--label-source tag --label-tag KEYWORD)")
+            return (
+                f"no {MANIFEST_NAME}: labels from {len(folders)} class folders (their names, "
+                "or --label-map FOLDER=LABEL, must be the task's labels)"
+            )
+        raise folder_error(
+            data_dir,
+            f"no {MANIFEST_NAME} and no class folders; add a manifest "
+            '("file,label", or pass --labels FILE), put each label\'s images in a folder '
+            "named after it, or take labels from a tag (--label-source tag --label-tag KEYWORD)",
+        )
     manifest = Path(manifest) if manifest is not None else default
     values = manifest_values(manifest, data_dir, options.file_column, options.label_column)
     labels = labels_from_values(values, options.label_map) or ["-"]
-    kind, rows, rejected = parse_manifest(manifest, data_dir, _lookup(data_dir, labels, options),
-                                          options.file_column, options.label_column)
+    kind, rows, rejected = parse_manifest(
+        manifest, data_dir, _lookup(data_dir, labels, options), options.file_column, options.label_column
+    )
     headers = HeaderCache(data_dir, None, None, Workers(1))
     images, more = resolve_rows(kind, rows, data_dir, {manifest.resolve()}, headers)
     if not images:

@@ -14,7 +14,6 @@ def atomic_write(path: Path, blob: bytes) -> None:
     os.replace(tmp, path)
 
 
-
 def walk_files(data_dir: Path, skip: set[Path]) -> list[Path]:
     """Every regular file under data_dir (any depth, any name), sorted, minus hidden ones and skip."""
     found: list[Path] = []

@@ -62,7 +62,6 @@ def facts_image(relpath: str, facts: dict[str, str] | str) -> ImageFacts | str:
     return facts if isinstance(facts, str) else ImageFacts(relpath=relpath, label=-1, **facts)
 
 
-
 class HeaderCache:
     """Header facts of the files a load looks at, cached per file.
 
@@ -123,8 +122,14 @@ class HeaderCache:
         report = (lambda stage, done, total: progress(stage, hits + done, hits + total)) if progress else None
         if progress is not None:
             progress("headers", hits, len(unique))
-        results = self.workers.map(dicom.header_facts_many, [str(self.data_dir / r) for r, _ in missing],
-                                   (self.label_tag,), "headers", report, chunk_max=32)
+        results = self.workers.map(
+            dicom.header_facts_many,
+            [str(self.data_dir / r) for r, _ in missing],
+            (self.label_tag,),
+            "headers",
+            report,
+            chunk_max=32,
+        )
         for (relpath, key), facts in zip(missing, results):
             self.facts[relpath] = facts_image(relpath, facts)
             self.read += 1
@@ -146,8 +151,10 @@ class HeaderCache:
             if len(entries) >= 2 * len(self.used) + 1000:
                 break
             entries.setdefault(key, entry)
-        atomic_write(self.path, json.dumps({"version": HEADERS_CACHE_VERSION, "entries": entries},
-                                             separators=(",", ":")).encode())
+        atomic_write(
+            self.path,
+            json.dumps({"version": HEADERS_CACHE_VERSION, "entries": entries}, separators=(",", ":")).encode(),
+        )
 
 
 _FACT_FIELDS = frozenset(f.name for f in fields(ImageFacts)) - {"relpath", "label", "unit"}

@@ -36,8 +36,9 @@ class LabelLookup:
         for i, name in enumerate(self.labels):
             key = normalise(name)
             if key in index:
-                raise ValueError(f"labels must be distinct names; {self.labels[index[key]]!r} and {name!r} "
-                                 "are the same label")
+                raise ValueError(
+                    f"labels must be distinct names; {self.labels[index[key]]!r} and {name!r} are the same label"
+                )
             index[key] = i
         self.by_name = index
         self.mapped: dict[str, int] = {}
@@ -45,11 +46,15 @@ class LabelLookup:
         for value, target in (label_map or {}).items():
             key, goal = normalise(value), normalise(target)
             if goal not in index:
-                raise ValueError(f"label map sends {str(value)!r} to {target!r}, which is not one of the task's "
-                                 f"labels ({', '.join(self.labels)}); map it to one of them")
+                raise ValueError(
+                    f"label map sends {str(value)!r} to {target!r}, which is not one of the task's "
+                    f"labels ({', '.join(self.labels)}); map it to one of them"
+                )
             if key in self.mapped and self.mapped[key] != index[goal]:
-                raise ValueError(f"label map is ambiguous: {str(spellings[key])!r} and {str(value)!r} are the same "
-                                 f"value but go to {self.labels[self.mapped[key]]!r} and {target!r}; keep one")
+                raise ValueError(
+                    f"label map is ambiguous: {str(spellings[key])!r} and {str(value)!r} are the same "
+                    f"value but go to {self.labels[self.mapped[key]]!r} and {target!r}; keep one"
+                )
             self.mapped[key], spellings[key] = index[goal], value
 
     def index(self, value: object) -> int | None:
@@ -76,6 +81,7 @@ def labels_from_values(values: Iterable[object], label_map: Mapping[object, str]
 
     def order(key: str) -> tuple[int, float, str]:
         return (0, float(key), "") if _is_number(key) else (1, 0.0, key)
+
     return [seen[key] for key in sorted(seen, key=order)]
 
 

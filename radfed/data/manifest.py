@@ -20,8 +20,19 @@ MANIFEST_NAME = "labels.csv"
 KEY_COLUMNS = ("file", "sop_instance_uid", "study_instance_uid", "series_instance_uid")
 # Header spellings PACS and spreadsheet exports use, per canonical column (first = canonical).
 COLUMN_ALIASES = {
-    "file": ("file", "path", "filepath", "file_path", "filename", "file_name", "image", "image_path",
-             "dicom", "dicom_path", "dicom_file"),
+    "file": (
+        "file",
+        "path",
+        "filepath",
+        "file_path",
+        "filename",
+        "file_name",
+        "image",
+        "image_path",
+        "dicom",
+        "dicom_path",
+        "dicom_file",
+    ),
     "sop_instance_uid": ("sop_instance_uid", "sopinstanceuid", "sop_uid", "instance_uid"),
     "study_instance_uid": ("study_instance_uid", "studyinstanceuid", "study_uid", "studyuid"),
     "series_instance_uid": ("series_instance_uid", "seriesinstanceuid", "series_uid", "seriesuid"),
@@ -41,8 +52,11 @@ class ManifestRow:
 def read_manifest_lines(manifest: Path, data_dir: Path) -> list[tuple[int, list[str]]]:
     """(1-based line number, cells) of every non-blank CSV record, header included."""
     if not manifest.is_file():
-        raise folder_error(data_dir, f"manifest {manifest} not found; add a CSV with header "
-                            '"file,label" or "sop_instance_uid,label" (see client-node demo-data)')
+        raise folder_error(
+            data_dir,
+            f"manifest {manifest} not found; add a CSV with header "
+            '"file,label" or "sop_instance_uid,label" (see client-node demo-data)',
+        )
     try:
         with manifest.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle, dialect=_sniff_dialect(handle.read(8192)))
@@ -88,23 +102,31 @@ def _named(names: list[str], given: str, option: str, manifest: Path, data_dir: 
     wanted = _names([given])[0]
     if wanted not in names:
         shown = ", ".join(repr(n[:40]) for n in names[:10])
-        raise folder_error(data_dir, f"{manifest.name} has no column {given!r} (its columns: {shown}); "
-                           f"pass {option} with one of them")
+        raise folder_error(
+            data_dir, f"{manifest.name} has no column {given!r} (its columns: {shown}); pass {option} with one of them"
+        )
     return names.index(wanted)
 
 
-def header_columns(header: list[str], manifest: Path, data_dir: Path,
-                   file_column: str | None = None, label_column: str | None = None) -> tuple[str, int, int]:
+def header_columns(
+    header: list[str], manifest: Path, data_dir: Path, file_column: str | None = None, label_column: str | None = None
+) -> tuple[str, int, int]:
     """(key kind, key column index, label column index) from the header row; the usual
     spellings are recognised (COLUMN_ALIASES: path, filename, class, target...), and a
     clinic's own column names (`file_column`, `label_column`) win over them."""
     names = _names(header)
     try:
-        found = {kind: _column(names, kind) for kind in (*KEY_COLUMNS, "label")
-                 if not (kind == "label" and label_column) and not (kind in KEY_COLUMNS and file_column)}
+        found = {
+            kind: _column(names, kind)
+            for kind in (*KEY_COLUMNS, "label")
+            if not (kind == "label" and label_column) and not (kind in KEY_COLUMNS and file_column)
+        }
     except ValueError as err:
-        raise folder_error(data_dir, f"{manifest.name} header has several columns of one meaning ({err}); "
-                           "name the one to use with --file-column / --label-column") from None
+        raise folder_error(
+            data_dir,
+            f"{manifest.name} header has several columns of one meaning ({err}); "
+            "name the one to use with --file-column / --label-column",
+        ) from None
     if label_column:
         found["label"] = _named(names, label_column, "--label-column", manifest, data_dir)
     if file_column:
@@ -114,9 +136,12 @@ def header_columns(header: list[str], manifest: Path, data_dir: Path,
     kind = next((k for k in KEY_COLUMNS if found.get(k) is not None), None)
     if kind is None or found["label"] is None:
         shown = ", ".join(repr(n[:40]) for n in names[:10])
-        raise folder_error(data_dir, f"{manifest.name} header has columns {shown}; it needs a label column "
-                           '("label", "class", ...) and a file column ("file", "path", ...) or '
-                           '"sop_instance_uid"; or name them with --file-column and --label-column')
+        raise folder_error(
+            data_dir,
+            f"{manifest.name} header has columns {shown}; it needs a label column "
+            '("label", "class", ...) and a file column ("file", "path", ...) or '
+            '"sop_instance_uid"; or name them with --file-column and --label-column',
+        )
     return kind, found[kind], found["label"]
 
 
@@ -127,8 +152,9 @@ def _records(manifest: Path, data_dir: Path) -> list[tuple[int, list[str]]]:
     return records
 
 
-def manifest_values(manifest: Path, data_dir: Path, file_column: str | None = None,
-                    label_column: str | None = None) -> list[str]:
+def manifest_values(
+    manifest: Path, data_dir: Path, file_column: str | None = None, label_column: str | None = None
+) -> list[str]:
     """The label column's values, row by row (to make task labels from when none are given)."""
     records = _records(manifest, data_dir)
     _, _, label_col = header_columns(records[0][1], manifest, data_dir, file_column, label_column)
@@ -136,15 +162,20 @@ def manifest_values(manifest: Path, data_dir: Path, file_column: str | None = No
 
 
 def parse_manifest(
-    manifest: Path, data_dir: Path, lookup: LabelLookup,
-    file_column: str | None = None, label_column: str | None = None,
+    manifest: Path,
+    data_dir: Path,
+    lookup: LabelLookup,
+    file_column: str | None = None,
+    label_column: str | None = None,
 ) -> tuple[str, list[ManifestRow], list[tuple[str, str]]]:
     """Parse the manifest into usable rows and rejected rows (label, empty key, duplicates)."""
     records = _records(manifest, data_dir)
     kind, key_col, label_col = header_columns(records[0][1], manifest, data_dir, file_column, label_column)
     if len(records) == 1:
-        raise folder_error(data_dir, f"{manifest.name} has a header but no rows; add one row per image "
-                           '"file,label" (see client-node demo-data)')
+        raise folder_error(
+            data_dir,
+            f'{manifest.name} has a header but no rows; add one row per image "file,label" (see client-node demo-data)',
+        )
     rows: list[ManifestRow] = []
     rejected: list[tuple[str, str]] = []
     seen: set[str] = set()
@@ -184,4 +215,3 @@ def _clean_key(kind: str, value: str) -> str:
     while value.startswith("./"):
         value = value[2:]
     return value
-

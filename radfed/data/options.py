@@ -90,22 +90,29 @@ class DataOptions:
     def __post_init__(self) -> None:
         slice_choice(self.slice_policy)
         if isinstance(self.slice_stack, bool) or self.slice_stack not in SLICE_STACKS:
-            raise ValueError(f"slice_stack must be 1 or 3 (2.5D: a slice and its two neighbours as the "
-                             f"backbone's 3 channels); got {self.slice_stack!r}")
+            raise ValueError(
+                f"slice_stack must be 1 or 3 (2.5D: a slice and its two neighbours as the "
+                f"backbone's 3 channels); got {self.slice_stack!r}"
+            )
         dicom.resolve_window(self.window)
         if self.frame_policy not in dicom.FRAME_POLICIES:
             raise _one_of("frame_policy", dicom.FRAME_POLICIES, self.frame_policy)
         if self.label_source not in LABEL_SOURCES:
             raise _one_of("label_source", LABEL_SOURCES, self.label_source)
         if self.label_source == "tag" and not (isinstance(self.label_tag, str) and self.label_tag.strip()):
-            raise ValueError(f"label_tag must name a DICOM keyword (e.g. 'SeriesDescription') when "
-                             f"label_source is 'tag'; got {self.label_tag!r}")
+            raise ValueError(
+                f"label_tag must name a DICOM keyword (e.g. 'SeriesDescription') when "
+                f"label_source is 'tag'; got {self.label_tag!r}"
+            )
         if self.label_tag is not None and not _is_dicom_keyword(self.label_tag):
-            raise ValueError(f"label_tag must be a DICOM keyword such as 'SeriesDescription' or "
-                             f"'BodyPartExamined'; got {self.label_tag!r}")
+            raise ValueError(
+                f"label_tag must be a DICOM keyword such as 'SeriesDescription' or "
+                f"'BodyPartExamined'; got {self.label_tag!r}"
+            )
         if self.label_map is not None and not (
-                isinstance(self.label_map, dict)
-                and all(isinstance(k, (str, int)) and isinstance(v, str) for k, v in self.label_map.items())):
+            isinstance(self.label_map, dict)
+            and all(isinstance(k, (str, int)) and isinstance(v, str) for k, v in self.label_map.items())
+        ):
             raise ValueError(f"label_map must be a dict of value -> label name or None; got {self.label_map!r}")
         for name in ("file_column", "label_column"):
             value = getattr(self, name)
@@ -127,8 +134,17 @@ class DataOptions:
         """Every option as canonical JSON (for the cache key)."""
         filters = sorted((k, sorted(v)) for k, v in self.filters.items())
         label_map = sorted((str(k), v) for k, v in (self.label_map or {}).items())
-        return json.dumps([self.pixel_token(), self.label_source, self.label_tag, label_map, filters,
-                           self.file_column, self.label_column])
+        return json.dumps(
+            [
+                self.pixel_token(),
+                self.label_source,
+                self.label_tag,
+                label_map,
+                filters,
+                self.file_column,
+                self.label_column,
+            ]
+        )
 
     def with_local(self, local: dict[str, Any]) -> DataOptions:
         """These options with a clinic's own settings laid over them (CLINIC_KEYS only):

@@ -33,7 +33,11 @@ PIXELS_FORMAT = "radfed-pixels-2"  # raw float16 rows + index (was one .npz hold
 
 
 def _decode_all(
-    paths: list[Path], size: int, workers: Workers, pixel_token: list[Any], target: Path | None,
+    paths: list[Path],
+    size: int,
+    workers: Workers,
+    pixel_token: list[Any],
+    target: Path | None,
     progress: Progress | None = None,
 ) -> tuple[PixelFile, list[str], list[int]]:
     """(PixelFile of the decoded samples, reason per file ('' = success), samples per file).
@@ -54,8 +58,9 @@ def _decode_all(
         writer.put(i, img)
 
     try:
-        workers.map(dicom.preprocess_files, [str(p) for p in paths], (size, window, frame_policy),
-                    "pixels", progress, sink=sink)
+        workers.map(
+            dicom.preprocess_files, [str(p) for p in paths], (size, window, frame_policy), "pixels", progress, sink=sink
+        )
         return writer.finish(counts), reasons, counts
     except BaseException:
         writer.abort()
@@ -69,8 +74,9 @@ def _cache_key(headers: HeaderCache, images: list[ImageFacts], size: int, option
     for image in images:
         st = headers.stat(image.relpath)
         stats.append([image.relpath, st.st_size if st else -1, st.st_mtime_ns if st else -1])
-    payload = json.dumps([CACHE_VERSION, PIXELS_FORMAT, dicom.PREPROCESS_VERSION, size, options_token, stats],
-                         separators=(",", ":"))
+    payload = json.dumps(
+        [CACHE_VERSION, PIXELS_FORMAT, dicom.PREPROCESS_VERSION, size, options_token, stats], separators=(",", ":")
+    )
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -101,9 +107,13 @@ def _cache_load(path: Path, count: int, size: int) -> tuple[PixelFile, list[str]
         log.warning("ignoring unreadable cache entry %s", path.name)
         return None
     total = sum(counts)
-    if (len(reasons) != count or len(counts) != count or stored_size != size
-            or os.fstat(pixels.fd).st_size != total * pixels.row_bytes
-            or (order is not None and len(order) != total)):
+    if (
+        len(reasons) != count
+        or len(counts) != count
+        or stored_size != size
+        or os.fstat(pixels.fd).st_size != total * pixels.row_bytes
+        or (order is not None and len(order) != total)
+    ):
         pixels.close()
         return None
     return pixels, reasons, counts
@@ -114,8 +124,14 @@ def _cache_index(path: Path, pixels: PixelFile, reasons: list[str], counts: list
     drop older entries of the same folder and size, old-format .npz ones included."""
     buffer = io.BytesIO()
     order = pixels.order if pixels.order is not None else np.zeros(0, dtype=np.int64)
-    np.savez(buffer, reasons=np.array(reasons, dtype=str), counts=np.array(counts, dtype=np.int64),
-             order=order, reordered=np.array(pixels.order is not None), size=np.array(pixels.size))
+    np.savez(
+        buffer,
+        reasons=np.array(reasons, dtype=str),
+        counts=np.array(counts, dtype=np.int64),
+        order=order,
+        reordered=np.array(pixels.order is not None),
+        size=np.array(pixels.size),
+    )
     atomic_write(_index_path(path), buffer.getvalue())
     prefix = path.name.rsplit("-", 1)[0] + "-"
     keep = {path.name, _index_path(path).name}
@@ -125,8 +141,13 @@ def _cache_index(path: Path, pixels: PixelFile, reasons: list[str], counts: list
 
 
 def load_pixels(
-    headers: HeaderCache, images: list[ImageFacts], size: int, cache_dir: Path | None, workers: Workers,
-    options: DataOptions, progress: Progress | None = None,
+    headers: HeaderCache,
+    images: list[ImageFacts],
+    size: int,
+    cache_dir: Path | None,
+    workers: Workers,
+    options: DataOptions,
+    progress: Progress | None = None,
 ) -> tuple[PixelFile, list[str], list[int]]:
     """Preprocessed samples for images as rows on disk (and reasons, samples per file), from
     the cache when nothing changed; decoded into the cache (or, without a cache folder, an

@@ -29,7 +29,7 @@ REJECTION_HELP: dict[str, str] = {
     "unknown-series-instance-uid": "copy that series' files into the data folder or fix the SeriesInstanceUID",
     "empty-folder": "the row names a folder without any DICOM file; fix the path or copy the study in",
     "unit-spans-patients": "a labelled study, series or folder holds images of several PatientIDs; "
-                           "split it per patient or fix the PatientIDs",
+    "split it per patient or fix the PatientIDs",
     "no-patient-id": "export with a PatientID (pseudonymised is fine): the split needs it",
     "no-label": "add the image's tag value to label_map, or filter such images out",
     **dicom.REASONS,
@@ -72,25 +72,38 @@ def no_usable_image(
     reasons = Counter(reason for _, reason in rejected)
     if not rejected:
         extra = f" ({filtered} filtered out by the task's filters)" if filtered else ""
-        return folder_error(data_dir, f"no usable image among {n_items} entries of {source}{extra}; "
-                             "check the manifest, labels and filters", rejected)
+        return folder_error(
+            data_dir,
+            f"no usable image among {n_items} entries of {source}{extra}; check the manifest, labels and filters",
+            rejected,
+        )
     first_where, first_reason = rejected[0]
     shown = _public_where(first_where, source)
     if len(reasons) == 1 and first_reason == "missing-file" and len(rejected) == n_items:
-        return folder_error(data_dir, f"all {n_items} rows of {source} name files that do not exist; "
-                             f"first: {shown}; {REJECTION_HELP['missing-file']}", rejected)
+        return folder_error(
+            data_dir,
+            f"all {n_items} rows of {source} name files that do not exist; "
+            f"first: {shown}; {REJECTION_HELP['missing-file']}",
+            rejected,
+        )
     detail = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
     if filtered:
         detail += f"; {filtered} filtered out"
     fix = REJECTION_HELP.get(first_reason, "see the rejection list")
-    return folder_error(data_dir, f"no usable image: {len(rejected)} rejected ({detail}); "
-                         f"first: {shown} ({first_reason}); {fix}", rejected)
+    return folder_error(
+        data_dir,
+        f"no usable image: {len(rejected)} rejected ({detail}); first: {shown} ({first_reason}); {fix}",
+        rejected,
+    )
 
 
 def check_folder(data_dir: Path) -> None:
     """Fail early with a clear message when the folder itself is wrong."""
     if not data_dir.exists():
-        raise folder_error(data_dir, "does not exist; pass the folder holding the clinic's DICOM files "
-                            "and labels.csv (see client-node demo-data)")
+        raise folder_error(
+            data_dir,
+            "does not exist; pass the folder holding the clinic's DICOM files "
+            "and labels.csv (see client-node demo-data)",
+        )
     if not data_dir.is_dir():
         raise folder_error(data_dir, "is a file, not a folder; pass the folder holding the DICOM files and labels.csv")

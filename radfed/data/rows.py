@@ -45,8 +45,16 @@ class RowFile:
     an anonymous temporary file cannot be pickled.
     """
 
-    def __init__(self, fd: int, path: Path | None, count: int, row_shape: tuple[int, ...], dtype: Any,
-                 offset: int = 0, order: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        fd: int,
+        path: Path | None,
+        count: int,
+        row_shape: tuple[int, ...],
+        dtype: Any,
+        offset: int = 0,
+        order: np.ndarray | None = None,
+    ) -> None:
         self.fd, self.path, self.count, self.offset = fd, path, int(count), int(offset)
         self.row_shape, self.dtype = tuple(int(d) for d in row_shape), np.dtype(dtype)
         self.order = None if order is None else np.asarray(order, dtype=np.int64)
@@ -65,8 +73,11 @@ class RowFile:
             breaks = np.flatnonzero(np.diff(unique) != 1) + 1
             view = memoryview(out).cast("B")
             for a, b in zip([0, *breaks.tolist()], [*breaks.tolist(), len(unique)]):
-                _read_exactly(self.fd, view[a * self.row_bytes:b * self.row_bytes],
-                              self.offset + int(unique[a]) * self.row_bytes)
+                _read_exactly(
+                    self.fd,
+                    view[a * self.row_bytes : b * self.row_bytes],
+                    self.offset + int(unique[a]) * self.row_bytes,
+                )
         return out[inverse.ravel()]
 
     def close(self) -> None:
@@ -82,8 +93,10 @@ class RowFile:
 
     def __getstate__(self) -> dict[str, Any]:
         if self.path is None:
-            raise TypeError("rows without a cache folder live in an anonymous temporary file "
-                            "and cannot be pickled; load with cache_dir")
+            raise TypeError(
+                "rows without a cache folder live in an anonymous temporary file "
+                "and cannot be pickled; load with cache_dir"
+            )
         state = dict(self.__dict__)
         state["fd"] = -1
         return state
@@ -98,8 +111,7 @@ class PixelFile(RowFile):
     logical row i (files in load order, their frames in order: what
     `radfed.data.slices.assemble` numbers) is stored at ``order[i]``."""
 
-    def __init__(self, fd: int, path: Path | None, size: int, count: int,
-                 order: np.ndarray | None = None) -> None:
+    def __init__(self, fd: int, path: Path | None, size: int, count: int, order: np.ndarray | None = None) -> None:
         super().__init__(fd, path, count, (size, size), ROW_DTYPE, 0, order)
         self.size = int(size)
 
@@ -149,8 +161,12 @@ class PixelWriter:
             return PixelFile(fd, None, self.size, self.written, None if identity else order)
         self._file.close()
         os.replace(self._tmp, self.path)  # type: ignore[arg-type]
-        return PixelFile.open(self.path, self.size, self.written,  # type: ignore[arg-type]
-                              None if identity else order)
+        return PixelFile.open(
+            self.path,
+            self.size,
+            self.written,  # type: ignore[arg-type]
+            None if identity else order,
+        )
 
     def abort(self) -> None:
         self._file.close()
@@ -223,7 +239,7 @@ class ImageRows(torch.utils.data.Dataset):
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         """The images in order, ``batch_size`` at a time."""
         for start in range(0, len(self), batch_size):
-            yield self[start:start + batch_size]
+            yield self[start : start + batch_size]
 
     def tensor(self) -> torch.Tensor:
         """Every image as one tensor (for tests and small folders: the whole split in memory)."""
@@ -297,4 +313,4 @@ Images = torch.Tensor | ImageRows
 def image_batches(images: Images, batch_size: int) -> Iterator[torch.Tensor]:
     """``images`` in order, ``batch_size`` at a time, whichever kind they are."""
     for start in range(0, len(images), batch_size):
-        yield images[start:start + batch_size]
+        yield images[start : start + batch_size]

@@ -128,6 +128,7 @@ def assemble(plan: SlicePlan, reasons: list[str], counts: list[int], stack: int)
     offsets = [0] * len(counts)
     for i in range(1, len(counts)):
         offsets[i] = offsets[i - 1] + counts[i - 1]
+
     def row(file: int, frame: int, fallback: int) -> int:
         """A frame's row in the pixel array; `fallback` when the file did not decode."""
         if reasons[file] or not counts[file]:

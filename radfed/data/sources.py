@@ -38,7 +38,10 @@ def _accept(facts: ImageFacts, label: int, filters: dict[str, list[str]]) -> Ima
 
 
 def _scan_by_uid(
-    data_dir: Path, skip: set[Path], headers: HeaderCache, progress: Progress | None = None,
+    data_dir: Path,
+    skip: set[Path],
+    headers: HeaderCache,
+    progress: Progress | None = None,
 ) -> tuple[dict[str, ImageFacts], list[tuple[str, str]]]:
     """Map SOPInstanceUID key -> header facts for a sop_instance_uid manifest.
 
@@ -62,8 +65,13 @@ def _scan_by_uid(
 
 
 def resolve_rows(
-    kind: str, rows: list[ManifestRow], data_dir: Path, skip: set[Path], headers: HeaderCache,
-    filters: dict[str, list[str]] | None = None, progress: Progress | None = None,
+    kind: str,
+    rows: list[ManifestRow],
+    data_dir: Path,
+    skip: set[Path],
+    headers: HeaderCache,
+    filters: dict[str, list[str]] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[list[ImageFacts], list[tuple[str, str]]]:
     """Turn manifest rows into checked images; everything that fails becomes a rejection
     (files filtered out by the task become ``(where, "filtered")`` for the caller to count)."""
@@ -82,13 +90,17 @@ def resolve_rows(
         where, outcome = _resolve_row(kind, row, data_dir, by_uid, filters or {}, headers)
         _collect(where, outcome, images, rejected, seen_uids)
     if folder_rows:
-        resolve_folder_rows(folder_rows, data_dir, skip, headers, filters or {}, progress,
-                            images, rejected, seen_uids)
+        resolve_folder_rows(folder_rows, data_dir, skip, headers, filters or {}, progress, images, rejected, seen_uids)
     return sorted(images, key=lambda im: im.relpath), rejected
 
 
-def _collect(where: str, outcome: ImageFacts | str, images: list[ImageFacts],
-             rejected: list[tuple[str, str]], seen_uids: set[str]) -> None:
+def _collect(
+    where: str,
+    outcome: ImageFacts | str,
+    images: list[ImageFacts],
+    rejected: list[tuple[str, str]],
+    seen_uids: set[str],
+) -> None:
     """Keep an accepted image, or record why not (its reason, or a repeated SOPInstanceUID)."""
     if isinstance(outcome, str):
         rejected.append((where, outcome))
@@ -100,7 +112,11 @@ def _collect(where: str, outcome: ImageFacts | str, images: list[ImageFacts],
 
 
 def _resolve_row(
-    kind: str, row: ManifestRow, data_dir: Path, by_uid: dict[str, ImageFacts], filters: dict[str, list[str]],
+    kind: str,
+    row: ManifestRow,
+    data_dir: Path,
+    by_uid: dict[str, ImageFacts],
+    filters: dict[str, list[str]],
     headers: HeaderCache,
 ) -> tuple[str, ImageFacts | str]:
     """(where to report, labelled image or reason) for one row."""
@@ -123,8 +139,10 @@ def _resolve_row(
 # ----------------------------------------------------------------------------- labelled units
 
 # Manifest key kind -> (identifier_key kind of its UID, the ImageFacts field holding that key).
-UNIT_KEYS = {"study_instance_uid": ("study-instance", "study_key"),
-             "series_instance_uid": ("series-instance", "series_key")}
+UNIT_KEYS = {
+    "study_instance_uid": ("study-instance", "study_key"),
+    "series_instance_uid": ("series-instance", "series_key"),
+}
 
 
 def unit_name(kind: str, key: str) -> str:
@@ -135,12 +153,18 @@ def unit_name(kind: str, key: str) -> str:
 def unit_kind(unit: str) -> str:
     """What a unit is, for the data card: "study", "series", "folder", or "image" (unit '')."""
     return {"study-instance": "study", "series-instance": "series", "folder": "folder"}.get(
-        unit.partition(":")[0], "image")
+        unit.partition(":")[0], "image"
+    )
 
 
 def resolve_unit_rows(
-    kind: str, rows: list[ManifestRow], data_dir: Path, skip: set[Path], headers: HeaderCache,
-    filters: dict[str, list[str]], progress: Progress | None = None,
+    kind: str,
+    rows: list[ManifestRow],
+    data_dir: Path,
+    skip: set[Path],
+    headers: HeaderCache,
+    filters: dict[str, list[str]],
+    progress: Progress | None = None,
 ) -> tuple[list[ImageFacts], list[tuple[str, str]]]:
     """Rows naming a whole study or series by its UID: every DICOM file of it below the
     data folder is an image of that labelled unit (a CT study is hundreds of files, its
@@ -160,13 +184,13 @@ def resolve_unit_rows(
             continue
         unit = unit_name(uid_kind, key)
         for facts in sorted(members[key], key=lambda im: im.relpath):
-            _collect(facts.relpath, _accept(replace(facts, unit=unit), row.label, filters),
-                     images, rejected, seen_uids)
+            _collect(facts.relpath, _accept(replace(facts, unit=unit), row.label, filters), images, rejected, seen_uids)
     return sorted(images, key=lambda im: im.relpath), rejected
 
 
-def split_folder_rows(kind: str, rows: list[ManifestRow],
-                      data_dir: Path) -> tuple[list[ManifestRow], list[ManifestRow]]:
+def split_folder_rows(
+    kind: str, rows: list[ManifestRow], data_dir: Path
+) -> tuple[list[ManifestRow], list[ManifestRow]]:
     """(rows naming files, rows naming folders) of a file manifest: a row whose path is a
     folder inside the data folder labels every file below it as one unit (a study
     exported as a folder of slices)."""
@@ -178,16 +202,23 @@ def split_folder_rows(kind: str, rows: list[ManifestRow],
 
 
 def resolve_folder_rows(
-    rows: list[ManifestRow], data_dir: Path, skip: set[Path], headers: HeaderCache,
-    filters: dict[str, list[str]], progress: Progress | None, images: list[ImageFacts],
-    rejected: list[tuple[str, str]], seen_uids: set[str],
+    rows: list[ManifestRow],
+    data_dir: Path,
+    skip: set[Path],
+    headers: HeaderCache,
+    filters: dict[str, list[str]],
+    progress: Progress | None,
+    images: list[ImageFacts],
+    rejected: list[tuple[str, str]],
+    seen_uids: set[str],
 ) -> None:
     """Add the images of folder rows: every DICOM file below the folder (any depth),
     labelled as the row says and grouped as one unit. Non-DICOM files (viewers, READMEs)
     are skipped silently; a file already labelled by another row is rejected as a
     duplicate; a folder without any DICOM file is rejected."""
-    members = {id(row): [p.relative_to(data_dir).as_posix() for p in walk_files(data_dir / row.key, skip)]
-               for row in rows}
+    members = {
+        id(row): [p.relative_to(data_dir).as_posix() for p in walk_files(data_dir / row.key, skip)] for row in rows
+    }
     headers.prefetch([relpath for relpaths in members.values() for relpath in relpaths], progress)
     for row in rows:
         unit = unit_name("folder", dicom.identifier_key("folder", row.key.rstrip("/")))
@@ -206,8 +237,9 @@ def resolve_folder_rows(
 def subfolders(data_dir: Path) -> list[Path]:
     """The visible folders directly under data_dir, by name."""
     try:
-        return sorted((d for d in data_dir.iterdir() if d.is_dir() and not d.name.startswith(".")),
-                      key=lambda d: d.name)
+        return sorted(
+            (d for d in data_dir.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name
+        )
     except OSError:
         return []
 
@@ -219,8 +251,12 @@ def class_folders(data_dir: Path, lookup: LabelLookup) -> list[tuple[int, Path]]
 
 
 def scan_labelled(
-    data_dir: Path, candidates: list[tuple[Path, int | None]], options: DataOptions,
-    lookup: LabelLookup, headers: HeaderCache, progress: Progress | None,
+    data_dir: Path,
+    candidates: list[tuple[Path, int | None]],
+    options: DataOptions,
+    lookup: LabelLookup,
+    headers: HeaderCache,
+    progress: Progress | None,
 ) -> tuple[list[ImageFacts], list[tuple[str, str]]]:
     """Header facts for (file, label or None = from the tag) pairs, with the same
     rejections as a manifest: problems, no PatientID, duplicate UIDs; filtered files flagged.
@@ -248,8 +284,13 @@ def scan_labelled(
 
 
 def labelled_images(
-    data_dir: Path, lookup: LabelLookup, manifest: Path | None, cache_dir: Path | None,
-    options: DataOptions, headers: HeaderCache, progress: Progress | None,
+    data_dir: Path,
+    lookup: LabelLookup,
+    manifest: Path | None,
+    cache_dir: Path | None,
+    options: DataOptions,
+    headers: HeaderCache,
+    progress: Progress | None,
 ) -> tuple[str, list[ImageFacts], list[tuple[str, str]], int]:
     """(source name, labelled images, rejections incl. 'filtered', number of rows/files considered)."""
     skip = {Path(cache_dir).resolve()} if cache_dir is not None else set()
@@ -261,8 +302,11 @@ def labelled_images(
         folders = class_folders(data_dir, lookup)
         if not folders:
             names = ", ".join(f"{data_dir.name}/{name}" for name in lookup.labels)
-            raise folder_error(data_dir, f"no class folders found; put each label's images in its own folder "
-                               f"({names}), or map folder names to labels with --label-map FOLDER=LABEL")
+            raise folder_error(
+                data_dir,
+                f"no class folders found; put each label's images in its own folder "
+                f"({names}), or map folder names to labels with --label-map FOLDER=LABEL",
+            )
         candidates = [(path, i) for i, folder in folders for path in walk_files(folder, skip)]
         images, rejected = scan_labelled(data_dir, candidates, options, lookup, headers, progress)
         return "the class folders", images, rejected, len(candidates)
@@ -273,6 +317,5 @@ def labelled_images(
     manifest = Path(manifest) if manifest is not None else default_manifest
     kind, rows, rejected = parse_manifest(manifest, data_dir, lookup, options.file_column, options.label_column)
     n_rows = len(rows) + len(rejected)
-    images, more = resolve_rows(kind, rows, data_dir, skip | {manifest.resolve()}, headers,
-                                options.filters, progress)
+    images, more = resolve_rows(kind, rows, data_dir, skip | {manifest.resolve()}, headers, options.filters, progress)
     return manifest.name, images, rejected + more, n_rows

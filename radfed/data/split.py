@@ -54,7 +54,6 @@ class Split:
         return self.pixels.tensor() if isinstance(self.pixels, ImageRows) else self.pixels
 
 
-
 def _patient_rank(patient_id: str, seed: int) -> str:
     """Stable pseudo-random rank: the same on every process, machine and Python version."""
     return hashlib.sha256(f"radfed-split\x00{seed}\x00{patient_id}".encode()).hexdigest()
@@ -76,7 +75,6 @@ def patient_split(patient_ids: Iterable[str], val_fraction: float, seed: int) ->
         n_val = min(max(n_val, 1), len(unique) - 1)
     ranked = sorted(unique, key=lambda pid: _patient_rank(pid, seed))
     return set(ranked[:n_val])
-
 
 
 def build_split(pixels: PixelFile, samples: list[Sample], picks: list[int]) -> Split:
@@ -108,8 +106,6 @@ def split_images(images: Sequence[Sample], val_fraction: float, seed: int) -> tu
     if {images[i].patient for i in train} & {images[i].patient for i in val}:
         raise RuntimeError("patient split leaked a patient into both train and validation")
     return train, val
-
-
 
 
 def split_counts(split: Split, labels: Sequence[str]) -> dict[str, Any]:

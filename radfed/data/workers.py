@@ -63,9 +63,16 @@ class Workers:
                 log.warning("worker processes failed to start; working in this process instead")
             self.ready = _NEVER
 
-    def map(self, func: Callable[..., list[Any]], items: list[str], args: tuple[Any, ...], stage: str,
-            progress: Progress | None, chunk_max: int = 4,
-            sink: Callable[[int, Any], None] | None = None) -> list[Any]:
+    def map(
+        self,
+        func: Callable[..., list[Any]],
+        items: list[str],
+        args: tuple[Any, ...],
+        stage: str,
+        progress: Progress | None,
+        chunk_max: int = 4,
+        sink: Callable[[int, Any], None] | None = None,
+    ) -> list[Any]:
         """[func([item], *args)[0] for item in items], in chunks over this process and the helpers.
 
         With ``sink``, each result goes to ``sink(index, result)`` as it arrives (in any

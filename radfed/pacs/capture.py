@@ -141,9 +141,17 @@ def secondary_capture(
     header = reference_header(source)
     orientation = patient_orientation(header)
     with building("Secondary Capture"):
-        sc = _build(header, pixels, orientation, series_number=series_number, series_description=series_description,
-                    instance_number=instance_number, series_instance_uid=series_instance_uid,
-                    sop_instance_uid=sop_instance_uid, model_name=model_name)
+        sc = _build(
+            header,
+            pixels,
+            orientation,
+            series_number=series_number,
+            series_description=series_description,
+            instance_number=instance_number,
+            series_instance_uid=series_instance_uid,
+            sop_instance_uid=sop_instance_uid,
+            model_name=model_name,
+        )
     copy_patient_and_study(sc, source)
     _copy_series_context(sc, header)
     sc.SourceImageSequence = [_source_reference(header)]
@@ -153,9 +161,18 @@ def secondary_capture(
     return sc
 
 
-def _build(header: Dataset, pixels: np.ndarray, orientation: tuple[str, str] | None, *, series_number: int,
-           series_description: str, instance_number: int, series_instance_uid: str | None,
-           sop_instance_uid: str | None, model_name: str | None) -> SCImage:
+def _build(
+    header: Dataset,
+    pixels: np.ndarray,
+    orientation: tuple[str, str] | None,
+    *,
+    series_number: int,
+    series_description: str,
+    instance_number: int,
+    series_instance_uid: str | None,
+    sop_instance_uid: str | None,
+    model_name: str | None,
+) -> SCImage:
     """highdicom's SCImage from the reference header (see radfed.pacs.source)."""
     sc = SCImage.from_ref_dataset(
         ref_dataset=header,
@@ -179,4 +196,3 @@ def _build(header: Dataset, pixels: np.ndarray, orientation: tuple[str, str] | N
     if orientation is None:
         sc.PatientOrientation = ""  # Type 2C: present, empty = unknown
     return sc
-

@@ -99,8 +99,9 @@ def _http_failure(shown: str, action: str, response: requests.Response | None) -
     if response is None:
         return DicomWebError(f"the DICOMweb server at {shown} answered {action} with an HTTP error: see the PACS's log")
     status, reason = response.status_code, (response.reason or "").strip()
-    return DicomWebError(f"the DICOMweb server at {shown} answered {action} with HTTP {status} {reason}: "
-                         f"{_http_hint(status, action)}")
+    return DicomWebError(
+        f"the DICOMweb server at {shown} answered {action} with HTTP {status} {reason}: {_http_hint(status, action)}"
+    )
 
 
 @contextmanager
@@ -110,14 +111,20 @@ def _errors(url: str, action: str) -> Iterator[None]:
     try:
         yield
     except requests.exceptions.SSLError:
-        raise DicomWebError(f"TLS with the DICOMweb server at {shown} failed ({action}): check its certificate "
-                            "and the CA this machine trusts") from None
+        raise DicomWebError(
+            f"TLS with the DICOMweb server at {shown} failed ({action}): check its certificate "
+            "and the CA this machine trusts"
+        ) from None
     except requests.exceptions.Timeout:
-        raise DicomWebError(f"the DICOMweb server at {shown} did not answer {action} in time: check it is running "
-                            "and not overloaded, or allow a longer timeout") from None
+        raise DicomWebError(
+            f"the DICOMweb server at {shown} did not answer {action} in time: check it is running "
+            "and not overloaded, or allow a longer timeout"
+        ) from None
     except requests.exceptions.ConnectionError:
-        raise DicomWebError(f"cannot reach the DICOMweb server at {shown} ({action}): check the URL and that the "
-                            "server is running and reachable from this machine") from None
+        raise DicomWebError(
+            f"cannot reach the DICOMweb server at {shown} ({action}): check the URL and that the "
+            "server is running and reachable from this machine"
+        ) from None
     except requests.exceptions.HTTPError as exc:
         raise _http_failure(shown, action, exc.response) from None
     except retrying.RetryError as exc:  # a retriable status (429, 503, 504) to the last attempt
@@ -125,29 +132,34 @@ def _errors(url: str, action: str) -> Iterator[None]:
         response = None if last.has_exception else last.value
         raise _http_failure(shown, action, response if isinstance(response, requests.Response) else None) from None
     except requests.exceptions.RequestException as exc:
-        raise DicomWebError(f"{action} at the DICOMweb server at {shown} failed ({type(exc).__name__}): "
-                            "check the URL") from None
+        raise DicomWebError(
+            f"{action} at the DICOMweb server at {shown} failed ({type(exc).__name__}): check the URL"
+        ) from None
     except (ValueError, TypeError, KeyError):  # a reply that does not parse as DICOMweb (HTML, other JSON)
         raise _not_dicomweb(shown, action) from None
 
 
 def _not_dicomweb(shown: str, action: str) -> DicomWebError:
     """The server answered, but not in DICOMweb: usually the URL is not the DICOMweb root."""
-    return DicomWebError(f"the server at {shown} answered {action} with something that is not DICOMweb: "
-                         "check the URL is the DICOMweb root (e.g. http://pacs:8042/dicom-web)")
+    return DicomWebError(
+        f"the server at {shown} answered {action} with something that is not DICOMweb: "
+        "check the URL is the DICOMweb root (e.g. http://pacs:8042/dicom-web)"
+    )
 
 
 def _client(url: str, session: requests.Session | None, timeout: float) -> DICOMwebClient:
     """A dicomweb-client for the DICOMweb root `url`, or a DicomWebError if it is no http(s) URL."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise DicomWebError(f"'{safe_url(url)}' is not a DICOMweb URL: give the server's DICOMweb root, "
-                            "e.g. http://pacs:8042/dicom-web")
+        raise DicomWebError(
+            f"'{safe_url(url)}' is not a DICOMweb URL: give the server's DICOMweb root, e.g. http://pacs:8042/dicom-web"
+        )
     try:
         client = DICOMwebClient(url=url.rstrip("/"), session=session, timeout=timeout)
     except ValueError:
-        raise DicomWebError(f"'{safe_url(url)}' is not a DICOMweb URL: give the server's DICOMweb root, "
-                            "e.g. http://pacs:8042/dicom-web") from None
+        raise DicomWebError(
+            f"'{safe_url(url)}' is not a DICOMweb URL: give the server's DICOMweb root, e.g. http://pacs:8042/dicom-web"
+        ) from None
     client.set_http_retry_params(max_attempts=RETRY_ATTEMPTS, wait_exponential_multiplier=RETRY_BASE_MS)
     return client
 
@@ -176,16 +188,20 @@ def store_instances(
         return Dataset()
     for number, ds in enumerate(datasets, start=1):
         if "TransferSyntaxUID" not in getattr(ds, "file_meta", Dataset()):
-            raise ValueError(f"instance {number} of {len(datasets)} has no file meta Transfer Syntax UID: "
-                             "give datasets read with pydicom.dcmread or made by radfed.pacs")
+            raise ValueError(
+                f"instance {number} of {len(datasets)} has no file meta Transfer Syntax UID: "
+                "give datasets read with pydicom.dcmread or made by radfed.pacs"
+            )
     client = _client(url, session, timeout)
     with _errors(url, "STOW-RS"):
         reply = client.store_instances(datasets=datasets)
     failed = list(reply.get("FailedSOPSequence", []) if reply is not None else [])
     if failed:
         reasons = sorted({f"0x{int(item.get('FailureReason', 0)):04X}" for item in failed})
-        raise DicomWebError(f"the DICOMweb server at {safe_url(url)} refused {len(failed)} of {len(datasets)} "
-                            f"instances (failure reasons {', '.join(reasons)}): see the PACS's log")
+        raise DicomWebError(
+            f"the DICOMweb server at {safe_url(url)} refused {len(failed)} of {len(datasets)} "
+            f"instances (failure reasons {', '.join(reasons)}): see the PACS's log"
+        )
     return reply if reply is not None else Dataset()
 
 
@@ -201,8 +217,9 @@ def search_studies(
     """QIDO-RS studies matching `filters` (keyword -> value, e.g. {"PatientID": "…"})."""
     client = _client(url, session, timeout)
     with _errors(url, "QIDO-RS study search"):
-        results = client.search_for_studies(search_filters=dict(filters or {}), fields=list(fields) or None,
-                                            limit=limit)
+        results = client.search_for_studies(
+            search_filters=dict(filters or {}), fields=list(fields) or None, limit=limit
+        )
         return _datasets(results)
 
 
@@ -219,8 +236,9 @@ def search_series(
     """QIDO-RS series of study `study_uid` matching `filters` (e.g. {"Modality": "SR"})."""
     client = _client(url, session, timeout)
     with _errors(url, "QIDO-RS series search"):
-        results = client.search_for_series(study_instance_uid=study_uid, search_filters=dict(filters or {}),
-                                           fields=list(fields) or None, limit=limit)
+        results = client.search_for_series(
+            study_instance_uid=study_uid, search_filters=dict(filters or {}), fields=list(fields) or None, limit=limit
+        )
         return _datasets(results)
 
 

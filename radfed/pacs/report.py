@@ -167,8 +167,16 @@ def structured_report(
     return sr
 
 
-def _content(concept: Code, probability: float, threshold: float, model_name: str, model_digest: str,
-             model_version: str | None, images: list[Dataset], library: list[Dataset]) -> MeasurementReport:
+def _content(
+    concept: Code,
+    probability: float,
+    threshold: float,
+    model_name: str,
+    model_digest: str,
+    model_version: str | None,
+    images: list[Dataset],
+    library: list[Dataset],
+) -> MeasurementReport:
     """The TID 1500 content tree: observer, image library, one measurement group."""
     parameters = [f"model version {model_version}"] if model_version else None
     algorithm = AlgorithmIdentification(name=model_name, version=model_digest, parameters=parameters)
@@ -232,8 +240,7 @@ def read_report(sr: Dataset) -> ReportedFinding:
         model_digest=_text(group, codes.DCM.AlgorithmVersion),
         source_instance_uids=tuple(str(ref.referenced_sop_instance_uid) for ref in group.source_images),
         library_instance_uids=tuple(
-            str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
-            for item in _image_library_entries(sr)
+            str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for item in _image_library_entries(sr)
         ),
     )
 

@@ -28,8 +28,7 @@ from pydicom.valuerep import DA, TM
 
 from radfed.dicom import pydicom_quiet
 
-__all__ = ["REQUIRED_UIDS", "TYPE2_PATIENT_STUDY", "building", "check_lo", "copy_patient_and_study",
-           "reference_header"]
+__all__ = ["REQUIRED_UIDS", "TYPE2_PATIENT_STUDY", "building", "check_lo", "copy_patient_and_study", "reference_header"]
 
 REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
@@ -123,5 +122,7 @@ def building(what: str) -> Iterator[None]:
         try:
             yield
         except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
-            raise ValueError(f"could not build the {what} from this source image ({type(exc).__name__}): "
-                             "check the source's header with dciodvfy") from None
+            raise ValueError(
+                f"could not build the {what} from this source image ({type(exc).__name__}): "
+                "check the source's header with dciodvfy"
+            ) from None
