@@ -92,6 +92,9 @@ def install(module: ModuleType | None = None) -> Pacing:
 
 
 def main() -> None:
+    from radfed.flower_env import timestamped_flower_logs
+
+    timestamped_flower_logs()
     install()
     from flwr.supernode.cli import flower_supernode
 

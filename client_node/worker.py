@@ -129,7 +129,9 @@ def main() -> None:
     parser.add_argument("--runtime-api", required=True, help="The SuperNode's Runtime API, 127.0.0.1:PORT")
     args = parser.parse_args()
     from client_node.app_guard import approved_from_env
+    from radfed.flower_env import timestamped_flower_logs
 
+    timestamped_flower_logs()
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s radfed %(levelname)s: %(message)s"))
     log.addHandler(handler)

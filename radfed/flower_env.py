@@ -26,6 +26,16 @@ def radfed_home() -> Path:
     return home
 
 
+def timestamped_flower_logs() -> None:
+    """Flower's log lines in this process get a timestamp (as radfed's own have), and no
+    colour codes unless they go to a terminal: the SuperLink's, a SuperNode's and a
+    worker's lines land in log files an IT admin reads, where "when" matters and escape
+    codes are noise. Flower itself adds timestamps only at FLWR_LOG_LEVEL=DEBUG."""
+    from flwr.supercore.logger import update_console_handler
+
+    update_console_handler(timestamps=True, colored=sys.stderr.isatty())
+
+
 def flower_env(flwr_home: Path | None = None, **extra: str) -> dict[str, str]:
     """A copy of os.environ fit for flower-superlink/supernode/flwr child processes."""
     env = dict(os.environ)

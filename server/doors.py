@@ -101,7 +101,10 @@ def main(argv: list[str] | None = None) -> None:
     flower = importlib.import_module("flwr.superlink.cli.flower_superlink")
     from flwr.superlink.main import create_app
 
+    from radfed.flower_env import timestamped_flower_logs
+
     args, flower_args = _parse(list(sys.argv[1:] if argv is None else argv))
+    timestamped_flower_logs()
     patient_state_database()
     sys.argv = ["flower-superlink", *flower_args]
     config = flower._parse_superlink_lifespan_config()  # noqa: SLF001 - Flower's own parser

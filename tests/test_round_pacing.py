@@ -179,3 +179,25 @@ def test_an_object_still_uploading_is_fetched_within_half_a_second():
     assert time.monotonic() - started < 0.3 + CAP_S + 0.3
     with pytest.raises(RuntimeError, match="pin flwr"):
         quicker_object_pulls(types.ModuleType("elsewhere"))
+
+
+def test_flower_log_lines_carry_a_timestamp_and_no_colour_codes_in_a_log_file():
+    """What a SuperNode, worker or SuperLink writes to its log file (not a terminal)."""
+    import logging
+    import re
+
+    from flwr.supercore.logger import LOGGER_NAME, ConsoleHandler
+
+    from radfed.flower_env import timestamped_flower_logs
+
+    handler = next(h for h in logging.getLogger(LOGGER_NAME).handlers if isinstance(h, ConsoleHandler))
+    before = (handler.timestamps, handler.colored)
+    record = logging.LogRecord(LOGGER_NAME, logging.INFO, __file__, 1, "Received successfully", None, None)
+    try:
+        assert "\x1b[" in handler.format(record) or not before[1]  # Flower's default: colour, no time
+        timestamped_flower_logs()  # pytest's stderr is not a terminal
+        line = handler.format(record)
+        assert re.match(r"INFO \d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}:\s+Received successfully$", line), line
+        assert "\x1b[" not in line
+    finally:
+        handler.timestamps, handler.colored = before
