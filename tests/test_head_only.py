@@ -19,7 +19,12 @@ CPU = torch.device("cpu")
 
 
 @pytest.mark.e2e
-def test_head_on_cached_features_equals_training_with_a_frozen_backbone():
+@pytest.mark.parametrize(("precision", "tolerance"), [("float32", 1e-6), ("bfloat16", 1e-3)])
+def test_head_on_cached_features_equals_training_with_a_frozen_backbone(precision, tolerance, monkeypatch):
+    """Exact in float32; under bfloat16 autocast (radfed.precision's choice on a CPU with
+    native bfloat16) the backbone's features differ in the last bits between a batch of 4
+    and the cache's larger batches, so the heads agree to bfloat16's precision."""
+    monkeypatch.setenv("RADFED_CPU_PRECISION", precision)
     torch.manual_seed(0)
     model = create_model("resnet18", 2)
     feat.split_head(model)
@@ -39,9 +44,9 @@ def test_head_on_cached_features_equals_training_with_a_frozen_backbone():
         device=CPU,
     )
     assert not torch.equal(twin.head.weight, create_model("resnet18", 2).head.weight)
-    assert torch.allclose(model.head.weight, twin.head.weight, atol=1e-6)
+    assert torch.allclose(model.head.weight, twin.head.weight, atol=tolerance)
     full, head = evaluate(model, images[:9], labels[:9], device=CPU), evaluate_head(twin.head, cached.val, labels[:9])
-    assert full.loss == pytest.approx(head.loss, abs=1e-5) and full.auroc == pytest.approx(head.auroc)
+    assert full.loss == pytest.approx(head.loss, abs=10 * tolerance) and full.auroc == pytest.approx(head.auroc)
 
 
 @pytest.mark.e2e
