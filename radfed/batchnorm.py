@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from radfed.heap import trimmed
+
 if TYPE_CHECKING:
     from radfed.data.rows import Images
 
@@ -95,7 +97,7 @@ def reestimate_batchnorm(
         layer.momentum = None  # cumulative average over all batches
     model.train()
     total = len(order) if order is not None else len(images)
-    for start in range(0, total, batch_size):
+    for start in trimmed(range(0, total, batch_size)):
         batch = images[order[start : start + batch_size]] if order is not None else images[start : start + batch_size]
         if len(batch) > 1:
             model(batch)

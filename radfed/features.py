@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from radfed.data.rows import ImageRows, Images, RowFile, StoredRows, image_batches
+from radfed.heap import trimmed
 from radfed.models import Classifier, apply_freeze, trainable_state_keys
 from radfed.precision import autocast, to_channels_last
 
@@ -213,7 +214,7 @@ def compute_features(
 
     def run(images: Images, flip: bool = False) -> torch.Tensor | None:
         out = []
-        for batch in image_batches(images, batch_size):
+        for batch in trimmed(image_batches(images, batch_size)):
             x = to_channels_last((batch.flip(-1) if flip else batch).to(device))
             with autocast(device):
                 found = model.features(x).float().cpu()

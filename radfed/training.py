@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from radfed.heap import trimmed
 from radfed.models import Classifier, set_train_mode
 from radfed.precision import autocast, to_channels_last
 
@@ -176,7 +177,7 @@ def predict_logits(
     device = device or pick_device()
     model = _prepare(model, device).eval()
     out = []
-    for x, _ in _batches(images, torch.zeros(len(images)), batch_size, shuffle=False):
+    for x, _ in trimmed(_batches(images, torch.zeros(len(images)), batch_size, shuffle=False)):
         x = to_channels_last(x.to(device))
         with autocast(device):
             out.append(model(x).float().cpu())
