@@ -30,6 +30,7 @@ repeats (each repeat's value is its mean over rounds), plus the raw per-round nu
     .venv/bin/python bench/round_overhead.py   # 2 clinics, 3 rounds, 3 repeats: ~12 min on 2 idle cores
     .venv/bin/python bench/round_overhead.py --baseline-root /tmp/radfed-before   # + another checkout's radfed
     .venv/bin/python bench/round_overhead.py --repeats 1 --skip-flower   # radfed alone, once
+    .venv/bin/python bench/round_overhead.py --transfer-dtype bfloat16   # radfed's weights in half the bytes
 """
 
 from __future__ import annotations
@@ -73,6 +74,12 @@ def _args() -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=None, help="keep logs here (default: a temp folder)")
     p.add_argument("--skip-flower", action="store_true", help="radfed only (no ratio)")
     p.add_argument(
+        "--transfer-dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16"),
+        help="radfed's spec transfer_dtype (the Flower app always sends float32) (default: %(default)s)",
+    )
+    p.add_argument(
         "--baseline-root",
         type=Path,
         default=None,
@@ -111,6 +118,7 @@ def _spec(a: argparse.Namespace) -> ExperimentSpec:
         min_clinics=a.clinics,
         clinic_timeout=900.0,
         seed=1,
+        transfer_dtype=a.transfer_dtype,
     )
 
 
@@ -517,6 +525,7 @@ def _result(
     flower_round = [statistics.mean(f["round_s"]) for f in flower_runs]
     out = {
         "clinics": a.clinics,
+        "transfer_dtype": a.transfer_dtype,
         "rounds": a.rounds,
         "repeats": a.repeats,
         "backbone": "resnet18",
