@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     from flwr.superlink.main import create_app
 
     from radfed.flower_env import timestamped_flower_logs
+    from server.long_poll import Bell, LongPoll
 
     args, flower_args = _parse(list(sys.argv[1:] if argv is None else argv))
     timestamped_flower_logs()
@@ -112,13 +113,16 @@ def main(argv: list[str] | None = None) -> None:
     app = create_app(config, flower.SuperLinkLifespan)
     log_config = flower.get_uvicorn_log_config(flower.console_handler.level)
     tls = {"ssl_keyfile": config.ssl_keyfile, "ssl_certfile": config.ssl_certfile}
+    bell = Bell()  # one for all doors: a push at one wakes the pulls held at another
     servers = [
         _Server(
-            uvicorn.Config(app, host=config.host, port=config.port, access_log=False, log_config=log_config, **tls)
+            uvicorn.Config(
+                LongPoll(app, bell), host=config.host, port=config.port, access_log=False, log_config=log_config, **tls
+            )
         ),
         _Server(
             uvicorn.Config(
-                FleetOnly(app),
+                FleetOnly(LongPoll(app, bell)),
                 host=args.public_host,
                 port=args.public_port,
                 lifespan="off",
@@ -134,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         servers.append(
             _Server(
                 uvicorn.Config(
-                    app,
+                    LongPoll(app, bell),
                     host=args.remote_host,
                     port=args.remote_port,
                     lifespan="off",

@@ -1,0 +1,163 @@
+"""Long polling at the SuperLink's doors: a pull with nothing to deliver waits for a push.
+
+Flower 1.42's SuperNodes and ServerApp poll the SuperLink for messages, and an empty
+answer costs the caller a pause before it asks again: a clinic's SuperNode waits up to
+1 s (radfed's pacing, client_node.supernode; Flower's own is 3 s), the ServerApp up to
+0.5 s (server.round_trip). Between a clinic's reply and the next round's model, and
+between the last reply and the ServerApp noticing it, those pauses sat on the path of
+every round; and every empty answer was a request the SuperLink served (node signature,
+SQL) for nothing.
+
+`LongPoll(app, bell)` wraps Flower's ASGI app at each door (server.doors). A
+`pull-messages` whose answer holds no message is not returned at once: it is held for up
+to `HOLD_S` and asked again, unchanged, as soon as a `push-messages` from the other side
+has been stored (the ServerApp's instructions for the clinics' pulls, a clinic's reply
+for the ServerApp's pull), counted by a `Bell` shared by the doors of one process. An
+answer with messages, an error, or one that is not Flower's protobuf passes through
+untouched; so does every other route. Callers see an ordinary (if later) answer: Flower's
+clients wait 30 s for one, and the request is the same signed request, re-checked by
+Flower each time (its signature stays valid for 5 minutes).
+
+    parameters: HOLD_S (longest hold, seconds); PULLS (route → the push side it waits for
+    and the protobuf answer to inspect); PUSHES (route → the side it rings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+HOLD_S = 2.0
+RUNTIME, FLEET = "runtime", "fleet"
+PUSHES = {"/v1/runtime/push-messages": RUNTIME, "/v1/fleet/push-messages": FLEET}
+
+
+def _answers():
+    from flwr.proto.fleet_pb2 import PullMessagesResponse
+    from flwr.proto.runtime_pb2 import PullAppMessagesResponse
+
+    return {
+        "/v1/fleet/pull-messages": (RUNTIME, PullMessagesResponse),  # a clinic waits for the ServerApp
+        "/v1/runtime/pull-messages": (FLEET, PullAppMessagesResponse),  # the ServerApp waits for a clinic
+    }
+
+
+class Bell:
+    """Counts the pushes stored on each side and wakes the pulls waiting for one."""
+
+    def __init__(self) -> None:
+        self.rings = {RUNTIME: 0, FLEET: 0}
+        self._changed: asyncio.Condition | None = None
+
+    def _condition(self) -> asyncio.Condition:
+        if self._changed is None:  # made inside the doors' running loop
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    async def ring(self, side: str) -> None:
+        self.rings[side] += 1
+        async with self._condition():
+            self._condition().notify_all()
+
+    async def wait_past(self, side: str, seen: int, timeout: float) -> bool:
+        """Wait until `side` has rung more than `seen` times; False after `timeout` s."""
+        condition = self._condition()
+        async with condition:
+            try:
+                await asyncio.wait_for(condition.wait_for(lambda: self.rings[side] > seen), timeout)
+            except TimeoutError:
+                return False
+        return True
+
+
+def _empty(answer_type, status: int, headers: list, body: bytes) -> bool:
+    """True only for a successful protobuf answer that carries no message."""
+    content_type = dict(headers).get(b"content-type", b"")
+    if status != 200 or not content_type.startswith(b"application/protobuf"):
+        return False
+    try:
+        return len(answer_type.FromString(body).messages_list) == 0
+    except Exception:  # noqa: BLE001 - not what we expected: pass it through as it is
+        return False
+
+
+async def _read_body(receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+class LongPoll:
+    """ASGI wrapper: empty `pull-messages` answers are held until a push or `HOLD_S`."""
+
+    def __init__(self, app, bell: Bell, hold_s: float = HOLD_S) -> None:
+        self.app, self.bell, self.hold_s = app, bell, hold_s
+        self.pulls = _answers()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # The whole body first: Flower reads it whole anyway, and handed over in one piece it
+        # does not crawl through its two streaming middlewares 64 KB at a time.
+        body = await _read_body(receive)
+        path = scope.get("path", "")
+        if path not in self.pulls:
+            noted: list[int] = []
+
+            async def noting_send(message):
+                if message["type"] == "http.response.start":
+                    noted.append(message["status"])
+                await send(message)
+
+            await self.app(scope, _replay(body, receive), noting_send)
+            if path in PUSHES and noted and noted[0] == 200:
+                await self.bell.ring(PUSHES[path])
+            return
+        side, answer_type = self.pulls[path]
+        deadline = time.monotonic() + self.hold_s
+        while True:
+            seen = self.bell.rings[side]  # before asking: a push stored meanwhile is not missed
+            start, chunks = await self._ask(scope, body, receive)
+            left = deadline - time.monotonic()
+            if left <= 0 or not _empty(answer_type, start["status"], start.get("headers", []), b"".join(chunks)):
+                break
+            if not await self.bell.wait_past(side, seen, left):
+                break  # nothing pushed in time: the empty answer goes back
+        await send(start)
+        await send({"type": "http.response.body", "body": b"".join(chunks)})
+
+    async def _ask(self, scope, body: bytes, receive) -> tuple[dict, list[bytes]]:
+        """Flower's answer to the buffered request: its start message and body chunks."""
+        start: dict = {}
+        chunks: list[bytes] = []
+
+        async def capture(message):
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await self.app(dict(scope), _replay(body, receive), capture)
+        return start, chunks
+
+
+def _replay(body: bytes, receive):
+    """An ASGI `receive` that hands over `body` in one message, then the real one's events
+    (after the body only a disconnect can come)."""
+    delivered = False
+
+    async def replay():
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

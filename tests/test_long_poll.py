@@ -1,0 +1,139 @@
+"""The doors' long polling: an empty pull waits for a push from the other side, nothing else waits.
+
+The wrapped app here is a small ASGI app that answers like Flower's routes (the same
+protobuf answers); every federation test runs the real one behind `LongPoll`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from flwr.proto.fleet_pb2 import PullMessagesResponse
+from flwr.proto.message_pb2 import Message as MessageProto
+from flwr.proto.runtime_pb2 import PullAppMessagesResponse
+
+from server.long_poll import Bell, LongPoll
+
+PROTOBUF = [(b"content-type", b"application/protobuf")]
+
+
+class Link:
+    """Answers pulls with whatever `queued` holds for that side; pushes fill the other side."""
+
+    def __init__(self) -> None:
+        self.queued = {"fleet": 0, "runtime": 0}
+        self.asked: list[str] = []
+        self.bodies: list[bytes] = []
+        self.push_status = 200
+
+    async def __call__(self, scope, receive, send) -> None:
+        path = scope["path"]
+        message = await receive()
+        self.bodies.append(message["body"])
+        self.asked.append(path)
+        status, body, headers = 200, b"", PROTOBUF
+        if path == "/v1/fleet/pull-messages":
+            body = PullMessagesResponse(messages_list=[MessageProto()] * self.queued["fleet"]).SerializeToString()
+        elif path == "/v1/runtime/pull-messages":
+            body = PullAppMessagesResponse(messages_list=[MessageProto()] * self.queued["runtime"]).SerializeToString()
+        elif path == "/v1/runtime/push-messages":
+            status = self.push_status
+            self.queued["fleet"] += status == 200
+        elif path == "/v1/fleet/push-messages":
+            self.queued["runtime"] += 1
+        elif path == "/v1/fleet/pull-object":
+            status, headers = 503, [(b"content-type", b"text/plain")]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def call(app, path: str, body: bytes = b"signed request") -> tuple[int, bytes]:
+    chunks = [body[i : i + 4] for i in range(0, len(body), 4)] or [b""]
+    pending = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+
+    async def receive():
+        if pending:
+            return pending.pop(0)
+        await asyncio.sleep(3600)  # no disconnect
+
+    out: dict = {"body": b""}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            out["status"] = message["status"]
+        else:
+            out["body"] += message.get("body", b"")
+
+    await app({"type": "http", "method": "POST", "path": path, "headers": []}, receive, send)
+    return out["status"], out["body"]
+
+
+def count(answer_type, body: bytes) -> int:
+    return len(answer_type.FromString(body).messages_list)
+
+
+def test_a_clinic_pull_is_held_until_the_serverapp_pushes_then_answered_at_once():
+    async def scenario():
+        link, bell = Link(), Bell()
+        app = LongPoll(link, bell, hold_s=30.0)
+        started = time.monotonic()
+        pull = asyncio.create_task(call(app, "/v1/fleet/pull-messages"))
+        await asyncio.sleep(0.3)
+        assert not pull.done()  # nothing to deliver yet: held, not answered empty
+        assert await call(app, "/v1/runtime/push-messages") == (200, b"")
+        status, body = await asyncio.wait_for(pull, 5)
+        assert status == 200 and count(PullMessagesResponse, body) == 1
+        assert time.monotonic() - started < 10  # answered on the push, not after the 30 s hold
+        # the same signed request, whole, each time Flower was asked
+        assert link.bodies[0] == b"signed request" and link.bodies.count(b"signed request") == 3
+        assert link.asked.count("/v1/fleet/pull-messages") == 2
+
+    asyncio.run(scenario())
+
+
+def test_the_serverapp_pull_waits_for_a_clinic_reply_not_for_its_own_pushes():
+    async def scenario():
+        link, bell = Link(), Bell()
+        app = LongPoll(link, bell, hold_s=30.0)
+        pull = asyncio.create_task(call(app, "/v1/runtime/pull-messages"))
+        await asyncio.sleep(0.2)
+        await call(app, "/v1/runtime/push-messages")  # the ServerApp's own push: no reply yet
+        await asyncio.sleep(0.2)
+        assert not pull.done()
+        await call(app, "/v1/fleet/push-messages")  # a clinic's reply
+        status, body = await asyncio.wait_for(pull, 5)
+        assert status == 200 and count(PullAppMessagesResponse, body) == 1
+
+    asyncio.run(scenario())
+
+
+def test_an_empty_answer_goes_back_after_the_hold_and_a_refused_push_wakes_nobody():
+    async def scenario():
+        link, bell = Link(), Bell()
+        link.push_status = 403
+        app = LongPoll(link, bell, hold_s=0.5)
+        pull = asyncio.create_task(call(app, "/v1/fleet/pull-messages"))
+        await asyncio.sleep(0.1)
+        assert (await call(app, "/v1/runtime/push-messages"))[0] == 403
+        started = time.monotonic()
+        status, body = await asyncio.wait_for(pull, 5)
+        assert status == 200 and count(PullMessagesResponse, body) == 0  # the empty answer, after the hold
+        assert time.monotonic() - started > 0.2
+        assert bell.rings == {"runtime": 0, "fleet": 0}
+
+    asyncio.run(scenario())
+
+
+def test_messages_errors_and_other_routes_pass_straight_through():
+    async def scenario():
+        link, bell = Link(), Bell()
+        app = LongPoll(link, bell, hold_s=30.0)
+        link.queued["fleet"] = 2
+        status, body = await asyncio.wait_for(call(app, "/v1/fleet/pull-messages"), 5)
+        assert status == 200 and count(PullMessagesResponse, body) == 2
+        assert await asyncio.wait_for(call(app, "/v1/fleet/pull-object", b"x" * 10), 5) == (503, b"")
+        assert link.bodies[-1] == b"x" * 10  # a body sent in pieces reaches Flower whole
+        assert bell.rings == {"runtime": 0, "fleet": 0}
+
+    asyncio.run(scenario())
