@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
             )
         )
-    asyncio.run(_serve_all(servers))
+    asyncio.run(_serve_all(servers, bell))
 
 
 STATE_BUSY_TIMEOUT_MS = 60_000
@@ -220,10 +220,18 @@ class _Server:
         self.server.should_exit = True
 
 
-async def _serve_all(servers: list[_Server]) -> None:
+async def _serve_all(servers: list[_Server], bell=None) -> None:
     loop = asyncio.get_running_loop()
+
+    def stop_all() -> None:
+        for server in servers:
+            server.stop()
+        if bell is not None:  # held pulls answered now: uvicorn waits for open requests
+            closing.append(loop.create_task(bell.close()))
+
+    closing: list[asyncio.Task] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: [s.stop() for s in servers])
+        loop.add_signal_handler(sig, stop_all)
     control, *others = servers
     control_task = asyncio.create_task(control.server.serve())
     while not control.server.started:  # Flower's lifespan (state, SuperExec) first
@@ -233,8 +241,7 @@ async def _serve_all(servers: list[_Server]) -> None:
         await asyncio.sleep(0.05)
     tasks = {control_task, *(asyncio.create_task(s.server.serve()) for s in others)}
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    for server in servers:  # one door down: close them all
-        server.stop()
+    stop_all()  # one door down: close them all
     await asyncio.gather(*tasks, return_exceptions=True)
     if not all(s.server.started for s in servers) or any(t.exception() for t in done):
         sys.exit(1)

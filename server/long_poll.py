@@ -47,6 +47,7 @@ class Bell:
 
     def __init__(self) -> None:
         self.rings = {RUNTIME: 0, FLEET: 0}
+        self.closed = False
         self._changed: asyncio.Condition | None = None
 
     def _condition(self) -> asyncio.Condition:
@@ -59,15 +60,25 @@ class Bell:
         async with self._condition():
             self._condition().notify_all()
 
+    async def close(self) -> None:
+        """The doors are shutting down: every held pull is answered now, and none is held
+        again (a server stopping waits for its open requests)."""
+        self.closed = True
+        async with self._condition():
+            self._condition().notify_all()
+
     async def wait_past(self, side: str, seen: int, timeout: float) -> bool:
-        """Wait until `side` has rung more than `seen` times; False after `timeout` s."""
+        """Wait until `side` has rung more than `seen` times; False after `timeout` s or
+        once the doors are closing."""
+        if self.closed:
+            return False
         condition = self._condition()
         async with condition:
             try:
-                await asyncio.wait_for(condition.wait_for(lambda: self.rings[side] > seen), timeout)
+                await asyncio.wait_for(condition.wait_for(lambda: self.closed or self.rings[side] > seen), timeout)
             except TimeoutError:
                 return False
-        return True
+        return not self.closed
 
 
 def _empty(answer_type, status: int, headers: list, body: bytes) -> bool:

@@ -137,3 +137,19 @@ def test_messages_errors_and_other_routes_pass_straight_through():
         assert bell.rings == {"runtime": 0, "fleet": 0}
 
     asyncio.run(scenario())
+
+
+def test_closing_the_doors_answers_held_pulls_at_once_and_holds_no_more():
+    async def scenario():
+        link, bell = Link(), Bell()
+        app = LongPoll(link, bell, hold_s=30.0)
+        pull = asyncio.create_task(call(app, "/v1/runtime/pull-messages"))
+        await asyncio.sleep(0.2)
+        assert not pull.done()
+        await bell.close()  # the SuperLink is stopping: uvicorn waits for open requests
+        status, body = await asyncio.wait_for(pull, 5)
+        assert status == 200 and count(PullAppMessagesResponse, body) == 0
+        status, body = await asyncio.wait_for(call(app, "/v1/fleet/pull-messages"), 5)  # not held
+        assert status == 200 and count(PullMessagesResponse, body) == 0
+
+    asyncio.run(scenario())
