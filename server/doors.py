@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
         _Server(
             uvicorn.Config(
-                FleetOnly(LongPoll(app, bell)),
+                FleetOnly(LongPoll(app, bell, whole_bodies=False)),  # bodies read only after Flower's checks
                 host=args.public_host,
                 port=args.public_port,
                 lifespan="off",

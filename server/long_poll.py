@@ -14,12 +14,16 @@ to `HOLD_S` and asked again, unchanged, as soon as a `push-messages` from the ot
 has been stored (the ServerApp's instructions for the clinics' pulls, a clinic's reply
 for the ServerApp's pull), counted by a `Bell` shared by the doors of one process. An
 answer with messages, an error, or one that is not Flower's protobuf passes through
-untouched; so does every other route. Callers see an ordinary (if later) answer: Flower's
-clients wait 30 s for one, and the request is the same signed request, re-checked by
-Flower each time (its signature stays valid for 5 minutes).
+untouched; so does every other route. At the doors whose callers are trusted (the control
+doors), request bodies are handed to Flower whole; at the clinics' door a body is read only
+by Flower, after its own checks, except a pull's (at most `PULL_BODY_LIMIT`). Callers see
+an ordinary (if later) answer: Flower's clients wait 30 s for one, and the request is the
+same signed request, re-checked by Flower each time (its signature stays valid for 5
+minutes).
 
-    parameters: HOLD_S (longest hold, seconds); PULLS (route → the push side it waits for
-    and the protobuf answer to inspect); PUSHES (route → the side it rings).
+    parameters: HOLD_S (longest hold, seconds); PULL_BODY_LIMIT (bytes a held pull may
+    carry; larger ones are answered 413); PUSHES (route → the side it rings); `_answers()`
+    (pull route → the push side it waits for and the protobuf answer to inspect).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import asyncio
 import time
 
 HOLD_S = 2.0
+PULL_BODY_LIMIT = 1 << 20  # a pull request is a few hundred bytes
+TOO_LARGE = b"radfed: request body too large for this route\n"
 RUNTIME, FLEET = "runtime", "fleet"
 PUSHES = {"/v1/runtime/push-messages": RUNTIME, "/v1/fleet/push-messages": FLEET}
 
@@ -92,34 +98,53 @@ def _empty(answer_type, status: int, headers: list, body: bytes) -> bool:
         return False
 
 
-async def _read_body(receive) -> bytes:
-    chunks = []
+async def _read_body(receive, limit: int | None = None) -> bytes | None:
+    """The request's whole body; None as soon as it grows past `limit` bytes."""
+    chunks, size = [], 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
             break
         chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if limit is not None and size > limit:
+            return None
         if not message.get("more_body"):
             break
     return b"".join(chunks)
 
 
+async def _too_large(send) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(TOO_LARGE)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": TOO_LARGE})
+
+
 class LongPoll:
     """ASGI wrapper: empty `pull-messages` answers are held until a push or `HOLD_S`."""
 
-    def __init__(self, app, bell: Bell, hold_s: float = HOLD_S) -> None:
+    def __init__(self, app, bell: Bell, hold_s: float = HOLD_S, whole_bodies: bool = True) -> None:
         self.app, self.bell, self.hold_s = app, bell, hold_s
+        self.whole_bodies = whole_bodies
         self.pulls = _answers()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # The whole body first: Flower reads it whole anyway, and handed over in one piece it
-        # does not crawl through its two streaming middlewares 64 KB at a time.
-        body = await _read_body(receive)
         path = scope.get("path", "")
         if path not in self.pulls:
+            if self.whole_bodies:
+                # The whole body first: Flower reads it whole anyway, and handed over in one
+                # piece it does not crawl through its two streaming middlewares 64 KB at a
+                # time. Only at doors whose callers are trusted (see server.doors): before
+                # Flower has checked a caller, its body is not read at all.
+                receive = _replay(await _read_body(receive), receive)
             noted: list[int] = []
 
             async def noting_send(message):
@@ -127,9 +152,13 @@ class LongPoll:
                     noted.append(message["status"])
                 await send(message)
 
-            await self.app(scope, _replay(body, receive), noting_send)
+            await self.app(scope, receive, noting_send)
             if path in PUSHES and noted and noted[0] == 200:
                 await self.bell.ring(PUSHES[path])
+            return
+        body = await _read_body(receive, PULL_BODY_LIMIT)
+        if body is None:
+            await _too_large(send)
             return
         side, answer_type = self.pulls[path]
         deadline = time.monotonic() + self.hold_s

@@ -49,7 +49,8 @@ class Link:
 
 
 async def call(app, path: str, body: bytes = b"signed request") -> tuple[int, bytes]:
-    chunks = [body[i : i + 4] for i in range(0, len(body), 4)] or [b""]
+    step = max(4, len(body) // 8)  # a body arrives in pieces, as over a socket
+    chunks = [body[i : i + step] for i in range(0, len(body), step)] or [b""]
     pending = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
 
     async def receive():
@@ -151,5 +152,18 @@ def test_closing_the_doors_answers_held_pulls_at_once_and_holds_no_more():
         assert status == 200 and count(PullAppMessagesResponse, body) == 0
         status, body = await asyncio.wait_for(call(app, "/v1/fleet/pull-messages"), 5)  # not held
         assert status == 200 and count(PullMessagesResponse, body) == 0
+
+    asyncio.run(scenario())
+
+
+def test_the_clinics_door_leaves_bodies_to_flower_and_refuses_an_oversized_pull():
+    async def scenario():
+        link, bell = Link(), Bell()
+        app = LongPoll(link, bell, hold_s=30.0, whole_bodies=False)
+        await asyncio.wait_for(call(app, "/v1/fleet/pull-object", b"x" * 10), 5)
+        assert link.bodies[-1] == b"xxxx"  # streamed: Flower reads it (after its own checks)
+        status, body = await asyncio.wait_for(call(app, "/v1/fleet/pull-messages", b"y" * (2 << 20)), 5)
+        assert status == 413 and b"too large" in body
+        assert "/v1/fleet/pull-messages" not in link.asked  # never reached Flower
 
     asyncio.run(scenario())
