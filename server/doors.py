@@ -38,6 +38,8 @@ import signal
 import ssl
 import sys
 
+from server.long_poll import Bell, LongPoll, send_plain
+
 PUBLIC_PREFIX = "/v1/fleet/"
 PUBLIC_EXACT = frozenset({"/health"})
 REFUSED_BODY = b"radfed: not served on the clinics' door (Fleet API only)\n"
@@ -67,14 +69,7 @@ class FleetOnly:
         if scope["type"] == "lifespan":  # the control door owns Flower's lifespan
             return
         if scope["type"] == "http":
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 404,
-                    "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(REFUSED_BODY)).encode())],
-                }
-            )
-            await send({"type": "http.response.body", "body": REFUSED_BODY})
+            await send_plain(send, 404, REFUSED_BODY)
 
 
 def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -102,7 +97,6 @@ def main(argv: list[str] | None = None) -> None:
     from flwr.superlink.main import create_app
 
     from radfed.flower_env import timestamped_flower_logs
-    from server.long_poll import Bell, LongPoll
 
     args, flower_args = _parse(list(sys.argv[1:] if argv is None else argv))
     timestamped_flower_logs()

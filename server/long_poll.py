@@ -114,15 +114,16 @@ async def _read_body(receive, limit: int | None = None) -> bytes | None:
     return b"".join(chunks)
 
 
-async def _too_large(send) -> None:
+async def send_plain(send, status: int, body: bytes) -> None:
+    """Answer an ASGI request here, before Flower: `status` with a short plain-text body."""
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(TOO_LARGE)).encode())],
+            "status": status,
+            "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())],
         }
     )
-    await send({"type": "http.response.body", "body": TOO_LARGE})
+    await send({"type": "http.response.body", "body": body})
 
 
 class LongPoll:
@@ -158,7 +159,7 @@ class LongPoll:
             return
         body = await _read_body(receive, PULL_BODY_LIMIT)
         if body is None:
-            await _too_large(send)
+            await send_plain(send, 413, TOO_LARGE)
             return
         side, answer_type = self.pulls[path]
         deadline = time.monotonic() + self.hold_s
