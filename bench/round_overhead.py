@@ -14,7 +14,10 @@ the same number of training images, the same rounds, run
 
 interleaved A, B, A, B, ... (`--repeats` of each), so that load on the machine hits both
 alike. Per-round wall time: radfed's round rows (`duration_s`, from one checkpoint to the
-next), the Flower app's from its own timestamps (evaluate_fn runs once per round). radfed's
+next; round 1 from Flower's evaluate_fn call for round 0, when the strategy starts), the
+Flower app's from its own timestamps (evaluate_fn runs once per round, and for round 0),
+so both count round 1 from the same point. radfed's set-up before round 1 (ServerApp
+start-up, initial model, roll call) is reported apart, `radfed_run_setup_s`. radfed's
 clinics log their ClientApp's time (client_node/app.py: data, model, evaluation of the
 received model, training) and each whole task (client_node/worker.py); a round's overhead
 is its wall time minus the slowest clinic's ClientApp time in that round (the final
@@ -47,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,12 +180,15 @@ def radfed_times(work: Path, names: list[str], rounds: int) -> dict:
     counts each clinic's whole worker task instead: also receiving the model from its
     SuperNode and sending the update back, the transfer part of a round."""
     with sqlite3.connect(work / "radfed.db") as db:
-        durations = dict(
-            db.execute(
-                "SELECT server_round, duration_s FROM round_results WHERE duration_s IS NOT NULL ORDER BY server_round"
-            )
-        )
+        rows = db.execute(
+            "SELECT server_round, duration_s, created_at FROM round_results WHERE duration_s IS NOT NULL"
+        ).fetchall()
+        (started,) = db.execute("SELECT started_at FROM runs").fetchone()
+    durations = {r: d for r, d, _ in rows}
     walls = [durations[r] for r in range(1, rounds + 1)]
+    # the run's set-up before round 1 (ServerApp start-up, initial model, roll call)
+    first_done = next(datetime.fromisoformat(at) for r, _, at in rows if r == 1)
+    setup = (first_done - datetime.fromisoformat(started)).total_seconds() - durations[1]
     slowest_app, slowest_task = [0.0] * rounds, [0.0] * rounds
     for name in names:
         text = (work / "logs" / f"{name}.log").read_text(errors="replace")
@@ -203,6 +210,7 @@ def radfed_times(work: Path, names: list[str], rounds: int) -> dict:
         "clinic_task_s": slowest_task,
         "overhead_s": [r - t for r, t in zip(walls, slowest_app)],
         "overhead_beyond_tasks_s": [r - t for r, t in zip(walls, slowest_task)],
+        "setup_s": [setup],
         "train_images": int(images[0]) if images else None,
     }
 
@@ -468,12 +476,13 @@ def _summary(runs: list[dict], prefix: str) -> dict:
         f"{prefix}overhead_beyond_tasks_s_per_round": _spread(
             [statistics.mean(r["overhead_beyond_tasks_s"]) for r in runs]
         ),
+        f"{prefix}run_setup_s": _spread([r["setup_s"][0] for r in runs if r.get("setup_s")]),
     }
 
 
 def _raw(runs: list[dict]) -> list[dict]:
-    keys = ("round_s", "clinic_app_s", "clinic_task_s", "overhead_s", "overhead_beyond_tasks_s")
-    return [{k: [round(x, 2) for x in r[k]] for k in keys} for r in runs]
+    keys = ("round_s", "clinic_app_s", "clinic_task_s", "overhead_s", "overhead_beyond_tasks_s", "setup_s")
+    return [{k: [round(x, 2) for x in r[k]] for k in keys if k in r} for r in runs]
 
 
 def main() -> None:

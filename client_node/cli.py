@@ -55,8 +55,12 @@ def start(
     ] = None,
     local_port: Annotated[int, typer.Option(help="Port of the node's local ClientApp API (0: any free).")] = 0,
     isolation: Annotated[
-        str, typer.Option(help="worker: one warm ClientApp process (fast); subprocess: Flower's process per message.")
-    ] = "worker",
+        str,
+        typer.Option(
+            help="thread: the warm ClientApp inside the SuperNode process (fastest); worker: a warm ClientApp "
+            "process beside it (a crash spares the SuperNode); subprocess: Flower's process per message."
+        ),
+    ] = "thread",
     threads: Annotated[int, typer.Option(help="CPU threads for training (0: all cores).")] = 0,
     workers: Annotated[int, typer.Option(help="Processes decoding DICOM in parallel.")] = 1,
     home: Annotated[Path | None, typer.Option(help="Folder for node state (default ~/.radfed/nodes).")] = None,
@@ -97,8 +101,8 @@ def start(
         isolation,
         data_options=local,
     )
-    if isolation not in ("worker", "subprocess"):
-        _fail(f"--isolation must be worker or subprocess, not {isolation!r}", 2)
+    if isolation not in ("thread", "worker", "subprocess"):
+        _fail(f"--isolation must be thread, worker or subprocess, not {isolation!r}", 2)
     try:
         opts = check(opts)
     except NodeError as e:

@@ -54,7 +54,7 @@ class NodeOptions:
     home: Path | None = None
     fault: str = ""
     approve_apps: list[str] = field(default_factory=list)
-    isolation: str = "worker"  # "worker": one warm ClientApp process; "subprocess": Flower's
+    isolation: str = "thread"  # the warm ClientApp in the SuperNode ("thread"), beside it ("worker"), or Flower's
     data_options: dict = field(default_factory=dict)  # the clinic's own (radfed.data.options.CLINIC_KEYS)
     labels_from: str = ""  # where the labels come from, in words (set by check)
 
@@ -208,7 +208,7 @@ def supernode_command(opts: NodeOptions) -> list[str]:
         "--port",
         str(opts.local_port),
     ]
-    if opts.isolation == "worker":
+    if opts.isolation in ("thread", "worker"):
         cmd += ["--isolation", "process"]  # client_node/worker.py serves the ClientApp tasks
     if opts.insecure:
         return cmd + ["--insecure"]
@@ -267,6 +267,7 @@ def run_supernode(opts: NodeOptions, report=print, say=None) -> int:
     ClientApp it starts passes the app gate first (only approved bundles run).
     """
     from client_node.app_guard import APPROVED_ENV, approved_hashes, write_shim
+    from client_node.supernode import IN_PROCESS_ENV
 
     said: list[str] = []
 
@@ -279,6 +280,7 @@ def run_supernode(opts: NodeOptions, report=print, say=None) -> int:
     env = flower_env(opts.node_home / "flwr")
     env["PATH"] = f"{shim_dir}:{env['PATH']}"
     env[APPROVED_ENV] = ",".join(sorted(approved_hashes(opts.approve_apps)))
+    env[IN_PROCESS_ENV] = "1" if opts.isolation == "thread" else "0"
     session = opts.node_home / "session"  # exists while a SuperNode of this clinic may hold one
     crashed = session.exists()  # the previous `client-node start` did not end cleanly
     session.write_text(str(os.getpid()))

@@ -91,11 +91,24 @@ def install(module: ModuleType | None = None) -> Pacing:
     return pacing
 
 
+IN_PROCESS_ENV = "RADFED_CLIENTAPP_IN_PROCESS"  # "1": serve ClientApp tasks from a thread here
+
+
 def main() -> None:
+    import os
+
     from radfed.flower_env import timestamped_flower_logs
 
     timestamped_flower_logs()
     install()
+    if os.environ.get(IN_PROCESS_ENV) == "1":
+        from client_node.app_guard import approved_from_env
+        from client_node.direct_runtime import capture_state_factory
+        from client_node.worker import log_to_stderr, start_in_supernode
+
+        log_to_stderr()
+        approved = approved_from_env()
+        capture_state_factory(lambda factory: start_in_supernode(factory, approved))
     from flwr.supernode.cli import flower_supernode
 
     sys.argv[0] = "flower-supernode"

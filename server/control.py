@@ -8,9 +8,6 @@ blocks.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,28 +23,29 @@ class ControlClient:
     address: str
     root_certificates: Path | None = None
     insecure: bool = False
-    flwr_home: Path | None = None
     credential: Path | None = None  # client certificate for a remote control door (mutual TLS)
+    timeout: float = 30.0  # seconds a call may wait for its answer
 
     def _client(self):
-        from flwr.cli.typing import SuperLinkConnection
-        from flwr.cli.utils import init_http_client_from_connection
+        """Flower's Control API client with the interceptors `flwr` uses (Flower's CLI
+        helper would add account login, which this SuperLink does not run)."""
+        from flwr.cli.cli_client_interceptor import CliClientHttpInterceptor
+        from flwr.supercore.control import ControlHttpClient
+        from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
 
-        if self.credential:
-            from server.control_tls import use_credential
+        from server.control_tls import tls_context
 
-            use_credential(Path(self.credential))
-        if self.flwr_home:
-            self.flwr_home.mkdir(parents=True, exist_ok=True)
-            os.environ["FLWR_HOME"] = str(self.flwr_home)
-        conn = SuperLinkConnection(
-            name="radfed",
-            address=self.address,
-            insecure=self.insecure,
-            root_certificates=None if self.insecure else str(Path(self.root_certificates).resolve()),
+        if self.insecure:
+            url, verify = f"http://{self.address}", False
+        else:
+            credential = Path(self.credential).resolve() if self.credential else None
+            url, verify = f"https://{self.address}", tls_context(Path(self.root_certificates).resolve(), credential)
+        return ControlHttpClient(
+            url,
+            interceptors=[CliClientHttpInterceptor(), RuntimeVersionHttpInterceptor(component_name="flwr CLI")],
+            verify=verify,
+            timeout=self.timeout,
         )
-        with contextlib.redirect_stdout(io.StringIO()):  # "Using SuperLink: ..." banner
-            return init_http_client_from_connection(conn)
 
     def _call(self, method: str, request):
         client = None
@@ -86,6 +84,29 @@ class ControlClient:
 
         res = self._call("ListNodes", ListNodesRequest())
         return {int(n.node_id): str(n.status) for n in res.nodes_info}
+
+    def run_status(self, run_id: int | str) -> str | None:
+        """Flower's status of one run ("running", "finished:failed", ...), "" if Flower does
+        not know it, None if the SuperLink did not answer (within `timeout`, or with an
+        error of its own: a loaded SuperLink is slow, not a lost run)."""
+        import httpx
+        from flwr.proto.control_pb2 import ListRunsRequest
+
+        client = None
+        try:
+            client = self._client()
+            res = client.ListRuns(ListRunsRequest(run_id=int(run_id)))
+        except httpx.HTTPStatusError as err:
+            return "" if err.response.status_code == 404 else None
+        except httpx.HTTPError:
+            return None
+        finally:
+            if client is not None:
+                client.close()
+        for run in res.run_dict.values():
+            status = run.status
+            return f"{status.status}:{status.sub_status}" if status.sub_status else status.status
+        return ""
 
     def runs(self) -> dict[int, str]:
         """Run id → Flower's status ("running", "finished:failed", ...) of every run it knows."""

@@ -23,6 +23,19 @@ def key_of(cert: Path) -> Path:
     return cert.with_suffix(".key")
 
 
+def tls_context(root_certificates: bytes | str | Path | None, credential: Path | None = None) -> ssl.SSLContext:
+    """A client TLS context trusting `root_certificates` (a PEM file's path or its bytes;
+    None: the system's), presenting `credential` (and the key beside it) if given."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    if isinstance(root_certificates, (str, Path)):
+        context.load_verify_locations(cafile=str(root_certificates))
+    elif root_certificates is not None:
+        context.load_verify_locations(cadata=root_certificates.decode("ascii"))
+    if credential is not None:
+        context.load_cert_chain(str(credential), str(key_of(credential)))
+    return context
+
+
 def use_credential(cert: Path | None = None) -> bool:
     """Present `cert` (or $RADFED_CONTROL_CERT) on every Control API connection; False if none."""
     path = cert or (Path(os.environ[CERT_ENV]) if os.environ.get(CERT_ENV) else None)
@@ -35,12 +48,7 @@ def use_credential(cert: Path | None = None) -> bool:
     def from_server_address(cls, server_address, insecure, root_certificates, interceptors, *, retry_invoker=None):
         if insecure:
             return original(cls, server_address, insecure, root_certificates, interceptors, retry_invoker=retry_invoker)
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-        if isinstance(root_certificates, str):
-            context.load_verify_locations(cafile=root_certificates)
-        elif root_certificates is not None:
-            context.load_verify_locations(cadata=root_certificates.decode("ascii"))
-        context.load_cert_chain(str(path), str(key_of(path)))
+        context = tls_context(root_certificates, path)
         return cls(f"https://{server_address}", interceptors=interceptors, verify=context, retry_invoker=retry_invoker)
 
     ProtobufClient.from_server_address = classmethod(from_server_address)  # type: ignore[method-assign]

@@ -96,11 +96,11 @@ def enrol_demo_clinics(work: Path, names: list[str], address: str, store) -> tup
     return certs, bundles
 
 
-def wait_registered(address: str, ca_cert: Path, count: int, flwr_home: Path, timeout: float = 60) -> None:
+def wait_registered(address: str, ca_cert: Path, count: int, timeout: float = 60) -> None:
     """Block until the SuperLink's supervisor has registered `count` clinic keys."""
     from server.control import ControlClient, ControlError
 
-    control = ControlClient(address, ca_cert, flwr_home=flwr_home)
+    control = ControlClient(address, ca_cert)
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -162,7 +162,7 @@ def run_demo(opts: DemoOptions, console: Console) -> int:
         )
         _wait_reachable(address, procs[0], link_log)
         _wait_reachable(control, procs[0], link_log)
-        wait_registered(control, certs.ca_cert, len(names), work / "flwr" / "control")
+        wait_registered(control, certs.ca_cert, len(names))
         for name, folder, bundle in zip(names, folders, bundles):
             procs.append(
                 _spawn(

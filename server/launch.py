@@ -2,8 +2,10 @@
 
 `flwr run` (Flower's own CLI) packs radfed's thin app bundle and submits it; radfed
 writes the connection it needs into its own FLWR_HOME, then follows the run through
-the database the ServerApp writes (rounds as a progress bar) and through `flwr ls`
-(for a ServerApp that died before it could write anything).
+the database the ServerApp writes (rounds as a progress bar) and through Flower's own
+view of the run (for a ServerApp that died before it could write anything), asked over
+the Control API from this process: a `flwr ls` process would cost 1-2 s of CPU at every
+look, taken from the clinics and the SuperLink when they share the machine.
 """
 
 from __future__ import annotations
@@ -79,6 +81,13 @@ class Connection:
             timeout=timeout,
         )
 
+    def control(self, timeout: float = 60):
+        """This connection's Control API, asked from this process (server.control)."""
+        from server.control import ControlClient
+
+        root = None if self.insecure or not self.root_certificates else Path(self.root_certificates)
+        return ControlClient(self.address, root, self.insecure, credential=self.credential, timeout=timeout)
+
 
 def _toml_string(value: str) -> str:
     return json.dumps(value)  # JSON string escapes are valid TOML basic-string escapes
@@ -131,16 +140,11 @@ def _json_reply(stdout: str) -> dict:
         return {}
 
 
-def flower_status(conn: Connection, run_id: str) -> str | None:
-    """Flower's own view of a run ("running", "finished:failed", ...), "" if Flower does
-    not know it, or None if it could not be asked (`flwr ls` timed out: a loaded
-    SuperLink is slow, not a lost run)."""
-    try:
-        proc = conn.flwr("ls", CONNECTION, "--run-id", run_id, "--format", "json", timeout=60)
-    except subprocess.TimeoutExpired:
-        return None
-    runs = _json_reply(proc.stdout).get("runs", [])
-    return str(runs[0].get("status", "")) if runs else ""
+def flower_status(conn: Connection, run_id: str, timeout: float = 60) -> str | None:
+    """Flower's own view of a run ("running", "finished:failed", ... as `flwr ls` prints
+    it), "" if Flower does not know it, or None if it could not be asked (no answer in
+    `timeout` seconds: a loaded SuperLink is slow, not a lost run)."""
+    return conn.control(timeout).run_status(run_id)
 
 
 def stop(conn: Connection, run_id: str) -> None:
@@ -159,8 +163,8 @@ def follow(
     """
     from server.reconcile import stale_reason
 
-    if flower_every is None:  # each look costs a `flwr` process (~1 s of CPU)
-        flower_every = float(os.environ.get("RADFED_FOLLOW_EVERY", "15"))
+    if flower_every is None:  # a look is one Control API request from this process
+        flower_every = float(os.environ.get("RADFED_FOLLOW_EVERY", "5"))
 
     columns = (
         TextColumn("[bold]run {task.fields[run]}"),

@@ -110,7 +110,7 @@ class RunRecorder:
         self.stopped_at: int | None = None  # early stopping made this round the last
         self._evaluated = 0  # the newest round whose model has pooled figures
         self.pooled: dict[int, dict[str, float | None]] = {}
-        self._round_started = time.monotonic()
+        self._round_started = time.monotonic()  # reset when round 1 starts (checkpoint(0))
         self.frozen, self.key_order = frozen or {}, key_order
         self.normalisation = normalisation
         self.offset = round_offset  # a resumed run: the strategy's round 1 is round offset + 1
@@ -401,6 +401,10 @@ class RunRecorder:
         """Flower's evaluate_fn: runs at the end of every round; round 0 is skipped, and so
         are the rounds Flower still loops through after an early stop."""
         if server_round == 0:  # the initial model (a resumed run's is already checkpointed)
+            # Flower calls this once before round 1: the ServerApp's start-up (imports, the
+            # initial model, the clinics' roll call) is the run's, not round 1's
+            log.info("run set-up took %.1f s before round %d", time.monotonic() - self._round_started, self.offset + 1)
+            self._round_started = time.monotonic()
             return None
         server_round += self.offset
         if self.stopped_at is not None and server_round > self.stopped_at:

@@ -211,7 +211,6 @@ def _supervisor(opts: SuperLinkOptions, reconcile_every: int = 5):
         opts.control,
         opts.cert_paths.ca_cert,
         insecure=opts.insecure,
-        flwr_home=(opts.flwr_home or radfed_home() / "superlink") / "control",
     )
     store = Store(opts.db)
     enrolment = None if opts.insecure else Enrolment(Registry(store), control)

@@ -137,7 +137,7 @@ class Federation:
         """The SuperLink's view of every registered node key (Control API)."""
         from server.control import ControlClient
 
-        return ControlClient(self.control, self.certs / "ca.crt", flwr_home=self.work / "control").nodes()
+        return ControlClient(self.control, self.certs / "ca.crt").nodes()
 
     def wait_for(self, condition, what: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

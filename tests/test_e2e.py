@@ -6,7 +6,9 @@ tests/test_strategies_e2e.py.)
 
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -84,10 +86,12 @@ def test_exports_as_they_come_join_with_their_own_names_for_labels(tmp_path, fed
         writer = csv.writer(fh, delimiter=";")
         writer.writerow(["sop_uid", "Diagnosis"])
         writer.writerows([key, {"normal": "0", "opacity": "1"}[label]] for key, label in rows)
-    federation.start_clinic(
+    threaded = federation.start_clinic(
         "clinic-1", folders, "", None, "--label-map", "no finding=normal", "--label-map", "pneumonia=opacity"
     )
-    federation.start_clinic("clinic-2", numeric, "", None, "--label-map", "0=normal", "--label-map", "1=opacity")
+    beside = federation.start_clinic(  # the ClientApp in a worker process beside the SuperNode
+        "clinic-2", numeric, "", None, "--label-map", "0=normal", "--label-map", "1=opacity", "--isolation", "worker"
+    )
     spec_file = tmp_path / "exp.toml"
     spec_file.write_text(spec_to_toml(_spec(name="as-exported", rounds=1)))
     db = f"sqlite:///{tmp_path / 'radfed.db'}"
@@ -98,3 +102,24 @@ def test_exports_as_they_come_join_with_their_own_names_for_labels(tmp_path, fed
     entry = Store(db).leaderboard()[0]
     trained = sorted(c["clinic"] for c in entry["clinics"] if c["phase"] == "train")
     assert trained == ["clinic-1", "clinic-2"], entry["clinics"]
+    # both ways of serving the ClientApp trained: inside clinic-1's SuperNode, beside clinic-2's
+    assert not _worker_processes(threaded.pid) and len(_worker_processes(beside.pid)) == 1
+    logs = {name: (federation.work / "logs" / f"{name}.log").read_text() for name in ("clinic-1", "clinic-2")}
+    assert "warm ClientApp worker ready (in the SuperNode process)" in logs["clinic-1"], logs["clinic-1"][-2000:]
+    assert "warm ClientApp worker ready (Runtime API" in logs["clinic-2"], logs["clinic-2"][-2000:]
+    for text in logs.values():
+        assert re.search(r"task \d+ completed in", text), text[-2000:]
+
+
+def _worker_processes(pid: int) -> list[int]:
+    """The `client_node.worker` processes under `pid`."""
+    from radfed.processes import descendants
+
+    found = []
+    for child in descendants(pid):
+        try:
+            if b"client_node.worker" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+        except OSError:
+            continue
+    return found

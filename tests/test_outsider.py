@@ -122,7 +122,7 @@ def test_flower_cli_from_the_public_door_gets_nothing(fed, tmp_path):
         assert proc.returncode != 0 or '"success": false' in text, (what, text[-800:])
         assert "node-id" not in text and '"runs"' not in text and '"nodes"' not in text, (what, text[-800:])
     with pytest.raises(ControlError):
-        ControlClient(fed.address, fed.certs / "ca.crt", flwr_home=tmp_path / "c").nodes()
+        ControlClient(fed.address, fed.certs / "ca.crt").nodes()
     assert set(fed.node_status()) == before  # nothing registered, nothing removed
     runs = Connection(fed.control, tmp_path / "flwr-ok", root_certificates=fed.certs / "ca.crt")
     listed = runs.flwr("ls", CONNECTION, "--format", "json", timeout=60)
@@ -134,7 +134,7 @@ def test_key_registered_behind_the_register_is_removed_and_alerted(fed, tmp_path
     other = Registry(Store(f"sqlite:///{tmp_path / 'other.db'}"))
     bundle = add_clinic(other, "clinic-1", fed.address, CertPaths(fed.certs), tmp_path / "rogue.radfed")
     rogue_key = other.clinic("clinic-1").public_key
-    control = ControlClient(fed.control, fed.certs / "ca.crt", flwr_home=tmp_path / "control")
+    control = ControlClient(fed.control, fed.certs / "ca.crt")
     rogue_id = control.register(rogue_key, "clinic-1")  # through the coordinator's own door
     registered_at = time.monotonic()
     fed.wait_for(
@@ -171,7 +171,7 @@ def test_forced_unregister_of_one_clinic_does_not_stop_revoking_another(fed, tmp
     node = lambda name: registry.clinic(name).node_id  # noqa: E731
     fed.wait_for(lambda: node("clinic-x") and node("clinic-y"), "both clinics to be registered")
     x_first = int(node("clinic-x"))
-    control = ControlClient(fed.control, fed.certs / "ca.crt", flwr_home=tmp_path / "control")
+    control = ControlClient(fed.control, fed.certs / "ca.crt")
     control.unregister(x_first)  # forced from behind the register's back
     assert cli("server.cli", "clinic", "revoke", "clinic-y", "--db", fed.db).returncode == 0
     y = int(node("clinic-y"))
@@ -268,7 +268,7 @@ def test_run_samples_only_the_register_and_names_clinics_by_key(tmp_path):
     try:
         fed.start_superlink("--sync-every", "3600")
         registry = Registry(Store(fed.db))
-        control = ControlClient(fed.control, fed.certs / "ca.crt", flwr_home=tmp_path / "control")
+        control = ControlClient(fed.control, fed.certs / "ca.crt")
         other = Registry(Store(f"sqlite:///{tmp_path / 'other.db'}"))
         certs = CertPaths(fed.certs)
         bundles = {
@@ -366,11 +366,11 @@ def test_remote_control_door_needs_a_credential_from_the_federation_ca(tmp_path)
         # no client certificate, or one from another CA: the TLS handshake fails
         for cert in (None, bad):
             with pytest.raises(ControlError):
-                ControlClient(remote, ca, flwr_home=tmp_path / "c0", credential=cert).nodes()
+                ControlClient(remote, ca, credential=cert).nodes()
         with pytest.raises(httpx.HTTPError):
             _post(remote, "/v1/control/list-nodes")
         # a coordinator credential works for the Control API and for `flwr` (run submission's path)
-        assert isinstance(ControlClient(remote, ca, flwr_home=tmp_path / "c1", credential=good).nodes(), dict)
+        assert isinstance(ControlClient(remote, ca, credential=good).nodes(), dict)
         listed = Connection(remote, tmp_path / "flwr", root_certificates=ca, credential=good).flwr(
             "ls", CONNECTION, "--format", "json", timeout=60
         )
