@@ -100,10 +100,14 @@ def serve_task(client, approved: set[str], times: dict | None = None, heartbeat_
     return status
 
 
-def serve_forever(acquirer, task_client, approved: set[str], where: str, poll: float = POLL_S) -> None:
+def serve_forever(
+    acquirer, task_client, approved: set[str], where: str, poll: float = POLL_S, pulls: tuple[float, float] = ()
+) -> None:
     """Acquire ClientApp tasks through `acquirer` forever and serve each through
     `task_client(token)`, which returns the task's client and its heartbeat function
-    (None: Flower's HTTP heartbeat)."""
+    (None: Flower's HTTP heartbeat). `pulls`: the first and longest pause between tries
+    for a chunk of the task's model the SuperNode is still downloading
+    (radfed.object_pulls; default: its pace for HTTP)."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
     from flwr.supercore.constant import TaskType
     from flwr.supernode.runtime import run_clientapp
@@ -111,7 +115,7 @@ def serve_forever(acquirer, task_client, approved: set[str], where: str, poll: f
     from radfed.object_pulls import quicker_object_pulls
 
     importlib.import_module("client_node.app")  # warm: torch, torchvision, the model code
-    quicker_object_pulls(run_clientapp)  # the task's model, fetched while the SuperNode downloads it
+    quicker_object_pulls(run_clientapp, *pulls)  # the task's model, fetched while the SuperNode downloads it
     log.info("warm ClientApp worker ready (%s)", where)
     while True:
         res = acquirer.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
@@ -155,6 +159,7 @@ def start_in_supernode(state_factory, approved: set[str], poll: float = IN_PROCE
     import threading
 
     from client_node.direct_runtime import DirectRuntime, heartbeat_fn
+    from radfed.object_pulls import IN_PROCESS_CAP_S, IN_PROCESS_FIRST_S
 
     def serve() -> None:
         try:
@@ -164,7 +169,8 @@ def start_in_supernode(state_factory, approved: set[str], poll: float = IN_PROCE
                 client = runtime.for_task(token)
                 return client, heartbeat_fn(client)
 
-            serve_forever(runtime, task_client, approved, "in the SuperNode process", poll)
+            pulls = (IN_PROCESS_FIRST_S, IN_PROCESS_CAP_S)  # a look in memory, not a request
+            serve_forever(runtime, task_client, approved, "in the SuperNode process", poll, pulls)
         except BaseException:  # noqa: BLE001 - a SuperNode without its ClientApp must not linger
             log.exception("the in-process ClientApp worker stopped; ending the SuperNode")
             os._exit(70)

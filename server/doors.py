@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     args, flower_args = _parse(list(sys.argv[1:] if argv is None else argv))
     timestamped_flower_logs()
     patient_state_database()
+    one_state_session_at_a_time()
     payloads_in_memory()
+    bodies_in_big_pieces()
     sys.argv = ["flower-superlink", *flower_args]
     config = flower._parse_superlink_lifespan_config()  # noqa: SLF001 - Flower's own parser
     app = create_app(config, flower.SuperLinkLifespan)
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
         _Server(
             uvicorn.Config(
-                FleetOnly(LongPoll(app, bell, whole_bodies=False)),  # bodies read only after Flower's checks
+                FleetOnly(LongPoll(app, bell, body_limit=FLEET_BODY_LIMIT)),
                 host=args.public_host,
                 port=args.public_port,
                 lifespan="off",
@@ -148,6 +150,57 @@ def main(argv: list[str] | None = None) -> None:
 
 
 STATE_BUSY_TIMEOUT_MS = 60_000
+FLEET_BODY_LIMIT = 32 << 20  # a clinic's largest request is one 5 MB chunk of a model (Flower's chunk size)
+BODY_BUFFER = 8 << 20  # request-body bytes uvicorn takes from a connection before the app asks for them
+
+
+def bodies_in_big_pieces(buffer: int = BODY_BUFFER) -> None:
+    """Let uvicorn read up to `buffer` bytes of a request body before pausing the connection.
+
+    uvicorn stops reading a connection once 64 KB of its request body wait for the app, and
+    resumes when the app takes them: a 5 MB model chunk then reaches Flower in some 80
+    hand-overs, each a trip through the event loop that every other transfer on this
+    SuperLink is queued behind (a clinic's upload of a ResNet18: 0.15 s per 5 MB waiting
+    for its body on 2 cores, 0.02 s with the whole chunk buffered). Flower reads every body
+    whole anyway; the clinics' door still refuses one over `FLEET_BODY_LIMIT` before Flower
+    reads it (server.long_poll), so one connection buffers at most `buffer` bytes.
+    """
+    from uvicorn.protocols.http import flow_control, h11_impl, httptools_impl
+
+    for module in (flow_control, h11_impl, httptools_impl):
+        if getattr(module, "HIGH_WATER_LIMIT", None) is None:
+            raise RuntimeError(f"{module.__name__} has no HIGH_WATER_LIMIT: this uvicorn is not the one radfed tunes")
+        module.HIGH_WATER_LIMIT = buffer
+
+
+def one_state_session_at_a_time() -> None:
+    """Let one thread at a time use Flower's SQLite state database in this process.
+
+    Flower serves each request from a thread pool, and each thread opens its own SQLite
+    connection: when two clinics upload their updates at once, their writes (a claimed
+    object, the traffic counter) collide on SQLite's single write lock, and the loser
+    sleeps in SQLite's busy handler (1 ms, then 2, 5, ... up to 100 ms at a time) instead
+    of waiting just for the other to finish. The SuperLink process is the database's only
+    user, so a lock around each outermost session costs nothing and removes the sleeps.
+    A session re-entered by the same thread (Flower nests them) takes the lock again.
+    """
+    import threading
+    from contextlib import contextmanager
+
+    from flwr.supercore import sql_mixin
+
+    session = sql_mixin.SqlMixin.session
+    if getattr(session, "radfed_one_at_a_time", False):
+        return
+    lock = threading.RLock()
+
+    @contextmanager
+    def one_at_a_time(self):
+        with lock, session(self) as opened:
+            yield opened
+
+    one_at_a_time.radfed_one_at_a_time = True  # type: ignore[attr-defined]
+    sql_mixin.SqlMixin.session = one_at_a_time  # type: ignore[method-assign]
 
 
 def patient_state_database() -> None:

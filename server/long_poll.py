@@ -14,15 +14,18 @@ to `HOLD_S` and asked again, unchanged, as soon as a `push-messages` from the ot
 has been stored (the ServerApp's instructions for the clinics' pulls, a clinic's reply
 for the ServerApp's pull), counted by a `Bell` shared by the doors of one process. An
 answer with messages, an error, or one that is not Flower's protobuf passes through
-untouched; so does every other route. At the doors whose callers are trusted (the control
-doors), request bodies are handed to Flower whole; at the clinics' door a body is read only
-by Flower, after its own checks, except a pull's (at most `PULL_BODY_LIMIT`). Callers see
+untouched; so does every other route. Request bodies are handed to Flower whole (it reads
+them whole anyway, before its own checks of the caller; in one piece they do not crawl
+through its streaming middlewares 64 KB at a time); at the clinics' door a body larger
+than `body_limit` is refused (413) before Flower reads any of it, and a pull's larger
+than `PULL_BODY_LIMIT` at every door. Callers see
 an ordinary (if later) answer: Flower's clients wait 30 s for one, and the request is the
 same signed request, re-checked by Flower each time (its signature stays valid for 5
 minutes).
 
-    parameters: HOLD_S (longest hold, seconds); PULL_BODY_LIMIT (bytes a held pull may
-    carry; larger ones are answered 413); PUSHES (route → the side it rings); `_answers()`
+    parameters: HOLD_S (longest hold, seconds); `body_limit` (bytes any request may carry
+    at this door, None: no limit); PULL_BODY_LIMIT (bytes a held pull may carry; larger
+    ones are answered 413); PUSHES (route → the side it rings); `_answers()`
     (pull route → the push side it waits for and the protobuf answer to inspect).
 """
 
@@ -129,9 +132,9 @@ async def send_plain(send, status: int, body: bytes) -> None:
 class LongPoll:
     """ASGI wrapper: empty `pull-messages` answers are held until a push or `HOLD_S`."""
 
-    def __init__(self, app, bell: Bell, hold_s: float = HOLD_S, whole_bodies: bool = True) -> None:
+    def __init__(self, app, bell: Bell, hold_s: float = HOLD_S, body_limit: int | None = None) -> None:
         self.app, self.bell, self.hold_s = app, bell, hold_s
-        self.whole_bodies = whole_bodies
+        self.body_limit = body_limit
         self.pulls = _answers()
 
     async def __call__(self, scope, receive, send) -> None:
@@ -140,12 +143,11 @@ class LongPoll:
             return
         path = scope.get("path", "")
         if path not in self.pulls:
-            if self.whole_bodies:
-                # The whole body first: Flower reads it whole anyway, and handed over in one
-                # piece it does not crawl through its two streaming middlewares 64 KB at a
-                # time. Only at doors whose callers are trusted (see server.doors): before
-                # Flower has checked a caller, its body is not read at all.
-                receive = _replay(await _read_body(receive), receive)
+            body = await _read_body(receive, self.body_limit)
+            if body is None:
+                await send_plain(send, 413, TOO_LARGE)
+                return
+            receive = _replay(body, receive)
             noted: list[int] = []
 
             async def noting_send(message):
@@ -157,7 +159,7 @@ class LongPoll:
             if path in PUSHES and noted and noted[0] == 200:
                 await self.bell.ring(PUSHES[path])
             return
-        body = await _read_body(receive, PULL_BODY_LIMIT)
+        body = await _read_body(receive, min(PULL_BODY_LIMIT, self.body_limit or PULL_BODY_LIMIT))
         if body is None:
             await send_plain(send, 413, TOO_LARGE)
             return

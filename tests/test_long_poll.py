@@ -156,14 +156,66 @@ def test_closing_the_doors_answers_held_pulls_at_once_and_holds_no_more():
     asyncio.run(scenario())
 
 
-def test_the_clinics_door_leaves_bodies_to_flower_and_refuses_an_oversized_pull():
+def test_the_clinics_door_hands_bodies_over_whole_and_refuses_oversized_ones_before_flower():
     async def scenario():
         link, bell = Link(), Bell()
-        app = LongPoll(link, bell, hold_s=30.0, whole_bodies=False)
-        await asyncio.wait_for(call(app, "/v1/fleet/pull-object", b"x" * 10), 5)
-        assert link.bodies[-1] == b"xxxx"  # streamed: Flower reads it (after its own checks)
-        status, body = await asyncio.wait_for(call(app, "/v1/fleet/pull-messages", b"y" * (2 << 20)), 5)
-        assert status == 413 and b"too large" in body
-        assert "/v1/fleet/pull-messages" not in link.asked  # never reached Flower
+        app = LongPoll(link, bell, hold_s=30.0, body_limit=64)
+        await asyncio.wait_for(call(app, "/v1/fleet/pull-object", b"x" * 60), 5)
+        assert link.bodies[-1] == b"x" * 60  # in one piece
+        for path in ("/v1/fleet/push-object", "/v1/fleet/pull-object", "/v1/fleet/pull-messages"):
+            status, body = await asyncio.wait_for(call(app, path, b"y" * 65), 5)
+            assert status == 413 and b"too large" in body
+        assert link.asked == ["/v1/fleet/pull-object"]  # the oversized ones never reached Flower
+        control = LongPoll(link, bell)  # no limit at the control door, except for a pull
+        status, _ = await asyncio.wait_for(call(control, "/v1/fleet/pull-messages", b"y" * (2 << 20)), 5)
+        assert status == 413
 
     asyncio.run(scenario())
+
+
+BODY_PROBE = """
+import asyncio, sys, threading, time, httpx, uvicorn
+from radfed.processes import free_port
+if sys.argv[1] == "big":
+    from server.doors import bodies_in_big_pieces
+    bodies_in_big_pieces()
+pieces = []
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await asyncio.sleep(0.5)  # Flower busy elsewhere: the body waits in uvicorn meanwhile
+    while True:
+        message = await receive()
+        pieces.append(len(message.get("body", b"")))
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+port = free_port()
+server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
+threading.Thread(target=server.run, daemon=True).start()
+while not server.started:
+    time.sleep(0.05)
+httpx.post(f"http://127.0.0.1:{port}/v1/fleet/push-object", content=b"x" * (5 << 20), timeout=30)
+print(len(pieces), sum(pieces))
+"""
+
+
+def test_a_model_chunk_reaches_the_app_in_one_piece_not_64_kb_at_a_time():
+    """uvicorn pauses a connection once 64 KB of its body wait for the app; in the
+    SuperLink process it buffers the whole 5 MB chunk instead (server.doors)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    counts = {}
+    for mode in ("default", "big"):
+        proc = subprocess.run(
+            [sys.executable, "-c", BODY_PROBE, mode], cwd=root, capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        pieces, size = map(int, proc.stdout.split())
+        assert size == 5 << 20
+        counts[mode] = pieces
+    assert counts["big"] <= 2 < 10 <= counts["default"], counts

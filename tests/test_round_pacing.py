@@ -37,7 +37,7 @@ def test_flower_supernode_loop_still_has_the_pauses_radfed_replaces():
     assert f"time.sleep({FLOWER_REPLY_WAIT_S})" in source
 
 
-def test_pacing_is_fast_during_a_run_and_flowers_own_when_idle():
+def test_pacing_is_fast_during_a_run_and_flowers_own_when_idle_unless_pulls_are_held():
     pacing = Pacing()
     assert pacing.pause_for(FLOWER_IDLE_S) == FLOWER_IDLE_S  # no message yet: Flower's 3 s
     assert pacing.pause_for(FLOWER_REPLY_WAIT_S) == REPLY_POLL_S
@@ -50,6 +50,35 @@ def test_pacing_is_fast_during_a_run_and_flowers_own_when_idle():
     assert pacing.pause_for(FLOWER_IDLE_S) == ACTIVE_FIRST_S
     pacing.last_message -= 3600  # a run long over: back to Flower's idle pace
     assert pacing.pause_for(FLOWER_IDLE_S) == FLOWER_IDLE_S
+    pacing.held = True  # ... unless the SuperLink holds empty pulls itself (long polling)
+    assert pacing.pause_for(FLOWER_IDLE_S) == ACTIVE_FIRST_S
+
+
+def test_an_idle_clinic_asks_again_at_once_only_after_a_pull_the_superlink_held():
+    """Flower's loop as radfed runs it: an empty pull held ~1 s by the SuperLink is
+    followed by a short pause, one answered at once by Flower's 3 s."""
+    import types
+
+    from flwr.supercore.inflatable import inflatable_utils
+
+    from client_node.supernode import HELD_S, install
+
+    answers = iter([(HELD_S + 0.1, None), (0.0, None), (0.0, 7)])
+
+    def pull(*args, **kwargs):
+        wait, run_id = next(answers)
+        time.sleep(wait)
+        return run_id
+
+    module = types.ModuleType("flower_loop")
+    module.time, module._pull_and_store_message = time, pull
+    module.pull_objects = inflatable_utils.pull_objects
+    pacing = install(module)
+    assert module._pull_and_store_message() is None and pacing.held
+    assert pacing.pause_for(FLOWER_IDLE_S) == ACTIVE_FIRST_S
+    assert module._pull_and_store_message() is None and not pacing.held
+    assert pacing.pause_for(FLOWER_IDLE_S) == FLOWER_IDLE_S
+    assert module._pull_and_store_message() == 7 and not pacing.held
 
 
 def test_supernode_wrapper_installs_pacing_and_is_flowers_cli():
@@ -152,9 +181,9 @@ def test_timeout_returns_what_came_back():
     assert 1.0 <= time.monotonic() - started < 1.8
 
 
-def test_an_object_still_uploading_is_fetched_within_half_a_second():
+def test_an_object_still_uploading_is_fetched_within_a_tenth_of_a_second():
     """Flower's own pull_objects, as radfed's processes call it: an object that becomes
-    available 0.3 s after the first try is there by ~0.35-0.8 s, not after Flower's 1 s+
+    available 0.3 s after the first try is there by ~0.35-0.5 s, not after Flower's 1 s+
     back-off; the rebinding applies to the module given and refuses an unknown one."""
     import types
 
@@ -201,3 +230,19 @@ def test_flower_log_lines_carry_a_timestamp_and_no_colour_codes_in_a_log_file():
         assert "\x1b[" not in line
     finally:
         handler.timestamps, handler.colored = before
+
+
+def test_after_a_reply_the_next_pull_goes_at_once():
+    """A second clinic's reply that landed while the first one's payload was coming in is
+    fetched by the very next pull, not after a pause."""
+    grid = _Clinics({1: 0.0, 2: 0.0})
+    pauses: list[float] = []
+    pulled = grid.pull_messages
+
+    def one_at_a_time(message_ids):  # each pull brings at most one reply
+        time.sleep(0.05)
+        return pulled(sorted(message_ids)[:1])
+
+    grid.pull_messages = one_at_a_time
+    replies = send_and_receive(grid, _messages(grid), timeout=30, sleep=pauses.append)
+    assert len(replies) == 2 and pauses == []

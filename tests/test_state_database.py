@@ -43,3 +43,39 @@ def test_payloads_in_flight_stay_in_memory_while_the_state_stays_on_disk(tmp_pat
     assert links.objectstore_factory is stores
     links.state()  # the link state itself still opens the SQLite file
     assert (tmp_path / "state.db").stat().st_size > 0
+
+
+def test_one_thread_at_a_time_uses_the_state_database_and_a_nested_session_does_not_wait(tmp_path, monkeypatch):
+    """Two of Flower's request threads in the same SuperLink: their sessions take turns
+    (without the lock they overlap, and collide on SQLite's write lock)."""
+    import threading
+    import time
+
+    from flwr.server.superlink.linkstate import LinkStateFactory
+    from flwr.supercore import sql_mixin
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.superlink.federation import NoOpFederationManager
+
+    from server.doors import one_state_session_at_a_time
+
+    monkeypatch.setattr(sql_mixin.SqlMixin, "session", sql_mixin.SqlMixin.session)  # restored after
+    one_state_session_at_a_time()
+    one_state_session_at_a_time()  # twice is harmless
+    state = LinkStateFactory(str(tmp_path / "state.db"), NoOpFederationManager(), ObjectStoreFactory()).state()
+    spans: list[tuple[float, float]] = []
+
+    def hold() -> None:
+        with state.session():
+            with state.session():  # Flower nests sessions: the same thread goes on
+                started = time.monotonic()
+                time.sleep(0.2)
+                spans.append((started, time.monotonic()))
+
+    threads = [threading.Thread(target=hold) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    spans.sort()
+    assert len(spans) == 3
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), spans
