@@ -15,8 +15,9 @@ A task's token is checked against the state as the HTTP route's dependency check
 
 `capture_state_factory(on_state)` hooks `flwr.supernode.main.create_app`, which Flower's
 `flower-supernode` calls once with the state factory it shares between its Fleet loop and
-the Runtime API, and passes that factory on. It relies on the pinned Flower's internals;
-tests/test_direct_runtime.py runs a real SuperNode with it.
+the Runtime API, and passes that factory on. It relies on the pinned Flower's internals:
+tests/test_direct_runtime.py checks it against Flower's own NodeState, and every
+federation test runs its clinics through it (tests/test_e2e.py also one beside it).
 """
 
 from __future__ import annotations
