@@ -30,6 +30,28 @@ def die_with_parent() -> None:
         prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
+def exit_soon_after_parent(grace_s: float = 5.0, every_s: float = 0.2) -> None:
+    """End this process `grace_s` seconds after its parent dies, whatever it is doing.
+
+    For a process radfed does not start itself: Flower's SuperExec starts the ServerApp
+    and, when the SuperLink dies, asks it to stop with SIGINT; a ServerApp caught in the
+    middle of moving a model then waits for its transfer threads, which retry the lost
+    SuperLink with back-offs of up to 15 s each, and outlives the SuperLink for minutes.
+    The grace lets Flower's own stop (and radfed's record of the failure) happen first.
+    """
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        time.sleep(grace_s)
+        os._exit(70)
+
+    threading.Thread(target=watch, name="radfed-parent-watch", daemon=True).start()
+
+
 @functools.lru_cache(maxsize=1)
 def _prctl():
     """libc's prctl, looked up once in the parent (a forked child must not import or load)."""

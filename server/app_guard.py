@@ -19,6 +19,9 @@ def main() -> None:
     """`flwr-serverapp`, with the approval check before the bundle is installed."""
     from flwr.superlink.cli.flwr_serverapp import flwr_serverapp
 
+    from radfed.processes import exit_soon_after_parent
+
+    exit_soon_after_parent()  # the SuperLink's SuperExec gone: this ServerApp goes too
     run_gated("flwr.superlink.runtime.run_serverapp", flwr_serverapp, "this coordinator")
 
 

@@ -12,7 +12,9 @@ SQL) for nothing.
 `pull-messages` whose answer holds no message is not returned at once: it is held for up
 to `HOLD_S` and asked again, unchanged, as soon as a `push-messages` from the other side
 has been stored (the ServerApp's instructions for the clinics' pulls, a clinic's reply
-for the ServerApp's pull), counted by a `Bell` shared by the doors of one process. An
+for the ServerApp's pull), counted by a `Bell` shared by the doors of one process; unless
+the caller hung up meanwhile (then it is not asked again, so no message is marked
+delivered to a clinic that is gone). An
 answer with messages, an error, or one that is not Flower's protobuf passes through
 untouched; so does every other route. Request bodies are handed to Flower whole (it reads
 them whole anyway, before its own checks of the caller; in one piece they do not crawl
@@ -38,6 +40,7 @@ HOLD_S = 2.0
 PULL_BODY_LIMIT = 1 << 20  # a pull request is a few hundred bytes
 TOO_LARGE = b"radfed: request body too large for this route\n"
 RUNTIME, FLEET = "runtime", "fleet"
+RANG, TIMEOUT, GONE = "rang", "timeout", "gone"
 PUSHES = {"/v1/runtime/push-messages": RUNTIME, "/v1/fleet/push-messages": FLEET}
 
 
@@ -171,10 +174,28 @@ class LongPoll:
             left = deadline - time.monotonic()
             if left <= 0 or not _empty(answer_type, start["status"], start.get("headers", []), b"".join(chunks)):
                 break
-            if not await self.bell.wait_past(side, seen, left):
+            outcome = await self._ring_or_gone(side, seen, left, receive)
+            if outcome == GONE:
+                # The caller hung up while held (a clinic killed, a network cut): asking Flower
+                # again would mark the next message delivered to nobody, and the round would
+                # wait for a reply that cannot come.
+                return
+            if outcome == TIMEOUT:
                 break  # nothing pushed in time: the empty answer goes back
         await send(start)
         await send({"type": "http.response.body", "body": b"".join(chunks)})
+
+    async def _ring_or_gone(self, side: str, seen: int, left: float, receive) -> str:
+        """Wait for a push on `side` (RANG), `left` seconds (TIMEOUT), or the caller to
+        disconnect (GONE), whichever comes first."""
+        ring = asyncio.ensure_future(self.bell.wait_past(side, seen, left))
+        gone = asyncio.ensure_future(_disconnected(receive))
+        done, pending = await asyncio.wait({ring, gone}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        if gone in done:
+            return GONE
+        return RANG if ring.result() else TIMEOUT
 
     async def _ask(self, scope, body: bytes, receive) -> tuple[dict, list[bytes]]:
         """Flower's answer to the buffered request: its start message and body chunks."""
@@ -189,6 +210,12 @@ class LongPoll:
 
         await self.app(dict(scope), _replay(body, receive), capture)
         return start, chunks
+
+
+async def _disconnected(receive) -> None:
+    """Return once the caller has hung up (after its body, only a disconnect can come)."""
+    while (await receive())["type"] != "http.disconnect":
+        await asyncio.sleep(0.01)  # nothing else is expected; never spin on it
 
 
 def _replay(body: bytes, receive):

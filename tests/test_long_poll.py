@@ -156,6 +156,41 @@ def test_closing_the_doors_answers_held_pulls_at_once_and_holds_no_more():
     asyncio.run(scenario())
 
 
+def test_a_held_pull_whose_clinic_hung_up_is_not_asked_again_when_the_serverapp_pushes():
+    """A clinic killed while its pull is held: the ServerApp's next message must not be
+    taken from Flower on its behalf (it would be marked delivered to nobody, and the round
+    would wait for a reply that cannot come)."""
+
+    async def scenario():
+        link, bell = Link(), Bell()
+        app = LongPoll(link, bell, hold_s=30.0)
+        hung_up = asyncio.Event()
+        pending = [{"type": "http.request", "body": b"signed request", "more_body": False}]
+        sent: list[dict] = []
+
+        async def receive():
+            if pending:
+                return pending.pop(0)
+            await hung_up.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/fleet/pull-messages", "headers": []}
+        held = asyncio.ensure_future(app(scope, receive, send))
+        await asyncio.sleep(0.2)
+        assert link.asked == ["/v1/fleet/pull-messages"] and not held.done()
+        hung_up.set()  # the clinic is killed
+        await asyncio.wait_for(held, 5)  # the hold ends at once
+        await call(app, "/v1/runtime/push-messages")  # the ServerApp's next round
+        await asyncio.sleep(0.2)
+        assert link.asked.count("/v1/fleet/pull-messages") == 1 and link.queued["fleet"] == 1  # still there
+        assert sent == []  # nothing written to a closed connection
+
+    asyncio.run(scenario())
+
+
 def test_the_clinics_door_hands_bodies_over_whole_and_refuses_oversized_ones_before_flower():
     async def scenario():
         link, bell = Link(), Bell()

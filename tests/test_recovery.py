@@ -80,6 +80,13 @@ def _alive(pids: list[int]) -> list[int]:
     return out
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:160]
+    except OSError:
+        return f"{pid} (gone)"
+
+
 def descendants_of(pids: list[int]) -> list[int]:
     return [child for pid in pids for child in descendants(pid)]
 
@@ -112,9 +119,13 @@ def test_superlink_killed_mid_run_then_resumed(tmp_path, monkeypatch):
         link_tree = [fed.superlink.pid, *descendants(fed.superlink.pid)]
         os.kill(fed.superlink.pid, signal.SIGKILL)  # the coordinator machine loses its SuperLink
         fed.superlink.wait(timeout=10)
-        fed.wait_for(
-            lambda: not _alive(link_tree + descendants_of(link_tree)), "the SuperLink's processes to go", timeout=30
-        )
+        try:
+            fed.wait_for(
+                lambda: not _alive(link_tree + descendants_of(link_tree)), "the SuperLink's processes to go", timeout=30
+            )
+        except AssertionError:
+            left = _alive(link_tree + descendants_of(link_tree))
+            raise AssertionError(f"still running: {[_cmdline(pid) for pid in left]}") from None
         fed.procs.remove(fed.superlink)
         # `coordinator run` does not hang: the run is lost, it says so and exits non-zero
         fed.start_superlink()  # same ports, same state folder
