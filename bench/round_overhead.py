@@ -180,15 +180,15 @@ def radfed_times(work: Path, names: list[str], rounds: int) -> dict:
     counts each clinic's whole worker task instead: also receiving the model from its
     SuperNode and sending the update back, the transfer part of a round."""
     with sqlite3.connect(work / "radfed.db") as db:
-        rows = db.execute(
-            "SELECT server_round, duration_s, created_at FROM round_results WHERE duration_s IS NOT NULL"
-        ).fetchall()
+        rows = db.execute("SELECT server_round, duration_s FROM round_results WHERE duration_s IS NOT NULL").fetchall()
         (started,) = db.execute("SELECT started_at FROM runs").fetchone()
-    durations = {r: d for r, d, _ in rows}
+        (first_done,) = db.execute("SELECT created_at FROM checkpoints WHERE server_round = 1").fetchone()
+    durations = dict(rows)
     walls = [durations[r] for r in range(1, rounds + 1)]
-    # the run's set-up before round 1 (ServerApp start-up, initial model, roll call)
-    first_done = next(datetime.fromisoformat(at) for r, _, at in rows if r == 1)
-    setup = (first_done - datetime.fromisoformat(started)).total_seconds() - durations[1]
+    # the run's set-up before round 1 (ServerApp start-up, initial model, roll call): from the
+    # run's start to round 1's, which is its checkpoint's time less its duration
+    elapsed = datetime.fromisoformat(first_done) - datetime.fromisoformat(started)
+    setup = elapsed.total_seconds() - durations[1]
     slowest_app, slowest_task = [0.0] * rounds, [0.0] * rounds
     for name in names:
         text = (work / "logs" / f"{name}.log").read_text(errors="replace")
