@@ -17,7 +17,7 @@ replaced inside this process only (Flower's installed files are untouched):
   after `ACTIVE_FIRST_S`, so a new run's first round reaches an idle clinic at once
   instead of up to 3 s later, for one request every ~2 s;
 - the wait for the ClientApp's reply (a local, in-memory check) polls every `REPLY_POLL_S`;
-- a message fetched while its payload is still uploading is retried within half a second
+- a message fetched while its payload is still uploading is retried within a tenth of a second
   (radfed.object_pulls), not after Flower's 1-10 s back-off.
 
 It relies on the internals of the pinned Flower (the module's `time` and
