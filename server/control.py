@@ -103,18 +103,16 @@ class ControlClient:
         finally:
             if client is not None:
                 client.close()
-        for run in res.run_dict.values():
-            status = run.status
-            return f"{status.status}:{status.sub_status}" if status.sub_status else status.status
-        return ""
+        return next((_status_text(run.status) for run in res.run_dict.values()), "")
 
     def runs(self) -> dict[int, str]:
         """Run id → Flower's status ("running", "finished:failed", ...) of every run it knows."""
         from flwr.proto.control_pb2 import ListRunsRequest
 
         res = self._call("ListRuns", ListRunsRequest())
-        out = {}
-        for run_id, run in res.run_dict.items():
-            status = run.status
-            out[int(run_id)] = f"{status.status}:{status.sub_status}" if status.sub_status else status.status
-        return out
+        return {int(run_id): _status_text(run.status) for run_id, run in res.run_dict.items()}
+
+
+def _status_text(status) -> str:
+    """A run's status as `flwr ls` prints it: "running", "finished:failed", ..."""
+    return f"{status.status}:{status.sub_status}" if status.sub_status else status.status
