@@ -79,3 +79,48 @@ def test_one_thread_at_a_time_uses_the_state_database_and_a_nested_session_does_
     spans.sort()
     assert len(spans) == 3
     assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), spans
+
+
+def test_a_run_status_read_sweeps_expired_tasks_at_most_once_a_second(tmp_path, monkeypatch):
+    """Flower sweeps the task table before every run-status read (each object a round
+    moves): radfed's SuperLink sweeps for such reads at most once a second, and every
+    other caller still sweeps each time."""
+    import time
+
+    from flwr.server.superlink.linkstate import LinkStateFactory
+    from flwr.server.superlink.linkstate.sql_linkstate import SqlLinkState
+    from flwr.supercore.corestate.sql_corestate import SqlCoreState
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.superlink.federation import NoOpFederationManager
+
+    import server.doors as doors
+
+    for name in ("get_run_status", "get_run_info"):
+        monkeypatch.setattr(SqlLinkState, name, getattr(SqlLinkState, name))  # restored after
+    sweeps: list[float] = []
+    flower_sweep = SqlCoreState._cleanup_expired_task_tokens
+
+    def counted(self):
+        sweeps.append(time.monotonic())
+        flower_sweep(self)
+
+    monkeypatch.setattr(SqlLinkState, "_cleanup_expired_task_tokens", counted)
+    monkeypatch.setattr(doors, "SWEEP_EVERY_S", 0.3)
+    state = LinkStateFactory(str(tmp_path / "state.db"), NoOpFederationManager(), ObjectStoreFactory()).state()
+    state.get_run_status({1})
+    state.get_run_status({1})
+    assert len(sweeps) == 2  # Flower's own: a sweep per read
+
+    doors.expired_tasks_swept_once_a_second()
+    doors.expired_tasks_swept_once_a_second()  # twice is harmless
+    sweeps.clear()
+    for _ in range(20):
+        state.get_run_status({1})
+        state.get_run_info()
+    assert len(sweeps) == 1, "twenty reads within 0.3 s sweep once"
+    state._cleanup_expired_task_tokens()  # any other caller (claim, activate, finish...) sweeps at once
+    assert len(sweeps) == 2
+    time.sleep(0.35)
+    state.get_run_status({1})
+    assert len(sweeps) == 3, "a read after the interval sweeps again"
+    assert state.get_run_status({1}) == {} and len(sweeps) == 3
